@@ -1,0 +1,280 @@
+//! Checksums over the bytes served: parsing `ALGO:HEX`, and a hasher that
+//! runs on its own thread so hashing never slows the disk writer.
+
+use std::str::FromStr;
+use std::thread;
+
+use bytes::Bytes;
+use md5::Md5;
+use sha1::Sha1;
+use sha2::{Digest, Sha256, Sha512};
+use tokio::sync::mpsc;
+
+use crate::error::{DeployError, Result};
+
+/// A checksum algorithm OVH's API accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// MD5.
+    Md5,
+    /// SHA-1.
+    Sha1,
+    /// SHA-256.
+    Sha256,
+    /// SHA-512.
+    Sha512,
+}
+
+impl Algorithm {
+    /// The name as OVH spells it (`checkSumType`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "md5",
+            Algorithm::Sha1 => "sha1",
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+
+    /// Length of the digest in bytes.
+    pub fn digest_len(self) -> usize {
+        match self {
+            Algorithm::Md5 => 16,
+            Algorithm::Sha1 => 20,
+            Algorithm::Sha256 => 32,
+            Algorithm::Sha512 => 64,
+        }
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = DeployError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "md5" => Ok(Algorithm::Md5),
+            "sha1" => Ok(Algorithm::Sha1),
+            "sha256" => Ok(Algorithm::Sha256),
+            "sha512" => Ok(Algorithm::Sha512),
+            _ => Err(DeployError::BadChecksumType),
+        }
+    }
+}
+
+/// An expected checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checksum {
+    /// The algorithm.
+    pub algo: Algorithm,
+    /// The expected digest, lowercase hex.
+    pub hex: String,
+}
+
+impl Checksum {
+    /// Builds a checksum from OVH's separate `checkSumType` and `checkSum`.
+    pub fn new(algo: &str, hex: &str) -> Result<Self> {
+        let algo: Algorithm = algo.parse()?;
+        let hex = hex.trim().to_ascii_lowercase();
+        if hex.len() != algo.digest_len() * 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DeployError::InvalidRequest(format!(
+                "a {} checksum is {} hexadecimal digits, got {:?}",
+                algo.name(),
+                algo.digest_len() * 2,
+                hex
+            )));
+        }
+        Ok(Checksum { algo, hex })
+    }
+
+    /// Compares a computed digest with this one.
+    pub fn verify(&self, actual: &[u8]) -> Result<()> {
+        let actual = to_hex(actual);
+        if actual == self.hex {
+            Ok(())
+        } else {
+            Err(DeployError::ChecksumMismatch { algo: self.algo.name(), actual, expected: self.hex.clone() })
+        }
+    }
+}
+
+impl FromStr for Checksum {
+    type Err = DeployError;
+
+    /// Parses `ALGO:HEX`, e.g. `sha256:9f86…`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (algo, hex) = s.split_once(':').ok_or_else(|| {
+            DeployError::InvalidRequest(format!("checksum {s:?} is not of the form ALGO:HEX, e.g. sha256:9f86d0…"))
+        })?;
+        Checksum::new(algo, hex)
+    }
+}
+
+/// Lowercase hexadecimal.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+/// A running digest of any of the supported algorithms.
+#[derive(Debug, Clone)]
+pub enum Hasher {
+    /// MD5.
+    Md5(Md5),
+    /// SHA-1.
+    Sha1(Sha1),
+    /// SHA-256.
+    Sha256(Sha256),
+    /// SHA-512.
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    /// A fresh hasher for `algo`.
+    pub fn new(algo: Algorithm) -> Self {
+        match algo {
+            Algorithm::Md5 => Hasher::Md5(Md5::new()),
+            Algorithm::Sha1 => Hasher::Sha1(Sha1::new()),
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
+        }
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Md5(h) => h.update(data),
+            Hasher::Sha1(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    /// The digest.
+    pub fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Md5(h) => h.finalize().to_vec(),
+            Hasher::Sha1(h) => h.finalize().to_vec(),
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+            Hasher::Sha512(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+/// How many chunks may wait for the hashing thread before the download
+/// waits for it: enough to ride out scheduling jitter, small enough to bound
+/// memory (chunks are at most a few hundred KiB).
+const HASH_QUEUE_CHUNKS: usize = 64;
+
+/// A hasher on its own thread, fed with reference-counted chunks.
+#[derive(Debug)]
+pub struct HashThread {
+    tx: mpsc::Sender<Bytes>,
+    handle: thread::JoinHandle<Vec<u8>>,
+}
+
+impl HashThread {
+    /// Starts hashing with `algo`.
+    pub fn spawn(algo: Algorithm) -> Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(HASH_QUEUE_CHUNKS);
+        let handle = thread::Builder::new()
+            .name("byoi-hash".into())
+            .spawn(move || {
+                let mut hasher = Hasher::new(algo);
+                while let Some(chunk) = rx.blocking_recv() {
+                    hasher.update(&chunk);
+                }
+                hasher.finish()
+            })
+            .map_err(|e| DeployError::Internal(format!("spawning the hashing thread: {e}")))?;
+        Ok(HashThread { tx, handle })
+    }
+
+    /// A handle to feed chunks with, in stream order.
+    pub fn feeder(&self) -> HashFeeder {
+        HashFeeder { tx: self.tx.clone() }
+    }
+
+    /// Closes the feed and waits for the digest.
+    pub fn finish(self) -> Result<Vec<u8>> {
+        drop(self.tx);
+        self.handle.join().map_err(|_| DeployError::Internal("the hashing thread panicked".into()))
+    }
+}
+
+/// The sending side of a [`HashThread`].
+#[derive(Debug, Clone)]
+pub struct HashFeeder {
+    tx: mpsc::Sender<Bytes>,
+}
+
+// The receiver only goes away if the hashing thread died; `HashThread::finish`
+// reports that, so a failed send needs no handling here.
+impl HashFeeder {
+    /// Queues a chunk; waits while the hasher is behind.
+    pub async fn feed(&self, chunk: Bytes) {
+        let _ = self.tx.send(chunk).await;
+    }
+
+    /// Queues a chunk from a plain thread; blocks while the hasher is behind.
+    pub fn feed_blocking(&self, chunk: Bytes) {
+        let _ = self.tx.blocking_send(chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_algo_and_hex() {
+        let c: Checksum = "SHA256:9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08".parse().unwrap();
+        assert_eq!(c.algo, Algorithm::Sha256);
+        assert_eq!(c.hex, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+    }
+
+    #[test]
+    fn rejects_unknown_algo_with_ovh_wording() {
+        let e = "crc32:00000000".parse::<Checksum>().unwrap_err();
+        assert_eq!(e.to_string(), "Bad checkSumType, expected: md5, sha1, sha256, sha512.");
+    }
+
+    #[test]
+    fn rejects_wrong_length_and_missing_colon() {
+        assert!(matches!("md5:abcd".parse::<Checksum>(), Err(DeployError::InvalidRequest(_))));
+        assert!(matches!("md5".parse::<Checksum>(), Err(DeployError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn known_digests_and_mismatch_message() {
+        let cases = [
+            (Algorithm::Md5, "900150983cd24fb0d6963f7d28e17f72"),
+            (Algorithm::Sha1, "a9993e364706816aba3e25717850c26c9cd0d89d"),
+            (Algorithm::Sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            (
+                Algorithm::Sha512,
+                "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f",
+            ),
+        ];
+        for (algo, hex) in cases {
+            let t = HashThread::spawn(algo).unwrap();
+            let f = t.feeder();
+            f.feed_blocking(Bytes::from_static(b"a"));
+            f.feed_blocking(Bytes::from_static(b"bc"));
+            drop(f);
+            let digest = t.finish().unwrap();
+            let c = Checksum::new(algo.name(), hex).unwrap();
+            c.verify(&digest).unwrap();
+            let wrong = Checksum::new(algo.name(), &"0".repeat(hex.len())).unwrap();
+            let msg = wrong.verify(&digest).unwrap_err().to_string();
+            assert_eq!(
+                msg,
+                format!("Bad {} for downloaded file, got: {hex} while expecting {}.", algo.name(), "0".repeat(hex.len()))
+            );
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Argument parsing and output of `byoi-agent`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use byoi_agent::checksum::Checksum;
+use byoi_agent::format::ImageType;
+use byoi_agent::progress::Progress;
+use byoi_agent::source::SourceOptions;
+use byoi_agent::target::DiskTarget;
+use byoi_agent::{deploy, DeployError, DeployRequest, Deployed};
+use byoi_wire::{Event, Status};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "byoi-agent", version, about = "Streams disk images onto disks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Downloads an image and writes it to a disk, verified, in one pass.
+    Deploy(DeployArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TypeArg {
+    Raw,
+    Qcow2,
+}
+
+#[derive(Debug, clap::Args)]
+struct DeployArgs {
+    /// Image URL: http://, https:// or file://.
+    #[arg(long)]
+    url: String,
+    /// Disk to write: a block device, or an existing regular file (never
+    /// resized).
+    #[arg(long)]
+    target: PathBuf,
+    /// Image type; detected from the magic bytes when absent, and must
+    /// match them when given.
+    #[arg(long = "type", value_enum)]
+    image_type: Option<TypeArg>,
+    /// Expected checksum of the bytes served, ALGO:HEX with ALGO one of
+    /// md5, sha1, sha256, sha512.
+    #[arg(long, value_name = "ALGO:HEX", value_parser = parse_checksum)]
+    checksum: Option<Checksum>,
+    /// Extra HTTP header, 'Name: value'; repeatable.
+    #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Extra trust roots (PEM) for HTTPS, besides the built-in web PKI.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Write to a disk even if it has mounted partitions or holders.
+    #[arg(long)]
+    force: bool,
+    /// Print progress and the result as JSON lines on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for a connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    connect_timeout: f64,
+    /// Seconds of silence from the server before the connection counts as
+    /// broken.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    read_timeout: f64,
+    /// Attempts per failure streak (connecting, or resuming a broken
+    /// download).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    retries: u32,
+    /// Seconds before the first retry; doubles per attempt up to 30 s.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.5)]
+    retry_delay: f64,
+}
+
+fn parse_checksum(s: &str) -> Result<Checksum, String> {
+    s.parse().map_err(|e: DeployError| e.to_string())
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once(':').ok_or_else(|| format!("{s:?} is not of the form 'Name: value'"))?;
+    if name.trim().is_empty() {
+        return Err(format!("{s:?} has an empty header name"));
+    }
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
+}
+
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// Runs the command line; returns the exit code (0 ok, 1 deploy failed,
+/// 2 usage).
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match cli.command {
+        Command::Deploy(args) => run_deploy(args),
+    }
+}
+
+fn run_deploy(args: DeployArgs) -> i32 {
+    let progress = Arc::new(Progress::default());
+    let json = args.json;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reporter = spawn_reporter(progress.clone(), stop.clone(), json);
+    let result = deploy_with(&args, &progress);
+    stop.store(true, Ordering::Relaxed);
+    if let Some(r) = reporter {
+        let _ = r.join();
+    }
+    match result {
+        Ok(done) => {
+            let message = summary(&args, &done);
+            if json {
+                emit(&Event::Result { status: Status::Done, code: None, message });
+            } else {
+                println!("{message}");
+            }
+            0
+        }
+        Err(e) => {
+            if json {
+                emit(&Event::Result { status: Status::Error, code: Some(e.code()), message: e.to_string() });
+            }
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn deploy_with(args: &DeployArgs, progress: &Arc<Progress>) -> Result<Deployed, DeployError> {
+    let target = DiskTarget::open(&args.target, args.force)?;
+    let req = DeployRequest {
+        url: args.url.clone(),
+        image_type: args.image_type.map(|t| match t {
+            TypeArg::Raw => ImageType::Raw,
+            TypeArg::Qcow2 => ImageType::Qcow2,
+        }),
+        checksum: args.checksum.clone(),
+        source: SourceOptions {
+            headers: args.headers.clone(),
+            ca_file: args.ca_file.clone(),
+            connect_timeout: seconds(args.connect_timeout),
+            read_timeout: seconds(args.read_timeout),
+            attempts: args.retries.max(1),
+            initial_backoff: seconds(args.retry_delay),
+            ..SourceOptions::default()
+        },
+    };
+    deploy(&req, &target, progress, None)
+}
+
+fn summary(args: &DeployArgs, d: &Deployed) -> String {
+    let secs = d.elapsed.as_secs_f64().max(1e-3);
+    format!(
+        "deployed {} ({}, {} bytes) to {} in {:.1} s ({:.0} MB/s); {} bytes written, {} zeroed{}",
+        args.url,
+        d.format,
+        d.image_size,
+        args.target.display(),
+        secs,
+        d.image_size as f64 / secs / 1e6,
+        d.writes.data_bytes,
+        d.writes.zeroed_bytes,
+        d.digest.as_ref().map(|h| format!(", checksum {h} verified")).unwrap_or_default()
+    )
+}
+
+fn emit(event: &Event) {
+    let mut out = std::io::stdout().lock();
+    if let Ok(line) = serde_json::to_string(event) {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Reports progress once a second: JSON lines on stdout, or a status line
+/// on stderr when it is a terminal.
+fn spawn_reporter(progress: Arc<Progress>, stop: Arc<AtomicBool>, json: bool) -> Option<thread::JoinHandle<()>> {
+    let tty = std::io::stderr().is_terminal();
+    if !json && !tty {
+        return None;
+    }
+    thread::Builder::new()
+        .name("byoi-progress".into())
+        .spawn(move || {
+            let report = |progress: &Progress| {
+                let (done, total) = progress.bytes();
+                if json {
+                    emit(&Event::Progress { stage: progress.stage(), bytes_done: done, bytes_total: total });
+                } else {
+                    let pct = total.map(|t| format!(" {:5.1}%", done as f64 * 100.0 / t.max(1) as f64)).unwrap_or_default();
+                    eprint!("\r{:<12} {:>10} MiB{pct}   ", progress.stage().as_str(), done >> 20);
+                }
+            };
+            let mut ticks = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(100));
+                ticks += 1;
+                if ticks % 10 == 0 {
+                    report(&progress);
+                }
+            }
+            report(&progress);
+            if !json {
+                eprintln!();
+            }
+        })
+        .ok()
+}

@@ -1,0 +1,229 @@
+//! The deployment pipeline, end to end: open the source, sniff the format,
+//! check it fits, wipe the disk's ends, stream-decode onto the disk, verify
+//! the checksum, run the finishing steps on the held-back first MiB, and
+//! commit it last. Any failure after the first write wipes the ends again,
+//! so a half-written disk never boots.
+
+use std::io::{self, Cursor, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use byoi_wire::Stage;
+
+use crate::checksum::{to_hex, Checksum, HashThread};
+use crate::error::{DeployError, Result};
+use crate::format::{self, ImageType, Sniffed, Wrapper, SNIFF_LEN};
+use crate::progress::Progress;
+use crate::qcow2::{self, read_full, DecodeStats, Header};
+use crate::sink::{self, DiskWriter, ImageSink, Target, WriteStats};
+use crate::source::{self, SourceOptions};
+
+/// Bytes handed to the sink per write by the raw path.
+const RAW_CHUNK: usize = 1 << 20;
+
+/// What to deploy.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    /// `http://`, `https://` or `file://` URL of the image.
+    pub url: String,
+    /// The declared type; `None` to accept whatever the magic says.
+    pub image_type: Option<ImageType>,
+    /// The expected checksum of the bytes served.
+    pub checksum: Option<Checksum>,
+    /// How to fetch it.
+    pub source: SourceOptions,
+}
+
+/// A deployment that finished.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    /// `qcow2`, `raw`, `raw (gzip)`, `qcow2 (zstd)`…
+    pub format: String,
+    /// The image's size on disk: virtual size of a qcow2, length of a raw.
+    pub image_size: u64,
+    /// Bytes received from the source.
+    pub bytes_served: u64,
+    /// Digest of the bytes served, when a checksum was asked for.
+    pub digest: Option<String>,
+    /// How the disk was written.
+    pub writes: WriteStats,
+    /// qcow2 decoder counters.
+    pub qcow2: Option<DecodeStats>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// A finishing step run on the written image before the first MiB is
+/// committed (GPT relocation, ConfigDrive, boot entry).
+pub type Finisher<'f> = &'f mut dyn FnMut(&mut DiskWriter<'_>) -> Result<()>;
+
+/// Deploys `req` onto `target`.
+pub fn deploy(req: &DeployRequest, target: &dyn Target, progress: &Arc<Progress>, finish: Option<Finisher<'_>>) -> Result<Deployed> {
+    let started = Instant::now();
+    progress.set_stage(Stage::Downloading);
+    let hasher = req.checksum.as_ref().map(|c| HashThread::spawn(c.algo)).transpose()?;
+    let mut opts = req.source.clone();
+    opts.verified = req.checksum.is_some();
+    let opened = source::open(&req.url, &opts, hasher.as_ref().map(HashThread::feeder), progress.clone())?;
+    let file_len = opened.info.len;
+    let ranger = opened.ranger;
+    let mut reader = opened.reader;
+
+    let download_err = |e: io::Error| DeployError::Download { url: req.url.clone(), reason: e.to_string() };
+    let mut head = vec![0u8; SNIFF_LEN];
+    let n = read_full(&mut reader, &mut head).map_err(|e| DeployError::from_read(e, download_err))?;
+    head.truncate(n);
+
+    let outer = format::sniff(&head);
+    let (wrapper, inner_reader): (Option<Wrapper>, Box<dyn Read + '_>) = match outer {
+        Sniffed::Compressed(w) => (Some(w), decompressor(w, Cursor::new(head.clone()).chain(&mut reader))?),
+        _ => (None, Box::new(Cursor::new(head.clone()).chain(&mut reader))),
+    };
+    let mut inner_reader = inner_reader;
+    let inner_head = if wrapper.is_some() {
+        let mut h = vec![0u8; SNIFF_LEN];
+        let n = read_full(&mut inner_reader, &mut h)
+            .map_err(|e| DeployError::from_read(e, |e| corrupt_wrapper(wrapper, e)))?;
+        h.truncate(n);
+        h
+    } else {
+        head
+    };
+    let detected = match format::sniff(&inner_head) {
+        Sniffed::Qcow2 => ImageType::Qcow2,
+        Sniffed::Raw => ImageType::Raw,
+        Sniffed::Other(what) => return Err(DeployError::BadFormat { detected: what.into() }),
+        Sniffed::Compressed(w) => {
+            return Err(DeployError::BadFormat { detected: format!("{} inside {}", w.name(), wrapper.map_or("?", Wrapper::name)) })
+        }
+    };
+    if let Some(declared) = req.image_type {
+        if declared != detected {
+            return Err(DeployError::FormatMismatch { detected: detected.name(), declared: declared.name() });
+        }
+    }
+    let format_name = match wrapper {
+        Some(w) => format!("{} ({})", detected.name(), w.name()),
+        None => detected.name().to_owned(),
+    };
+    // What follows the sniffed bytes: the sniffed bytes again, then the rest.
+    let mut body: Box<dyn Read + '_> = Box::new(Cursor::new(inner_head.clone()).chain(inner_reader));
+
+    let too_large = |image: u64| DeployError::ImageTooLarge {
+        image,
+        lower_bound: false,
+        device: target.path().to_owned(),
+        disk: target.size(),
+    };
+    let header = match detected {
+        ImageType::Qcow2 => {
+            let h = Header::parse(&inner_head, if wrapper.is_some() { None } else { file_len })?;
+            if h.size > target.size() {
+                return Err(too_large(h.size));
+            }
+            if h.dirty {
+                tracing::warn!("the qcow2 image was not closed cleanly; reading it anyway");
+            }
+            Some(h)
+        }
+        ImageType::Raw => {
+            if !format::has_partition_table(&inner_head) {
+                return Err(DeployError::NoPartitionTable { contents: format::describe(&inner_head) });
+            }
+            match file_len {
+                Some(len) if wrapper.is_none() && len > target.size() => return Err(too_large(len)),
+                _ => None,
+            }
+        }
+    };
+    tracing::info!(format = %format_name, target = target.path(), "deploying");
+
+    let mut writer = DiskWriter::new(target, detected.name());
+    writer.wipe_ends()?;
+    let result = (|| {
+        let (image_size, qcow2_stats) = match header {
+            Some(h) => {
+                let size = h.size;
+                let ranger = if wrapper.is_none() { ranger.as_deref() } else { None };
+                let dec = qcow2::Decoder::new(h, &mut writer, ranger, if wrapper.is_none() { file_len } else { None }, Some(progress));
+                (size, Some(dec.run(&mut body)?))
+            }
+            None => (copy_raw(&mut body, &mut writer, progress, wrapper)?, None),
+        };
+        // Both decoders, and the decompressors under them, read to the end
+        // of the source: the hasher has seen every byte served.
+        drop(body);
+        progress.set_stage(Stage::Writing);
+        writer.flush()?;
+        let digest = match (hasher, &req.checksum) {
+            (Some(h), Some(c)) => {
+                let d = h.finish()?;
+                c.verify(&d)?;
+                Some(to_hex(&d))
+            }
+            _ => None,
+        };
+        if progress.abort_requested() {
+            return Err(DeployError::Aborted);
+        }
+        progress.set_stage(Stage::Finishing);
+        if let Some(f) = finish {
+            f(&mut writer)?;
+        }
+        let writes = writer.commit()?;
+        Ok(Deployed {
+            format: format_name.clone(),
+            image_size,
+            bytes_served: progress.bytes().0,
+            digest,
+            writes,
+            qcow2: qcow2_stats,
+            elapsed: started.elapsed(),
+        })
+    })();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "deployment failed; wiping the partition tables");
+        if let Err(wipe) = sink::wipe_ends(target) {
+            tracing::error!(error = %wipe, target = target.path(), "wiping the disk's ends failed");
+        }
+    }
+    result
+}
+
+fn corrupt_wrapper(wrapper: Option<Wrapper>, e: io::Error) -> DeployError {
+    let format = match wrapper {
+        Some(Wrapper::Gzip) => "gzip",
+        Some(Wrapper::Xz) => "xz",
+        Some(Wrapper::Zstd) => "zstd",
+        None => "raw",
+    };
+    DeployError::Corrupt { format, detail: e.to_string() }
+}
+
+fn decompressor<'r>(w: Wrapper, r: impl Read + 'r) -> Result<Box<dyn Read + 'r>> {
+    Ok(match w {
+        Wrapper::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Wrapper::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
+        Wrapper::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(r)
+                .map_err(|e| DeployError::Internal(format!("starting the zstd decoder: {e}")))?,
+        ),
+    })
+}
+
+/// Copies a raw image to the sink; returns its length.
+fn copy_raw(r: &mut dyn Read, sink: &mut dyn ImageSink, progress: &Progress, wrapper: Option<Wrapper>) -> Result<u64> {
+    let mut buf = vec![0u8; RAW_CHUNK];
+    let mut pos = 0u64;
+    loop {
+        if progress.abort_requested() {
+            return Err(DeployError::Aborted);
+        }
+        let n = read_full(r, &mut buf).map_err(|e| DeployError::from_read(e, |e| corrupt_wrapper(wrapper, e)))?;
+        if n == 0 {
+            return Ok(pos);
+        }
+        sink.write_at(pos, &buf[..n])?;
+        pos += n as u64;
+    }
+}

@@ -1,0 +1,21 @@
+//! byoi-agent: streams a disk image from a URL onto a disk.
+//!
+//! The pipeline is a stack of small adapters (see `ARCHITECTURE.md`):
+//! [`source`] (HTTP with resume, or a file) → hashing on its own thread
+//! ([`checksum`]) → format sniffing ([`format`]) → decompression and
+//! [`qcow2`] decoding → [`sink::DiskWriter`] (zero skipping, held-back first
+//! MiB) → [`target`] (block device or file). [`deploy`] wires them.
+
+pub mod checksum;
+pub mod deploy;
+pub mod error;
+pub mod format;
+mod ioctl;
+pub mod progress;
+pub mod qcow2;
+pub mod sink;
+pub mod source;
+pub mod target;
+
+pub use deploy::{deploy, DeployRequest, Deployed};
+pub use error::{DeployError, Result};

@@ -1,0 +1,517 @@
+//! HTTP and HTTPS images: hyper on a small tokio runtime of its own, rustls
+//! with the `ring` provider (no C toolchain for the static build), web PKI
+//! roots plus `--ca-file`. Follows redirects, retries with exponential
+//! back-off, and resumes a broken body with a `Range` request guarded by
+//! `If-Range`, so a file that changed on the server is never spliced.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout};
+
+use super::{ChannelReader, Item, Opened, RangeFetch, SourceInfo, SourceOptions, DATA_QUEUE_CHUNKS};
+use crate::checksum::HashFeeder;
+use crate::error::{DeployError, Result};
+use crate::progress::Progress;
+
+/// Redirects followed before giving up, as curl's default `--max-redirs`
+/// would be far too many for an installer.
+const MAX_REDIRECTS: usize = 5;
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Why one attempt failed.
+enum Failure {
+    /// Worth retrying: connection errors, timeouts, 408, 429, 5xx.
+    Transient(String),
+    /// Retrying cannot help.
+    Fatal(DeployError),
+}
+
+/// What identifies the version of the file being downloaded.
+#[derive(Debug, Clone, Default)]
+struct Validators {
+    /// A strong ETag (weak ones cannot guard a range).
+    etag: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+}
+
+impl Validators {
+    fn from_headers(h: &HeaderMap) -> Self {
+        let etag = h.get(header::ETAG).filter(|v| !v.as_bytes().starts_with(b"W/")).cloned();
+        Validators { etag, last_modified: h.get(header::LAST_MODIFIED).cloned() }
+    }
+
+    fn any(&self) -> Option<&HeaderValue> {
+        self.etag.as_ref().or(self.last_modified.as_ref())
+    }
+}
+
+/// Everything a request needs; shared by the body pump and the ranger.
+struct Ctx {
+    client: HttpClient,
+    opts: SourceOptions,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The URL as the operator gave it, for messages.
+    url: String,
+}
+
+/// Opens an `http://` or `https://` image and starts streaming it.
+pub(crate) fn open(url: &str, opts: &SourceOptions, hash: Option<HashFeeder>, progress: Arc<Progress>) -> Result<Opened> {
+    let uri: Uri = url.parse().map_err(|e| DeployError::InvalidRequest(format!("invalid URL {url:?}: {e}")))?;
+    let headers = parse_headers(&opts.headers)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("byoi-http")
+        .enable_all()
+        .build()
+        .map_err(|e| DeployError::Internal(format!("starting the HTTP runtime: {e}")))?;
+    let rt = Arc::new(rt);
+    let client = rt.block_on(async { build_client(opts) })?;
+    let ctx = Arc::new(Ctx { client, opts: opts.clone(), headers, url: url.to_owned() });
+
+    let (resp, final_uri) = rt.block_on(ctx.request_with_retries(&uri, None))?;
+    let len = content_length(resp.headers());
+    let validators = Validators::from_headers(resp.headers());
+    let ranges = resp
+        .headers()
+        .get(header::ACCEPT_RANGES)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
+    tracing::info!(url, len, ranges, etag = ?validators.etag, "image found");
+    progress.set_total(len);
+
+    let (tx, rx) = mpsc::channel(DATA_QUEUE_CHUNKS);
+    let pump = Pump { ctx: ctx.clone(), uri: final_uri.clone(), validators: validators.clone(), len, tx, hash, progress };
+    rt.spawn(pump.run(resp.into_body()));
+
+    let ranger: Option<Box<dyn RangeFetch>> = if ranges {
+        Some(Box::new(HttpRanger { rt: rt.clone(), ctx, uri: final_uri, validators }))
+    } else {
+        None
+    };
+    Ok(Opened { reader: ChannelReader::new(rx, Some(rt)), info: SourceInfo { len }, ranger })
+}
+
+fn parse_headers(raw: &[(String, String)]) -> Result<Vec<(HeaderName, HeaderValue)>> {
+    raw.iter()
+        .map(|(k, v)| {
+            let name = HeaderName::try_from(k.trim())
+                .map_err(|e| DeployError::InvalidRequest(format!("invalid header name {k:?}: {e}")))?;
+            let value = HeaderValue::try_from(v.trim())
+                .map_err(|e| DeployError::InvalidRequest(format!("invalid value for header {k:?}: {e}")))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+fn build_client(opts: &SourceOptions) -> Result<HttpClient> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &opts.ca_file {
+        let bad = |e: &dyn std::fmt::Display| {
+            DeployError::InvalidRequest(format!("cannot use CA file {}: {e}", path.display()))
+        };
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(bad(&"no PEM certificate in it"));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DeployError::Internal(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(opts.connect_timeout));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Parses `Content-Range: bytes START-END/TOTAL` into (START, TOTAL).
+fn content_range(h: &HeaderMap) -> Option<(u64, Option<u64>)> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+/// The error and its sources, as one line.
+fn chain(e: &(dyn StdError + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let part = c.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Whether a connection error is a TLS verdict (bad certificate…), which
+/// retrying cannot change.
+fn is_tls_rejection(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
+}
+
+fn origin(u: &Uri) -> (Option<&str>, Option<&str>) {
+    (u.scheme_str(), u.authority().map(|a| a.as_str()))
+}
+
+/// Resolves a `Location` header against the URL that returned it.
+fn resolve(base: &Uri, location: &str) -> Option<Uri> {
+    if location.contains("://") {
+        return location.parse().ok();
+    }
+    let scheme = base.scheme_str()?;
+    let authority = base.authority()?.as_str();
+    if let Some(rest) = location.strip_prefix("//") {
+        return format!("{scheme}://{rest}").parse().ok();
+    }
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}").parse().ok();
+    }
+    let path = base.path();
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    format!("{scheme}://{authority}{dir}{location}").parse().ok()
+}
+
+impl Ctx {
+    fn download_error(&self, reason: impl Into<String>) -> DeployError {
+        DeployError::Download { url: self.url.clone(), reason: reason.into() }
+    }
+
+    /// One GET, following redirects. Credentials given with `--header`
+    /// (Authorization, Cookie) are not sent to another origin.
+    async fn request(&self, start: &Uri, extra: &[(HeaderName, HeaderValue)]) -> Result<(Response<Incoming>, Uri), Failure> {
+        let mut uri = start.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let same_origin = origin(&uri) == origin(start);
+            let mut req = Request::get(uri.clone())
+                .header(header::USER_AGENT, concat!("byoi-agent/", env!("CARGO_PKG_VERSION")));
+            for (k, v) in &self.headers {
+                if same_origin || (*k != header::AUTHORIZATION && *k != header::COOKIE) {
+                    req = req.header(k, v);
+                }
+            }
+            for (k, v) in extra {
+                req = req.header(k, v);
+            }
+            let req = req.body(Empty::new()).map_err(|e| Failure::Fatal(self.download_error(e.to_string())))?;
+            let wait = self.opts.connect_timeout + self.opts.read_timeout;
+            let resp = match timeout(wait, self.client.request(req)).await {
+                Err(_) => return Err(Failure::Transient(format!("no response within {wait:?}"))),
+                Ok(Err(e)) if is_tls_rejection(&e) => return Err(Failure::Fatal(self.download_error(chain(&e)))),
+                Ok(Err(e)) => return Err(Failure::Transient(chain(&e))),
+                Ok(Ok(r)) => r,
+            };
+            let status = resp.status();
+            if status.is_redirection() {
+                let loc = resp.headers().get(header::LOCATION).and_then(|l| l.to_str().ok());
+                let next = loc.and_then(|l| resolve(&uri, l)).ok_or_else(|| {
+                    Failure::Fatal(self.download_error(format!("HTTP {status} without a usable Location")))
+                })?;
+                tracing::debug!(from = %uri, to = %next, "following redirect");
+                uri = next;
+                continue;
+            }
+            if status.is_success() {
+                return Ok((resp, uri));
+            }
+            let reason = format!("HTTP {status}");
+            return Err(
+                if status.is_server_error()
+                    || status == StatusCode::REQUEST_TIMEOUT
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                {
+                    Failure::Transient(reason)
+                } else {
+                    Failure::Fatal(self.download_error(reason))
+                },
+            );
+        }
+        Err(Failure::Fatal(self.download_error(format!("more than {MAX_REDIRECTS} redirects"))))
+    }
+
+    /// [`Ctx::request`] with retries and back-off on transient failures.
+    async fn request_with_retries(
+        &self,
+        uri: &Uri,
+        extra: Option<&[(HeaderName, HeaderValue)]>,
+    ) -> Result<(Response<Incoming>, Uri)> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.request(uri, extra.unwrap_or_default()).await {
+                Ok(r) => return Ok(r),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(reason)) if attempt >= self.opts.attempts => {
+                    return Err(self.download_error(format!("{reason}, after {attempt} attempts")))
+                }
+                Err(Failure::Transient(reason)) => {
+                    tracing::warn!(url = %self.url, attempt, %reason, "request failed; retrying");
+                    sleep(self.opts.backoff(attempt)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Moves the body into the decoder's channel, resuming when it breaks.
+struct Pump {
+    ctx: Arc<Ctx>,
+    uri: Uri,
+    validators: Validators,
+    len: Option<u64>,
+    tx: mpsc::Sender<Item>,
+    hash: Option<HashFeeder>,
+    progress: Arc<Progress>,
+}
+
+impl Pump {
+    async fn run(self, mut body: Incoming) {
+        let mut offset = 0u64;
+        let mut streak = 0u32;
+        let read_timeout = self.ctx.opts.read_timeout;
+        loop {
+            let mut broken = match timeout(read_timeout, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    streak = 0;
+                    offset += data.len() as u64;
+                    if let Some(h) = &self.hash {
+                        h.feed(data.clone()).await;
+                    }
+                    self.progress.add_done(data.len() as u64);
+                    if self.tx.send(Item::Chunk(data)).await.is_err() {
+                        return; // the decoder has stopped
+                    }
+                    continue;
+                }
+                Ok(None) => match self.len {
+                    Some(len) if offset < len => format!("connection closed after {offset} of {len} bytes"),
+                    _ => {
+                        let _ = self.tx.send(Item::End).await;
+                        return;
+                    }
+                },
+                Ok(Some(Err(e))) => chain(&e),
+                Err(_) => format!("no data for {read_timeout:?}"),
+            };
+            // Resume: back off, then ask for the rest.
+            loop {
+                streak += 1;
+                if streak > self.ctx.opts.attempts {
+                    let reason = format!("{} attempts to resume failed, the last with: {broken}", streak - 1);
+                    return self.fail(DeployError::Resume { url: self.ctx.url.clone(), offset, reason }).await;
+                }
+                tracing::warn!(url = %self.ctx.url, offset, attempt = streak, reason = %broken, "download broke; resuming");
+                sleep(self.ctx.opts.backoff(streak)).await;
+                match self.resume(offset).await {
+                    Ok(b) => {
+                        body = b;
+                        break;
+                    }
+                    Err(Failure::Transient(r)) => broken = r,
+                    Err(Failure::Fatal(e)) => return self.fail(e).await,
+                }
+            }
+        }
+    }
+
+    async fn fail(&self, e: DeployError) {
+        tracing::error!(error = %e, "download failed");
+        let _ = self.tx.send(Item::Fail(e)).await;
+    }
+
+    /// Asks for the bytes from `offset` on, making sure they belong to the
+    /// same file.
+    async fn resume(&self, offset: u64) -> Result<Incoming, Failure> {
+        let resume_err = |reason: &str| {
+            Failure::Fatal(DeployError::Resume { url: self.ctx.url.clone(), offset, reason: reason.to_owned() })
+        };
+        if offset == 0 {
+            // Nothing has been passed on yet: starting over is safe.
+            return self.ctx.request(&self.uri, &[]).await.map(|(r, _)| r.into_body());
+        }
+        let mut extra = vec![(header::RANGE, HeaderValue::try_from(format!("bytes={offset}-")).map_err(|_| resume_err("bad range"))?)];
+        match self.validators.any() {
+            Some(v) => extra.push((header::IF_RANGE, v.clone())),
+            None if self.ctx.opts.verified => {}
+            None => {
+                return Err(resume_err(
+                    "the server sent no ETag or Last-Modified to resume safely and no checksum was given",
+                ))
+            }
+        }
+        let (resp, _) = self.ctx.request(&self.uri, &extra).await?;
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            return Err(resume_err(
+                "the server does not support Range requests or the image changed on the server, and data was already written",
+            ));
+        }
+        match content_range(resp.headers()) {
+            Some((start, total)) if start == offset && (total.is_none() || self.len.is_none() || total == self.len) => {
+                Ok(resp.into_body())
+            }
+            other => Err(resume_err(&format!("the server answered with the wrong range ({other:?})"))),
+        }
+    }
+}
+
+/// Range requests on the side, for metadata and out-of-order data. Each
+/// request is guarded by `If-Match` / `If-Unmodified-Since`.
+struct HttpRanger {
+    rt: Arc<tokio::runtime::Runtime>,
+    ctx: Arc<Ctx>,
+    uri: Uri,
+    validators: Validators,
+}
+
+impl HttpRanger {
+    async fn fetch_once(&self, offset: u64, len: u64) -> Result<Vec<u8>, Failure> {
+        let last = offset + len - 1;
+        let mut extra = vec![(header::RANGE, HeaderValue::try_from(format!("bytes={offset}-{last}")).map_err(|_| Failure::Transient("bad range".into()))?)];
+        if let Some(etag) = &self.validators.etag {
+            extra.push((header::IF_MATCH, etag.clone()));
+        } else if let Some(lm) = &self.validators.last_modified {
+            extra.push((header::IF_UNMODIFIED_SINCE, lm.clone()));
+        }
+        let (resp, _) = self.ctx.request(&self.uri, &extra).await?;
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            return Err(Failure::Fatal(self.ctx.download_error(format!(
+                "HTTP {} to a Range request (the image changed on the server, or Range is not supported)",
+                resp.status()
+            ))));
+        }
+        if content_range(resp.headers()).map(|(s, _)| s) != Some(offset) {
+            return Err(Failure::Fatal(self.ctx.download_error("the server answered a Range request with the wrong range")));
+        }
+        let mut body = resp.into_body();
+        let mut out = Vec::with_capacity(len as usize);
+        loop {
+            match timeout(self.ctx.opts.read_timeout, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        out.extend_from_slice(&data);
+                        if out.len() as u64 > len {
+                            return Err(Failure::Fatal(self.ctx.download_error("the server sent more than the range asked for")));
+                        }
+                    }
+                }
+                Ok(None) => return Ok(out),
+                Ok(Some(Err(e))) => return Err(Failure::Transient(chain(&e))),
+                Err(_) => return Err(Failure::Transient("range request timed out".into())),
+            }
+        }
+    }
+}
+
+impl RangeFetch for HttpRanger {
+    fn fetch(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        self.rt.block_on(async {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match self.fetch_once(offset, len).await {
+                    Ok(v) => return Ok(v),
+                    Err(Failure::Fatal(e)) => return Err(e),
+                    Err(Failure::Transient(r)) if attempt >= self.ctx.opts.attempts => {
+                        return Err(self.ctx.download_error(format!("range request failed: {r}")))
+                    }
+                    Err(Failure::Transient(r)) => {
+                        tracing::warn!(offset, len, attempt, reason = %r, "range request failed; retrying");
+                        sleep(self.ctx.opts.backoff(attempt)).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_locations() {
+        let base: Uri = "http://a.example:8080/dir/img.qcow2?x=1".parse().unwrap();
+        let cases = [
+            ("https://b.example/z", "https://b.example/z"),
+            ("//c.example/y", "http://c.example/y"),
+            ("/abs/path", "http://a.example:8080/abs/path"),
+            ("rel.raw", "http://a.example:8080/dir/rel.raw"),
+        ];
+        for (loc, want) in cases {
+            assert_eq!(resolve(&base, loc).unwrap().to_string(), want, "{loc}");
+        }
+    }
+
+    #[test]
+    fn parses_content_range() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 100-199/1000"));
+        assert_eq!(content_range(&h), Some((100, Some(1000))));
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 5-9/*"));
+        assert_eq!(content_range(&h), Some((5, None)));
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("items 1-2/3"));
+        assert_eq!(content_range(&h), None);
+    }
+
+    #[test]
+    fn weak_etags_are_not_validators() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ETAG, HeaderValue::from_static("W/\"abc\""));
+        assert!(Validators::from_headers(&h).any().is_none());
+        h.insert(header::ETAG, HeaderValue::from_static("\"abc\""));
+        assert_eq!(Validators::from_headers(&h).any().unwrap(), "\"abc\"");
+    }
+}
