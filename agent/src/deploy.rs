@@ -74,20 +74,17 @@ pub fn deploy(req: &DeployRequest, target: &dyn Target, progress: &Arc<Progress>
     let n = read_full(&mut reader, &mut head).map_err(|e| DeployError::from_read(e, download_err))?;
     head.truncate(n);
 
-    let outer = format::sniff(&head);
-    let (wrapper, inner_reader): (Option<Wrapper>, Box<dyn Read + '_>) = match outer {
-        Sniffed::Compressed(w) => (Some(w), decompressor(w, Cursor::new(head.clone()).chain(&mut reader))?),
-        _ => (None, Box::new(Cursor::new(head.clone()).chain(&mut reader))),
-    };
-    let mut inner_reader = inner_reader;
-    let inner_head = if wrapper.is_some() {
-        let mut h = vec![0u8; SNIFF_LEN];
-        let n = read_full(&mut inner_reader, &mut h)
-            .map_err(|e| DeployError::from_read(e, |e| corrupt_wrapper(wrapper, e)))?;
-        h.truncate(n);
-        h
-    } else {
-        head
+    // `body` yields the (decompressed) image from its first byte;
+    // `inner_head` is a copy of its first bytes, for sniffing.
+    let (wrapper, mut body, inner_head): (Option<Wrapper>, Box<dyn Read + '_>, Vec<u8>) = match format::sniff(&head) {
+        Sniffed::Compressed(w) => {
+            let mut inner = decompressor(w, Cursor::new(head).chain(&mut reader))?;
+            let mut h = vec![0u8; SNIFF_LEN];
+            let n = read_full(&mut inner, &mut h).map_err(|e| DeployError::from_read(e, |e| corrupt_wrapper(Some(w), e)))?;
+            h.truncate(n);
+            (Some(w), Box::new(Cursor::new(h.clone()).chain(inner)), h)
+        }
+        _ => (None, Box::new(Cursor::new(head.clone()).chain(&mut reader)), head),
     };
     let detected = match format::sniff(&inner_head) {
         Sniffed::Qcow2 => ImageType::Qcow2,
@@ -106,8 +103,6 @@ pub fn deploy(req: &DeployRequest, target: &dyn Target, progress: &Arc<Progress>
         Some(w) => format!("{} ({})", detected.name(), w.name()),
         None => detected.name().to_owned(),
     };
-    // What follows the sniffed bytes: the sniffed bytes again, then the rest.
-    let mut body: Box<dyn Read + '_> = Box::new(Cursor::new(inner_head.clone()).chain(inner_reader));
 
     let too_large = |image: u64| DeployError::ImageTooLarge {
         image,
