@@ -38,9 +38,24 @@ use crate::source::RangeFetch;
 /// Most bytes of L2 tables fetched up front with Range requests; beyond
 /// that the tables are read as the stream passes them. 2 MiB of tables map
 /// 256 Ki clusters (16 GiB of data with 64 KiB clusters).
-const PREFETCH_BUDGET: u64 = 2 << 20;
+pub const PREFETCH_BUDGET: u64 = 2 << 20;
 /// Most bytes kept of blocks nothing wants yet.
-const LOOKBACK_BUDGET: usize = 16 << 20;
+pub const LOOKBACK_BUDGET: usize = 16 << 20;
+
+/// Memory bounds of the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`PREFETCH_BUDGET`]; 0 fetches nothing up front, not even L1.
+    pub prefetch: u64,
+    /// See [`LOOKBACK_BUDGET`].
+    pub lookback: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { prefetch: PREFETCH_BUDGET, lookback: LOOKBACK_BUDGET }
+    }
+}
 /// Most data clusters remembered for fetching again after the pass.
 const MAX_REFETCH: usize = 1 << 18;
 /// Smallest block read from the stream at a time.
@@ -97,6 +112,7 @@ pub struct Decoder<'a> {
     ranger: Option<&'a dyn RangeFetch>,
     file_len: Option<u64>,
     progress: Option<&'a Progress>,
+    limits: Limits,
     /// Wants at or after the stream position, by (start, sequence).
     wants: BTreeMap<(u64, u64), Want>,
     seq: u64,
@@ -155,6 +171,7 @@ impl<'a> Decoder<'a> {
             ranger,
             file_len,
             progress,
+            limits: Limits::default(),
             wants: BTreeMap::new(),
             seq: 0,
             partials: Vec::new(),
@@ -173,6 +190,12 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// Replaces the default memory bounds.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Decodes the whole image from `reader`, which yields the file from
     /// offset 0. Reads it to the end.
     pub fn run(mut self, reader: &mut dyn Read) -> Result<DecodeStats> {
@@ -180,7 +203,7 @@ impl<'a> Decoder<'a> {
         if self.h.l1_size == 0 {
             self.l1_done = true;
             self.sink.zero_at(0, self.h.size)?;
-        } else if self.ranger.is_some() {
+        } else if self.ranger.is_some() && self.limits.prefetch > 0 {
             self.prefetch()?;
         } else {
             self.add(l1)?;
@@ -210,7 +233,7 @@ impl<'a> Decoder<'a> {
         }
         self.stats.prefetched_tables += 1;
         self.process_meta(l1, &bytes)?;
-        if self.l2_pending * self.h.cluster_size() > PREFETCH_BUDGET {
+        if self.l2_pending * self.h.cluster_size() > self.limits.prefetch {
             tracing::debug!(tables = self.l2_pending, "L2 tables exceed the prefetch budget; reading them in stream");
             return Ok(());
         }
@@ -400,7 +423,7 @@ impl<'a> Decoder<'a> {
         let data = if full && is_zero(&self.block) { None } else { Some(self.block.clone()) };
         self.lookback_bytes += data.as_ref().map_or(0, Vec::len);
         self.lookback.insert(self.block_start, data);
-        while self.lookback_bytes > LOOKBACK_BUDGET {
+        while self.lookback_bytes > self.limits.lookback {
             let Some((_, dropped)) = self.lookback.pop_first() else { break };
             self.lookback_bytes -= dropped.as_ref().map_or(0, Vec::len);
         }
@@ -624,4 +647,79 @@ fn coalesce(wants: &[Want], gap: u64, max: u64) -> Vec<(u64, u64, Vec<Want>)> {
         out.push((w.start, w.len, vec![w]));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    struct MemRanger(Vec<u8>);
+
+    impl RangeFetch for MemRanger {
+        fn fetch(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+            let start = (offset as usize).min(self.0.len());
+            let end = (offset + len).min(self.0.len() as u64) as usize;
+            Ok(self.0[start..end].to_vec())
+        }
+    }
+
+    fn qemu_img(args: &[&str], dir: &Path) {
+        let out = Command::new("qemu-img").args(args).current_dir(dir).output().expect("qemu-img");
+        assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A qcow2 with 4 KiB clusters resized so that its L1 table moved to
+    /// the end of the file: every table comes after data it maps.
+    fn l1_at_end(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+        let mut raw = vec![0u8; 8 << 20];
+        for (i, b) in raw.iter_mut().enumerate().step_by(3) {
+            *b = (i / 4096 % 251) as u8 + 1;
+        }
+        std::fs::write(dir.join("a.raw"), &raw).unwrap();
+        qemu_img(&["convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4096", "a.raw", "a.qcow2"], dir);
+        qemu_img(&["resize", "a.qcow2", "64M"], dir);
+        qemu_img(&["convert", "-O", "raw", "a.qcow2", "want.raw"], dir);
+        let q = std::fs::read(dir.join("a.qcow2")).unwrap();
+        let h = Header::parse(&q, Some(q.len() as u64)).unwrap();
+        assert!(h.l1_offset > (8 << 20), "the resize did not move the L1 table ({:#x})", h.l1_offset);
+        (q, std::fs::read(dir.join("want.raw")).unwrap())
+    }
+
+    fn decode(q: &[u8], ranger: Option<&dyn RangeFetch>, limits: Limits) -> Result<(Vec<u8>, DecodeStats)> {
+        let h = Header::parse(q, Some(q.len() as u64))?;
+        let mut out = vec![0xa5u8; h.size as usize];
+        let stats = Decoder::new(h, &mut out, ranger, Some(q.len() as u64), None).with_limits(limits).run(&mut &q[..])?;
+        Ok((out, stats))
+    }
+
+    #[test]
+    fn tables_after_data_use_the_lookback_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, want) = l1_at_end(dir.path());
+        let (got, stats) = decode(&q, None, Limits::default()).unwrap();
+        assert!(got == want, "decoded image differs from qemu-img's");
+        assert!(stats.lookback_hits > 0);
+    }
+
+    #[test]
+    fn tables_after_data_beyond_the_buffer_are_refetched_with_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, want) = l1_at_end(dir.path());
+        let ranger = MemRanger(q.clone());
+        let limits = Limits { prefetch: 0, lookback: 64 << 10 };
+        let (got, stats) = decode(&q, Some(&ranger), limits).unwrap();
+        assert!(got == want, "decoded image differs from qemu-img's");
+        assert!(stats.refetched_bytes >= 7 << 20, "{stats:?}");
+    }
+
+    #[test]
+    fn tables_after_data_without_ranges_fail_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = l1_at_end(dir.path());
+        let e = decode(&q, None, Limits { prefetch: 0, lookback: 64 << 10 }).unwrap_err();
+        assert!(matches!(e, DeployError::Unstreamable { .. }), "{e}");
+        assert!(e.to_string().starts_with("qcow2 metadata follows its data"), "{e}");
+    }
 }
