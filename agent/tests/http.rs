@@ -1,0 +1,340 @@
+//! The pipeline against a misbehaving HTTP server: checksums, broken
+//! connections, servers without Range, error statuses, redirects, headers,
+//! declared types, sizes — and after every failure, nothing bootable.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use byoi_agent::checksum::Checksum;
+use byoi_agent::format::ImageType;
+use byoi_agent::progress::Progress;
+use byoi_agent::source::SourceOptions;
+use byoi_agent::target::DiskTarget;
+use byoi_agent::{deploy, DeployError, DeployRequest, Deployed};
+use byoi_wire::ErrorCode;
+use support::{assert_prefix_eq, disk_image, ends_wiped, junk_target, to_qcow2, Behaviour, Server};
+
+const IMAGE: usize = 6 << 20;
+const DISK: usize = 16 << 20;
+
+fn opts() -> SourceOptions {
+    SourceOptions {
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        read_timeout: Duration::from_secs(5),
+        attempts: 4,
+        ..Default::default()
+    }
+}
+
+fn request(url: &str) -> DeployRequest {
+    DeployRequest { url: url.into(), image_type: None, checksum: None, source: opts() }
+}
+
+fn run(req: &DeployRequest, target: &Path) -> Result<Deployed, DeployError> {
+    let t = DiskTarget::open(target, false).unwrap();
+    deploy(req, &t, &Arc::new(Progress::default()), None)
+}
+
+/// A tempdir holding a junk-filled target and the image bytes.
+struct Case {
+    dir: tempfile::TempDir,
+    image: Vec<u8>,
+    target: std::path::PathBuf,
+}
+
+fn case() -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let target = junk_target(dir.path(), DISK);
+    Case { image: disk_image(IMAGE, 3), dir, target }
+}
+
+fn untouched(target: &Path) -> bool {
+    std::fs::read(target).unwrap().iter().all(|&b| b == 0xa5)
+}
+
+fn digest(tool: &str, path: &Path) -> String {
+    let out = Command::new(tool).arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+fn ranged() -> Behaviour {
+    Behaviour { ranges: true, etag: Some("\"v1\"".into()), ..Default::default() }
+}
+
+#[test]
+fn every_checksum_algorithm_verifies() {
+    let c = case();
+    let path = c.dir.path().join("img");
+    std::fs::write(&path, &c.image).unwrap();
+    let server = Server::start();
+    let url = server.serve("/img", c.image.clone(), ranged());
+    for (algo, tool) in [("md5", "md5sum"), ("sha1", "sha1sum"), ("sha256", "sha256sum"), ("sha512", "sha512sum")] {
+        let hex = digest(tool, &path);
+        let mut req = request(&url);
+        req.checksum = Some(Checksum::new(algo, &hex).unwrap());
+        let done = run(&req, &c.target).unwrap();
+        assert_eq!(done.digest.as_deref(), Some(hex.as_str()), "{algo}");
+        assert_prefix_eq(&c.target, &c.image, algo);
+    }
+}
+
+#[test]
+fn wrong_checksum_leaves_nothing_bootable() {
+    let c = case();
+    let server = Server::start();
+    let mut req = request(&server.serve("/img", c.image.clone(), ranged()));
+    let wrong = "0".repeat(64);
+    req.checksum = Some(Checksum::new("sha256", &wrong).unwrap());
+    let e = run(&req, &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ChecksumMismatch);
+    let msg = e.to_string();
+    assert!(msg.starts_with("Bad sha256 for downloaded file, got: "), "{msg}");
+    assert!(msg.ends_with(&format!(" while expecting {wrong}.")), "{msg}");
+    assert!(ends_wiped(&c.target), "the first or last MiB survived a failed checksum");
+}
+
+#[test]
+fn connection_cut_mid_body_is_resumed_with_if_range() {
+    let c = case();
+    let server = Server::start();
+    let b = Behaviour { cut_after: Some(1_500_000), cuts: 2, ..ranged() };
+    let path = c.dir.path().join("img");
+    std::fs::write(&path, &c.image).unwrap();
+    let mut req = request(&server.serve("/img", c.image.clone(), b));
+    req.checksum = Some(Checksum::new("sha256", &digest("sha256sum", &path)).unwrap());
+    run(&req, &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "resumed");
+    let seen = server.requests("/img");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[1].headers.get("range").map(String::as_str), Some("bytes=1500000-"));
+    assert_eq!(seen[2].headers.get("range").map(String::as_str), Some("bytes=3000000-"));
+    assert_eq!(seen[1].headers.get("if-range").map(String::as_str), Some("\"v1\""));
+}
+
+#[test]
+fn qcow2_resumes_too() {
+    let c = case();
+    let raw = c.dir.path().join("a.raw");
+    let q = c.dir.path().join("a.qcow2");
+    std::fs::write(&raw, &c.image).unwrap();
+    to_qcow2(&raw, &q, &[]);
+    let server = Server::start();
+    let b = Behaviour { cut_after: Some(700_000), cuts: 1, ..ranged() };
+    let req = request(&server.serve("/q", std::fs::read(&q).unwrap(), b));
+    run(&req, &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "qcow2 resumed");
+}
+
+#[test]
+fn changed_file_is_never_spliced() {
+    let c = case();
+    let server = Server::start();
+    let other = Arc::new(disk_image(IMAGE, 99));
+    let b = Behaviour { cut_after: Some(2_000_000), cuts: 1, then_serve: Some((other, "\"v2\"".into())), ..ranged() };
+    let e = run(&request(&server.serve("/img", c.image.clone(), b)), &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ResumeFailed, "{e}");
+    assert!(e.to_string().contains("changed on the server"), "{e}");
+    assert!(ends_wiped(&c.target));
+}
+
+#[test]
+fn server_without_range_fails_clearly_once_data_is_written() {
+    let c = case();
+    let server = Server::start();
+    let b = Behaviour { cut_after: Some(2_000_000), cuts: 1, etag: Some("\"v1\"".into()), ..Default::default() };
+    let url = server.serve("/img", c.image.clone(), b);
+    let e = run(&request(&url), &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ResumeFailed, "{e}");
+    assert!(e.to_string().starts_with(&format!("Could not download image located: {url} (connection lost after 2000000 bytes")), "{e}");
+    assert!(ends_wiped(&c.target));
+}
+
+#[test]
+fn server_without_range_restarts_when_nothing_was_received() {
+    let c = case();
+    let server = Server::start();
+    let b = Behaviour { cut_after: Some(0), cuts: 1, ..Default::default() };
+    run(&request(&server.serve("/img", c.image.clone(), b)), &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "restarted");
+    let seen = server.requests("/img");
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].headers.get("range").is_none());
+}
+
+#[test]
+fn not_found_is_an_ovh_style_download_error_and_touches_nothing() {
+    let c = case();
+    let server = Server::start();
+    let url = server.url("/missing.qcow2");
+    let e = run(&request(&url), &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::DownloadFailed);
+    assert_eq!(e.to_string(), format!("Could not download image located: {url} (HTTP 404 Not Found)"));
+    assert_eq!(server.requests("/missing.qcow2").len(), 1, "a 404 is not retried");
+    assert!(untouched(&c.target));
+}
+
+#[test]
+fn server_errors_are_retried() {
+    let c = case();
+    let server = Server::start();
+    let b = Behaviour { fail_first: vec![500, 503], ..ranged() };
+    run(&request(&server.serve("/img", c.image.clone(), b)), &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "after 500");
+    assert_eq!(server.requests("/img").len(), 3);
+
+    let b = Behaviour { fail_first: vec![503; 10], ..ranged() };
+    let url = server.serve("/down", c.image.clone(), b);
+    let e = run(&request(&url), &c.target).unwrap_err();
+    assert_eq!(e.to_string(), format!("Could not download image located: {url} (HTTP 503 Service Unavailable, after 4 attempts)"));
+}
+
+#[test]
+fn redirects_are_followed_and_bounded() {
+    let c = case();
+    let server = Server::start();
+    server.serve("/real", c.image.clone(), ranged());
+    let b = Behaviour { redirect_to: Some("/real".into()), ..Default::default() };
+    run(&request(&server.serve("/link", vec![], b)), &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "redirected");
+
+    let b = Behaviour { redirect_to: Some("/loop".into()), ..Default::default() };
+    let e = run(&request(&server.serve("/loop", vec![], b)), &c.target).unwrap_err();
+    assert!(e.to_string().contains("more than 5 redirects"), "{e}");
+}
+
+#[test]
+fn custom_headers_are_sent() {
+    let c = case();
+    let server = Server::start();
+    let b = Behaviour { require: Some(("authorization".into(), "Bearer s3cret".into())), ..ranged() };
+    let url = server.serve("/private", c.image.clone(), b);
+    let e = run(&request(&url), &c.target).unwrap_err();
+    assert!(e.to_string().ends_with("(HTTP 401 Unauthorized)"), "{e}");
+    let mut req = request(&url);
+    req.source.headers = vec![("Authorization".into(), "Bearer s3cret".into())];
+    run(&req, &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "with header");
+}
+
+#[test]
+fn body_without_content_length() {
+    let c = case();
+    let server = Server::start();
+    let b = Behaviour { no_length: true, ..Default::default() };
+    run(&request(&server.serve("/img", c.image.clone(), b)), &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "close-delimited");
+}
+
+#[test]
+fn declared_type_must_match() {
+    let c = case();
+    let server = Server::start();
+    let mut req = request(&server.serve("/img", c.image.clone(), ranged()));
+    req.image_type = Some(ImageType::Qcow2);
+    let e = run(&req, &c.target).unwrap_err();
+    assert_eq!(e.to_string(), "image provided format is raw which does not match expected qcow2 format");
+    assert_eq!(e.code(), ErrorCode::FormatMismatch);
+    assert!(untouched(&c.target));
+    req.image_type = Some(ImageType::Raw);
+    run(&req, &c.target).unwrap();
+}
+
+#[test]
+fn unknown_formats_and_raw_without_partition_table_are_refused() {
+    let c = case();
+    let server = Server::start();
+    let mut vmdk = b"KDMV\x01\0\0\0".to_vec();
+    vmdk.resize(4096, 0);
+    let e = run(&request(&server.serve("/v", vmdk, ranged())), &c.target).unwrap_err();
+    assert_eq!(e.to_string(), "Bad format image, expected: qcow2, raw.");
+    let mut ext4 = vec![0u8; 1 << 20];
+    ext4[1080] = 0x53;
+    ext4[1081] = 0xef;
+    let e = run(&request(&server.serve("/fs", ext4, ranged())), &c.target).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "image provided format is not of type raw because no partition table was found. It seems to contain: an ext2/3/4 filesystem"
+    );
+    assert!(untouched(&c.target));
+}
+
+#[test]
+fn image_larger_than_target() {
+    let c = case();
+    let server = Server::start();
+    let big = disk_image(DISK + 4096, 5);
+    let shown = c.target.display().to_string();
+    let e = run(&request(&server.serve("/raw", big.clone(), ranged())), &c.target).unwrap_err();
+    assert_eq!(e.to_string(), format!("image provided has a size of {} bytes which is larger than {shown} of {DISK} bytes", DISK + 4096));
+    assert!(untouched(&c.target), "refused before writing");
+
+    // qcow2: its virtual size decides, before anything is written.
+    let raw = c.dir.path().join("big.raw");
+    let q = c.dir.path().join("big.qcow2");
+    std::fs::write(&raw, &big).unwrap();
+    to_qcow2(&raw, &q, &[]);
+    let e = run(&request(&server.serve("/q", std::fs::read(&q).unwrap(), ranged())), &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ImageTooLarge);
+    assert!(untouched(&c.target));
+
+    // Compressed: only found out while streaming; then wiped.
+    let gz = Command::new("gzip").arg("-c").arg(&raw).output().unwrap().stdout;
+    let e = run(&request(&server.serve("/gz", gz, ranged())), &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ImageTooLarge);
+    assert!(e.to_string().contains("or more bytes"), "{e}");
+    assert!(ends_wiped(&c.target));
+}
+
+#[test]
+fn corrupt_compressed_stream_is_a_clear_error() {
+    let c = case();
+    let server = Server::start();
+    let raw = c.dir.path().join("a.raw");
+    std::fs::write(&raw, &c.image).unwrap();
+    let mut gz = Command::new("gzip").arg("-c").arg(&raw).output().unwrap().stdout;
+    let mid = gz.len() / 2;
+    gz[mid..mid + 64].fill(0x42);
+    let e = run(&request(&server.serve("/gz", gz, ranged())), &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::CorruptImage, "{e}");
+    assert!(e.to_string().starts_with("corrupt gzip image"), "{e}");
+    assert!(ends_wiped(&c.target));
+}
+
+#[test]
+fn abort_leaves_nothing_bootable() {
+    let c = case();
+    let server = Server::start();
+    let req = request(&server.serve("/img", c.image.clone(), ranged()));
+    let t = DiskTarget::open(&c.target, false).unwrap();
+    let progress = Arc::new(Progress::default());
+    progress.request_abort();
+    let e = deploy(&req, &t, &progress, None).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Aborted);
+    assert!(ends_wiped(&c.target));
+}
+
+#[test]
+fn finishing_steps_run_on_the_held_back_mib_before_commit() {
+    let c = case();
+    let server = Server::start();
+    let req = request(&server.serve("/img", c.image.clone(), ranged()));
+    let t = DiskTarget::open(&c.target, false).unwrap();
+    let target = c.target.clone();
+    let mut finish = |w: &mut byoi_agent::sink::DiskWriter<'_>| {
+        // The disk still has nothing bootable while finishing runs.
+        assert!(std::fs::read(&target).unwrap()[..1 << 20].iter().all(|&b| b == 0));
+        assert_eq!(w.held()[510..512], [0x55, 0xaa]);
+        w.held()[440..444].copy_from_slice(b"BYOI");
+        Ok(())
+    };
+    deploy(&req, &t, &Arc::new(Progress::default()), Some(&mut finish)).unwrap();
+    let got = std::fs::read(&c.target).unwrap();
+    assert_eq!(&got[440..444], b"BYOI");
+    assert_eq!(got[4096..IMAGE], c.image[4096..]);
+}
