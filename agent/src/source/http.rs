@@ -179,19 +179,18 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
 }
 
 /// Whether a connection error is a TLS verdict (bad certificate…), which
-/// retrying cannot change.
+/// retrying cannot change. The rustls error hides in `io::Error`s nested
+/// in one another (tokio-rustls, then hyper-rustls).
 fn is_tls_rejection(e: &(dyn StdError + 'static)) -> bool {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(c) = cur {
         if c.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-                return true;
-            }
-        }
-        cur = c.source();
+        cur = match c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner),
+            None => c.source(),
+        };
     }
     false
 }

@@ -3,8 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,27 +51,59 @@ pub struct Seen {
 /// The server; stops when dropped (the listener thread is detached).
 pub struct Server {
     pub port: u16,
+    scheme: &'static str,
     files: Arc<Mutex<HashMap<String, Arc<Entry>>>>,
     pub log: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(None)
+    }
+
+    /// An HTTPS server with the certificate chain and key in these PEM files.
+    pub fn start_tls(cert: &Path, key: &Path) -> Server {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<_> = CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Server::start_with(Some(Arc::new(config)))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let files: Arc<Mutex<HashMap<String, Arc<Entry>>>> = Arc::default();
         let log: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let (f, l) = (files.clone(), log.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (f, l) = (f.clone(), l.clone());
+                let (f, l, tls) = (f.clone(), l.clone(), tls.clone());
                 thread::spawn(move || {
-                    let _ = handle(conn, &f, &l);
+                    let _ = match tls {
+                        None => handle(conn, &f, &l),
+                        Some(config) => {
+                            let Ok(session) = rustls::ServerConnection::new(config) else { return };
+                            let mut stream = rustls::StreamOwned::new(session, conn);
+                            let r = handle(&mut stream, &f, &l);
+                            stream.conn.send_close_notify();
+                            let _ = stream.flush();
+                            r
+                        }
+                    };
                 });
             }
         });
-        Server { port, files, log }
+        Server { port, scheme, files, log }
     }
 
     pub fn serve(&self, path: &str, data: Vec<u8>, behaviour: Behaviour) -> String {
@@ -85,7 +117,8 @@ impl Server {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        let host = if self.scheme == "https" { "localhost" } else { "127.0.0.1" };
+        format!("{}://{host}:{}{path}", self.scheme, self.port)
     }
 
     pub fn requests(&self, path: &str) -> Vec<Seen> {
@@ -107,22 +140,26 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn handle(conn: TcpStream, files: &Mutex<HashMap<String, Arc<Entry>>>, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
+fn handle(mut out: impl Read + Write, files: &Mutex<HashMap<String, Arc<Entry>>>, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
+    // Read the request head a byte at a time: nothing of the (empty) body
+    // may be consumed, and the stream may be TLS.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if out.read(&mut byte)? == 0 {
+            return Ok(());
         }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n");
+    let path = lines.next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/").to_owned();
+    let mut headers = HashMap::new();
+    for h in lines {
         if let Some((k, v)) = h.split_once(':') {
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
     }
-    let mut out = conn;
     let entry = files.lock().unwrap().get(&path).cloned();
     let record = |status: u16| log.lock().unwrap().push(Seen { path: path.clone(), headers: headers.clone(), status });
     let Some(entry) = entry else {

@@ -1,0 +1,124 @@
+//! `byoi-agent deploy` as a user runs it: exit codes, `--json` lines,
+//! HTTPS with `--ca-file`.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use byoi_wire::{ErrorCode, Event, Status};
+use support::{assert_prefix_eq, disk_image, junk_target, run, Behaviour, Server};
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_byoi-agent")).args(args).output().unwrap()
+}
+
+fn events(out: &Output) -> Vec<Event> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not an event: {l:?}: {e}")))
+        .collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = agent(&["deploy", "--url", "http://127.0.0.1:1/x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = agent(&["deploy", "--url", "http://x/y", "--target", "/tmp/t", "--checksum", "crc32:00"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("Bad checkSumType, expected: md5, sha1, sha256, sha512."), "{}", stderr(&out));
+    let out = agent(&["deploy", "--url", "http://x/y", "--target", "/tmp/t", "--header", "no colon"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn json_progress_and_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = junk_target(dir.path(), 8 << 20);
+    let image = disk_image(4 << 20, 1);
+    let server = Server::start();
+    let url = server.serve("/img", image.clone(), Behaviour { ranges: true, ..Default::default() });
+    let t = target.to_str().unwrap();
+    let out = agent(&["deploy", "--url", &url, "--target", t, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ev = events(&out);
+    assert!(ev.len() >= 2, "{ev:?}");
+    assert!(matches!(ev[0], Event::Progress { bytes_total: Some(n), .. } if n == image.len() as u64), "{ev:?}");
+    match ev.last().unwrap() {
+        Event::Result { status: Status::Done, code: None, message } => assert!(message.contains("deployed"), "{message}"),
+        other => panic!("last line {other:?}"),
+    }
+    assert_prefix_eq(&target, &image, "cli");
+
+    let missing = server.url("/nope");
+    let out = agent(&["deploy", "--url", &missing, "--target", t, "--json", "--retries", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let msg = format!("Could not download image located: {missing} (HTTP 404 Not Found)");
+    assert_eq!(stderr(&out).lines().last().unwrap(), format!("error: {msg}"));
+    match events(&out).last().unwrap() {
+        Event::Result { status: Status::Error, code: Some(ErrorCode::DownloadFailed), message } => assert_eq!(*message, msg),
+        other => panic!("last line {other:?}"),
+    }
+}
+
+#[test]
+fn plain_output_names_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = junk_target(dir.path(), 8 << 20);
+    let img = dir.path().join("disk.raw");
+    std::fs::write(&img, disk_image(2 << 20, 2)).unwrap();
+    let url = format!("file://{}", img.display());
+    let out = agent(&["deploy", "--url", &url, "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with(&format!("deployed {url} (raw, 2097152 bytes) to ")), "{stdout}");
+}
+
+/// A CA, and a server certificate for localhost signed by it: returns
+/// (CA cert, server cert, server key).
+fn make_certs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |n: &str| dir.join(n);
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-days", "2", "-subj", "/CN=byoi test CA"])
+        .args(ec)
+        .arg("-keyout").arg(p("ca.key")).arg("-out").arg(p("ca.pem")));
+    run(Command::new("openssl")
+        .args(["req", "-subj", "/CN=localhost"])
+        .args(ec)
+        .arg("-keyout").arg(p("key.pem")).arg("-out").arg(p("req.pem")));
+    std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n").unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in").arg(p("req.pem"))
+        .arg("-CA").arg(p("ca.pem")).arg("-CAkey").arg(p("ca.key"))
+        .arg("-extfile").arg(p("ext.cnf"))
+        .arg("-out").arg(p("cert.pem")));
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
+
+#[test]
+fn https_with_ca_file_and_refusal_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path());
+    let server = Server::start_tls(&cert, &key);
+    let image = disk_image(3 << 20, 4);
+    let url = server.serve("/img", image.clone(), Behaviour { ranges: true, ..Default::default() });
+    assert!(url.starts_with("https://"));
+    let target = junk_target(dir.path(), 8 << 20);
+    let t = target.to_str().unwrap();
+    let out = agent(&["deploy", "--url", &url, "--target", t, "--ca-file", ca.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_prefix_eq(&target, &image, "https");
+
+    let out = agent(&["deploy", "--url", &url, "--target", t, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("certificate"), "{err}");
+    assert!(!err.contains("after 8 attempts"), "a certificate error must not be retried: {err}");
+}
