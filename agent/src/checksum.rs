@@ -273,7 +273,11 @@ mod tests {
             let msg = wrong.verify(&digest).unwrap_err().to_string();
             assert_eq!(
                 msg,
-                format!("Bad {} for downloaded file, got: {hex} while expecting {}.", algo.name(), "0".repeat(hex.len()))
+                format!(
+                    "Bad {} for downloaded file, got: {hex} while expecting {}.",
+                    algo.name(),
+                    "0".repeat(hex.len())
+                )
             );
         }
     }

@@ -203,7 +203,8 @@ fn spawn_reporter(progress: Arc<Progress>, stop: Arc<AtomicBool>, json: bool) ->
                 if json {
                     emit(&Event::Progress { stage: progress.stage(), bytes_done: done, bytes_total: total });
                 } else {
-                    let pct = total.map(|t| format!(" {:5.1}%", done as f64 * 100.0 / t.max(1) as f64)).unwrap_or_default();
+                    let pct =
+                        total.map(|t| format!(" {:5.1}%", done as f64 * 100.0 / t.max(1) as f64)).unwrap_or_default();
                     eprint!("\r{:<12} {:>10} MiB{pct}   ", progress.stage().as_str(), done >> 20);
                 }
             };
@@ -211,7 +212,7 @@ fn spawn_reporter(progress: Arc<Progress>, stop: Arc<AtomicBool>, json: bool) ->
             while !stop.load(Ordering::Relaxed) {
                 thread::sleep(Duration::from_millis(100));
                 ticks += 1;
-                if ticks % 10 == 0 {
+                if ticks.is_multiple_of(10) {
                     report(&progress);
                 }
             }

@@ -58,7 +58,12 @@ pub struct Deployed {
 pub type Finisher<'f> = &'f mut dyn FnMut(&mut DiskWriter<'_>) -> Result<()>;
 
 /// Deploys `req` onto `target`.
-pub fn deploy(req: &DeployRequest, target: &dyn Target, progress: &Arc<Progress>, finish: Option<Finisher<'_>>) -> Result<Deployed> {
+pub fn deploy(
+    req: &DeployRequest,
+    target: &dyn Target,
+    progress: &Arc<Progress>,
+    finish: Option<Finisher<'_>>,
+) -> Result<Deployed> {
     let started = Instant::now();
     progress.set_stage(Stage::Downloading);
     let hasher = req.checksum.as_ref().map(|c| HashThread::spawn(c.algo)).transpose()?;
@@ -80,7 +85,8 @@ pub fn deploy(req: &DeployRequest, target: &dyn Target, progress: &Arc<Progress>
         Sniffed::Compressed(w) => {
             let mut inner = decompressor(w, Cursor::new(head).chain(&mut reader))?;
             let mut h = vec![0u8; SNIFF_LEN];
-            let n = read_full(&mut inner, &mut h).map_err(|e| DeployError::from_read(e, |e| corrupt_wrapper(Some(w), e)))?;
+            let n = read_full(&mut inner, &mut h)
+                .map_err(|e| DeployError::from_read(e, |e| corrupt_wrapper(Some(w), e)))?;
             h.truncate(n);
             (Some(w), Box::new(Cursor::new(h.clone()).chain(inner)), h)
         }
@@ -91,7 +97,9 @@ pub fn deploy(req: &DeployRequest, target: &dyn Target, progress: &Arc<Progress>
         Sniffed::Raw => ImageType::Raw,
         Sniffed::Other(what) => return Err(DeployError::BadFormat { detected: what.into() }),
         Sniffed::Compressed(w) => {
-            return Err(DeployError::BadFormat { detected: format!("{} inside {}", w.name(), wrapper.map_or("?", Wrapper::name)) })
+            return Err(DeployError::BadFormat {
+                detected: format!("{} inside {}", w.name(), wrapper.map_or("?", Wrapper::name)),
+            })
         }
     };
     if let Some(declared) = req.image_type {
@@ -140,7 +148,13 @@ pub fn deploy(req: &DeployRequest, target: &dyn Target, progress: &Arc<Progress>
             Some(h) => {
                 let size = h.size;
                 let ranger = if wrapper.is_none() { ranger.as_deref() } else { None };
-                let dec = qcow2::Decoder::new(h, &mut writer, ranger, if wrapper.is_none() { file_len } else { None }, Some(progress));
+                let dec = qcow2::Decoder::new(
+                    h,
+                    &mut writer,
+                    ranger,
+                    if wrapper.is_none() { file_len } else { None },
+                    Some(progress),
+                );
                 (size, Some(dec.run(&mut body)?))
             }
             None => (copy_raw(&mut body, &mut writer, progress, wrapper)?, None),

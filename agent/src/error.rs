@@ -97,7 +97,9 @@ pub enum DeployError {
 
     /// A qcow2 whose data comes before its metadata, beyond what we can
     /// buffer, from a source that cannot seek.
-    #[error("qcow2 metadata follows its data; serve it uncompressed from a server that supports Range requests ({detail})")]
+    #[error(
+        "qcow2 metadata follows its data; serve it uncompressed from a server that supports Range requests ({detail})"
+    )]
     Unstreamable {
         /// Where the layout broke the forward pass.
         detail: String,

@@ -398,7 +398,10 @@ mod tests {
         let t = MemTarget::new(2 << 20);
         let mut w = DiskWriter::new(&t, "raw");
         let e = w.write_at((2 << 20) - 1, &[1, 2]).unwrap_err();
-        assert_eq!(e.to_string(), "image provided has a size of 2097153 or more bytes which is larger than mem of 2097152 bytes");
+        assert_eq!(
+            e.to_string(),
+            "image provided has a size of 2097153 or more bytes which is larger than mem of 2097152 bytes"
+        );
         assert!(w.zero_at(0, (2 << 20) + 1).is_err());
     }
 

@@ -46,9 +46,7 @@ impl DiskTarget {
             return Ok(DiskTarget { file, path: shown, kind: Kind::File, size: meta.len(), sector: 512 });
         }
         if !ft.is_block_device() {
-            return Err(DeployError::TargetUnusable(format!(
-                "{shown} is neither a block device nor a regular file"
-            )));
+            return Err(DeployError::TargetUnusable(format!("{shown} is neither a block device nor a regular file")));
         }
         let dev = meta.rdev();
         if !force {

@@ -50,7 +50,9 @@ fn json_progress_and_result() {
     assert!(ev.len() >= 2, "{ev:?}");
     assert!(matches!(ev[0], Event::Progress { bytes_total: Some(n), .. } if n == image.len() as u64), "{ev:?}");
     match ev.last().unwrap() {
-        Event::Result { status: Status::Done, code: None, message } => assert!(message.contains("deployed"), "{message}"),
+        Event::Result { status: Status::Done, code: None, message } => {
+            assert!(message.contains("deployed"), "{message}")
+        }
         other => panic!("last line {other:?}"),
     }
     assert_prefix_eq(&target, &image, "cli");
@@ -61,7 +63,9 @@ fn json_progress_and_result() {
     let msg = format!("Could not download image located: {missing} (HTTP 404 Not Found)");
     assert_eq!(stderr(&out).lines().last().unwrap(), format!("error: {msg}"));
     match events(&out).last().unwrap() {
-        Event::Result { status: Status::Error, code: Some(ErrorCode::DownloadFailed), message } => assert_eq!(*message, msg),
+        Event::Result { status: Status::Error, code: Some(ErrorCode::DownloadFailed), message } => {
+            assert_eq!(*message, msg)
+        }
         other => panic!("last line {other:?}"),
     }
 }
@@ -87,18 +91,31 @@ fn make_certs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path:
     run(Command::new("openssl")
         .args(["req", "-x509", "-days", "2", "-subj", "/CN=byoi test CA"])
         .args(ec)
-        .arg("-keyout").arg(p("ca.key")).arg("-out").arg(p("ca.pem")));
+        .arg("-keyout")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.pem")));
     run(Command::new("openssl")
         .args(["req", "-subj", "/CN=localhost"])
         .args(ec)
-        .arg("-keyout").arg(p("key.pem")).arg("-out").arg(p("req.pem")));
-    std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n").unwrap();
+        .arg("-keyout")
+        .arg(p("key.pem"))
+        .arg("-out")
+        .arg(p("req.pem")));
+    std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")
+        .unwrap();
     run(Command::new("openssl")
         .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-        .arg("-in").arg(p("req.pem"))
-        .arg("-CA").arg(p("ca.pem")).arg("-CAkey").arg(p("ca.key"))
-        .arg("-extfile").arg(p("ext.cnf"))
-        .arg("-out").arg(p("cert.pem")));
+        .arg("-in")
+        .arg(p("req.pem"))
+        .arg("-CA")
+        .arg(p("ca.pem"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-extfile")
+        .arg(p("ext.cnf"))
+        .arg("-out")
+        .arg(p("cert.pem")));
     (p("ca.pem"), p("cert.pem"), p("key.pem"))
 }
 

@@ -85,13 +85,13 @@ fn layout(q: &[u8]) -> (usize, usize, usize) {
     (l1, l2, first)
 }
 
+/// A change to an image's bytes.
+type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+
 fn expect_corrupt(q: &[u8], want: &str) {
     for ranged in [false, true] {
         let e = decode(q, ranged).unwrap_err();
-        assert!(
-            matches!(e, DeployError::Corrupt { .. }),
-            "ranged={ranged}: expected a corruption, got {e}"
-        );
+        assert!(matches!(e, DeployError::Corrupt { .. }), "ranged={ranged}: expected a corruption, got {e}");
         assert!(e.to_string().contains(want), "ranged={ranged}: {e:?} does not mention {want:?}");
     }
 }
@@ -110,7 +110,7 @@ fn broken_tables_are_named() {
     let (a, _) = images();
     let (l1, l2, entry) = layout(a);
     let len = a.len() as u64;
-    let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(Mutation, &str)> = vec![
         (Box::new(move |q| put64(q, l1, (len + (1 << 20)) & !0xffff)), "L2 table 0 at host offset"),
         (Box::new(move |q| put64(q, l1, 1 << 58)), "reserved bits"),
         (Box::new(move |q| put64(q, l1, l1 as u64)), "inside the header or the L1 table"),

@@ -163,11 +163,7 @@ mod tests {
             serde_json::to_string(&p).unwrap(),
             r#"{"event":"progress","stage":"downloading","bytesDone":5,"bytesTotal":9}"#
         );
-        let r = Event::Result {
-            status: Status::Error,
-            code: Some(ErrorCode::ChecksumMismatch),
-            message: "bad".into(),
-        };
+        let r = Event::Result { status: Status::Error, code: Some(ErrorCode::ChecksumMismatch), message: "bad".into() };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"event":"result","status":"error","code":"checksum-mismatch","message":"bad"}"#

@@ -1,8 +1,40 @@
 //! `cargo xtask`: build and test automation (matklad's cargo-xtask pattern).
+//! One module per task; paths come from `CARGO_MANIFEST_DIR`.
+
+mod task_lint;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  lint    cargo fmt --check and cargo clippy -D warnings over the workspace";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1);
     match task.as_deref() {
-        _ => anyhow::bail!("usage: cargo xtask <task>"),
+        Some("lint") => task_lint::run(),
+        Some("-h" | "--help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task {other:?}\n\n{USAGE}"),
     }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// Runs a command in the workspace root, failing if it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.current_dir(root()).status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
 }

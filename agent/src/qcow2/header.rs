@@ -130,15 +130,19 @@ impl Header {
                 return Err(unsupported(format!("unknown incompatible feature bits {unknown:#x}")));
             }
             if features & incompat::CORRUPT != 0 {
-                return Err(DeployError::corrupt_qcow2("QEMU marked the image corrupt; repair it with qemu-img check -r all"));
+                return Err(DeployError::corrupt_qcow2(
+                    "QEMU marked the image corrupt; repair it with qemu-img check -r all",
+                ));
             }
             if features & incompat::EXTERNAL_DATA != 0 {
-                return Err(unsupported("its data is in an external data file; convert it to a self-contained image first"));
+                return Err(unsupported(
+                    "its data is in an external data file; convert it to a self-contained image first",
+                ));
             }
             dirty = features & incompat::DIRTY != 0;
             extended_l2 = features & incompat::EXTENDED_L2 != 0;
             let header_len = be32(buf, 100) as usize;
-            if header_len < V3_HEADER_LEN || header_len % 8 != 0 {
+            if header_len < V3_HEADER_LEN || !header_len.is_multiple_of(8) {
                 return Err(DeployError::corrupt_qcow2(format!("header_length {header_len}")));
             }
             if features & incompat::COMPRESSION_TYPE != 0 {
@@ -169,8 +173,10 @@ impl Header {
             return Err(DeployError::corrupt_qcow2(format!("L1 table of {l1_size} entries is larger than 32 MiB")));
         }
         if l1_size > 0 {
-            if l1_offset == 0 || l1_offset % cluster_size != 0 {
-                return Err(DeployError::corrupt_qcow2(format!("L1 table offset {l1_offset:#x} is not cluster aligned")));
+            if l1_offset == 0 || !l1_offset.is_multiple_of(cluster_size) {
+                return Err(DeployError::corrupt_qcow2(format!(
+                    "L1 table offset {l1_offset:#x} is not cluster aligned"
+                )));
             }
             let end = l1_offset.checked_add(l1_size * 8);
             if end.is_none() || file_len.is_some_and(|len| end > Some(len)) {
@@ -222,7 +228,7 @@ impl Header {
         if off == 0 {
             return Ok(None);
         }
-        if off % self.cluster_size() != 0 {
+        if !off.is_multiple_of(self.cluster_size()) {
             return Err(DeployError::corrupt_qcow2(format!("L1 entry {index} points to unaligned L2 table {off:#x}")));
         }
         Ok(Some(off))
@@ -231,7 +237,8 @@ impl Header {
     /// Decodes an L2 entry (`bitmap` is the second word of an extended
     /// entry, 0 otherwise) for the cluster at guest offset `guest`.
     pub fn l2_entry(&self, raw: u64, bitmap: u64, guest: u64) -> Result<Cluster> {
-        let bad = |what: &str| DeployError::corrupt_qcow2(format!("L2 entry for guest offset {guest:#x} {what} ({raw:#x})"));
+        let bad =
+            |what: &str| DeployError::corrupt_qcow2(format!("L2 entry for guest offset {guest:#x} {what} ({raw:#x})"));
         if raw & COMPRESSED != 0 {
             // Compressed cluster descriptor: x = 62 - (cluster_bits - 8)
             // offset bits, then the count of additional 512-byte sectors.
@@ -248,7 +255,7 @@ impl Header {
             return Err(bad("has reserved bits set"));
         }
         let host = raw & OFFSET_MASK;
-        if host % self.cluster_size() != 0 {
+        if !host.is_multiple_of(self.cluster_size()) {
             return Err(bad("points to an unaligned cluster"));
         }
         if self.extended_l2 {
@@ -304,6 +311,8 @@ pub enum Cluster {
 mod tests {
     use super::*;
 
+    type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+
     pub(crate) fn v3_header(cluster_bits: u32, size: u64, l1_size: u32, l1_offset: u64) -> Vec<u8> {
         let mut h = vec![0u8; 112];
         h[..4].copy_from_slice(&MAGIC);
@@ -329,7 +338,7 @@ mod tests {
     #[test]
     fn rejects_what_we_cannot_deploy() {
         let base = v3_header(16, 1 << 30, 2, 0x30000);
-        let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|h| h[4..8].copy_from_slice(&4u32.to_be_bytes())), "version 4"),
             (Box::new(|h| h[8..16].copy_from_slice(&200u64.to_be_bytes())), "backing file"),
             (Box::new(|h| h[32..36].copy_from_slice(&2u32.to_be_bytes())), "LUKS"),

@@ -291,7 +291,10 @@ impl<'a> Decoder<'a> {
             (Some(r), true) => {
                 let bytes = r.fetch(w.start, w.len)?;
                 if (bytes.len() as u64) < w.len {
-                    return Err(DeployError::corrupt_qcow2(format!("{} runs past the end of the file", w.kind.describe())));
+                    return Err(DeployError::corrupt_qcow2(format!(
+                        "{} runs past the end of the file",
+                        w.kind.describe()
+                    )));
                 }
                 self.process_meta(w, &bytes)
             }
@@ -475,7 +478,10 @@ impl<'a> Decoder<'a> {
                 let off = (w.start - start) as usize;
                 let end = (off + w.len as usize).min(bytes.len());
                 if off >= end {
-                    return Err(DeployError::corrupt_qcow2(format!("{} lies past the end of the file", w.kind.describe())));
+                    return Err(DeployError::corrupt_qcow2(format!(
+                        "{} lies past the end of the file",
+                        w.kind.describe()
+                    )));
                 }
                 self.process(w, &bytes[off..end])?;
             }
@@ -558,7 +564,8 @@ impl<'a> Decoder<'a> {
                 break;
             }
             let raw = u64::from_be_bytes(e[..8].try_into().expect("8-byte entry"));
-            let bitmap = if entry_len == 16 { u64::from_be_bytes(e[8..].try_into().expect("8-byte bitmap")) } else { 0 };
+            let bitmap =
+                if entry_len == 16 { u64::from_be_bytes(e[8..].try_into().expect("8-byte bitmap")) } else { 0 };
             let span = cs.min(size - guest);
             match self.h.l2_entry(raw, bitmap, guest)? {
                 Cluster::Zero => self.sink.zero_at(guest, span)?,
@@ -609,13 +616,16 @@ fn write_data(h: &Header, sink: &mut dyn ImageSink, guest: u64, bytes: &[u8]) ->
 }
 
 /// Decompresses one cluster; it must fill `out` exactly.
-fn decompress(h: &Header, inflate: &mut flate2::Decompress, input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+fn decompress(
+    h: &Header,
+    inflate: &mut flate2::Decompress,
+    input: &[u8],
+    out: &mut [u8],
+) -> std::result::Result<(), String> {
     match h.compression {
         Compression::Deflate => {
             inflate.reset(false);
-            inflate
-                .decompress(input, out, flate2::FlushDecompress::Finish)
-                .map_err(|e| e.to_string())?;
+            inflate.decompress(input, out, flate2::FlushDecompress::Finish).map_err(|e| e.to_string())?;
             if inflate.total_out() != out.len() as u64 {
                 return Err(format!("inflates to {} bytes instead of {}", inflate.total_out(), out.len()));
             }
@@ -690,7 +700,8 @@ mod tests {
     fn decode(q: &[u8], ranger: Option<&dyn RangeFetch>, limits: Limits) -> Result<(Vec<u8>, DecodeStats)> {
         let h = Header::parse(q, Some(q.len() as u64))?;
         let mut out = vec![0xa5u8; h.size as usize];
-        let stats = Decoder::new(h, &mut out, ranger, Some(q.len() as u64), None).with_limits(limits).run(&mut &q[..])?;
+        let stats =
+            Decoder::new(h, &mut out, ranger, Some(q.len() as u64), None).with_limits(limits).run(&mut &q[..])?;
         Ok((out, stats))
     }
 

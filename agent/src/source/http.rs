@@ -69,7 +69,12 @@ struct Ctx {
 }
 
 /// Opens an `http://` or `https://` image and starts streaming it.
-pub(crate) fn open(url: &str, opts: &SourceOptions, hash: Option<HashFeeder>, progress: Arc<Progress>) -> Result<Opened> {
+pub(crate) fn open(
+    url: &str,
+    opts: &SourceOptions,
+    hash: Option<HashFeeder>,
+    progress: Arc<Progress>,
+) -> Result<Opened> {
     let uri: Uri = url.parse().map_err(|e| DeployError::InvalidRequest(format!("invalid URL {url:?}: {e}")))?;
     let headers = parse_headers(&opts.headers)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -85,22 +90,17 @@ pub(crate) fn open(url: &str, opts: &SourceOptions, hash: Option<HashFeeder>, pr
     let (resp, final_uri) = rt.block_on(ctx.request_with_retries(&uri, None))?;
     let len = content_length(resp.headers());
     let validators = Validators::from_headers(resp.headers());
-    let ranges = resp
-        .headers()
-        .get(header::ACCEPT_RANGES)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
+    let ranges = resp.headers().get(header::ACCEPT_RANGES).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
     tracing::info!(url, len, ranges, etag = ?validators.etag, "image found");
     progress.set_total(len);
 
     let (tx, rx) = mpsc::channel(DATA_QUEUE_CHUNKS);
-    let pump = Pump { ctx: ctx.clone(), uri: final_uri.clone(), validators: validators.clone(), len, tx, hash, progress };
+    let pump =
+        Pump { ctx: ctx.clone(), uri: final_uri.clone(), validators: validators.clone(), len, tx, hash, progress };
     rt.spawn(pump.run(resp.into_body()));
 
-    let ranger: Option<Box<dyn RangeFetch>> = if ranges {
-        Some(Box::new(HttpRanger { rt: rt.clone(), ctx, uri: final_uri, validators }))
-    } else {
-        None
-    };
+    let ranger: Option<Box<dyn RangeFetch>> =
+        if ranges { Some(Box::new(HttpRanger { rt: rt.clone(), ctx, uri: final_uri, validators })) } else { None };
     Ok(Opened { reader: ChannelReader::new(rx, Some(rt)), info: SourceInfo { len }, ranger })
 }
 
@@ -224,12 +224,16 @@ impl Ctx {
 
     /// One GET, following redirects. Credentials given with `--header`
     /// (Authorization, Cookie) are not sent to another origin.
-    async fn request(&self, start: &Uri, extra: &[(HeaderName, HeaderValue)]) -> Result<(Response<Incoming>, Uri), Failure> {
+    async fn request(
+        &self,
+        start: &Uri,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<(Response<Incoming>, Uri), Failure> {
         let mut uri = start.clone();
         for _ in 0..=MAX_REDIRECTS {
             let same_origin = origin(&uri) == origin(start);
-            let mut req = Request::get(uri.clone())
-                .header(header::USER_AGENT, concat!("byoi-agent/", env!("CARGO_PKG_VERSION")));
+            let mut req =
+                Request::get(uri.clone()).header(header::USER_AGENT, concat!("byoi-agent/", env!("CARGO_PKG_VERSION")));
             for (k, v) in &self.headers {
                 if same_origin || (*k != header::AUTHORIZATION && *k != header::COOKIE) {
                     req = req.header(k, v);
@@ -378,7 +382,10 @@ impl Pump {
             // Nothing has been passed on yet: starting over is safe.
             return self.ctx.request(&self.uri, &[]).await.map(|(r, _)| r.into_body());
         }
-        let mut extra = vec![(header::RANGE, HeaderValue::try_from(format!("bytes={offset}-")).map_err(|_| resume_err("bad range"))?)];
+        let mut extra = vec![(
+            header::RANGE,
+            HeaderValue::try_from(format!("bytes={offset}-")).map_err(|_| resume_err("bad range"))?,
+        )];
         match self.validators.any() {
             Some(v) => extra.push((header::IF_RANGE, v.clone())),
             None if self.ctx.opts.verified => {}
@@ -415,7 +422,11 @@ struct HttpRanger {
 impl HttpRanger {
     async fn fetch_once(&self, offset: u64, len: u64) -> Result<Vec<u8>, Failure> {
         let last = offset + len - 1;
-        let mut extra = vec![(header::RANGE, HeaderValue::try_from(format!("bytes={offset}-{last}")).map_err(|_| Failure::Transient("bad range".into()))?)];
+        let mut extra = vec![(
+            header::RANGE,
+            HeaderValue::try_from(format!("bytes={offset}-{last}"))
+                .map_err(|_| Failure::Transient("bad range".into()))?,
+        )];
         if let Some(etag) = &self.validators.etag {
             extra.push((header::IF_MATCH, etag.clone()));
         } else if let Some(lm) = &self.validators.last_modified {
@@ -429,7 +440,9 @@ impl HttpRanger {
             ))));
         }
         if content_range(resp.headers()).map(|(s, _)| s) != Some(offset) {
-            return Err(Failure::Fatal(self.ctx.download_error("the server answered a Range request with the wrong range")));
+            return Err(Failure::Fatal(
+                self.ctx.download_error("the server answered a Range request with the wrong range"),
+            ));
         }
         let mut body = resp.into_body();
         let mut out = Vec::with_capacity(len as usize);
@@ -439,7 +452,9 @@ impl HttpRanger {
                     if let Ok(data) = frame.into_data() {
                         out.extend_from_slice(&data);
                         if out.len() as u64 > len {
-                            return Err(Failure::Fatal(self.ctx.download_error("the server sent more than the range asked for")));
+                            return Err(Failure::Fatal(
+                                self.ctx.download_error("the server sent more than the range asked for"),
+                            ));
                         }
                     }
                 }

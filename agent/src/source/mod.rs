@@ -116,9 +116,9 @@ pub fn open(url: &str, opts: &SourceOptions, hash: Option<HashFeeder>, progress:
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("http" | "https") => http::open(url, opts, hash, progress),
-        _ => Err(DeployError::InvalidRequest(format!(
-            "unsupported URL {url:?}: expected http://, https:// or file://"
-        ))),
+        _ => {
+            Err(DeployError::InvalidRequest(format!("unsupported URL {url:?}: expected http://, https:// or file://")))
+        }
     }
 }
 
@@ -155,9 +155,7 @@ impl Read for ChannelReader {
                 Some(Item::Chunk(c)) => self.current = c,
                 Some(Item::End) => self.ended = true,
                 Some(Item::Fail(e)) => return Err(e.into_io()),
-                None => {
-                    return Err(DeployError::Internal("the download stopped without saying why".into()).into_io())
-                }
+                None => return Err(DeployError::Internal("the download stopped without saying why".into()).into_io()),
             }
         }
         let n = buf.len().min(self.current.len());

@@ -140,7 +140,11 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn handle(mut out: impl Read + Write, files: &Mutex<HashMap<String, Arc<Entry>>>, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
+fn handle(
+    mut out: impl Read + Write,
+    files: &Mutex<HashMap<String, Arc<Entry>>>,
+    log: &Mutex<Vec<Seen>>,
+) -> std::io::Result<()> {
     // Read the request head a byte at a time: nothing of the (empty) body
     // may be consumed, and the stream may be TLS.
     let mut head = Vec::new();
