@@ -187,3 +187,39 @@ fn qcow2_compressed_inside_gzip() {
     });
     assert_eq!(d.format, "qcow2 (gzip)");
 }
+
+/// Valid qcow2 images made by qemu-img that we refuse, with the reason.
+#[test]
+fn qcow2_features_we_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = |args: &[&str]| run(Command::new("qemu-img").current_dir(d).args(args));
+    img(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    img(&["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "overlay.qcow2"]);
+    img(&[
+        "create",
+        "-q",
+        "--object",
+        "secret,id=s0,data=hunter2",
+        "-f",
+        "qcow2",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0",
+        "luks.qcow2",
+        "4M",
+    ]);
+    img(&["create", "-q", "-f", "qcow2", "-o", "data_file=data.raw", "external.qcow2", "4M"]);
+    let server = Server::start();
+    let target = junk_target(d, DISK);
+    for (file, want) in [
+        ("overlay.qcow2", "unsupported qcow2 image: it has a backing file (base.qcow2)"),
+        ("luks.qcow2", "unsupported qcow2 image: it is encrypted (LUKS)"),
+        ("external.qcow2", "unsupported qcow2 image: its data is in an external data file"),
+    ] {
+        let url = server.serve(&format!("/{file}"), std::fs::read(d.join(file)).unwrap(), ranges());
+        let e = deploy_file(&url, &target).unwrap_err();
+        assert!(e.to_string().starts_with(want), "{file}: {e}");
+        assert_eq!(e.code(), byoi_wire::ErrorCode::UnsupportedImage);
+    }
+    assert!(std::fs::read(&target).unwrap().iter().all(|&b| b == 0xa5), "a refused image touched the disk");
+}

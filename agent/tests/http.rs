@@ -348,3 +348,74 @@ fn finishing_steps_run_on_the_held_back_mib_before_commit() {
     assert_eq!(&got[440..444], b"BYOI");
     assert_eq!(got[4096..IMAGE], c.image[4096..]);
 }
+
+#[test]
+fn a_stalled_server_hits_the_read_timeout_and_is_resumed() {
+    let c = case();
+    let server = Server::start();
+    let b = Behaviour { cut_after: Some(1_000_000), cuts: 1, stall: Some(Duration::from_secs(3)), ..ranged() };
+    let mut req = request(&server.serve("/img", c.image.clone(), b));
+    req.source.read_timeout = Duration::from_millis(300);
+    run(&req, &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "after a stall");
+    let seen = server.requests("/img");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].headers.get("range").map(String::as_str), Some("bytes=1000000-"));
+}
+
+/// A disk whose writes fail past some offset, like a dying drive; the
+/// wipes of both ends still succeed.
+struct FailingDisk {
+    inner: DiskTarget,
+    fail_from: u64,
+}
+
+impl byoi_agent::sink::Target for FailingDisk {
+    fn path(&self) -> &str {
+        self.inner.path()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn logical_sector_size(&self) -> u32 {
+        512
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if offset + buf.len() as u64 > self.fail_from && offset < (self.inner.size() - (1 << 20)) && offset != 0 {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        self.inner.write_all_at(buf, offset)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.zero_range(offset, len)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn reread_partitions(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn write_errors_use_ovh_wording_and_wipe() {
+    use byoi_agent::sink::Target;
+    let c = case();
+    let server = Server::start();
+    let raw = c.dir.path().join("a.raw");
+    let q = c.dir.path().join("a.qcow2");
+    std::fs::write(&raw, &c.image).unwrap();
+    to_qcow2(&raw, &q, &[]);
+    for (path, data, format) in [("/raw", c.image.clone(), "raw"), ("/q", std::fs::read(&q).unwrap(), "qcow2")] {
+        let req = request(&server.serve(path, data, ranged()));
+        let disk = FailingDisk { inner: DiskTarget::open(&c.target, false).unwrap(), fail_from: 3 << 20 };
+        let e = deploy(&req, &disk, &Arc::new(Progress::default()), None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::WriteFailed);
+        assert_eq!(e.to_string(), format!("Can't write {format} on disk. (Input/output error (os error 5))"));
+        assert!(ends_wiped(&c.target));
+        let _ = disk.size();
+    }
+}

@@ -22,6 +22,8 @@ pub struct Behaviour {
     /// `cuts` responses.
     pub cut_after: Option<u64>,
     pub cuts: usize,
+    /// At the cut, go silent this long before closing (a stalled server).
+    pub stall: Option<std::time::Duration>,
     /// Statuses answered to the first requests, in order.
     pub fail_first: Vec<u16>,
     /// Answer with a redirect to this path.
@@ -236,6 +238,9 @@ fn handle(
         Some(n) if (n as usize) < body.len() => {
             out.write_all(&body[..n as usize])?;
             out.flush()?;
+            if let Some(d) = b.stall {
+                thread::sleep(d);
+            }
             // An abrupt close, as a dropped connection would look.
             return Ok(());
         }
