@@ -1,16 +1,19 @@
 //! The disk side of the pipeline: [`ImageSink`], what decoders write guest
 //! bytes to, and [`DiskWriter`], the sink that turns those writes into large
-//! writes and zeroing on a [`Target`], holding back the first MiB.
+//! writes and zeroing on a [`Target`], holding back the first and last MiB,
+//! and [`Overlay`], the `Read + Write + Seek` view the finishing steps patch
+//! the disk through.
 //!
 //! Nothing here opens a device; [`crate::target`] does.
 
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use crate::error::{DeployError, Result};
 
-/// Bytes at the start of the disk that are kept in memory until the very
-/// end, so that the partition table and boot code only land once everything
-/// else is on disk and verified.
+/// Bytes at the start and at the end of the disk that are kept in memory
+/// until the very end, so that the partition tables (primary and backup
+/// GPT) and boot code only land once everything else is on disk and
+/// verified.
 pub const HOLD_BACK: u64 = 1 << 20;
 
 /// Zero detection granularity: a block this size (aligned on the disk) that
@@ -99,15 +102,27 @@ pub struct WriteStats {
 }
 
 /// Writes an image onto a [`Target`]: coalesces writes, zeroes zero blocks
-/// instead of writing them, keeps the first [`HOLD_BACK`] bytes in memory
-/// until [`DiskWriter::commit`], and refuses to write past the end.
+/// instead of writing them, keeps the first and last [`HOLD_BACK`] bytes in
+/// memory until [`DiskWriter::commit`], and refuses to write past the end.
 pub struct DiskWriter<'t> {
     target: &'t dyn Target,
     /// `qcow2` or `raw`: how OVH names the failing write.
     format: &'static str,
+    /// The disk's first bytes.
     hold: Vec<u8>,
+    /// The disk's last bytes, from `tail_start` to the end.
+    tail: Vec<u8>,
+    tail_start: u64,
     run: Run,
     stats: WriteStats,
+}
+
+/// Where a byte of the disk lives until commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    Head,
+    Middle,
+    Tail,
 }
 
 impl std::fmt::Debug for DiskWriter<'_> {
@@ -119,8 +134,44 @@ impl std::fmt::Debug for DiskWriter<'_> {
 impl<'t> DiskWriter<'t> {
     /// A writer for `target`; `format` names the image type in errors.
     pub fn new(target: &'t dyn Target, format: &'static str) -> Self {
-        let hold_len = HOLD_BACK.min(target.size()) as usize;
-        DiskWriter { target, format, hold: vec![0; hold_len], run: Run::default(), stats: WriteStats::default() }
+        let size = target.size();
+        let hold_len = HOLD_BACK.min(size);
+        let tail_start = size.saturating_sub(HOLD_BACK).max(hold_len);
+        DiskWriter {
+            target,
+            format,
+            hold: vec![0; hold_len as usize],
+            tail: vec![0; (size - tail_start) as usize],
+            tail_start,
+            run: Run::default(),
+            stats: WriteStats::default(),
+        }
+    }
+
+    /// The region `offset` is in, and how many bytes from it (at most
+    /// `len`) stay in that region.
+    fn region(&self, offset: u64, len: u64) -> (Region, u64) {
+        let head_end = self.hold.len() as u64;
+        if offset < head_end {
+            (Region::Head, len.min(head_end - offset))
+        } else if offset >= self.tail_start {
+            (Region::Tail, len)
+        } else {
+            (Region::Middle, len.min(self.tail_start - offset))
+        }
+    }
+
+    /// The target being written.
+    pub fn target(&self) -> &'t dyn Target {
+        self.target
+    }
+
+    /// A `Read + Write + Seek` view of the whole disk as it will be after
+    /// commit: held-back bytes come from memory, the rest from the target.
+    /// Pending writes are flushed first.
+    pub fn overlay(&mut self) -> Result<Overlay<'_, 't>> {
+        self.flush()?;
+        Ok(Overlay { w: self, pos: 0 })
     }
 
     fn write_err(&self, source: io::Error) -> DeployError {
@@ -192,23 +243,15 @@ impl<'t> DiskWriter<'t> {
         Ok(())
     }
 
-    /// Splits `[offset, offset + len)` at the hold-back boundary.
-    fn split_hold(&self, offset: u64, len: u64) -> (u64, u64) {
-        let hold = self.hold.len() as u64;
-        if offset >= hold {
-            (0, 0)
-        } else {
-            (offset, (hold - offset).min(len))
-        }
-    }
-
     /// Finishes the image: flushes, syncs, checks the partition table fits
-    /// the target's sector size, writes the held-back first MiB last, syncs
-    /// again and has the kernel re-read the partition table.
+    /// the target's sector size, writes the held-back last MiB and then the
+    /// first MiB (without which nothing on the disk counts as partitioned),
+    /// syncs again and has the kernel re-read the partition table.
     pub fn commit(&mut self) -> Result<WriteStats> {
         self.flush()?;
         check_sector_size(&self.hold, self.target)?;
         self.target.sync().map_err(|e| self.write_err(e))?;
+        self.target.write_all_at(&self.tail, self.tail_start).map_err(|e| self.write_err(e))?;
         self.target.write_all_at(&self.hold, 0).map_err(|e| self.write_err(e))?;
         self.target.sync().map_err(|e| self.write_err(e))?;
         if let Err(e) = self.target.reread_partitions() {
@@ -216,21 +259,15 @@ impl<'t> DiskWriter<'t> {
             // is on disk either way.
             tracing::warn!(target = self.target.path(), error = %e, "re-reading the partition table failed");
         }
-        self.stats.data_bytes += self.hold.len() as u64;
+        self.stats.data_bytes += (self.hold.len() + self.tail.len()) as u64;
         Ok(self.stats)
     }
 }
 
-impl ImageSink for DiskWriter<'_> {
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.check_bounds(offset, data.len() as u64)?;
-        let (h_off, h_len) = self.split_hold(offset, data.len() as u64);
-        if h_len > 0 {
-            let h_len = h_len as usize;
-            self.hold[h_off as usize..h_off as usize + h_len].copy_from_slice(&data[..h_len]);
-        }
-        let mut off = offset + h_len;
-        let mut rest = &data[h_len as usize..];
+impl DiskWriter<'_> {
+    fn write_middle(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let mut off = offset;
+        let mut rest = data;
         while !rest.is_empty() {
             let grain_end = (off / ZERO_GRAIN + 1) * ZERO_GRAIN;
             let n = ((grain_end - off) as usize).min(rest.len());
@@ -245,17 +282,137 @@ impl ImageSink for DiskWriter<'_> {
         }
         Ok(())
     }
+}
+
+impl ImageSink for DiskWriter<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_bounds(offset, data.len() as u64)?;
+        let mut off = offset;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let (region, n) = self.region(off, rest.len() as u64);
+            let (piece, tail) = rest.split_at(n as usize);
+            match region {
+                Region::Head => self.hold[off as usize..off as usize + piece.len()].copy_from_slice(piece),
+                Region::Tail => {
+                    let at = (off - self.tail_start) as usize;
+                    self.tail[at..at + piece.len()].copy_from_slice(piece);
+                }
+                Region::Middle => self.write_middle(off, piece)?,
+            }
+            off += n;
+            rest = tail;
+        }
+        Ok(())
+    }
 
     fn zero_at(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_bounds(offset, len)?;
-        let (h_off, h_len) = self.split_hold(offset, len);
-        if h_len > 0 {
-            self.hold[h_off as usize..(h_off + h_len) as usize].fill(0);
-        }
-        if len > h_len {
-            self.push_zero(offset + h_len, len - h_len)?;
+        let (mut off, end) = (offset, offset + len);
+        while off < end {
+            let (region, n) = self.region(off, end - off);
+            match region {
+                Region::Head => self.hold[off as usize..(off + n) as usize].fill(0),
+                Region::Tail => {
+                    let at = (off - self.tail_start) as usize;
+                    self.tail[at..at + n as usize].fill(0);
+                }
+                Region::Middle => self.push_zero(off, n)?,
+            }
+            off += n;
         }
         Ok(())
+    }
+}
+
+/// The disk as the finishing steps see it: `Read + Write + Seek` over the
+/// whole target, the held-back regions in memory. Writes to the middle go
+/// straight to the target.
+pub struct Overlay<'w, 't> {
+    w: &'w mut DiskWriter<'t>,
+    pos: u64,
+}
+
+impl std::fmt::Debug for Overlay<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay").field("target", &self.w.target.path()).field("pos", &self.pos).finish()
+    }
+}
+
+impl Overlay<'_, '_> {
+    /// Size of the disk.
+    pub fn size(&self) -> u64 {
+        self.w.target.size()
+    }
+
+    /// Logical sector size of the disk.
+    pub fn sector_size(&self) -> u32 {
+        self.w.target.logical_sector_size()
+    }
+}
+
+impl Read for Overlay<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let size = self.size();
+        if self.pos >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = (buf.len() as u64).min(size - self.pos);
+        let (region, n) = self.w.region(self.pos, want);
+        let out = &mut buf[..n as usize];
+        match region {
+            Region::Head => out.copy_from_slice(&self.w.hold[self.pos as usize..(self.pos + n) as usize]),
+            Region::Tail => {
+                let at = (self.pos - self.w.tail_start) as usize;
+                out.copy_from_slice(&self.w.tail[at..at + n as usize]);
+            }
+            Region::Middle => self.w.target.read_exact_at(out, self.pos)?,
+        }
+        self.pos += n;
+        Ok(n as usize)
+    }
+}
+
+impl Write for Overlay<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let size = self.size();
+        if self.pos + buf.len() as u64 > size {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write past the end of the disk"));
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let (region, n) = self.w.region(self.pos, buf.len() as u64);
+        let piece = &buf[..n as usize];
+        match region {
+            Region::Head => self.w.hold[self.pos as usize..(self.pos + n) as usize].copy_from_slice(piece),
+            Region::Tail => {
+                let at = (self.pos - self.w.tail_start) as usize;
+                self.w.tail[at..at + n as usize].copy_from_slice(piece);
+            }
+            Region::Middle => {
+                self.w.target.write_all_at(piece, self.pos)?;
+                self.w.stats.data_bytes += n;
+            }
+        }
+        self.pos += n;
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Overlay<'_, '_> {
+    fn seek(&mut self, from: SeekFrom) -> io::Result<u64> {
+        let new = match from {
+            SeekFrom::Start(o) => Some(o),
+            SeekFrom::End(d) => self.size().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
     }
 }
 
@@ -295,6 +452,7 @@ fn check_sector_size(first: &[u8], target: &dyn Target) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Seek, SeekFrom, Write};
     use std::sync::Mutex;
 
     /// A target in memory that records the operations it gets.
@@ -370,8 +528,41 @@ mod tests {
         assert_eq!(*t.ops.lock().unwrap(), vec![('w', 1 << 20, 1 << 20), ('z', 2 << 20, 1 << 20)]);
         w.commit().unwrap();
         let ops = t.ops.lock().unwrap();
-        assert_eq!(ops[ops.len() - 3..], [('s', 0, 0), ('w', 0, 1 << 20), ('s', 0, 0)]);
+        assert_eq!(ops[ops.len() - 4..], [('s', 0, 0), ('w', 3 << 20, 1 << 20), ('w', 0, 1 << 20), ('s', 0, 0)]);
         assert!(t.data.lock().unwrap()[..1 << 20].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn holds_back_the_last_mib_too_and_overlays_everything() {
+        let t = MemTarget::new(4 << 20);
+        let mut w = DiskWriter::new(&t, "raw");
+        w.write_at((3 << 20) + 10, b"tail").unwrap();
+        w.write_at((2 << 20) - 2, b"midd").unwrap();
+        w.flush().unwrap();
+        assert_eq!(&t.data.lock().unwrap()[(3 << 20) + 10..(3 << 20) + 14], &[0xee; 4], "tail written early");
+        {
+            let mut o = w.overlay().unwrap();
+            let mut buf = [0u8; 4];
+            o.seek(SeekFrom::Start((3 << 20) + 10)).unwrap();
+            o.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"tail");
+            // A read spanning the middle and the tail.
+            o.seek(SeekFrom::Start((3 << 20) - 2)).unwrap();
+            o.write_all(b"ABCD").unwrap();
+            o.seek(SeekFrom::End(-2)).unwrap();
+            o.write_all(b"ZZ").unwrap();
+            assert!(o.write_all(b"!").is_err(), "wrote past the end");
+            o.seek(SeekFrom::Start(5)).unwrap();
+            o.write_all(b"head").unwrap();
+        }
+        assert_eq!(&t.data.lock().unwrap()[(3 << 20) - 2..3 << 20], b"AB", "middle goes straight to the disk");
+        w.commit().unwrap();
+        let d = t.data.lock().unwrap();
+        assert_eq!(&d[(3 << 20)..(3 << 20) + 2], b"CD");
+        assert_eq!(&d[(3 << 20) + 10..(3 << 20) + 14], b"tail");
+        assert_eq!(&d[(4 << 20) - 2..], b"ZZ");
+        assert_eq!(&d[5..9], b"head");
+        assert_eq!(&d[(2 << 20) - 2..(2 << 20) + 2], b"midd");
     }
 
     #[test]
