@@ -12,6 +12,7 @@ pub mod error;
 pub mod format;
 mod ioctl;
 pub mod progress;
+pub mod partition;
 pub mod qcow2;
 pub mod sink;
 pub mod source;
