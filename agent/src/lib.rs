@@ -7,7 +7,9 @@
 //! MiB) → [`target`] (block device or file). [`deploy`] wires them.
 
 pub mod checksum;
+pub mod configdrive;
 pub mod deploy;
+pub mod efi;
 pub mod error;
 pub mod format;
 mod ioctl;
@@ -15,6 +17,7 @@ pub mod progress;
 pub mod partition;
 pub mod qcow2;
 pub mod sink;
+pub mod slice;
 pub mod source;
 pub mod target;
 
