@@ -168,7 +168,7 @@ impl Hasher {
 /// How many chunks may wait for the hashing thread before the download
 /// waits for it: enough to ride out scheduling jitter, small enough to bound
 /// memory (chunks are at most a few hundred KiB).
-const HASH_QUEUE_CHUNKS: usize = 64;
+const HASH_QUEUE_CHUNKS: usize = 16;
 
 /// A hasher on its own thread, fed with reference-counted chunks.
 #[derive(Debug)]

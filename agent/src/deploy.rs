@@ -143,7 +143,8 @@ pub fn deploy(
 
     let mut writer = DiskWriter::new(target, detected.name());
     writer.wipe_ends()?;
-    let result = (|| {
+    // A panic must not skip the wipe below: catch it, wipe, report it.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let (image_size, qcow2_stats) = match header {
             Some(h) => {
                 let size = h.size;
@@ -189,7 +190,15 @@ pub fn deploy(
             qcow2: qcow2_stats,
             elapsed: started.elapsed(),
         })
-    })();
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(DeployError::Internal(format!("the pipeline panicked: {what}")))
+    });
     if let Err(e) = &result {
         tracing::error!(error = %e, "deployment failed; wiping the partition tables");
         if let Err(wipe) = sink::wipe_ends(target) {
@@ -209,15 +218,57 @@ fn corrupt_wrapper(wrapper: Option<Wrapper>, e: io::Error) -> DeployError {
     DeployError::Corrupt { format, detail: e.to_string() }
 }
 
+/// Most memory the xz decoder may use: enough for `xz -9` (64 MiB
+/// dictionary), not for hand-tuned larger ones.
+const XZ_MEMLIMIT: u64 = 72 << 20;
+/// Largest zstd window accepted (64 MiB): every level up to 19, `--long=26`.
+const ZSTD_WINDOW_LOG_MAX: u32 = 26;
+
 fn decompressor<'r>(w: Wrapper, r: impl Read + 'r) -> Result<Box<dyn Read + 'r>> {
-    Ok(match w {
+    let internal = |e: io::Error| DeployError::Internal(format!("starting the {} decoder: {e}", w.name()));
+    let inner: Box<dyn Read + 'r> = match w {
         Wrapper::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        Wrapper::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
-        Wrapper::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(r)
-                .map_err(|e| DeployError::Internal(format!("starting the zstd decoder: {e}")))?,
-        ),
-    })
+        Wrapper::Xz => {
+            let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, liblzma::stream::CONCATENATED)
+                .map_err(|e| internal(e.into()))?;
+            Box::new(liblzma::read::XzDecoder::new_stream(r, stream))
+        }
+        Wrapper::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(r).map_err(internal)?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(internal)?;
+            Box::new(d)
+        }
+    };
+    Ok(Box::new(WrapperErrors { inner, wrapper: w }))
+}
+
+/// Names decompression failures after the wrapper (`corrupt gzip image`),
+/// whatever decoder sits on top; the source's own errors pass through.
+struct WrapperErrors<R> {
+    inner: R,
+    wrapper: Wrapper,
+}
+
+impl<R: Read> Read for WrapperErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            let wrapper = self.wrapper;
+            DeployError::from_read(e, |e| {
+                let msg = e.to_string();
+                if msg.contains("memory") {
+                    DeployError::Unsupported {
+                        format: wrapper.name(),
+                        detail: format!(
+                            "decompressing it needs more memory than allowed ({msg}); recompress with default settings"
+                        ),
+                    }
+                } else {
+                    corrupt_wrapper(Some(wrapper), e)
+                }
+            })
+            .into_io()
+        })
+    }
 }
 
 /// Copies a raw image to the sink; returns its length.

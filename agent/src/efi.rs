@@ -173,12 +173,10 @@ mod tests {
     /// description, the 42-byte HD node, the File node header.
     #[test]
     fn matches_a_firmware_dump() {
-        let want = hex(
-            "01000000 6600 6e00 6500 7500 6500 7200 6b00 6500 7200 6e00 0000
+        let want = hex("01000000 6600 6e00 6500 7500 6500 7200 6b00 6500 7200 6e00 0000
              04012a00 01000000 0008000000000000 00e0040000000000
              77c490f8d1de694bbc850c1f307940f6 02 02
-             04043800 5c00450046004900",
-        );
+             04043800 5c00450046004900");
         let guid = crate::partition::Guid::parse("F890C477-DED1-4B69-BC85-0C1F307940F6").unwrap();
         let hd = HardDrive { number: 1, start: 0x800, size: 0x4e000, signature: Signature::Gpt(guid.0) };
         // A 25-character path gives the File node length 0x38 of the dump.

@@ -335,8 +335,11 @@ impl Gpt {
                 }
                 let mut u = [0u8; 16];
                 u.copy_from_slice(&e[16..32]);
-                let units: Vec<u16> =
-                    e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&c| c != 0).collect();
+                let units: Vec<u16> = e[56..128]
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .take_while(|&c| c != 0)
+                    .collect();
                 Some(GptEntry {
                     index: i as u32,
                     type_guid,
@@ -494,11 +497,8 @@ mod tests {
     #[test]
     fn corrupt_tables_are_named() {
         let good = tiny_gpt(8192, 8191);
-        let cases: [(usize, &str); 3] = [
-            (512 + 16, "header checksum"),
-            (1024 + 40, "entry array checksum"),
-            (512 + 2, "no GPT"),
-        ];
+        let cases: [(usize, &str); 3] =
+            [(512 + 16, "header checksum"), (1024 + 40, "entry array checksum"), (512 + 2, "no GPT")];
         for (at, want) in cases {
             let mut d = good.clone();
             d[at] ^= 0xff;

@@ -419,3 +419,68 @@ fn write_errors_use_ovh_wording_and_wipe() {
         let _ = disk.size();
     }
 }
+
+#[test]
+fn body_without_length_cut_short_is_resumed_not_truncated() {
+    let c = case();
+    let server = Server::start();
+    let b = Behaviour { no_length: true, cut_after: Some(3_000_000), cuts: 1, ..ranged() };
+    run(&request(&server.serve("/img", c.image.clone(), b)), &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "close-delimited, cut");
+    let statuses: Vec<u16> = server.requests("/img").iter().map(|s| s.status).collect();
+    // The cut, the rest, then the check that nothing follows.
+    assert_eq!(statuses, [200, 206, 416]);
+}
+
+#[test]
+fn credentials_stay_with_the_origin_they_were_given_for() {
+    let c = case();
+    let (a, b) = (Server::start(), Server::start());
+    let beh = Behaviour { cut_after: Some(1_000_000), cuts: 1, ..ranged() };
+    let target_url = b.serve("/img", c.image.clone(), beh);
+    let mut req = request(&a.serve("/img", vec![], Behaviour { redirect_to: Some(target_url), ..Default::default() }));
+    req.source.headers = vec![("Authorization".into(), "Bearer s3cret".into())];
+    run(&req, &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "redirected");
+    assert_eq!(a.requests("/img")[0].headers.get("authorization").map(String::as_str), Some("Bearer s3cret"));
+    let at_b = b.requests("/img");
+    assert_eq!(at_b.len(), 2, "the cut was resumed at the other origin");
+    assert!(at_b.iter().all(|s| !s.headers.contains_key("authorization")), "{at_b:?}");
+}
+
+#[test]
+fn headers_the_downloader_owns_are_refused() {
+    let c = case();
+    let server = Server::start();
+    let mut req = request(&server.serve("/img", c.image.clone(), ranged()));
+    req.source.headers = vec![("Range".into(), "bytes=0-10".into())];
+    let e = run(&req, &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
+    assert!(e.to_string().contains("header range is managed by the downloader"), "{e}");
+}
+
+#[test]
+fn xz_needing_too_much_memory_is_refused_before_writing() {
+    let c = case();
+    let raw = c.dir.path().join("a.raw");
+    std::fs::write(&raw, &c.image).unwrap();
+    let xz = Command::new("xz").args(["-c", "--lzma2=dict=128MiB"]).arg(&raw).output().unwrap().stdout;
+    let server = Server::start();
+    let e = run(&request(&server.serve("/xz", xz, ranged())), &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::UnsupportedImage, "{e}");
+    assert!(e.to_string().starts_with("unsupported xz image: decompressing it needs more memory"), "{e}");
+    assert!(untouched(&c.target));
+}
+
+#[test]
+fn a_panic_in_the_pipeline_still_wipes() {
+    let c = case();
+    let server = Server::start();
+    let req = request(&server.serve("/img", c.image.clone(), ranged()));
+    let t = DiskTarget::open(&c.target, false).unwrap();
+    let mut finish = |_: &mut byoi_agent::sink::DiskWriter<'_>| -> byoi_agent::Result<()> { panic!("finisher bug") };
+    let e = deploy(&req, &t, &Arc::new(Progress::default()), Some(&mut finish)).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Internal);
+    assert!(e.to_string().contains("finisher bug"), "{e}");
+    assert!(ends_wiped(&c.target));
+}

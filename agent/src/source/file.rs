@@ -17,7 +17,8 @@ use crate::checksum::HashFeeder;
 use crate::error::{DeployError, Result};
 use crate::progress::Progress;
 
-const CHUNK: usize = 1 << 20;
+/// Read size: small enough that the queues stay a few MiB.
+const CHUNK: usize = 256 << 10;
 
 /// Opens a local file.
 pub(crate) fn open(url: &str, path: PathBuf, hash: Option<HashFeeder>, progress: Arc<Progress>) -> Result<Opened> {

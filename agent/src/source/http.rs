@@ -59,6 +59,33 @@ impl Validators {
     }
 }
 
+/// The private runtime. Dropping it does not wait for blocking tasks (a
+/// resolver stuck in `getaddrinfo` must not delay reporting a failure).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Runtime {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.0 {
+            Some(rt) => rt.block_on(f),
+            None => unreachable!("the runtime is only taken on drop"),
+        }
+    }
+
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        if let Some(rt) = &self.0 {
+            rt.spawn(f);
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Everything a request needs; shared by the body pump and the ranger.
 struct Ctx {
     client: HttpClient,
@@ -66,6 +93,8 @@ struct Ctx {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// The URL as the operator gave it, for messages.
     url: String,
+    /// Scheme and authority of that URL: credentials go to this origin only.
+    origin: (String, String),
 }
 
 /// Opens an `http://` or `https://` image and starts streaming it.
@@ -83,20 +112,35 @@ pub(crate) fn open(
         .enable_all()
         .build()
         .map_err(|e| DeployError::Internal(format!("starting the HTTP runtime: {e}")))?;
-    let rt = Arc::new(rt);
+    let rt = Arc::new(Runtime(Some(rt)));
     let client = rt.block_on(async { build_client(opts) })?;
-    let ctx = Arc::new(Ctx { client, opts: opts.clone(), headers, url: url.to_owned() });
+    let origin =
+        (uri.scheme_str().unwrap_or_default().to_owned(), uri.authority().map(|a| a.to_string()).unwrap_or_default());
+    let ctx = Arc::new(Ctx { client, opts: opts.clone(), headers, url: url.to_owned(), origin });
 
     let (resp, final_uri) = rt.block_on(ctx.request_with_retries(&uri, None))?;
+    if resp.status() != StatusCode::OK {
+        return Err(ctx.download_error(format!("unexpected HTTP {} to a plain GET", resp.status())));
+    }
     let len = content_length(resp.headers());
     let validators = Validators::from_headers(resp.headers());
-    let ranges = resp.headers().get(header::ACCEPT_RANGES).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
+    // Ranges are only trusted with a validator to pin the file's version.
+    let ranges = resp.headers().get(header::ACCEPT_RANGES).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"))
+        && validators.any().is_some();
     tracing::info!(url, len, ranges, etag = ?validators.etag, "image found");
     progress.set_total(len);
 
     let (tx, rx) = mpsc::channel(DATA_QUEUE_CHUNKS);
-    let pump =
-        Pump { ctx: ctx.clone(), uri: final_uri.clone(), validators: validators.clone(), len, tx, hash, progress };
+    let pump = Pump {
+        ctx: ctx.clone(),
+        uri: final_uri.clone(),
+        validators: validators.clone(),
+        len,
+        ranges,
+        tx,
+        hash,
+        progress,
+    };
     rt.spawn(pump.run(resp.into_body()));
 
     let ranger: Option<Box<dyn RangeFetch>> =
@@ -104,11 +148,30 @@ pub(crate) fn open(
     Ok(Opened { reader: ChannelReader::new(rx, Some(rt)), info: SourceInfo { len }, ranger })
 }
 
+/// Headers the transfer itself manages; an operator's value would break
+/// resuming or framing.
+const RESERVED_HEADERS: [HeaderName; 9] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+];
+
 fn parse_headers(raw: &[(String, String)]) -> Result<Vec<(HeaderName, HeaderValue)>> {
     raw.iter()
         .map(|(k, v)| {
             let name = HeaderName::try_from(k.trim())
                 .map_err(|e| DeployError::InvalidRequest(format!("invalid header name {k:?}: {e}")))?;
+            if RESERVED_HEADERS.contains(&name) {
+                return Err(DeployError::InvalidRequest(format!(
+                    "header {name} is managed by the downloader and cannot be set"
+                )));
+            }
             let value = HeaderValue::try_from(v.trim())
                 .map_err(|e| DeployError::InvalidRequest(format!("invalid value for header {k:?}: {e}")))?;
             Ok((name, value))
@@ -199,22 +262,51 @@ fn origin(u: &Uri) -> (Option<&str>, Option<&str>) {
     (u.scheme_str(), u.authority().map(|a| a.as_str()))
 }
 
-/// Resolves a `Location` header against the URL that returned it.
+/// Whether a URI reference starts with a scheme (RFC 3986 §3.1).
+fn has_scheme(r: &str) -> bool {
+    match r.find(':') {
+        Some(i) if i > 0 => {
+            let scheme = &r[..i];
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        }
+        _ => false,
+    }
+}
+
+/// Resolves a `Location` header against the URL that returned it
+/// (RFC 3986 §5.2, without dot-segment removal).
 fn resolve(base: &Uri, location: &str) -> Option<Uri> {
-    if location.contains("://") {
+    let location = location.split('#').next().unwrap_or_default();
+    if has_scheme(location) {
         return location.parse().ok();
     }
     let scheme = base.scheme_str()?;
     let authority = base.authority()?.as_str();
+    let path = base.path();
     if let Some(rest) = location.strip_prefix("//") {
         return format!("{scheme}://{rest}").parse().ok();
     }
     if location.starts_with('/') {
         return format!("{scheme}://{authority}{location}").parse().ok();
     }
-    let path = base.path();
+    if location.is_empty() {
+        return Some(base.clone());
+    }
+    if location.starts_with('?') {
+        return format!("{scheme}://{authority}{path}{location}").parse().ok();
+    }
     let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
     format!("{scheme}://{authority}{dir}{location}").parse().ok()
+}
+
+/// Whether a 206 answer is for the same version of the file.
+fn same_version(v: &Validators, h: &HeaderMap) -> bool {
+    match (&v.etag, &v.last_modified) {
+        (Some(etag), _) => h.get(header::ETAG) == Some(etag),
+        (None, Some(lm)) => h.get(header::LAST_MODIFIED).is_none_or(|got| got == lm),
+        (None, None) => true,
+    }
 }
 
 impl Ctx {
@@ -231,7 +323,7 @@ impl Ctx {
     ) -> Result<(Response<Incoming>, Uri), Failure> {
         let mut uri = start.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let same_origin = origin(&uri) == origin(start);
+            let same_origin = origin(&uri) == (Some(self.origin.0.as_str()), Some(self.origin.1.as_str()));
             let mut req =
                 Request::get(uri.clone()).header(header::USER_AGENT, concat!("byoi-agent/", env!("CARGO_PKG_VERSION")));
             for (k, v) in &self.headers {
@@ -256,11 +348,16 @@ impl Ctx {
                 let next = loc.and_then(|l| resolve(&uri, l)).ok_or_else(|| {
                     Failure::Fatal(self.download_error(format!("HTTP {status} without a usable Location")))
                 })?;
+                if !matches!(next.scheme_str(), Some("http" | "https")) {
+                    return Err(Failure::Fatal(self.download_error(format!("redirected to {next}, not HTTP(S)"))));
+                }
                 tracing::debug!(from = %uri, to = %next, "following redirect");
                 uri = next;
                 continue;
             }
-            if status.is_success() {
+            // 416 is an answer, not a failure, to a Range request past the
+            // end (a body without a length that had in fact ended).
+            if status.is_success() || status == StatusCode::RANGE_NOT_SATISFIABLE {
                 return Ok((resp, uri));
             }
             let reason = format!("HTTP {status}");
@@ -308,6 +405,8 @@ struct Pump {
     uri: Uri,
     validators: Validators,
     len: Option<u64>,
+    /// The server honours Range requests for this file.
+    ranges: bool,
     tx: mpsc::Sender<Item>,
     hash: Option<HashFeeder>,
     progress: Arc<Progress>,
@@ -338,10 +437,32 @@ impl Pump {
                 }
                 Ok(None) => match self.len {
                     Some(len) if offset < len => format!("connection closed after {offset} of {len} bytes"),
-                    _ => {
+                    Some(_) => {
                         let _ = self.tx.send(Item::End).await;
                         return;
                     }
+                    None if !self.ranges => {
+                        tracing::warn!(
+                            offset,
+                            "the server sent no length: taking the end of the body as the end of the image"
+                        );
+                        let _ = self.tx.send(Item::End).await;
+                        return;
+                    }
+                    // A body without a length ends when the connection
+                    // closes, which a cut looks like too: ask for more.
+                    None => match self.resume(offset).await {
+                        Ok(Some(b)) => {
+                            body = b;
+                            continue;
+                        }
+                        Ok(None) => {
+                            let _ = self.tx.send(Item::End).await;
+                            return;
+                        }
+                        Err(Failure::Transient(r)) => r,
+                        Err(Failure::Fatal(e)) => return self.fail(e).await,
+                    },
                 },
                 Ok(Some(Err(e))) => chain(&e),
                 Err(_) => format!("no data for {read_timeout:?}"),
@@ -356,9 +477,13 @@ impl Pump {
                 tracing::warn!(url = %self.ctx.url, offset, attempt = streak, reason = %broken, "download broke; resuming");
                 sleep(self.ctx.opts.backoff(streak)).await;
                 match self.resume(offset).await {
-                    Ok(b) => {
+                    Ok(Some(b)) => {
                         body = b;
                         break;
+                    }
+                    Ok(None) => {
+                        let _ = self.tx.send(Item::End).await;
+                        return;
                     }
                     Err(Failure::Transient(r)) => broken = r,
                     Err(Failure::Fatal(e)) => return self.fail(e).await,
@@ -373,14 +498,18 @@ impl Pump {
     }
 
     /// Asks for the bytes from `offset` on, making sure they belong to the
-    /// same file.
-    async fn resume(&self, offset: u64) -> Result<Incoming, Failure> {
+    /// same file. `None`: there are none (a body without a length ended).
+    async fn resume(&self, offset: u64) -> Result<Option<Incoming>, Failure> {
         let resume_err = |reason: &str| {
             Failure::Fatal(DeployError::Resume { url: self.ctx.url.clone(), offset, reason: reason.to_owned() })
         };
         if offset == 0 {
             // Nothing has been passed on yet: starting over is safe.
-            return self.ctx.request(&self.uri, &[]).await.map(|(r, _)| r.into_body());
+            let (resp, _) = self.ctx.request(&self.uri, &[]).await?;
+            if resp.status() != StatusCode::OK {
+                return Err(resume_err(&format!("the server answered HTTP {} when starting over", resp.status())));
+            }
+            return Ok(Some(resp.into_body()));
         }
         let mut extra = vec![(
             header::RANGE,
@@ -396,14 +525,17 @@ impl Pump {
             }
         }
         let (resp, _) = self.ctx.request(&self.uri, &extra).await?;
-        if resp.status() != StatusCode::PARTIAL_CONTENT {
+        if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE && self.len.is_none() {
+            return Ok(None);
+        }
+        if resp.status() != StatusCode::PARTIAL_CONTENT || !same_version(&self.validators, resp.headers()) {
             return Err(resume_err(
                 "the server does not support Range requests or the image changed on the server, and data was already written",
             ));
         }
         match content_range(resp.headers()) {
             Some((start, total)) if start == offset && (total.is_none() || self.len.is_none() || total == self.len) => {
-                Ok(resp.into_body())
+                Ok(Some(resp.into_body()))
             }
             other => Err(resume_err(&format!("the server answered with the wrong range ({other:?})"))),
         }
@@ -413,7 +545,7 @@ impl Pump {
 /// Range requests on the side, for metadata and out-of-order data. Each
 /// request is guarded by `If-Match` / `If-Unmodified-Since`.
 struct HttpRanger {
-    rt: Arc<tokio::runtime::Runtime>,
+    rt: Arc<Runtime>,
     ctx: Arc<Ctx>,
     uri: Uri,
     validators: Validators,
@@ -439,11 +571,19 @@ impl HttpRanger {
                 resp.status()
             ))));
         }
-        if content_range(resp.headers()).map(|(s, _)| s) != Some(offset) {
+        if !same_version(&self.validators, resp.headers()) {
             return Err(Failure::Fatal(
-                self.ctx.download_error("the server answered a Range request with the wrong range"),
+                self.ctx.download_error("the image changed on the server during the deployment"),
             ));
         }
+        let expected = match content_range(resp.headers()) {
+            Some((start, total)) if start == offset => total.map_or(len, |t| len.min(t.saturating_sub(offset))),
+            _ => {
+                return Err(Failure::Fatal(
+                    self.ctx.download_error("the server answered a Range request with the wrong range"),
+                ))
+            }
+        };
         let mut body = resp.into_body();
         let mut out = Vec::with_capacity(len as usize);
         loop {
@@ -458,7 +598,13 @@ impl HttpRanger {
                         }
                     }
                 }
-                Ok(None) => return Ok(out),
+                Ok(None) if out.len() as u64 == expected => return Ok(out),
+                Ok(None) => {
+                    return Err(Failure::Transient(format!(
+                        "range response ended after {} of {expected} bytes",
+                        out.len()
+                    )))
+                }
                 Ok(Some(Err(e))) => return Err(Failure::Transient(chain(&e))),
                 Err(_) => return Err(Failure::Transient("range request timed out".into())),
             }
@@ -503,6 +649,9 @@ mod tests {
             ("//c.example/y", "http://c.example/y"),
             ("/abs/path", "http://a.example:8080/abs/path"),
             ("rel.raw", "http://a.example:8080/dir/rel.raw"),
+            ("?v=2", "http://a.example:8080/dir/img.qcow2?v=2"),
+            ("/real?next=http://x/y", "http://a.example:8080/real?next=http://x/y"),
+            ("other#frag", "http://a.example:8080/dir/other"),
         ];
         for (loc, want) in cases {
             assert_eq!(resolve(&base, loc).unwrap().to_string(), want, "{loc}");

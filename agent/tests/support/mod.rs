@@ -211,6 +211,13 @@ fn handle(
             if if_range_ok {
                 let (s, e) = range.split_once('-').unwrap();
                 start = s.parse().unwrap();
+                if start >= len {
+                    record(416);
+                    return write!(
+                        out,
+                        "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                }
                 end = if e.is_empty() { len } else { (e.parse::<u64>().unwrap() + 1).min(len) };
                 status = 206;
             }
