@@ -7,7 +7,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use std::path::Path;
+
 use byoi_agent::checksum::Checksum;
+use byoi_agent::configdrive::{self, ConfigDrive};
+use byoi_agent::efivars;
+use byoi_agent::finish::{Finishing, Firmware};
 use byoi_agent::format::ImageType;
 use byoi_agent::progress::Progress;
 use byoi_agent::source::SourceOptions;
@@ -78,6 +83,65 @@ struct DeployArgs {
     /// Seconds before the first retry; doubles per attempt up to 30 s.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.5)]
     retry_delay: f64,
+
+    /// Add a cloud-init ConfigDrive partition (implied by the options below).
+    #[arg(long, help_heading = "ConfigDrive")]
+    configdrive: bool,
+    /// ConfigDrive layout: OpenStack (label config-2) or NoCloud (label cidata).
+    #[arg(long, value_enum, default_value_t = DriveFormat::Openstack, help_heading = "ConfigDrive")]
+    configdrive_format: DriveFormat,
+    /// Host name.
+    #[arg(long, help_heading = "ConfigDrive")]
+    hostname: Option<String>,
+    /// SSH public key; repeatable.
+    #[arg(long = "ssh-key", value_name = "KEY", help_heading = "ConfigDrive")]
+    ssh_keys: Vec<String>,
+    /// File with user data (cloud-config, script…), copied verbatim.
+    #[arg(long, value_name = "FILE", help_heading = "ConfigDrive")]
+    user_data: Option<PathBuf>,
+    /// Metadata KEY=VALUE; repeatable (OVH's userMetadatas).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_meta, help_heading = "ConfigDrive")]
+    meta: Vec<(String, String)>,
+    /// cloud-init instance id; default: a fresh UUID.
+    #[arg(long, help_heading = "ConfigDrive")]
+    instance_id: Option<String>,
+    /// OpenStack network_data.json (NoCloud: network-config), verbatim.
+    #[arg(long, value_name = "FILE", help_heading = "ConfigDrive")]
+    network_data: Option<PathBuf>,
+
+    /// The server's firmware; auto: UEFI if this host booted with UEFI.
+    #[arg(long, value_enum, default_value_t = FirmwareArg::Auto, help_heading = "Boot")]
+    firmware: FirmwareArg,
+    /// Loader on the EFI system partition, e.g. '\EFI\debian\shimx64.efi'
+    /// (OVH's efiBootloaderPath); default: found on the partition.
+    #[arg(long, value_name = "PATH", help_heading = "Boot")]
+    efi_loader: Option<String>,
+    /// Directory of EFI variables to write the boot entry to (efivarfs
+    /// format); default: the host's, when the target is a block device on a
+    /// UEFI host.
+    #[arg(long, value_name = "DIR", help_heading = "Boot")]
+    efivars: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DriveFormat {
+    Openstack,
+    Nocloud,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FirmwareArg {
+    Uefi,
+    Legacy,
+    Auto,
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not of the form KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 fn parse_checksum(s: &str) -> Result<Checksum, String> {
@@ -142,8 +206,57 @@ fn run_deploy(args: DeployArgs) -> i32 {
     }
 }
 
-fn deploy_with(args: &DeployArgs, progress: &Arc<Progress>) -> Result<Deployed, DeployError> {
+/// The finishing steps the options ask for.
+fn finishing(args: &DeployArgs, target_is_block: bool) -> Result<Finishing, DeployError> {
+    let read = |what: &str, p: &PathBuf| {
+        std::fs::read(p).map_err(|e| DeployError::InvalidRequest(format!("cannot read {what} {}: {e}", p.display())))
+    };
+    let wanted = args.configdrive
+        || args.hostname.is_some()
+        || !args.ssh_keys.is_empty()
+        || args.user_data.is_some()
+        || !args.meta.is_empty()
+        || args.network_data.is_some()
+        || args.instance_id.is_some();
+    let configdrive = if wanted {
+        let format = match args.configdrive_format {
+            DriveFormat::Openstack => configdrive::Format::OpenStack,
+            DriveFormat::Nocloud => configdrive::Format::NoCloud,
+        };
+        let mut d = ConfigDrive::new(format);
+        if let Some(id) = &args.instance_id {
+            d.instance_id = id.clone();
+        }
+        d.hostname = args.hostname.clone();
+        d.ssh_keys = args.ssh_keys.clone();
+        d.user_data = args.user_data.as_ref().map(|p| read("--user-data", p)).transpose()?;
+        d.network_data = args.network_data.as_ref().map(|p| read("--network-data", p)).transpose()?;
+        d.meta = args.meta.iter().cloned().collect();
+        Some(d)
+    } else {
+        None
+    };
+    let host_uefi = Path::new("/sys/firmware/efi").exists();
+    let firmware = match args.firmware {
+        FirmwareArg::Uefi => Firmware::Uefi,
+        FirmwareArg::Legacy => Firmware::Legacy,
+        FirmwareArg::Auto if host_uefi => Firmware::Uefi,
+        FirmwareArg::Auto => Firmware::Legacy,
+    };
+    // Firmware variables are the host's: only touched when the disk is the
+    // host's own and the host is UEFI, or when a directory is named.
+    let efivars = match (&args.efivars, firmware) {
+        (_, Firmware::Legacy) => None,
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Firmware::Uefi) if target_is_block && host_uefi => Some(PathBuf::from(efivars::EFIVARFS)),
+        (None, Firmware::Uefi) => None,
+    };
+    Ok(Finishing { configdrive, firmware, efi_loader: args.efi_loader.clone(), efivars, outcome: None })
+}
+
+fn deploy_with(args: &DeployArgs, progress: &Arc<Progress>) -> Result<(Deployed, Finishing), DeployError> {
     let target = DiskTarget::open(&args.target, args.force)?;
+    let mut finish = finishing(args, target.is_block_device())?;
     let req = DeployRequest {
         url: args.url.clone(),
         image_type: args.image_type.map(|t| match t {
@@ -161,13 +274,29 @@ fn deploy_with(args: &DeployArgs, progress: &Arc<Progress>) -> Result<Deployed, 
             ..SourceOptions::default()
         },
     };
-    deploy(&req, &target, progress, None)
+    let done = deploy(&req, &target, progress, Some(&mut finish))?;
+    Ok((done, finish))
 }
 
-fn summary(args: &DeployArgs, d: &Deployed) -> String {
+fn summary(args: &DeployArgs, (d, f): &(Deployed, Finishing)) -> String {
     let secs = d.elapsed.as_secs_f64().max(1e-3);
+    let mut extra = String::new();
+    if let Some(o) = &f.outcome {
+        if o.gpt_relocated {
+            extra.push_str("; backup GPT moved to the end of the disk");
+        }
+        if let Some(n) = o.configdrive_partition {
+            extra.push_str(&format!("; ConfigDrive on partition {n}"));
+        }
+        if let Some(l) = &o.loader {
+            extra.push_str(&format!("; UEFI loader {l}"));
+        }
+        if let Some(b) = o.boot_entry {
+            extra.push_str(&format!(" (Boot{b:04X}, BootNext)"));
+        }
+    }
     format!(
-        "deployed {} ({}, {} bytes) to {} in {:.1} s ({:.0} MB/s); {} bytes written, {} zeroed{}",
+        "deployed {} ({}, {} bytes) to {} in {:.1} s ({:.0} MB/s); {} bytes written, {} zeroed{}{extra}",
         args.url,
         d.format,
         d.image_size,

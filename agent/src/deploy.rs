@@ -53,16 +53,40 @@ pub struct Deployed {
     pub elapsed: Duration,
 }
 
-/// A finishing step run on the written image before the first MiB is
-/// committed (GPT relocation, ConfigDrive, boot entry).
-pub type Finisher<'f> = &'f mut dyn FnMut(&mut DiskWriter<'_>) -> Result<()>;
+/// Bytes of the image's start handed to [`Finish::check_image_start`]:
+/// enough for an MBR and a GPT with 4 KiB sectors (LBA 0–5).
+pub const IMAGE_START_LEN: usize = 64 << 10;
+
+/// Steps run on the written image before the first MiB is committed (GPT
+/// relocation, ConfigDrive, boot entry: [`crate::finish::Finishing`]).
+pub trait Finish {
+    /// Looks at the image's first bytes before anything is written, to
+    /// refuse early what the finishing steps would refuse late. Only called
+    /// when those bytes are available without streaming (raw images, qcow2
+    /// from a server with Range support).
+    fn check_image_start(&mut self, _first: &[u8], _sector: u32) -> Result<()> {
+        Ok(())
+    }
+
+    /// Patches the disk; the held-back regions are still in memory.
+    fn finish(&mut self, w: &mut DiskWriter<'_>) -> Result<()>;
+}
+
+impl<F: FnMut(&mut DiskWriter<'_>) -> Result<()>> Finish for F {
+    fn finish(&mut self, w: &mut DiskWriter<'_>) -> Result<()> {
+        self(w)
+    }
+}
+
+/// A finishing step, as `deploy` takes it.
+pub type Finisher<'f> = &'f mut dyn Finish;
 
 /// Deploys `req` onto `target`.
 pub fn deploy(
     req: &DeployRequest,
     target: &dyn Target,
     progress: &Arc<Progress>,
-    finish: Option<Finisher<'_>>,
+    mut finish: Option<Finisher<'_>>,
 ) -> Result<Deployed> {
     let started = Instant::now();
     progress.set_stage(Stage::Downloading);
@@ -139,6 +163,19 @@ pub fn deploy(
             }
         }
     };
+    if let Some(f) = finish.as_deref_mut() {
+        let start = match &header {
+            None => Some(inner_head[..inner_head.len().min(IMAGE_START_LEN)].to_vec()),
+            Some(h) if wrapper.is_none() => match ranger.as_deref() {
+                Some(r) => Some(qcow2::read_guest_prefix(h, r, IMAGE_START_LEN as u64)?),
+                None => None,
+            },
+            Some(_) => None,
+        };
+        if let Some(start) = start {
+            f.check_image_start(&start, target.logical_sector_size())?;
+        }
+    }
     tracing::info!(format = %format_name, target = target.path(), "deploying");
 
     let mut writer = DiskWriter::new(target, detected.name());
@@ -178,7 +215,7 @@ pub fn deploy(
         }
         progress.set_stage(Stage::Finishing);
         if let Some(f) = finish {
-            f(&mut writer)?;
+            f.finish(&mut writer)?;
         }
         let writes = writer.commit()?;
         Ok(Deployed {

@@ -132,6 +132,24 @@ pub enum DeployError {
         source: io::Error,
     },
 
+    /// The GPT could not be validated or moved.
+    #[error("Can not move backup GPT data structures to the end of disk. ({0})")]
+    GptRelocation(String),
+
+    /// The ConfigDrive partition could not be made.
+    #[error("Could not create configdrive on disk. ({0})")]
+    ConfigDrive(String),
+
+    /// A UEFI server needs an EFI system partition to boot from.
+    #[error(
+        "the image has no EFI system partition, which a UEFI server needs to boot (add one, or deploy with --firmware legacy)"
+    )]
+    NoEfiPartition,
+
+    /// The UEFI boot entry could not be chosen or written.
+    #[error("could not set the UEFI boot entry: {0}")]
+    BootEntry(String),
+
     /// The deployment was aborted on request.
     #[error("deployment aborted")]
     Aborted,
@@ -158,6 +176,10 @@ impl DeployError {
             DeployError::ImageTooLarge { .. } => ErrorCode::ImageTooLarge,
             DeployError::TargetUnusable(_) => ErrorCode::TargetUnusable,
             DeployError::Write { .. } => ErrorCode::WriteFailed,
+            DeployError::GptRelocation(_) => ErrorCode::GptRelocationFailed,
+            DeployError::ConfigDrive(_) => ErrorCode::ConfigDriveFailed,
+            DeployError::NoEfiPartition => ErrorCode::NoEfiPartition,
+            DeployError::BootEntry(_) => ErrorCode::BootEntryFailed,
             DeployError::Aborted => ErrorCode::Aborted,
             DeployError::Internal(_) => ErrorCode::Internal,
         }

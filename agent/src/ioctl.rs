@@ -43,3 +43,28 @@ pub fn reread_partitions(fd: &impl AsRawFd) -> io::Result<()> {
     unsafe { blkrrpart(fd.as_raw_fd()) }?;
     Ok(())
 }
+
+// <linux/fs.h>: FS_IOC_GETFLAGS _IOR('f', 1, long), FS_IOC_SETFLAGS
+// _IOW('f', 2, long); FS_IMMUTABLE_FL 0x10.
+nix::ioctl_read!(fs_getflags, b'f', 1, nix::libc::c_long);
+nix::ioctl_write_ptr!(fs_setflags, b'f', 2, nix::libc::c_long);
+const FS_IMMUTABLE_FL: nix::libc::c_long = 0x10;
+
+/// Clears the immutable flag (efivarfs sets it on existing variables).
+/// Filesystems without flags (tmpfs in tests) are fine as they are.
+pub fn clear_immutable(fd: &impl AsRawFd) -> io::Result<()> {
+    let mut flags: nix::libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one long through the pointer.
+    match unsafe { fs_getflags(fd.as_raw_fd(), &mut flags) } {
+        Ok(_) => {}
+        Err(nix::errno::Errno::ENOTTY | nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    if flags & FS_IMMUTABLE_FL == 0 {
+        return Ok(());
+    }
+    let cleared = flags & !FS_IMMUTABLE_FL;
+    // SAFETY: FS_IOC_SETFLAGS reads one long through the pointer.
+    unsafe { fs_setflags(fd.as_raw_fd(), &cleared) }?;
+    Ok(())
+}

@@ -77,6 +77,11 @@ impl DiskTarget {
         Ok(DiskTarget { file, path: shown, kind: Kind::Block, size, sector })
     }
 
+    /// Whether the target is a block device (not a regular file).
+    pub fn is_block_device(&self) -> bool {
+        self.kind == Kind::Block
+    }
+
     /// Writes zeros the slow way, when the fast way is not available.
     fn write_zeros(&self, mut offset: u64, len: u64) -> io::Result<()> {
         let zeros = vec![0u8; (1 << 20).min(len) as usize];

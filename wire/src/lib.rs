@@ -44,6 +44,8 @@ pub enum ErrorCode {
     ConfigDriveFailed,
     /// The firmware boot entry could not be written.
     BootEntryFailed,
+    /// A UEFI server's image without an EFI system partition.
+    NoEfiPartition,
     /// The deployment was aborted on request.
     Aborted,
     /// A failure that fits no other code (a bug, or an unexpected OS error).
@@ -70,6 +72,7 @@ impl ErrorCode {
             ErrorCode::GptRelocationFailed => "gpt-relocation-failed",
             ErrorCode::ConfigDriveFailed => "configdrive-failed",
             ErrorCode::BootEntryFailed => "boot-entry-failed",
+            ErrorCode::NoEfiPartition => "no-efi-partition",
             ErrorCode::Aborted => "aborted",
             ErrorCode::Internal => "internal",
         }

@@ -1,0 +1,284 @@
+//! The finishing steps, run on the written image before its first MiB is
+//! committed: move the backup GPT to the end of the disk, add the
+//! ConfigDrive, and (UEFI) point the firmware at the image's loader.
+//!
+//! Pure logic over `Read + Write + Seek` ([`Finishing::run_on`]); the
+//! pipeline hands it the disk's [`Overlay`](crate::sink::Overlay).
+
+use std::io::{Cursor, Read, Seek, Write};
+use std::path::PathBuf;
+
+use crate::configdrive::{self, ConfigDrive};
+use crate::deploy::Finish;
+use crate::efi::{HardDrive, Signature};
+use crate::efivars::{self, EfiVars};
+use crate::error::{DeployError, Result};
+use crate::partition::{self, Gpt, Guid, Mbr, TableError};
+use crate::sink::DiskWriter;
+use crate::slice::Slice;
+
+/// The firmware the server boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Firmware {
+    /// UEFI: needs an EFI system partition and a boot entry.
+    Uefi,
+    /// Legacy BIOS: nothing to tell the firmware.
+    #[default]
+    Legacy,
+}
+
+/// Where the default loader of a removable medium is (UEFI §3.5.1.1).
+const FALLBACK_LOADER: &str = "\\EFI\\BOOT\\BOOTX64.EFI";
+/// Vendor loaders, in order of preference.
+const VENDOR_LOADERS: [&str; 2] = ["shimx64.efi", "grubx64.efi"];
+
+/// What the finishing steps do.
+#[derive(Debug, Clone, Default)]
+pub struct Finishing {
+    /// The ConfigDrive to add, if any.
+    pub configdrive: Option<ConfigDrive>,
+    /// The server's firmware.
+    pub firmware: Firmware,
+    /// The loader to boot (`efiBootloaderPath`); found on the ESP if absent.
+    pub efi_loader: Option<String>,
+    /// Where to write the boot entry; `None` writes no EFI variable.
+    pub efivars: Option<PathBuf>,
+    /// What the steps did, once they ran in a deployment.
+    pub outcome: Option<Finished>,
+}
+
+/// What the finishing steps did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// The backup GPT was moved to the end of the disk.
+    pub gpt_relocated: bool,
+    /// Partition number of the ConfigDrive.
+    pub configdrive_partition: Option<u32>,
+    /// The EFI system partition, when the firmware is UEFI.
+    pub esp: Option<HardDrive>,
+    /// The loader the boot entry points at.
+    pub loader: Option<String>,
+    /// The `Boot####` written.
+    pub boot_entry: Option<u16>,
+}
+
+fn gpt_err(e: TableError) -> DeployError {
+    DeployError::GptRelocation(e.to_string())
+}
+
+/// The partition tables of a disk as read from it.
+struct Tables {
+    mbr: Option<Mbr>,
+    gpt: Option<Gpt>,
+}
+
+fn read_tables<D: Read + Seek>(d: &mut D, sector: u64, size: u64) -> Result<Tables> {
+    let mbr = Mbr::read(d).map_err(|e| gpt_err(e.into()))?;
+    let gpt = Gpt::read(d, sector, size).map_err(gpt_err)?;
+    Ok(Tables { mbr, gpt })
+}
+
+/// The EFI system partition named by the tables.
+fn find_esp(t: &Tables) -> Option<HardDrive> {
+    if let Some(g) = &t.gpt {
+        let esp = Guid::parse(partition::ESP_TYPE)?;
+        return g.entries().into_iter().find(|e| e.type_guid == esp).map(|e| HardDrive {
+            number: e.index + 1,
+            start: e.first,
+            size: e.last - e.first + 1,
+            signature: Signature::Gpt(e.guid.0),
+        });
+    }
+    let mbr = t.mbr.as_ref()?;
+    mbr.entries().into_iter().find(|e| e.kind == partition::MBR_ESP).map(|e| HardDrive {
+        number: e.slot as u32 + 1,
+        start: u64::from(e.first),
+        size: u64::from(e.sectors),
+        signature: Signature::Mbr(mbr.signature()),
+    })
+}
+
+impl Finishing {
+    /// Checks, from the image's first bytes (enough to hold its partition
+    /// tables), what can be checked before anything is written: a UEFI
+    /// server needs an EFI system partition.
+    pub fn check_image_start(&self, first: &[u8], sector: u32) -> Result<()> {
+        if self.firmware != Firmware::Uefi {
+            return Ok(());
+        }
+        let mut c = Cursor::new(first);
+        // Tables that run past these bytes are checked after streaming.
+        let Ok(tables) = read_tables(&mut c, u64::from(sector), u64::MAX / 2) else { return Ok(()) };
+        if tables.mbr.is_none() && tables.gpt.is_none() {
+            return Err(DeployError::NoEfiPartition);
+        }
+        match find_esp(&tables) {
+            Some(_) => Ok(()),
+            None => Err(DeployError::NoEfiPartition),
+        }
+    }
+
+    /// Runs the steps on a disk of `size` bytes with `sector`-byte sectors.
+    pub fn run_on<D: Read + Write + Seek>(&self, d: &mut D, size: u64, sector: u32) -> Result<Finished> {
+        let s = u64::from(sector);
+        let lbas = size / s;
+        let mut t = read_tables(d, s, size)?;
+        let mut done = Finished::default();
+        if let Some(g) = &mut t.gpt {
+            done.gpt_relocated = g.alternate_lba() != lbas - 1;
+            g.relocate(lbas);
+            if let Some(m) = &mut t.mbr {
+                partition::grow_protective_mbr(m, lbas);
+            }
+        }
+        if let Some(drive) = &self.configdrive {
+            let (number, first, count) = place_configdrive(d, &mut t, drive, s, lbas)?;
+            let part = Slice::new(&mut *d, first * s, count * s);
+            drive.write_fat(part, sector).map_err(|e| DeployError::ConfigDrive(format!("writing the filesystem: {e}")))?;
+            done.configdrive_partition = Some(number);
+        }
+        if let Some(g) = &t.gpt {
+            g.write(d).map_err(|e| gpt_err(e.into()))?;
+        }
+        if let Some(m) = &t.mbr {
+            m.write(d).map_err(|e| DeployError::ConfigDrive(format!("writing the MBR: {e}")))?;
+        }
+        if self.firmware == Firmware::Uefi {
+            let esp = find_esp(&t).ok_or(DeployError::NoEfiPartition)?;
+            let loader = self.choose_loader(d, &esp, s)?;
+            if let Some(dir) = &self.efivars {
+                let vars = EfiVars::open(dir)
+                    .map_err(|e| DeployError::BootEntry(format!("cannot use {}: {e}", dir.display())))?;
+                let n = efivars::install_boot_entry(&vars, &esp, &loader)
+                    .map_err(|e| DeployError::BootEntry(format!("writing EFI variables in {}: {e}", dir.display())))?;
+                done.boot_entry = Some(n);
+            }
+            done.esp = Some(esp);
+            done.loader = Some(loader);
+        }
+        Ok(done)
+    }
+
+    /// The loader to boot: the one asked for (which must exist), else the
+    /// removable-media fallback, else the single vendor's shim or GRUB.
+    fn choose_loader<D: Read + Write + Seek>(&self, d: &mut D, esp: &HardDrive, sector: u64) -> Result<String> {
+        let part = Slice::new(&mut *d, esp.start * sector, esp.size * sector);
+        let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new())
+            .map_err(|e| DeployError::BootEntry(format!("cannot read the EFI system partition: {e}")))?;
+        let root = fs.root_dir();
+        let exists = |path: &str| {
+            let p = path.trim_start_matches('\\').replace('\\', "/");
+            root.open_file(&p).is_ok()
+        };
+        if let Some(l) = &self.efi_loader {
+            let l = if l.starts_with('\\') { l.clone() } else { format!("\\{l}") }.replace('/', "\\");
+            return if exists(&l) {
+                Ok(l)
+            } else {
+                Err(DeployError::BootEntry(format!("--efi-loader {l} is not on the EFI system partition")))
+            };
+        }
+        if exists(FALLBACK_LOADER) {
+            return Ok(FALLBACK_LOADER.to_owned());
+        }
+        let vendors: Vec<String> = root
+            .open_dir("EFI")
+            .map(|efi| {
+                efi.iter()
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.is_dir() && e.file_name() != "." && e.file_name() != "..")
+                    .map(|e| e.file_name())
+                    .filter(|n| !n.eq_ignore_ascii_case("BOOT"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for loader in VENDOR_LOADERS {
+            let found: Vec<String> = vendors
+                .iter()
+                .map(|v| format!("\\EFI\\{v}\\{loader}"))
+                .filter(|p| exists(p))
+                .collect();
+            match found.len() {
+                0 => continue,
+                1 => return Ok(found[0].clone()),
+                _ => {
+                    return Err(DeployError::BootEntry(format!(
+                        "several loaders on the EFI system partition ({}); choose one with --efi-loader",
+                        found.join(", ")
+                    )))
+                }
+            }
+        }
+        Err(DeployError::BootEntry(format!(
+            "no loader found on the EFI system partition (looked for {FALLBACK_LOADER} and \\EFI\\*\\{{{}}}); name it with --efi-loader",
+            VENDOR_LOADERS.join(",")
+        )))
+    }
+}
+
+/// Finds or makes the ConfigDrive partition: (number, first LBA, LBAs).
+fn place_configdrive<D: Read + Write + Seek>(
+    d: &mut D,
+    t: &mut Tables,
+    drive: &ConfigDrive,
+    sector: u64,
+    lbas: u64,
+) -> Result<(u32, u64, u64)> {
+    let fail = |m: &str| DeployError::ConfigDrive(m.to_owned());
+    let label = drive.format.label();
+    let fat_label = |d: &mut D, first: u64, count: u64| {
+        configdrive::fat_volume_label(&mut Slice::new(&mut *d, first * sector, count * sector)).ok().flatten()
+    };
+    let count = configdrive::PARTITION_SIZE / sector;
+    let align = ((1 << 20) / sector).max(1);
+    if let Some(g) = &mut t.gpt {
+        for e in g.entries() {
+            let n = e.last - e.first + 1;
+            if e.name.eq_ignore_ascii_case(label) || fat_label(d, e.first, n).is_some_and(|l| l.eq_ignore_ascii_case(label)) {
+                return Ok((e.index + 1, e.first, n));
+            }
+        }
+        let first = (g.last_usable() + 1).saturating_sub(count) / align * align;
+        if first <= g.last_used_lba() || first < g.first_usable() {
+            return Err(fail("no 64 MiB of free space after the last partition"));
+        }
+        let ty = Guid::parse(partition::LINUX_DATA_TYPE).ok_or_else(|| fail("bad type GUID"))?;
+        let index = g.add(ty, Guid::random(), first, first + count - 1, label).ok_or_else(|| fail("no free GPT entry"))?;
+        return Ok((index + 1, first, count));
+    }
+    let Some(m) = &mut t.mbr else {
+        return Err(fail("the image has no partition table"));
+    };
+    for e in m.entries() {
+        if !partition::is_extended(e.kind)
+            && fat_label(d, u64::from(e.first), u64::from(e.sectors)).is_some_and(|l| l.eq_ignore_ascii_case(label))
+        {
+            return Ok((e.slot as u32 + 1, u64::from(e.first), u64::from(e.sectors)));
+        }
+    }
+    let used: Vec<usize> = m.entries().iter().map(|e| e.slot).collect();
+    let slot = (0..4).find(|s| !used.contains(s)).ok_or_else(|| fail("all four primary MBR partitions are in use"))?;
+    // An MBR addresses 2^32 sectors: stay below 2 TiB (512-byte sectors).
+    let end = lbas.min(1 << 32);
+    let first = end.saturating_sub(count) / align * align;
+    if first < partition::mbr_used_end(m).max(1) {
+        return Err(fail("no 64 MiB of free space after the last partition"));
+    }
+    m.set_entry(slot, partition::MBR_FAT32_LBA, first as u32, count as u32);
+    Ok((slot as u32 + 1, first, count))
+}
+
+impl Finish for Finishing {
+    fn check_image_start(&mut self, first: &[u8], sector: u32) -> Result<()> {
+        Finishing::check_image_start(self, first, sector)
+    }
+
+    fn finish(&mut self, w: &mut DiskWriter<'_>) -> Result<()> {
+        let mut o = w.overlay()?;
+        let (size, sector) = (o.size(), o.sector_size());
+        let done = self.run_on(&mut o, size, sector)?;
+        tracing::info!(?done, "finishing steps done");
+        self.outcome = Some(done);
+        Ok(())
+    }
+}
