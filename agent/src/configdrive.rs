@@ -162,7 +162,8 @@ impl ConfigDrive {
             f.write_all(&data)?;
         }
         drop(root);
-        fs.unmount()
+        fs.unmount()?;
+        fix_dot_entries(&mut part)
     }
 }
 
@@ -200,6 +201,75 @@ fn write_root_label<D: Read + Write + Seek>(part: &mut D, label: [u8; 11]) -> io
     entry[11] = 0x08; // ATTR_VOLUME_ID
     part.seek(SeekFrom::Start(root))?;
     part.write_all(&entry)
+}
+
+/// FAT directory entry attributes.
+const ATTR_DIRECTORY: u8 = 0x10;
+const ATTR_LFN: u8 = 0x0f;
+const DELETED: u8 = 0xe5;
+
+/// `fatfs` 0.3 writes a long-name entry before the `.` and `..` entries of
+/// each new directory, so they are not the first two slots; `fsck.fat`
+/// flags that. Moves them to slots 0 and 1 and marks the long-name entries
+/// deleted, in every directory (all ours fit in their first cluster).
+fn fix_dot_entries<D: Read + Write + Seek>(part: &mut D) -> io::Result<()> {
+    let mut bpb = [0u8; 512];
+    part.seek(SeekFrom::Start(0))?;
+    part.read_exact(&mut bpb)?;
+    let u16_at = |at: usize| u64::from(u16::from_le_bytes([bpb[at], bpb[at + 1]]));
+    let bps = u16_at(11);
+    let cluster = u64::from(bpb[13]) * bps;
+    let reserved = u16_at(14);
+    let fats = u64::from(bpb[16]);
+    let root_entries = u16_at(17);
+    let fat_size = match u16_at(22) {
+        0 => u64::from(u32::from_le_bytes([bpb[36], bpb[37], bpb[38], bpb[39]])),
+        n => n,
+    };
+    let root_start = (reserved + fats * fat_size) * bps;
+    let data_start = root_start + (root_entries * 32).div_ceil(bps) * bps;
+    let cluster_offset = |c: u64| data_start + (c - 2) * cluster;
+    // (offset, number of slots) of the directories left to visit.
+    let mut todo = vec![if root_entries > 0 {
+        (root_start, root_entries)
+    } else {
+        let root_cluster = u64::from(u32::from_le_bytes([bpb[44], bpb[45], bpb[46], bpb[47]]));
+        (cluster_offset(root_cluster), cluster / 32)
+    }];
+    while let Some((offset, slots)) = todo.pop() {
+        let mut dir = vec![0u8; (slots * 32) as usize];
+        part.seek(SeekFrom::Start(offset))?;
+        part.read_exact(&mut dir)?;
+        let slot = |d: &[u8], i: usize| d[i * 32..i * 32 + 32].to_vec();
+        if slots >= 4
+            && dir[11] == ATTR_LFN
+            && &dir[32..43] == b".          "
+            && dir[64 + 11] == ATTR_LFN
+            && &dir[96..107] == b"..         "
+        {
+            let mut fixed = [slot(&dir, 1), slot(&dir, 3), slot(&dir, 0), slot(&dir, 2)].concat();
+            fixed[64] = DELETED;
+            fixed[96] = DELETED;
+            dir[..128].copy_from_slice(&fixed);
+            part.seek(SeekFrom::Start(offset))?;
+            part.write_all(&dir[..128])?;
+        }
+        for i in 0..slots as usize {
+            let entry = &dir[i * 32..i * 32 + 32];
+            if entry[0] == 0 {
+                break;
+            }
+            if entry[0] == DELETED || entry[11] == ATTR_LFN || entry[11] & ATTR_DIRECTORY == 0 || entry[0] == b'.' {
+                continue;
+            }
+            let c = (u64::from(u16::from_le_bytes([entry[20], entry[21]])) << 16)
+                | u64::from(u16::from_le_bytes([entry[26], entry[27]]));
+            if c >= 2 {
+                todo.push((cluster_offset(c), cluster / 32));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads the FAT volume label of the filesystem at the start of `part`,

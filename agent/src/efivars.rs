@@ -31,7 +31,7 @@ impl EfiVars {
         if !dir.is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is not a directory", dir.display())));
         }
-        let efivarfs = nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type().0 as i64 == EFIVARFS_MAGIC);
+        let efivarfs = nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type().0 == EFIVARFS_MAGIC);
         Ok(EfiVars { dir: dir.to_owned(), efivarfs })
     }
 

@@ -134,7 +134,9 @@ impl Finishing {
         if let Some(drive) = &self.configdrive {
             let (number, first, count) = place_configdrive(d, &mut t, drive, s, lbas)?;
             let part = Slice::new(&mut *d, first * s, count * s);
-            drive.write_fat(part, sector).map_err(|e| DeployError::ConfigDrive(format!("writing the filesystem: {e}")))?;
+            drive
+                .write_fat(part, sector)
+                .map_err(|e| DeployError::ConfigDrive(format!("writing the filesystem: {e}")))?;
             done.configdrive_partition = Some(number);
         }
         if let Some(g) = &t.gpt {
@@ -193,11 +195,8 @@ impl Finishing {
             })
             .unwrap_or_default();
         for loader in VENDOR_LOADERS {
-            let found: Vec<String> = vendors
-                .iter()
-                .map(|v| format!("\\EFI\\{v}\\{loader}"))
-                .filter(|p| exists(p))
-                .collect();
+            let found: Vec<String> =
+                vendors.iter().map(|v| format!("\\EFI\\{v}\\{loader}")).filter(|p| exists(p)).collect();
             match found.len() {
                 0 => continue,
                 1 => return Ok(found[0].clone()),
@@ -234,7 +233,9 @@ fn place_configdrive<D: Read + Write + Seek>(
     if let Some(g) = &mut t.gpt {
         for e in g.entries() {
             let n = e.last - e.first + 1;
-            if e.name.eq_ignore_ascii_case(label) || fat_label(d, e.first, n).is_some_and(|l| l.eq_ignore_ascii_case(label)) {
+            if e.name.eq_ignore_ascii_case(label)
+                || fat_label(d, e.first, n).is_some_and(|l| l.eq_ignore_ascii_case(label))
+            {
                 return Ok((e.index + 1, e.first, n));
             }
         }
@@ -243,7 +244,8 @@ fn place_configdrive<D: Read + Write + Seek>(
             return Err(fail("no 64 MiB of free space after the last partition"));
         }
         let ty = Guid::parse(partition::LINUX_DATA_TYPE).ok_or_else(|| fail("bad type GUID"))?;
-        let index = g.add(ty, Guid::random(), first, first + count - 1, label).ok_or_else(|| fail("no free GPT entry"))?;
+        let index =
+            g.add(ty, Guid::random(), first, first + count - 1, label).ok_or_else(|| fail("no free GPT entry"))?;
         return Ok((index + 1, first, count));
     }
     let Some(m) = &mut t.mbr else {

@@ -351,8 +351,9 @@ impl Overlay<'_, '_> {
     }
 }
 
-impl Read for Overlay<'_, '_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Overlay<'_, '_> {
+    /// Reads up to `buf.len()` bytes from one region.
+    fn read_region(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let size = self.size();
         if self.pos >= size || buf.is_empty() {
             return Ok(0);
@@ -371,17 +372,9 @@ impl Read for Overlay<'_, '_> {
         self.pos += n;
         Ok(n as usize)
     }
-}
 
-impl Write for Overlay<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let size = self.size();
-        if self.pos + buf.len() as u64 > size {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "write past the end of the disk"));
-        }
-        if buf.is_empty() {
-            return Ok(0);
-        }
+    /// Writes up to `buf.len()` bytes into one region.
+    fn write_region(&mut self, buf: &[u8]) -> io::Result<usize> {
         let (region, n) = self.w.region(self.pos, buf.len() as u64);
         let piece = &buf[..n as usize];
         match region {
@@ -397,6 +390,35 @@ impl Write for Overlay<'_, '_> {
         }
         self.pos += n;
         Ok(n as usize)
+    }
+}
+
+// Reads and writes are never short inside the disk, even across the
+// held-back boundaries: filesystem code (fatfs) is not always written for
+// short transfers.
+impl Read for Overlay<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.read_region(&mut buf[done..])? {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl Write for Overlay<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.pos + buf.len() as u64 > self.size() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write past the end of the disk"));
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            done += self.write_region(&buf[done..])?;
+        }
+        Ok(done)
     }
 
     fn flush(&mut self) -> io::Result<()> {

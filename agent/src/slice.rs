@@ -27,9 +27,16 @@ impl<D: Read + Seek> Read for Slice<D> {
             return Ok(0);
         }
         self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.inner.read(&mut buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
+        // Fill the buffer: callers (fatfs) may not expect short reads.
+        let mut done = 0;
+        while done < n {
+            match self.inner.read(&mut buf[done..n])? {
+                0 => break,
+                k => done += k,
+            }
+        }
+        self.pos += done as u64;
+        Ok(done)
     }
 }
 
@@ -40,7 +47,7 @@ impl<D: Write + Seek> Write for Slice<D> {
         }
         let n = (buf.len() as u64).min(self.len - self.pos) as usize;
         self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.inner.write(&buf[..n])?;
+        self.inner.write_all(&buf[..n])?;
         self.pos += n as u64;
         Ok(n)
     }

@@ -659,6 +659,66 @@ fn coalesce(wants: &[Want], gap: u64, max: u64) -> Vec<(u64, u64, Vec<Want>)> {
     out
 }
 
+/// Reads the image's first `len` guest bytes with Range requests (its
+/// partition tables, for checks made before anything is written).
+pub fn read_guest_prefix(h: &Header, ranger: &dyn RangeFetch, len: u64) -> Result<Vec<u8>> {
+    let len = len.min(h.size);
+    let cs = h.cluster_size();
+    let mut out = vec![0u8; len as usize];
+    let mut inflate = flate2::Decompress::new(false);
+    let mut cluster = vec![0u8; cs as usize];
+    let mut l2_cache: Option<(u64, Vec<u8>)> = None;
+    let mut guest = 0u64;
+    while guest < len {
+        let l1_index = guest / h.bytes_per_l2();
+        let raw = ranger.fetch(h.l1_offset + 8 * l1_index, 8)?;
+        let raw =
+            u64::from_be_bytes(raw.as_slice().try_into().map_err(|_| DeployError::corrupt_qcow2("short L1 table"))?);
+        let span = cs.min(len - guest) as usize;
+        let Some(l2) = h.l1_entry(raw, l1_index)? else {
+            guest += cs;
+            continue;
+        };
+        if l2_cache.as_ref().is_none_or(|(o, _)| *o != l2) {
+            l2_cache = Some((l2, ranger.fetch(l2, cs)?));
+        }
+        let table = l2_cache.as_ref().map(|(_, t)| t.as_slice()).unwrap_or_default();
+        let at = ((guest % h.bytes_per_l2()) / cs * h.l2_entry_len()) as usize;
+        let entry = table
+            .get(at..at + h.l2_entry_len() as usize)
+            .ok_or_else(|| DeployError::corrupt_qcow2("short L2 table"))?;
+        let raw = u64::from_be_bytes(entry[..8].try_into().expect("8 bytes"));
+        let bitmap = if entry.len() == 16 { u64::from_be_bytes(entry[8..].try_into().expect("8 bytes")) } else { 0 };
+        let dst = &mut out[guest as usize..guest as usize + span];
+        match h.l2_entry(raw, bitmap, guest)? {
+            Cluster::Zero => {}
+            Cluster::Data { host } => {
+                let data = ranger.fetch(host, span as u64)?;
+                dst[..data.len().min(span)].copy_from_slice(&data[..data.len().min(span)]);
+            }
+            Cluster::Subclusters { host, alloc } => {
+                let data = ranger.fetch(host, span as u64)?;
+                let sc = (cs / 32) as usize;
+                for (i, piece) in dst.chunks_mut(sc).enumerate() {
+                    if alloc & (1 << i) != 0 {
+                        let from = (i * sc).min(data.len());
+                        let n = piece.len().min(data.len() - from);
+                        piece[..n].copy_from_slice(&data[from..from + n]);
+                    }
+                }
+            }
+            Cluster::Compressed { host, len: clen } => {
+                let data = ranger.fetch(host, clen)?;
+                decompress(h, &mut inflate, &data, &mut cluster)
+                    .map_err(|e| DeployError::corrupt_qcow2(format!("compressed cluster at {host:#x}: {e}")))?;
+                dst.copy_from_slice(&cluster[..span]);
+            }
+        }
+        guest += cs;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,61 +793,4 @@ mod tests {
         assert!(matches!(e, DeployError::Unstreamable { .. }), "{e}");
         assert!(e.to_string().starts_with("qcow2 metadata follows its data"), "{e}");
     }
-}
-
-/// Reads the image's first `len` guest bytes with Range requests (its
-/// partition tables, for checks made before anything is written).
-pub fn read_guest_prefix(h: &Header, ranger: &dyn RangeFetch, len: u64) -> Result<Vec<u8>> {
-    let len = len.min(h.size);
-    let cs = h.cluster_size();
-    let mut out = vec![0u8; len as usize];
-    let mut inflate = flate2::Decompress::new(false);
-    let mut cluster = vec![0u8; cs as usize];
-    let mut l2_cache: Option<(u64, Vec<u8>)> = None;
-    let mut guest = 0u64;
-    while guest < len {
-        let l1_index = guest / h.bytes_per_l2();
-        let raw = ranger.fetch(h.l1_offset + 8 * l1_index, 8)?;
-        let raw = u64::from_be_bytes(raw.as_slice().try_into().map_err(|_| DeployError::corrupt_qcow2("short L1 table"))?);
-        let span = cs.min(len - guest) as usize;
-        let Some(l2) = h.l1_entry(raw, l1_index)? else {
-            guest += cs;
-            continue;
-        };
-        if l2_cache.as_ref().is_none_or(|(o, _)| *o != l2) {
-            l2_cache = Some((l2, ranger.fetch(l2, cs)?));
-        }
-        let table = l2_cache.as_ref().map(|(_, t)| t.as_slice()).unwrap_or_default();
-        let at = ((guest % h.bytes_per_l2()) / cs * h.l2_entry_len()) as usize;
-        let entry = table.get(at..at + h.l2_entry_len() as usize).ok_or_else(|| DeployError::corrupt_qcow2("short L2 table"))?;
-        let raw = u64::from_be_bytes(entry[..8].try_into().expect("8 bytes"));
-        let bitmap = if entry.len() == 16 { u64::from_be_bytes(entry[8..].try_into().expect("8 bytes")) } else { 0 };
-        let dst = &mut out[guest as usize..guest as usize + span];
-        match h.l2_entry(raw, bitmap, guest)? {
-            Cluster::Zero => {}
-            Cluster::Data { host } => {
-                let data = ranger.fetch(host, span as u64)?;
-                dst[..data.len().min(span)].copy_from_slice(&data[..data.len().min(span)]);
-            }
-            Cluster::Subclusters { host, alloc } => {
-                let data = ranger.fetch(host, span as u64)?;
-                let sc = (cs / 32) as usize;
-                for (i, piece) in dst.chunks_mut(sc).enumerate() {
-                    if alloc & (1 << i) != 0 {
-                        let from = (i * sc).min(data.len());
-                        let n = piece.len().min(data.len() - from);
-                        piece[..n].copy_from_slice(&data[from..from + n]);
-                    }
-                }
-            }
-            Cluster::Compressed { host, len: clen } => {
-                let data = ranger.fetch(host, clen)?;
-                decompress(h, &mut inflate, &data, &mut cluster)
-                    .map_err(|e| DeployError::corrupt_qcow2(format!("compressed cluster at {host:#x}: {e}")))?;
-                dst.copy_from_slice(&cluster[..span]);
-            }
-        }
-        guest += cs;
-    }
-    Ok(out)
 }
