@@ -58,6 +58,14 @@ impl Default for Limits {
 }
 /// Most data clusters remembered for fetching again after the pass.
 const MAX_REFETCH: usize = 1 << 18;
+/// What a look-back entry costs besides its bytes (a zero block has none).
+const LOOKBACK_ENTRY_COST: usize = 64;
+/// Most wants pending at once (about 100 bytes each). `qemu-img convert`
+/// layouts need at most one L2 table's worth (256 Ki entries with 2 MiB
+/// clusters); prefetching is bounded by [`PREFETCH_BUDGET`].
+const MAX_WANTS: usize = 1 << 19;
+/// Most bytes held by wants spanning blocks (compressed clusters and L1).
+const MAX_PARTIAL_BYTES: usize = 40 << 20;
 /// Smallest block read from the stream at a time.
 const MIN_BLOCK: u64 = 256 << 10;
 /// Largest single Range request when fetching again.
@@ -272,6 +280,11 @@ impl<'a> Decoder<'a> {
         }
         let pos = self.stream_pos();
         if w.start >= pos {
+            if self.wants.len() >= MAX_WANTS {
+                return Err(DeployError::Unstreamable {
+                    detail: format!("more than {MAX_WANTS} clusters are mapped ahead of the stream"),
+                });
+            }
             self.seq += 1;
             self.wants.insert((w.start, self.seq), w);
             return Ok(());
@@ -283,7 +296,7 @@ impl<'a> Decoder<'a> {
             }
         } else if let Some(prefix) = self.gather(w.start, pos - w.start) {
             // Started behind us, ends ahead: complete it from the stream.
-            self.partials.push((w, prefix));
+            self.push_partial(w, prefix)?;
             return Ok(());
         }
         // Gone by and no longer buffered.
@@ -385,8 +398,11 @@ impl<'a> Decoder<'a> {
         let mut i = 0;
         while i < self.partials.len() {
             let (w, buf) = &mut self.partials[i];
-            let take = ((w.len - buf.len() as u64).min(bend - bstart)) as usize;
-            buf.extend_from_slice(&self.block[..take]);
+            // A partial added while this block is processed already holds
+            // its bytes up to the block's end: copy from where it stops.
+            let from = (w.start + buf.len() as u64).saturating_sub(bstart).min(bend - bstart) as usize;
+            let take = ((w.len - buf.len() as u64) as usize).min(self.block.len() - from);
+            buf.extend_from_slice(&self.block[from..from + take]);
             touched_other = true;
             if buf.len() as u64 == w.len {
                 let (w, buf) = self.partials.swap_remove(i);
@@ -404,7 +420,8 @@ impl<'a> Decoder<'a> {
             let from = (w.start - bstart) as usize;
             if w.start + w.len > bend {
                 touched_other = true;
-                self.partials.push((w, self.block[from..].to_vec()));
+                let prefix = self.block[from..].to_vec();
+                self.push_partial(w, prefix)?;
                 continue;
             }
             if let Kind::Data { guest } = w.kind {
@@ -419,16 +436,30 @@ impl<'a> Decoder<'a> {
         Ok(touched_other || self.block_claimed < bend - bstart)
     }
 
+    /// Keeps a want that continues in the next blocks, within bounds.
+    fn push_partial(&mut self, w: Want, prefix: Vec<u8>) -> Result<()> {
+        let held: usize = self.partials.iter().map(|(w, _)| w.len as usize).sum();
+        if held + w.len as usize > MAX_PARTIAL_BYTES {
+            return Err(DeployError::corrupt_qcow2(format!(
+                "too many compressed clusters overlap at {:#x} (more than {} MiB in flight)",
+                w.start,
+                MAX_PARTIAL_BYTES >> 20
+            )));
+        }
+        self.partials.push((w, prefix));
+        Ok(())
+    }
+
     fn keep_block(&mut self) {
         // Zero blocks are kept as `None`, full-size only (the last block
         // of the file may be short and is kept as bytes).
         let full = self.block.len() as u64 == self.block_len();
         let data = if full && is_zero(&self.block) { None } else { Some(self.block.clone()) };
-        self.lookback_bytes += data.as_ref().map_or(0, Vec::len);
+        self.lookback_bytes += LOOKBACK_ENTRY_COST + data.as_ref().map_or(0, Vec::len);
         self.lookback.insert(self.block_start, data);
         while self.lookback_bytes > self.limits.lookback {
             let Some((_, dropped)) = self.lookback.pop_first() else { break };
-            self.lookback_bytes -= dropped.as_ref().map_or(0, Vec::len);
+            self.lookback_bytes -= LOOKBACK_ENTRY_COST + dropped.as_ref().map_or(0, Vec::len);
         }
     }
 
@@ -477,7 +508,8 @@ impl<'a> Decoder<'a> {
             for w in group {
                 let off = (w.start - start) as usize;
                 let end = (off + w.len as usize).min(bytes.len());
-                if off >= end {
+                let short = end < off + w.len as usize && !matches!(w.kind, Kind::Compressed { .. });
+                if off >= end || short {
                     return Err(DeployError::corrupt_qcow2(format!(
                         "{} lies past the end of the file",
                         w.kind.describe()
@@ -534,7 +566,11 @@ impl<'a> Decoder<'a> {
                             "L1 entry {index} points to {l2:#x}, inside the header or the L1 table"
                         )));
                     }
-                    self.l2_offsets.insert(l2);
+                    if !self.l2_offsets.insert(l2) {
+                        return Err(DeployError::corrupt_qcow2(format!(
+                            "L1 entry {index} points to L2 table {l2:#x}, which another entry uses too"
+                        )));
+                    }
                     self.l2_pending += 1;
                     self.add(Want { start: l2, len: cs, kind: Kind::L2 { index } })?;
                 }
@@ -631,9 +667,25 @@ fn decompress(
             }
             Ok(())
         }
+        // As QEMU's qcow2_zstd_decompress: stream (the cluster may hold
+        // several frames) until the output is full; a frame that goes on
+        // past the cluster is an error.
         Compression::Zstd => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(input).map_err(|e| e.to_string())?.single_frame();
-            d.read_exact(out).map_err(|e| e.to_string())
+            use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
+            let mut d = Decoder::new().map_err(|e| e.to_string())?;
+            let mut src = InBuffer::around(input);
+            let mut dst = OutBuffer::around(out);
+            let mut hint = 0;
+            while dst.pos() < dst.capacity() {
+                hint = d.run(&mut src, &mut dst).map_err(|e| e.to_string())?;
+                if dst.pos() < dst.capacity() && src.pos() == input.len() {
+                    return Err(format!("ends after {} of {} bytes", dst.pos(), dst.capacity()));
+                }
+            }
+            if hint > 0 {
+                return Err("a frame goes on past the end of the cluster".into());
+            }
+            Ok(())
         }
     }
 }
