@@ -11,8 +11,11 @@ use serde_json::json;
 pub const PARTITION_SIZE: u64 = 64 << 20;
 
 /// The OpenStack metadata versions written; cloud-init reads the newest
-/// dated one it knows, so every file goes in each.
-const OPENSTACK_VERSIONS: [&str; 2] = ["2012-08-10", "latest"];
+/// dated one it knows, so every file goes in each. `network_data.json` is
+/// only read from 2015-10-15 (Liberty) on; 2018-08-27 (Rocky) is the newest
+/// cloud-init 22.4 knows; 2012-08-10 and `latest` are what every reader,
+/// old or new, finds.
+const OPENSTACK_VERSIONS: [&str; 4] = ["2012-08-10", "2015-10-15", "2018-08-27", "latest"];
 
 /// Which datasource layout to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -163,17 +163,21 @@ pub fn deploy(
             }
         }
     };
-    if let Some(f) = finish.as_deref_mut() {
-        let start = match &header {
-            None => Some(inner_head[..inner_head.len().min(IMAGE_START_LEN)].to_vec()),
-            Some(h) if wrapper.is_none() => match ranger.as_deref() {
-                Some(r) => Some(qcow2::read_guest_prefix(h, r, IMAGE_START_LEN as u64)?),
-                None => None,
-            },
-            Some(_) => None,
-        };
-        if let Some(start) = start {
-            f.check_image_start(&start, target.logical_sector_size())?;
+    // The image's first bytes, when they can be had without streaming:
+    // enough to refuse a partition table the disk can't use, or that the
+    // finishing steps would refuse, before anything is written.
+    let start = match &header {
+        None => Some(inner_head[..inner_head.len().min(IMAGE_START_LEN)].to_vec()),
+        Some(h) if wrapper.is_none() => match ranger.as_deref() {
+            Some(r) => Some(qcow2::read_guest_prefix(h, r, IMAGE_START_LEN as u64)?),
+            None => None,
+        },
+        Some(_) => None,
+    };
+    if let Some(start) = &start {
+        sink::check_sector_size(start, target)?;
+        if let Some(f) = finish.as_deref_mut() {
+            f.check_image_start(start, target.logical_sector_size())?;
         }
     }
     tracing::info!(format = %format_name, target = target.path(), "deploying");

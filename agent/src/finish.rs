@@ -123,6 +123,11 @@ impl Finishing {
         let s = u64::from(sector);
         let lbas = size / s;
         let mut t = read_tables(d, s, size)?;
+        if t.gpt.is_none() && t.mbr.as_ref().is_some_and(Mbr::is_protective) {
+            return Err(DeployError::GptRelocation(format!(
+                "the protective MBR announces a GPT, but there is none at LBA 1 for {sector}-byte sectors"
+            )));
+        }
         let mut done = Finished::default();
         if let Some(g) = &mut t.gpt {
             done.gpt_relocated = g.alternate_lba() != lbas - 1;

@@ -457,7 +457,7 @@ const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 /// Refuses an image whose GPT was made for another logical sector size than
 /// the target's: the firmware would not find it (coreos-installer's
 /// `detect_formatted_sector_size`).
-fn check_sector_size(first: &[u8], target: &dyn Target) -> Result<()> {
+pub fn check_sector_size(first: &[u8], target: &dyn Target) -> Result<()> {
     let formatted = [512u32, 4096]
         .into_iter()
         .find(|&s| first.get(s as usize..s as usize + 8).is_some_and(|sig| sig == GPT_SIGNATURE));

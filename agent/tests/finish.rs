@@ -169,7 +169,7 @@ r = ConfigDriveReader(sys.argv[1]).read_v2()
 md = r["metadata"]
 print(json.dumps({"instance_id": md["instance-id"], "hostname": md.get("local-hostname"),
                   "keys": md.get("public_keys"), "meta": md.get("meta"), "userdata": r["userdata"].decode() if isinstance(r["userdata"], bytes) else r["userdata"],
-                  "version": r["version"]}))
+                  "version": r["version"], "networkdata": r.get("networkdata")}))
 "#
     } else {
         for f in ["meta-data", "user-data"] {
@@ -188,26 +188,18 @@ print(json.dumps({"instance_id": md["instance-id"], "hostname": md.get("local-ho
 }
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q test@byoi";
+const NETWORK_DATA: &str = r#"{"links": [{"id": "eth0", "type": "phy", "ethernet_mac_address": "52:54:00:12:34:56"}], "networks": [{"id": "n0", "link": "eth0", "type": "ipv4_dhcp"}], "services": []}"#;
 const USER_DATA: &str = "#cloud-config\nruncmd:\n  - echo hello from byoi\n";
 
 fn configdrive_args(s: &Setup) -> Vec<String> {
     let ud = s.dir.path().join("user-data");
     std::fs::write(&ud, USER_DATA).unwrap();
-    [
-        "--hostname",
-        "web-1",
-        "--ssh-key",
-        KEY,
-        "--user-data",
-        ud.to_str().unwrap(),
-        "--meta",
-        "role=db",
-        "--instance-id",
-        "iid-42",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let nd = s.dir.path().join("network_data.json");
+    std::fs::write(&nd, NETWORK_DATA).unwrap();
+    let (ud, nd) = (ud.to_str().unwrap(), nd.to_str().unwrap());
+    let args = ["--hostname", "web-1", "--ssh-key", KEY, "--user-data", ud, "--meta", "role=db"];
+    let more = ["--instance-id", "iid-42", "--network-data", nd];
+    args.iter().chain(more.iter()).map(|s| s.to_string()).collect()
 }
 
 #[test]
@@ -244,6 +236,7 @@ fn gpt_moved_to_the_end_and_openstack_configdrive_read_by_cloud_init() {
     assert_eq!(got["meta"]["role"], "db");
     assert_eq!(got["userdata"], USER_DATA);
     assert_eq!(got["version"], 2);
+    assert_eq!(got["networkdata"]["links"][0]["ethernet_mac_address"], "52:54:00:12:34:56", "{got}");
 }
 
 #[test]
@@ -411,4 +404,33 @@ fn uefi_without_esp_is_refused_before_writing() {
         assert!(err.starts_with("error: the image has no EFI system partition"), "{err}");
         assert!(std::fs::read(&s.target).unwrap().iter().all(|&b| b == 0xa5), "{url}: the disk was written");
     }
+}
+
+/// On a disk over 2 TiB, an MBR can only address its first 2 TiB: the
+/// ConfigDrive goes just below that limit. A GPT goes to the very end.
+#[test]
+fn configdrive_on_disks_beyond_two_tib() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("big.img");
+    let size = 3u64 << 40;
+    std::fs::File::create(&target).unwrap().set_len(size).unwrap();
+    let server = Server::start();
+    let b = support::Behaviour { ranges: true, etag: Some("\"1\"".into()), ..Default::default() };
+    let t = target.to_str().unwrap();
+
+    let mbr = mbr_disk(dir.path(), 1, "83");
+    let url = server.serve("/mbr", std::fs::read(&mbr).unwrap(), b.clone());
+    ok(&agent(&["deploy", "--url", &url, "--target", t, "--hostname", "big", "--firmware", "legacy"]));
+    let dump = sh(Command::new("sfdisk").arg("-d").arg(&target));
+    let line = dump.lines().find(|l| l.contains("big.img2")).unwrap_or_else(|| panic!("{dump}"));
+    let start: u64 = line.split("start=").nth(1).unwrap().split(',').next().unwrap().trim().parse().unwrap();
+    assert_eq!(start + 131072, 1 << 32, "{line}");
+
+    let gpt = gpt_disk(dir.path(), None);
+    let url = server.serve("/gpt", std::fs::read(&gpt).unwrap(), b);
+    ok(&agent(&["deploy", "--url", &url, "--target", t, "--hostname", "big", "--firmware", "legacy"]));
+    let verify = sh(Command::new("sgdisk").arg("-v").arg(&target));
+    assert!(verify.contains("No problems found"), "{verify}");
+    let (_, last, _) = sgdisk_range(&target, 3);
+    assert!(last > (size / 512) - 2048 - 34, "ConfigDrive not at the end: {last}");
 }
