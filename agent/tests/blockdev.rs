@@ -17,7 +17,7 @@ use byoi_agent::source::SourceOptions;
 use byoi_agent::target::DiskTarget;
 use byoi_agent::{deploy, DeployRequest};
 use byoi_wire::ErrorCode;
-use support::{disk_image, junk_target, run, to_qcow2, Behaviour, Server};
+use support::{disk_image, junk_target, run, sh, to_qcow2, Behaviour, Server};
 
 /// A loop device over a file, detached on drop.
 struct Loop(PathBuf);
@@ -90,12 +90,6 @@ fn loop_device_deploy_and_refusals() {
     let _ = Command::new("umount").arg(&mnt).status();
     let e = e.unwrap_err().to_string();
     assert!(e.contains("is mounted on") && e.contains("--force"), "{e}");
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// 4 KiB logical sectors: a GPT made for them is moved to the end of a

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use byoi_agent::efi::{self, HardDrive, Signature};
 use byoi_agent::efivars::{EfiVars, ATTRS_NV_BS_RT};
 use byoi_agent::partition::Guid;
-use support::{ends_wiped, run, Rng, Server};
+use support::{ends_wiped, run, sh, Rng, Server};
 
 const MIB: u64 = 1 << 20;
 
@@ -27,17 +27,6 @@ fn ok(out: &Output) -> String {
 fn failed(out: &Output) -> String {
     assert_eq!(out.status.code(), Some(1), "stdout: {}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_owned()
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Writes `data` into `file` at `offset`.
