@@ -4,6 +4,8 @@
 //! operators and matched by scripts, stage names appear in the API. Add new
 //! variants; never rename or reuse one.
 
+pub mod agent;
+
 use serde::{Deserialize, Serialize};
 
 /// A stable, machine-readable classification of a deployment failure.

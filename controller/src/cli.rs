@@ -1,0 +1,389 @@
+//! `byoi`: `serve`, and the operator's client commands.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+use byoi_controller::server::{self, ServeOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "byoi", version, about = "Bring Your Own Image for bare-metal servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct Client {
+    /// Controller URL.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080", env = "BYOI_CONTROLLER")]
+    controller: String,
+    /// API token; else $BYOI_API_TOKEN, else DATA_DIR/api-token.
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// Data directory to read the API token from.
+    #[arg(long, global = true, default_value = "/var/lib/byoi")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the controller.
+    Serve {
+        /// Address to listen on; with port 0 a free port is chosen and printed.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the SQLite database and the API token live.
+        #[arg(long, default_value = "/var/lib/byoi")]
+        data_dir: PathBuf,
+        /// API token; else $BYOI_API_TOKEN, else DATA_DIR/api-token (generated on first start).
+        #[arg(long, env = "BYOI_API_TOKEN")]
+        api_token: Option<String>,
+        /// Kernel and initramfs to serve; default DATA_DIR/artifacts.
+        #[arg(long)]
+        artifacts: Option<PathBuf>,
+        /// URL servers reach the controller at; else the Host of each request.
+        #[arg(long)]
+        public_url: Option<String>,
+        /// TLS certificate chain (PEM).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Seconds without agent reports before a running deployment fails.
+        #[arg(long, default_value_t = 120)]
+        agent_timeout: u64,
+    },
+    /// Manages servers.
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Lists servers.
+    Servers {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Deploys an image onto a server.
+    Deploy(DeployArgs),
+    /// Shows a deployment's status.
+    Status {
+        /// Server name.
+        name: String,
+        /// Follow it until it ends (exit 0 on done, 1 on error).
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Aborts a deployment; the server boots into rescue.
+    Cancel {
+        /// Server name.
+        name: String,
+        #[command(flatten)]
+        client: Client,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// Registers a server.
+    Add {
+        /// Name (OVH's serviceName).
+        name: String,
+        /// MAC address of a NIC; repeatable.
+        #[arg(long = "mac", required = true)]
+        macs: Vec<String>,
+        /// Power driver: manual, command, ipmi.
+        #[arg(long, default_value = "manual")]
+        power: String,
+        /// Driver argument: for command, the argv (repeat, `{action}` is
+        /// replaced); for ipmi, host=…, user=…, password=….
+        #[arg(long = "power-arg")]
+        power_args: Vec<String>,
+        /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
+        #[arg(long = "kernel-arg")]
+        kernel_args: Vec<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DeployArgs {
+    /// Server name.
+    name: String,
+    /// Image URL.
+    #[arg(long)]
+    url: String,
+    /// ALGO:HEX.
+    #[arg(long)]
+    checksum: Option<String>,
+    /// raw or qcow2.
+    #[arg(long = "type")]
+    image_type: Option<String>,
+    /// 'Name: value'; repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Disk group (see specifications/hardware).
+    #[arg(long)]
+    disk_group: Option<u32>,
+    /// Host name (ConfigDrive).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// SSH public key (ConfigDrive).
+    #[arg(long)]
+    ssh_key: Option<String>,
+    /// User data file (ConfigDrive).
+    #[arg(long)]
+    user_data: Option<PathBuf>,
+    /// KEY=VALUE metadata (ConfigDrive); repeatable.
+    #[arg(long)]
+    meta: Vec<String>,
+    /// UEFI loader on the ESP.
+    #[arg(long)]
+    efi_loader: Option<String>,
+    #[command(flatten)]
+    client: Client,
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn run(cmd: Command) -> anyhow::Result<i32> {
+    match cmd {
+        Command::Serve { listen, data_dir, api_token, artifacts, public_url, tls_cert, tls_key, agent_timeout } => {
+            let tls = tls_cert.zip(tls_key);
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let opts = ServeOptions {
+                listen,
+                data_dir,
+                api_token,
+                artifacts,
+                public_url,
+                tls,
+                agent_timeout: Duration::from_secs(agent_timeout),
+            };
+            let (addr, serving) = server::serve(opts).await?;
+            println!("listening on {scheme}://{addr}");
+            std::io::stdout().flush().ok();
+            serving.await;
+            Ok(0)
+        }
+        Command::Server { command: ServerCommand::Add { name, macs, power, power_args, kernel_args }, client } => {
+            let power = match power.as_str() {
+                "manual" => json!({"kind": "manual"}),
+                "command" => json!({"kind": "command", "argv": power_args}),
+                "ipmi" => {
+                    let kv: BTreeMap<String, String> =
+                        power_args.iter().filter_map(|a| a.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
+                    json!({"kind": "ipmi", "host": kv.get("host"), "user": kv.get("user"), "password": kv.get("password")})
+                }
+                other => bail!("unknown power driver {other:?} (manual, command, ipmi)"),
+            };
+            let body = json!({"serviceName": name, "macs": macs, "power": power, "kernelArgs": kernel_args});
+            let v = client.call("POST", "/dedicated/server", Some(body)).await?;
+            println!("added {} ({})", v["serviceName"].as_str().unwrap_or(&name), v["macs"]);
+            Ok(0)
+        }
+        Command::Servers { client } => {
+            let names = client.call("GET", "/dedicated/server", None).await?;
+            for n in names.as_array().into_iter().flatten() {
+                let n = n.as_str().unwrap_or_default();
+                let s = client.call("GET", &format!("/dedicated/server/{n}"), None).await?;
+                let last = s["deployments"].get(0).map(|d| format!("{} {}", d["status"], d["message"])).unwrap_or_default();
+                println!("{n}\t{}\t{}\t{last}", s["bootTarget"].as_str().unwrap_or("?"), s["macs"]);
+            }
+            Ok(0)
+        }
+        Command::Deploy(a) => {
+            let mut body = json!({"URL": a.url});
+            if let Some(c) = &a.checksum {
+                let (algo, hex) = c.split_once(':').context("--checksum is ALGO:HEX")?;
+                body["checkSumType"] = json!(algo);
+                body["checkSum"] = json!(hex);
+            }
+            if let Some(t) = &a.image_type {
+                body["type"] = json!(t);
+            }
+            if let Some(g) = a.disk_group {
+                body["diskGroupId"] = json!(g);
+            }
+            if let Some(l) = &a.efi_loader {
+                body["efiBootloaderPath"] = json!(l);
+            }
+            let headers: BTreeMap<String, String> = a
+                .headers
+                .iter()
+                .map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).context("--header is 'Name: value'"))
+                .collect::<anyhow::Result<_>>()?;
+            if !headers.is_empty() {
+                body["httpHeaders"] = json!(headers);
+            }
+            if a.hostname.is_some() || a.ssh_key.is_some() || a.user_data.is_some() || !a.meta.is_empty() {
+                let mut cd = json!({"enable": true, "hostname": a.hostname, "sshKey": a.ssh_key});
+                if let Some(f) = &a.user_data {
+                    let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                    cd["userDataBase64"] = json!(base64::engine::general_purpose::STANDARD.encode(data));
+                }
+                let meta: BTreeMap<&str, &str> = a.meta.iter().filter_map(|m| m.split_once('=')).collect();
+                cd["userMetadatas"] = json!(meta);
+                body["configdrive"] = cd;
+            }
+            let v = a.client.call("POST", &format!("/dedicated/server/{}/bringYourOwnImage", a.name), Some(body)).await?;
+            println!("deployment {} on {}: {} ({})", v["deploymentId"], a.name, v["status"], v["message"]);
+            Ok(0)
+        }
+        Command::Status { name, follow, client } => status(&client, &name, follow).await,
+        Command::Cancel { name, client } => {
+            let v = client.call("DELETE", &format!("/dedicated/server/{name}/bringYourOwnImage"), None).await?;
+            println!("{}", v["message"].as_str().unwrap_or("cancelled"));
+            Ok(0)
+        }
+    }
+}
+
+async fn status(client: &Client, name: &str, follow: bool) -> anyhow::Result<i32> {
+    let path = format!("/dedicated/server/{name}/bringYourOwnImage");
+    let tty = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut first: Option<(Instant, i64)> = None;
+    loop {
+        let v = client.call("GET", &path, None).await?;
+        let status = v["status"].as_str().unwrap_or("?").to_owned();
+        let done = v["bytesDone"].as_i64().unwrap_or(0);
+        let total = v["bytesTotal"].as_i64();
+        let line = progress_line(&v, done, total, &mut first);
+        if follow && status == "doing" {
+            if tty {
+                print!("\r{line:<100}");
+            } else {
+                println!("{line}");
+            }
+            std::io::stdout().flush().ok();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        if tty && follow {
+            println!("\r{line:<100}");
+        } else {
+            println!("{line}");
+        }
+        let _ = started;
+        return Ok(match status.as_str() {
+            "done" => 0,
+            "error" => 1,
+            _ => 0,
+        });
+    }
+}
+
+/// `doing downloading [#####     ] 48.2% 512/1062 MiB 85.3 MB/s ETA 6s`.
+fn progress_line(v: &Value, done: i64, total: Option<i64>, first: &mut Option<(Instant, i64)>) -> String {
+    let status = v["status"].as_str().unwrap_or("?");
+    let stage = v["stage"].as_str().unwrap_or("?");
+    if status != "doing" {
+        let code = v["errorCode"].as_str().map(|c| format!(" [{c}]")).unwrap_or_default();
+        return format!("{status}: {}{code}", v["message"].as_str().unwrap_or(""));
+    }
+    let now = Instant::now();
+    let (t0, b0) = *first.get_or_insert((now, done));
+    let secs = now.duration_since(t0).as_secs_f64();
+    let rate = if secs > 0.5 { (done - b0) as f64 / secs } else { 0.0 };
+    match total {
+        Some(t) if t > 0 => {
+            let frac = (done as f64 / t as f64).clamp(0.0, 1.0);
+            let filled = (frac * 30.0) as usize;
+            let eta = if rate > 0.0 { format!(" ETA {:.0}s", (t - done) as f64 / rate) } else { String::new() };
+            format!(
+                "{status} {stage} [{}{}] {:5.1}% {}/{} MiB {:.1} MB/s{eta}",
+                "#".repeat(filled),
+                " ".repeat(30 - filled),
+                frac * 100.0,
+                done >> 20,
+                t >> 20,
+                rate / 1e6
+            )
+        }
+        _ => format!("{status} {stage} {} MiB {:.1} MB/s", done >> 20, rate / 1e6),
+    }
+}
+
+impl Client {
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        if let Ok(t) = std::env::var("BYOI_API_TOKEN") {
+            if !t.is_empty() {
+                return Ok(t);
+            }
+        }
+        let path = self.data_dir.join("api-token");
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_owned())
+            .with_context(|| format!("no API token: pass --token, set BYOI_API_TOKEN, or make {} readable", path.display()))
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let token = self.token()?;
+        let url = format!("{}{path}", self.controller.trim_end_matches('/'));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
+        let resp = client.request(req).await.with_context(|| format!("cannot reach the controller at {url}"))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{} ({status})", v["message"].as_str().unwrap_or("request failed"));
+        }
+        Ok(v)
+    }
+}

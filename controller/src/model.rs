@@ -1,0 +1,260 @@
+//! The BYOI API's request and response bodies, with OVH's field names,
+//! and their validation (OVH's messages where OVH has them).
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+/// Largest user data accepted (decoded).
+pub const MAX_USER_DATA: usize = 16 << 20;
+
+/// `configdrive` of a BYOI request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigDriveRequest {
+    /// Create the ConfigDrive partition.
+    #[serde(default)]
+    pub enable: bool,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// SSH public key.
+    pub ssh_key: Option<String>,
+    /// User data (text).
+    pub user_data: Option<String>,
+    /// User data (base64, for binary content).
+    pub user_data_base64: Option<String>,
+    /// Metadata for cloud-init.
+    pub user_metadatas: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /dedicated/server/{serviceName}/bringYourOwnImage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByoiRequest {
+    /// Image URL.
+    #[serde(rename = "URL")]
+    pub url: String,
+    /// Checksum of the image.
+    #[serde(rename = "checkSum")]
+    pub check_sum: Option<String>,
+    /// md5, sha1, sha256, sha512.
+    #[serde(rename = "checkSumType")]
+    pub check_sum_type: Option<String>,
+    /// qcow2 or raw.
+    #[serde(rename = "type")]
+    pub image_type: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Disk group to write (default 1).
+    #[serde(rename = "diskGroupId")]
+    pub disk_group_id: Option<u32>,
+    /// Extra HTTP headers (OVH's original name).
+    #[serde(rename = "httpHeader")]
+    pub http_header: Option<BTreeMap<String, String>>,
+    /// Extra HTTP headers (OVH's newer name).
+    #[serde(rename = "httpHeaders")]
+    pub http_headers: Option<BTreeMap<String, String>>,
+    /// UEFI loader on the ESP.
+    #[serde(rename = "efiBootloaderPath")]
+    pub efi_bootloader_path: Option<String>,
+    /// cloud-init ConfigDrive.
+    pub configdrive: Option<ConfigDriveRequest>,
+}
+
+/// A request that passed validation, as stored and turned into jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidRequest {
+    /// Image URL.
+    pub url: String,
+    /// `algo:hex`.
+    pub checksum: Option<String>,
+    /// `raw` / `qcow2`.
+    pub image_type: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Disk group, from 1.
+    pub disk_group_id: u32,
+    /// Headers (both OVH names merged).
+    pub headers: BTreeMap<String, String>,
+    /// UEFI loader.
+    pub efi_loader: Option<String>,
+    /// ConfigDrive: hostname, key, user data (base64), metadata.
+    pub configdrive: Option<ValidConfigDrive>,
+}
+
+/// A validated ConfigDrive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidConfigDrive {
+    /// Host name.
+    pub hostname: Option<String>,
+    /// SSH keys.
+    pub ssh_keys: Vec<String>,
+    /// User data, base64.
+    pub user_data_base64: Option<String>,
+    /// Metadata.
+    pub meta: BTreeMap<String, String>,
+}
+
+const CHECKSUM_TYPES: [(&str, usize); 4] = [("md5", 32), ("sha1", 40), ("sha256", 64), ("sha512", 128)];
+
+impl ByoiRequest {
+    /// Validates, with OVH's messages where OVH has them.
+    pub fn validate(self) -> Result<ValidRequest, String> {
+        let url = self.url.trim().to_owned();
+        let scheme_ok = url.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+            || url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+        if !scheme_ok || url.len() < 10 {
+            return Err(format!("Bad URL {url:?}, expected an http:// or https:// URL."));
+        }
+        let checksum = match (self.check_sum, self.check_sum_type) {
+            (None, None) => None,
+            (Some(sum), Some(kind)) => {
+                let kind = kind.to_ascii_lowercase();
+                let Some(&(_, len)) = CHECKSUM_TYPES.iter().find(|(k, _)| *k == kind) else {
+                    return Err("Bad checkSumType, expected: md5, sha1, sha256, sha512.".into());
+                };
+                let sum = sum.trim().to_ascii_lowercase();
+                if sum.len() != len || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("Bad checkSum, expected {len} hexadecimal digits for {kind}."));
+                }
+                Some(format!("{kind}:{sum}"))
+            }
+            _ => return Err("Please provide checkSum AND checkSumType or none of them".into()),
+        };
+        let image_type = match self.image_type.map(|t| t.to_ascii_lowercase()) {
+            None => None,
+            Some(t) if t == "qcow2" || t == "raw" => Some(t),
+            Some(_) => return Err("Bad format image, expected: qcow2, raw.".into()),
+        };
+        let mut headers = self.http_header.unwrap_or_default();
+        headers.extend(self.http_headers.unwrap_or_default());
+        for (k, v) in &headers {
+            let valid_name = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !valid_name || v.bytes().any(|b| b == b'\r' || b == b'\n') {
+                return Err(format!("Bad httpHeader {k:?}."));
+            }
+        }
+        let disk_group_id = self.disk_group_id.unwrap_or(1);
+        if disk_group_id == 0 {
+            return Err("Bad diskGroupId, groups are numbered from 1.".into());
+        }
+        let configdrive = match self.configdrive {
+            Some(c) if c.enable || c.hostname.is_some() || c.ssh_key.is_some() || c.user_data.is_some() || c.user_data_base64.is_some() => {
+                let user_data = match (c.user_data, c.user_data_base64) {
+                    (Some(_), Some(_)) => return Err("Please provide userData OR userDataBase64, not both".into()),
+                    (Some(text), None) => Some(text.into_bytes()),
+                    (None, Some(b64)) => Some(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64.trim())
+                            .map_err(|e| format!("Bad userDataBase64: {e}."))?,
+                    ),
+                    (None, None) => None,
+                };
+                if user_data.as_ref().is_some_and(|u| u.len() > MAX_USER_DATA) {
+                    return Err("userData is larger than 16 MiB.".into());
+                }
+                if let Some(h) = &c.hostname {
+                    let ok = !h.is_empty() && h.len() <= 253 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                    if !ok {
+                        return Err(format!("Bad hostname {h:?}."));
+                    }
+                }
+                Some(ValidConfigDrive {
+                    hostname: c.hostname,
+                    ssh_keys: c.ssh_key.into_iter().filter(|k| !k.trim().is_empty()).collect(),
+                    user_data_base64: user_data.map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
+                    meta: c.user_metadatas.unwrap_or_default(),
+                })
+            }
+            _ => None,
+        };
+        Ok(ValidRequest {
+            url,
+            checksum,
+            image_type,
+            description: self.description,
+            disk_group_id,
+            headers,
+            efi_loader: self.efi_bootloader_path,
+            configdrive,
+        })
+    }
+}
+
+/// `POST /dedicated/server`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewServer {
+    /// Name.
+    pub service_name: String,
+    /// MAC addresses of its NICs.
+    pub macs: Vec<String>,
+    /// Power driver: `{"kind": "manual"}`, `{"kind": "command", "argv": […]}`,
+    /// `{"kind": "ipmi", "host", "user", "password"}`, `{"kind": "redfish",
+    /// "url", "user", "password", "insecure"}`.
+    pub power: Option<serde_json::Value>,
+    /// Extra kernel arguments for the agent (console=…).
+    #[serde(default)]
+    pub kernel_args: Vec<String>,
+}
+
+/// Normalises a MAC (`:` or `-`, any case) to lowercase with colons.
+pub fn normalize_mac(mac: &str) -> Option<String> {
+    let hex: String = mac.chars().filter(|c| *c != ':' && *c != '-').collect();
+    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let hex = hex.to_ascii_lowercase();
+    Some((0..6).map(|i| &hex[2 * i..2 * i + 2]).collect::<Vec<_>>().join(":"))
+}
+
+/// A server name usable in URLs.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> Result<ValidRequest, String> {
+        serde_json::from_str::<ByoiRequest>(json).map_err(|e| e.to_string())?.validate()
+    }
+
+    #[test]
+    fn ovh_messages() {
+        let cases = [
+            (r#"{"URL":"http://x/i","checkSum":"ab","checkSumType":"crc32"}"#, "Bad checkSumType, expected: md5, sha1, sha256, sha512."),
+            (r#"{"URL":"http://x/i","checkSum":"ab"}"#, "Please provide checkSum AND checkSumType or none of them"),
+            (r#"{"URL":"http://x/i","checkSumType":"md5"}"#, "Please provide checkSum AND checkSumType or none of them"),
+            (r#"{"URL":"http://x/i","type":"vmdk"}"#, "Bad format image, expected: qcow2, raw."),
+            (r#"{"URL":"ftp://x/i"}"#, "Bad URL \"ftp://x/i\", expected an http:// or https:// URL."),
+        ];
+        for (json, want) in cases {
+            assert_eq!(req(json).unwrap_err(), want, "{json}");
+        }
+    }
+
+    #[test]
+    fn merges_header_names_and_decodes_user_data() {
+        let v = req(r#"{"URL":"https://x/i.qcow2","checkSum":"D41D8CD98F00B204E9800998ECF8427E","checkSumType":"MD5",
+            "httpHeader":{"A":"1"},"httpHeaders":{"B":"2"},"efiBootloaderPath":"\\EFI\\x.efi",
+            "configdrive":{"enable":true,"hostname":"h","sshKey":"ssh-ed25519 K","userDataBase64":"AAEC"}}"#)
+        .unwrap();
+        assert_eq!(v.checksum.as_deref(), Some("md5:d41d8cd98f00b204e9800998ecf8427e"));
+        assert_eq!(v.headers.len(), 2);
+        assert_eq!(v.configdrive.unwrap().user_data_base64.as_deref(), Some("AAEC"));
+        assert_eq!(v.efi_loader.as_deref(), Some("\\EFI\\x.efi"));
+        assert!(req(r#"{"URL":"http://x/i","bogus":1}"#).unwrap_err().contains("unknown field"));
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(normalize_mac("52-54-00-AB-cd-01").as_deref(), Some("52:54:00:ab:cd:01"));
+        assert_eq!(normalize_mac("525400abcd01").as_deref(), Some("52:54:00:ab:cd:01"));
+        assert!(normalize_mac("52:54:00").is_none());
+    }
+}
