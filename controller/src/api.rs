@@ -97,7 +97,12 @@ impl Response {
     }
 
     fn text(body: String) -> Response {
-        Response { status: StatusCode::OK, content_type: "text/plain; charset=utf-8", headers: Vec::new(), body: body.into() }
+        Response {
+            status: StatusCode::OK,
+            content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
+            body: body.into(),
+        }
     }
 
     /// The body as JSON (tests).
@@ -115,7 +120,8 @@ fn internal(e: db::DbError) -> Response {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| Response::error(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Response::error(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}")))
 }
 
 /// Constant-time comparison of tokens.
@@ -222,7 +228,10 @@ impl App {
     /// `{"message": …}` with a 4xx status.
     pub async fn handle(&self, req: Request) -> Response {
         if req.body.len() > MAX_BODY {
-            return Response::error(StatusCode::PAYLOAD_TOO_LARGE, format!("Request body larger than {} MiB", MAX_BODY >> 20));
+            return Response::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request body larger than {} MiB", MAX_BODY >> 20),
+            );
         }
         let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
         let method = req.method.clone();
@@ -249,7 +258,9 @@ impl App {
     fn check_api_token(&self, req: &Request) -> Result<(), Response> {
         match req.bearer() {
             Some(t) if same(t, &self.cfg.api_token) => Ok(()),
-            _ => Err(Response::error(StatusCode::UNAUTHORIZED, "Missing or invalid API token (Authorization: Bearer …)")),
+            _ => {
+                Err(Response::error(StatusCode::UNAUTHORIZED, "Missing or invalid API token (Authorization: Bearer …)"))
+            }
         }
     }
 
@@ -276,7 +287,8 @@ impl App {
         let Some(name) = self.db.server_by_mac(&mac_norm).map_err(internal)? else {
             return Ok(Response::text(ipxe::render(&Script::Unknown { mac }, &base)));
         };
-        let server = self.db.server(&name).map_err(internal)?.ok_or_else(|| Response::error(StatusCode::NOT_FOUND, "gone"))?;
+        let server =
+            self.db.server(&name).map_err(internal)?.ok_or_else(|| Response::error(StatusCode::NOT_FOUND, "gone"))?;
         let script = match server.boot_target.as_str() {
             "deploy" | "rescue" => {
                 let missing = ["vmlinuz", "initramfs.img"].iter().any(|f| !self.cfg.artifacts.join(f).is_file());
@@ -288,7 +300,12 @@ impl App {
                 let dep = self.db.current_deployment(&name).map_err(internal)?.map(|d| d.id);
                 self.db.store_token(&token_hash(&token), &name, dep).map_err(internal)?;
                 ipxe::render(
-                    &Script::Agent { server: &name, mode: &server.boot_target, token: &token, kernel_args: &server.kernel_args },
+                    &Script::Agent {
+                        server: &name,
+                        mode: &server.boot_target,
+                        token: &token,
+                        kernel_args: &server.kernel_args,
+                    },
                     &base,
                 )
             }
@@ -315,7 +332,8 @@ impl App {
             .and_then(|r| r.split_once('-'))
             .and_then(|(s, e)| {
                 let start: u64 = s.parse().ok()?;
-                let end: u64 = if e.is_empty() { len.checked_sub(1)? } else { e.parse::<u64>().ok()?.min(len.checked_sub(1)?) };
+                let end: u64 =
+                    if e.is_empty() { len.checked_sub(1)? } else { e.parse::<u64>().ok()?.min(len.checked_sub(1)?) };
                 (start <= end).then_some((start, end))
             });
         let mut resp = Response {
@@ -418,17 +436,15 @@ impl App {
 
     /// The job for a deployment, with the disk chosen from the inventory.
     fn job_for(&self, server: &str, d: &DeploymentRow) -> Result<Job, String> {
-        let req: ValidRequest = serde_json::from_value(d.request.clone()).map_err(|e| format!("stored request: {e}"))?;
+        let req: ValidRequest =
+            serde_json::from_value(d.request.clone()).map_err(|e| format!("stored request: {e}"))?;
         let srv = self.db.server(server).map_err(|e| e.to_string())?.ok_or("server gone")?;
-        let inv: Inventory = srv
-            .inventory
-            .and_then(|v| serde_json::from_value(v).ok())
-            .ok_or("the agent has not sent its inventory")?;
+        let inv: Inventory =
+            srv.inventory.and_then(|v| serde_json::from_value(v).ok()).ok_or("the agent has not sent its inventory")?;
         let groups = disk_groups(&inv);
-        let group = groups
-            .iter()
-            .find(|g| g.disk_group_id == req.disk_group_id)
-            .ok_or_else(|| format!("diskGroupId {} does not exist on {server} ({} disk groups)", req.disk_group_id, groups.len()))?;
+        let group = groups.iter().find(|g| g.disk_group_id == req.disk_group_id).ok_or_else(|| {
+            format!("diskGroupId {} does not exist on {server} ({} disk groups)", req.disk_group_id, groups.len())
+        })?;
         let disk = &group.disks[0];
         Ok(Job {
             deployment_id: d.id,
@@ -495,7 +511,8 @@ impl App {
                     return Err(Response::error(StatusCode::NOT_FOUND, format!("No deployment on {name}")));
                 };
                 let power = self.power_cycle(name).await;
-                let mut body = json!({ "message": "deployment erased; the server boots into rescue", "deploymentId": cur.id });
+                let mut body =
+                    json!({ "message": "deployment erased; the server boots into rescue", "deploymentId": cur.id });
                 if let Err(e) = power {
                     body["powerError"] = json!(e);
                 }
@@ -509,21 +526,27 @@ impl App {
     }
 
     fn server(&self, name: &str) -> Result<ServerRow, Response> {
-        self.db
-            .server(name)
-            .map_err(internal)?
-            .ok_or_else(|| Response::error(StatusCode::NOT_FOUND, format!("The requested object (serviceName = {name}) does not exist")))
+        self.db.server(name).map_err(internal)?.ok_or_else(|| {
+            Response::error(
+                StatusCode::NOT_FOUND,
+                format!("The requested object (serviceName = {name}) does not exist"),
+            )
+        })
     }
 
     fn add_server(&self, req: &Request) -> Handled {
         let n: NewServer = parse(&req.body)?;
         if !model::valid_name(&n.service_name) {
-            return Err(Response::error(StatusCode::BAD_REQUEST, format!("Bad serviceName {:?}: letters, digits, '-', '_', '.'", n.service_name)));
+            return Err(Response::error(
+                StatusCode::BAD_REQUEST,
+                format!("Bad serviceName {:?}: letters, digits, '-', '_', '.'", n.service_name),
+            ));
         }
         let mut macs = Vec::new();
         for m in &n.macs {
             macs.push(
-                model::normalize_mac(m).ok_or_else(|| Response::error(StatusCode::BAD_REQUEST, format!("Bad MAC address {m:?}")))?,
+                model::normalize_mac(m)
+                    .ok_or_else(|| Response::error(StatusCode::BAD_REQUEST, format!("Bad MAC address {m:?}")))?,
             );
         }
         if macs.is_empty() {
@@ -638,7 +661,7 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T07:06:40Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 
@@ -652,14 +675,26 @@ mod tests {
             transport: "sata".into(),
             ..Default::default()
         };
-        let a = Inventory { disks: vec![d("sdb", 2000, "B"), d("sda", 1000, "Z"), d("sdc", 1000, "A")], ..Default::default() };
-        let b = Inventory { disks: vec![d("sda", 1000, "A"), d("sdc", 2000, "B"), d("sdb", 1000, "Z")], ..Default::default() };
-        assert_eq!(disk_groups(&a), disk_groups(&b).into_iter().map(|mut g| {
-            for (x, y) in g.disks.iter_mut().zip(disk_groups(&a)[g.disk_group_id as usize - 1].disks.iter()) {
-                x.name = y.name.clone();
-            }
-            g
-        }).collect::<Vec<_>>());
+        let a = Inventory {
+            disks: vec![d("sdb", 2000, "B"), d("sda", 1000, "Z"), d("sdc", 1000, "A")],
+            ..Default::default()
+        };
+        let b = Inventory {
+            disks: vec![d("sda", 1000, "A"), d("sdc", 2000, "B"), d("sdb", 1000, "Z")],
+            ..Default::default()
+        };
+        assert_eq!(
+            disk_groups(&a),
+            disk_groups(&b)
+                .into_iter()
+                .map(|mut g| {
+                    for (x, y) in g.disks.iter_mut().zip(disk_groups(&a)[g.disk_group_id as usize - 1].disks.iter()) {
+                        x.name = y.name.clone();
+                    }
+                    g
+                })
+                .collect::<Vec<_>>()
+        );
         let g = disk_groups(&a);
         assert_eq!(g[0].disk_size_bytes, 1000);
         assert_eq!(g[0].disks[0].serial, "A");

@@ -208,8 +208,11 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 "manual" => json!({"kind": "manual"}),
                 "command" => json!({"kind": "command", "argv": power_args}),
                 "ipmi" => {
-                    let kv: BTreeMap<String, String> =
-                        power_args.iter().filter_map(|a| a.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
+                    let kv: BTreeMap<String, String> = power_args
+                        .iter()
+                        .filter_map(|a| a.split_once('='))
+                        .map(|(k, v)| (k.into(), v.into()))
+                        .collect();
                     json!({"kind": "ipmi", "host": kv.get("host"), "user": kv.get("user"), "password": kv.get("password")})
                 }
                 other => bail!("unknown power driver {other:?} (manual, command, ipmi)"),
@@ -224,7 +227,8 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             for n in names.as_array().into_iter().flatten() {
                 let n = n.as_str().unwrap_or_default();
                 let s = client.call("GET", &format!("/dedicated/server/{n}"), None).await?;
-                let last = s["deployments"].get(0).map(|d| format!("{} {}", d["status"], d["message"])).unwrap_or_default();
+                let last =
+                    s["deployments"].get(0).map(|d| format!("{} {}", d["status"], d["message"])).unwrap_or_default();
                 println!("{n}\t{}\t{}\t{last}", s["bootTarget"].as_str().unwrap_or("?"), s["macs"]);
             }
             Ok(0)
@@ -248,7 +252,11 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             let headers: BTreeMap<String, String> = a
                 .headers
                 .iter()
-                .map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).context("--header is 'Name: value'"))
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .context("--header is 'Name: value'")
+                })
                 .collect::<anyhow::Result<_>>()?;
             if !headers.is_empty() {
                 body["httpHeaders"] = json!(headers);
@@ -263,7 +271,8 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 cd["userMetadatas"] = json!(meta);
                 body["configdrive"] = cd;
             }
-            let v = a.client.call("POST", &format!("/dedicated/server/{}/bringYourOwnImage", a.name), Some(body)).await?;
+            let v =
+                a.client.call("POST", &format!("/dedicated/server/{}/bringYourOwnImage", a.name), Some(body)).await?;
             println!("deployment {} on {}: {} ({})", v["deploymentId"], a.name, v["status"], v["message"]);
             Ok(0)
         }
@@ -353,9 +362,9 @@ impl Client {
             }
         }
         let path = self.data_dir.join("api-token");
-        std::fs::read_to_string(&path)
-            .map(|t| t.trim().to_owned())
-            .with_context(|| format!("no API token: pass --token, set BYOI_API_TOKEN, or make {} readable", path.display()))
+        std::fs::read_to_string(&path).map(|t| t.trim().to_owned()).with_context(|| {
+            format!("no API token: pass --token, set BYOI_API_TOKEN, or make {} readable", path.display())
+        })
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -363,11 +372,13 @@ impl Client {
         let url = format!("{}{path}", self.controller.trim_end_matches('/'));
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        let tls =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let https =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
         let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();

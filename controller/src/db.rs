@@ -185,7 +185,13 @@ impl Db {
             }
             tx.execute(
                 "INSERT INTO servers (name, power, kernel_args, boot_target, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![s.name, s.power.to_string(), serde_json::to_string(&s.kernel_args).unwrap_or_default(), s.boot_target, s.created_at],
+                params![
+                    s.name,
+                    s.power.to_string(),
+                    serde_json::to_string(&s.kernel_args).unwrap_or_default(),
+                    s.boot_target,
+                    s.created_at
+                ],
             )?;
             for mac in &s.macs {
                 tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, s.name])?;
@@ -247,7 +253,9 @@ impl Db {
 
     /// Sets a server's boot target.
     pub fn set_boot_target(&self, name: &str, target: &str) -> Result<()> {
-        self.with(|c| c.execute("UPDATE servers SET boot_target = ?2 WHERE name = ?1", params![name, target]).map(|_| ()))
+        self.with(|c| {
+            c.execute("UPDATE servers SET boot_target = ?2 WHERE name = ?1", params![name, target]).map(|_| ())
+        })
     }
 
     /// Records an agent contact (and its inventory, on hello).
@@ -314,7 +322,8 @@ impl Db {
     /// A deployment by id.
     pub fn deployment(&self, id: i64) -> Result<Option<DeploymentRow>> {
         self.with(|c| {
-            c.query_row(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE id = ?1"), [id], deployment).optional()
+            c.query_row(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE id = ?1"), [id], deployment)
+                .optional()
         })
     }
 
@@ -343,7 +352,9 @@ impl Db {
 
     /// Marks an agent report without progress (heartbeat, job fetch).
     pub fn reported(&self, id: i64) -> Result<()> {
-        self.with(|c| c.execute("UPDATE deployments SET last_report = ?2 WHERE id = ?1", params![id, now()]).map(|_| ()))
+        self.with(|c| {
+            c.execute("UPDATE deployments SET last_report = ?2 WHERE id = ?1", params![id, now()]).map(|_| ())
+        })
     }
 
     /// Ends a deployment: `done` flips the boot target to local.

@@ -42,7 +42,9 @@ const UNKNOWN: &str = include_str!("../../ipxe/unknown.ipxe");
 /// Keeps a value from breaking out of its place in a script: iPXE splits
 /// on spaces and expands `${…}`.
 fn clean(s: &str) -> String {
-    s.chars().filter(|c| !c.is_whitespace() && !matches!(c, '$' | '{' | '}' | '\\' | '"' | '\'' | '|' | '&' | '#')).collect()
+    s.chars()
+        .filter(|c| !c.is_whitespace() && !matches!(c, '$' | '{' | '}' | '\\' | '"' | '\'' | '|' | '&' | '#'))
+        .collect()
 }
 
 /// Renders a script; `base` is the controller's URL as the server sees it.
@@ -73,7 +75,10 @@ mod tests {
     #[test]
     fn deploy_script_snapshot() {
         let args = vec!["console=ttyS0,115200".to_owned(), "evil ${x}".to_owned()];
-        let s = render(&Script::Agent { server: "srv1", mode: "deploy", token: "abc123", kernel_args: &args }, "http://10.0.2.2:8080/");
+        let s = render(
+            &Script::Agent { server: "srv1", mode: "deploy", token: "abc123", kernel_args: &args },
+            "http://10.0.2.2:8080/",
+        );
         assert_eq!(
             s,
             "#!ipxe\n# byoi: srv1 boots the in-memory agent (deploy).\necho byoi: booting the agent for srv1 (deploy)\n\
@@ -89,6 +94,7 @@ initrd http://10.0.2.2:8080/artifacts/initramfs.img\nboot\n"
         assert!(local.ends_with("echo byoi: s boots from its local disk\niseq ${platform} efi && exit || sanboot --no-describe --drive 0x80\n"), "{local}");
         let missing = render(&Script::Missing { dir: "/var/lib/byoi/artifacts" }, "http://h:1");
         assert!(missing.contains("echo byoi: no vmlinuz/initramfs.img in /var/lib/byoi/artifacts\nsleep 10\nchain http://h:1/boot/${netX/mac:hexhyp}\n"), "{missing}");
-        assert!(render(&Script::Unknown { mac: "52-54-00-00-00-01" }, "x").ends_with("echo byoi: unknown MAC 52-54-00-00-00-01\nexit\n"));
+        assert!(render(&Script::Unknown { mac: "52-54-00-00-00-01" }, "x")
+            .ends_with("echo byoi: unknown MAC 52-54-00-00-00-01\nexit\n"));
     }
 }

@@ -132,7 +132,8 @@ impl ByoiRequest {
         let mut headers = self.http_header.unwrap_or_default();
         headers.extend(self.http_headers.unwrap_or_default());
         for (k, v) in &headers {
-            let valid_name = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            let valid_name =
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if !valid_name || v.bytes().any(|b| b == b'\r' || b == b'\n') {
                 return Err(format!("Bad httpHeader {k:?}."));
             }
@@ -142,7 +143,13 @@ impl ByoiRequest {
             return Err("Bad diskGroupId, groups are numbered from 1.".into());
         }
         let configdrive = match self.configdrive {
-            Some(c) if c.enable || c.hostname.is_some() || c.ssh_key.is_some() || c.user_data.is_some() || c.user_data_base64.is_some() => {
+            Some(c)
+                if c.enable
+                    || c.hostname.is_some()
+                    || c.ssh_key.is_some()
+                    || c.user_data.is_some()
+                    || c.user_data_base64.is_some() =>
+            {
                 let user_data = match (c.user_data, c.user_data_base64) {
                     (Some(_), Some(_)) => return Err("Please provide userData OR userDataBase64, not both".into()),
                     (Some(text), None) => Some(text.into_bytes()),
@@ -157,7 +164,9 @@ impl ByoiRequest {
                     return Err("userData is larger than 16 MiB.".into());
                 }
                 if let Some(h) = &c.hostname {
-                    let ok = !h.is_empty() && h.len() <= 253 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                    let ok = !h.is_empty()
+                        && h.len() <= 253
+                        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
                     if !ok {
                         return Err(format!("Bad hostname {h:?}."));
                     }
@@ -227,9 +236,15 @@ mod tests {
     #[test]
     fn ovh_messages() {
         let cases = [
-            (r#"{"URL":"http://x/i","checkSum":"ab","checkSumType":"crc32"}"#, "Bad checkSumType, expected: md5, sha1, sha256, sha512."),
+            (
+                r#"{"URL":"http://x/i","checkSum":"ab","checkSumType":"crc32"}"#,
+                "Bad checkSumType, expected: md5, sha1, sha256, sha512.",
+            ),
             (r#"{"URL":"http://x/i","checkSum":"ab"}"#, "Please provide checkSum AND checkSumType or none of them"),
-            (r#"{"URL":"http://x/i","checkSumType":"md5"}"#, "Please provide checkSum AND checkSumType or none of them"),
+            (
+                r#"{"URL":"http://x/i","checkSumType":"md5"}"#,
+                "Please provide checkSum AND checkSumType or none of them",
+            ),
             (r#"{"URL":"http://x/i","type":"vmdk"}"#, "Bad format image, expected: qcow2, raw."),
             (r#"{"URL":"ftp://x/i"}"#, "Bad URL \"ftp://x/i\", expected an http:// or https:// URL."),
         ];

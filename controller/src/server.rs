@@ -91,7 +91,12 @@ async fn to_request(req: hyper::Request<Incoming>) -> Result<api::Request, api::
             body: serde_json::to_vec(&serde_json::json!({ "message": msg })).unwrap_or_default().into(),
         }
     })?;
-    Ok(api::Request { method: parts.method, path: parts.uri.path().to_owned(), headers: parts.headers, body: body.to_bytes() })
+    Ok(api::Request {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        body: body.to_bytes(),
+    })
 }
 
 fn to_hyper(r: api::Response) -> hyper::Response<Full<Bytes>> {

@@ -1,0 +1,514 @@
+//! The controller in-process, with a temp SQLite: every endpoint, every
+//! validation message, both token kinds, restarts, a simulated agent
+//! driving deployments to done, to error and through an abort, and 100
+//! servers at once.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use byoi_controller::api::{App, Config, Request, Response};
+use byoi_controller::db::Db;
+use byoi_wire::agent::{Disk, Hello, Inventory, JobResponse, Nic};
+use http::header::{AUTHORIZATION, HOST, RANGE};
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "operator-token";
+
+fn app_in(dir: &Path, timeout: Duration) -> App {
+    let artifacts = dir.join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("vmlinuz"), b"KERNEL-0123456789").unwrap();
+    std::fs::write(artifacts.join("initramfs.img"), b"INITRAMFS").unwrap();
+    let db = Db::open(&dir.join("byoi.sqlite")).unwrap();
+    App::new(
+        db,
+        Config { api_token: TOKEN.into(), artifacts, public_url: None, scheme: "http", agent_timeout: timeout },
+    )
+}
+
+async fn call(app: &App, method: Method, path: &str, body: Option<Value>) -> Response {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = Request::new(method, path, body)
+        .header(AUTHORIZATION, &format!("Bearer {TOKEN}"))
+        .header(HOST, "10.0.2.2:8080");
+    app.handle(req).await
+}
+
+async fn agent(app: &App, token: &str, method: Method, what: &str, body: Option<Value>) -> Response {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    app.handle(
+        Request::new(method, &format!("/agent/v1/{what}"), body).header(AUTHORIZATION, &format!("Bearer {token}")),
+    )
+    .await
+}
+
+async fn add_server(app: &App, name: &str, mac: &str, power: Value) {
+    let r = call(
+        app,
+        Method::POST,
+        "/dedicated/server",
+        Some(json!({"serviceName": name, "macs": [mac], "power": power, "kernelArgs": ["console=ttyS0"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json_body());
+}
+
+/// Netboots: fetches the per-MAC script and returns (script, agent token).
+async fn netboot(app: &App, mac: &str) -> (String, Option<String>) {
+    let r = app.handle(Request::new(Method::GET, &format!("/boot/{mac}"), "").header(HOST, "10.0.2.2:8080")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let script = String::from_utf8(r.body.to_vec()).unwrap();
+    let token = script.split("byoi.token=").nth(1).map(|t| t.split_whitespace().next().unwrap().to_owned());
+    (script, token)
+}
+
+fn inventory() -> Value {
+    let disk = |name: &str, size: u64, serial: &str, model: &str| Disk {
+        name: name.into(),
+        size_bytes: size,
+        model: model.into(),
+        serial: serial.into(),
+        wwn: format!("wwn-{serial}"),
+        rotational: false,
+        transport: "nvme".into(),
+        logical_sector_size: 512,
+    };
+    let inv = Inventory {
+        firmware: "uefi".into(),
+        memory_bytes: 8 << 30,
+        disks: vec![
+            disk("nvme1n1", 2 << 40, "BIG1", "Big"),
+            disk("nvme0n1", 1 << 40, "S2", "Small"),
+            disk("nvme2n1", 1 << 40, "S1", "Small"),
+        ],
+        nics: vec![Nic { name: "eth0".into(), mac: "52:54:00:00:00:01".into(), link: true, speed_mbps: Some(10000) }],
+    };
+    serde_json::to_value(Hello { inventory: inv, version: "test".into() }).unwrap()
+}
+
+fn action(r: &Response) -> String {
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
+    r.json_body()["action"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn tokens_are_required_and_kept_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    let r = app.handle(Request::new(Method::GET, "/dedicated/server", "")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = app.handle(Request::new(Method::GET, "/dedicated/server", "").header(AUTHORIZATION, "Bearer nope")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // The operator token is no agent token, and the other way round.
+    assert_eq!(agent(&app, TOKEN, Method::POST, "heartbeat", None).await.status, StatusCode::UNAUTHORIZED);
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://img/x.qcow2"})))
+        .await;
+    let (_, token) = netboot(&app, "52-54-00-00-00-01").await;
+    let token = token.unwrap();
+    let r = app
+        .handle(Request::new(Method::GET, "/dedicated/server", "").header(AUTHORIZATION, &format!("Bearer {token}")))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A new boot mints a new token; the old one is stale.
+    let (_, newer) = netboot(&app, "52:54:00:00:00:01").await;
+    assert_eq!(agent(&app, &token, Method::POST, "heartbeat", None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(action(&agent(&app, &newer.unwrap(), Method::POST, "heartbeat", None).await), "continue");
+}
+
+#[tokio::test]
+async fn servers_endpoints_and_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let cases = [
+        (json!({"serviceName": "s1", "macs": ["52:54:00:00:00:02"]}), StatusCode::CONFLICT, "server s1 already exists"),
+        (
+            json!({"serviceName": "s2", "macs": ["52-54-00-00-00-01"]}),
+            StatusCode::CONFLICT,
+            "MAC 52:54:00:00:00:01 already belongs to s1",
+        ),
+        (json!({"serviceName": "s2", "macs": ["zz"]}), StatusCode::BAD_REQUEST, "Bad MAC address \"zz\""),
+        (
+            json!({"serviceName": "s/2", "macs": ["52:54:00:00:00:02"]}),
+            StatusCode::BAD_REQUEST,
+            "Bad serviceName \"s/2\": letters, digits, '-', '_', '.'",
+        ),
+        (json!({"serviceName": "s2", "macs": []}), StatusCode::BAD_REQUEST, "A server needs at least one MAC address"),
+        (
+            json!({"serviceName": "s2", "macs": ["52:54:00:00:00:02"], "power": {"kind": "magic"}}),
+            StatusCode::BAD_REQUEST,
+            "bad power settings",
+        ),
+    ];
+    for (body, status, msg) in cases {
+        let r = call(&app, Method::POST, "/dedicated/server", Some(body.clone())).await;
+        assert_eq!(r.status, status, "{body}");
+        assert!(r.json_body()["message"].as_str().unwrap().starts_with(msg), "{body}: {:?}", r.json_body());
+    }
+    assert_eq!(call(&app, Method::GET, "/dedicated/server", None).await.json_body(), json!(["s1"]));
+    let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
+    assert_eq!(s["bootTarget"], "local");
+    assert_eq!(s["macs"], json!(["52:54:00:00:00:01"]));
+    let r = call(&app, Method::GET, "/dedicated/server/nope", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json_body()["message"], "The requested object (serviceName = nope) does not exist");
+    let r = call(&app, Method::GET, "/dedicated/server/s1/specifications/hardware", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = call(&app, Method::PUT, "/dedicated/server/s1", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn byoi_validation_in_ovh_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let p = "/dedicated/server/s1/bringYourOwnImage";
+    let cases = [
+        (
+            json!({"URL": "http://x/i", "checkSum": "00", "checkSumType": "crc"}),
+            "Bad checkSumType, expected: md5, sha1, sha256, sha512.",
+        ),
+        (json!({"URL": "http://x/i", "checkSum": "00"}), "Please provide checkSum AND checkSumType or none of them"),
+        (json!({"URL": "http://x/i", "type": "vhd"}), "Bad format image, expected: qcow2, raw."),
+        (json!({"URL": "file:///etc/passwd"}), "Bad URL \"file:///etc/passwd\", expected an http:// or https:// URL."),
+        (
+            json!({"URL": "http://x/i", "checkSum": "00", "checkSumType": "md5"}),
+            "Bad checkSum, expected 32 hexadecimal digits for md5.",
+        ),
+        (json!({"URL": "http://x/i", "configdrive": {"enable": true, "userDataBase64": "!!"}}), "Bad userDataBase64"),
+        (json!({"URL": "http://x/i", "unknown": 1}), "Invalid JSON body: unknown field `unknown`"),
+    ];
+    for (body, msg) in cases {
+        let r = call(&app, Method::POST, p, Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(r.json_body()["message"].as_str().unwrap().starts_with(msg), "{body}: {:?}", r.json_body());
+    }
+    let r =
+        app.handle(Request::new(Method::POST, p, "{not json").header(AUTHORIZATION, &format!("Bearer {TOKEN}"))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json_body()["message"].as_str().unwrap().starts_with("Invalid JSON body"));
+    let huge = json!({"URL": "http://x/i", "configdrive": {"enable": true, "userData": "x".repeat((16 << 20) + 1)}});
+    let r = call(&app, Method::POST, p, Some(huge)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json_body()["message"], "userData is larger than 16 MiB.");
+    let r = app
+        .handle(Request::new(Method::POST, p, vec![b' '; 25 << 20]).header(AUTHORIZATION, &format!("Bearer {TOKEN}")))
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(call(&app, Method::GET, p, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(&app, Method::POST, "/dedicated/server/nope/bringYourOwnImage", Some(json!({"URL": "http://x/i"})))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_simulated_agent_drives_a_deployment_to_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    let log = dir.path().join("power.log");
+    let power = json!({"kind": "command", "argv": ["sh", "-c", format!("echo {{action}} >> {}", log.display())]});
+    add_server(&app, "s1", "52:54:00:00:00:01", power).await;
+    let (script, token) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(script.contains("sanboot"), "a server with nothing to do boots its disk: {script}");
+    assert!(token.is_none());
+
+    let body = json!({"URL": "https://img.example/debian.qcow2", "checkSum": "AB".repeat(32), "checkSumType": "sha256", "type": "qcow2",
+        "diskGroupId": 1, "httpHeader": {"Authorization": "Bearer x"}, "efiBootloaderPath": "\\EFI\\debian\\shimx64.efi",
+        "configdrive": {"enable": true, "hostname": "web1", "sshKey": "ssh-ed25519 AAAA", "userData": "#cloud-config\n", "userMetadatas": {"role": "db"}}});
+    let r = call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(body.clone())).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
+    let st = r.json_body();
+    assert_eq!(
+        (st["status"].as_str(), st["message"].as_str(), st["stage"].as_str()),
+        (Some("doing"), Some("starting"), Some("waiting-for-agent"))
+    );
+    assert_eq!(st["checksum"], "ab".repeat(32));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "cycle\n", "POST power-cycles the server");
+    let r = call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(body)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+
+    let (script, token) = netboot(&app, "52-54-00-00-00-01").await;
+    assert!(
+        script.contains(
+            "kernel http://10.0.2.2:8080/artifacts/vmlinuz initrd=initramfs.img byoi.controller=http://10.0.2.2:8080"
+        ),
+        "{script}"
+    );
+    assert!(script.contains("byoi.mode=deploy") && script.contains(" console=ttyS0\n"), "{script}");
+    let token = token.unwrap();
+    assert_eq!(action(&agent(&app, &token, Method::POST, "hello", Some(inventory())).await), "continue");
+    let hw = call(&app, Method::GET, "/dedicated/server/s1/specifications/hardware", None).await.json_body();
+    assert_eq!(hw["bootMode"], "uefi");
+    assert_eq!(hw["diskGroups"][0]["numberOfDisks"], 2);
+    assert_eq!(hw["diskGroups"][0]["disks"][0]["serial"], "S1");
+    assert_eq!(hw["diskGroups"][1]["diskSizeBytes"], 2u64 << 40);
+
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
+    let job = job.job.unwrap();
+    assert_eq!(job.disk.serial, "S1", "group 1's first disk, by serial, whatever the kernel names");
+    assert_eq!(job.checksum.as_deref(), Some(format!("sha256:{}", "ab".repeat(32)).as_str()));
+    assert_eq!(job.headers.get("Authorization").map(String::as_str), Some("Bearer x"));
+    let cd = job.configdrive.unwrap();
+    assert_eq!(cd.user_data_base64.as_deref(), Some("I2Nsb3VkLWNvbmZpZwo="));
+    assert_eq!(job.efi_loader.as_deref(), Some("\\EFI\\debian\\shimx64.efi"));
+
+    let id = job.deployment_id;
+    let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 512u64 << 20, "bytesTotal": 1024u64 << 20});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "continue");
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!((st["stage"].as_str(), st["percent"].as_f64()), (Some("downloading"), Some(50.0)));
+    let done = json!({"deploymentId": id, "status": "done", "code": null, "message": "deployed"});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(done)).await), "reboot");
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!((st["status"].as_str(), st["percent"].as_f64()), (Some("done"), Some(100.0)));
+    assert!(st["finishedAt"].as_str().unwrap().ends_with('Z'));
+    let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
+    assert_eq!(s["bootTarget"], "local");
+    assert_eq!(s["firmware"], "uefi");
+    let (script, _) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(script.contains("iseq ${platform} efi && exit"), "{script}");
+}
+
+#[tokio::test]
+async fn an_error_waits_for_the_next_post_without_a_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let post = json!({"URL": "http://x/bad.raw"});
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(post)).await;
+    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
+    let token = token.unwrap();
+    agent(&app, &token, Method::POST, "hello", Some(inventory())).await;
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
+    let id = job.job.unwrap().deployment_id;
+    let msg = "Bad sha256 for downloaded file, got: aa while expecting bb.";
+    let err = json!({"deploymentId": id, "status": "error", "code": "checksum-mismatch", "message": msg});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(err)).await), "wait");
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!(
+        (st["status"].as_str(), st["message"].as_str(), st["errorCode"].as_str()),
+        (Some("error"), Some(msg), Some("checksum-mismatch"))
+    );
+    assert_eq!(call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["bootTarget"], "deploy");
+    assert_eq!(action(&agent(&app, &token, Method::POST, "heartbeat", None).await), "wait");
+    // A corrected POST: the same agent, still up, picks it up.
+    let r =
+        call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/good.raw"})))
+            .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(action(&agent(&app, &token, Method::POST, "heartbeat", None).await), "continue");
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
+    assert_eq!(job.job.unwrap().url, "http://x/good.raw");
+    let history = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["deployments"].clone();
+    assert_eq!(history.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn delete_aborts_the_agent_and_sends_the_server_to_rescue() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/i"}))).await;
+    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
+    let token = token.unwrap();
+    agent(&app, &token, Method::POST, "hello", Some(inventory())).await;
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
+    let id = job.job.unwrap().deployment_id;
+    let r = call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 1, "bytesTotal": 2});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "abort");
+    assert_eq!(
+        action(&agent(&app, &token, Method::POST, "heartbeat", Some(json!({"deploymentId": id}))).await),
+        "abort"
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
+    assert_eq!(s["bootTarget"], "rescue");
+    assert_eq!(s["deployments"][0]["errorCode"], "aborted");
+    let (script, token) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(script.contains("byoi.mode=rescue") && token.is_some(), "{script}");
+    assert_eq!(
+        call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn silent_agents_fail_their_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(0));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/i"}))).await;
+    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
+    let token = token.unwrap();
+    agent(&app, &token, Method::POST, "hello", Some(inventory())).await;
+    agent(&app, &token, Method::GET, "job", None).await;
+    app.expire_silent_agents();
+    assert_eq!(
+        call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body()["status"],
+        "doing"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.expire_silent_agents();
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!((st["status"].as_str(), st["message"].as_str()), (Some("error"), Some("agent stopped reporting")));
+}
+
+#[tokio::test]
+async fn a_missing_disk_group_fails_the_deployment_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    call(
+        &app,
+        Method::POST,
+        "/dedicated/server/s1/bringYourOwnImage",
+        Some(json!({"URL": "http://x/i", "diskGroupId": 7})),
+    )
+    .await;
+    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
+    let token = token.unwrap();
+    agent(&app, &token, Method::POST, "hello", Some(inventory())).await;
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
+    assert!(job.job.is_none());
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!(st["status"], "error");
+    assert_eq!(st["message"], "diskGroupId 7 does not exist on s1 (2 disk groups)");
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let app = app_in(dir.path(), Duration::from_secs(60));
+        add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+        call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/i"}))).await;
+    }
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!(st["status"], "doing");
+    assert_eq!(call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["bootTarget"], "deploy");
+}
+
+#[tokio::test]
+async fn netboot_side_scripts_and_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    let r = app.handle(Request::new(Method::GET, "/boot.ipxe", "").header(HOST, "10.0.2.2:8080")).await;
+    assert_eq!(
+        String::from_utf8(r.body.to_vec()).unwrap().lines().last().unwrap(),
+        "chain http://10.0.2.2:8080/boot/${netX/mac:hexhyp}"
+    );
+    let (script, _) = netboot(&app, "aa-bb-cc-dd-ee-ff").await;
+    assert!(script.contains("unknown MAC") && script.trim_end().ends_with("exit"), "{script}");
+    let r = app.handle(Request::new(Method::GET, "/artifacts/vmlinuz", "").header(RANGE, "bytes=7-10")).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], b"0123");
+    let r = app.handle(Request::new(Method::GET, "/artifacts/initramfs.img", "")).await;
+    assert_eq!(&r.body[..], b"INITRAMFS");
+    assert_eq!(app.handle(Request::new(Method::GET, "/artifacts/passwd", "")).await.status, StatusCode::NOT_FOUND);
+    // Missing artifacts: the script says so and retries.
+    std::fs::remove_file(dir.path().join("artifacts/vmlinuz")).unwrap();
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/i"}))).await;
+    let (script, token) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(script.contains("byoi: no vmlinuz/initramfs.img in") && token.is_none(), "{script}");
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let doc: Value = serde_json::from_str(byoi_controller::OPENAPI).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys().filter(|m| *m != "parameters") {
+            let concrete =
+                path.replace("{serviceName}", "s1").replace("{mac}", "52:54:00:00:00:01").replace("{name}", "vmlinuz");
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let r = call(&app, m, &concrete, None).await;
+            let msg = r.json_body()["message"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                !msg.starts_with("No route")
+                    && !msg.starts_with("No agent call")
+                    && r.status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {msg}"
+            );
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    for route in [
+        "GET /dedicated/server",
+        "POST /dedicated/server",
+        "GET /dedicated/server/{serviceName}",
+        "GET /dedicated/server/{serviceName}/specifications/hardware",
+        "GET /dedicated/server/{serviceName}/bringYourOwnImage",
+        "POST /dedicated/server/{serviceName}/bringYourOwnImage",
+        "DELETE /dedicated/server/{serviceName}/bringYourOwnImage",
+        "GET /boot.ipxe",
+        "GET /boot/{mac}",
+        "GET /artifacts/{name}",
+        "HEAD /artifacts/{name}",
+        "GET /openapi.json",
+        "POST /agent/v1/hello",
+        "POST /agent/v1/heartbeat",
+        "GET /agent/v1/job",
+        "POST /agent/v1/progress",
+        "POST /agent/v1/result",
+    ] {
+        assert!(documented.iter().any(|d| d == route), "{route} is not in openapi.json");
+    }
+    let served = app.handle(Request::new(Method::GET, "/openapi.json", "")).await;
+    assert_eq!(served.json_body(), doc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_servers_deploy_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Arc::new(app_in(dir.path(), Duration::from_secs(60)));
+    let mut tasks = Vec::new();
+    for i in 0..100u32 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("srv{i:03}");
+            let mac = format!("52:54:00:00:{:02x}:{:02x}", i / 256, i % 256);
+            add_server(&app, &name, &mac, json!({"kind": "manual"})).await;
+            let r = call(&app, Method::POST, &format!("/dedicated/server/{name}/bringYourOwnImage"), Some(json!({"URL": format!("http://x/{name}.raw")}))).await;
+            assert_eq!(r.status, StatusCode::OK);
+            let (_, token) = netboot(&app, &mac).await;
+            let token = token.unwrap();
+            agent(&app, &token, Method::POST, "hello", Some(inventory())).await;
+            let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
+            let job = job.job.unwrap();
+            assert_eq!(job.url, format!("http://x/{name}.raw"));
+            for step in 1..=3u64 {
+                let p = json!({"deploymentId": job.deployment_id, "stage": "downloading", "bytesDone": step, "bytesTotal": 3});
+                assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "continue");
+            }
+            let done = json!({"deploymentId": job.deployment_id, "status": "done", "message": "deployed"});
+            assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(done)).await), "reboot");
+            name
+        }));
+    }
+    for t in tasks {
+        let name = t.await.unwrap();
+        let st =
+            call(&app, Method::GET, &format!("/dedicated/server/{name}/bringYourOwnImage"), None).await.json_body();
+        assert_eq!(st["status"], "done", "{name}");
+    }
+    assert_eq!(call(&app, Method::GET, "/dedicated/server", None).await.json_body().as_array().unwrap().len(), 100);
+}
