@@ -106,11 +106,12 @@ enum ServerCommand {
         /// MAC address of a NIC; repeatable.
         #[arg(long = "mac", required = true)]
         macs: Vec<String>,
-        /// Power driver: manual, command, ipmi.
+        /// Power driver: manual, command, ipmi, redfish.
         #[arg(long, default_value = "manual")]
         power: String,
         /// Driver argument: for command, the argv (repeat, `{action}` is
-        /// replaced); for ipmi, host=…, user=…, password=….
+        /// replaced); for ipmi, host=…, user=…, password=…; for redfish,
+        /// url=https://bmc, user=…, password=…, [system=…], [insecure=true].
         #[arg(long = "power-arg")]
         power_args: Vec<String>,
         /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.

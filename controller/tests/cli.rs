@@ -1,0 +1,256 @@
+//! `byoi serve` on an empty data dir, driven by the `byoi` command line,
+//! with a simulated agent speaking HTTP to it, as the real one will.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+struct Controller {
+    child: Child,
+    addr: String,
+    token: String,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data_dir: &Path) -> Controller {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_byoi"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+    let token = std::fs::read_to_string(data_dir.join("api-token")).unwrap().trim().to_owned();
+    Controller { child, addr, token }
+}
+
+fn byoi(c: &Controller, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_byoi"))
+        .args(args)
+        .args(["--controller", &format!("http://{}", c.addr), "--token", &c.token])
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status, body).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn agent_token(c: &Controller, mac: &str) -> String {
+    let (_, script) = http(&c.addr, "GET", &format!("/boot/{mac}"), None, None);
+    script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+#[test]
+fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = start(&data);
+    let artifacts = data.join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("vmlinuz"), b"k").unwrap();
+    std::fs::write(artifacts.join("initramfs.img"), b"i").unwrap();
+
+    let out = stdout(&byoi(
+        &c,
+        &["server", "add", "web1", "--mac", "52:54:00:aa:bb:01", "--kernel-arg", "console=ttyS1,115200"],
+    ));
+    assert_eq!(out.trim(), "added web1 ([\"52:54:00:aa:bb:01\"])");
+    let ud = dir.path().join("ud");
+    std::fs::write(&ud, "#cloud-config\n").unwrap();
+    let out = stdout(&byoi(
+        &c,
+        &[
+            "deploy",
+            "web1",
+            "--url",
+            "http://img/x.qcow2",
+            "--checksum",
+            &format!("sha256:{}", "0".repeat(64)),
+            "--hostname",
+            "web1",
+            "--user-data",
+            ud.to_str().unwrap(),
+            "--meta",
+            "a=b",
+        ],
+    ));
+    assert!(out.starts_with("deployment 1 on web1: \"doing\""), "{out}");
+    let dup = byoi(&c, &["deploy", "web1", "--url", "http://img/x.qcow2"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("A deployment is already in progress on web1"));
+
+    // The simulated agent.
+    let t = agent_token(&c, "52-54-00-AA-BB-01");
+    let inv = json!({"inventory": {"firmware": "legacy", "memoryBytes": 1u64 << 30, "disks": [{"name": "vda", "sizeBytes": 8u64 << 30, "serial": "D1", "transport": "virtio"}], "nics": []}});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
+    let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
+    let job: Value = serde_json::from_str(&job).unwrap();
+    assert_eq!(job["job"]["configdrive"]["hostname"], "web1");
+    let id = job["job"]["deploymentId"].as_i64().unwrap();
+    let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 300u64 << 20, "bytesTotal": 1000u64 << 20});
+    http(&c.addr, "POST", "/agent/v1/progress", Some(&t), Some(&p));
+    let out = stdout(&byoi(&c, &["status", "web1"]));
+    assert!(out.starts_with("doing downloading [#########") && out.contains(" 30.0% 300/1000 MiB"), "{out}");
+
+    // `status --follow` until the agent finishes.
+    let follower = Command::new(env!("CARGO_BIN_EXE_byoi"))
+        .args(["status", "web1", "--follow", "--controller", &format!("http://{}", c.addr), "--token", &c.token])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let done = json!({"deploymentId": id, "status": "done", "message": "deployed in 12 s"});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/result", Some(&t), Some(&done)).1, r#"{"action":"reboot"}"#);
+    let out = follower.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with("done: deployed in 12 s"));
+    assert!(stdout(&byoi(&c, &["servers"])).starts_with("web1\tlocal\t"));
+
+    // An error: `status` exits 1; `cancel` sends the server to rescue.
+    stdout(&byoi(&c, &["deploy", "web1", "--url", "http://img/y.raw"]));
+    let t = agent_token(&c, "52:54:00:aa:bb:01");
+    http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv));
+    let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
+    let id = serde_json::from_str::<Value>(&job).unwrap()["job"]["deploymentId"].as_i64().unwrap();
+    let err = json!({"deploymentId": id, "status": "error", "code": "download-failed", "message": "Could not download image located: http://img/y.raw (HTTP 404 Not Found)"});
+    http(&c.addr, "POST", "/agent/v1/result", Some(&t), Some(&err));
+    let st = byoi(&c, &["status", "web1"]);
+    assert_eq!(st.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&st.stdout).trim(),
+        "error: Could not download image located: http://img/y.raw (HTTP 404 Not Found) [download-failed]"
+    );
+    assert_eq!(stdout(&byoi(&c, &["cancel", "web1"])).trim(), "deployment erased; the server boots into rescue");
+
+    // Restart on the same data dir: same token, same state.
+    drop(c);
+    let c = start(&data);
+    assert!(stdout(&byoi(&c, &["servers"])).starts_with("web1\trescue\t"));
+    let (status, body) = http(&c.addr, "GET", "/dedicated/server", Some("wrong"), None);
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"message":"Missing or invalid API token (Authorization: Bearer …)"}"#)
+    );
+    // Oversized and malformed bodies over a real socket.
+    let (status, _) = http(&c.addr, "POST", "/dedicated/server", Some(&c.token), Some(&json!("x".repeat(25 << 20))));
+    assert_eq!(status, 413);
+    let (status, body) = http(&c.addr, "POST", "/dedicated/server", Some(&c.token), Some(&json!([1, 2])));
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn serve_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ossl = |args: &[&str]| {
+        assert!(Command::new("openssl").args(args).current_dir(d).output().unwrap().status.success(), "{args:?}")
+    };
+    ossl(&[
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    ossl(&[
+        "req",
+        "-subj",
+        "/CN=localhost",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.pem",
+    ]);
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    ossl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "req.pem",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_byoi"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--api-token", "t0k", "--data-dir"])
+        .arg(d.join("data"))
+        .arg("--tls-cert")
+        .arg(d.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(d.join("key.pem"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on https://").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+    let port = addr.rsplit(':').next().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(d.join("ca.pem"))
+        .args(["-H", "Authorization: Bearer t0k", &format!("https://localhost:{port}/dedicated/server")])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[]", "{}", String::from_utf8_lossy(&out.stderr));
+}
