@@ -202,12 +202,33 @@ pub fn disk_groups(inv: &Inventory) -> Vec<DiskGroup> {
 pub struct App {
     db: Db,
     cfg: Config,
+    /// Artifacts in memory, shared by every download (reference counted),
+    /// reloaded when the file changes.
+    artifacts: std::sync::Mutex<BTreeMap<String, (std::time::SystemTime, u64, Bytes)>>,
 }
 
 impl App {
     /// A controller on `db`.
     pub fn new(db: Db, cfg: Config) -> App {
-        App { db, cfg }
+        App { db, cfg, artifacts: std::sync::Mutex::new(BTreeMap::new()) }
+    }
+
+    /// An artifact's bytes, from the cache while the file is unchanged.
+    async fn artifact_bytes(&self, name: &str) -> std::io::Result<Bytes> {
+        let path = self.cfg.artifacts.join(name);
+        let meta = tokio::fs::metadata(&path).await?;
+        let stamp = (meta.modified()?, meta.len());
+        {
+            let cache = self.artifacts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((m, l, b)) = cache.get(name) {
+                if (*m, *l) == stamp {
+                    return Ok(b.clone());
+                }
+            }
+        }
+        let data = Bytes::from(tokio::fs::read(&path).await?);
+        self.artifacts.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), (stamp.0, stamp.1, data.clone()));
+        Ok(data)
     }
 
     /// The database.
@@ -320,7 +341,8 @@ impl App {
             return Err(Response::error(StatusCode::NOT_FOUND, format!("No artifact {name}")));
         }
         let path = self.cfg.artifacts.join(name);
-        let data = tokio::fs::read(&path)
+        let data = self
+            .artifact_bytes(name)
             .await
             .map_err(|e| Response::error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())))?;
         let len = data.len() as u64;
@@ -340,7 +362,7 @@ impl App {
             status: StatusCode::OK,
             content_type: "application/octet-stream",
             headers: vec![(http::header::ACCEPT_RANGES, "bytes".into())],
-            body: Bytes::from(data),
+            body: data,
         };
         if let Some((start, end)) = range {
             resp.status = StatusCode::PARTIAL_CONTENT;
