@@ -227,7 +227,10 @@ impl App {
             }
         }
         let data = Bytes::from(tokio::fs::read(&path).await?);
-        self.artifacts.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), (stamp.0, stamp.1, data.clone()));
+        self.artifacts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (stamp.0, stamp.1, data.clone()));
         Ok(data)
     }
 
