@@ -15,8 +15,8 @@ pub const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 pub const ATTRS_NV_BS_RT: u32 = 0x7;
 /// Where the kernel mounts efivarfs.
 pub const EFIVARFS: &str = "/sys/firmware/efi/efivars";
-/// statfs magic of efivarfs.
-const EFIVARFS_MAGIC: i64 = 0xde5e_81e4;
+/// statfs magic of efivarfs (the literal takes glibc's i64 or musl's u64).
+const EFIVARFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xde5e_81e4);
 
 /// A directory of EFI variables.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ impl EfiVars {
         if !dir.is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is not a directory", dir.display())));
         }
-        let efivarfs = nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type().0 == EFIVARFS_MAGIC);
+        let efivarfs = nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == EFIVARFS_MAGIC);
         Ok(EfiVars { dir: dir.to_owned(), efivarfs })
     }
 

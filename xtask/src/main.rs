@@ -1,6 +1,7 @@
 //! `cargo xtask`: build and test automation (matklad's cargo-xtask pattern).
 //! One module per task; paths come from `CARGO_MANIFEST_DIR`.
 
+mod task_initramfs;
 mod task_lint;
 
 use std::path::PathBuf;
@@ -11,12 +12,15 @@ use anyhow::{bail, Context};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  lint    cargo fmt --check and cargo clippy -D warnings over the workspace";
+  lint        cargo fmt --check and cargo clippy -D warnings over the workspace
+  initramfs   [--flavour generic|cloud] [--firmware-dir DIR]: the agent's kernel
+              and initramfs in target/byoi (vmlinuz, initramfs.img, manifest.json)";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1);
     match task.as_deref() {
         Some("lint") => task_lint::run(),
+        Some("initramfs") => task_initramfs::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())

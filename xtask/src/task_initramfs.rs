@@ -1,0 +1,287 @@
+//! `cargo xtask initramfs [--flavour generic|cloud] [--firmware-dir DIR]`:
+//! the static agent, a Debian kernel fetched with `apt-get download` (the
+//! host's kernel is never touched), the modules a real server needs with
+//! their dependencies, busybox for rescue, all in a deterministic cpio.
+//! Writes `target/byoi/{vmlinuz,initramfs.img,manifest.json}`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use byoi_initramfs::cpio::{Archive, Entry};
+use byoi_initramfs::kmod::{module_name, Aliases, ModulesDep};
+use sha2::{Digest, Sha256};
+
+use crate::{root, run};
+
+/// The agent's target: static, no libc on the initramfs.
+const MUSL: &str = "x86_64-unknown-linux-musl";
+/// Largest initramfs we ship (Tinkerbell's Hook is ~180 MB).
+const MAX_INITRAMFS: u64 = 20 << 20;
+
+/// Drivers a real server needs: virtual machines, NVMe, SATA, SAS/RAID
+/// HBAs, the common NICs, EFI variables, FAT for the ESP and ConfigDrive.
+pub const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_scsi",
+    "nvme",
+    "ahci",
+    "sd_mod",
+    "sr_mod",
+    "megaraid_sas",
+    "mpt3sas",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "ice",
+    "bnxt_en",
+    "tg3",
+    "mlx5_core",
+    "r8169",
+    "efivarfs",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+    "af_packet",
+];
+
+/// Drivers that need firmware from Debian's non-free-firmware component,
+/// which the build machines cannot reach (`--firmware-dir` adds it).
+pub const NEED_FIRMWARE: &[(&str, &str)] = &[
+    ("bnxt_en", "bnx2x/ (only for some older NetXtreme II cards)"),
+    ("ice", "intel/ice/ddp/ice.pkg (without it: safe mode, no RSS)"),
+    ("r8169", "rtl_nic/ (most Realtek chips work without it)"),
+    ("tg3", "tigon/ (a few old BCM57xx revisions)"),
+];
+
+/// Busybox applets linked in `/bin` for the rescue shell.
+const APPLETS: &[&str] = &[
+    "sh", "ash", "ls", "cat", "cp", "mv", "rm", "mkdir", "mount", "umount", "dmesg", "ip", "ping", "ps", "kill", "dd",
+    "sync", "reboot", "poweroff", "vi", "less", "grep", "sed", "awk", "lsmod", "modprobe", "insmod", "df", "free",
+    "hexdump", "wget", "udhcpc", "blkid", "fdisk", "sleep", "uname", "echo", "head", "tail", "find", "chmod", "ln",
+];
+
+struct Options {
+    flavour: String,
+    firmware_dir: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Options> {
+    let mut o = Options { flavour: "generic".into(), firmware_dir: None };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--flavour" | "--flavor" => o.flavour = it.next().context("--flavour needs generic or cloud")?.clone(),
+            "--firmware-dir" => {
+                o.firmware_dir = Some(PathBuf::from(it.next().context("--firmware-dir needs a directory")?))
+            }
+            other => bail!("unknown option {other:?} (--flavour generic|cloud, --firmware-dir DIR)"),
+        }
+    }
+    if !matches!(o.flavour.as_str(), "generic" | "cloud") {
+        bail!("--flavour is generic or cloud, not {:?}", o.flavour);
+    }
+    Ok(o)
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Downloads (once, into `cache`) and unpacks a Debian package; returns
+/// the unpack directory and the package's version.
+fn fetch_deb(package: &str, cache: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let show = match output(Command::new("apt-cache").args(["show", "--no-all-versions", package])) {
+        Ok(s) if !s.trim().is_empty() => s,
+        _ => {
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            output(Command::new("apt-cache").args(["show", "--no-all-versions", package]))?
+        }
+    };
+    let version = show.lines().find_map(|l| l.strip_prefix("Version: ")).context("no Version")?.trim().to_owned();
+    let deb_name = format!("{package}_{}_amd64.deb", version.replace(':', "%3a"));
+    let deb = cache.join(&deb_name);
+    if !deb.exists() {
+        output(Command::new("apt-get").args(["download", "-qq", &format!("{package}={version}")]).current_dir(cache))?;
+    }
+    let dir = cache.join(format!("{package}-{version}"));
+    if !dir.exists() {
+        let tmp = cache.join(format!(".{package}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+        std::fs::rename(&tmp, &dir)?;
+    }
+    Ok((dir, version))
+}
+
+/// The kernel package a metapackage points to.
+fn resolve_kernel(meta: &str) -> anyhow::Result<String> {
+    let show = output(Command::new("apt-cache").args(["show", "--no-all-versions", meta])).or_else(|_| {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        output(Command::new("apt-cache").args(["show", "--no-all-versions", meta]))
+    })?;
+    let depends = show.lines().find_map(|l| l.strip_prefix("Depends: ")).context("metapackage without Depends")?;
+    let first = depends.split(',').next().unwrap_or_default().split('|').next().unwrap_or_default();
+    let name = first.split_whitespace().next().context("empty Depends")?;
+    Ok(name.to_owned())
+}
+
+/// Whether an ELF file asks for a program interpreter (is dynamic).
+fn is_dynamic(elf: &[u8]) -> bool {
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" {
+        return true;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[32..40].try_into().unwrap_or_default()) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    (0..phnum).any(|i| {
+        let at = phoff + i * phentsize;
+        elf.get(at..at + 4).is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == 3)
+        // PT_INTERP
+    })
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn run_task(args: &[String]) -> anyhow::Result<()> {
+    let opts = parse(args)?;
+    let root = root();
+    let out_dir = root.join("target/byoi");
+    let cache = out_dir.join("cache");
+    std::fs::create_dir_all(&cache)?;
+
+    // 1. The agent, static.
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !targets.lines().any(|t| t.trim() == MUSL) {
+        run(Command::new("rustup").args(["target", "add", MUSL]))?;
+    }
+    run(Command::new("cargo").args(["build", "--release", "--locked", "--target", MUSL, "-p", "byoi-agent"]))?;
+    let agent = std::fs::read(root.join(format!("target/{MUSL}/release/byoi-agent")))?;
+    if is_dynamic(&agent) {
+        bail!("byoi-agent for {MUSL} is not statically linked");
+    }
+
+    // 2. The kernel and its modules.
+    let meta = if opts.flavour == "cloud" { "linux-image-cloud-amd64" } else { "linux-image-amd64" };
+    let kpkg = resolve_kernel(meta)?;
+    let (kdir, kpkg_version) = fetch_deb(&kpkg, &cache)?;
+    let kver = std::fs::read_dir(kdir.join("lib/modules"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .context("no lib/modules/VERSION in the kernel package")?;
+    let moddir = kdir.join("lib/modules").join(&kver);
+    // The package leaves modules.dep and modules.alias to depmod at
+    // install time: run it on the unpacked tree.
+    if !moddir.join("modules.dep").exists() {
+        let depmod =
+            ["/sbin/depmod", "/usr/sbin/depmod"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("depmod");
+        output(Command::new(depmod).arg("-b").arg(&kdir).arg(&kver))?;
+    }
+    let vmlinuz = std::fs::read(kdir.join(format!("boot/vmlinuz-{kver}")))?;
+    let deps = ModulesDep::parse(&std::fs::read_to_string(moddir.join("modules.dep"))?);
+    let builtin: BTreeSet<String> =
+        std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default().lines().map(module_name).collect();
+    let (paths, unknown) = deps.closure(MODULES.iter().copied());
+    let (builtin_wanted, absent): (Vec<String>, Vec<String>) = unknown.into_iter().partition(|m| builtin.contains(m));
+
+    // 3. The archive.
+    let mut a = Archive::new();
+    a.file("init", 0o755, agent.clone());
+    for d in ["proc", "sys", "dev", "run", "tmp", "etc", "root", "mnt", "var/log"] {
+        a.dir(d);
+    }
+    a.add("dev/console", Entry::CharDevice { perm: 0o600, major: 5, minor: 1 });
+    a.add("dev/null", Entry::CharDevice { perm: 0o666, major: 1, minor: 3 });
+    let mut included = Vec::new();
+    for p in &paths {
+        a.file(&format!("lib/modules/{kver}/{p}"), 0o644, std::fs::read(moddir.join(p))?);
+        included.push(module_name(p));
+    }
+    let set: BTreeSet<String> = paths.iter().cloned().collect();
+    a.file(&format!("lib/modules/{kver}/modules.dep"), 0o644, deps.render_subset(&set).into_bytes());
+    let names: BTreeSet<String> = included.iter().cloned().collect();
+    let aliases = Aliases::parse(&std::fs::read_to_string(moddir.join("modules.alias"))?).subset(&names);
+    a.file(&format!("lib/modules/{kver}/modules.alias"), 0o644, aliases.render().into_bytes());
+    a.file(
+        &format!("lib/modules/{kver}/modules.builtin"),
+        0o644,
+        std::fs::read(moddir.join("modules.builtin")).unwrap_or_default(),
+    );
+    let (bbdir, bbversion) = fetch_deb("busybox-static", &cache)?;
+    a.file("bin/busybox", 0o755, std::fs::read(bbdir.join("bin/busybox"))?);
+    for applet in APPLETS {
+        a.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    let mut firmware_files = 0;
+    if let Some(fw) = &opts.firmware_dir {
+        for entry in walk(fw)? {
+            let rel = entry.strip_prefix(fw)?.to_string_lossy().into_owned();
+            a.file(&format!("lib/firmware/{rel}"), 0o644, std::fs::read(&entry)?);
+            firmware_files += 1;
+        }
+    }
+
+    let mut cpio = Vec::new();
+    a.write(&mut cpio)?;
+    let img = zstd::bulk::compress(&cpio, 19)?;
+    std::fs::write(out_dir.join("vmlinuz"), &vmlinuz)?;
+    std::fs::write(out_dir.join("initramfs.img"), &img)?;
+    let manifest = serde_json::json!({
+        "flavour": opts.flavour,
+        "kernelPackage": kpkg,
+        "kernelPackageVersion": kpkg_version,
+        "kernelVersion": kver,
+        "modules": included,
+        "builtinModules": builtin_wanted,
+        "missingModules": absent,
+        "needFirmware": NEED_FIRMWARE.iter().map(|(m, f)| serde_json::json!({"module": m, "firmware": f})).collect::<Vec<_>>(),
+        "firmwareFiles": firmware_files,
+        "busybox": bbversion,
+        "agent": { "bytes": agent.len(), "sha256": sha256_hex(&agent), "static": true },
+        "vmlinuz": { "bytes": vmlinuz.len(), "sha256": sha256_hex(&vmlinuz) },
+        "initramfs": { "bytes": img.len(), "uncompressedBytes": cpio.len(), "compression": "zstd", "sha256": sha256_hex(&img), "entries": a.len() },
+    });
+    std::fs::write(out_dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)? + "\n")?;
+    println!(
+        "initramfs: {:.1} MB zstd ({:.1} MB unpacked, {} modules, kernel {kver}); vmlinuz {:.1} MB; in {}",
+        img.len() as f64 / 1e6,
+        cpio.len() as f64 / 1e6,
+        included.len(),
+        vmlinuz.len() as f64 / 1e6,
+        out_dir.display()
+    );
+    if !absent.is_empty() {
+        println!("not in this kernel: {}", absent.join(", "));
+    }
+    if img.len() as u64 >= MAX_INITRAMFS {
+        bail!("the initramfs is {} bytes, over the 20 MB budget", img.len());
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            out.extend(walk(&p)?);
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
