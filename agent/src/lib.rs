@@ -15,6 +15,7 @@ pub mod error;
 pub mod finish;
 pub mod format;
 mod ioctl;
+pub mod netboot;
 pub mod partition;
 pub mod progress;
 pub mod qcow2;

@@ -1,0 +1,5 @@
+//! The netbooted agent: what runs as PID 1 in the initramfs. Pure parts
+//! (command line, inventory from a sysfs tree) are tested on fakes.
+
+pub mod cmdline;
+pub mod inventory;
