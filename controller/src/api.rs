@@ -39,6 +39,8 @@ pub struct Config {
     pub scheme: &'static str,
     /// Silence after which a running deployment fails.
     pub agent_timeout: Duration,
+    /// Time for a server to netboot into the agent after a POST.
+    pub boot_timeout: Duration,
 }
 
 /// A request, body read.
@@ -69,7 +71,10 @@ impl Request {
     }
 
     fn bearer(&self) -> Option<&str> {
-        self.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+        // The scheme is case-insensitive (RFC 7235 §2.1).
+        let v = self.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     }
 }
 
@@ -167,17 +172,19 @@ pub struct DiskGroup {
 }
 
 /// Groups disks of equal model, size and transport, numbered from 1 in an
-/// order that does not depend on kernel names: smallest first, then model,
-/// then transport; disks in a group by serial, then WWN.
+/// order that does not depend on kernel names: USB disks (virtual media,
+/// sticks) last, then smallest first, then model, then transport; disks in
+/// a group by serial, then WWN.
 pub fn disk_groups(inv: &Inventory) -> Vec<DiskGroup> {
-    let mut groups: BTreeMap<(u64, String, String), Vec<Disk>> = BTreeMap::new();
+    let mut groups: BTreeMap<(bool, u64, String, String), Vec<Disk>> = BTreeMap::new();
     for d in &inv.disks {
-        groups.entry((d.size_bytes, d.model.clone(), d.transport.clone())).or_default().push(d.clone());
+        let key = (d.transport == "usb", d.size_bytes, d.model.clone(), d.transport.clone());
+        groups.entry(key).or_default().push(d.clone());
     }
     groups
         .into_iter()
         .enumerate()
-        .map(|(i, ((size, _, transport), mut disks))| {
+        .map(|(i, ((_, size, _, transport), mut disks))| {
             disks.sort_by(|a, b| (&a.serial, &a.wwn).cmp(&(&b.serial, &b.wwn)));
             let disk_type = if transport == "nvme" {
                 "NVMe"
@@ -241,7 +248,7 @@ impl App {
 
     /// Fails running deployments whose agent went silent; run periodically.
     pub fn expire_silent_agents(&self) {
-        match self.db.expire_silent(self.cfg.agent_timeout.as_secs() as i64) {
+        match self.db.expire_silent(self.cfg.agent_timeout.as_secs() as i64, self.cfg.boot_timeout.as_secs() as i64) {
             Ok(0) => {}
             Ok(n) => tracing::warn!(deployments = n, "agents stopped reporting"),
             Err(e) => tracing::error!(error = %e, "expiring silent agents"),
@@ -322,7 +329,10 @@ impl App {
                 }
                 let token = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
                 let dep = self.db.current_deployment(&name).map_err(internal)?.map(|d| d.id);
-                self.db.store_token(&token_hash(&token), &name, dep).map_err(internal)?;
+                let keep_live = self.cfg.agent_timeout.as_secs() as i64;
+                self.db
+                    .store_token(&token_hash(&token), &name, dep, &server.boot_target, keep_live)
+                    .map_err(internal)?;
                 ipxe::render(
                     &Script::Agent {
                         server: &name,
@@ -349,18 +359,33 @@ impl App {
             .await
             .map_err(|e| Response::error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())))?;
         let len = data.len() as u64;
-        let range = req
+        // `bytes=START-[END]` or `bytes=-SUFFIX`; one range.
+        let spec = req
             .headers
             .get(http::header::RANGE)
             .and_then(|r| r.to_str().ok())
             .and_then(|r| r.strip_prefix("bytes="))
             .and_then(|r| r.split_once('-'))
-            .and_then(|(s, e)| {
-                let start: u64 = s.parse().ok()?;
-                let end: u64 =
-                    if e.is_empty() { len.checked_sub(1)? } else { e.parse::<u64>().ok()?.min(len.checked_sub(1)?) };
-                (start <= end).then_some((start, end))
-            });
+            .map(|(s, e)| (s.trim().to_owned(), e.trim().to_owned()));
+        let range = match &spec {
+            None => None,
+            Some((s, e)) if s.is_empty() => match e.parse::<u64>() {
+                Ok(n) if n > 0 && len > 0 => Some((len.saturating_sub(n), len - 1)),
+                _ => return Err(unsatisfiable(len)),
+            },
+            Some((s, e)) => {
+                let start: u64 = s.parse().map_err(|_| unsatisfiable(len))?;
+                let end = if e.is_empty() {
+                    len.saturating_sub(1)
+                } else {
+                    e.parse::<u64>().map_err(|_| unsatisfiable(len))?
+                };
+                if start >= len || start > end {
+                    return Err(unsatisfiable(len));
+                }
+                Some((start, end.min(len - 1)))
+            }
+        };
         let mut resp = Response {
             status: StatusCode::OK,
             content_type: "application/octet-stream",
@@ -382,18 +407,38 @@ impl App {
     // ---- Agent protocol ----
 
     async fn agent(&self, req: &Request, what: &str) -> Handled {
-        let unauthorized = || Response::error(StatusCode::UNAUTHORIZED, "Missing, wrong or stale agent token");
+        // Every agent response carries an action, errors included: a
+        // refused token means "netboot again", anything else "wait".
+        let with_action = |mut r: Response, a: Action| {
+            let mut v = r.json_body();
+            v["action"] = json!(a);
+            r.body = serde_json::to_vec(&v).unwrap_or_default().into();
+            r
+        };
+        let unauthorized = || {
+            with_action(
+                Response::error(StatusCode::UNAUTHORIZED, "Missing, wrong or stale agent token"),
+                Action::Reboot,
+            )
+        };
         let token = req.bearer().ok_or_else(unauthorized)?;
-        let server = self.db.token_server(&token_hash(token)).map_err(internal)?.ok_or_else(unauthorized)?;
-        let current = self.db.current_deployment(&server).map_err(internal)?;
-        let running = current.filter(|d| d.status == "doing");
+        let (server, mode) = self.db.use_token(&token_hash(token)).map_err(internal)?.ok_or_else(unauthorized)?;
+        self.agent_call(req, what, &server, &mode).await.map_err(|e| with_action(e, Action::Wait))
+    }
+
+    async fn agent_call(&self, req: &Request, what: &str, server: &str, mode: &str) -> Handled {
+        let current = self.db.current_deployment(server).map_err(internal)?;
+        // A rescue boot never runs deployments.
+        let running = current.filter(|d| d.status == "doing" && mode != "rescue");
         let action = |a: Action| Ok(Response::json(StatusCode::OK, &ActionResponse { action: a }));
+        let size = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         match (req.method.as_str(), what) {
             ("POST", "hello") => {
                 let hello: Hello = parse(&req.body)?;
                 let inv = serde_json::to_value(&hello.inventory).unwrap_or_default();
-                self.db.touch_server(&server, Some(&inv)).map_err(internal)?;
-                tracing::info!(%server, version = %hello.version, disks = hello.inventory.disks.len(), "agent said hello");
+                self.db.touch_server(server, Some(&inv)).map_err(internal)?;
+                self.db.reported_server(server).map_err(internal)?;
+                tracing::info!(%server, %mode, version = %hello.version, disks = hello.inventory.disks.len(), "agent said hello");
                 action(if running.is_some() { Action::Continue } else { Action::Wait })
             }
             ("POST", "heartbeat") => {
@@ -403,25 +448,35 @@ impl App {
                     deployment_id: Option<i64>,
                 }
                 let beat: Beat = if req.body.is_empty() { Beat { deployment_id: None } } else { parse(&req.body)? };
-                self.db.touch_server(&server, None).map_err(internal)?;
-                match (beat.deployment_id, &running) {
-                    (Some(id), Some(d)) if d.id == id => {
-                        self.db.reported(id).map_err(internal)?;
-                        action(Action::Continue)
+                self.db.touch_server(server, None).map_err(internal)?;
+                self.db.reported_server(server).map_err(internal)?;
+                if let Some(id) = beat.deployment_id.filter(|id| running.as_ref().is_none_or(|d| d.id != *id)) {
+                    // Working on a deployment that is no longer the running
+                    // one: abort only if it was cancelled.
+                    let cancelled = self
+                        .db
+                        .deployment(id)
+                        .map_err(internal)?
+                        .is_some_and(|d| d.error_code.as_deref() == Some("aborted"));
+                    if cancelled {
+                        return action(Action::Abort);
                     }
-                    (Some(_), _) => action(Action::Abort),
-                    (None, Some(_)) => action(Action::Continue),
-                    (None, None) => action(Action::Wait),
                 }
+                action(if running.is_some() { Action::Continue } else { Action::Wait })
             }
             ("GET", "job") => {
-                self.db.touch_server(&server, None).map_err(internal)?;
+                self.db.touch_server(server, None).map_err(internal)?;
                 let Some(d) = running else {
                     return Ok(Response::json(StatusCode::OK, &JobResponse { action: Action::Wait, job: None }));
                 };
-                match self.job_for(&server, &d) {
+                match self.job_for(server, &d) {
                     Ok(job) => {
-                        self.db.progress(d.id, "downloading", 0, None).map_err(internal)?;
+                        if !self.db.progress(d.id, "downloading", 0, None).map_err(internal)? {
+                            return Ok(Response::json(
+                                StatusCode::OK,
+                                &JobResponse { action: Action::Wait, job: None },
+                            ));
+                        }
                         Ok(Response::json(StatusCode::OK, &JobResponse { action: Action::Continue, job: Some(job) }))
                     }
                     Err(msg) => {
@@ -432,26 +487,31 @@ impl App {
             }
             ("POST", "progress") => {
                 let p: ProgressReport = parse(&req.body)?;
-                self.db.touch_server(&server, None).map_err(internal)?;
+                self.db.touch_server(server, None).map_err(internal)?;
+                let total = p.bytes_total.map(size);
                 match running {
                     Some(d) if d.id == p.deployment_id => {
-                        let total = p.bytes_total.map(|t| t as i64);
-                        self.db.progress(d.id, p.stage.as_str(), p.bytes_done as i64, total).map_err(internal)?;
-                        action(Action::Continue)
+                        let done = size(p.bytes_done).min(total.unwrap_or(i64::MAX));
+                        let still = self.db.progress(d.id, p.stage.as_str(), done, total).map_err(internal)?;
+                        action(if still { Action::Continue } else { Action::Abort })
                     }
                     _ => action(Action::Abort),
                 }
             }
             ("POST", "result") => {
                 let r: ResultReport = parse(&req.body)?;
-                self.db.touch_server(&server, None).map_err(internal)?;
+                self.db.touch_server(server, None).map_err(internal)?;
                 let Some(d) = running.filter(|d| d.id == r.deployment_id) else { return action(Action::Wait) };
                 let (status, code) = match r.status {
                     Status::Done => ("done", None),
                     _ => ("error", Some(r.code.map_or("internal", |c| c.as_str()))),
                 };
                 let message = if status == "done" && r.message.is_empty() { "done".to_owned() } else { r.message };
-                self.db.finish(d.id, status, code, &message).map_err(internal)?;
+                if !self.db.finish(d.id, status, code, &message).map_err(internal)? {
+                    // Cancelled while the agent finished: the disk must
+                    // not boot.
+                    return action(Action::Abort);
+                }
                 tracing::info!(%server, deployment = d.id, status, %message, "deployment ended");
                 action(if status == "done" { Action::Reboot } else { Action::Wait })
             }
@@ -574,8 +634,16 @@ impl App {
                     .ok_or_else(|| Response::error(StatusCode::BAD_REQUEST, format!("Bad MAC address {m:?}")))?,
             );
         }
+        macs.sort();
+        macs.dedup();
         if macs.is_empty() {
             return Err(Response::error(StatusCode::BAD_REQUEST, "A server needs at least one MAC address"));
+        }
+        if let Some(bad) = n.kernel_args.iter().find(|a| !model::valid_kernel_arg(a)) {
+            return Err(Response::error(
+                StatusCode::BAD_REQUEST,
+                format!("Bad kernelArgs entry {bad:?}: one word, no quotes, no $ {{ }} \\ | & #"),
+            ));
         }
         let power = n.power.unwrap_or_else(|| json!({"kind": "manual"}));
         Power::from_json(&power).map_err(|e| Response::error(StatusCode::BAD_REQUEST, e))?;
@@ -596,7 +664,7 @@ impl App {
     }
 
     async fn post_byoi(&self, req: &Request, name: &str) -> Handled {
-        self.server(name)?;
+        let before = self.server(name)?;
         let r: ByoiRequest = parse(&req.body)?;
         let valid = r.validate().map_err(|m| Response::error(StatusCode::BAD_REQUEST, m))?;
         let stored = serde_json::to_value(&valid).unwrap_or_default();
@@ -609,8 +677,15 @@ impl App {
                 ))
             }
         };
-        tracing::info!(server = name, deployment = d.id, url = %valid.url, "deployment requested");
-        if let Err(e) = self.power_cycle(name).await {
+        tracing::info!(server = name, deployment = d.id, url = %model::redact_url(&valid.url), "deployment requested");
+        // An agent that is up and waiting (after an error) picks the job up
+        // at its next heartbeat: no reboot.
+        let timeout = self.cfg.agent_timeout.as_secs() as i64;
+        let agent_waiting =
+            before.boot_target == "deploy" && before.last_seen.is_some_and(|t| db::now() - t <= timeout);
+        if agent_waiting {
+            tracing::info!(server = name, "the agent is waiting; no power cycle");
+        } else if let Err(e) = self.power_cycle(name).await {
             let msg = format!("could not power-cycle {name}: {e}");
             self.db.finish(d.id, "error", Some("power-failed"), &msg).map_err(internal)?;
             return Err(Response::error(StatusCode::BAD_GATEWAY, msg));
@@ -634,6 +709,13 @@ impl App {
             Err(e) => Err(e),
         }
     }
+}
+
+/// 416 for a range outside the file (RFC 9110 §15.5.17).
+fn unsatisfiable(len: u64) -> Response {
+    let mut r = Response::error(StatusCode::RANGE_NOT_SATISFIABLE, format!("Range outside the file ({len} bytes)"));
+    r.headers.push((http::header::CONTENT_RANGE, format!("bytes */{len}")));
+    r
 }
 
 fn status_json(d: &DeploymentRow) -> serde_json::Value {
@@ -672,7 +754,7 @@ fn server_json(s: &ServerRow, history: &[DeploymentRow]) -> serde_json::Value {
         "createdAt": rfc3339(s.created_at),
         "deployments": history.iter().map(|d| {
             let mut j = status_json(d);
-            j["url"] = d.request.get("url").cloned().unwrap_or_default();
+            j["url"] = json!(model::redact_url(d.request.get("url").and_then(|u| u.as_str()).unwrap_or_default()));
             j["current"] = json!(d.current);
             j
         }).collect::<Vec<_>>(),

@@ -33,6 +33,9 @@ struct Client {
     /// Data directory to read the API token from.
     #[arg(long, global = true, default_value = "/var/lib/byoi")]
     data_dir: PathBuf,
+    /// Extra trust root (PEM) for a controller with a private CA.
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +66,9 @@ enum Command {
         /// Seconds without agent reports before a running deployment fails.
         #[arg(long, default_value_t = 120)]
         agent_timeout: u64,
+        /// Seconds for a server to netboot into the agent after a POST.
+        #[arg(long, default_value_t = 1800)]
+        boot_timeout: u64,
     },
     /// Manages servers.
     Server {
@@ -112,7 +118,7 @@ enum ServerCommand {
         /// Driver argument: for command, the argv (repeat, `{action}` is
         /// replaced); for ipmi, host=…, user=…, password=…; for redfish,
         /// url=https://bmc, user=…, password=…, [system=…], [insecure=true].
-        #[arg(long = "power-arg")]
+        #[arg(long = "power-arg", allow_hyphen_values = true)]
         power_args: Vec<String>,
         /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
         #[arg(long = "kernel-arg")]
@@ -177,16 +183,28 @@ pub fn main() -> i32 {
     };
     match rt.block_on(run(cli.command)) {
         Ok(code) => code,
+        // 1 is "the deployment failed" for `status`; the client's own
+        // failures (unreachable, refused) are 2.
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            2
         }
     }
 }
 
 async fn run(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
-        Command::Serve { listen, data_dir, api_token, artifacts, public_url, tls_cert, tls_key, agent_timeout } => {
+        Command::Serve {
+            listen,
+            data_dir,
+            api_token,
+            artifacts,
+            public_url,
+            tls_cert,
+            tls_key,
+            agent_timeout,
+            boot_timeout,
+        } => {
             let tls = tls_cert.zip(tls_key);
             let scheme = if tls.is_some() { "https" } else { "http" };
             let opts = ServeOptions {
@@ -197,6 +215,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 public_url,
                 tls,
                 agent_timeout: Duration::from_secs(agent_timeout),
+                boot_timeout: Duration::from_secs(boot_timeout),
             };
             let (addr, serving) = server::serve(opts).await?;
             println!("listening on {scheme}://{addr}");
@@ -268,7 +287,11 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                     let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
                     cd["userDataBase64"] = json!(base64::engine::general_purpose::STANDARD.encode(data));
                 }
-                let meta: BTreeMap<&str, &str> = a.meta.iter().filter_map(|m| m.split_once('=')).collect();
+                let meta: BTreeMap<&str, &str> = a
+                    .meta
+                    .iter()
+                    .map(|m| m.split_once('=').with_context(|| format!("--meta {m:?} is not KEY=VALUE")))
+                    .collect::<anyhow::Result<_>>()?;
                 cd["userMetadatas"] = json!(meta);
                 body["configdrive"] = cd;
             }
@@ -291,8 +314,22 @@ async fn status(client: &Client, name: &str, follow: bool) -> anyhow::Result<i32
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut first: Option<(Instant, i64)> = None;
+    let mut failures = 0;
     loop {
-        let v = client.call("GET", &path, None).await?;
+        let v = match client.call("GET", &path, None).await {
+            Ok(v) => {
+                failures = 0;
+                v
+            }
+            // A controller restart must not look like a failed deployment.
+            Err(e) if follow && failures < 30 => {
+                failures += 1;
+                eprintln!("\r{e:#}; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let status = v["status"].as_str().unwrap_or("?").to_owned();
         let done = v["bytesDone"].as_i64().unwrap_or(0);
         let total = v["bytesTotal"].as_i64();

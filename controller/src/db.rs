@@ -54,7 +54,9 @@ CREATE TABLE IF NOT EXISTS agent_tokens (
     hash TEXT PRIMARY KEY,
     server TEXT NOT NULL REFERENCES servers(name) ON DELETE CASCADE,
     deployment_id INTEGER,
+    mode TEXT NOT NULL DEFAULT 'deploy',
     created_at INTEGER NOT NULL,
+    last_used INTEGER,
     revoked INTEGER NOT NULL DEFAULT 0
 );
 ";
@@ -337,8 +339,9 @@ impl Db {
         })
     }
 
-    /// Records progress of a running deployment.
-    pub fn progress(&self, id: i64, stage: &str, done: i64, total: Option<i64>) -> Result<()> {
+    /// Records progress of a running deployment; false if it no longer
+    /// runs (cancelled meanwhile).
+    pub fn progress(&self, id: i64, stage: &str, done: i64, total: Option<i64>) -> Result<bool> {
         self.with(|c| {
             let t = now();
             c.execute(
@@ -346,7 +349,7 @@ impl Db {
                  last_report = ?6 WHERE id = ?1 AND status = 'doing'",
                 params![id, stage, done, total, stage, t],
             )
-            .map(|_| ())
+            .map(|n| n > 0)
         })
     }
 
@@ -357,8 +360,9 @@ impl Db {
         })
     }
 
-    /// Ends a deployment: `done` flips the boot target to local.
-    pub fn finish(&self, id: i64, status: &str, code: Option<&str>, message: &str) -> Result<()> {
+    /// Ends a deployment: `done` flips the boot target to local and retires
+    /// the server's agent tokens. False if it had already ended (cancelled).
+    pub fn finish(&self, id: i64, status: &str, code: Option<&str>, message: &str) -> Result<bool> {
         self.with(|c| {
             let tx = c.transaction()?;
             let t = now();
@@ -373,8 +377,36 @@ impl Db {
                     "UPDATE servers SET boot_target = 'local' WHERE name = (SELECT server FROM deployments WHERE id = ?1)",
                     [id],
                 )?;
+                tx.execute(
+                    "UPDATE agent_tokens SET revoked = 1 WHERE server = (SELECT server FROM deployments WHERE id = ?1)",
+                    [id],
+                )?;
             }
-            tx.commit()
+            tx.commit()?;
+            Ok(changed > 0)
+        })
+    }
+
+    /// Marks every running deployment as just reported: after a controller
+    /// restart, agents get a full timeout to report again.
+    pub fn refresh_running(&self) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE deployments SET last_report = ?1 WHERE status = 'doing' AND last_report IS NOT NULL",
+                [now()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Marks the server's running deployment as reported (hello, heartbeat).
+    pub fn reported_server(&self, server: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE deployments SET last_report = ?2 WHERE server = ?1 AND current = 1 AND status = 'doing'",
+                params![server, now()],
+            )
+            .map(|_| ())
         })
     }
 
@@ -397,6 +429,7 @@ impl Db {
                 params![server, t],
             )?;
             tx.execute("UPDATE deployments SET current = 0 WHERE server = ?1", [server])?;
+            // The running agent keeps its token to be told `abort`.
             tx.execute("UPDATE servers SET boot_target = 'rescue' WHERE name = ?1", [server])?;
             tx.commit()?;
             Ok(cur)
@@ -404,36 +437,69 @@ impl Db {
     }
 
     /// Running deployments whose agent has not reported for `timeout`
-    /// seconds become errors; returns how many.
-    pub fn expire_silent(&self, timeout: i64) -> Result<usize> {
+    /// seconds, or whose server never netbooted into the agent within
+    /// `boot_timeout`, become errors; returns how many.
+    pub fn expire_silent(&self, timeout: i64, boot_timeout: i64) -> Result<usize> {
         self.with(|c| {
             let t = now();
-            c.execute(
+            let lost = c.execute(
                 "UPDATE deployments SET status = 'error', error_code = 'agent-lost', message = 'agent stopped reporting', \
                  updated_at = ?1, finished_at = ?1 WHERE status = 'doing' AND last_report IS NOT NULL AND last_report < ?2",
                 params![t, t - timeout],
-            )
+            )?;
+            let never = c.execute(
+                "UPDATE deployments SET status = 'error', error_code = 'agent-lost', \
+                 message = 'the server did not netboot into the agent within ' || ?3 || ' s', \
+                 updated_at = ?1, finished_at = ?1 WHERE status = 'doing' AND last_report IS NULL AND created_at < ?2",
+                params![t, t - boot_timeout, boot_timeout],
+            )?;
+            Ok(lost + never)
         })
     }
 
-    /// Stores a new agent token (its hash) for a server, revoking older ones.
-    pub fn store_token(&self, hash: &str, server: &str, deployment: Option<i64>) -> Result<()> {
+    /// Stores a new agent token (its hash) for a server booting in `mode`.
+    /// Older tokens of the server are revoked unless used in the last
+    /// `keep_live` seconds: fetching a boot script (which needs no
+    /// credentials) must not log out a working agent.
+    pub fn store_token(
+        &self,
+        hash: &str,
+        server: &str,
+        deployment: Option<i64>,
+        mode: &str,
+        keep_live: i64,
+    ) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.execute("UPDATE agent_tokens SET revoked = 1 WHERE server = ?1", [server])?;
+            let t = now();
             tx.execute(
-                "INSERT INTO agent_tokens (hash, server, deployment_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![hash, server, deployment, now()],
+                "UPDATE agent_tokens SET revoked = 1 WHERE server = ?1 AND (last_used IS NULL OR last_used < ?2)",
+                params![server, t - keep_live],
+            )?;
+            tx.execute(
+                "DELETE FROM agent_tokens WHERE server = ?1 AND revoked = 1 AND created_at < ?2",
+                params![server, t - 86_400],
+            )?;
+            tx.execute(
+                "INSERT INTO agent_tokens (hash, server, deployment_id, mode, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash, server, deployment, mode, t],
             )?;
             tx.commit()
         })
     }
 
-    /// The server a live token belongs to.
-    pub fn token_server(&self, hash: &str) -> Result<Option<String>> {
+    /// The server and boot mode a live token belongs to; marks it used.
+    pub fn use_token(&self, hash: &str) -> Result<Option<(String, String)>> {
         self.with(|c| {
-            c.query_row("SELECT server FROM agent_tokens WHERE hash = ?1 AND revoked = 0", [hash], |r| r.get(0))
-                .optional()
+            let found = c
+                .query_row("SELECT server, mode FROM agent_tokens WHERE hash = ?1 AND revoked = 0", [hash], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            if found.is_some() {
+                c.execute("UPDATE agent_tokens SET last_used = ?2 WHERE hash = ?1", params![hash, now()])?;
+            }
+            Ok(found)
         })
     }
 }

@@ -104,10 +104,12 @@ impl ByoiRequest {
     /// Validates, with OVH's messages where OVH has them.
     pub fn validate(self) -> Result<ValidRequest, String> {
         let url = self.url.trim().to_owned();
-        let scheme_ok = url.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("http://"))
-            || url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"));
-        if !scheme_ok || url.len() < 10 {
-            return Err(format!("Bad URL {url:?}, expected an http:// or https:// URL."));
+        let bad_url = || format!("Bad URL {url:?}, expected an http:// or https:// URL.");
+        let parsed: http::Uri = url.parse().map_err(|_| bad_url())?;
+        let scheme_ok = matches!(parsed.scheme_str().map(str::to_ascii_lowercase).as_deref(), Some("http" | "https"));
+        let host_ok = parsed.host().is_some_and(|h| !h.is_empty());
+        if !scheme_ok || !host_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad_url());
         }
         let checksum = match (self.check_sum, self.check_sum_type) {
             (None, None) => None,
@@ -142,14 +144,21 @@ impl ByoiRequest {
         if disk_group_id == 0 {
             return Err("Bad diskGroupId, groups are numbered from 1.".into());
         }
+        // `enable` decides, as on OVH; data sent with enable: false is
+        // refused rather than silently dropped.
         let configdrive = match self.configdrive {
-            Some(c)
-                if c.enable
-                    || c.hostname.is_some()
+            Some(c) if !c.enable => {
+                let data = c.hostname.is_some()
                     || c.ssh_key.is_some()
                     || c.user_data.is_some()
-                    || c.user_data_base64.is_some() =>
-            {
+                    || c.user_data_base64.is_some()
+                    || c.user_metadatas.is_some();
+                if data {
+                    return Err("configdrive data given with enable: false; set enable: true".into());
+                }
+                None
+            }
+            Some(c) => {
                 let user_data = match (c.user_data, c.user_data_base64) {
                     (Some(_), Some(_)) => return Err("Please provide userData OR userDataBase64, not both".into()),
                     (Some(text), None) => Some(text.into_bytes()),
@@ -178,7 +187,7 @@ impl ByoiRequest {
                     meta: c.user_metadatas.unwrap_or_default(),
                 })
             }
-            _ => None,
+            None => None,
         };
         Ok(ValidRequest {
             url,
@@ -220,6 +229,34 @@ pub fn normalize_mac(mac: &str) -> Option<String> {
     Some((0..6).map(|i| &hex[2 * i..2 * i + 2]).collect::<Vec<_>>().join(":"))
 }
 
+/// Whether a kernel argument is safe to put on the iPXE `kernel` line as
+/// it is (no spaces, quotes or iPXE expansions).
+pub fn valid_kernel_arg(arg: &str) -> bool {
+    !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '$' | '{' | '}' | '\\' | '"' | '\'' | '|' | '&' | '#'))
+}
+
+/// Removes credentials (userinfo) and the query (presigned URLs carry
+/// signatures there) from a URL before it is logged or shown.
+pub fn redact_url(url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or(url);
+    match no_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (auth, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let host = auth.rsplit('@').next().unwrap_or(auth);
+            let suffix = if no_query.len() < url.len() { "?…" } else { "" };
+            if path.is_empty() && !rest.contains('/') {
+                format!("{scheme}://{host}{suffix}")
+            } else {
+                format!("{scheme}://{host}/{path}{suffix}")
+            }
+        }
+        None => no_query.to_owned(),
+    }
+}
+
 /// A server name usable in URLs.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -247,6 +284,12 @@ mod tests {
             ),
             (r#"{"URL":"http://x/i","type":"vmdk"}"#, "Bad format image, expected: qcow2, raw."),
             (r#"{"URL":"ftp://x/i"}"#, "Bad URL \"ftp://x/i\", expected an http:// or https:// URL."),
+            (r#"{"URL":"http://x\ny/i"}"#, "Bad URL \"http://x\\ny/i\", expected an http:// or https:// URL."),
+            (r#"{"URL":"http:///i"}"#, "Bad URL \"http:///i\", expected an http:// or https:// URL."),
+            (
+                r#"{"URL":"http://x/i","configdrive":{"enable":false,"hostname":"h"}}"#,
+                "configdrive data given with enable: false; set enable: true",
+            ),
         ];
         for (json, want) in cases {
             assert_eq!(req(json).unwrap_err(), want, "{json}");
@@ -264,6 +307,14 @@ mod tests {
         assert_eq!(v.configdrive.unwrap().user_data_base64.as_deref(), Some("AAEC"));
         assert_eq!(v.efi_loader.as_deref(), Some("\\EFI\\x.efi"));
         assert!(req(r#"{"URL":"http://x/i","bogus":1}"#).unwrap_err().contains("unknown field"));
+    }
+
+    #[test]
+    fn urls_are_redacted_and_kernel_args_checked() {
+        assert_eq!(redact_url("https://u:p@s3.example/b/img.qcow2?X-Sig=abc"), "https://s3.example/b/img.qcow2?…");
+        assert_eq!(redact_url("http://x/i"), "http://x/i");
+        assert!(valid_kernel_arg("console=ttyS1,115200"));
+        assert!(!valid_kernel_arg("evil ${x}") && !valid_kernel_arg("a=\"b c\""));
     }
 
     #[test]

@@ -83,11 +83,28 @@ impl Power {
         Ok(p)
     }
 
-    /// Performs `action`. `Ok(false)` for manual: nothing was done.
+    /// Performs `action`. `Ok(false)` for manual: nothing was done. A
+    /// cycle that fails (BMCs refuse to reset a server that is off) is
+    /// followed by a power-on.
     pub async fn run(&self, action: PowerAction) -> Result<bool, String> {
+        match self.run_once(action).await {
+            Err(e) if action == PowerAction::Cycle && !matches!(self, Power::Command { .. }) => {
+                tracing::info!(error = %e, "power cycle refused; powering on");
+                self.run_once(PowerAction::On).await.map_err(|on| format!("{e}; then power on: {on}"))
+            }
+            other => other,
+        }
+    }
+
+    async fn run_once(&self, action: PowerAction) -> Result<bool, String> {
         let (argv, env): (Vec<String>, Vec<(&str, String)>) = match self {
             Power::Manual => return Ok(false),
             Power::Redfish { url, user, password, system, insecure } => {
+                if !url.starts_with("https://") && !insecure {
+                    return Err(format!(
+                        "refusing to send BMC credentials to {url} over plain HTTP (set insecure to allow)"
+                    ));
+                }
                 let rf = redfish::Redfish {
                     base: url.trim_end_matches('/').to_owned(),
                     user,
@@ -321,10 +338,13 @@ mod redfish_tests {
     #[tokio::test]
     async fn redfish_finds_the_system_and_resets_it() {
         let (url, seen) = fake_bmc().await;
-        let p =
-            Power::from_json(&serde_json::json!({"kind": "redfish", "url": url, "user": "admin", "password": "pw"}))
-                .unwrap();
-        assert!(p.run(PowerAction::Cycle).await.unwrap());
+        let plain = serde_json::json!({"kind": "redfish", "url": url, "user": "admin", "password": "pw"});
+        let e = Power::from_json(&plain).unwrap().run(PowerAction::Cycle).await.unwrap_err();
+        assert!(e.contains("over plain HTTP"), "{e}");
+        assert!(seen.lock().unwrap().is_empty());
+        let insecure =
+            serde_json::json!({"kind": "redfish", "url": url, "user": "admin", "password": "pw", "insecure": true});
+        assert!(Power::from_json(&insecure).unwrap().run(PowerAction::Cycle).await.unwrap());
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen[0], "GET /redfish/v1/Systems Basic YWRtaW46cHc= ");
         assert_eq!(

@@ -33,6 +33,8 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Agent silence before a deployment fails.
     pub agent_timeout: Duration,
+    /// Time for a server to netboot into the agent after a POST.
+    pub boot_timeout: Duration,
 }
 
 /// The API token: given, or read from (or generated into) `DIR/api-token`.
@@ -74,13 +76,33 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Turns a hyper request into an [`api::Request`], bounding the body.
+/// Largest body of any request but a BYOI POST.
+const SMALL_BODY: usize = 1 << 20;
+
+/// Turns a hyper request into an [`api::Request`], bounding the body: only
+/// an operator's BYOI POST may be large (user data), and requests without
+/// any credentials are answered before their body is read.
 async fn to_request(req: hyper::Request<Incoming>) -> Result<api::Request, api::Response> {
     let (parts, body) = req.into_parts();
-    let body = Limited::new(body, api::MAX_BODY).collect().await.map_err(|e| {
+    let path = parts.uri.path();
+    let needs_token = path.starts_with("/dedicated/") || path.starts_with("/agent/");
+    if needs_token && !parts.headers.contains_key(http::header::AUTHORIZATION) {
+        return Ok(api::Request {
+            method: parts.method,
+            path: path.to_owned(),
+            headers: parts.headers,
+            body: Bytes::new(),
+        });
+    }
+    let limit = if parts.method == http::Method::POST && path.ends_with("/bringYourOwnImage") {
+        api::MAX_BODY
+    } else {
+        SMALL_BODY
+    };
+    let body = Limited::new(body, limit).collect().await.map_err(|e| {
         let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
         let (status, msg) = if too_big {
-            (http::StatusCode::PAYLOAD_TOO_LARGE, format!("Request body larger than {} MiB", api::MAX_BODY >> 20))
+            (http::StatusCode::PAYLOAD_TOO_LARGE, format!("Request body larger than {} MiB", limit >> 20))
         } else {
             (http::StatusCode::BAD_REQUEST, format!("Could not read the request body: {e}"))
         };
@@ -114,6 +136,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<(SocketAddr, impl std::
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", opts.data_dir.display()))?;
     let token = api_token(&opts.data_dir, opts.api_token.clone())?;
     let db = Db::open(&opts.data_dir.join("byoi.sqlite"))?;
+    // Agents could not report while we were down: give them a full timeout.
+    db.refresh_running()?;
     let artifacts = opts.artifacts.clone().unwrap_or_else(|| opts.data_dir.join("artifacts"));
     let cfg = Config {
         api_token: token,
@@ -121,6 +145,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<(SocketAddr, impl std::
         public_url: opts.public_url.clone(),
         scheme: if opts.tls.is_some() { "https" } else { "http" },
         agent_timeout: opts.agent_timeout,
+        boot_timeout: opts.boot_timeout,
     };
     let app = Arc::new(App::new(db, cfg));
     let tls = opts.tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;

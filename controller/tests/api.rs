@@ -25,7 +25,14 @@ fn app_in(dir: &Path, timeout: Duration) -> App {
     let db = Db::open(&dir.join("byoi.sqlite")).unwrap();
     App::new(
         db,
-        Config { api_token: TOKEN.into(), artifacts, public_url: None, scheme: "http", agent_timeout: timeout },
+        Config {
+            api_token: TOKEN.into(),
+            artifacts,
+            public_url: None,
+            scheme: "http",
+            agent_timeout: timeout,
+            boot_timeout: Duration::from_secs(600),
+        },
     )
 }
 
@@ -511,4 +518,198 @@ async fn a_hundred_servers_deploy_at_once() {
         assert_eq!(st["status"], "done", "{name}");
     }
     assert_eq!(call(&app, Method::GET, "/dedicated/server", None).await.json_body().as_array().unwrap().len(), 100);
+}
+
+fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> App {
+    let artifacts = dir.join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("vmlinuz"), b"KERNEL-0123456789").unwrap();
+    std::fs::write(artifacts.join("initramfs.img"), b"INITRAMFS").unwrap();
+    let db = Db::open(&dir.join("byoi.sqlite")).unwrap();
+    let cfg = Config {
+        api_token: TOKEN.into(),
+        artifacts,
+        public_url: None,
+        scheme: "http",
+        agent_timeout: agent,
+        boot_timeout: boot,
+    };
+    App::new(db, cfg)
+}
+
+/// Review findings, each pinned: token lifetimes, restarts, races, inputs.
+#[tokio::test]
+async fn tokens_die_with_their_deployment_and_survive_a_script_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
+    let (_, t1) = netboot(&app, "52:54:00:00:00:01").await;
+    let t1 = t1.unwrap();
+    agent(&app, &t1, Method::POST, "hello", Some(inventory())).await;
+    // Anyone fetching the script (no credentials needed) mints a token but
+    // does not log out the working agent.
+    let (_, _t2) = netboot(&app, "52:54:00:00:00:01").await;
+    assert_eq!(action(&agent(&app, &t1, Method::POST, "heartbeat", None).await), "continue");
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &t1, Method::GET, "job", None).await.body).unwrap();
+    let id = job.job.unwrap().deployment_id;
+    let done = json!({"deploymentId": id, "status": "done", "message": "ok"});
+    assert_eq!(action(&agent(&app, &t1, Method::POST, "result", Some(done)).await), "reboot");
+    // After done, the old token is worthless: the next deployment's
+    // secrets are not for it.
+    call(
+        &app,
+        Method::POST,
+        "/dedicated/server/s1/bringYourOwnImage",
+        Some(json!({"URL": "http://x/2", "httpHeaders": {"Authorization": "secret"}})),
+    )
+    .await;
+    let r = agent(&app, &t1, Method::GET, "job", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json_body()["action"], "reboot", "agent errors carry an action too");
+}
+
+#[tokio::test]
+async fn rescue_tokens_get_no_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
+    call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
+    let (script, rescue) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(script.contains("byoi.mode=rescue"));
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/2"}))).await;
+    let rescue = rescue.unwrap();
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &rescue, Method::GET, "job", None).await.body).unwrap();
+    assert!(job.job.is_none());
+}
+
+#[tokio::test]
+async fn a_controller_restart_does_not_fail_running_deployments() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let app = app_in(dir.path(), Duration::from_secs(1));
+        add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+        call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
+        let (_, t) = netboot(&app, "52:54:00:00:00:01").await;
+        let t = t.unwrap();
+        agent(&app, &t, Method::POST, "hello", Some(inventory())).await;
+        agent(&app, &t, Method::GET, "job", None).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let app = app_in(dir.path(), Duration::from_secs(1));
+    app.db().refresh_running().unwrap();
+    app.expire_silent_agents();
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!(st["status"], "doing", "{st}");
+}
+
+#[tokio::test]
+async fn a_server_that_never_netboots_fails_after_the_boot_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_boot_timeout(dir.path(), Duration::from_secs(60), Duration::from_secs(0));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.expire_silent_agents();
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!(
+        (st["status"].as_str(), st["message"].as_str()),
+        (Some("error"), Some("the server did not netboot into the agent within 0 s"))
+    );
+}
+
+#[tokio::test]
+async fn reports_racing_a_delete_are_told_to_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
+    let (_, t) = netboot(&app, "52:54:00:00:00:01").await;
+    let t = t.unwrap();
+    agent(&app, &t, Method::POST, "hello", Some(inventory())).await;
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &t, Method::GET, "job", None).await.body).unwrap();
+    let id = job.job.unwrap().deployment_id;
+    call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
+    let done = json!({"deploymentId": id, "status": "done", "message": "ok"});
+    assert_ne!(
+        action(&agent(&app, &t, Method::POST, "result", Some(done)).await),
+        "reboot",
+        "a cancelled disk must not be booted"
+    );
+    assert_eq!(call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["bootTarget"], "rescue");
+}
+
+#[tokio::test]
+async fn after_an_error_the_agent_naming_its_old_deployment_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    let log = dir.path().join("power.log");
+    let power = json!({"kind": "command", "argv": ["sh", "-c", format!("echo {{action}} >> {}", log.display())]});
+    add_server(&app, "s1", "52:54:00:00:00:01", power).await;
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
+    let (_, t) = netboot(&app, "52:54:00:00:00:01").await;
+    let t = t.unwrap();
+    agent(&app, &t, Method::POST, "hello", Some(inventory())).await;
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &t, Method::GET, "job", None).await.body).unwrap();
+    let id = job.job.unwrap().deployment_id;
+    let err = json!({"deploymentId": id, "status": "error", "code": "download-failed", "message": "nope"});
+    agent(&app, &t, Method::POST, "result", Some(err)).await;
+    assert_eq!(action(&agent(&app, &t, Method::POST, "heartbeat", Some(json!({"deploymentId": id}))).await), "wait");
+    // The next POST reaches the waiting agent without a power cycle.
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/2"}))).await;
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "cycle\n");
+    assert_eq!(
+        action(&agent(&app, &t, Method::POST, "heartbeat", Some(json!({"deploymentId": id}))).await),
+        "continue"
+    );
+}
+
+#[tokio::test]
+async fn inputs_the_review_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    // Duplicate MACs in one request: one MAC, not a 500.
+    let r = call(
+        &app,
+        Method::POST,
+        "/dedicated/server",
+        Some(json!({"serviceName": "s1", "macs": ["52:54:00:00:00:02", "52-54-00-00-00-02"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.json_body()["macs"], json!(["52:54:00:00:00:02"]));
+    let r = call(
+        &app,
+        Method::POST,
+        "/dedicated/server",
+        Some(json!({"serviceName": "s2", "macs": ["52:54:00:00:00:03"], "kernelArgs": ["evil ${x}"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Lowercase scheme.
+    let r = app
+        .handle(Request::new(Method::GET, "/dedicated/server", "").header(AUTHORIZATION, &format!("bearer {TOKEN}")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Ranges: past the end → 416; suffix.
+    let r = app.handle(Request::new(Method::GET, "/artifacts/vmlinuz", "").header(RANGE, "bytes=100-")).await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    let r = app.handle(Request::new(Method::GET, "/artifacts/vmlinuz", "").header(RANGE, "bytes=-4")).await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::PARTIAL_CONTENT, &b"6789"[..]));
+    // Absurd sizes from an agent are clamped, not stored negative.
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "https://u:p@x/i?sig=1"})))
+        .await;
+    let (_, t) = netboot(&app, "52:54:00:00:00:02").await;
+    let t = t.unwrap();
+    agent(&app, &t, Method::POST, "hello", Some(inventory())).await;
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &t, Method::GET, "job", None).await.body).unwrap();
+    let id = job.job.unwrap().deployment_id;
+    let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": u64::MAX, "bytesTotal": 100});
+    agent(&app, &t, Method::POST, "progress", Some(p)).await;
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!(st["percent"], 100.0);
+    // Credentials and signatures never come back in the history.
+    let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
+    assert_eq!(s["deployments"][0]["url"], "https://x/i?…");
 }

@@ -1,0 +1,144 @@
+//! The agent's side of `/agent/v1`: blocking JSON calls to the controller,
+//! over hyper on a private runtime (the pipeline's own threads stay
+//! blocking and simple).
+
+use std::time::Duration;
+
+use byoi_wire::agent::{Action, ActionResponse, Hello, JobResponse, ProgressReport, ResultReport};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How long one call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No answer: network down, controller down, timeout.
+    #[error("controller unreachable: {0}")]
+    Unreachable(String),
+    /// The token was refused (stale boot, or the server was removed).
+    #[error("the controller refused our token (401)")]
+    Unauthorized,
+    /// Any other refusal.
+    #[error("controller answered {status}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// A connection to the controller.
+pub struct Controller {
+    base: String,
+    token: String,
+    rt: tokio::runtime::Runtime,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("base", &self.base).finish()
+    }
+}
+
+impl Controller {
+    /// A client for the controller at `base` (http or https).
+    pub fn new(base: &str, token: &str) -> Result<Controller, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Unreachable(format!("runtime: {e}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = rt.block_on(async { Client::builder(TokioExecutor::new()).build(https) });
+        Ok(Controller { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), rt, client })
+    }
+
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}/agent/v1/{path}", self.base);
+        let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, concat!("byoi-agent/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        self.rt.block_on(async {
+            let resp = tokio::time::timeout(CALL_TIMEOUT, self.client.request(req))
+                .await
+                .map_err(|_| ClientError::Unreachable(format!("{url}: no answer within {CALL_TIMEOUT:?}")))?
+                .map_err(|e| ClientError::Unreachable(format!("{url}: {e}")))?;
+            let status = resp.status();
+            let bytes = tokio::time::timeout(CALL_TIMEOUT, resp.into_body().collect())
+                .await
+                .map_err(|_| ClientError::Unreachable(format!("{url}: body timed out")))?
+                .map_err(|e| ClientError::Unreachable(format!("{url}: {e}")))?
+                .to_bytes();
+            if status == http::StatusCode::UNAUTHORIZED {
+                return Err(ClientError::Unauthorized);
+            }
+            if !status.is_success() {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let message = v["message"].as_str().unwrap_or("").to_owned();
+                return Err(ClientError::Refused { status: status.as_u16(), message });
+            }
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::Refused { status: status.as_u16(), message: format!("bad answer: {e}") })
+        })
+    }
+
+    /// Says hello with the inventory.
+    pub fn hello(&self, hello: &Hello) -> Result<Action, ClientError> {
+        self.call::<ActionResponse>("POST", "hello", Some(hello)).map(|r| r.action)
+    }
+
+    /// Heartbeat, naming the deployment being worked on, if any.
+    pub fn heartbeat(&self, deployment: Option<i64>) -> Result<Action, ClientError> {
+        let body = serde_json::json!({ "deploymentId": deployment });
+        self.call::<ActionResponse>("POST", "heartbeat", Some(&body)).map(|r| r.action)
+    }
+
+    /// Asks for a job.
+    pub fn job(&self) -> Result<JobResponse, ClientError> {
+        self.call::<JobResponse>("GET", "job", None::<&()>)
+    }
+
+    /// Reports progress.
+    pub fn progress(&self, p: &ProgressReport) -> Result<Action, ClientError> {
+        self.call::<ActionResponse>("POST", "progress", Some(p)).map(|r| r.action)
+    }
+
+    /// Reports the result.
+    pub fn result(&self, r: &ResultReport) -> Result<Action, ClientError> {
+        self.call::<ActionResponse>("POST", "result", Some(r)).map(|r| r.action)
+    }
+}

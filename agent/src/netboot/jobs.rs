@@ -1,0 +1,212 @@
+//! The agent's main loop with the controller: hello, then wait for a job,
+//! run it with progress every second, report the result, obey `action`.
+//! Independent of PID 1 duties (mounts, modules, network), so it runs in
+//! tests against a real controller with a fake sysfs and file-backed disks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use byoi_wire::agent::{Action, Hello, Job, ProgressReport, ResultReport};
+use byoi_wire::Status;
+
+use super::client::{ClientError, Controller};
+use super::inventory;
+use crate::checksum::Checksum;
+use crate::configdrive::{ConfigDrive, Format};
+use crate::deploy::{deploy, DeployRequest};
+use crate::error::DeployError;
+use crate::finish::{Finishing, Firmware};
+use crate::format::ImageType;
+use crate::progress::Progress;
+use crate::source::SourceOptions;
+use crate::target::DiskTarget;
+
+/// Where the agent finds the machine, and how often it talks.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// `/sys`.
+    pub sys: PathBuf,
+    /// `/proc`.
+    pub proc: PathBuf,
+    /// `/dev`.
+    pub dev: PathBuf,
+    /// EFI variables to write the boot entry to (UEFI boots only).
+    pub efivars: Option<PathBuf>,
+    /// Seconds between heartbeats while idle, and between progress reports.
+    pub tick: Duration,
+    /// Longest wait between retries when the controller is unreachable.
+    pub max_backoff: Duration,
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Deployed: reboot into the disk.
+    Reboot,
+    /// The controller no longer knows this boot's token: netboot again.
+    TokenRefused,
+}
+
+/// Writes a line on the console (stderr: the serial console under PID 1).
+pub fn say(line: &str) {
+    eprintln!("byoi: {line}");
+}
+
+/// Retries `f` while the controller is unreachable, backing off.
+fn retrying<T>(env: &Env, what: &str, mut f: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+    let mut delay = Duration::from_secs(1).min(env.max_backoff);
+    loop {
+        match f() {
+            Err(ClientError::Unreachable(e)) => {
+                say(&format!("{what}: {e}; retrying in {}s", delay.as_secs_f32()));
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(env.max_backoff);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Talks to the controller until a deployment succeeds (→ reboot) or the
+/// token is refused.
+pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
+    let inv = inventory::gather(&env.sys, &env.proc);
+    say(&format!(
+        "{} firmware, {} MiB memory, {} disk(s), {} NIC(s)",
+        inv.firmware,
+        inv.memory_bytes >> 20,
+        inv.disks.len(),
+        inv.nics.len()
+    ));
+    let hello = Hello { inventory: inv, version: env!("CARGO_PKG_VERSION").into() };
+    if let Err(ClientError::Unauthorized) = retrying(env, "hello", || ctl.hello(&hello)) {
+        return Outcome::TokenRefused;
+    }
+    let mut waiting_said = false;
+    loop {
+        let job = match retrying(env, "fetching the job", || ctl.job()) {
+            Err(ClientError::Unauthorized) => return Outcome::TokenRefused,
+            Err(e) => {
+                say(&format!("fetching the job: {e}"));
+                std::thread::sleep(env.tick);
+                continue;
+            }
+            Ok(r) => r,
+        };
+        let Some(job) = job.job else {
+            if !waiting_said {
+                say("waiting for a deployment");
+                waiting_said = true;
+            }
+            std::thread::sleep(env.tick);
+            if let Err(ClientError::Unauthorized) = retrying(env, "heartbeat", || ctl.heartbeat(None)) {
+                return Outcome::TokenRefused;
+            }
+            continue;
+        };
+        waiting_said = false;
+        let (status, code, message) = match run_job(ctl, env, &job) {
+            Ok(msg) => (Status::Done, None, msg),
+            Err(e) => (Status::Error, Some(e.code()), e.to_string()),
+        };
+        say(&format!("{}: {message}", if status == Status::Done { "done" } else { "error" }));
+        let report = ResultReport { deployment_id: job.deployment_id, status, code, message };
+        match retrying(env, "reporting the result", || ctl.result(&report)) {
+            Ok(Action::Reboot) => return Outcome::Reboot,
+            Err(ClientError::Unauthorized) => return Outcome::TokenRefused,
+            _ => {}
+        }
+    }
+}
+
+/// Runs one job; `Ok` carries the summary for the controller.
+fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError> {
+    say(&format!("deployment {}: {} ", job.deployment_id, job.url));
+    let inv = inventory::gather(&env.sys, &env.proc);
+    let disk = inventory::find_disk(&inv, &job.disk).map_err(DeployError::TargetUnusable)?;
+    let path = env.dev.join(&disk.name);
+    say(&format!("target {} ({} bytes, serial {:?})", path.display(), disk.size_bytes, disk.serial));
+    let target = DiskTarget::open(&path, false)?;
+    let checksum = job.checksum.as_deref().map(str::parse::<Checksum>).transpose()?;
+    let image_type = match job.image_type.as_deref() {
+        Some("raw") => Some(ImageType::Raw),
+        Some("qcow2") => Some(ImageType::Qcow2),
+        Some(other) => return Err(DeployError::BadFormat { detected: other.into() }),
+        None => None,
+    };
+    let req = DeployRequest {
+        url: job.url.clone(),
+        image_type,
+        checksum,
+        source: SourceOptions { headers: job.headers.clone().into_iter().collect(), ..SourceOptions::default() },
+    };
+    let configdrive = match &job.configdrive {
+        None => None,
+        Some(c) => {
+            let mut d = ConfigDrive::new(Format::OpenStack);
+            d.instance_id = c.instance_id.clone();
+            d.hostname = c.hostname.clone();
+            d.ssh_keys = c.ssh_keys.clone();
+            d.meta = c.meta.clone();
+            d.user_data = c
+                .user_data_base64
+                .as_deref()
+                .map(|b| base64::engine::general_purpose::STANDARD.decode(b))
+                .transpose()
+                .map_err(|e| DeployError::InvalidRequest(format!("user data: {e}")))?;
+            Some(d)
+        }
+    };
+    let uefi = inv.firmware == "uefi";
+    let mut finishing = Finishing {
+        configdrive,
+        firmware: if uefi { Firmware::Uefi } else { Firmware::Legacy },
+        efi_loader: job.efi_loader.clone(),
+        efivars: if uefi { env.efivars.clone() } else { None },
+        outcome: None,
+    };
+
+    let progress = Arc::new(Progress::default());
+    let id = job.deployment_id;
+    let done = std::thread::scope(|scope| {
+        let worker = {
+            let progress = progress.clone();
+            let target = &target;
+            let req = &req;
+            let finishing = &mut finishing;
+            scope.spawn(move || deploy(req, target, &progress, Some(finishing)))
+        };
+        while !worker.is_finished() {
+            std::thread::sleep(env.tick);
+            let (bytes_done, bytes_total) = progress.bytes();
+            let stage = progress.stage();
+            let pct = bytes_total
+                .map(|t| format!(" {:.1}%", bytes_done as f64 * 100.0 / t.max(1) as f64))
+                .unwrap_or_default();
+            say(&format!("{} {} MiB{pct}", stage.as_str(), bytes_done >> 20));
+            let report = ProgressReport { deployment_id: id, stage, bytes_done, bytes_total };
+            match ctl.progress(&report) {
+                Ok(Action::Abort) => {
+                    say("the controller asked to abort");
+                    progress.request_abort();
+                }
+                Ok(_) => {}
+                Err(e) => say(&format!("progress report: {e}")),
+            }
+        }
+        worker.join().unwrap_or_else(|_| Err(DeployError::Internal("the deployment thread panicked".into())))
+    })?;
+    let mut summary =
+        format!("deployed {} bytes ({}) in {:.1} s", done.image_size, done.format, done.elapsed.as_secs_f64());
+    if let Some(o) = &finishing.outcome {
+        if let Some(n) = o.configdrive_partition {
+            summary.push_str(&format!("; ConfigDrive on partition {n}"));
+        }
+        if let (Some(l), Some(b)) = (&o.loader, o.boot_entry) {
+            summary.push_str(&format!("; Boot{b:04X} → {l}"));
+        }
+    }
+    Ok(summary)
+}
