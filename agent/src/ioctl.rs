@@ -68,3 +68,95 @@ pub fn clear_immutable(fd: &impl AsRawFd) -> io::Result<()> {
     unsafe { fs_setflags(fd.as_raw_fd(), &cleared) }?;
     Ok(())
 }
+
+// Network configuration through the classic socket ioctls (<linux/sockios.h>):
+// enough for one static IPv4 address and a default route, without netlink.
+
+fn inet_socket() -> io::Result<std::os::fd::OwnedFd> {
+    nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
+fn ifreq(name: &str) -> io::Result<nix::libc::ifreq> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= nix::libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: nix::libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as nix::libc::c_char;
+    }
+    Ok(req)
+}
+
+fn sockaddr_in(addr: std::net::Ipv4Addr) -> nix::libc::sockaddr {
+    let sin = nix::libc::sockaddr_in {
+        sin_family: nix::libc::AF_INET as nix::libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: nix::libc::in_addr { s_addr: u32::from_ne_bytes(addr.octets()) },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) and
+    // sockaddr is the type the kernel reads through.
+    unsafe { std::mem::transmute::<nix::libc::sockaddr_in, nix::libc::sockaddr>(sin) }
+}
+
+/// Brings an interface up.
+pub fn link_up(name: &str) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq(name)?;
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    unsafe {
+        if nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= nix::libc::IFF_UP as nix::libc::c_short;
+        if nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sets an interface's IPv4 address and netmask.
+pub fn set_ipv4(name: &str, addr: std::net::Ipv4Addr, mask: std::net::Ipv4Addr) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr_in(addr);
+    // SAFETY: SIOCSIFADDR reads the ifreq we own.
+    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFADDR, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_netmask = sockaddr_in(mask);
+    // SAFETY: SIOCSIFNETMASK reads the ifreq we own.
+    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFNETMASK, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Adds a default route via `gateway`.
+pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
+    let sock = inet_socket()?;
+    // SAFETY: rtentry is plain old data; all-zero is a valid value.
+    let mut rt: nix::libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+    rt.rt_genmask = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+    rt.rt_gateway = sockaddr_in(gateway);
+    rt.rt_flags = (nix::libc::RTF_UP | nix::libc::RTF_GATEWAY) as nix::libc::c_ushort;
+    // SAFETY: SIOCADDRT reads the rtentry we own.
+    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCADDRT, &rt) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(nix::libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}

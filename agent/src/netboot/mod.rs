@@ -5,3 +5,4 @@ pub mod client;
 pub mod cmdline;
 pub mod inventory;
 pub mod jobs;
+pub mod pid1;

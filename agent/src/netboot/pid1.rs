@@ -1,0 +1,214 @@
+//! `byoi-agent` as `/init` in the initramfs: mount the kernel filesystems,
+//! load the drivers the hardware asks for, configure the network from the
+//! command line iPXE wrote, then serve the controller's jobs. PID 1 must
+//! never exit: every failure is printed on the console and retried.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use byoi_initramfs::kmod::{module_name, Aliases, ModulesDep};
+
+use super::client::Controller;
+use super::cmdline::{self, Cmdline, Mode};
+use super::jobs::{self, say, Env, Outcome};
+use crate::ioctl;
+
+/// Runs forever.
+pub fn main() -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        say(&format!("BUG: {info}"));
+    }));
+    loop {
+        let r = std::panic::catch_unwind(run);
+        match r {
+            Ok(Err(e)) => say(&format!("error: {e}; starting over in 10 s")),
+            Ok(Ok(())) => say("the agent stopped; starting over in 10 s"),
+            Err(_) => say("the agent panicked; starting over in 10 s"),
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+}
+
+fn run() -> Result<(), String> {
+    mount_kernel_filesystems();
+    let cmd = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    say(&format!("byoi-agent {} starting ({:?} mode)", env!("CARGO_PKG_VERSION"), cmd.mode));
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    coldplug(&PathBuf::from("/lib/modules").join(release));
+    if Path::new("/sys/firmware/efi").exists() {
+        mount("efivarfs", "/sys/firmware/efi/efivars", "efivarfs");
+    }
+    network(&cmd)?;
+    let (Some(url), Some(token)) = (&cmd.controller, &cmd.token) else {
+        return Err("no byoi.controller= or byoi.token= on the kernel command line".into());
+    };
+    let ctl = Controller::new(url, token).map_err(|e| e.to_string())?;
+    let env = Env {
+        sys: "/sys".into(),
+        proc: "/proc".into(),
+        dev: "/dev".into(),
+        efivars: Path::new("/sys/firmware/efi/efivars").is_dir().then(|| PathBuf::from("/sys/firmware/efi/efivars")),
+        tick: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(30),
+    };
+    match cmd.mode {
+        Mode::Rescue => rescue(&ctl, &env),
+        Mode::Deploy => match jobs::serve(&ctl, &env) {
+            Outcome::Reboot => reboot("deployed: rebooting into the disk"),
+            Outcome::TokenRefused => reboot("the controller no longer knows this boot: rebooting to netboot again"),
+        },
+    }
+}
+
+fn mount(source: &str, target: &str, fstype: &str) {
+    let _ = std::fs::create_dir_all(target);
+    match nix::mount::mount(Some(source), target, Some(fstype), nix::mount::MsFlags::empty(), None::<&str>) {
+        Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+        Err(e) => say(&format!("mounting {fstype} on {target}: {e}")),
+    }
+}
+
+fn mount_kernel_filesystems() {
+    mount("proc", "/proc", "proc");
+    mount("sysfs", "/sys", "sysfs");
+    mount("devtmpfs", "/dev", "devtmpfs");
+    mount("tmpfs", "/run", "tmpfs");
+    mount("tmpfs", "/tmp", "tmpfs");
+}
+
+/// Every `modalias` under `dir`, not following symlinks (sysfs has loops).
+fn modaliases(dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            modaliases(&e.path(), out);
+        } else if ft.is_file() && e.file_name() == "modalias" {
+            if let Ok(a) = std::fs::read_to_string(e.path()) {
+                out.push(a.trim().to_owned());
+            }
+        }
+    }
+}
+
+fn load_module(path: &Path) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let params = CString::default();
+    match nix::kmod::finit_module(&f, &params, nix::kmod::ModuleInitFlags::empty()) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Loads the modules the devices ask for, until a pass finds nothing new
+/// (a bus driver such as `virtio_pci` reveals more devices).
+fn coldplug(moddir: &Path) {
+    let deps = ModulesDep::parse(&std::fs::read_to_string(moddir.join("modules.dep")).unwrap_or_default());
+    let aliases = Aliases::parse(&std::fs::read_to_string(moddir.join("modules.alias")).unwrap_or_default());
+    let mut loaded: BTreeSet<String> = std::fs::read_to_string("/proc/modules")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    let mut wanted: Vec<String> = vec!["af_packet".into()];
+    if Path::new("/sys/firmware/efi").exists() {
+        wanted.push("efivarfs".into());
+    }
+    for pass in 0..10 {
+        let mut aliases_now = Vec::new();
+        modaliases(Path::new("/sys/devices"), &mut aliases_now);
+        for a in &aliases_now {
+            wanted.extend(aliases.matching(a));
+        }
+        let mut new = 0;
+        let (paths, _) = deps.closure(wanted.iter().map(String::as_str));
+        for p in paths {
+            let name = module_name(&p);
+            if loaded.contains(&name) {
+                continue;
+            }
+            match load_module(&moddir.join(&p)) {
+                Ok(()) => {
+                    say(&format!("loaded {name}"));
+                    new += 1;
+                }
+                Err(e) => say(&format!("loading {name}: {e}")),
+            }
+            loaded.insert(name);
+        }
+        if new == 0 && pass > 0 {
+            break;
+        }
+        // Let the new drivers probe and register their devices.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The NICs (name, MAC) with a device behind them.
+fn nics() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir("/sys/class/net")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("device").exists())
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let mac = std::fs::read_to_string(e.path().join("address")).unwrap_or_default().trim().to_ascii_lowercase();
+                    (name, mac)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Configures the boot interface from `ip=` / `BOOTIF=` / `nameserver=`.
+fn network(cmd: &Cmdline) -> Result<(), String> {
+    let _ = ioctl::link_up("lo").and_then(|()| ioctl::set_ipv4("lo", [127, 0, 0, 1].into(), [255, 0, 0, 0].into()));
+    let nics = nics();
+    let nic = match &cmd.bootif {
+        Some(mac) => nics.iter().find(|(_, m)| m == mac),
+        None => nics.first(),
+    };
+    let Some((name, mac)) = nic else {
+        return Err(format!("no network interface (BOOTIF {:?}); drivers loaded: see above", cmd.bootif));
+    };
+    let Some(ip) = cmd.ip else {
+        return Err(format!("no ip= on the kernel command line for {name} and DHCP is not available in this build"));
+    };
+    ioctl::link_up(name).map_err(|e| format!("bringing {name} up: {e}"))?;
+    ioctl::set_ipv4(name, ip.address, ip.netmask).map_err(|e| format!("addressing {name}: {e}"))?;
+    if let Some(gw) = ip.gateway {
+        ioctl::add_default_route(gw).map_err(|e| format!("default route via {gw}: {e}"))?;
+    }
+    let resolv: String = cmd.nameservers.iter().map(|n| format!("nameserver {n}\n")).collect();
+    let _ = std::fs::create_dir_all("/etc");
+    let _ = std::fs::write("/etc/resolv.conf", resolv);
+    say(&format!("network: {name} ({mac}) {}/{} via {:?}", ip.address, ip.netmask, ip.gateway));
+    Ok(())
+}
+
+/// Rescue: a shell on the console, heartbeats to the controller.
+fn rescue(ctl: &Controller, env: &Env) -> Result<(), String> {
+    say("rescue mode: a shell on the console");
+    let _ = std::process::Command::new("/bin/sh").spawn();
+    loop {
+        if let Err(e) = ctl.heartbeat(None) {
+            say(&format!("heartbeat: {e}"));
+        }
+        std::thread::sleep(env.tick * 10);
+    }
+}
+
+fn reboot(why: &str) -> ! {
+    say(why);
+    nix::unistd::sync();
+    loop {
+        // reboot(2) only returns on failure.
+        let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+        say(&format!("reboot failed: {e}"));
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
