@@ -1,6 +1,8 @@
 //! The few block-device ioctls the sink needs. The only module allowed
 //! `unsafe`: each call passes a pointer to a correctly sized local.
 #![allow(unsafe_code)]
+// The ioctl request type is c_ulong on glibc and c_int on musl: `as _`.
+#![allow(clippy::unnecessary_cast)]
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -113,11 +115,11 @@ pub fn link_up(name: &str) -> io::Result<()> {
     let mut req = ifreq(name)?;
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
     unsafe {
-        if nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             return Err(io::Error::last_os_error());
         }
         req.ifr_ifru.ifru_flags |= nix::libc::IFF_UP as nix::libc::c_short;
-        if nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFFLAGS, &req) < 0 {
+        if nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFFLAGS as _, &req) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -130,13 +132,13 @@ pub fn set_ipv4(name: &str, addr: std::net::Ipv4Addr, mask: std::net::Ipv4Addr) 
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_addr = sockaddr_in(addr);
     // SAFETY: SIOCSIFADDR reads the ifreq we own.
-    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFADDR, &req) } < 0 {
+    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFADDR as _, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_netmask = sockaddr_in(mask);
     // SAFETY: SIOCSIFNETMASK reads the ifreq we own.
-    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFNETMASK, &req) } < 0 {
+    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFNETMASK as _, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -152,7 +154,7 @@ pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
     rt.rt_gateway = sockaddr_in(gateway);
     rt.rt_flags = (nix::libc::RTF_UP | nix::libc::RTF_GATEWAY) as nix::libc::c_ushort;
     // SAFETY: SIOCADDRT reads the rtentry we own.
-    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCADDRT, &rt) } < 0 {
+    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCADDRT as _, &rt) } < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(nix::libc::EEXIST) {
             return Err(e);

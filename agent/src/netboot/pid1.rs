@@ -154,7 +154,10 @@ fn nics() -> Vec<(String, String)> {
                 .filter(|e| e.path().join("device").exists())
                 .map(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let mac = std::fs::read_to_string(e.path().join("address")).unwrap_or_default().trim().to_ascii_lowercase();
+                    let mac = std::fs::read_to_string(e.path().join("address"))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase();
                     (name, mac)
                 })
                 .collect()

@@ -1,0 +1,166 @@
+//! End-to-end harness: [`TestVm`] runs QEMU (TCG, under `timeout`) and
+//! waits for lines on its serial console; [`controller`] starts `byoi serve`
+//! in-process; [`http_json`] talks to it. The suites are in `tests/`.
+//!
+//! QEMU suites are slow: they run when `BYOI_E2E=1` (CI sets it, after
+//! `cargo xtask initramfs`); otherwise they say so and pass without
+//! checking anything, so `cargo test` stays fast on a laptop.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Whether the QEMU suites should run.
+pub fn e2e_enabled(suite: &str) -> bool {
+    if std::env::var("BYOI_E2E").is_ok_and(|v| v == "1") {
+        return true;
+    }
+    eprintln!("{suite}: skipped, set BYOI_E2E=1 (after `cargo xtask initramfs`) to run the QEMU tests");
+    false
+}
+
+/// The workspace's `target/byoi` (kernel, initramfs).
+pub fn artifacts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/byoi")
+}
+
+/// A QEMU virtual machine with its serial console captured.
+pub struct TestVm {
+    child: Child,
+    console: Arc<Mutex<String>>,
+}
+
+impl TestVm {
+    /// Starts `qemu-system-x86_64 -accel tcg -nographic ARGS` under
+    /// `timeout LIMIT`.
+    pub fn start(args: &[String], limit: Duration) -> TestVm {
+        let mut child = Command::new("timeout")
+            .arg(limit.as_secs().to_string())
+            .args(["qemu-system-x86_64", "-accel", "tcg", "-nographic", "-no-reboot", "-m", "1024"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("qemu-system-x86_64 (bookworm-backports, installed by .ci/run)");
+        let console = Arc::new(Mutex::new(String::new()));
+        for mut pipe in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let console = console.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if std::env::var("BYOI_E2E_ECHO").is_ok() {
+                        let _ = std::io::stderr().write_all(text.as_bytes());
+                    }
+                    console.lock().unwrap_or_else(|p| p.into_inner()).push_str(&text);
+                }
+            });
+        }
+        TestVm { child, console }
+    }
+
+    /// The console so far.
+    pub fn console(&self) -> String {
+        self.console.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits for `needle` on the console; panics with the console on timeout
+    /// or when the VM exits first.
+    pub fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let c = self.console();
+            if let Some(line) = c.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            if start.elapsed() > within || self.child.try_wait().ok().flatten().is_some() {
+                panic!("{needle:?} did not appear within {within:?}; console:\n{c}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits for the VM to exit (it powers off or reboots with `-no-reboot`).
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+}
+
+impl std::fmt::Debug for TestVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestVm").field("pid", &self.child.id()).finish()
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `byoi serve` in-process on 127.0.0.1:0 with `token`; returns the
+/// address. Its artifacts are the workspace's `target/byoi`.
+pub fn controller(data: &Path, token: &str) -> String {
+    let opts = byoi_controller::server::ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        data_dir: data.to_owned(),
+        api_token: Some(token.into()),
+        artifacts: Some(artifacts()),
+        public_url: None,
+        tls: None,
+        agent_timeout: Duration::from_secs(120),
+        boot_timeout: Duration::from_secs(900),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let (addr, fut) = byoi_controller::server::serve(opts).await.expect("serve");
+            let _ = tx.send(addr.to_string());
+            fut.await;
+        });
+    });
+    rx.recv().expect("controller address")
+}
+
+/// One HTTP/1.1 JSON request; returns (status, JSON body or a string).
+pub fn http_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let resp = String::from_utf8_lossy(&raw).into_owned();
+    let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let text = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}

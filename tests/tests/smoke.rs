@@ -1,0 +1,104 @@
+//! QEMU smoke test of the netbooted agent: the Debian kernel and our
+//! initramfs booted directly (TCG), a virtio disk and NIC, slirp to a
+//! controller on the host (10.0.2.2). The agent loads its modules, brings
+//! up the network from `ip=`, says hello (the disk shows in
+//! `specifications/hardware`), runs a deployment and reboots.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use byoi_e2e::{artifacts, controller, e2e_enabled, http_json, TestVm};
+use serde_json::json;
+
+const TOKEN: &str = "e2e-token";
+const MAC: &str = "52:54:00:12:34:56";
+
+/// Serves one file over HTTP/1.0 on 127.0.0.1 (the guest sees 10.0.2.2).
+fn serve_file(data: Vec<u8>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut req = [0u8; 4096];
+            let _ = std::io::Read::read(&mut c, &mut req);
+            let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+            let _ = c.write_all(&data);
+        }
+    });
+    port
+}
+
+#[test]
+fn agent_boots_says_hello_and_deploys() {
+    if !e2e_enabled("smoke") {
+        return;
+    }
+    assert!(artifacts().join("initramfs.img").exists(), "run `cargo xtask initramfs` first");
+    let dir = tempfile::tempdir().unwrap();
+    let addr = controller(&dir.path().join("data"), TOKEN);
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+
+    // A small MBR disk image.
+    let mut image = vec![0u8; 4 << 20];
+    for (i, b) in image.iter_mut().enumerate().skip(1 << 20) {
+        *b = (i % 251) as u8;
+    }
+    image[510] = 0x55;
+    image[511] = 0xaa;
+    let sum: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&image).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let img_port = serve_file(image.clone());
+
+    let (s, _) =
+        http_json(&addr, "POST", "/dedicated/server", Some(TOKEN), Some(&json!({"serviceName": "vm1", "macs": [MAC]})));
+    assert_eq!(s, 201);
+    let post =
+        json!({"URL": format!("http://10.0.2.2:{img_port}/disk.raw"), "checkSum": sum, "checkSumType": "sha256"});
+    let (s, body) = http_json(&addr, "POST", "/dedicated/server/vm1/bringYourOwnImage", Some(TOKEN), Some(&post));
+    assert_eq!(s, 200, "{body}");
+    let (_, script) = http_json(&addr, "GET", &format!("/boot/{MAC}"), None, None);
+    let script = script.as_str().unwrap().to_owned();
+    let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+
+    let disk = dir.path().join("disk.raw");
+    std::fs::File::create(&disk).unwrap().set_len(256 << 20).unwrap();
+    let a = artifacts();
+    let cmdline = format!(
+        "console=ttyS0 byoi.controller=http://10.0.2.2:{port} byoi.token={token} ip=10.0.2.15::10.0.2.2:255.255.255.0 nameserver=10.0.2.3 BOOTIF=01-{}",
+        MAC.replace(':', "-")
+    );
+    let args: Vec<String> = [
+        "-kernel",
+        a.join("vmlinuz").to_str().unwrap(),
+        "-initrd",
+        a.join("initramfs.img").to_str().unwrap(),
+        "-append",
+        &cmdline,
+        "-drive",
+        &format!("file={},if=none,id=d0,format=raw", disk.display()),
+        "-device",
+        "virtio-blk-pci,drive=d0,serial=disk-A",
+        "-nic",
+        &format!("user,model=virtio-net-pci,mac={MAC}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut vm = TestVm::start(&args, Duration::from_secs(300));
+    vm.wait_for("byoi: loaded virtio_blk", Duration::from_secs(120));
+    vm.wait_for("byoi: network: eth0 (52:54:00:12:34:56) 10.0.2.15", Duration::from_secs(60));
+    vm.wait_for("byoi: target /dev/vda", Duration::from_secs(60));
+    let hw = http_json(&addr, "GET", "/dedicated/server/vm1/specifications/hardware", Some(TOKEN), None).1;
+    assert_eq!(hw["diskGroups"][0]["disks"][0]["serial"], "disk-A", "{hw}");
+    assert_eq!(hw["nics"][0]["mac"], MAC);
+    vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(120));
+    assert!(vm.wait_exit(Duration::from_secs(30)), "the VM did not reboot");
+    let st = http_json(&addr, "GET", "/dedicated/server/vm1/bringYourOwnImage", Some(TOKEN), None).1;
+    assert_eq!(st["status"], "done", "{st}\n{}", vm.console());
+    let written = std::fs::read(&disk).unwrap();
+    assert!(written[..image.len()] == image[..], "the disk does not hold the image");
+}
