@@ -102,3 +102,63 @@ fn agent_boots_says_hello_and_deploys() {
     let written = std::fs::read(&disk).unwrap();
     assert!(written[..image.len()] == image[..], "the disk does not hold the image");
 }
+
+/// Without `ip=` (iPXE without DHCP data, a lab's own PXE), the agent asks
+/// DHCP itself (slirp's server answers 10.0.2.15).
+#[test]
+fn agent_without_ip_uses_dhcp() {
+    if !e2e_enabled("smoke-dhcp") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = controller(&dir.path().join("data"), TOKEN);
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+    let (s, _) = http_json(
+        &addr,
+        "POST",
+        "/dedicated/server",
+        Some(TOKEN),
+        Some(&json!({"serviceName": "vm2", "macs": ["52:54:00:12:34:57"]})),
+    );
+    assert_eq!(s, 201);
+    http_json(
+        &addr,
+        "POST",
+        "/dedicated/server/vm2/bringYourOwnImage",
+        Some(TOKEN),
+        Some(&json!({"URL": "http://10.0.2.2:9/none.raw"})),
+    );
+    let (_, script) = http_json(&addr, "GET", "/boot/52:54:00:12:34:57", None, None);
+    let script = script.as_str().unwrap().to_owned();
+    let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let disk = dir.path().join("disk.raw");
+    std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
+    let a = artifacts();
+    let cmdline = format!("console=ttyS0 byoi.controller=http://10.0.2.2:{port} byoi.token={token}");
+    let args: Vec<String> = [
+        "-kernel",
+        a.join("vmlinuz").to_str().unwrap(),
+        "-initrd",
+        a.join("initramfs.img").to_str().unwrap(),
+        "-append",
+        &cmdline,
+        "-drive",
+        &format!("file={},if=none,id=d0,format=raw", disk.display()),
+        "-device",
+        "virtio-blk-pci,drive=d0,serial=disk-B",
+        "-nic",
+        "user,model=virtio-net-pci,mac=52:54:00:12:34:57",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut vm = TestVm::start(&args, Duration::from_secs(240));
+    vm.wait_for("byoi: no ip= on the command line: DHCP on eth0", Duration::from_secs(120));
+    vm.wait_for(
+        "byoi: network: eth0 (52:54:00:12:34:57) 10.0.2.15/255.255.255.0 via Some(10.0.2.2)",
+        Duration::from_secs(60),
+    );
+    vm.wait_for("byoi: deployment", Duration::from_secs(60));
+    let hw = http_json(&addr, "GET", "/dedicated/server/vm2/specifications/hardware", Some(TOKEN), None).1;
+    assert_eq!(hw["diskGroups"][0]["disks"][0]["serial"], "disk-B", "{hw}");
+}

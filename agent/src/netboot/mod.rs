@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod cmdline;
+pub mod dhcp;
 pub mod inventory;
 pub mod jobs;
 pub mod pid1;

@@ -12,6 +12,7 @@ use byoi_initramfs::kmod::{module_name, Aliases, ModulesDep};
 
 use super::client::Controller;
 use super::cmdline::{self, Cmdline, Mode};
+use super::dhcp;
 use super::jobs::{self, say, Env, Outcome};
 use crate::ioctl;
 
@@ -167,29 +168,62 @@ fn nics() -> Vec<(String, String)> {
     out
 }
 
-/// Configures the boot interface from `ip=` / `BOOTIF=` / `nameserver=`.
+/// Configures the boot interface from `ip=` / `BOOTIF=` / `nameserver=`;
+/// without `ip=`, asks DHCP on the boot interface, then on every other one.
 fn network(cmd: &Cmdline) -> Result<(), String> {
     let _ = ioctl::link_up("lo").and_then(|()| ioctl::set_ipv4("lo", [127, 0, 0, 1].into(), [255, 0, 0, 0].into()));
-    let nics = nics();
-    let nic = match &cmd.bootif {
-        Some(mac) => nics.iter().find(|(_, m)| m == mac),
-        None => nics.first(),
-    };
-    let Some((name, mac)) = nic else {
-        return Err(format!("no network interface (BOOTIF {:?}); drivers loaded: see above", cmd.bootif));
-    };
-    let Some(ip) = cmd.ip else {
-        return Err(format!("no ip= on the kernel command line for {name} and DHCP is not available in this build"));
-    };
+    let mut nics = nics();
+    if nics.is_empty() {
+        return Err("no network interface: no driver for the NICs? (see the modules loaded above)".into());
+    }
+    // The interface the server booted from first.
+    if let Some(mac) = &cmd.bootif {
+        nics.sort_by_key(|(_, m)| m != mac);
+    }
+    if let Some(ip) = cmd.ip {
+        let (name, mac) = &nics[0];
+        return configure(name, mac, ip.address, ip.netmask, ip.gateway, &cmd.nameservers);
+    }
+    for (name, mac) in &nics {
+        if let Err(e) = ioctl::link_up(name) {
+            say(&format!("bringing {name} up: {e}"));
+            continue;
+        }
+        let Some(hw) = parse_mac(mac) else { continue };
+        say(&format!("no ip= on the command line: DHCP on {name} ({mac})"));
+        match dhcp::acquire(name, hw, Duration::from_secs(15)) {
+            Ok(l) => {
+                let dns = if cmd.nameservers.is_empty() { l.dns.clone() } else { cmd.nameservers.clone() };
+                return configure(name, mac, l.address, l.netmask, l.router, &dns);
+            }
+            Err(e) => say(&format!("DHCP on {name}: {e}")),
+        }
+    }
+    Err("no address: no ip= on the command line and no DHCP answer on any interface".into())
+}
+
+fn parse_mac(mac: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = mac.split(':').filter_map(|p| u8::from_str_radix(p, 16).ok()).collect();
+    v.try_into().ok()
+}
+
+fn configure(
+    name: &str,
+    mac: &str,
+    address: std::net::Ipv4Addr,
+    netmask: std::net::Ipv4Addr,
+    gateway: Option<std::net::Ipv4Addr>,
+    dns: &[std::net::Ipv4Addr],
+) -> Result<(), String> {
     ioctl::link_up(name).map_err(|e| format!("bringing {name} up: {e}"))?;
-    ioctl::set_ipv4(name, ip.address, ip.netmask).map_err(|e| format!("addressing {name}: {e}"))?;
-    if let Some(gw) = ip.gateway {
+    ioctl::set_ipv4(name, address, netmask).map_err(|e| format!("addressing {name}: {e}"))?;
+    if let Some(gw) = gateway {
         ioctl::add_default_route(gw).map_err(|e| format!("default route via {gw}: {e}"))?;
     }
-    let resolv: String = cmd.nameservers.iter().map(|n| format!("nameserver {n}\n")).collect();
+    let resolv: String = dns.iter().map(|n| format!("nameserver {n}\n")).collect();
     let _ = std::fs::create_dir_all("/etc");
     let _ = std::fs::write("/etc/resolv.conf", resolv);
-    say(&format!("network: {name} ({mac}) {}/{} via {:?}", ip.address, ip.netmask, ip.gateway));
+    say(&format!("network: {name} ({mac}) {address}/{netmask} via {gateway:?}"));
     Ok(())
 }
 
