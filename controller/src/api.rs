@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use byoi_wire::agent::{
     Action, ActionResponse, ConfigDriveJob, Disk, DiskSelector, Hello, Inventory, Job, JobResponse, ProgressReport,
-    ResultReport,
+    RescueResponse, ResultReport,
 };
 use byoi_wire::Status;
 use bytes::Bytes;
@@ -514,6 +514,19 @@ impl App {
                 }
                 tracing::info!(%server, deployment = d.id, status, %message, "deployment ended");
                 action(if status == "done" { Action::Reboot } else { Action::Wait })
+            }
+            ("GET", "rescue") => {
+                self.db.touch_server(server, None).map_err(internal)?;
+                let history = self.db.history(server).map_err(internal)?;
+                let keys: Vec<String> = history
+                    .iter()
+                    .filter_map(|d| d.request.pointer("/configdrive/sshKeys")?.as_array().cloned())
+                    .find(|k| !k.is_empty())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect();
+                Ok(Response::json(StatusCode::OK, &RescueResponse { action: Action::Wait, ssh_keys: keys }))
             }
             _ => Err(Response::error(StatusCode::NOT_FOUND, format!("No agent call {} {what}", req.method))),
         }

@@ -162,3 +162,80 @@ fn agent_without_ip_uses_dhcp() {
     let hw = http_json(&addr, "GET", "/dedicated/server/vm2/specifications/hardware", Some(TOKEN), None).1;
     assert_eq!(hw["diskGroups"][0]["disks"][0]["serial"], "disk-B", "{hw}");
 }
+
+/// Rescue: after a DELETE the server boots the agent with
+/// `byoi.mode=rescue`; the last deployment's SSH key logs in (dropbear).
+#[test]
+fn rescue_mode_accepts_the_last_deployments_ssh_key() {
+    if !e2e_enabled("smoke-rescue") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let addr = controller(&dir.path().join("data"), TOKEN);
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+    let mac = "52:54:00:12:34:58";
+    http_json(&addr, "POST", "/dedicated/server", Some(TOKEN), Some(&json!({"serviceName": "vm3", "macs": [mac]})));
+    let post = json!({"URL": "http://10.0.2.2:9/x.raw", "configdrive": {"enable": true, "sshKey": public.trim()}});
+    http_json(&addr, "POST", "/dedicated/server/vm3/bringYourOwnImage", Some(TOKEN), Some(&post));
+    let (s, _) = http_json(&addr, "DELETE", "/dedicated/server/vm3/bringYourOwnImage", Some(TOKEN), None);
+    assert_eq!(s, 200);
+    let (_, script) = http_json(&addr, "GET", &format!("/boot/{mac}"), None, None);
+    let script = script.as_str().unwrap().to_owned();
+    assert!(script.contains("byoi.mode=rescue"), "{script}");
+    let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let ssh_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let a = artifacts();
+    let cmdline = format!(
+        "console=ttyS0 byoi.controller=http://10.0.2.2:{port} byoi.token={token} byoi.mode=rescue ip=10.0.2.15::10.0.2.2:255.255.255.0"
+    );
+    let args: Vec<String> = [
+        "-kernel",
+        a.join("vmlinuz").to_str().unwrap(),
+        "-initrd",
+        a.join("initramfs.img").to_str().unwrap(),
+        "-append",
+        &cmdline,
+        "-nic",
+        &format!("user,model=virtio-net-pci,mac={mac},hostfwd=tcp:127.0.0.1:{ssh_port}-:22"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut vm = TestVm::start(&args, Duration::from_secs(240));
+    vm.wait_for("byoi: rescue mode: SSH on port 22 for 1 key(s)", Duration::from_secs(120));
+    let mut last = String::new();
+    for _ in 0..30 {
+        let out = std::process::Command::new("ssh")
+            .args([
+                "-i",
+                key.to_str().unwrap(),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+            ])
+            .args(["-p", &ssh_port.to_string(), "root@127.0.0.1", "echo rescue-ok; cat /proc/cmdline"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if stdout.contains("rescue-ok") {
+            assert!(stdout.contains("byoi.mode=rescue"), "{stdout}");
+            return;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!("no SSH login into the rescue agent: {last}\n{}", vm.console());
+}

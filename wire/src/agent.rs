@@ -188,3 +188,13 @@ pub struct ActionResponse {
     /// What to do.
     pub action: Action,
 }
+
+/// Answer to `GET /agent/v1/rescue`: who may log in over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RescueResponse {
+    /// What to do.
+    pub action: Action,
+    /// The SSH keys of the server's last deployment that had any.
+    pub ssh_keys: Vec<String>,
+}

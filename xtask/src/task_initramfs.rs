@@ -225,6 +225,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     for applet in APPLETS {
         a.symlink(&format!("bin/{applet}"), "busybox");
     }
+    let dropbear = add_dropbear(&mut a, &cache)?;
     let mut firmware_files = 0;
     if let Some(fw) = &opts.firmware_dir {
         for entry in walk(fw)? {
@@ -250,6 +251,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
         "needFirmware": NEED_FIRMWARE.iter().map(|(m, f)| serde_json::json!({"module": m, "firmware": f})).collect::<Vec<_>>(),
         "firmwareFiles": firmware_files,
         "busybox": bbversion,
+        "dropbear": dropbear,
         "agent": { "bytes": agent.len(), "sha256": sha256_hex(&agent), "static": true },
         "vmlinuz": { "bytes": vmlinuz.len(), "sha256": sha256_hex(&vmlinuz) },
         "initramfs": { "bytes": img.len(), "uncompressedBytes": cpio.len(), "compression": "zstd", "sha256": sha256_hex(&img), "entries": a.len() },
@@ -270,6 +272,40 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
         bail!("the initramfs is {} bytes, over the 20 MB budget", img.len());
     }
     Ok(())
+}
+
+/// Dropbear for SSH in rescue mode. Debian's is dynamically linked: the
+/// libraries it needs (and the dynamic loader) come from their packages.
+fn add_dropbear(a: &mut Archive, cache: &Path) -> anyhow::Result<String> {
+    let (dir, version) = fetch_deb("dropbear-bin", cache)?;
+    a.file("usr/sbin/dropbear", 0o755, std::fs::read(dir.join("usr/sbin/dropbear"))?);
+    a.file("usr/bin/dropbearkey", 0o755, std::fs::read(dir.join("usr/bin/dropbearkey"))?);
+    let libs: &[(&str, &[&str])] = &[
+        ("libc6", &["libc.so.6", "ld-linux-x86-64.so.2"]),
+        ("libcrypt1", &["libcrypt.so.1"]),
+        ("libtomcrypt1", &["libtomcrypt.so.1"]),
+        ("libtommath1", &["libtommath.so.1"]),
+        ("zlib1g", &["libz.so.1"]),
+        ("libgmp10", &["libgmp.so.10"]),
+    ];
+    for (package, sonames) in libs {
+        let (pdir, _) = fetch_deb(package, cache)?;
+        for soname in *sonames {
+            let found = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"]
+                .iter()
+                .map(|d| pdir.join(d).join(soname))
+                .find(|p| p.exists())
+                .with_context(|| format!("{soname} not in {package}"))?;
+            // fs::read follows the soname symlink to the real file.
+            a.file(&format!("lib/x86_64-linux-gnu/{soname}"), 0o755, std::fs::read(found)?);
+        }
+    }
+    a.symlink("lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
+    a.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec());
+    a.file("etc/group", 0o644, b"root:x:0:\n".to_vec());
+    a.file("etc/shells", 0o644, b"/bin/sh\n".to_vec());
+    a.dir("etc/dropbear");
+    Ok(version)
 }
 
 fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {

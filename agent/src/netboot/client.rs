@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use byoi_wire::agent::{Action, ActionResponse, Hello, JobResponse, ProgressReport, ResultReport};
+use byoi_wire::agent::{Action, ActionResponse, Hello, JobResponse, ProgressReport, RescueResponse, ResultReport};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -135,6 +135,11 @@ impl Controller {
     /// Reports progress.
     pub fn progress(&self, p: &ProgressReport) -> Result<Action, ClientError> {
         self.call::<ActionResponse>("POST", "progress", Some(p)).map(|r| r.action)
+    }
+
+    /// Rescue mode: the SSH keys to accept.
+    pub fn rescue(&self) -> Result<RescueResponse, ClientError> {
+        self.call::<RescueResponse>("GET", "rescue", None::<&()>)
     }
 
     /// Reports the result.
