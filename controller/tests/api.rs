@@ -18,22 +18,7 @@ use serde_json::{json, Value};
 const TOKEN: &str = "operator-token";
 
 fn app_in(dir: &Path, timeout: Duration) -> App {
-    let artifacts = dir.join("artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    std::fs::write(artifacts.join("vmlinuz"), b"KERNEL-0123456789").unwrap();
-    std::fs::write(artifacts.join("initramfs.img"), b"INITRAMFS").unwrap();
-    let db = Db::open(&dir.join("byoi.sqlite")).unwrap();
-    App::new(
-        db,
-        Config {
-            api_token: TOKEN.into(),
-            artifacts,
-            public_url: None,
-            scheme: "http",
-            agent_timeout: timeout,
-            boot_timeout: Duration::from_secs(600),
-        },
-    )
+    app_with_boot_timeout(dir, timeout, Duration::from_secs(600))
 }
 
 async fn call(app: &App, method: Method, path: &str, body: Option<Value>) -> Response {

@@ -164,3 +164,64 @@ pub fn http_json(
     let text = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
 }
+
+/// Serves one file over HTTP/1.0 on 127.0.0.1 (the guest sees 10.0.2.2);
+/// returns the port.
+pub fn serve_file(data: Vec<u8>) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut req = [0u8; 4096];
+            let _ = c.read(&mut req);
+            let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+            let _ = c.write_all(&data);
+        }
+    });
+    port
+}
+
+/// Registers `name` with `mac`, posts `deployment` (None: no POST), and
+/// returns the agent token of the script the controller serves now.
+pub fn register_and_post(
+    addr: &str,
+    token: &str,
+    name: &str,
+    mac: &str,
+    deployment: Option<&serde_json::Value>,
+) -> String {
+    let (s, body) = http_json(
+        addr,
+        "POST",
+        "/dedicated/server",
+        Some(token),
+        Some(&serde_json::json!({"serviceName": name, "macs": [mac]})),
+    );
+    assert_eq!(s, 201, "{body}");
+    if let Some(d) = deployment {
+        let (s, body) =
+            http_json(addr, "POST", &format!("/dedicated/server/{name}/bringYourOwnImage"), Some(token), Some(d));
+        assert_eq!(s, 200, "{body}");
+    }
+    agent_token(addr, mac)
+}
+
+/// The agent token in the script the controller serves for `mac` now.
+pub fn agent_token(addr: &str, mac: &str) -> String {
+    let (_, script) = http_json(addr, "GET", &format!("/boot/{mac}"), None, None);
+    let script = script.as_str().unwrap_or_default().to_owned();
+    script.split("byoi.token=").nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or_default().to_owned()
+}
+
+/// QEMU arguments to boot our kernel and initramfs directly.
+pub fn direct_boot(cmdline: &str) -> Vec<String> {
+    let a = artifacts();
+    vec![
+        "-kernel".into(),
+        a.join("vmlinuz").display().to_string(),
+        "-initrd".into(),
+        a.join("initramfs.img").display().to_string(),
+        "-append".into(),
+        cmdline.into(),
+    ]
+}

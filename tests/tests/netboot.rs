@@ -4,29 +4,13 @@
 //! and reboots; afterwards the controller serves the local-disk script.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::net::TcpListener;
 use std::time::Duration;
 
-use byoi_e2e::{controller, e2e_enabled, http_json, TestVm};
+use byoi_e2e::{controller, e2e_enabled, http_json, serve_file, TestVm};
 use serde_json::json;
 
 const TOKEN: &str = "e2e-token";
 const MAC: &str = "52:54:00:65:43:21";
-
-fn serve_file(data: Vec<u8>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            let mut req = [0u8; 4096];
-            let _ = std::io::Read::read(&mut c, &mut req);
-            let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
-            let _ = c.write_all(&data);
-        }
-    });
-    port
-}
 
 #[test]
 fn bios_ipxe_netboot_deploys_and_then_boots_local() {

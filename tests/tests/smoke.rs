@@ -1,33 +1,28 @@
-//! QEMU smoke test of the netbooted agent: the Debian kernel and our
-//! initramfs booted directly (TCG), a virtio disk and NIC, slirp to a
+//! QEMU smoke tests of the netbooted agent: the Debian kernel and our
+//! initramfs booted directly (TCG), virtio disk and NIC, slirp to a
 //! controller on the host (10.0.2.2). The agent loads its modules, brings
-//! up the network from `ip=`, says hello (the disk shows in
-//! `specifications/hardware`), runs a deployment and reboots.
+//! up the network (from `ip=`, or DHCP), says hello (the disk shows in
+//! `specifications/hardware`), runs a deployment and reboots; in rescue
+//! mode it takes SSH logins with the last deployment's key.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use byoi_e2e::{artifacts, controller, e2e_enabled, http_json, TestVm};
+use byoi_e2e::{artifacts, controller, direct_boot, e2e_enabled, http_json, register_and_post, serve_file, TestVm};
 use serde_json::json;
 
 const TOKEN: &str = "e2e-token";
-const MAC: &str = "52:54:00:12:34:56";
 
-/// Serves one file over HTTP/1.0 on 127.0.0.1 (the guest sees 10.0.2.2).
-fn serve_file(data: Vec<u8>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            let mut req = [0u8; 4096];
-            let _ = std::io::Read::read(&mut c, &mut req);
-            let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
-            let _ = c.write_all(&data);
-        }
-    });
-    port
+fn disk_args(disk: &std::path::Path, serial: &str, mac: &str, nic_extra: &str) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!("file={},if=none,id=d0,format=raw", disk.display()),
+        "-device".into(),
+        format!("virtio-blk-pci,drive=d0,serial={serial}"),
+        "-nic".into(),
+        format!("user,model=virtio-net-pci,mac={mac}{nic_extra}"),
+    ]
 }
 
 #[test]
@@ -39,7 +34,7 @@ fn agent_boots_says_hello_and_deploys() {
     let dir = tempfile::tempdir().unwrap();
     let addr = controller(&dir.path().join("data"), TOKEN);
     let port = addr.rsplit(':').next().unwrap().to_owned();
-
+    let mac = "52:54:00:12:34:56";
     // A small MBR disk image.
     let mut image = vec![0u8; 4 << 20];
     for (i, b) in image.iter_mut().enumerate().skip(1 << 20) {
@@ -52,49 +47,24 @@ fn agent_boots_says_hello_and_deploys() {
         sha2::Sha256::digest(&image).iter().map(|b| format!("{b:02x}")).collect()
     };
     let img_port = serve_file(image.clone());
-
-    let (s, _) =
-        http_json(&addr, "POST", "/dedicated/server", Some(TOKEN), Some(&json!({"serviceName": "vm1", "macs": [MAC]})));
-    assert_eq!(s, 201);
     let post =
         json!({"URL": format!("http://10.0.2.2:{img_port}/disk.raw"), "checkSum": sum, "checkSumType": "sha256"});
-    let (s, body) = http_json(&addr, "POST", "/dedicated/server/vm1/bringYourOwnImage", Some(TOKEN), Some(&post));
-    assert_eq!(s, 200, "{body}");
-    let (_, script) = http_json(&addr, "GET", &format!("/boot/{MAC}"), None, None);
-    let script = script.as_str().unwrap().to_owned();
-    let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
-
+    let token = register_and_post(&addr, TOKEN, "vm1", mac, Some(&post));
     let disk = dir.path().join("disk.raw");
     std::fs::File::create(&disk).unwrap().set_len(256 << 20).unwrap();
-    let a = artifacts();
     let cmdline = format!(
         "console=ttyS0 byoi.controller=http://10.0.2.2:{port} byoi.token={token} ip=10.0.2.15::10.0.2.2:255.255.255.0 nameserver=10.0.2.3 BOOTIF=01-{}",
-        MAC.replace(':', "-")
+        mac.replace(':', "-")
     );
-    let args: Vec<String> = [
-        "-kernel",
-        a.join("vmlinuz").to_str().unwrap(),
-        "-initrd",
-        a.join("initramfs.img").to_str().unwrap(),
-        "-append",
-        &cmdline,
-        "-drive",
-        &format!("file={},if=none,id=d0,format=raw", disk.display()),
-        "-device",
-        "virtio-blk-pci,drive=d0,serial=disk-A",
-        "-nic",
-        &format!("user,model=virtio-net-pci,mac={MAC}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = direct_boot(&cmdline);
+    args.extend(disk_args(&disk, "disk-A", mac, ""));
     let mut vm = TestVm::start(&args, Duration::from_secs(300));
     vm.wait_for("byoi: loaded virtio_blk", Duration::from_secs(120));
     vm.wait_for("byoi: network: eth0 (52:54:00:12:34:56) 10.0.2.15", Duration::from_secs(60));
     vm.wait_for("byoi: target /dev/vda", Duration::from_secs(60));
     let hw = http_json(&addr, "GET", "/dedicated/server/vm1/specifications/hardware", Some(TOKEN), None).1;
     assert_eq!(hw["diskGroups"][0]["disks"][0]["serial"], "disk-A", "{hw}");
-    assert_eq!(hw["nics"][0]["mac"], MAC);
+    assert_eq!(hw["nics"][0]["mac"], mac);
     vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(120));
     assert!(vm.wait_exit(Duration::from_secs(30)), "the VM did not reboot");
     let st = http_json(&addr, "GET", "/dedicated/server/vm1/bringYourOwnImage", Some(TOKEN), None).1;
@@ -113,45 +83,12 @@ fn agent_without_ip_uses_dhcp() {
     let dir = tempfile::tempdir().unwrap();
     let addr = controller(&dir.path().join("data"), TOKEN);
     let port = addr.rsplit(':').next().unwrap().to_owned();
-    let (s, _) = http_json(
-        &addr,
-        "POST",
-        "/dedicated/server",
-        Some(TOKEN),
-        Some(&json!({"serviceName": "vm2", "macs": ["52:54:00:12:34:57"]})),
-    );
-    assert_eq!(s, 201);
-    http_json(
-        &addr,
-        "POST",
-        "/dedicated/server/vm2/bringYourOwnImage",
-        Some(TOKEN),
-        Some(&json!({"URL": "http://10.0.2.2:9/none.raw"})),
-    );
-    let (_, script) = http_json(&addr, "GET", "/boot/52:54:00:12:34:57", None, None);
-    let script = script.as_str().unwrap().to_owned();
-    let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let mac = "52:54:00:12:34:57";
+    let token = register_and_post(&addr, TOKEN, "vm2", mac, Some(&json!({"URL": "http://10.0.2.2:9/none.raw"})));
     let disk = dir.path().join("disk.raw");
     std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
-    let a = artifacts();
-    let cmdline = format!("console=ttyS0 byoi.controller=http://10.0.2.2:{port} byoi.token={token}");
-    let args: Vec<String> = [
-        "-kernel",
-        a.join("vmlinuz").to_str().unwrap(),
-        "-initrd",
-        a.join("initramfs.img").to_str().unwrap(),
-        "-append",
-        &cmdline,
-        "-drive",
-        &format!("file={},if=none,id=d0,format=raw", disk.display()),
-        "-device",
-        "virtio-blk-pci,drive=d0,serial=disk-B",
-        "-nic",
-        "user,model=virtio-net-pci,mac=52:54:00:12:34:57",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = direct_boot(&format!("console=ttyS0 byoi.controller=http://10.0.2.2:{port} byoi.token={token}"));
+    args.extend(disk_args(&disk, "disk-B", mac, ""));
     let mut vm = TestVm::start(&args, Duration::from_secs(240));
     vm.wait_for("byoi: no ip= on the command line: DHCP on eth0", Duration::from_secs(120));
     vm.wait_for(
@@ -182,51 +119,28 @@ fn rescue_mode_accepts_the_last_deployments_ssh_key() {
     let addr = controller(&dir.path().join("data"), TOKEN);
     let port = addr.rsplit(':').next().unwrap().to_owned();
     let mac = "52:54:00:12:34:58";
-    http_json(&addr, "POST", "/dedicated/server", Some(TOKEN), Some(&json!({"serviceName": "vm3", "macs": [mac]})));
     let post = json!({"URL": "http://10.0.2.2:9/x.raw", "configdrive": {"enable": true, "sshKey": public.trim()}});
-    http_json(&addr, "POST", "/dedicated/server/vm3/bringYourOwnImage", Some(TOKEN), Some(&post));
+    register_and_post(&addr, TOKEN, "vm3", mac, Some(&post));
     let (s, _) = http_json(&addr, "DELETE", "/dedicated/server/vm3/bringYourOwnImage", Some(TOKEN), None);
     assert_eq!(s, 200);
-    let (_, script) = http_json(&addr, "GET", &format!("/boot/{mac}"), None, None);
-    let script = script.as_str().unwrap().to_owned();
-    assert!(script.contains("byoi.mode=rescue"), "{script}");
-    let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let token = byoi_e2e::agent_token(&addr, mac);
     let ssh_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let a = artifacts();
     let cmdline = format!(
         "console=ttyS0 byoi.controller=http://10.0.2.2:{port} byoi.token={token} byoi.mode=rescue ip=10.0.2.15::10.0.2.2:255.255.255.0"
     );
-    let args: Vec<String> = [
-        "-kernel",
-        a.join("vmlinuz").to_str().unwrap(),
-        "-initrd",
-        a.join("initramfs.img").to_str().unwrap(),
-        "-append",
-        &cmdline,
-        "-nic",
-        &format!("user,model=virtio-net-pci,mac={mac},hostfwd=tcp:127.0.0.1:{ssh_port}-:22"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = direct_boot(&cmdline);
+    args.extend([
+        "-nic".to_owned(),
+        format!("user,model=virtio-net-pci,mac={mac},hostfwd=tcp:127.0.0.1:{ssh_port}-:22"),
+    ]);
     let mut vm = TestVm::start(&args, Duration::from_secs(240));
     vm.wait_for("byoi: rescue mode: SSH on port 22 for 1 key(s)", Duration::from_secs(120));
     let mut last = String::new();
     for _ in 0..30 {
         let out = std::process::Command::new("ssh")
-            .args([
-                "-i",
-                key.to_str().unwrap(),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-            ])
-            .args(["-p", &ssh_port.to_string(), "root@127.0.0.1", "echo rescue-ok; cat /proc/cmdline"])
+            .args(["-i", key.to_str().unwrap(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", &ssh_port.to_string()])
+            .args(["root@127.0.0.1", "echo rescue-ok; cat /proc/cmdline"])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
