@@ -81,6 +81,19 @@ fn inventory() -> Value {
     serde_json::to_value(Hello { inventory: inv, version: "test".into() }).unwrap()
 }
 
+/// Registers s1 (manual power), posts `body`, netboots it, says hello and
+/// fetches the job: returns (agent token, deployment id).
+async fn running_job(app: &App, body: Value) -> (String, i64) {
+    add_server(app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let r = call(app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
+    let (_, token) = netboot(app, "52:54:00:00:00:01").await;
+    let token = token.unwrap();
+    agent(app, &token, Method::POST, "hello", Some(inventory())).await;
+    let job: JobResponse = serde_json::from_slice(&agent(app, &token, Method::GET, "job", None).await.body).unwrap();
+    (token, job.job.unwrap().deployment_id)
+}
+
 fn action(r: &Response) -> String {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
     r.json_body()["action"].as_str().unwrap().to_owned()
@@ -273,14 +286,7 @@ async fn a_simulated_agent_drives_a_deployment_to_done() {
 async fn an_error_waits_for_the_next_post_without_a_reboot() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60));
-    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
-    let post = json!({"URL": "http://x/bad.raw"});
-    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(post)).await;
-    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
-    let token = token.unwrap();
-    agent(&app, &token, Method::POST, "hello", Some(inventory())).await;
-    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
-    let id = job.job.unwrap().deployment_id;
+    let (token, id) = running_job(&app, json!({"URL": "http://x/bad.raw"})).await;
     let msg = "Bad sha256 for downloaded file, got: aa while expecting bb.";
     let err = json!({"deploymentId": id, "status": "error", "code": "checksum-mismatch", "message": msg});
     assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(err)).await), "wait");
@@ -307,13 +313,7 @@ async fn an_error_waits_for_the_next_post_without_a_reboot() {
 async fn delete_aborts_the_agent_and_sends_the_server_to_rescue() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60));
-    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
-    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/i"}))).await;
-    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
-    let token = token.unwrap();
-    agent(&app, &token, Method::POST, "hello", Some(inventory())).await;
-    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
-    let id = job.job.unwrap().deployment_id;
+    let (token, id) = running_job(&app, json!({"URL": "http://x/i"})).await;
     let r = call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
     assert_eq!(r.status, StatusCode::OK);
     let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 1, "bytesTotal": 2});
@@ -341,12 +341,7 @@ async fn delete_aborts_the_agent_and_sends_the_server_to_rescue() {
 async fn silent_agents_fail_their_deployment() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(0));
-    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
-    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/i"}))).await;
-    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
-    let token = token.unwrap();
-    agent(&app, &token, Method::POST, "hello", Some(inventory())).await;
-    agent(&app, &token, Method::GET, "job", None).await;
+    running_job(&app, json!({"URL": "http://x/i"})).await;
     app.expire_silent_agents();
     assert_eq!(
         call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body()["status"],
@@ -608,13 +603,7 @@ async fn a_server_that_never_netboots_fails_after_the_boot_timeout() {
 async fn reports_racing_a_delete_are_told_to_abort() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60));
-    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
-    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
-    let (_, t) = netboot(&app, "52:54:00:00:00:01").await;
-    let t = t.unwrap();
-    agent(&app, &t, Method::POST, "hello", Some(inventory())).await;
-    let job: JobResponse = serde_json::from_slice(&agent(&app, &t, Method::GET, "job", None).await.body).unwrap();
-    let id = job.job.unwrap().deployment_id;
+    let (t, id) = running_job(&app, json!({"URL": "http://x/1"})).await;
     call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
     let done = json!({"deploymentId": id, "status": "done", "message": "ok"});
     assert_ne!(
