@@ -742,6 +742,7 @@ fn status_json(d: &DeploymentRow) -> serde_json::Value {
         "message": d.message,
         "checksum": d.checksum.as_ref().and_then(|c| c.split_once(':').map(|(_, h)| h.to_owned())),
         "servername": d.server,
+        "description": d.request.get("description").cloned().unwrap_or(serde_json::Value::Null),
         "deploymentId": d.id,
         "stage": d.stage,
         "bytesDone": d.bytes_done,

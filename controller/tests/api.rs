@@ -225,7 +225,7 @@ async fn a_simulated_agent_drives_a_deployment_to_done() {
     assert!(script.contains("sanboot"), "a server with nothing to do boots its disk: {script}");
     assert!(token.is_none());
 
-    let body = json!({"URL": "https://img.example/debian.qcow2", "checkSum": "AB".repeat(32), "checkSumType": "sha256", "type": "qcow2",
+    let body = json!({"URL": "https://img.example/debian.qcow2", "checkSum": "AB".repeat(32), "checkSumType": "sha256", "type": "qcow2", "description": "debian 12",
         "diskGroupId": 1, "httpHeader": {"Authorization": "Bearer x"}, "efiBootloaderPath": "\\EFI\\debian\\shimx64.efi",
         "configdrive": {"enable": true, "hostname": "web1", "sshKey": "ssh-ed25519 AAAA", "userData": "#cloud-config\n", "userMetadatas": {"role": "db"}}});
     let r = call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(body.clone())).await;
@@ -236,6 +236,7 @@ async fn a_simulated_agent_drives_a_deployment_to_done() {
         (Some("doing"), Some("starting"), Some("waiting-for-agent"))
     );
     assert_eq!(st["checksum"], "ab".repeat(32));
+    assert_eq!(st["description"], "debian 12");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "cycle\n", "POST power-cycles the server");
     let r = call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(body)).await;
     assert_eq!(r.status, StatusCode::CONFLICT);

@@ -24,7 +24,9 @@ const CHUNK: usize = 256 << 10;
 pub(crate) fn open(url: &str, path: PathBuf, hash: Option<HashFeeder>, progress: Arc<Progress>) -> Result<Opened> {
     let fail = |e: std::io::Error| DeployError::Download { url: url.to_owned(), reason: e.to_string() };
     let mut file = File::open(&path).map_err(fail)?;
-    let len = file.metadata().map_err(fail)?.len();
+    // Seeking to the end also sizes block devices (metadata says 0).
+    let len = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(fail)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(fail)?;
     let ranger = FileRanger { file: file.try_clone().map_err(fail)?, url: url.to_owned() };
     progress.set_total(Some(len));
     let (tx, rx) = mpsc::channel(DATA_QUEUE_CHUNKS);
