@@ -3,6 +3,7 @@
 
 mod task_initramfs;
 mod task_lint;
+mod task_test;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,12 +15,14 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   lint        cargo fmt --check and cargo clippy -D warnings over the workspace
   initramfs   [--flavour generic|cloud] [--firmware-dir DIR]: the agent's kernel
-              and initramfs in target/byoi (vmlinuz, initramfs.img, manifest.json)";
+              and initramfs in target/byoi (vmlinuz, initramfs.img, manifest.json)
+  test        lint, initramfs, then every test with the QEMU suites (BYOI_E2E=1)";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1);
     match task.as_deref() {
         Some("lint") => task_lint::run(),
+        Some("test") => task_test::run(),
         Some("initramfs") => task_initramfs::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
