@@ -24,16 +24,24 @@ impl Drop for Controller {
 }
 
 fn start(data_dir: &Path) -> Controller {
+    start_with(data_dir, &[], "http")
+}
+
+/// `byoi serve` on a free port with `extra` arguments; reads the address
+/// it prints (`listening on SCHEME://ADDR`) and the token it generated.
+fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr], scheme: &str) -> Controller {
     let mut child = Command::new(env!("CARGO_BIN_EXE_byoi"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+    let prefix = format!("listening on {scheme}://");
+    let addr = line.trim().strip_prefix(&prefix).unwrap_or_else(|| panic!("{line:?}")).to_owned();
     let token = std::fs::read_to_string(data_dir.join("api-token")).unwrap().trim().to_owned();
     Controller { child, addr, token }
 }
@@ -230,28 +238,20 @@ fn serve_over_tls() {
         "-out",
         "cert.pem",
     ]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_byoi"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--api-token", "t0k", "--data-dir"])
-        .arg(d.join("data"))
-        .arg("--tls-cert")
-        .arg(d.join("cert.pem"))
-        .arg("--tls-key")
-        .arg(d.join("key.pem"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on https://").unwrap_or_else(|| panic!("{line:?}")).to_owned();
-    let port = addr.rsplit(':').next().unwrap();
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    let tls =
+        [std::ffi::OsStr::new("--tls-cert"), cert.as_os_str(), std::ffi::OsStr::new("--tls-key"), key.as_os_str()];
+    let c = start_with(&d.join("data"), &tls, "https");
+    let port = c.addr.rsplit(':').next().unwrap();
     let out = Command::new("curl")
         .args(["-sS", "--cacert"])
         .arg(d.join("ca.pem"))
-        .args(["-H", "Authorization: Bearer t0k", &format!("https://localhost:{port}/dedicated/server")])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", c.token),
+            &format!("https://localhost:{port}/dedicated/server"),
+        ])
         .output()
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "[]", "{}", String::from_utf8_lossy(&out.stderr));
 }
