@@ -11,40 +11,22 @@ use std::time::Duration;
 
 use byoi_agent::netboot::client::Controller;
 use byoi_agent::netboot::jobs::{self, Env, Outcome};
-use byoi_controller::server::{serve, ServeOptions};
+use byoi_e2e::{controller_with, http_json};
 use serde_json::json;
-use support::{assert_prefix_eq, disk_image, http_json, Behaviour, Server};
+use support::{assert_prefix_eq, disk_image, Behaviour, Server};
 
 const TOKEN: &str = "op-token";
 const DISK: u64 = 128 << 20;
 
-/// Starts the controller on a thread of its own; returns its address.
+/// Starts the controller (its artifacts are placeholders: the agent runs
+/// in-process, but the boot script needs them to hand out a token).
 fn controller(data: &Path) -> String {
     let artifacts = data.join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     for f in ["vmlinuz", "initramfs.img"] {
         std::fs::write(artifacts.join(f), b"unused: the agent runs in-process").unwrap();
     }
-    let opts = ServeOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data.to_owned(),
-        api_token: Some(TOKEN.into()),
-        artifacts: None,
-        public_url: None,
-        tls: None,
-        agent_timeout: Duration::from_secs(60),
-        boot_timeout: Duration::from_secs(600),
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let (addr, fut) = serve(opts).await.unwrap();
-            tx.send(addr.to_string()).unwrap();
-            fut.await;
-        });
-    });
-    rx.recv().unwrap()
+    controller_with(data, TOKEN, artifacts)
 }
 
 /// A fake /sys, /proc and /dev with one virtio disk backed by a file.

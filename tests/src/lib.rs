@@ -118,11 +118,16 @@ impl Drop for TestVm {
 /// Starts `byoi serve` in-process on 127.0.0.1:0 with `token`; returns the
 /// address. Its artifacts are the workspace's `target/byoi`.
 pub fn controller(data: &Path, token: &str) -> String {
+    controller_with(data, token, artifacts())
+}
+
+/// [`controller`] serving the kernel and initramfs found in `artifacts`.
+pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
     let opts = byoi_controller::server::ServeOptions {
         listen: "127.0.0.1:0".parse().expect("address"),
         data_dir: data.to_owned(),
         api_token: Some(token.into()),
-        artifacts: Some(artifacts()),
+        artifacts: Some(artifacts),
         public_url: None,
         tls: None,
         agent_timeout: Duration::from_secs(120),

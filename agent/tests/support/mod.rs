@@ -360,29 +360,3 @@ pub fn ends_wiped(target: &Path) -> bool {
     let mib = 1 << 20;
     got[..mib].iter().all(|&b| b == 0) && got[got.len() - mib..].iter().all(|&b| b == 0)
 }
-
-/// One HTTP/1.1 JSON request with `Connection: close`; returns (status,
-/// body as JSON or Null).
-pub fn http_json(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut raw = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut s, &mut raw);
-    let resp = String::from_utf8_lossy(&raw).into_owned();
-    let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let text = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
-}
