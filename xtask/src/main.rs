@@ -1,6 +1,8 @@
 //! `cargo xtask`: build and test automation (matklad's cargo-xtask pattern).
 //! One module per task; paths come from `CARGO_MANIFEST_DIR`.
 
+mod deb;
+mod task_image;
 mod task_initramfs;
 mod task_lint;
 mod task_test;
@@ -16,6 +18,8 @@ tasks:
   lint        cargo fmt --check and cargo clippy -D warnings over the workspace
   initramfs   [--flavour generic|cloud] [--firmware-dir DIR]: the agent's kernel
               and initramfs in target/byoi (vmlinuz, initramfs.img, manifest.json)
+  image       tiny: the test OS images (UEFI/GPT with a UKI, BIOS/MBR with
+              syslinux) in target/byoi/images
   test        lint, initramfs, then every test with the QEMU suites (BYOI_E2E=1)";
 
 fn main() -> anyhow::Result<()> {
@@ -23,6 +27,7 @@ fn main() -> anyhow::Result<()> {
     match task.as_deref() {
         Some("lint") => task_lint::run(),
         Some("test") => task_test::run(),
+        Some("image") => task_image::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("initramfs") => task_initramfs::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");

@@ -13,6 +13,7 @@ use byoi_initramfs::cpio::{Archive, Entry};
 use byoi_initramfs::kmod::{module_name, Aliases, ModulesDep};
 use sha2::{Digest, Sha256};
 
+use crate::deb::{self, fetch_deb, output};
 use crate::{root, run};
 
 /// The agent's target: static, no libc on the initramfs.
@@ -64,7 +65,7 @@ pub const NEED_FIRMWARE: &[(&str, &str)] = &[
 const APPLETS: &[&str] = &[
     "sh", "ash", "ls", "cat", "cp", "mv", "rm", "mkdir", "mount", "umount", "dmesg", "ip", "ping", "ps", "kill", "dd",
     "sync", "reboot", "poweroff", "vi", "less", "grep", "sed", "awk", "lsmod", "modprobe", "insmod", "df", "free",
-    "hexdump", "wget", "udhcpc", "blkid", "fdisk", "sleep", "uname", "echo", "head", "tail", "find", "chmod", "ln",
+    "hexdump", "wget", "udhcpc", "findfs", "fdisk", "sleep", "uname", "echo", "head", "tail", "find", "chmod", "ln",
 ];
 
 struct Options {
@@ -88,52 +89,6 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         bail!("--flavour is generic or cloud, not {:?}", o.flavour);
     }
     Ok(o)
-}
-
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Downloads (once, into `cache`) and unpacks a Debian package; returns
-/// the unpack directory and the package's version.
-fn fetch_deb(package: &str, cache: &Path) -> anyhow::Result<(PathBuf, String)> {
-    let show = match output(Command::new("apt-cache").args(["show", "--no-all-versions", package])) {
-        Ok(s) if !s.trim().is_empty() => s,
-        _ => {
-            run(Command::new("apt-get").args(["update", "-qq"]))?;
-            output(Command::new("apt-cache").args(["show", "--no-all-versions", package]))?
-        }
-    };
-    let version = show.lines().find_map(|l| l.strip_prefix("Version: ")).context("no Version")?.trim().to_owned();
-    let deb_name = format!("{package}_{}_amd64.deb", version.replace(':', "%3a"));
-    let deb = cache.join(&deb_name);
-    if !deb.exists() {
-        output(Command::new("apt-get").args(["download", "-qq", &format!("{package}={version}")]).current_dir(cache))?;
-    }
-    let dir = cache.join(format!("{package}-{version}"));
-    if !dir.exists() {
-        let tmp = cache.join(format!(".{package}.tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
-        std::fs::rename(&tmp, &dir)?;
-    }
-    Ok((dir, version))
-}
-
-/// The kernel package a metapackage points to.
-fn resolve_kernel(meta: &str) -> anyhow::Result<String> {
-    let show = output(Command::new("apt-cache").args(["show", "--no-all-versions", meta])).or_else(|_| {
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        output(Command::new("apt-cache").args(["show", "--no-all-versions", meta]))
-    })?;
-    let depends = show.lines().find_map(|l| l.strip_prefix("Depends: ")).context("metapackage without Depends")?;
-    let first = depends.split(',').next().unwrap_or_default().split('|').next().unwrap_or_default();
-    let name = first.split_whitespace().next().context("empty Depends")?;
-    Ok(name.to_owned())
 }
 
 /// Whether an ELF file asks for a program interpreter (is dynamic).
@@ -174,23 +129,10 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     }
 
     // 2. The kernel and its modules.
-    let meta = if opts.flavour == "cloud" { "linux-image-cloud-amd64" } else { "linux-image-amd64" };
-    let kpkg = resolve_kernel(meta)?;
-    let (kdir, kpkg_version) = fetch_deb(&kpkg, &cache)?;
-    let kver = std::fs::read_dir(kdir.join("lib/modules"))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .next()
-        .context("no lib/modules/VERSION in the kernel package")?;
-    let moddir = kdir.join("lib/modules").join(&kver);
-    // The package leaves modules.dep and modules.alias to depmod at
-    // install time: run it on the unpacked tree.
-    if !moddir.join("modules.dep").exists() {
-        let depmod =
-            ["/sbin/depmod", "/usr/sbin/depmod"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("depmod");
-        output(Command::new(depmod).arg("-b").arg(&kdir).arg(&kver))?;
-    }
-    let vmlinuz = std::fs::read(kdir.join(format!("boot/vmlinuz-{kver}")))?;
+    let kernel = deb::kernel(&opts.flavour, &cache)?;
+    let (kpkg, kpkg_version, kver, moddir) =
+        (&kernel.package, &kernel.package_version, &kernel.version, &kernel.moddir);
+    let vmlinuz = std::fs::read(&kernel.vmlinuz)?;
     let deps = ModulesDep::parse(&std::fs::read_to_string(moddir.join("modules.dep"))?);
     let builtin: BTreeSet<String> =
         std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default().lines().map(module_name).collect();

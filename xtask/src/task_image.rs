@@ -1,0 +1,352 @@
+//! `cargo xtask image tiny|debian`: the OS images deployed by the e2e
+//! tests and the demo, built without loop devices or mounts.
+//!
+//! `tiny` is a test OS that boots in seconds under TCG: the agent's Debian
+//! kernel with a small busybox initramfs whose `/init` finds the
+//! ConfigDrive (`config-2` or `cidata`), prints its hostname, first SSH
+//! key and a SHA-256 of the user data on the serial console, and powers
+//! off. It comes as
+//! - `tiny-uefi.raw`/`.qcow2`: GPT, one ESP holding a unified kernel image
+//!   (systemd's EFI stub + kernel + initramfs + command line, joined with
+//!   `objcopy`) at `\EFI\BOOT\BOOTX64.EFI`;
+//! - `tiny-bios.raw`: MBR, one active FAT partition booted by syslinux
+//!   (`mbr.bin`, `syslinux --offset` through mtools).
+//!
+//! Images go to `target/byoi/images`.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use byoi_initramfs::cpio::{Archive, Entry};
+use byoi_initramfs::kmod::ModulesDep;
+
+use crate::deb::{self, fetch_deb, output, Kernel};
+use crate::{root, run};
+
+/// What the test OS needs to find its ConfigDrive and read EFI variables.
+const TINY_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "nvme",
+    "ahci",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+    "isofs",
+    "efivarfs",
+];
+
+const TINY_APPLETS: &[&str] = &[
+    "sh",
+    "mount",
+    "insmod",
+    "uname",
+    "od",
+    "tr",
+    "findfs",
+    "grep",
+    "cut",
+    "head",
+    "sed",
+    "sleep",
+    "sha256sum",
+    "poweroff",
+    "cat",
+    "ls",
+    "dmesg",
+];
+
+/// The kernel command line of the test OS.
+const TINY_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+
+/// The test OS's `/init`. Every line it prints starts with `testos:`; the
+/// e2e tests and the demo wait for them.
+const TINY_INIT: &str = r#"#!/bin/sh
+# byoi test OS: report the ConfigDrive on the console, then power off.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read -r m; do insmod "/lib/modules/$(uname -r)/$m" 2>/dev/null; done < /etc/modules
+if [ -d /sys/firmware/efi ]; then
+    mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+    set -- $(od -An -tx1 -j4 -N2 /sys/firmware/efi/efivars/BootCurrent-8be4df61-93ca-11d2-aa0d-00e098032b8c | tr a-f A-F)
+    echo "testos: booted uefi Boot$2$1"
+else
+    echo "testos: booted bios"
+fi
+dev=
+i=0
+while [ -z "$dev" ] && [ $i -lt 50 ]; do
+    for label in config-2 CONFIG-2 cidata CIDATA; do
+        [ -n "$dev" ] || dev=$(findfs "LABEL=$label" 2>/dev/null)
+    done
+    [ -n "$dev" ] || { sleep 0.2; i=$((i + 1)); }
+done
+if [ -z "$dev" ]; then
+    echo "testos: no configdrive"
+else
+    mount -o ro "$dev" /mnt
+    if [ -d /mnt/openstack ]; then
+        kind=config-2 meta=/mnt/openstack/latest/meta_data.json ud=/mnt/openstack/latest/user_data
+    else
+        kind=cidata meta=/mnt/meta-data ud=/mnt/user-data
+    fi
+    echo "testos: configdrive $kind on $dev"
+    echo "testos: hostname=$(sed -n 's/^ *"\(local-\)\{0,1\}hostname": *"\([^"]*\)".*/\2/p' "$meta" | head -n1)"
+    echo "testos: ssh-key=$(sed -n 's/.*"\(ssh-[^"]*\)".*/\1/p' "$meta" | head -n1)"
+    if [ -s "$ud" ]; then
+        echo "testos: user-data-sha256=$(sha256sum < "$ud" | cut -d' ' -f1)"
+    else
+        echo "testos: user-data-sha256=none"
+    fi
+fi
+echo "testos: powering off"
+poweroff -f
+"#;
+
+const SYSLINUX_CFG: &str = "SERIAL 0 115200
+DEFAULT testos
+PROMPT 0
+TIMEOUT 0
+LABEL testos
+  KERNEL /vmlinuz
+  INITRD /initrd.img
+  APPEND console=ttyS0 panic=-1 quiet
+";
+
+/// Where the images go.
+pub fn images_dir() -> PathBuf {
+    root().join("target/byoi/images")
+}
+
+pub fn run_task(args: &[String]) -> anyhow::Result<()> {
+    match args.first().map(String::as_str) {
+        Some("tiny") | None => tiny().map(|_| ()),
+        Some(other) => bail!("unknown image {other:?} (tiny)"),
+    }
+}
+
+/// The tiny test OS images.
+#[derive(Debug)]
+pub struct Tiny {
+    pub uefi_raw: PathBuf,
+    pub uefi_qcow2: PathBuf,
+    pub bios_raw: PathBuf,
+}
+
+/// Builds the tiny test OS images (a few seconds; always rebuilt).
+pub fn tiny() -> anyhow::Result<Tiny> {
+    let out = images_dir();
+    let work = out.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let cache = root().join("target/byoi/cache");
+    std::fs::create_dir_all(&cache)?;
+    let kernel = deb::kernel("generic", &cache)?;
+    let initrd = work.join("initrd.img");
+    std::fs::write(&initrd, tiny_initramfs(&kernel, &cache)?)?;
+
+    // UEFI: a unified kernel image on the ESP of a GPT disk.
+    let (stub_dir, _) = fetch_deb("systemd-boot-efi", &cache)?;
+    let stub = stub_dir.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+    let uki = work.join("BOOTX64.EFI");
+    unified_kernel_image(&stub, &kernel.vmlinuz, &initrd, TINY_CMDLINE, &uki)?;
+    let uefi_raw = out.join("tiny-uefi.raw");
+    gpt_esp_disk(&uefi_raw, 40, 32, &[("EFI/BOOT/BOOTX64.EFI", &uki)], &work)?;
+    let uefi_qcow2 = out.join("tiny-uefi.qcow2");
+    let _ = std::fs::remove_file(&uefi_qcow2);
+    run(Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&uefi_raw).arg(&uefi_qcow2))?;
+
+    // BIOS: syslinux on the active FAT partition of an MBR disk.
+    let (sl_dir, _) = fetch_deb("syslinux", &cache)?;
+    let (slc_dir, _) = fetch_deb("syslinux-common", &cache)?;
+    let cfg = work.join("syslinux.cfg");
+    std::fs::write(&cfg, SYSLINUX_CFG)?;
+    let bios_raw = out.join("tiny-bios.raw");
+    mbr_syslinux_disk(
+        &bios_raw,
+        40,
+        &[
+            ("vmlinuz", &kernel.vmlinuz),
+            ("initrd.img", &initrd),
+            ("syslinux.cfg", &cfg),
+            ("ldlinux.c32", &slc_dir.join("usr/lib/syslinux/modules/bios/ldlinux.c32")),
+        ],
+        &sl_dir.join("usr/bin/syslinux"),
+        &slc_dir.join("usr/lib/syslinux/mbr/mbr.bin"),
+        &work,
+    )?;
+    std::fs::remove_dir_all(&work)?;
+    let tiny = Tiny { uefi_raw, uefi_qcow2, bios_raw };
+    for p in [&tiny.uefi_raw, &tiny.uefi_qcow2, &tiny.bios_raw] {
+        println!("image: {} ({:.1} MB)", p.display(), std::fs::metadata(p)?.len() as f64 / 1e6);
+    }
+    Ok(tiny)
+}
+
+/// The test OS's initramfs: `/init`, busybox, the modules of
+/// [`TINY_MODULES`] and their dependencies, listed in load order in
+/// `/etc/modules`.
+fn tiny_initramfs(kernel: &Kernel, cache: &Path) -> anyhow::Result<Vec<u8>> {
+    let deps = ModulesDep::parse(&std::fs::read_to_string(kernel.moddir.join("modules.dep"))?);
+    // Modules built into this kernel are simply absent from modules.dep.
+    let (paths, _builtin) = deps.closure(TINY_MODULES.iter().copied());
+    let mut a = Archive::new();
+    a.file("init", 0o755, TINY_INIT.as_bytes().to_vec());
+    for d in ["proc", "sys", "dev", "mnt", "etc"] {
+        a.dir(d);
+    }
+    a.add("dev/console", Entry::CharDevice { perm: 0o600, major: 5, minor: 1 });
+    let (bb, _) = fetch_deb("busybox-static", cache)?;
+    a.file("bin/busybox", 0o755, std::fs::read(bb.join("bin/busybox"))?);
+    for applet in TINY_APPLETS {
+        a.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    for p in &paths {
+        a.file(&format!("lib/modules/{}/{p}", kernel.version), 0o644, std::fs::read(kernel.moddir.join(p))?);
+    }
+    a.file("etc/modules", 0o644, paths.iter().map(|p| format!("{p}\n")).collect::<String>().into_bytes());
+    let mut cpio = Vec::new();
+    a.write(&mut cpio)?;
+    Ok(zstd::bulk::compress(&cpio, 19)?)
+}
+
+/// Joins systemd's EFI stub, a kernel, an initramfs and a command line
+/// into one PE image: each part becomes a section placed after the stub's
+/// own, page-aligned (the layout `ukify` produces).
+pub fn unified_kernel_image(
+    stub: &Path,
+    vmlinuz: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let dir = out.parent().context("output has no parent")?;
+    let osrel = dir.join("uki-os-release");
+    std::fs::write(&osrel, "ID=byoi-testos\nNAME=\"byoi test OS\"\n")?;
+    let cmd = dir.join("uki-cmdline");
+    std::fs::write(&cmd, format!("{cmdline}\0"))?;
+    // The stub's end: the highest VMA + size in `objdump -h`.
+    let table = output(Command::new("objdump").arg("-h").arg(stub))?;
+    let end = table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+            (f.len() == 7 && f[1].starts_with('.')).then(|| Some(hex(f[3])? + hex(f[2])?)).flatten()
+        })
+        .max()
+        .context("no sections in the EFI stub")?;
+    let align = |v: u64| (v + 0xfff) & !0xfff;
+    let mut at = align(end);
+    let mut c = Command::new("objcopy");
+    for (section, file) in
+        [(".osrel", &osrel), (".cmdline", &cmd), (".linux", &vmlinuz.to_owned()), (".initrd", &initrd.to_owned())]
+    {
+        c.arg("--add-section").arg(format!("{section}={}", file.display()));
+        c.arg("--change-section-vma").arg(format!("{section}=0x{at:x}"));
+        at = align(at + std::fs::metadata(file)?.len());
+    }
+    run(c.arg(stub).arg(out))
+}
+
+/// A FAT filesystem image of `size_mib`, with `files` copied in
+/// (`dest` paths are relative to its root; directories are created).
+fn fat_image(
+    path: &Path,
+    size_mib: u64,
+    label: &str,
+    hidden_sectors: u64,
+    files: &[(&str, &Path)],
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    output(
+        Command::new("mkfs.vfat")
+            .args(["-C", "-n", label, "-h", &hidden_sectors.to_string()])
+            .arg(path)
+            .arg((size_mib * 1024).to_string()),
+    )?;
+    let image = path.display().to_string();
+    let mut made = std::collections::BTreeSet::new();
+    for (dest, src) in files {
+        let mut dir = String::new();
+        for part in dest.split('/').collect::<Vec<_>>().split_last().map(|(_, d)| d.to_vec()).unwrap_or_default() {
+            dir = format!("{dir}/{part}");
+            if made.insert(dir.clone()) {
+                run(Command::new("mmd").args(["-i", &image, &format!("::{dir}")]))?;
+            }
+        }
+        run(Command::new("mcopy").args(["-i", &image]).arg(src).arg(format!("::/{dest}")))?;
+    }
+    Ok(())
+}
+
+/// Writes `part` into `disk` at byte `offset`.
+fn splice(disk: &Path, offset: u64, part: &Path) -> anyhow::Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(disk)?;
+    f.write_all_at(&std::fs::read(part)?, offset)?;
+    Ok(())
+}
+
+fn new_disk(path: &Path, size_mib: u64) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    std::fs::File::create(path)?.set_len(size_mib << 20)?;
+    Ok(())
+}
+
+/// A GPT disk of `disk_mib` with one EFI system partition of `esp_mib`
+/// at 1 MiB holding `files`; the rest is free for the ConfigDrive.
+fn gpt_esp_disk(path: &Path, disk_mib: u64, esp_mib: u64, files: &[(&str, &Path)], work: &Path) -> anyhow::Result<()> {
+    new_disk(path, disk_mib)?;
+    output(
+        Command::new("sgdisk")
+            .args(["-o", "-n", &format!("1:2048:+{esp_mib}M"), "-t", "1:ef00", "-c", "1:ESP"])
+            .arg(path),
+    )?;
+    let esp = work.join("esp.fat");
+    fat_image(&esp, esp_mib, "ESP", 2048, files)?;
+    splice(path, 1 << 20, &esp)
+}
+
+/// An MBR disk of `disk_mib` whose one active FAT partition (1 MiB to
+/// three quarters of the disk) boots syslinux with `files`.
+fn mbr_syslinux_disk(
+    path: &Path,
+    disk_mib: u64,
+    files: &[(&str, &Path)],
+    syslinux: &Path,
+    mbr_bin: &Path,
+    work: &Path,
+) -> anyhow::Result<()> {
+    new_disk(path, disk_mib)?;
+    let part_mib = disk_mib * 3 / 4;
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("sfdisk (fdisk package)")?;
+    std::io::Write::write_all(
+        sfdisk.stdin.as_mut().context("sfdisk stdin")?,
+        format!("label: dos\nstart=2048, size={}, type=e, bootable\n", part_mib << 11).as_bytes(),
+    )?;
+    if !sfdisk.wait()?.success() {
+        bail!("sfdisk failed on {}", path.display());
+    }
+    // The boot sector finds ldlinux.sys through the hidden-sector count:
+    // the partition's first LBA.
+    let fat = work.join("boot.fat");
+    fat_image(&fat, part_mib, "TESTOS", 2048, files)?;
+    splice(path, 1 << 20, &fat)?;
+    run(Command::new(syslinux).args(["--install", "--offset", &(1u64 << 20).to_string()]).arg(path))?;
+    let mbr = std::fs::read(mbr_bin)?;
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(&mbr[..mbr.len().min(440)], 0)?;
+    Ok(())
+}
