@@ -251,7 +251,11 @@ fn finishing(args: &DeployArgs, target_is_block: bool) -> Result<Finishing, Depl
         (None, Firmware::Uefi) if target_is_block && host_uefi => Some(PathBuf::from(efivars::EFIVARFS)),
         (None, Firmware::Uefi) => None,
     };
-    Ok(Finishing { configdrive, firmware, efi_loader: args.efi_loader.clone(), efivars, outcome: None })
+    let efi_disk = match &efivars {
+        Some(_) if target_is_block => efivars::disk_prefix_of(&args.target).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    Ok(Finishing { configdrive, firmware, efi_loader: args.efi_loader.clone(), efivars, efi_disk, outcome: None })
 }
 
 fn deploy_with(args: &DeployArgs, progress: &Arc<Progress>) -> Result<(Deployed, Finishing), DeployError> {

@@ -11,7 +11,16 @@ pub const DESCRIPTION: &str = "byoi";
 const MEDIA: u8 = 0x04;
 const MEDIA_HARD_DRIVE: u8 = 0x01;
 const MEDIA_FILE_PATH: u8 = 0x04;
+const HARDWARE: u8 = 0x01;
+const HW_PCI: u8 = 0x01;
+const ACPI: u8 = 0x02;
+const ACPI_DP: u8 = 0x01;
+/// `EISA_PNP_ID(0x0A03)`: a PCI root bridge, as firmware names it in
+/// `PciRoot()` (edk2 uses it for PCIe roots too).
+const PNP0A03: u32 = 0x0a03_41d0;
 const MESSAGING: u8 = 0x03;
+const MSG_SATA: u8 = 18;
+const MSG_NVME: u8 = 23;
 const MSG_MAC: u8 = 11;
 const MSG_IPV4: u8 = 12;
 const MSG_IPV6: u8 = 13;
@@ -45,9 +54,69 @@ fn utf16z(s: &str) -> Vec<u8> {
     s.encode_utf16().chain(std::iter::once(0)).flat_map(u16::to_le_bytes).collect()
 }
 
-/// The device path `HD(…)/File(path)/End`.
-pub fn device_path(hd: &HardDrive, path: &str) -> Vec<u8> {
+/// How the disk hangs off its PCI function, for the node after the
+/// `Pci()` nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskNode {
+    /// Nothing more: virtio-blk is the PCI function itself.
+    None,
+    /// `NVMe(nsid, eui64)`, the EUI-64 in the controller's byte order.
+    Nvme { namespace: u32, eui64: [u8; 8] },
+    /// `Sata(port, 0xFFFF, lun)`: an AHCI port, no port multiplier.
+    Sata { port: u16, lun: u16 },
+}
+
+/// The device path of a whole disk, `PciRoot(uid)/Pci(d,f)/…/[node]`
+/// without an end node, from its sysfs device path (e.g.
+/// `/sys/devices/pci0000:00/0000:00:03.0/virtio1/block/vda`). `None` when
+/// the path does not start at a PCI root.
+///
+/// Firmware matches boot options against its own paths: OVMF keeps only
+/// options whose path starts like a device QEMU gave a `bootindex`, so the
+/// short form `HD()/File()` alone may be dropped before `BootNext` is read.
+pub fn disk_prefix(sysfs: &str, root_uid: u32, leaf: DiskNode) -> Option<Vec<u8>> {
+    let mut parts = sysfs.strip_prefix("/sys/devices/")?.split('/');
+    parts.next()?.strip_prefix("pci")?;
+    let mut p = vec![ACPI, ACPI_DP, 12, 0];
+    p.extend_from_slice(&PNP0A03.to_le_bytes());
+    p.extend_from_slice(&root_uid.to_le_bytes());
+    let mut functions = 0;
+    for part in parts {
+        // DDDD:BB:DD.F
+        let Some((dev, func)) = part.rsplit_once('.') else { break };
+        let Some(dev) = dev.rsplit(':').next() else { break };
+        let (Ok(dev), Ok(func)) = (u8::from_str_radix(dev, 16), u8::from_str_radix(func, 16)) else { break };
+        if part.len() != 12 {
+            break;
+        }
+        p.extend_from_slice(&[HARDWARE, HW_PCI, 6, 0, func, dev]);
+        functions += 1;
+    }
+    if functions == 0 {
+        return None;
+    }
+    match leaf {
+        DiskNode::None => {}
+        DiskNode::Nvme { namespace, eui64 } => {
+            p.extend_from_slice(&[MESSAGING, MSG_NVME, 16, 0]);
+            p.extend_from_slice(&namespace.to_le_bytes());
+            p.extend_from_slice(&eui64);
+        }
+        DiskNode::Sata { port, lun } => {
+            p.extend_from_slice(&[MESSAGING, MSG_SATA, 10, 0]);
+            p.extend_from_slice(&port.to_le_bytes());
+            p.extend_from_slice(&0xffffu16.to_le_bytes());
+            p.extend_from_slice(&lun.to_le_bytes());
+        }
+    }
+    Some(p)
+}
+
+/// The device path `[disk]/HD(…)/File(path)/End`; `disk` is the
+/// [`disk_prefix`], empty for the short form.
+pub fn device_path(disk: &[u8], hd: &HardDrive, path: &str) -> Vec<u8> {
     let mut p = Vec::with_capacity(128);
+    p.extend_from_slice(disk);
     // Hard Drive Media Device Path: 42 bytes.
     p.extend_from_slice(&[MEDIA, MEDIA_HARD_DRIVE, 42, 0]);
     p.extend_from_slice(&hd.number.to_le_bytes());
@@ -182,7 +251,7 @@ mod tests {
         // A 25-character path gives the File node length 0x38 of the dump.
         let path = "\\EFI\\opensuse\\bzImage-3.1";
         assert_eq!(path.encode_utf16().count(), 25);
-        let opt = load_option(LOAD_OPTION_ACTIVE, "neuerkern", &device_path(&hd, path));
+        let opt = load_option(LOAD_OPTION_ACTIVE, "neuerkern", &device_path(&[], &hd, path));
         assert_eq!(&opt[..want.len()], &want[..]);
         assert_eq!(opt.len(), 6 + 20 + 0x66);
     }
@@ -193,7 +262,7 @@ mod tests {
     #[test]
     fn mbr_entry_bytes() {
         let hd = HardDrive { number: 1, start: 2048, size: 1_048_576, signature: Signature::Mbr(0x1234_abcd) };
-        let opt = load_option(LOAD_OPTION_ACTIVE, "debian", &device_path(&hd, "\\EFI\\debian\\shimx64.efi"));
+        let opt = load_option(LOAD_OPTION_ACTIVE, "debian", &device_path(&[], &hd, "\\EFI\\debian\\shimx64.efi"));
         let mut want = hex("01000000 6200 640065006200690061006e000000");
         want.extend(hex("04012a00 01000000 0008000000000000 0000100000000000 cdab3412000000000000000000000000 01 01"));
         want.extend(hex("04043400"));
@@ -223,5 +292,36 @@ mod tests {
         assert_eq!(boot_order_with(&[2, 3, 8, 9], 9, net), [2, 3, 9, 8]);
         assert_eq!(boot_order_with(&[2, 8], 9, net), [9, 2, 8]);
         assert_eq!(parse_boot_order(&encode_boot_order(&[3, 0x1234])), [3, 0x1234]);
+    }
+
+    /// The paths OVMF gives a virtio-blk disk at 00:03.0 and an NVMe
+    /// namespace at 00:04.0 (`PciRoot(0x0)/Pci(0x3,0x0)`,
+    /// `PciRoot(0x0)/Pci(0x4,0x0)/NVMe(0x1,…)`), and a SATA disk behind a
+    /// bridge.
+    #[test]
+    fn disk_prefixes_from_sysfs() {
+        let virtio = disk_prefix("/sys/devices/pci0000:00/0000:00:03.0/virtio1/block/vda", 0, DiskNode::None).unwrap();
+        assert_eq!(virtio, hex("02010c00 d041030a 00000000 01010600 0003"));
+        let eui64 = [0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x78, 0x9a];
+        let nvme = disk_prefix(
+            "/sys/devices/pci0000:00/0000:00:04.0/nvme/nvme0/nvme0n1",
+            0,
+            DiskNode::Nvme { namespace: 1, eui64 },
+        )
+        .unwrap();
+        assert_eq!(nvme, hex("02010c00 d041030a 00000000 01010600 0004 03171000 01000000 52540012 3456789a"));
+        let sata = disk_prefix(
+            "/sys/devices/pci0000:40/0000:40:01.1/0000:41:00.0/ata3/host2/target2:0:0/2:0:0:0/block/sda",
+            1,
+            DiskNode::Sata { port: 2, lun: 0 },
+        )
+        .unwrap();
+        assert_eq!(sata, hex("02010c00 d041030a 01000000 01010600 0101 01010600 0000 03120a00 0200 ffff 0000"));
+        assert_eq!(nodes(&[sata.clone(), hex("7fff0400")].concat()), [(2, 1), (1, 1), (1, 1), (3, 18)]);
+        let hd = HardDrive { number: 1, start: 2048, size: 4096, signature: Signature::Mbr(1) };
+        let full = device_path(&virtio, &hd, "\\EFI\\BOOT\\BOOTX64.EFI");
+        assert_eq!(nodes(&full), [(2, 1), (1, 1), (4, 1), (4, 4)]);
+        assert!(disk_prefix("/sys/devices/virtual/block/loop0", 0, DiskNode::None).is_none());
+        assert!(disk_prefix("/sys/devices/platform/host0/block/sda", 0, DiskNode::None).is_none());
     }
 }

@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::efi::{self, HardDrive, LoadOption};
+use crate::efi::{self, DiskNode, HardDrive, LoadOption};
 use crate::ioctl;
 
 /// `EFI_GLOBAL_VARIABLE`.
@@ -96,10 +96,43 @@ impl EfiVars {
     }
 }
 
-/// Writes our boot entry for `loader` on `hd`: reuses the `Boot####` that
+/// The firmware's device path of block device `dev` (see
+/// [`efi::disk_prefix`]), read from sysfs; `None` for a regular file or a
+/// bus we do not name (the entry then uses the short form).
+pub fn disk_prefix_of(dev: &Path) -> Option<Vec<u8>> {
+    let name = std::fs::canonicalize(dev).ok()?.file_name()?.to_string_lossy().into_owned();
+    let class = Path::new("/sys/class/block").join(&name);
+    let sys = std::fs::canonicalize(&class).ok()?.to_string_lossy().into_owned();
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    let root = sys.split('/').take(4).collect::<Vec<_>>().join("/");
+    let root_uid = read(Path::new(&root).join("firmware_node/uid")).and_then(|u| u.parse().ok()).unwrap_or(0);
+    let leaf = if sys.contains("/nvme/") {
+        let namespace = read(class.join("nsid"))
+            .and_then(|n| n.parse().ok())
+            .or_else(|| name.rsplit_once('n').and_then(|(_, n)| n.parse().ok()))?;
+        let mut eui64 = [0u8; 8];
+        if let Some(text) = read(class.join("eui")) {
+            for (b, h) in eui64.iter_mut().zip(text.split_whitespace()) {
+                *b = u8::from_str_radix(h, 16).ok()?;
+            }
+        }
+        DiskNode::Nvme { namespace, eui64 }
+    } else if let Some(ata) = sys.split('/').find(|c| c.strip_prefix("ata").is_some_and(|n| n.parse::<u32>().is_ok())) {
+        let port = read(Path::new("/sys/class/ata_port").join(ata).join("port_no"))?.parse().ok()?;
+        DiskNode::Sata { port, lun: 0 }
+    } else if sys.contains("/virtio") && !sys.contains("/host") {
+        DiskNode::None
+    } else {
+        return None;
+    };
+    efi::disk_prefix(&sys, root_uid, leaf)
+}
+
+/// Writes our boot entry for `loader` on `hd` of `disk` (a
+/// [`disk_prefix_of`], or empty for the short form): reuses the `Boot####` that
 /// already says `byoi`, else the lowest free number; puts it in `BootOrder`
 /// after the network entries; sets `BootNext`. Returns the number.
-pub fn install_boot_entry(vars: &EfiVars, hd: &HardDrive, loader: &str) -> io::Result<u16> {
+pub fn install_boot_entry(vars: &EfiVars, disk: &[u8], hd: &HardDrive, loader: &str) -> io::Result<u16> {
     let entries = vars.boot_entries()?;
     let number = entries
         .iter()
@@ -107,7 +140,7 @@ pub fn install_boot_entry(vars: &EfiVars, hd: &HardDrive, loader: &str) -> io::R
         .map(|(n, _)| *n)
         .or_else(|| (0..=0xffffu16).find(|n| !entries.iter().any(|(m, _)| m == n)))
         .ok_or_else(|| io::Error::other("no free Boot#### number"))?;
-    let option = efi::load_option(efi::LOAD_OPTION_ACTIVE, efi::DESCRIPTION, &efi::device_path(hd, loader));
+    let option = efi::load_option(efi::LOAD_OPTION_ACTIVE, efi::DESCRIPTION, &efi::device_path(disk, hd, loader));
     vars.write(&format!("Boot{number:04X}"), ATTRS_NV_BS_RT, &option)?;
     let order = vars.read("BootOrder")?.map(|(_, d)| efi::parse_boot_order(&d)).unwrap_or_default();
     let network = |n: u16| entries.iter().any(|(m, o)| *m == n && efi::is_network(o));

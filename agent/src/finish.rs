@@ -43,6 +43,9 @@ pub struct Finishing {
     pub efi_loader: Option<String>,
     /// Where to write the boot entry; `None` writes no EFI variable.
     pub efivars: Option<PathBuf>,
+    /// The firmware's device path of the target disk, put before the
+    /// entry's `HD()` node; empty: the short form `HD()/File()`.
+    pub efi_disk: Vec<u8>,
     /// What the steps did, once they ran in a deployment.
     pub outcome: Option<Finished>,
 }
@@ -156,7 +159,7 @@ impl Finishing {
             if let Some(dir) = &self.efivars {
                 let vars = EfiVars::open(dir)
                     .map_err(|e| DeployError::BootEntry(format!("cannot use {}: {e}", dir.display())))?;
-                let n = efivars::install_boot_entry(&vars, &esp, &loader)
+                let n = efivars::install_boot_entry(&vars, &self.efi_disk, &esp, &loader)
                     .map_err(|e| DeployError::BootEntry(format!("writing EFI variables in {}: {e}", dir.display())))?;
                 done.boot_entry = Some(n);
             }

@@ -353,7 +353,7 @@ fn uefi_boot_entry_goes_after_netboot_and_is_reused() {
         size: last - first + 1,
         signature: Signature::Gpt(Guid::parse(&guid).unwrap().0),
     };
-    assert_eq!(data, efi::load_option(1, "byoi", &efi::device_path(&hd, "\\EFI\\debian\\shimx64.efi")));
+    assert_eq!(data, efi::load_option(1, "byoi", &efi::device_path(&[], &hd, "\\EFI\\debian\\shimx64.efi")));
     assert_eq!(efi::parse_boot_order(&vars.read("BootOrder").unwrap().unwrap().1), [1, 0, 2]);
     assert_eq!(vars.read("BootNext").unwrap().unwrap().1, [0, 0]);
 

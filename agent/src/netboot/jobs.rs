@@ -16,6 +16,7 @@ use super::inventory;
 use crate::checksum::Checksum;
 use crate::configdrive::{ConfigDrive, Format};
 use crate::deploy::{deploy, DeployRequest};
+use crate::efivars;
 use crate::error::DeployError;
 use crate::finish::{Finishing, Firmware};
 use crate::format::ImageType;
@@ -165,6 +166,7 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
         firmware: if uefi { Firmware::Uefi } else { Firmware::Legacy },
         efi_loader: job.efi_loader.clone(),
         efivars: if uefi { env.efivars.clone() } else { None },
+        efi_disk: if uefi { efivars::disk_prefix_of(&path).unwrap_or_default() } else { Vec::new() },
         outcome: None,
     };
 
