@@ -1,6 +1,8 @@
 //! End-to-end harness: [`TestVm`] runs QEMU (TCG, under `timeout`) and
 //! waits for lines on its serial console; [`controller`] starts `byoi serve`
-//! in-process; [`http_json`] talks to it. The suites are in `tests/`.
+//! in-process, its log kept by [`controller_log`]; [`http_json`] talks to
+//! it; [`Machine`] builds the QEMU command line of a netbooting server.
+//! The suites are in `tests/`.
 //!
 //! QEMU suites are slow: they run when `BYOI_E2E=1` (CI sets it, after
 //! `cargo xtask initramfs`); otherwise they say so and pass without
@@ -34,11 +36,19 @@ pub struct TestVm {
 
 impl TestVm {
     /// Starts `qemu-system-x86_64 -accel tcg -nographic ARGS` under
-    /// `timeout LIMIT`.
+    /// `timeout LIMIT`; a guest reboot ends QEMU (`-no-reboot`).
     pub fn start(args: &[String], limit: Duration) -> TestVm {
+        let mut all = vec!["-no-reboot".to_owned()];
+        all.extend_from_slice(args);
+        TestVm::start_rebooting(&all, limit)
+    }
+
+    /// [`TestVm::start`] where a guest reboot restarts the firmware, as on a
+    /// real server; a guest power-off ends QEMU.
+    pub fn start_rebooting(args: &[String], limit: Duration) -> TestVm {
         let mut child = Command::new("timeout")
             .arg(limit.as_secs().to_string())
-            .args(["qemu-system-x86_64", "-accel", "tcg", "-nographic", "-no-reboot", "-m", "1024"])
+            .args(["qemu-system-x86_64", "-accel", "tcg", "-nographic", "-m", "1024"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -89,6 +99,12 @@ impl TestVm {
         }
     }
 
+    /// The console from the first `from` on (all of it if absent).
+    pub fn console_from(&self, from: &str) -> String {
+        let c = self.console();
+        c.find(from).map(|i| c[i..].to_owned()).unwrap_or(c)
+    }
+
     /// Waits for the VM to exit (it powers off or reboots with `-no-reboot`).
     pub fn wait_exit(&mut self, within: Duration) -> bool {
         let start = Instant::now();
@@ -115,6 +131,37 @@ impl Drop for TestVm {
     }
 }
 
+/// A test OS image made by `cargo xtask image tiny`.
+pub fn image(name: &str) -> PathBuf {
+    artifacts().join("images").join(name)
+}
+
+/// The log of every controller this process started (`tracing` output,
+/// no colours): tests read which boot script a server was given.
+pub fn controller_log() -> String {
+    log_buffer().lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn log_buffer() -> &'static Mutex<String> {
+    static LOG: std::sync::OnceLock<Mutex<String>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| Mutex::new(String::new()))
+}
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::env::var("BYOI_E2E_ECHO").is_ok() {
+            let _ = std::io::stderr().write_all(buf);
+        }
+        log_buffer().lock().unwrap_or_else(|p| p.into_inner()).push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Starts `byoi serve` in-process on 127.0.0.1:0 with `token`; returns the
 /// address. Its artifacts are the workspace's `target/byoi`.
 pub fn controller(data: &Path, token: &str) -> String {
@@ -133,6 +180,11 @@ pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
         agent_timeout: Duration::from_secs(120),
         boot_timeout: Duration::from_secs(900),
     };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogWriter)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .try_init();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -229,4 +281,109 @@ pub fn direct_boot(cmdline: &str) -> Vec<String> {
         "-append".into(),
         cmdline.into(),
     ]
+}
+
+/// Serves one file like [`serve_file`], at most `rate` bytes a second, so
+/// a download lasts long enough to be interrupted.
+pub fn serve_file_throttled(data: Vec<u8>, rate: usize) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("address").port();
+    let data = Arc::new(data);
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let mut req = [0u8; 4096];
+                let _ = c.read(&mut req);
+                let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+                for chunk in data.chunks((rate / 10).max(1)) {
+                    if c.write_all(chunk).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The firmware of a [`Machine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS, booting the NIC first (`-boot n`) at every boot.
+    Bios,
+    /// OVMF, NIC `bootindex=0`, disk `bootindex=1`.
+    Uefi,
+}
+
+/// A server that netboots from the controller at `controller` (the
+/// guest reaches it at 10.0.2.2): its firmware, disk file and MAC.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub firmware: Firmware,
+    /// Raw disk file.
+    pub disk: PathBuf,
+    /// `virtio-blk-pci` or `nvme`.
+    pub disk_device: &'static str,
+    pub mac: String,
+    /// The OVMF variables (a copy of `OVMF_VARS_4M.fd`), for UEFI.
+    pub vars: PathBuf,
+}
+
+/// Where Debian's `ovmf` package puts the firmware.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+impl Machine {
+    /// A machine with a new empty disk of `disk_mib` in `dir` (and fresh
+    /// OVMF variables for UEFI).
+    pub fn new(dir: &Path, firmware: Firmware, disk_device: &'static str, disk_mib: u64, mac: &str) -> Machine {
+        let disk = dir.join("disk.raw");
+        std::fs::File::create(&disk).and_then(|f| f.set_len(disk_mib << 20)).expect("disk file");
+        let vars = dir.join("vars.fd");
+        if firmware == Firmware::Uefi {
+            std::fs::copy(OVMF_VARS, &vars).expect("OVMF_VARS_4M.fd (package ovmf)");
+        }
+        Machine { firmware, disk, disk_device, mac: mac.to_owned(), vars }
+    }
+
+    /// QEMU arguments: firmware, disk, and a NIC whose DHCP bootfile is
+    /// the controller's `boot.ipxe`.
+    pub fn args(&self, controller: &str) -> Vec<String> {
+        let port = controller.rsplit(':').next().unwrap_or_default();
+        let mut a: Vec<String> = Vec::new();
+        let (disk_index, nic_index) = match self.firmware {
+            Firmware::Bios => {
+                a.extend(["-boot".into(), "n".into()]);
+                (String::new(), String::new())
+            }
+            Firmware::Uefi => {
+                a.push("-drive".into());
+                a.push(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+                a.push("-drive".into());
+                a.push(format!("if=pflash,format=raw,file={}", self.vars.display()));
+                (",bootindex=1".into(), ",bootindex=0".into())
+            }
+        };
+        a.push("-drive".into());
+        a.push(format!("file={},if=none,id=d0,format=raw", self.disk.display()));
+        a.push("-device".into());
+        let serial = if self.disk_device == "nvme" { ",serial=byoi0001" } else { "" };
+        a.push(format!("{},drive=d0{serial}{disk_index}", self.disk_device));
+        a.push("-netdev".into());
+        a.push(format!("user,id=n0,bootfile=http://10.0.2.2:{port}/boot.ipxe"));
+        a.push("-device".into());
+        a.push(format!("virtio-net-pci,netdev=n0,mac={}{nic_index}", self.mac));
+        a
+    }
+}
+
+/// `sgdisk -v` on a disk file: its output when it finds no problem, else
+/// a panic with the output.
+pub fn sgdisk_verify(disk: &Path) -> String {
+    let out = Command::new("sgdisk").arg("-v").arg(disk).output().expect("sgdisk (package gdisk)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && text.contains("No problems found"), "sgdisk -v {}:\n{text}", disk.display());
+    text
 }

@@ -75,8 +75,9 @@ mount -t devtmpfs devtmpfs /dev
 while read -r m; do insmod "/lib/modules/$(uname -r)/$m" 2>/dev/null; done < /etc/modules
 if [ -d /sys/firmware/efi ]; then
     mount -t efivarfs efivarfs /sys/firmware/efi/efivars
-    set -- $(od -An -tx1 -j4 -N2 /sys/firmware/efi/efivars/BootCurrent-8be4df61-93ca-11d2-aa0d-00e098032b8c | tr a-f A-F)
-    echo "testos: booted uefi Boot$2$1"
+    # efivarfs: 4 bytes of attributes, then the UINT16.
+    set -- $(od -An -tx1 /sys/firmware/efi/efivars/BootCurrent-8be4df61-93ca-11d2-aa0d-00e098032b8c | tr a-f A-F)
+    echo "testos: booted uefi Boot$6$5"
 else
     echo "testos: booted bios"
 fi

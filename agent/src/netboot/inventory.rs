@@ -43,6 +43,11 @@ pub fn gather(sys: &Path, proc: &Path) -> Inventory {
                 continue;
             }
             let dir = e.path();
+            // NVMe multipath's per-path nodes (nvme0c0n1) are hidden: the
+            // disk is the namespace head (nvme0n1).
+            if read(&dir.join("hidden")) == "1" {
+                continue;
+            }
             let sectors: u64 = read(&dir.join("size")).parse().unwrap_or(0);
             if sectors == 0 {
                 continue;
@@ -127,7 +132,8 @@ mod tests {
         std::fs::write(p, content).unwrap();
     }
 
-    /// A fake /sys and /proc: an NVMe disk, a virtio disk, a SATA disk, a
+    /// A fake /sys and /proc: an NVMe disk (and its hidden multipath
+    /// node), a virtio disk, a SATA disk, a
     /// loop device, a NIC with link and one without, lo.
     fn fake() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
@@ -167,10 +173,15 @@ mod tests {
                 ("queue/logical_block_size", "4096\n"),
             ],
         );
+        dev(
+            "pci0000:00/0000:00:04.0/nvme/nvme0/nvme0c0n1",
+            &[("size", "2000409264\n"), ("hidden", "1\n"), ("device/serial", "S64DNF0R123\n")],
+        );
         dev("virtual/block/loop0", &[("size", "100\n")]);
         std::fs::create_dir_all(r.join("sys/block")).unwrap();
         for (name, rel) in [
             ("nvme0n1", "pci0000:00/0000:00:04.0/nvme/nvme0/nvme0n1"),
+            ("nvme0c0n1", "pci0000:00/0000:00:04.0/nvme/nvme0/nvme0c0n1"),
             ("vda", "pci0000:00/0000:00:05.0/virtio2/block/vda"),
             ("sda", "pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda"),
             ("loop0", "virtual/block/loop0"),

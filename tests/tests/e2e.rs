@@ -1,0 +1,239 @@
+//! The whole product on real firmware: a server netboots (OVMF or SeaBIOS
+//! with QEMU's iPXE ROM), the agent deploys the test OS of `cargo xtask
+//! image tiny` with a ConfigDrive, reboots, and the deployed OS prints
+//! what it read from the ConfigDrive. Also: a wrong checksum, and a
+//! cancellation during the download.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use byoi_e2e::{
+    controller, controller_log, e2e_enabled, http_json, image, serve_file, serve_file_throttled, sgdisk_verify,
+    Firmware, Machine, TestVm,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const TOKEN: &str = "e2e-token";
+const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2 e2e@byoi";
+const USER_DATA: &str = "#cloud-config\nruncmd:\n  - echo deployed by byoi\n";
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Registers `name` (console on ttyS0) with `mac`.
+fn register(addr: &str, name: &str, mac: &str) {
+    let (s, body) = http_json(
+        addr,
+        "POST",
+        "/dedicated/server",
+        Some(TOKEN),
+        Some(&json!({"serviceName": name, "macs": [mac], "kernelArgs": ["console=ttyS0"]})),
+    );
+    assert_eq!(s, 201, "{body}");
+}
+
+fn post(addr: &str, name: &str, body: &Value) {
+    let (s, resp) =
+        http_json(addr, "POST", &format!("/dedicated/server/{name}/bringYourOwnImage"), Some(TOKEN), Some(body));
+    assert_eq!(s, 200, "{resp}");
+}
+
+fn status(addr: &str, name: &str) -> (u16, Value) {
+    http_json(addr, "GET", &format!("/dedicated/server/{name}/bringYourOwnImage"), Some(TOKEN), None)
+}
+
+/// A deployment of the image served on `port` as `file`, with the
+/// ConfigDrive the test OS reports.
+fn deployment(port: u16, file: &str, kind: &str, checksum: &str, hostname: &str) -> Value {
+    json!({
+        "URL": format!("http://10.0.2.2:{port}/{file}"),
+        "type": kind,
+        "checkSum": checksum,
+        "checkSumType": "sha256",
+        "configdrive": {"enable": true, "hostname": hostname, "sshKey": SSH_KEY, "userData": USER_DATA},
+    })
+}
+
+/// Waits for the test OS's report of the ConfigDrive and checks it.
+fn expect_configdrive(vm: &mut TestVm, hostname: &str) {
+    let t = Duration::from_secs(120);
+    vm.wait_for("testos: configdrive config-2", t);
+    assert_eq!(vm.wait_for("testos: hostname=", t).trim_end(), format!("testos: hostname={hostname}"));
+    assert_eq!(vm.wait_for("testos: ssh-key=", t).trim_end(), format!("testos: ssh-key={SSH_KEY}"));
+    let ud = vm.wait_for("testos: user-data-sha256=", t);
+    assert_eq!(ud.trim_end(), format!("testos: user-data-sha256={}", sha256_hex(USER_DATA.as_bytes())));
+}
+
+/// How the disk came to boot after the deployment, from the controller's
+/// log: after `deployment ended` for `server`, a `local` boot script
+/// served means netboot → `local` → the firmware's next entry; none means
+/// the firmware went straight to the disk (UEFI `BootNext`).
+fn boot_path(server: &str) -> &'static str {
+    let log = controller_log();
+    let ended = log.find(&format!("deployment ended server={server} ")).expect("the deployment ended in the log");
+    if log[ended..].contains(&format!("served boot script server={server} target=local")) {
+        "netboot → local script"
+    } else {
+        "BootNext"
+    }
+}
+
+/// The first and last MiB of a disk file are zero: no partition table, no
+/// boot code, nothing a firmware would boot.
+fn assert_not_bootable(disk: &Path) {
+    let data = std::fs::read(disk).unwrap();
+    let mib = 1 << 20;
+    assert!(data[..mib].iter().all(|&b| b == 0), "the first MiB of the disk is not blank");
+    assert!(data[data.len() - mib..].iter().all(|&b| b == 0), "the last MiB of the disk is not blank");
+}
+
+/// Netboot, deploy, reboot into the deployed OS under OVMF; returns the
+/// console line `byoi: done: …` and the VM.
+fn uefi_deploy(dir: &Path, name: &str, mac: &str, disk_device: &'static str, file: &str, kind: &str) {
+    let addr = controller(&dir.join("data"), TOKEN);
+    register(&addr, name, mac);
+    let data = std::fs::read(image(file)).expect("run `cargo xtask image tiny` first");
+    let port = serve_file(data.clone());
+    post(&addr, name, &deployment(port, file, kind, &sha256_hex(&data), name));
+    let m = Machine::new(dir, Firmware::Uefi, disk_device, 512, mac);
+    let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(900));
+    vm.wait_for(&format!("byoi: booting the agent for {name} (deploy)"), Duration::from_secs(300));
+    let done = vm.wait_for("byoi: done: ", Duration::from_secs(300));
+    let entry =
+        done.split("; Boot").nth(1).map(|s| s[..4].to_owned()).unwrap_or_else(|| panic!("no boot entry: {done}"));
+    let booted = vm.wait_for("testos: booted uefi", Duration::from_secs(300));
+    expect_configdrive(&mut vm, name);
+    assert!(vm.wait_exit(Duration::from_secs(60)), "the test OS did not power off");
+    assert_eq!(status(&addr, name).1["status"], "done");
+    let path = boot_path(name);
+    eprintln!("{name}: the deployed disk booted through {path} ({})", booted.trim());
+    // OVMF drops boot options whose device path does not start like a
+    // device with a QEMU bootindex; ours names the disk's PCI path, so it
+    // survives and BootNext starts it directly.
+    assert_eq!(path, "BootNext", "{name}: {booted}");
+    assert!(booted.trim_end().ends_with(&format!("Boot{entry}")), "booted {booted:?}, our entry is Boot{entry}");
+    sgdisk_verify(&m.disk);
+}
+
+/// 1. UEFI + GPT + qcow2 onto virtio-blk.
+#[test]
+fn uefi_qcow2_boots_the_deployed_os() {
+    if !e2e_enabled("e2e-uefi-qcow2") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    uefi_deploy(dir.path(), "uefi-qcow2", "52:54:00:e2:e0:01", "virtio-blk-pci", "tiny-uefi.qcow2", "qcow2");
+}
+
+/// 2. UEFI + GPT + raw onto an NVMe disk larger than the image: the GPT
+/// moves to the end of the disk.
+#[test]
+fn uefi_raw_on_nvme_relocates_the_gpt() {
+    if !e2e_enabled("e2e-uefi-nvme") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    uefi_deploy(dir.path(), "uefi-nvme", "52:54:00:e2:e0:02", "nvme", "tiny-uefi.raw", "raw");
+}
+
+/// 3. Legacy BIOS + MBR + raw: after `done`, the controller's script boots
+/// the local disk (syslinux).
+#[test]
+fn bios_raw_boots_through_the_local_script() {
+    if !e2e_enabled("e2e-bios") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (name, mac) = ("bios-raw", "52:54:00:e2:e0:03");
+    let addr = controller(&dir.path().join("data"), TOKEN);
+    register(&addr, name, mac);
+    let data = std::fs::read(image("tiny-bios.raw")).expect("run `cargo xtask image tiny` first");
+    let port = serve_file(data.clone());
+    post(&addr, name, &deployment(port, "tiny-bios.raw", "raw", &sha256_hex(&data), name));
+    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 256, mac);
+    let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(600));
+    vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(300));
+    vm.wait_for(&format!("byoi: {name} boots from its local disk"), Duration::from_secs(120));
+    vm.wait_for("testos: booted bios", Duration::from_secs(120));
+    expect_configdrive(&mut vm, name);
+    assert!(vm.wait_exit(Duration::from_secs(60)), "the test OS did not power off");
+    assert_eq!(boot_path(name), "netboot → local script");
+}
+
+/// 4. A wrong checksum: status `error` with the message, the disk is left
+/// unbootable, the agent waits, and a corrected POST succeeds without a
+/// reboot.
+#[test]
+fn wrong_checksum_then_corrected_post() {
+    if !e2e_enabled("e2e-checksum") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (name, mac) = ("bad-sum", "52:54:00:e2:e0:04");
+    let addr = controller(&dir.path().join("data"), TOKEN);
+    register(&addr, name, mac);
+    let data = std::fs::read(image("tiny-bios.raw")).expect("run `cargo xtask image tiny` first");
+    let port = serve_file(data.clone());
+    let wrong = sha256_hex(b"not the image");
+    post(&addr, name, &deployment(port, "tiny-bios.raw", "raw", &wrong, name));
+    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 256, mac);
+    let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(600));
+    let err = vm.wait_for("byoi: error: ", Duration::from_secs(300));
+    vm.wait_for("byoi: waiting for a deployment", Duration::from_secs(60));
+    let (_, st) = status(&addr, name);
+    assert_eq!(st["status"], "error", "{st}");
+    let message = st["message"].as_str().unwrap();
+    assert!(message.contains("checksum") && message.contains(&wrong), "{message}");
+    assert!(err.contains(message), "console {err:?} vs status {message:?}");
+    assert_not_bootable(&m.disk);
+
+    post(&addr, name, &deployment(port, "tiny-bios.raw", "raw", &sha256_hex(&data), name));
+    vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(300));
+    vm.wait_for("testos: booted bios", Duration::from_secs(200));
+    expect_configdrive(&mut vm, name);
+    assert!(vm.wait_exit(Duration::from_secs(60)));
+    let c = vm.console();
+    assert_eq!(c.matches("byoi: booting the agent for").count(), 1, "the agent rebooted between the two jobs:\n{c}");
+    assert_eq!(status(&addr, name).1["status"], "done");
+}
+
+/// 5. `DELETE` during a (throttled) download: aborted, GET 404, the disk is
+/// left unbootable, and the server reboots into rescue mode with a shell.
+#[test]
+fn delete_during_download_goes_to_rescue() {
+    if !e2e_enabled("e2e-cancel") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (name, mac) = ("cancel", "52:54:00:e2:e0:05");
+    let addr = controller(&dir.path().join("data"), TOKEN);
+    register(&addr, name, mac);
+    let data = std::fs::read(image("tiny-bios.raw")).expect("run `cargo xtask image tiny` first");
+    // 512 kB/s: the 42 MB image would take over a minute.
+    let port = serve_file_throttled(data.clone(), 512 << 10);
+    post(&addr, name, &deployment(port, "tiny-bios.raw", "raw", &sha256_hex(&data), name));
+    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 256, mac);
+    let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(600));
+    vm.wait_for("byoi: target /dev/vda", Duration::from_secs(300));
+    // Wait for bytes to arrive, then cancel.
+    let start = std::time::Instant::now();
+    loop {
+        let (_, st) = status(&addr, name);
+        if st["message"].as_str().is_some_and(|m| m != "starting") || start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (s, body) =
+        http_json(&addr, "DELETE", &format!("/dedicated/server/{name}/bringYourOwnImage"), Some(TOKEN), None);
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(status(&addr, name).0, 404);
+    vm.wait_for("byoi: the controller asked to abort", Duration::from_secs(60));
+    vm.wait_for(&format!("byoi: booting the agent for {name} (rescue)"), Duration::from_secs(200));
+    vm.wait_for("byoi: rescue mode:", Duration::from_secs(120));
+    vm.wait_for("/ # ", Duration::from_secs(30));
+    assert_not_bootable(&m.disk);
+}
