@@ -430,6 +430,11 @@ impl App {
         let current = self.db.current_deployment(server).map_err(internal)?;
         // A rescue boot never runs deployments.
         let running = current.filter(|d| d.status == "doing" && mode != "rescue");
+        // The server is wanted in the other mode (rescue after a DELETE, a
+        // deployment posted during rescue): the agent netboots again, as the
+        // power cycle would have made it do.
+        let target = self.server(server)?.boot_target;
+        let elsewhere = mode != target && target != "local";
         let action = |a: Action| Ok(Response::json(StatusCode::OK, &ActionResponse { action: a }));
         let size = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         match (req.method.as_str(), what) {
@@ -439,6 +444,9 @@ impl App {
                 self.db.touch_server(server, Some(&inv)).map_err(internal)?;
                 self.db.reported_server(server).map_err(internal)?;
                 tracing::info!(%server, %mode, version = %hello.version, disks = hello.inventory.disks.len(), "agent said hello");
+                if elsewhere {
+                    return action(Action::Reboot);
+                }
                 action(if running.is_some() { Action::Continue } else { Action::Wait })
             }
             ("POST", "heartbeat") => {
@@ -462,12 +470,16 @@ impl App {
                         return action(Action::Abort);
                     }
                 }
+                if elsewhere && beat.deployment_id.is_none() {
+                    return action(Action::Reboot);
+                }
                 action(if running.is_some() { Action::Continue } else { Action::Wait })
             }
             ("GET", "job") => {
                 self.db.touch_server(server, None).map_err(internal)?;
                 let Some(d) = running else {
-                    return Ok(Response::json(StatusCode::OK, &JobResponse { action: Action::Wait, job: None }));
+                    let a = if elsewhere { Action::Reboot } else { Action::Wait };
+                    return Ok(Response::json(StatusCode::OK, &JobResponse { action: a, job: None }));
                 };
                 match self.job_for(server, &d) {
                     Ok(job) => {
@@ -501,7 +513,15 @@ impl App {
             ("POST", "result") => {
                 let r: ResultReport = parse(&req.body)?;
                 self.db.touch_server(server, None).map_err(internal)?;
-                let Some(d) = running.filter(|d| d.id == r.deployment_id) else { return action(Action::Wait) };
+                let Some(d) = running.filter(|d| d.id == r.deployment_id) else {
+                    // A disk finished after its deployment was cancelled
+                    // must not boot.
+                    return action(match r.status {
+                        Status::Done => Action::Abort,
+                        _ if elsewhere => Action::Reboot,
+                        _ => Action::Wait,
+                    });
+                };
                 let (status, code) = match r.status {
                     Status::Done => ("done", None),
                     _ => ("error", Some(r.code.map_or("internal", |c| c.as_str()))),

@@ -330,6 +330,12 @@ async fn delete_aborts_the_agent_and_sends_the_server_to_rescue() {
     let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
     assert_eq!(s["bootTarget"], "rescue");
     assert_eq!(s["deployments"][0]["errorCode"], "aborted");
+    // The agent, having wiped the disk, reports and is sent to netboot into
+    // rescue, whatever it asks next (the power may be manual).
+    let aborted = json!({"deploymentId": id, "status": "error", "code": "aborted", "message": "deployment aborted"});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(aborted)).await), "reboot");
+    assert_eq!(action(&agent(&app, &token, Method::GET, "job", None).await), "reboot");
+    assert_eq!(action(&agent(&app, &token, Method::POST, "heartbeat", None).await), "reboot");
     let (script, token) = netboot(&app, "52:54:00:00:00:01").await;
     assert!(script.contains("byoi.mode=rescue") && token.is_some(), "{script}");
     assert_eq!(
@@ -563,6 +569,9 @@ async fn rescue_tokens_get_no_jobs() {
     let rescue = rescue.unwrap();
     let job: JobResponse = serde_json::from_slice(&agent(&app, &rescue, Method::GET, "job", None).await.body).unwrap();
     assert!(job.job.is_none());
+    // …but the rescue agent is told to netboot into the deployment.
+    assert_eq!(job.action, byoi_wire::agent::Action::Reboot);
+    assert_eq!(action(&agent(&app, &rescue, Method::POST, "heartbeat", None).await), "reboot");
 }
 
 #[tokio::test]
@@ -607,9 +616,9 @@ async fn reports_racing_a_delete_are_told_to_abort() {
     let (t, id) = running_job(&app, json!({"URL": "http://x/1"})).await;
     call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
     let done = json!({"deploymentId": id, "status": "done", "message": "ok"});
-    assert_ne!(
+    assert_eq!(
         action(&agent(&app, &t, Method::POST, "result", Some(done)).await),
-        "reboot",
+        "abort",
         "a cancelled disk must not be booted"
     );
     assert_eq!(call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["bootTarget"], "rescue");

@@ -186,7 +186,8 @@ fn wrong_checksum_then_corrected_post() {
     let (_, st) = status(&addr, name);
     assert_eq!(st["status"], "error", "{st}");
     let message = st["message"].as_str().unwrap();
-    assert!(message.contains("checksum") && message.contains(&wrong), "{message}");
+    // OVH's wording.
+    assert!(message.starts_with("Bad sha256 for downloaded file, got: ") && message.contains(&wrong), "{message}");
     assert!(err.contains(message), "console {err:?} vs status {message:?}");
     assert_not_bootable(&m.disk);
 

@@ -2,6 +2,8 @@
 //! One module per task; paths come from `CARGO_MANIFEST_DIR`.
 
 mod deb;
+mod setup;
+mod task_demo;
 mod task_image;
 mod task_initramfs;
 mod task_lint;
@@ -18,6 +20,9 @@ tasks:
   lint        cargo fmt --check and cargo clippy -D warnings over the workspace
   initramfs   [--flavour generic|cloud] [--firmware-dir DIR]: the agent's kernel
               and initramfs in target/byoi (vmlinuz, initramfs.img, manifest.json)
+  demo        [--bios]: netboot a QEMU server from `byoi serve`, deploy the tiny
+              test OS with a ConfigDrive, boot it (target/demo keeps the logs)
+  qmp         SOCKET on|off|cycle: the demo's power driver (QEMU's QMP)
   image       tiny: the test OS images (UEFI/GPT with a UKI, BIOS/MBR with
               syslinux) in target/byoi/images
   test        lint, initramfs, then every test with the QEMU suites (BYOI_E2E=1)";
@@ -27,6 +32,8 @@ fn main() -> anyhow::Result<()> {
     match task.as_deref() {
         Some("lint") => task_lint::run(),
         Some("test") => task_test::run(),
+        Some("demo") => task_demo::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
+        Some("qmp") => task_demo::qmp(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("image") => task_image::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("initramfs") => task_initramfs::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("-h" | "--help") | None => {

@@ -46,8 +46,9 @@ pub struct Env {
 pub enum Outcome {
     /// Deployed: reboot into the disk.
     Reboot,
-    /// The controller no longer knows this boot's token: netboot again.
-    TokenRefused,
+    /// Netboot again: the controller no longer knows this boot's token, or
+    /// wants the server in another mode (rescue after a cancellation).
+    Netboot,
 }
 
 /// Writes a line on the console (stderr: the serial console under PID 1).
@@ -82,13 +83,14 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
         inv.nics.len()
     ));
     let hello = Hello { inventory: inv, version: env!("CARGO_PKG_VERSION").into() };
-    if let Err(ClientError::Unauthorized) = retrying(env, "hello", || ctl.hello(&hello)) {
-        return Outcome::TokenRefused;
+    if let Err(ClientError::Unauthorized) | Ok(Action::Reboot) = retrying(env, "hello", || ctl.hello(&hello)) {
+        return Outcome::Netboot;
     }
     let mut waiting_said = false;
     loop {
         let job = match retrying(env, "fetching the job", || ctl.job()) {
-            Err(ClientError::Unauthorized) => return Outcome::TokenRefused,
+            Err(ClientError::Unauthorized) => return Outcome::Netboot,
+            Ok(r) if r.action == Action::Reboot => return Outcome::Netboot,
             Err(e) => {
                 say(&format!("fetching the job: {e}"));
                 std::thread::sleep(env.tick);
@@ -102,8 +104,10 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
                 waiting_said = true;
             }
             std::thread::sleep(env.tick);
-            if let Err(ClientError::Unauthorized) = retrying(env, "heartbeat", || ctl.heartbeat(None)) {
-                return Outcome::TokenRefused;
+            if let Err(ClientError::Unauthorized) | Ok(Action::Reboot) =
+                retrying(env, "heartbeat", || ctl.heartbeat(None))
+            {
+                return Outcome::Netboot;
             }
             continue;
         };
@@ -115,11 +119,27 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
         say(&format!("{}: {message}", if status == Status::Done { "done" } else { "error" }));
         let report = ResultReport { deployment_id: job.deployment_id, status, code, message };
         match retrying(env, "reporting the result", || ctl.result(&report)) {
-            Ok(Action::Reboot) => return Outcome::Reboot,
-            Err(ClientError::Unauthorized) => return Outcome::TokenRefused,
+            Ok(Action::Reboot) if status == Status::Done => return Outcome::Reboot,
+            Ok(Action::Reboot) | Err(ClientError::Unauthorized) => return Outcome::Netboot,
+            Ok(Action::Abort) if status == Status::Done => {
+                // Cancelled while it finished: the disk must not boot.
+                say("the deployment was cancelled as it finished: wiping the disk's ends");
+                if let Err(e) = unboot(env, &job) {
+                    say(&format!("wiping the disk: {e}"));
+                }
+            }
             _ => {}
         }
     }
+}
+
+/// Makes the disk of `job` unbootable again (its first and last MiB,
+/// which hold the partition tables, zeroed).
+fn unboot(env: &Env, job: &Job) -> Result<(), DeployError> {
+    let inv = inventory::gather(&env.sys, &env.proc);
+    let disk = inventory::find_disk(&inv, &job.disk).map_err(DeployError::TargetUnusable)?;
+    let target = DiskTarget::open(&env.dev.join(&disk.name), false)?;
+    crate::sink::wipe_ends(&target).map_err(|e| DeployError::TargetUnusable(format!("wiping: {e}")))
 }
 
 /// Runs one job; `Ok` carries the summary for the controller.

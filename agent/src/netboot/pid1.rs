@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use byoi_initramfs::kmod::{module_name, Aliases, ModulesDep};
 
+use byoi_wire::agent::Action;
+
 use super::client::Controller;
 use super::cmdline::{self, Cmdline, Mode};
 use super::dhcp;
@@ -58,7 +60,7 @@ fn run() -> Result<(), String> {
         Mode::Rescue => rescue(&ctl, &env),
         Mode::Deploy => match jobs::serve(&ctl, &env) {
             Outcome::Reboot => reboot("deployed: rebooting into the disk"),
-            Outcome::TokenRefused => reboot("the controller no longer knows this boot: rebooting to netboot again"),
+            Outcome::Netboot => reboot("the controller wants another boot: rebooting to netboot again"),
         },
     }
 }
@@ -251,8 +253,11 @@ fn rescue(ctl: &Controller, env: &Env) -> Result<(), String> {
     }
     let _ = std::process::Command::new("/bin/sh").spawn();
     loop {
-        if let Err(e) = ctl.heartbeat(None) {
-            say(&format!("heartbeat: {e}"));
+        match ctl.heartbeat(None) {
+            // A deployment was posted for this server: go and run it.
+            Ok(Action::Reboot) => reboot("the controller wants another boot: rebooting to netboot again"),
+            Ok(_) => {}
+            Err(e) => say(&format!("heartbeat: {e}")),
         }
         std::thread::sleep(env.tick * 10);
     }

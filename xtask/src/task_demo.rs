@@ -1,0 +1,307 @@
+//! `cargo xtask demo [--bios]`: the whole product on one machine. Builds
+//! the agent's initramfs and the tiny test OS, starts `byoi serve` on
+//! loopback, registers a QEMU server whose power is driven over QMP (the
+//! `command` power driver runs `xtask qmp`), posts a deployment with a
+//! ConfigDrive, and shows the VM's console and the deployment's progress
+//! until the deployed OS has printed its ConfigDrive data.
+//!
+//! The VM: OVMF with a writable copy of its variables (SeaBIOS with
+//! `--bios`), QEMU's iPXE ROM on a virtio NIC whose slirp DHCP `bootfile`
+//! is the controller's `boot.ipxe`, a 2 GiB virtio disk. Everything lives in
+//! `target/demo` (controller log, console log, disk, variables).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+
+use crate::{root, run, setup, task_image, task_initramfs};
+
+const MAC: &str = "52:54:00:de:00:01";
+const NAME: &str = "demo1";
+const TOKEN: &str = "demo-token";
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Kills a child process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run_task(args: &[String]) -> anyhow::Result<()> {
+    let mut bios = false;
+    for a in args {
+        match a.as_str() {
+            "--bios" => bios = true,
+            other => bail!("unknown option {other:?} (--bios)"),
+        }
+    }
+    let started = Instant::now();
+    setup::host(&[])?;
+    task_initramfs::run_task(&[])?;
+    let tiny = task_image::tiny()?;
+    let (image, kind) = if bios { (tiny.bios_raw, "raw") } else { (tiny.uefi_qcow2, "qcow2") };
+    run(Command::new("cargo").args(["build", "-q", "-p", "byoi-controller"]))?;
+    let byoi = root().join("target/debug/byoi");
+
+    let dir = root().join("target/demo");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let image_port = serve_file(&image)?;
+    let image_name = image.file_name().context("image name")?.to_string_lossy().into_owned();
+
+    // The controller.
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let log = std::fs::File::create(dir.join("controller.log"))?;
+    let _controller = Guard(
+        Command::new(&byoi)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--api-token", TOKEN])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--artifacts")
+            .arg(root().join("target/byoi"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting byoi serve")?,
+    );
+    let controller = format!("http://127.0.0.1:{port}");
+    let ready = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if ready.elapsed() > Duration::from_secs(20) {
+            bail!("byoi serve did not start; see {}", dir.join("controller.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("demo: controller on {controller} (log: {})", dir.join("controller.log").display());
+    let byoi_cmd = |args: &[&str]| {
+        let mut c = Command::new(&byoi);
+        c.args(args).env("BYOI_CONTROLLER", &controller).args(["--token", TOKEN]);
+        c
+    };
+
+    // The server, powered off (QEMU paused) until the deployment's power
+    // cycle starts it.
+    let qmp = dir.join("qmp.sock");
+    let disk = dir.join("disk.raw");
+    std::fs::File::create(&disk)?.set_len(2 << 30)?;
+    let mut qemu = Command::new("timeout");
+    qemu.args(["1800", "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-display", "none", "-serial", "stdio"]);
+    qemu.args(["-monitor", "none", "-S", "-qmp", &format!("unix:{},server=on,wait=off", qmp.display())]);
+    let (disk_index, nic_index) = if bios {
+        qemu.args(["-boot", "n"]);
+        ("", "")
+    } else {
+        let vars = dir.join("vars.fd");
+        std::fs::copy(OVMF_VARS, &vars).context("OVMF variables (package ovmf)")?;
+        qemu.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+        qemu.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+        (",bootindex=1", ",bootindex=0")
+    };
+    qemu.arg("-drive").arg(format!("file={},if=none,id=d0,format=raw", disk.display()));
+    qemu.arg("-device").arg(format!("virtio-blk-pci,drive=d0{disk_index}"));
+    qemu.arg("-netdev").arg(format!("user,id=n0,bootfile=http://10.0.2.2:{port}/boot.ipxe"));
+    qemu.arg("-device").arg(format!("virtio-net-pci,netdev=n0,mac={MAC}{nic_index}"));
+    let mut vm = Guard(qemu.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().context("qemu-system-x86_64")?);
+    let lines = console_lines(vm.0.stdout.take().context("QEMU stdout")?, &dir.join("console.log"))?;
+    let xtask = std::env::current_exe()?.display().to_string();
+    run(byoi_cmd(&[
+        "server",
+        "add",
+        NAME,
+        "--mac",
+        MAC,
+        "--power",
+        "command",
+        "--power-arg",
+        &xtask,
+        "--power-arg",
+        "qmp",
+        "--power-arg",
+        &qmp.display().to_string(),
+        "--power-arg",
+        "{action}",
+        "--kernel-arg",
+        "console=ttyS0",
+    ]))?;
+
+    // The deployment: its POST power-cycles the server.
+    let user_data = dir.join("user-data");
+    std::fs::write(&user_data, "#cloud-config\nruncmd:\n  - echo deployed by byoi\n")?;
+    let sha = Sha256::digest(std::fs::read(&image)?).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let posted = Instant::now();
+    run(byoi_cmd(&[
+        "deploy",
+        NAME,
+        "--url",
+        &format!("http://10.0.2.2:{image_port}/{image_name}"),
+        "--type",
+        kind,
+        "--checksum",
+        &format!("sha256:{sha}"),
+        "--hostname",
+        "byoi-demo",
+        "--ssh-key",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBy0iBy0iBy0iBy0iBy0iBy0iBy0iBy0iBy0iBy0iBy0 demo@byoi",
+        "--user-data",
+        &user_data.display().to_string(),
+    ]))?;
+
+    // 1. The console until the agent has its job.
+    let mut hello = None;
+    show_until(&lines, |l| {
+        if l.contains(" firmware, ") && l.contains("MiB memory") {
+            hello = Some(posted.elapsed());
+        }
+        l.contains("byoi: target ")
+    })?;
+    // 2. The deployment's progress.
+    println!("demo: byoi status {NAME} --follow");
+    let status = byoi_cmd(&["status", NAME, "--follow"]).status()?;
+    if !status.success() {
+        bail!("the deployment failed; console: {}", dir.join("console.log").display());
+    }
+    let deployed = posted.elapsed();
+    // 3. The console until the deployed OS is done.
+    for line in lines.try_iter() {
+        if line.contains("byoi: done:") || line.contains("byoi: deployed") {
+            println!("vm │ {line}");
+        }
+    }
+    show_until(&lines, |l| l.contains("testos: powering off"))?;
+    let _ = vm.0.wait();
+    println!(
+        "demo: QEMU start → agent's first heartbeat {:.1} s; deployment done {:.1} s after the POST; \
+         deployed OS reported at {:.1} s; whole demo {:.1} s",
+        hello.unwrap_or_default().as_secs_f64(),
+        deployed.as_secs_f64(),
+        posted.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Prints console lines until `stop` says so; fails if QEMU ends first.
+fn show_until(lines: &mpsc::Receiver<String>, mut stop: impl FnMut(&str) -> bool) -> anyhow::Result<()> {
+    loop {
+        let line = lines.recv_timeout(Duration::from_secs(600)).context("the VM went silent or ended")?;
+        println!("vm │ {line}");
+        if stop(&line) {
+            return Ok(());
+        }
+    }
+}
+
+/// The VM's serial console as lines (escape sequences removed), also
+/// written to `log`.
+fn console_lines(out: impl Read + Send + 'static, log: &Path) -> anyhow::Result<mpsc::Receiver<String>> {
+    let mut file = std::fs::File::create(log)?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(out);
+        let mut raw = Vec::new();
+        while reader.read_until(b'\n', &mut raw).is_ok_and(|n| n > 0) {
+            let _ = file.write_all(&raw);
+            let text = strip_escapes(&String::from_utf8_lossy(&raw));
+            raw.clear();
+            let text = text.trim_end();
+            if !text.is_empty() && tx.send(text.to_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Removes ANSI escape sequences and carriage returns.
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // Parameters, then one final byte in @..~.
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Serves `path` over HTTP/1.0 on 127.0.0.1 (the VM sees 10.0.2.2);
+/// returns the port.
+fn serve_file(path: &Path) -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let path: PathBuf = path.to_owned();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut req = [0u8; 4096];
+                let _ = c.read(&mut req);
+                let Ok(mut f) = std::fs::File::open(&path) else { return };
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                let _ = std::io::copy(&mut f, &mut c);
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// `cargo xtask qmp SOCKET on|off|cycle`: the demo's power driver. "Off"
+/// pauses the VM, "on" resumes it, "cycle" resets and resumes it.
+pub fn qmp(args: &[String]) -> anyhow::Result<()> {
+    let [socket, action] = args else { bail!("usage: cargo xtask qmp SOCKET on|off|cycle") };
+    let commands: &[&str] = match action.as_str() {
+        "on" => &["cont"],
+        "off" => &["stop"],
+        "cycle" => &["system_reset", "cont"],
+        other => bail!("unknown power action {other:?}"),
+    };
+    let stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("connecting to {socket}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // the greeting
+    for cmd in std::iter::once("qmp_capabilities").chain(commands.iter().copied()) {
+        writeln!(writer, "{{\"execute\": \"{cmd}\"}}")?;
+        // Skip asynchronous events until the command's answer.
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("QMP closed the connection");
+            }
+            if line.contains("\"error\"") {
+                bail!("QMP {cmd}: {}", line.trim());
+            }
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
