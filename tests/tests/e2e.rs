@@ -118,7 +118,7 @@ fn uefi_deploy(dir: &Path, name: &str, mac: &str, disk_device: &'static str, fil
     sgdisk_verify(&m.disk);
 }
 
-/// 1. UEFI + GPT + qcow2 onto virtio-blk.
+/// Scenario 1: UEFI + GPT + qcow2 onto virtio-blk.
 #[test]
 fn uefi_qcow2_boots_the_deployed_os() {
     if !e2e_enabled("e2e-uefi-qcow2") {
@@ -128,7 +128,7 @@ fn uefi_qcow2_boots_the_deployed_os() {
     uefi_deploy(dir.path(), "uefi-qcow2", "52:54:00:e2:e0:01", "virtio-blk-pci", "tiny-uefi.qcow2", "qcow2");
 }
 
-/// 2. UEFI + GPT + raw onto an NVMe disk larger than the image: the GPT
+/// Scenario 2: UEFI + GPT + raw onto an NVMe disk larger than the image: the GPT
 /// moves to the end of the disk.
 #[test]
 fn uefi_raw_on_nvme_relocates_the_gpt() {
@@ -139,7 +139,7 @@ fn uefi_raw_on_nvme_relocates_the_gpt() {
     uefi_deploy(dir.path(), "uefi-nvme", "52:54:00:e2:e0:02", "nvme", "tiny-uefi.raw", "raw");
 }
 
-/// 3. Legacy BIOS + MBR + raw: after `done`, the controller's script boots
+/// Scenario 3: Legacy BIOS + MBR + raw: after `done`, the controller's script boots
 /// the local disk (syslinux).
 #[test]
 fn bios_raw_boots_through_the_local_script() {
@@ -163,7 +163,7 @@ fn bios_raw_boots_through_the_local_script() {
     assert_eq!(boot_path(name), "netboot → local script");
 }
 
-/// 4. A wrong checksum: status `error` with the message, the disk is left
+/// Scenario 4: A wrong checksum: status `error` with the message, the disk is left
 /// unbootable, the agent waits, and a corrected POST succeeds without a
 /// reboot.
 #[test]
@@ -201,7 +201,7 @@ fn wrong_checksum_then_corrected_post() {
     assert_eq!(status(&addr, name).1["status"], "done");
 }
 
-/// 5. `DELETE` during a (throttled) download: aborted, GET 404, the disk is
+/// Scenario 5: `DELETE` during a (throttled) download: aborted, GET 404, the disk is
 /// left unbootable, and the server reboots into rescue mode with a shell.
 #[test]
 fn delete_during_download_goes_to_rescue() {

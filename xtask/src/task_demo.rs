@@ -115,7 +115,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     let mut vm = Guard(qemu.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().context("qemu-system-x86_64")?);
     let lines = console_lines(vm.0.stdout.take().context("QEMU stdout")?, &dir.join("console.log"))?;
     let xtask = std::env::current_exe()?.display().to_string();
-    run(byoi_cmd(&[
+    run(&mut byoi_cmd(&[
         "server",
         "add",
         NAME,
@@ -140,7 +140,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     std::fs::write(&user_data, "#cloud-config\nruncmd:\n  - echo deployed by byoi\n")?;
     let sha = Sha256::digest(std::fs::read(&image)?).iter().map(|b| format!("{b:02x}")).collect::<String>();
     let posted = Instant::now();
-    run(byoi_cmd(&[
+    run(&mut byoi_cmd(&[
         "deploy",
         NAME,
         "--url",
