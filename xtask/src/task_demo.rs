@@ -114,6 +114,13 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     qemu.arg("-device").arg(format!("virtio-net-pci,netdev=n0,mac={MAC}{nic_index}"));
     let mut vm = Guard(qemu.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().context("qemu-system-x86_64")?);
     let lines = console_lines(vm.0.stdout.take().context("QEMU stdout")?, &dir.join("console.log"))?;
+    let ready = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&qmp).is_err() {
+        if ready.elapsed() > Duration::from_secs(20) || vm.0.try_wait()?.is_some() {
+            bail!("QEMU did not open its QMP socket {}", qmp.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let xtask = std::env::current_exe()?.display().to_string();
     run(&mut byoi_cmd(&[
         "server",
