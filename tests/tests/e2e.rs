@@ -116,6 +116,10 @@ fn uefi_deploy(dir: &Path, name: &str, mac: &str, disk_device: &'static str, fil
     assert_eq!(path, "BootNext", "{name}: {booted}");
     assert!(booted.trim_end().ends_with(&format!("Boot{entry}")), "booted {booted:?}, our entry is Boot{entry}");
     sgdisk_verify(&m.disk);
+    // The entry stays in the firmware's variables for later boots.
+    let vars = std::fs::read(&m.vars).unwrap();
+    let label: Vec<u8> = "byoi\0".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    assert!(vars.windows(label.len()).any(|w| w == label), "no byoi entry in {}", m.vars.display());
 }
 
 /// Scenario 1: UEFI + GPT + qcow2 onto virtio-blk.

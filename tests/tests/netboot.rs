@@ -154,8 +154,6 @@ fn uefi_ipxe_netboot_writes_the_boot_entry() {
         fd.windows(10).any(|w| w == utf16("byoi").as_slice().iter().chain(&[0, 0]).copied().collect::<Vec<u8>>()),
         "no byoi boot entry in the OVMF variables"
     );
-    // Whether OVMF then honours BootNext is the next suite's question: in
-    // this setup (bootindex on the NIC and disk) it rebuilds its boot
-    // options and never tries ours; the controller's `local` script
-    // (`exit` on EFI) is what boots the disk today.
+    // That OVMF then boots the disk through BootNext is checked by the e2e
+    // suite, with a real loader on the ESP.
 }
