@@ -242,3 +242,42 @@ fn delete_during_download_goes_to_rescue() {
     vm.wait_for("/ # ", Duration::from_secs(30));
     assert_not_bootable(&m.disk);
 }
+
+/// Scenario 6: the real Debian image (`cargo xtask image debian`): cloud-init
+/// on its first boot applies the ConfigDrive's hostname, SSH key and
+/// user data. Minutes under TCG: runs with `cargo xtask test --slow`.
+#[test]
+fn debian_cloud_init_applies_the_configdrive() {
+    if !e2e_enabled("e2e-debian") {
+        return;
+    }
+    if std::env::var("BYOI_E2E_SLOW").ok().as_deref() != Some("1") {
+        eprintln!("e2e-debian: skipped, run `cargo xtask test --slow`");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (name, mac) = ("deb-e2e", "52:54:00:e2:e0:06");
+    let addr = controller(&dir.path().join("data"), TOKEN);
+    register(&addr, name, mac);
+    let file = image("debian.qcow2");
+    let data = std::fs::read(&file).expect("run `cargo xtask image debian` first");
+    let port = serve_file(data.clone());
+    let user_data = "#cloud-config\nruncmd:\n  - echo applied-by-cloud-init > /run/byoi-userdata\n";
+    let body = json!({
+        "URL": format!("http://10.0.2.2:{port}/debian.qcow2"),
+        "type": "qcow2",
+        "checkSum": sha256_hex(&data),
+        "checkSumType": "sha256",
+        "configdrive": {"enable": true, "hostname": name, "sshKey": SSH_KEY, "userData": user_data},
+    });
+    post(&addr, name, &body);
+    let m = Machine::new(dir.path(), Firmware::Uefi, "virtio-blk-pci", 4096, mac);
+    let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(1500));
+    vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(600));
+    let t = Duration::from_secs(900);
+    assert_eq!(vm.wait_for("debian: hostname=", t).trim_end(), format!("debian: hostname={name}"));
+    assert!(vm.wait_for("debian: authorized_keys=", t).contains(SSH_KEY));
+    assert!(vm.wait_for("debian: runcmd=", t).contains("applied-by-cloud-init"));
+    assert!(vm.wait_exit(Duration::from_secs(120)), "Debian did not power off");
+    assert_eq!(boot_path(name), "BootNext");
+}

@@ -2,6 +2,7 @@
 //! One module per task; paths come from `CARGO_MANIFEST_DIR`.
 
 mod deb;
+mod image_debian;
 mod setup;
 mod task_demo;
 mod task_image;
@@ -20,18 +21,20 @@ tasks:
   lint        cargo fmt --check and cargo clippy -D warnings over the workspace
   initramfs   [--flavour generic|cloud] [--firmware-dir DIR]: the agent's kernel
               and initramfs in target/byoi (vmlinuz, initramfs.img, manifest.json)
-  demo        [--bios]: netboot a QEMU server from `byoi serve`, deploy the tiny
+  demo        [--bios] [--image tiny|debian]: netboot a QEMU server from `byoi serve`, deploy the tiny
               test OS with a ConfigDrive, boot it (target/demo keeps the logs)
   qmp         SOCKET on|off|cycle: the demo's power driver (QEMU's QMP)
   image       tiny: the test OS images (UEFI/GPT with a UKI, BIOS/MBR with
-              syslinux) in target/byoi/images
-  test        lint, initramfs, then every test with the QEMU suites (BYOI_E2E=1)";
+              syslinux); debian: Debian 12 with cloud-init (debootstrap, UKI,
+              qcow2, cached); in target/byoi/images
+  test        [--slow]: setup, lint, initramfs, tiny images, then every test with
+              the QEMU suites (BYOI_E2E=1); --slow adds the Debian image's suite";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1);
     match task.as_deref() {
         Some("lint") => task_lint::run(),
-        Some("test") => task_test::run(),
+        Some("test") => task_test::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("demo") => task_demo::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("qmp") => task_demo::qmp(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("image") => task_image::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),

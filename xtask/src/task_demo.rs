@@ -1,5 +1,6 @@
-//! `cargo xtask demo [--bios]`: the whole product on one machine. Builds
-//! the agent's initramfs and the tiny test OS, starts `byoi serve` on
+//! `cargo xtask demo [--bios] [--image tiny|debian]`: the whole product on
+//! one machine. Builds the agent's initramfs and the tiny test OS (or the
+//! Debian image with cloud-init), starts `byoi serve` on
 //! loopback, registers a QEMU server whose power is driven over QMP (the
 //! `command` power driver runs `xtask qmp`), posts a deployment with a
 //! ConfigDrive, and shows the VM's console and the deployment's progress
@@ -7,7 +8,7 @@
 //!
 //! The VM: OVMF with a writable copy of its variables (SeaBIOS with
 //! `--bios`), QEMU's iPXE ROM on a virtio NIC whose slirp DHCP `bootfile`
-//! is the controller's `boot.ipxe`, a 2 GiB virtio disk. Everything lives in
+//! is the controller's `boot.ipxe`, a 2 GiB (Debian: 4 GiB) virtio disk. Everything lives in
 //! `target/demo` (controller log, console log, disk, variables).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -40,17 +41,31 @@ impl Drop for Guard {
 
 pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     let mut bios = false;
-    for a in args {
+    let mut debian = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
         match a.as_str() {
             "--bios" => bios = true,
-            other => bail!("unknown option {other:?} (--bios)"),
+            "--image" => match it.next().map(String::as_str) {
+                Some("tiny") => debian = false,
+                Some("debian") => debian = true,
+                other => bail!("--image is tiny or debian, not {other:?}"),
+            },
+            other => bail!("unknown option {other:?} (--bios, --image tiny|debian)"),
         }
+    }
+    if bios && debian {
+        bail!("the Debian image boots with UEFI only");
     }
     let started = Instant::now();
     setup::host(&[])?;
     task_initramfs::run_task(&[])?;
     let tiny = task_image::tiny()?;
-    let (image, kind) = if bios { (tiny.bios_raw, "raw") } else { (tiny.uefi_qcow2, "qcow2") };
+    let (image, kind) = match (bios, debian) {
+        (_, true) => (crate::image_debian::debian()?, "qcow2"),
+        (true, false) => (tiny.bios_raw, "raw"),
+        (false, false) => (tiny.uefi_qcow2, "qcow2"),
+    };
     run(Command::new("cargo").args(["build", "-q", "-p", "byoi-controller"]))?;
     let byoi = root().join("target/debug/byoi");
 
@@ -94,9 +109,9 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     // cycle starts it.
     let qmp = dir.join("qmp.sock");
     let disk = dir.join("disk.raw");
-    std::fs::File::create(&disk)?.set_len(2 << 30)?;
+    std::fs::File::create(&disk)?.set_len(if debian { 4 << 30 } else { 2 << 30 })?;
     let mut qemu = Command::new("timeout");
-    qemu.args(["1800", "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-display", "none", "-serial", "stdio"]);
+    qemu.args(["1800", "qemu-system-x86_64", "-accel", "tcg", "-m", "2048", "-display", "none", "-serial", "stdio"]);
     qemu.args(["-monitor", "none", "-S", "-qmp", &format!("unix:{},server=on,wait=off", qmp.display())]);
     let (disk_index, nic_index) = if bios {
         qemu.args(["-boot", "n"]);
@@ -185,7 +200,10 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
             println!("vm │ {line}");
         }
     }
-    show_until(&lines, |l| l.contains("testos: powering off"))?;
+    // The deployed OS prints its ConfigDrive data and powers off.
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(900)) {
+        println!("vm │ {line}");
+    }
     let _ = vm.0.wait();
     println!(
         "demo: QEMU start → agent's first heartbeat {:.1} s; deployment done {:.1} s after the POST; \
