@@ -91,3 +91,67 @@ pub fn kernel(flavour: &str, cache: &Path) -> anyhow::Result<Kernel> {
     let vmlinuz = kdir.join(format!("boot/vmlinuz-{version}"));
     Ok(Kernel { package, package_version, version, moddir, vmlinuz })
 }
+
+const SUITE: &str = "bookworm";
+
+/// The first Debian mirror of the machine's apt configuration that serves
+/// `bookworm`: deb822 `.sources` files first, then `sources.list`.
+pub fn apt_mirror() -> anyhow::Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "sources"));
+    files.sort();
+    for f in &files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        if let Some(uri) = deb822_mirror(&text) {
+            return Ok(uri);
+        }
+    }
+    let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    list_mirror(&list).context("no deb source for bookworm in /etc/apt/sources.list{,.d/*.sources}")
+}
+
+/// The `URIs:` of a deb822 stanza with `Types: deb` and `Suites:` holding `bookworm`.
+fn deb822_mirror(text: &str) -> Option<String> {
+    text.split("\n\n").find_map(|stanza| {
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim).unwrap_or("")
+        };
+        let has = |value: &str, word: &str| value.split_whitespace().any(|w| w == word);
+        (has(field("Types"), "deb") && has(field("Suites"), SUITE))
+            .then(|| field("URIs").split_whitespace().next().map(str::to_owned))
+            .flatten()
+    })
+}
+
+/// The URI of a one-line `deb [options] URI bookworm ...` entry.
+fn list_mirror(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("deb ")?.trim_start();
+        let rest = match rest.strip_prefix('[') {
+            Some(opts) => opts.split_once(']')?.1,
+            None => rest,
+        };
+        let mut words = rest.split_whitespace();
+        let uri = words.next()?;
+        (words.next()? == SUITE).then(|| uri.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_from_apt_configuration() {
+        let deb822 = "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\n\
+                      Components: main\n\nTypes: deb\nURIs: http://security.invalid/debian-security\n\
+                      Suites: bookworm-security\n";
+        assert_eq!(deb822_mirror(deb822).as_deref(), Some("http://mirror.invalid/debian"));
+        assert_eq!(deb822_mirror("Types: deb-src\nURIs: http://x.invalid/\nSuites: bookworm\n"), None);
+        let list = "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://list.invalid/debian bookworm main\n";
+        assert_eq!(list_mirror(list).as_deref(), Some("http://list.invalid/debian"));
+        assert_eq!(list_mirror("deb http://list.invalid/debian bullseye main\n"), None);
+    }
+}

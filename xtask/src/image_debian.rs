@@ -24,15 +24,14 @@
 //! The image is cached: `debian.stamp` holds a hash of this file and the
 //! mirror; while it matches, the existing qcow2 is returned.
 
-use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::deb::{fetch_deb, output};
-use crate::task_image::{images_dir, unified_kernel_image};
+use crate::deb::{apt_mirror, fetch_deb, output};
+use crate::task_image::{images_dir, splice, unified_kernel_image};
 use crate::{root, run};
 
 const SUITE: &str = "bookworm";
@@ -146,51 +145,6 @@ fn recipe_hash(mirror: &str) -> String {
     h.update(include_str!("image_debian.rs"));
     h.update(mirror);
     format!("{:x}\n", h.finalize())
-}
-
-/// The first Debian mirror of the machine's apt configuration that serves
-/// [`SUITE`]: deb822 `.sources` files first, then `sources.list`.
-fn apt_mirror() -> anyhow::Result<String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|e| e == "sources"));
-    files.sort();
-    for f in &files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        if let Some(uri) = deb822_mirror(&text) {
-            return Ok(uri);
-        }
-    }
-    let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-    list_mirror(&list).context("no deb source for bookworm in /etc/apt/sources.list{,.d/*.sources}")
-}
-
-/// The `URIs:` of a deb822 stanza with `Types: deb` and `Suites:` holding [`SUITE`].
-fn deb822_mirror(text: &str) -> Option<String> {
-    text.split("\n\n").find_map(|stanza| {
-        let field = |name: &str| {
-            stanza.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim).unwrap_or("")
-        };
-        let has = |value: &str, word: &str| value.split_whitespace().any(|w| w == word);
-        (has(field("Types"), "deb") && has(field("Suites"), SUITE))
-            .then(|| field("URIs").split_whitespace().next().map(str::to_owned))
-            .flatten()
-    })
-}
-
-/// The URI of a one-line `deb [options] URI bookworm ...` entry.
-fn list_mirror(text: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let rest = l.trim().strip_prefix("deb ")?.trim_start();
-        let rest = match rest.strip_prefix('[') {
-            Some(opts) => opts.split_once(']')?.1,
-            None => rest,
-        };
-        let mut words = rest.split_whitespace();
-        let uri = words.next()?;
-        (words.next()? == SUITE).then(|| uri.to_owned())
-    })
 }
 
 /// Installs debootstrap from the machine's apt if it is missing.
@@ -365,13 +319,4 @@ fn build_disk(raw: &Path, uki: &Path, rootfs: &Path, work: &Path) -> anyhow::Res
             .arg(&ext4),
     )?;
     splice(raw, root_start_mib << 20, &ext4)
-}
-
-/// Copies the file `part` into `disk` at byte `offset`, streaming.
-fn splice(disk: &Path, offset: u64, part: &Path) -> anyhow::Result<()> {
-    let mut out = std::fs::OpenOptions::new().write(true).open(disk)?;
-    out.seek(SeekFrom::Start(offset))?;
-    let mut src = std::fs::File::open(part)?;
-    std::io::copy(&mut src, &mut out).with_context(|| format!("writing {} into {}", part.display(), disk.display()))?;
-    Ok(())
 }

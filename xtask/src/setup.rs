@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use crate::deb::output;
 use crate::run;
@@ -64,16 +64,7 @@ fn add_backports() -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-    // `URIs: …` in deb822 files, `deb [options] URI suite…` in the list.
-    let mirror = sources
-        .lines()
-        .filter_map(|l| l.strip_prefix("URIs:"))
-        .chain(list.lines().filter_map(|l| l.strip_prefix("deb ")))
-        .flat_map(str::split_whitespace)
-        .find(|w| w.contains(":/"))
-        .context("no Debian mirror in /etc/apt/sources.list{,.d}")?
-        .to_owned();
+    let mirror = crate::deb::apt_mirror()?;
     std::fs::write(
         "/etc/apt/sources.list.d/byoi-backports.sources",
         format!(

@@ -14,6 +14,7 @@
 //!
 //! Images go to `target/byoi/images`.
 
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -289,10 +290,12 @@ fn fat_image(
     Ok(())
 }
 
-/// Writes `part` into `disk` at byte `offset`.
-fn splice(disk: &Path, offset: u64, part: &Path) -> anyhow::Result<()> {
-    let f = std::fs::OpenOptions::new().write(true).open(disk)?;
-    f.write_all_at(&std::fs::read(part)?, offset)?;
+/// Copies the file `part` into `disk` at byte `offset`, streaming.
+pub fn splice(disk: &Path, offset: u64, part: &Path) -> anyhow::Result<()> {
+    let mut out = std::fs::OpenOptions::new().write(true).open(disk)?;
+    out.seek(SeekFrom::Start(offset))?;
+    let mut src = std::fs::File::open(part)?;
+    std::io::copy(&mut src, &mut out).with_context(|| format!("writing {} into {}", part.display(), disk.display()))?;
     Ok(())
 }
 
