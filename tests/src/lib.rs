@@ -99,12 +99,6 @@ impl TestVm {
         }
     }
 
-    /// The console from the first `from` on (all of it if absent).
-    pub fn console_from(&self, from: &str) -> String {
-        let c = self.console();
-        c.find(from).map(|i| c[i..].to_owned()).unwrap_or(c)
-    }
-
     /// Waits for the VM to exit (it powers off or reboots with `-no-reboot`).
     pub fn wait_exit(&mut self, within: Duration) -> bool {
         let start = Instant::now();
@@ -225,14 +219,37 @@ pub fn http_json(
 /// Serves one file over HTTP/1.0 on 127.0.0.1 (the guest sees 10.0.2.2);
 /// returns the port.
 pub fn serve_file(data: Vec<u8>) -> u16 {
+    serve(data, None)
+}
+
+/// Serves one file like [`serve_file`], at most `rate` bytes a second, so
+/// a download lasts long enough to be interrupted.
+pub fn serve_file_throttled(data: Vec<u8>, rate: usize) -> u16 {
+    serve(data, Some(rate))
+}
+
+fn serve(data: Vec<u8>, rate: Option<usize>) -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("address").port();
+    let data = Arc::new(data);
     std::thread::spawn(move || {
         for mut c in l.incoming().flatten() {
-            let mut req = [0u8; 4096];
-            let _ = c.read(&mut req);
-            let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
-            let _ = c.write_all(&data);
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let mut req = [0u8; 4096];
+                let _ = c.read(&mut req);
+                let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+                // A tenth of the rate every 100 ms.
+                let chunk = rate.map_or(data.len(), |r| r / 10).max(1);
+                for part in data.chunks(chunk) {
+                    if c.write_all(part).is_err() {
+                        return;
+                    }
+                    if rate.is_some() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            });
         }
     });
     port
@@ -281,31 +298,6 @@ pub fn direct_boot(cmdline: &str) -> Vec<String> {
         "-append".into(),
         cmdline.into(),
     ]
-}
-
-/// Serves one file like [`serve_file`], at most `rate` bytes a second, so
-/// a download lasts long enough to be interrupted.
-pub fn serve_file_throttled(data: Vec<u8>, rate: usize) -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("address").port();
-    let data = Arc::new(data);
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            let data = data.clone();
-            std::thread::spawn(move || {
-                let mut req = [0u8; 4096];
-                let _ = c.read(&mut req);
-                let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
-                for chunk in data.chunks((rate / 10).max(1)) {
-                    if c.write_all(chunk).is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            });
-        }
-    });
-    port
 }
 
 /// The firmware of a [`Machine`].

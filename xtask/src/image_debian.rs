@@ -30,8 +30,8 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::deb::{apt_mirror, fetch_deb, output};
-use crate::task_image::{images_dir, splice, unified_kernel_image};
+use crate::deb::{apt_mirror, output};
+use crate::task_image::{efi_stub, fat_image, images_dir, new_disk, splice, unified_kernel_image};
 use crate::{root, run};
 
 const SUITE: &str = "bookworm";
@@ -279,10 +279,9 @@ fn boot_file(rootfs: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
 /// The UKI: systemd's EFI stub with the tree's kernel and initrd, booting
 /// the root partition by PARTUUID.
 fn build_uki(rootfs: &Path, cache: &Path, uki: &Path) -> anyhow::Result<()> {
-    let (stub_dir, _) = fetch_deb("systemd-boot-efi", cache)?;
-    let stub = stub_dir.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub");
     let cmdline = format!("root=PARTUUID={ROOT_PARTUUID} ro console=ttyS0 systemd.show_status=1");
-    unified_kernel_image(&stub, &boot_file(rootfs, "vmlinuz-")?, &boot_file(rootfs, "initrd.img-")?, &cmdline, uki)
+    let (vmlinuz, initrd) = (boot_file(rootfs, "vmlinuz-")?, boot_file(rootfs, "initrd.img-")?);
+    unified_kernel_image(&efi_stub(cache)?, &vmlinuz, &initrd, &cmdline, uki)
 }
 
 /// The raw GPT disk: the ESP with the UKI, the ext4 root, free space at
@@ -290,7 +289,7 @@ fn build_uki(rootfs: &Path, cache: &Path, uki: &Path) -> anyhow::Result<()> {
 fn build_disk(raw: &Path, uki: &Path, rootfs: &Path, work: &Path) -> anyhow::Result<()> {
     let root_start_mib = 1 + ESP_MIB;
     let root_mib = DISK_MIB - root_start_mib - FREE_TAIL_MIB;
-    std::fs::File::create(raw)?.set_len(DISK_MIB << 20)?;
+    new_disk(raw, DISK_MIB)?;
     output(
         Command::new("sgdisk")
             .args(["-o", "-n", &format!("1:1M:+{ESP_MIB}M"), "-t", "1:ef00", "-c", "1:ESP"])
@@ -300,14 +299,7 @@ fn build_disk(raw: &Path, uki: &Path, rootfs: &Path, work: &Path) -> anyhow::Res
     )?;
 
     let esp = work.join("esp.fat");
-    output(
-        Command::new("mkfs.vfat").args(["-C", "-n", "ESP", "-h", "2048"]).arg(&esp).arg((ESP_MIB * 1024).to_string()),
-    )?;
-    let image = esp.display().to_string();
-    for dir in ["::/EFI", "::/EFI/BOOT"] {
-        output(Command::new("mmd").args(["-i", &image, dir]))?;
-    }
-    output(Command::new("mcopy").args(["-i", &image]).arg(uki).arg("::/EFI/BOOT/BOOTX64.EFI"))?;
+    fat_image(&esp, ESP_MIB, "ESP", 2048, &[("EFI/BOOT/BOOTX64.EFI", uki)])?;
     splice(raw, 1 << 20, &esp)?;
 
     let ext4 = work.join("root.ext4");

@@ -156,10 +156,8 @@ pub fn tiny() -> anyhow::Result<Tiny> {
     std::fs::write(&initrd, tiny_initramfs(&kernel, &cache)?)?;
 
     // UEFI: a unified kernel image on the ESP of a GPT disk.
-    let (stub_dir, _) = fetch_deb("systemd-boot-efi", &cache)?;
-    let stub = stub_dir.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub");
     let uki = work.join("BOOTX64.EFI");
-    unified_kernel_image(&stub, &kernel.vmlinuz, &initrd, TINY_CMDLINE, &uki)?;
+    unified_kernel_image(&efi_stub(&cache)?, &kernel.vmlinuz, &initrd, TINY_CMDLINE, &uki)?;
     let uefi_raw = out.join("tiny-uefi.raw");
     gpt_esp_disk(&uefi_raw, 40, 32, &[("EFI/BOOT/BOOTX64.EFI", &uki)], &work)?;
     let uefi_qcow2 = out.join("tiny-uefi.qcow2");
@@ -220,6 +218,13 @@ fn tiny_initramfs(kernel: &Kernel, cache: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(zstd::bulk::compress(&cpio, 19)?)
 }
 
+/// systemd's EFI stub for x86-64 (package `systemd-boot-efi`, unpacked in
+/// `cache`, not installed).
+pub fn efi_stub(cache: &Path) -> anyhow::Result<PathBuf> {
+    let (dir, _) = fetch_deb("systemd-boot-efi", cache)?;
+    Ok(dir.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub"))
+}
+
 /// Joins systemd's EFI stub, a kernel, an initramfs and a command line
 /// into one PE image: each part becomes a section placed after the stub's
 /// own, page-aligned (the layout `ukify` produces).
@@ -261,7 +266,7 @@ pub fn unified_kernel_image(
 
 /// A FAT filesystem image of `size_mib`, with `files` copied in
 /// (`dest` paths are relative to its root; directories are created).
-fn fat_image(
+pub fn fat_image(
     path: &Path,
     size_mib: u64,
     label: &str,
@@ -299,7 +304,7 @@ pub fn splice(disk: &Path, offset: u64, part: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn new_disk(path: &Path, size_mib: u64) -> anyhow::Result<()> {
+pub fn new_disk(path: &Path, size_mib: u64) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     std::fs::File::create(path)?.set_len(size_mib << 20)?;
     Ok(())

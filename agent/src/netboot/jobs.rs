@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use byoi_wire::agent::{Action, Hello, Job, ProgressReport, ResultReport};
+use byoi_wire::agent::{Action, Disk, Hello, Inventory, Job, ProgressReport, ResultReport};
 use byoi_wire::Status;
 
 use super::client::{ClientError, Controller};
@@ -136,18 +136,23 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
 /// Makes the disk of `job` unbootable again (its first and last MiB,
 /// which hold the partition tables, zeroed).
 fn unboot(env: &Env, job: &Job) -> Result<(), DeployError> {
-    let inv = inventory::gather(&env.sys, &env.proc);
-    let disk = inventory::find_disk(&inv, &job.disk).map_err(DeployError::TargetUnusable)?;
-    let target = DiskTarget::open(&env.dev.join(&disk.name), false)?;
+    let (_, path, _) = job_disk(env, job)?;
+    let target = DiskTarget::open(&path, false)?;
     crate::sink::wipe_ends(&target).map_err(|e| DeployError::TargetUnusable(format!("wiping: {e}")))
+}
+
+/// The inventory, and the disk `job` names (by serial, WWN and size) with
+/// its device path.
+fn job_disk(env: &Env, job: &Job) -> Result<(Inventory, PathBuf, Disk), DeployError> {
+    let inv = inventory::gather(&env.sys, &env.proc);
+    let disk = inventory::find_disk(&inv, &job.disk).map_err(DeployError::TargetUnusable)?.clone();
+    Ok((inv, env.dev.join(&disk.name), disk))
 }
 
 /// Runs one job; `Ok` carries the summary for the controller.
 fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError> {
     say(&format!("deployment {}: {} ", job.deployment_id, job.url));
-    let inv = inventory::gather(&env.sys, &env.proc);
-    let disk = inventory::find_disk(&inv, &job.disk).map_err(DeployError::TargetUnusable)?;
-    let path = env.dev.join(&disk.name);
+    let (inv, path, disk) = job_disk(env, job)?;
     say(&format!("target {} ({} bytes, serial {:?})", path.display(), disk.size_bytes, disk.serial));
     let target = DiskTarget::open(&path, false)?;
     let checksum = job.checksum.as_deref().map(str::parse::<Checksum>).transpose()?;

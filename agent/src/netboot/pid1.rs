@@ -60,7 +60,7 @@ fn run() -> Result<(), String> {
         Mode::Rescue => rescue(&ctl, &env),
         Mode::Deploy => match jobs::serve(&ctl, &env) {
             Outcome::Reboot => reboot("deployed: rebooting into the disk"),
-            Outcome::Netboot => reboot("the controller wants another boot: rebooting to netboot again"),
+            Outcome::Netboot => reboot(NETBOOT_AGAIN),
         },
     }
 }
@@ -255,13 +255,17 @@ fn rescue(ctl: &Controller, env: &Env) -> Result<(), String> {
     loop {
         match ctl.heartbeat(None) {
             // A deployment was posted for this server: go and run it.
-            Ok(Action::Reboot) => reboot("the controller wants another boot: rebooting to netboot again"),
+            Ok(Action::Reboot) => reboot(NETBOOT_AGAIN),
             Ok(_) => {}
             Err(e) => say(&format!("heartbeat: {e}")),
         }
         std::thread::sleep(env.tick * 10);
     }
 }
+
+/// Why the agent reboots when the controller wants another boot (a new
+/// token, or the other mode).
+const NETBOOT_AGAIN: &str = "the controller wants another boot: rebooting to netboot again";
 
 fn reboot(why: &str) -> ! {
     say(why);
