@@ -130,7 +130,7 @@ pub fn images_dir() -> PathBuf {
 pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("tiny") | None => tiny().map(|_| ()),
-        Some("debian") => crate::image_debian::debian().map(|p| println!("image: {}", p.display())),
+        Some("debian") => crate::image_debian::debian().map(|_| ()),
         Some(other) => bail!("unknown image {other:?} (tiny, debian)"),
     }
 }
