@@ -420,10 +420,18 @@ impl Gpt {
 }
 
 /// Grows the protective MBR's 0xEE entry to cover a disk of `disk_lbas`.
+/// Leaves it untouched when it already does; otherwise only the size and
+/// the ending CHS change (UEFI spec §5.2.3: 0xFFFFFF when the last LBA has
+/// no CHS address), the rest as the image's tool wrote it.
 pub fn grow_protective_mbr(mbr: &mut Mbr, disk_lbas: u64) {
     if let Some(e) = mbr.entries().into_iter().find(|e| e.kind == MBR_PROTECTIVE) {
         let sectors = (disk_lbas - 1).min(u64::from(u32::MAX)) as u32;
-        mbr.set_entry(e.slot, MBR_PROTECTIVE, e.first, sectors);
+        if e.sectors == sectors {
+            return;
+        }
+        let raw = &mut mbr.raw[446 + 16 * e.slot..446 + 16 * (e.slot + 1)];
+        raw[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+        raw[12..16].copy_from_slice(&sectors.to_le_bytes());
     }
 }
 
@@ -442,6 +450,28 @@ pub fn is_extended(kind: u8) -> bool {
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn protective_mbr_grows_only_when_needed_and_keeps_its_chs() {
+        let mut mbr = Mbr { raw: [0; 512] };
+        let e = &mut mbr.raw[446..462];
+        // As sgdisk writes it: start CHS 0/0/2, end CHS of the last LBA.
+        e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
+        e[4] = MBR_PROTECTIVE;
+        e[5..8].copy_from_slice(&[0x2a, 0xa0, 0x0a]);
+        e[8..12].copy_from_slice(&1u32.to_le_bytes());
+        e[12..16].copy_from_slice(&2047u32.to_le_bytes());
+        let before = mbr.raw;
+        grow_protective_mbr(&mut mbr, 2048);
+        assert_eq!(mbr.raw, before, "an MBR that covers the disk is left byte for byte");
+        grow_protective_mbr(&mut mbr, 4096);
+        let e = &mbr.raw[446..462];
+        assert_eq!(e[1..5], [0x00, 0x02, 0x00, MBR_PROTECTIVE]);
+        assert_eq!(e[5..8], [0xff, 0xff, 0xff]);
+        assert_eq!(le32(e, 8), 1);
+        assert_eq!(le32(e, 12), 4095);
+        assert_eq!(mbr.raw[..446], before[..446]);
+    }
 
     #[test]
     fn guid_round_trips_in_mixed_endian() {

@@ -1,9 +1,11 @@
 //! `cargo xtask`: build and test automation (matklad's cargo-xtask pattern).
 //! One module per task; paths come from `CARGO_MANIFEST_DIR`.
 
+mod bench_workload;
 mod deb;
 mod image_debian;
 mod setup;
+mod task_bench;
 mod task_demo;
 mod task_image;
 mod task_initramfs;
@@ -27,6 +29,9 @@ tasks:
   image       tiny: the test OS images (UEFI/GPT with a UKI, BIOS/MBR with
               syslinux); debian: Debian 12 with cloud-init (debootstrap, UKI,
               qcow2, cached); in target/byoi/images
+  bench       [--runs N] [--only A,C,…] [--device PATH|loop] [--no-micro]: the agent against
+              curl, curl|tee|dd, Ironic's stage-and-convert and qemu-img over HTTP on a
+              4 GiB workload served by nginx; target/bench/results.json
   test        [--slow]: setup, lint, initramfs, tiny images, then every test with
               the QEMU suites (BYOI_E2E=1); --slow adds the Debian image's suite";
 
@@ -36,6 +41,8 @@ fn main() -> anyhow::Result<()> {
         Some("lint") => task_lint::run(),
         Some("test") => task_test::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("demo") => task_demo::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
+        Some("bench") => task_bench::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
+        Some("__measure") => task_bench::measure(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("qmp") => task_demo::qmp(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("image") => task_image::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("initramfs") => task_initramfs::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),

@@ -75,36 +75,39 @@ fn add_backports() -> anyhow::Result<()> {
     run(Command::new("apt-get").args(["update", "-qq"]))
 }
 
-/// Installs what is missing of [`PACKAGES`] plus `extra`, QEMU, and the
-/// musl target.
-pub fn host(extra: &[&str]) -> anyhow::Result<()> {
+/// Installs what is missing of [`PACKAGES`] plus `extra`, QEMU and
+/// `extra_backports` from bookworm-backports, and the musl target.
+pub fn host(extra: &[&str], extra_backports: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES.iter().chain(extra).copied().filter(|p| !installed(p)).collect();
-    let qemu = !Path::new("/usr/bin/qemu-system-x86_64").exists();
-    if !missing.is_empty() || qemu {
+    let mut backports: Vec<&str> = extra_backports.iter().copied().filter(|p| !installed(p)).collect();
+    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        backports.extend_from_slice(QEMU_PACKAGES);
+    }
+    if !missing.is_empty() || !backports.is_empty() {
         if !is_root() {
             bail!(
-                "missing Debian packages {} (and QEMU from bookworm-backports: {}); run as root to install them",
+                "missing Debian packages {} (and from bookworm-backports: {}); run as root to install them",
                 missing.join(" "),
-                qemu
+                backports.join(" ")
             );
         }
-        println!("setup: installing {}{}", missing.join(" "), if qemu { " qemu-system-x86 (backports)" } else { "" });
+        println!("setup: installing {} (backports: {})", missing.join(" "), backports.join(" "));
         let apt = |args: &[&str]| {
             run(Command::new("apt-get")
                 .args(["install", "-y", "-qq", "--no-install-recommends"])
                 .args(args)
                 .env("DEBIAN_FRONTEND", "noninteractive"))
         };
-        if qemu {
+        if !backports.is_empty() {
             add_backports()?;
         }
         run(Command::new("apt-get").args(["update", "-qq"]))?;
         if !missing.is_empty() {
             apt(&missing)?;
         }
-        if qemu {
+        if !backports.is_empty() {
             let mut args = vec!["-t", "bookworm-backports"];
-            args.extend_from_slice(QEMU_PACKAGES);
+            args.extend_from_slice(&backports);
             apt(&args)?;
         }
     }

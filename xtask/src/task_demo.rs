@@ -58,7 +58,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
         bail!("the Debian image boots with UEFI only");
     }
     let started = Instant::now();
-    setup::host(&[])?;
+    setup::host(&[], &[])?;
     task_initramfs::run_task(&[])?;
     let tiny = task_image::tiny()?;
     let (image, kind) = match (bios, debian) {

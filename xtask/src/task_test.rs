@@ -12,7 +12,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         [a] if a == "--slow" => true,
         _ => anyhow::bail!("usage: cargo xtask test [--slow]"),
     };
-    crate::setup::host(&[])?;
+    crate::setup::host(&[], &[])?;
     crate::task_lint::run()?;
     crate::task_initramfs::run_task(&[])?;
     crate::task_image::tiny()?;

@@ -1,0 +1,178 @@
+//! Micro-benchmarks of the pipeline's stages alone, to show which one
+//! limits a deployment: hashing, zero detection, qcow2 decoding (to a sink
+//! that drops everything, and through the disk writer to a target that
+//! drops everything), and, given a URL, receiving over HTTP.
+//!
+//! `cargo bench -p byoi-agent --bench stages -- QCOW2 [QCOW2_COMPRESSED] [--url URL]`;
+//! `cargo xtask bench` runs it on its workload. Prints a line per stage and
+//! then one JSON object of MB/s by stage name.
+
+use std::io::{self, Cursor, Read};
+use std::sync::Arc;
+use std::time::Instant;
+
+use byoi_agent::checksum::{Algorithm, Hasher};
+use byoi_agent::progress::Progress;
+use byoi_agent::qcow2::{Decoder, Header};
+use byoi_agent::sink::{is_zero, DiskWriter, ImageSink, Target};
+use byoi_agent::source::{self, SourceOptions};
+
+/// Bytes hashed / scanned per sample.
+const BUF: usize = 1 << 30;
+/// Samples per stage; the median is reported.
+const SAMPLES: usize = 3;
+
+/// Drops every write: decoding alone.
+struct NullSink;
+
+impl ImageSink for NullSink {
+    fn write_at(&mut self, _offset: u64, data: &[u8]) -> byoi_agent::Result<()> {
+        std::hint::black_box(data);
+        Ok(())
+    }
+
+    fn zero_at(&mut self, _offset: u64, _len: u64) -> byoi_agent::Result<()> {
+        Ok(())
+    }
+}
+
+/// A target of any size that drops every write: the writer's own cost.
+struct NullTarget(u64);
+
+impl Target for NullTarget {
+    fn path(&self) -> &str {
+        "null"
+    }
+    fn size(&self) -> u64 {
+        self.0
+    }
+    fn logical_sector_size(&self) -> u32 {
+        512
+    }
+    fn write_all_at(&self, buf: &[u8], _offset: u64) -> io::Result<()> {
+        std::hint::black_box(buf);
+        Ok(())
+    }
+    fn read_exact_at(&self, buf: &mut [u8], _offset: u64) -> io::Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn zero_range(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn reread_partitions(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Median MB/s of `SAMPLES` runs of `f`, which processes `bytes` bytes,
+/// after one untimed run to warm caches and the allocator.
+fn rate(bytes: u64, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut v: Vec<f64> = (0..SAMPLES)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[SAMPLES / 2]
+}
+
+fn decode(image: &[u8], sink: &mut dyn ImageSink) {
+    let h = Header::parse(&image[..image.len().min(64 << 10)], Some(image.len() as u64)).expect("qcow2 header");
+    let dec = Decoder::new(h, sink, None, Some(image.len() as u64), None);
+    dec.run(&mut Cursor::new(image)).expect("decoding");
+}
+
+fn qcow2_stages(name: &str, path: &str, out: &mut Vec<(String, f64)>) {
+    let image = std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let h = Header::parse(&image[..image.len().min(64 << 10)], Some(image.len() as u64)).expect("qcow2 header");
+    let size = h.size;
+    out.push((format!("{name} decode"), rate(size, || decode(&image, &mut NullSink))));
+    let target = NullTarget(size);
+    out.push((
+        format!("{name} decode+writer"),
+        rate(size, || {
+            let mut w = DiskWriter::new(&target, "qcow2");
+            decode(&image, &mut w);
+            w.commit().expect("commit");
+        }),
+    ));
+}
+
+fn http_receive(url: &str, out: &mut Vec<(String, f64)>) {
+    let mut bytes = 0;
+    let r = rate(1, || {
+        let opened = source::open(url, &SourceOptions::default(), None, Arc::new(Progress::default())).expect("open");
+        let mut reader = opened.reader;
+        let mut buf = vec![0u8; 1 << 20];
+        bytes = 0;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => bytes += n as u64,
+                Err(e) => panic!("receiving {url}: {e}"),
+            }
+        }
+    });
+    // `rate` was given 1 byte: scale by what was received.
+    out.push(("http receive".into(), r * bytes as f64));
+}
+
+fn main() {
+    // `cargo bench` adds `--bench`.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut url = None;
+    let mut files = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--url" => url = it.next(),
+            _ => files.push(a),
+        }
+    }
+    let mut out: Vec<(String, f64)> = Vec::new();
+
+    let mut data = vec![0u8; BUF];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for c in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    for algo in [Algorithm::Sha256, Algorithm::Sha512, Algorithm::Sha1, Algorithm::Md5] {
+        let r = rate(BUF as u64, || {
+            let mut h = Hasher::new(algo);
+            for c in data.chunks(1 << 20) {
+                h.update(c);
+            }
+            std::hint::black_box(h.finish());
+        });
+        out.push((algo.name().to_owned(), r));
+    }
+    let zeros = vec![0u8; BUF];
+    out.push((
+        "zero detection".into(),
+        rate(BUF as u64, || {
+            std::hint::black_box(zeros.chunks(64 << 10).all(is_zero));
+        }),
+    ));
+    drop((data, zeros));
+    for (i, f) in files.iter().enumerate() {
+        qcow2_stages(if i == 0 { "qcow2" } else { "qcow2 -c" }, f, &mut out);
+    }
+    if let Some(u) = &url {
+        http_receive(u, &mut out);
+    }
+    for (k, v) in &out {
+        println!("{k:<24} {v:8.0} MB/s");
+    }
+    let json: serde_json::Map<String, serde_json::Value> = out.into_iter().map(|(k, v)| (k, v.into())).collect();
+    println!("{}", serde_json::Value::Object(json));
+}

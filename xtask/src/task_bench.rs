@@ -1,0 +1,687 @@
+//! `cargo xtask bench`: byoi's agent side by side with what users run
+//! instead, on one 4 GiB workload ([`crate::bench_workload`]) served by
+//! nginx on loopback, as ratios of medians of interleaved runs; then
+//! micro-benchmarks of the pipeline's stages (`agent/benches/stages.rs`).
+//!
+//! Every run starts from a zeroed target (a fresh sparse file, or a
+//! device zeroed with `blkdiscard -z`), ends with its data on disk (the
+//! agent fsyncs, the others `dd conv=fsync` / `sync -f`), and, the first
+//! time each contender runs, is checked by hashing the target against the
+//! raw image. Scratch space (`$S`, on tmpfs like a ramdisk's `/tmp`) is
+//! measured after each run. Peak RSS is the largest process of the
+//! contender's tree (`getrusage(RUSAGE_CHILDREN)` in a fresh wrapper).
+
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::bench_workload::{self, Served, Workload, SIZE};
+use crate::deb::output;
+use crate::{root, run, setup};
+
+const MUSL: &str = "x86_64-unknown-linux-musl";
+
+/// Which of the workload's files a contender reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Raw,
+    Qcow2,
+    Qcow2Compressed,
+}
+
+#[derive(Debug)]
+struct Contender {
+    id: &'static str,
+    name: &'static str,
+    input: Input,
+    /// Bash; gets `$URL`, `$SUM` (sha256 of the served file), `$T` (the
+    /// target), `$S` (scratch directory) and `$AGENT`.
+    script: &'static str,
+    /// Whether it leaves the image on the target (all but N).
+    writes: bool,
+    /// Whether it checks the sha256 of what it downloaded (all but N, E).
+    verifies: bool,
+    /// Wall time after which a run is stopped and counted as unfinished.
+    limit: Duration,
+}
+
+/// Long enough for any contender on a slow disk, short enough that a hung
+/// one does not hang the benchmark.
+const LIMIT: Duration = Duration::from_secs(600);
+
+const CONTENDERS: &[Contender] = &[
+    Contender {
+        id: "N",
+        name: "curl -o /dev/null (raw)",
+        input: Input::Raw,
+        script: r#"curl -sS --fail -o /dev/null "$URL""#,
+        writes: false,
+        verifies: false,
+        limit: LIMIT,
+    },
+    Contender {
+        id: "A",
+        name: "byoi-agent deploy raw",
+        input: Input::Raw,
+        script: r#""$AGENT" deploy --url "$URL" --target "$T" --type raw --checksum "sha256:$SUM""#,
+        writes: true,
+        verifies: true,
+        limit: LIMIT,
+    },
+    Contender {
+        id: "B",
+        name: "curl | tee >(sha256sum) | dd sparse",
+        input: Input::Raw,
+        // A named pipe instead of `>(…)`: the shell can wait for it.
+        script: r#"set -o pipefail
+mkfifo "$S/hash"
+sha256sum < "$S/hash" > "$S/sum" & hasher=$!
+curl -sS --fail "$URL" | tee "$S/hash" | dd of="$T" bs=4M iflag=fullblock conv=sparse,notrunc,fsync status=none
+rc=$?
+wait $hasher
+[ $rc = 0 ] && [ "$(cut -d' ' -f1 "$S/sum")" = "$SUM" ]"#,
+        writes: true,
+        verifies: true,
+        limit: LIMIT,
+    },
+    Contender {
+        id: "C",
+        name: "byoi-agent deploy qcow2",
+        input: Input::Qcow2,
+        script: r#""$AGENT" deploy --url "$URL" --target "$T" --type qcow2 --checksum "sha256:$SUM""#,
+        writes: true,
+        verifies: true,
+        limit: LIMIT,
+    },
+    Contender {
+        id: "D",
+        name: "curl -o tmpfs; sha256sum; qemu-img convert",
+        input: Input::Qcow2,
+        script: r#"curl -sS --fail -o "$S/img.qcow2" "$URL" &&
+echo "$SUM  $S/img.qcow2" | sha256sum -c --quiet &&
+qemu-img convert -n -f qcow2 -O raw "$S/img.qcow2" "$T" &&
+sync -f "$T""#,
+        writes: true,
+        verifies: true,
+        limit: LIMIT,
+    },
+    Contender {
+        id: "E",
+        name: "qemu-img convert http:// (no checksum)",
+        input: Input::Qcow2,
+        script: r#"qemu-img convert -n -f qcow2 -O raw "$URL" "$T" && sync -f "$T""#,
+        writes: true,
+        verifies: false,
+        // qemu-img 10.0.2's curl driver (Debian's bookworm-backports build)
+        // stalls here partway: the socket is no longer polled and curl's
+        // timer is unset, so it waits forever. Bounded, and reported as
+        // unfinished.
+        limit: Duration::from_secs(120),
+    },
+    Contender {
+        id: "F",
+        name: "byoi-agent deploy qcow2 -c",
+        input: Input::Qcow2Compressed,
+        script: r#""$AGENT" deploy --url "$URL" --target "$T" --type qcow2 --checksum "sha256:$SUM""#,
+        writes: true,
+        verifies: true,
+        limit: LIMIT,
+    },
+];
+
+/// `(name, numerator, denominator, target)`: the issue's targets.
+const RATIOS: &[(&str, &str, &str, f64)] = &[
+    ("A/N", "A", "N", 1.15),
+    ("A/B", "A", "B", 1.0),
+    ("C/D", "C", "D", 0.6),
+    ("C/E", "C", "E", 1.0),
+    ("F/C", "F", "C", f64::NAN),
+];
+
+/// Peak RSS limit for the agent's qcow2 runs.
+const RSS_TARGET: u64 = 64 << 20;
+
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--only A,C,…] [--device PATH|loop] [--no-micro]";
+
+#[derive(Debug)]
+struct Options {
+    runs: usize,
+    only: Option<Vec<String>>,
+    device: Option<String>,
+    micro: bool,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Options> {
+    let mut o = Options { runs: 3, only: None, device: None, micro: true };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
+        match a.as_str() {
+            "--runs" => o.runs = value()?.parse().context("--runs")?,
+            "--only" => o.only = Some(value()?.split(',').map(|s| s.trim().to_uppercase()).collect()),
+            "--device" => o.device = Some(value()?.clone()),
+            "--no-micro" => o.micro = false,
+            _ => bail!("unknown argument {a:?}\n{USAGE}"),
+        }
+    }
+    if o.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    Ok(o)
+}
+
+/// nginx on a free loopback port, serving the workload directory.
+#[derive(Debug)]
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(www: &Path, dir: &Path) -> anyhow::Result<Nginx> {
+        std::fs::create_dir_all(dir)?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // One worker, sendfile: how a file server is usually set up. As
+        // root nginx would drop to nobody, who may not read target/.
+        let user = if output(Command::new("id").arg("-u"))?.trim() == "0" { "user root;" } else { "" };
+        let conf = format!(
+            "{user}\ndaemon off;\nworker_processes 1;\nerror_log {dir}/error.log;\npid {dir}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  default_type application/octet-stream;\n\
+             \x20 client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};\n\
+             \x20 uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+             \x20 server {{ listen 127.0.0.1:{port}; root {www}; }}\n}}\n",
+            dir = dir.display(),
+            www = www.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let n = Nginx { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(n);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nginx did not listen on port {port}; see {}/error.log", dir.display())
+    }
+
+    fn url(&self, s: &Served) -> String {
+        format!("http://127.0.0.1:{}/{}", self.port, s.name)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its worker too (SIGKILL would orphan it).
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// Where contenders write.
+#[derive(Debug)]
+enum Target {
+    /// A fresh sparse file per run.
+    File(PathBuf),
+    /// A block device, zeroed before each run.
+    Device(PathBuf),
+}
+
+impl Target {
+    fn path(&self) -> &Path {
+        match self {
+            Target::File(p) | Target::Device(p) => p,
+        }
+    }
+
+    /// Makes the target read as zeros, untimed.
+    fn reset(&self) -> anyhow::Result<()> {
+        match self {
+            Target::File(p) => {
+                let _ = std::fs::remove_file(p);
+                std::fs::File::create(p)?.set_len(SIZE)?;
+            }
+            Target::Device(p) => {
+                run(Command::new("blkdiscard").arg("-z").arg("-l").arg(SIZE.to_string()).arg(p))?;
+            }
+        }
+        // Leave no dirty pages of the reset to the next timed run.
+        run(&mut Command::new("sync"))
+    }
+}
+
+/// A loop device over a sparse file, detached on drop.
+#[derive(Debug)]
+struct Loop(PathBuf);
+
+impl Loop {
+    fn attach(backing: &Path) -> anyhow::Result<Loop> {
+        std::fs::File::create(backing)?.set_len(SIZE)?;
+        let dev = output(Command::new("losetup").args(["--find", "--show"]).arg(backing))?;
+        Ok(Loop(PathBuf::from(dev.trim())))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// One timed run.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// Seconds; infinite when the run was stopped at its limit.
+    wall: f64,
+    rss: u64,
+    scratch: u64,
+}
+
+/// `cargo xtask __measure OUT -- CMD…`: runs CMD, writes its exit status
+/// and the peak RSS of its process tree (KiB) to OUT. A fresh process, so
+/// that `RUSAGE_CHILDREN` covers this command alone.
+pub fn measure(args: &[String]) -> anyhow::Result<()> {
+    let [out, dashes, cmd @ ..] = args else { bail!("usage: __measure OUT -- CMD…") };
+    if dashes != "--" || cmd.is_empty() {
+        bail!("usage: __measure OUT -- CMD…");
+    }
+    let status = Command::new(&cmd[0]).args(&cmd[1..]).status().with_context(|| format!("running {}", cmd[0]))?;
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
+    std::fs::write(out, format!("{} {}\n", status.code().unwrap_or(-1), usage.max_rss()))?;
+    Ok(())
+}
+
+/// Allocated bytes under `dir`.
+fn allocated(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => total += allocated(&e.path()),
+            Ok(m) => total += m.blocks() * 512,
+            Err(_) => {}
+        }
+    }
+    total
+}
+
+struct Runner<'a> {
+    agent: PathBuf,
+    nginx: &'a Nginx,
+    work: &'a Workload,
+    target: &'a Target,
+    scratch_root: PathBuf,
+    logs: PathBuf,
+}
+
+impl Runner<'_> {
+    fn served(&self, input: Input) -> &Served {
+        match input {
+            Input::Raw => &self.work.raw,
+            Input::Qcow2 => &self.work.qcow2,
+            Input::Qcow2Compressed => &self.work.qcow2c,
+        }
+    }
+
+    fn run(&self, c: &Contender, round: usize, check: bool) -> anyhow::Result<Sample> {
+        if c.writes {
+            self.target.reset()?;
+        }
+        let scratch = self.scratch_root.join(c.id);
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)?;
+        let served = self.served(c.input);
+        let status_file = scratch.join(".status");
+        let log = self.logs.join(format!("{}-{round}.log", c.id));
+        let exe = std::env::current_exe()?;
+        let started = Instant::now();
+        let mut child = Command::new(exe)
+            .arg("__measure")
+            .arg(&status_file)
+            .args(["--", "bash", "-c", c.script])
+            .env("URL", self.nginx.url(served))
+            .env("SUM", &served.sha256)
+            .env("T", self.target.path())
+            .env("S", &scratch)
+            .env("AGENT", &self.agent)
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::options().append(true).open(&log)?)
+            .process_group(0)
+            .spawn()?;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if started.elapsed() > c.limit {
+                // The whole group: the wrapper, bash and what bash runs.
+                let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let Some(status) = status else {
+            println!("bench: {} did not finish within {} s; stopped", c.id, c.limit.as_secs());
+            std::fs::remove_dir_all(&scratch)?;
+            return Ok(Sample { wall: f64::INFINITY, rss: 0, scratch: 0 });
+        };
+        let wall = started.elapsed().as_secs_f64();
+        let measured = std::fs::read_to_string(&status_file).unwrap_or_default();
+        let mut parts = measured.split_whitespace();
+        let code: i32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
+        let rss_kib: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if !status.success() || code != 0 {
+            bail!("{} ({}) failed with exit code {code}; see {}", c.id, c.name, log.display());
+        }
+        let _ = std::fs::remove_file(&status_file);
+        let scratch_bytes = allocated(&scratch);
+        std::fs::remove_dir_all(&scratch)?;
+        if check && c.writes {
+            let got = bench_workload::disk_sha256(self.target.path())?;
+            if got != self.work.disk_sha256 {
+                bail!(
+                    "{} ({}) left a target that differs from the raw image (sha256 {got}, expected {})",
+                    c.id,
+                    c.name,
+                    self.work.disk_sha256
+                );
+            }
+        }
+        Ok(Sample { wall, rss: rss_kib * 1024, scratch: scratch_bytes })
+    }
+}
+
+/// The median; infinite runs sort last.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    match cmd.output() {
+        Ok(o) => {
+            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_owned()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']));
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu": model.unwrap_or("?"),
+        "memory_bytes": mem_kib * 1024,
+        "kernel": first_line(Command::new("uname").args(["-sr"])),
+        "nginx": first_line(Command::new("nginx").arg("-v")),
+        "curl": first_line(Command::new("curl").arg("--version")),
+        "qemu_img": first_line(Command::new("qemu-img").arg("--version")),
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.0} MiB", b as f64 / f64::from(1 << 20))
+}
+
+pub fn run_task(args: &[String]) -> anyhow::Result<()> {
+    let opts = parse(args)?;
+    setup::host(&["nginx", "curl", "qemu-utils"], &["qemu-block-extra"])?;
+    println!("bench: building the agent (release, {MUSL})");
+    run(Command::new("cargo").args(["build", "--quiet", "--release", "--target", MUSL, "-p", "byoi-agent"]))?;
+    let agent = root().join("target").join(MUSL).join("release/byoi-agent");
+    let work = bench_workload::workload()?;
+    let bench_dir = root().join("target/bench");
+    let nginx = Nginx::start(&bench_workload::dir(), &bench_dir.join("nginx"))?;
+
+    let _loop_dev;
+    let target = match opts.device.as_deref() {
+        None => Target::File(bench_dir.join("target.img")),
+        Some("loop") => {
+            let l = Loop::attach(&bench_dir.join("loop.img"))?;
+            let p = l.0.clone();
+            _loop_dev = l;
+            Target::Device(p)
+        }
+        Some(dev) => Target::Device(PathBuf::from(dev)),
+    };
+    let contenders: Vec<&Contender> =
+        CONTENDERS.iter().filter(|c| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == c.id))).collect();
+    if contenders.is_empty() {
+        bail!("--only matches no contender (N, A, B, C, D, E, F)");
+    }
+    let logs = bench_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let runner = Runner {
+        agent,
+        nginx: &nginx,
+        work: &work,
+        target: &target,
+        scratch_root: PathBuf::from("/dev/shm/byoi-bench"),
+        logs,
+    };
+    // Warm the page cache: every contender reads the served files from
+    // memory, so the network path is what gets compared.
+    for s in [&work.raw, &work.qcow2, &work.qcow2c] {
+        run(Command::new("curl").args(["-sS", "--fail", "-o", "/dev/null"]).arg(nginx.url(s)))?;
+    }
+
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); contenders.len()];
+    let mut checked = vec![false; contenders.len()];
+    for round in 0..opts.runs {
+        for (i, c) in contenders.iter().enumerate() {
+            let s = runner.run(c, round, !checked[i])?;
+            checked[i] |= s.wall.is_finite();
+            println!(
+                "bench: round {}/{} {} {:<42} {:7.2} s {:>9} RSS",
+                round + 1,
+                opts.runs,
+                c.id,
+                c.name,
+                s.wall,
+                mib(s.rss)
+            );
+            samples[i].push(s);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&runner.scratch_root);
+    if let Target::File(p) = &target {
+        let _ = std::fs::remove_file(p);
+    }
+
+    let micro = if opts.micro { micro_benchmarks(&work, &nginx.url(&work.raw))? } else { serde_json::Value::Null };
+    report(&opts, &work, &target, &contenders, &samples, micro)
+}
+
+/// Runs `agent/benches/stages.rs` on the workload; returns its JSON.
+fn micro_benchmarks(work: &Workload, raw_url: &str) -> anyhow::Result<serde_json::Value> {
+    println!("bench: micro-benchmarks of the pipeline's stages");
+    let out = output(
+        Command::new("cargo")
+            .args(["bench", "--quiet", "-p", "byoi-agent", "--bench", "stages", "--"])
+            .arg(&work.qcow2.path)
+            .arg(&work.qcow2c.path)
+            .args(["--url", raw_url])
+            .current_dir(root()),
+    )?;
+    let line = out.lines().rev().find(|l| l.starts_with('{')).context("no JSON from the stages bench")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn report(
+    opts: &Options,
+    work: &Workload,
+    target: &Target,
+    contenders: &[&Contender],
+    samples: &[Vec<Sample>],
+    micro: serde_json::Value,
+) -> anyhow::Result<()> {
+    let machine = machine();
+    let mut rows = Vec::new();
+    // Median wall time, and the limit that bounds it when it is infinite.
+    let mut medians = std::collections::BTreeMap::new();
+    for (c, s) in contenders.iter().zip(samples) {
+        let wall = median(s.iter().map(|x| x.wall).collect());
+        let finished: Vec<&Sample> = s.iter().filter(|x| x.wall.is_finite()).collect();
+        let rss = median(finished.iter().map(|x| x.rss as f64).collect()) as u64;
+        let scratch = finished.iter().map(|x| x.scratch).max().unwrap_or(0);
+        medians.insert(c.id, (wall, c.limit.as_secs_f64()));
+        let finite = |v: f64| if v.is_finite() { json!(v) } else { serde_json::Value::Null };
+        rows.push(json!({
+            "id": c.id,
+            "name": c.name,
+            "input": match c.input { Input::Raw => &work.raw, Input::Qcow2 => &work.qcow2, Input::Qcow2Compressed => &work.qcow2c }.name,
+            "script": c.script,
+            "verifies_sha256": c.verifies,
+            "wall_s": s.iter().map(|x| finite(x.wall)).collect::<Vec<_>>(),
+            "unfinished_runs": s.len() - finished.len(),
+            "limit_s": c.limit.as_secs(),
+            "median_wall_s": finite(wall),
+            "virtual_mb_s": SIZE as f64 / wall / 1e6,
+            "peak_rss_bytes": if finished.is_empty() { serde_json::Value::Null } else { json!(rss) },
+            "scratch_bytes": scratch,
+        }));
+    }
+    let mut ratios = Vec::new();
+    for &(name, a, b, goal) in RATIOS {
+        let (Some(&(x, _)), Some(&(y, y_limit))) = (medians.get(a), medians.get(b)) else { continue };
+        if !x.is_finite() {
+            continue;
+        }
+        // A denominator that never finished bounds the ratio from above.
+        let (v, bound) = if y.is_finite() { (x / y, "exact") } else { (x / y_limit, "upper") };
+        ratios.push(json!({
+            "ratio": name,
+            "value": v,
+            "bound": bound,
+            "target": if goal.is_nan() { serde_json::Value::Null } else { json!(goal) },
+            "met": if goal.is_nan() { serde_json::Value::Null } else { json!(v <= goal) },
+        }));
+    }
+    let rss_checks: Vec<serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["id"] == "C" || r["id"] == "F")
+        .map(|r| json!({ "id": r["id"], "peak_rss_bytes": r["peak_rss_bytes"], "target": RSS_TARGET, "met": r["peak_rss_bytes"].as_u64().unwrap_or(u64::MAX) <= RSS_TARGET }))
+        .collect();
+    let results = json!({
+        "machine": machine,
+        "target": { "path": target.path(), "kind": match target { Target::File(_) => "file", Target::Device(_) => "device" } },
+        "workload": {
+            "virtual_size": SIZE,
+            "data_fraction": work.data_fraction,
+            "raw_bytes": work.raw.len,
+            "qcow2_bytes": work.qcow2.len,
+            "qcow2_compressed_bytes": work.qcow2c.len,
+        },
+        "runs": opts.runs,
+        "contenders": rows,
+        "ratios": ratios,
+        "rss": rss_checks,
+        "micro": micro,
+    });
+    let path = root().join("target/bench/results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+    print_table(&results);
+    println!("\nresults: {}", path.display());
+    Ok(())
+}
+
+fn print_table(r: &serde_json::Value) {
+    let m = &r["machine"];
+    let w = &r["workload"];
+    println!(
+        "\nbyoi bench: {} cores ({}), {} GiB RAM, {}; target {} ({})",
+        m["cores"],
+        m["cpu"].as_str().unwrap_or("?"),
+        m["memory_bytes"].as_u64().unwrap_or(0) >> 30,
+        m["kernel"].as_str().unwrap_or("?"),
+        r["target"]["path"].as_str().unwrap_or("?"),
+        r["target"]["kind"].as_str().unwrap_or("?"),
+    );
+    println!(
+        "workload: 4 GiB GPT disk, {:.0} % data; raw {}, qcow2 {}, qcow2 -c {}; median of {} interleaved runs",
+        w["data_fraction"].as_f64().unwrap_or(0.0) * 100.0,
+        mib(w["raw_bytes"].as_u64().unwrap_or(0)),
+        mib(w["qcow2_bytes"].as_u64().unwrap_or(0)),
+        mib(w["qcow2_compressed_bytes"].as_u64().unwrap_or(0)),
+        r["runs"],
+    );
+    println!("\n    {:<42} {:>8} {:>8} {:>10} {:>10}  sha256", "contender", "wall s", "MB/s", "peak RSS", "scratch");
+    for c in r["contenders"].as_array().into_iter().flatten() {
+        let (wall, rate) = match c["median_wall_s"].as_f64() {
+            Some(w) => (format!("{w:.2}"), format!("{:.0}", c["virtual_mb_s"].as_f64().unwrap_or(0.0))),
+            None => (format!("> {}", c["limit_s"]), "-".to_owned()),
+        };
+        println!(
+            "{:<3} {:<42} {:>8} {:>8} {:>10} {:>10}  {}",
+            c["id"].as_str().unwrap_or("?"),
+            c["name"].as_str().unwrap_or("?"),
+            wall,
+            rate,
+            c["peak_rss_bytes"].as_u64().map(mib).unwrap_or_else(|| "-".into()),
+            mib(c["scratch_bytes"].as_u64().unwrap_or(0)),
+            if c["verifies_sha256"] == true { "yes" } else { "no" },
+        );
+    }
+    println!();
+    for x in r["ratios"].as_array().into_iter().flatten() {
+        let goal = match x["target"].as_f64() {
+            Some(t) => format!("target ≤ {t:.2}  {}", if x["met"] == true { "met" } else { "MISSED" }),
+            None => String::new(),
+        };
+        let at_most = if x["bound"] == "upper" { "≤" } else { " " };
+        println!(
+            "{:<4} {at_most}{:6.2}  {goal}",
+            x["ratio"].as_str().unwrap_or("?"),
+            x["value"].as_f64().unwrap_or(0.0)
+        );
+    }
+    for x in r["rss"].as_array().into_iter().flatten() {
+        println!(
+            "RSS {} {}  target ≤ 64 MiB  {}",
+            x["id"].as_str().unwrap_or("?"),
+            mib(x["peak_rss_bytes"].as_u64().unwrap_or(0)),
+            if x["met"] == true { "met" } else { "MISSED" }
+        );
+    }
+    if let Some(m) = r["micro"].as_object() {
+        println!("\nstages alone (MB/s of input; qcow2 decode: MB/s of virtual size, to a null sink):");
+        for (k, v) in m {
+            println!("  {k:<28} {:8.0}", v.as_f64().unwrap_or(0.0));
+        }
+    }
+}
