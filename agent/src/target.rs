@@ -124,7 +124,8 @@ impl DiskTarget {
     fn write_direct(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         let Some(direct) = &self.direct else { return Ok(0) };
         let len = buf.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-        let aligned = (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) && offset.is_multiple_of(DIRECT_ALIGN as u64);
+        let aligned =
+            (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) && offset.is_multiple_of(DIRECT_ALIGN as u64);
         if !aligned || len == 0 || !self.direct_ok.load(Ordering::Relaxed) {
             return Ok(0);
         }
