@@ -1,7 +1,8 @@
 //! Host setup for the tasks that run QEMU: Debian packages (QEMU 10 from
 //! bookworm-backports, to match the preinstalled qemu-utils; the mirror is
-//! the one this machine's apt already uses) and the musl target. Nothing
-//! happens when everything is there; installing needs root.
+//! the one this machine's apt already uses) and the musl target; the bench
+//! adds nginx and qemu-block-extra (backports). Nothing happens when
+//! everything is there; installing needs root.
 
 use std::path::Path;
 use std::process::Command;
