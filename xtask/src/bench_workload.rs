@@ -145,8 +145,9 @@ pub fn dir() -> PathBuf {
     root().join("target/bench/workload")
 }
 
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+/// SHA-256 of the first `limit` bytes of `path` (a file, or a device).
+fn sha256_of(path: &Path, limit: u64) -> anyhow::Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?.take(limit);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 4 << 20];
     loop {
@@ -161,17 +162,7 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
 
 /// Hashes the first [`SIZE`] bytes of `path` (a target file or device).
 pub fn disk_sha256(path: &Path) -> anyhow::Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?.take(SIZE);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    sha256_of(path, SIZE)
 }
 
 /// Returns the workload, generating it on first use (~1–2 minutes, most
@@ -202,7 +193,7 @@ pub fn workload() -> anyhow::Result<Workload> {
     let mut files = serde_json::Map::new();
     for (name, p) in [("disk.raw", &raw), ("disk.qcow2", &qcow2), ("disk-c.qcow2", &qcow2c)] {
         let len = std::fs::metadata(p)?.len();
-        files.insert(name.into(), json!({ "len": len, "sha256": sha256_file(p)? }));
+        files.insert(name.into(), json!({ "len": len, "sha256": sha256_of(p, u64::MAX)? }));
     }
     let s = json!({ "version": VERSION, "data_fraction": data as f64 / SIZE as f64, "files": files });
     std::fs::write(&stamp, serde_json::to_string_pretty(&s)?)?;
