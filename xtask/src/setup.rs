@@ -11,6 +11,7 @@ use anyhow::bail;
 
 use crate::deb::output;
 use crate::run;
+use crate::task_initramfs::MUSL;
 
 /// What the tests, the images and the demo use: the oracles and fixture
 /// makers (qemu-img/qemu-io, compressors, openssl, sgdisk, mkfs.vfat,
@@ -43,14 +44,13 @@ pub const PACKAGES: &[&str] = &[
 /// QEMU itself, from bookworm-backports.
 const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"];
 
-const MUSL: &str = "x86_64-unknown-linux-musl";
-
 fn installed(package: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_ok_and(|s| s.contains("install ok installed"))
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
 }
 

@@ -25,8 +25,6 @@ use crate::bench_workload::{self, Served, Workload, SIZE};
 use crate::deb::output;
 use crate::{root, run, setup};
 
-const MUSL: &str = "x86_64-unknown-linux-musl";
-
 /// Which of the workload's files a contender reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Input {
@@ -200,7 +198,7 @@ impl Nginx {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         // One worker, sendfile: how a file server is usually set up. As
         // root nginx would drop to nobody, who may not read target/.
-        let user = if output(Command::new("id").arg("-u"))?.trim() == "0" { "user root;" } else { "" };
+        let user = if setup::is_root() { "user root;" } else { "" };
         let conf = format!(
             "{user}\ndaemon off;\nworker_processes 1;\nerror_log {dir}/error.log;\npid {dir}/nginx.pid;\n\
              events {{ worker_connections 64; }}\n\
@@ -371,15 +369,17 @@ struct Runner<'a> {
     logs: PathBuf,
 }
 
-impl Runner<'_> {
-    fn served(&self, input: Input) -> &Served {
-        match input {
-            Input::Raw => &self.work.raw,
-            Input::Qcow2 => &self.work.qcow2,
-            Input::Qcow2Compressed => &self.work.qcow2c,
+impl Input {
+    fn served(self, work: &Workload) -> &Served {
+        match self {
+            Input::Raw => &work.raw,
+            Input::Qcow2 => &work.qcow2,
+            Input::Qcow2Compressed => &work.qcow2c,
         }
     }
+}
 
+impl Runner<'_> {
     fn run(&self, c: &Contender, round: usize, check: bool) -> anyhow::Result<Sample> {
         if c.writes {
             self.target.reset()?;
@@ -388,7 +388,7 @@ impl Runner<'_> {
         let scratch = self.scratch_root.join(c.id);
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&scratch)?;
-        let served = self.served(c.input);
+        let served = c.input.served(self.work);
         let status_file = scratch.join(".status");
         let log = self.logs.join(format!("{}-{round}.log", c.id));
         let exe = std::env::current_exe()?;
@@ -504,14 +504,13 @@ fn mib(b: u64) -> String {
 pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     let opts = parse(args)?;
     setup::host(&["nginx", "curl", "qemu-utils"], &["qemu-block-extra"])?;
-    println!("bench: building the agent (release, {MUSL})");
-    run(Command::new("cargo").args(["build", "--quiet", "--release", "--target", MUSL, "-p", "byoi-agent"]))?;
-    let agent = root().join("target").join(MUSL).join("release/byoi-agent");
+    println!("bench: building the agent as shipped (release, static)");
+    let agent = crate::task_initramfs::static_agent()?;
     let work = bench_workload::workload()?;
     let bench_dir = root().join("target/bench");
     let nginx = Nginx::start(&bench_workload::dir(), &bench_dir.join("nginx"))?;
 
-    if opts.device.is_some() && output(Command::new("id").arg("-u"))?.trim() != "0" {
+    if opts.device.is_some() && !setup::is_root() {
         bail!("--device needs root (losetup, blkdiscard, O_EXCL on the device)");
     }
     let _loop_dev;
@@ -619,7 +618,7 @@ fn report(
         rows.push(json!({
             "id": c.id,
             "name": c.name,
-            "input": match c.input { Input::Raw => &work.raw, Input::Qcow2 => &work.qcow2, Input::Qcow2Compressed => &work.qcow2c }.name,
+            "input": c.input.served(work).name,
             "script": c.script,
             "verifies_sha256": c.verifies,
             "wall_s": s.iter().map(|x| finite(x.wall)).collect::<Vec<_>>(),

@@ -17,7 +17,8 @@ use crate::deb::{self, fetch_deb, output};
 use crate::{root, run};
 
 /// The agent's target: static, no libc on the initramfs.
-const MUSL: &str = "x86_64-unknown-linux-musl";
+/// The agent's target: static, for the initramfs.
+pub const MUSL: &str = "x86_64-unknown-linux-musl";
 /// Largest initramfs we ship (Tinkerbell's Hook is ~180 MB).
 const MAX_INITRAMFS: u64 = 20 << 20;
 
@@ -110,6 +111,21 @@ fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Builds the agent as shipped (release, static musl: what the initramfs
+/// and the benchmark run); returns the binary's path.
+pub fn static_agent() -> anyhow::Result<PathBuf> {
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !targets.lines().any(|t| t.trim() == MUSL) {
+        run(Command::new("rustup").args(["target", "add", MUSL]))?;
+    }
+    run(Command::new("cargo").args(["build", "--release", "--locked", "--target", MUSL, "-p", "byoi-agent"]))?;
+    let path = root().join(format!("target/{MUSL}/release/byoi-agent"));
+    if is_dynamic(&std::fs::read(&path)?) {
+        bail!("byoi-agent for {MUSL} is not statically linked");
+    }
+    Ok(path)
+}
+
 pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     let opts = parse(args)?;
     let root = root();
@@ -118,15 +134,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cache)?;
 
     // 1. The agent, static.
-    let targets = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
-    if !targets.lines().any(|t| t.trim() == MUSL) {
-        run(Command::new("rustup").args(["target", "add", MUSL]))?;
-    }
-    run(Command::new("cargo").args(["build", "--release", "--locked", "--target", MUSL, "-p", "byoi-agent"]))?;
-    let agent = std::fs::read(root.join(format!("target/{MUSL}/release/byoi-agent")))?;
-    if is_dynamic(&agent) {
-        bail!("byoi-agent for {MUSL} is not statically linked");
-    }
+    let agent = std::fs::read(static_agent()?)?;
 
     // 2. The kernel and its modules.
     let kernel = deb::kernel(&opts.flavour, &cache)?;
