@@ -23,6 +23,7 @@ pub mod sink;
 pub mod slice;
 pub mod source;
 pub mod target;
+pub mod vmdk;
 
 pub use deploy::{deploy, DeployRequest, Deployed};
 pub use error::{DeployError, Result};
