@@ -569,6 +569,7 @@ impl App {
             url: req.url,
             checksum: req.checksum,
             image_type: req.image_type,
+            ova_disk: req.ova_disk,
             headers: req.headers,
             disk: DiskSelector { serial: disk.serial.clone(), wwn: disk.wwn.clone(), size_bytes: disk.size_bytes },
             configdrive: req.configdrive.map(|c| ConfigDriveJob {

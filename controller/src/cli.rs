@@ -136,9 +136,12 @@ struct DeployArgs {
     /// ALGO:HEX.
     #[arg(long)]
     checksum: Option<String>,
-    /// raw or qcow2.
+    /// raw, qcow2 or ova; default: the agent detects it.
     #[arg(long = "type")]
     image_type: Option<String>,
+    /// Which disk of a multi-disk OVA: a 1-based index, an OVF disk id or a file name.
+    #[arg(long, value_name = "N|ID|FILE")]
+    ova_disk: Option<String>,
     /// 'Name: value'; repeatable.
     #[arg(long = "header")]
     headers: Vec<String>,
@@ -262,6 +265,9 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             }
             if let Some(t) = &a.image_type {
                 body["type"] = json!(t);
+            }
+            if let Some(d) = &a.ova_disk {
+                body["ovaDisk"] = json!(d);
             }
             if let Some(g) = a.disk_group {
                 body["diskGroupId"] = json!(g);

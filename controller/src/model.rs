@@ -4,10 +4,81 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Largest user data accepted (decoded).
 pub const MAX_USER_DATA: usize = 16 << 20;
+
+/// Longest `ovaDisk` string accepted, in bytes: a file name's limit on
+/// most file systems, and far more than any OVF disk id needs.
+pub const MAX_OVA_DISK: usize = 255;
+
+/// Image types a request may declare (`type`), lowercase.
+const IMAGE_TYPES: [&str; 3] = ["qcow2", "raw", "ova"];
+
+/// `ovaDisk` of a BYOI request (our extension to OVH's API): which disk of
+/// a multi-disk OVA to deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum OvaDisk {
+    /// A JSON number: 1-based index in the order of the OVF's DiskSection.
+    Index(u64),
+    /// A JSON string: an OVF disk id (`vmdisk2`) or a file name
+    /// (`disk2.vmdk`); a string of digits means the index.
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for OvaDisk {
+    // By hand rather than `#[serde(untagged)]`, whose error ("did not match
+    // any variant") would not say what is expected.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = OvaDisk;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a disk number from 1, an OVF disk id or a file name")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<OvaDisk, E> {
+                Ok(OvaDisk::Index(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<OvaDisk, E> {
+                u64::try_from(v)
+                    .map(OvaDisk::Index)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OvaDisk, E> {
+                Ok(OvaDisk::Name(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<OvaDisk, E> {
+                Ok(OvaDisk::Name(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl OvaDisk {
+    /// Validates; returns the disk as the agent gets it: an index as
+    /// decimal digits without leading zeros, else the string as given.
+    fn validate(self) -> Result<String, String> {
+        let from_1 = || "Bad ovaDisk, disks are numbered from 1.".to_owned();
+        match self {
+            OvaDisk::Index(0) => Err(from_1()),
+            OvaDisk::Index(n) => Ok(n.to_string()),
+            OvaDisk::Name(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => match s.parse::<u64>() {
+                Ok(0) => Err(from_1()),
+                Ok(n) => Ok(n.to_string()),
+                Err(_) => Err(format!("Bad ovaDisk {s:?}.")),
+            },
+            OvaDisk::Name(s) => {
+                if s.trim().is_empty() || s.len() > MAX_OVA_DISK || s.chars().any(char::is_control) {
+                    return Err(format!("Bad ovaDisk {s:?}."));
+                }
+                Ok(s)
+            }
+        }
+    }
+}
 
 /// `configdrive` of a BYOI request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,9 +112,13 @@ pub struct ByoiRequest {
     /// md5, sha1, sha256, sha512.
     #[serde(rename = "checkSumType")]
     pub check_sum_type: Option<String>,
-    /// qcow2 or raw.
+    /// qcow2, raw or ova (any case).
     #[serde(rename = "type")]
     pub image_type: Option<String>,
+    /// Which disk of a multi-disk OVA (our extension); only with `type`
+    /// ova or no `type`.
+    #[serde(rename = "ovaDisk")]
+    pub ova_disk: Option<OvaDisk>,
     /// Free text.
     pub description: Option<String>,
     /// Disk group to write (default 1).
@@ -70,8 +145,12 @@ pub struct ValidRequest {
     pub url: String,
     /// `algo:hex`.
     pub checksum: Option<String>,
-    /// `raw` / `qcow2`.
+    /// `raw` / `qcow2` / `ova`.
     pub image_type: Option<String>,
+    /// Which disk of a multi-disk OVA: a 1-based index (decimal digits), an
+    /// OVF disk id or a file name. Absent from rows stored before it existed.
+    #[serde(default)]
+    pub ova_disk: Option<String>,
     /// Free text.
     pub description: Option<String>,
     /// Disk group, from 1.
@@ -128,8 +207,16 @@ impl ByoiRequest {
         };
         let image_type = match self.image_type.map(|t| t.to_ascii_lowercase()) {
             None => None,
-            Some(t) if t == "qcow2" || t == "raw" => Some(t),
-            Some(_) => return Err("Bad format image, expected: qcow2, raw.".into()),
+            Some(t) if IMAGE_TYPES.contains(&t.as_str()) => Some(t),
+            Some(_) => return Err("Bad format image, expected: qcow2, raw, ova.".into()),
+        };
+        // Without `type` the agent sniffs the format, so ovaDisk may come alone.
+        let ova_disk = match self.ova_disk {
+            Some(_) if image_type.as_deref().is_some_and(|t| t != "ova") => {
+                return Err("ovaDisk is only for images of type ova.".into())
+            }
+            Some(d) => Some(d.validate()?),
+            None => None,
         };
         let mut headers = self.http_header.unwrap_or_default();
         headers.extend(self.http_headers.unwrap_or_default());
@@ -193,6 +280,7 @@ impl ByoiRequest {
             url,
             checksum,
             image_type,
+            ova_disk,
             description: self.description,
             disk_group_id,
             headers,
@@ -282,7 +370,7 @@ mod tests {
                 r#"{"URL":"http://x/i","checkSumType":"md5"}"#,
                 "Please provide checkSum AND checkSumType or none of them",
             ),
-            (r#"{"URL":"http://x/i","type":"vmdk"}"#, "Bad format image, expected: qcow2, raw."),
+            (r#"{"URL":"http://x/i","type":"vmdk"}"#, "Bad format image, expected: qcow2, raw, ova."),
             (r#"{"URL":"ftp://x/i"}"#, "Bad URL \"ftp://x/i\", expected an http:// or https:// URL."),
             (r#"{"URL":"http://x\ny/i"}"#, "Bad URL \"http://x\\ny/i\", expected an http:// or https:// URL."),
             (r#"{"URL":"http:///i"}"#, "Bad URL \"http:///i\", expected an http:// or https:// URL."),
@@ -307,6 +395,68 @@ mod tests {
         assert_eq!(v.configdrive.unwrap().user_data_base64.as_deref(), Some("AAEC"));
         assert_eq!(v.efi_loader.as_deref(), Some("\\EFI\\x.efi"));
         assert!(req(r#"{"URL":"http://x/i","bogus":1}"#).unwrap_err().contains("unknown field"));
+    }
+
+    #[test]
+    fn image_types() {
+        for (ty, want) in [("qcow2", "qcow2"), ("RAW", "raw"), ("ova", "ova"), ("OVA", "ova"), ("Ova", "ova")] {
+            let v = req(&format!(r#"{{"URL":"http://x/i","type":"{ty}"}}"#)).unwrap();
+            assert_eq!(v.image_type.as_deref(), Some(want), "{ty}");
+            assert_eq!(v.ova_disk, None);
+        }
+        for ty in ["vmdk", "ovf", "", "ova "] {
+            let err = req(&format!(r#"{{"URL":"http://x/i","type":"{ty}"}}"#)).unwrap_err();
+            assert_eq!(err, "Bad format image, expected: qcow2, raw, ova.", "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn ova_disk() {
+        let long = "d".repeat(MAX_OVA_DISK + 1);
+        let longest = &long[1..];
+        let cases = [
+            (r#""type":"ova","ovaDisk":2"#.to_owned(), Ok("2")),
+            (r#""type":"OVA","ovaDisk":"2""#.to_owned(), Ok("2")),
+            (r#""ovaDisk":"007""#.to_owned(), Ok("7")),
+            (r#""type":"ova","ovaDisk":"vmdisk2""#.to_owned(), Ok("vmdisk2")),
+            (r#""ovaDisk":"disk 2.vmdk""#.to_owned(), Ok("disk 2.vmdk")),
+            (format!(r#""ovaDisk":"{longest}""#), Ok(longest)),
+            (r#""type":"ova","ovaDisk":0"#.to_owned(), Err("Bad ovaDisk, disks are numbered from 1.".to_owned())),
+            (r#""ovaDisk":"00""#.to_owned(), Err("Bad ovaDisk, disks are numbered from 1.".to_owned())),
+            (r#""ovaDisk":"""#.to_owned(), Err(r#"Bad ovaDisk ""."#.to_owned())),
+            (r#""ovaDisk":"  ""#.to_owned(), Err(r#"Bad ovaDisk "  "."#.to_owned())),
+            (r#""ovaDisk":"a\u0000b""#.to_owned(), Err(r#"Bad ovaDisk "a\0b"."#.to_owned())),
+            (r#""ovaDisk":"a\nb""#.to_owned(), Err(r#"Bad ovaDisk "a\nb"."#.to_owned())),
+            (format!(r#""ovaDisk":"{long}""#), Err(format!("Bad ovaDisk {long:?}."))),
+            (
+                r#""ovaDisk":"99999999999999999999""#.to_owned(),
+                Err(r#"Bad ovaDisk "99999999999999999999"."#.to_owned()),
+            ),
+            (r#""type":"raw","ovaDisk":1"#.to_owned(), Err("ovaDisk is only for images of type ova.".to_owned())),
+            (r#""type":"qcow2","ovaDisk":"a""#.to_owned(), Err("ovaDisk is only for images of type ova.".to_owned())),
+            (r#""type":"vmdk","ovaDisk":1"#.to_owned(), Err("Bad format image, expected: qcow2, raw, ova.".to_owned())),
+        ];
+        for (fields, want) in cases {
+            let got = req(&format!(r#"{{"URL":"http://x/i",{fields}}}"#)).map(|v| v.ova_disk.unwrap());
+            assert_eq!(got.as_deref().map_err(String::as_str), want.as_deref().map_err(String::as_str), "{fields}");
+        }
+        for bad in ["-1", "1.5", "true", "[1]"] {
+            let err = req(&format!(r#"{{"URL":"http://x/i","ovaDisk":{bad}}}"#)).unwrap_err();
+            assert!(err.contains("expected a disk number from 1, an OVF disk id or a file name"), "{bad}: {err}");
+        }
+        assert_eq!(req(r#"{"URL":"http://x/i","ovaDisk":null}"#).unwrap().ova_disk, None);
+    }
+
+    #[test]
+    fn stored_requests_without_ova_disk_still_load() {
+        let old = r#"{"url":"http://x/i","checksum":null,"imageType":"raw","description":null,"diskGroupId":1,
+            "headers":{},"efiLoader":null,"configdrive":null}"#;
+        let v: ValidRequest = serde_json::from_str(old).unwrap();
+        assert_eq!((v.image_type.as_deref(), v.ova_disk), (Some("raw"), None));
+        let new = req(r#"{"URL":"http://x/i","type":"ova","ovaDisk":3}"#).unwrap();
+        let stored = serde_json::to_value(&new).unwrap();
+        assert_eq!(stored["ovaDisk"], "3");
+        assert_eq!(serde_json::from_value::<ValidRequest>(stored).unwrap(), new);
     }
 
     #[test]

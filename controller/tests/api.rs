@@ -179,7 +179,15 @@ async fn byoi_validation_in_ovh_words() {
             "Bad checkSumType, expected: md5, sha1, sha256, sha512.",
         ),
         (json!({"URL": "http://x/i", "checkSum": "00"}), "Please provide checkSum AND checkSumType or none of them"),
-        (json!({"URL": "http://x/i", "type": "vhd"}), "Bad format image, expected: qcow2, raw."),
+        (json!({"URL": "http://x/i", "type": "vhd"}), "Bad format image, expected: qcow2, raw, ova."),
+        (json!({"URL": "http://x/i", "type": "vmdk"}), "Bad format image, expected: qcow2, raw, ova."),
+        (json!({"URL": "http://x/i", "type": "raw", "ovaDisk": 2}), "ovaDisk is only for images of type ova."),
+        (json!({"URL": "http://x/i", "type": "ova", "ovaDisk": 0}), "Bad ovaDisk, disks are numbered from 1."),
+        (json!({"URL": "http://x/i", "ovaDisk": ""}), "Bad ovaDisk \"\"."),
+        (
+            json!({"URL": "http://x/i", "ovaDisk": -1}),
+            "Invalid JSON body: invalid value: integer `-1`, expected a disk number from 1",
+        ),
         (json!({"URL": "file:///etc/passwd"}), "Bad URL \"file:///etc/passwd\", expected an http:// or https:// URL."),
         (
             json!({"URL": "http://x/i", "checkSum": "00", "checkSumType": "md5"}),
@@ -281,6 +289,27 @@ async fn a_simulated_agent_drives_a_deployment_to_done() {
     assert_eq!(s["firmware"], "uefi");
     let (script, _) = netboot(&app, "52:54:00:00:00:01").await;
     assert!(script.contains("iseq ${platform} efi && exit"), "{script}");
+}
+
+#[tokio::test]
+async fn an_ova_job_names_its_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    let body = json!({"URL": "http://img/appliance.ova", "type": "OVA", "ovaDisk": 2});
+    let (token, _) = running_job(&app, body).await;
+    let r = agent(&app, &token, Method::GET, "job", None).await;
+    let job = &r.json_body()["job"];
+    assert_eq!((job["imageType"].as_str(), job["ovaDisk"].as_str()), (Some("ova"), Some("2")), "{job}");
+    let job: JobResponse = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(job.job.unwrap().ova_disk.as_deref(), Some("2"));
+
+    // Without ovaDisk the job carries none, not null.
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60));
+    let (token, _) = running_job(&app, json!({"URL": "http://img/appliance.ova", "type": "ova"})).await;
+    let job = agent(&app, &token, Method::GET, "job", None).await.json_body();
+    assert_eq!(job["job"]["imageType"], "ova");
+    assert!(job["job"].get("ovaDisk").is_none(), "{job}");
 }
 
 #[tokio::test]

@@ -183,6 +183,30 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
 }
 
 #[test]
+fn deploy_an_ova_disk_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = start(&data);
+    std::fs::create_dir_all(data.join("artifacts")).unwrap();
+    std::fs::write(data.join("artifacts/vmlinuz"), b"k").unwrap();
+    std::fs::write(data.join("artifacts/initramfs.img"), b"i").unwrap();
+    stdout(&byoi(&c, &["server", "add", "app1", "--mac", "52:54:00:aa:bb:02"]));
+    let raw = byoi(&c, &["deploy", "app1", "--url", "http://img/a.ova", "--type", "raw", "--ova-disk", "2"]);
+    assert_eq!(raw.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&raw.stderr).contains("ovaDisk is only for images of type ova."));
+    let out =
+        stdout(&byoi(&c, &["deploy", "app1", "--url", "http://img/a.ova", "--type", "ova", "--ova-disk", "vmdisk2"]));
+    assert!(out.starts_with("deployment 1 on app1: \"doing\""), "{out}");
+
+    let t = agent_token(&c, "52:54:00:aa:bb:02");
+    let inv = json!({"inventory": {"firmware": "legacy", "memoryBytes": 1u64 << 30, "disks": [{"name": "vda", "sizeBytes": 8u64 << 30, "serial": "D1", "transport": "virtio"}], "nics": []}});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
+    let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
+    let job: Value = serde_json::from_str(&job).unwrap();
+    assert_eq!((job["job"]["imageType"].as_str(), job["job"]["ovaDisk"].as_str()), (Some("ova"), Some("vmdisk2")));
+}
+
+#[test]
 fn serve_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -130,8 +130,11 @@ pub struct Job {
     pub url: String,
     /// `ALGO:HEX`, when the operator gave a checksum.
     pub checksum: Option<String>,
-    /// `raw` or `qcow2`, when declared.
+    /// `raw`, `qcow2` or `ova`, when declared.
     pub image_type: Option<String>,
+    /// Which disk of a multi-disk OVA: a 1-based index, an OVF disk id or a file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ova_disk: Option<String>,
     /// Extra HTTP headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -197,4 +200,35 @@ pub struct RescueResponse {
     pub action: Action,
     /// The SSH keys of the server's last deployment that had any.
     pub ssh_keys: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(ova_disk: Option<&str>) -> Job {
+        Job {
+            deployment_id: 7,
+            url: "http://x/a.ova".into(),
+            checksum: None,
+            image_type: Some("ova".into()),
+            ova_disk: ova_disk.map(str::to_owned),
+            headers: BTreeMap::new(),
+            disk: DiskSelector { serial: "S1".into(), wwn: String::new(), size_bytes: 1 << 30 },
+            configdrive: None,
+            efi_loader: None,
+        }
+    }
+
+    #[test]
+    fn ova_disk_is_sent_only_when_set() {
+        let with = serde_json::to_value(job(Some("vmdisk2"))).unwrap();
+        assert_eq!(with["ovaDisk"], "vmdisk2");
+        assert_eq!(with["imageType"], "ova");
+        let without = serde_json::to_value(job(None)).unwrap();
+        assert!(without.get("ovaDisk").is_none(), "{without}");
+        // A controller that predates ovaDisk sends none.
+        assert_eq!(serde_json::from_value::<Job>(without).unwrap(), job(None));
+        assert_eq!(serde_json::from_value::<Job>(with).unwrap(), job(Some("vmdisk2")));
+    }
 }
