@@ -38,6 +38,7 @@ enum Command {
 enum TypeArg {
     Raw,
     Qcow2,
+    Ova,
 }
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +54,10 @@ struct DeployArgs {
     /// match them when given.
     #[arg(long = "type", value_enum)]
     image_type: Option<TypeArg>,
+    /// The disk of a multi-disk OVA to deploy: its number (from 1, in the
+    /// OVF's order), its OVF disk id or its file name.
+    #[arg(long, value_name = "N|ID|FILE")]
+    ova_disk: Option<String>,
     /// Expected checksum of the bytes served, ALGO:HEX with ALGO one of
     /// md5, sha1, sha256, sha512.
     #[arg(long, value_name = "ALGO:HEX", value_parser = parse_checksum)]
@@ -266,7 +271,9 @@ fn deploy_with(args: &DeployArgs, progress: &Arc<Progress>) -> Result<(Deployed,
         image_type: args.image_type.map(|t| match t {
             TypeArg::Raw => ImageType::Raw,
             TypeArg::Qcow2 => ImageType::Qcow2,
+            TypeArg::Ova => ImageType::Ova,
         }),
+        ova_disk: args.ova_disk.clone(),
         checksum: args.checksum.clone(),
         source: SourceOptions {
             headers: args.headers.clone(),

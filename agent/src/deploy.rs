@@ -13,6 +13,7 @@ use byoi_wire::Stage;
 use crate::checksum::{to_hex, Checksum, HashThread};
 use crate::error::{DeployError, Result};
 use crate::format::{self, ImageType, Sniffed, Wrapper, SNIFF_LEN};
+use crate::ova::{Ova, OvaDecoded};
 use crate::progress::Progress;
 use crate::qcow2::{self, read_full, DecodeStats, Header};
 use crate::sink::{self, DiskWriter, ImageSink, Target, WriteStats};
@@ -32,6 +33,9 @@ pub struct DeployRequest {
     pub checksum: Option<Checksum>,
     /// How to fetch it.
     pub source: SourceOptions,
+    /// Which disk of a multi-disk OVA to deploy: a 1-based index, an OVF
+    /// disk id or a file name.
+    pub ova_disk: Option<String>,
 }
 
 /// A deployment that finished.
@@ -49,6 +53,9 @@ pub struct Deployed {
     pub writes: WriteStats,
     /// qcow2 decoder counters.
     pub qcow2: Option<DecodeStats>,
+    /// What the OVA held: its disk's VMDK type, the members its manifest
+    /// confirmed.
+    pub ova: Option<OvaDecoded>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -118,6 +125,7 @@ pub fn deploy(
     };
     let detected = match format::sniff(&inner_head) {
         Sniffed::Qcow2 => ImageType::Qcow2,
+        Sniffed::Tar => ImageType::Ova,
         Sniffed::Raw => ImageType::Raw,
         Sniffed::Other(what) => return Err(DeployError::BadFormat { detected: what.into() }),
         Sniffed::Compressed(w) => {
@@ -131,9 +139,9 @@ pub fn deploy(
             return Err(DeployError::FormatMismatch { detected: detected.name(), declared: declared.name() });
         }
     }
-    let format_name = match wrapper {
-        Some(w) => format!("{} ({})", detected.name(), w.name()),
-        None => detected.name().to_owned(),
+    let format_name = |name: &str| match wrapper {
+        Some(w) => format!("{name} ({})", w.name()),
+        None => name.to_owned(),
     };
 
     let too_large = |image: u64| DeployError::ImageTooLarge {
@@ -142,6 +150,7 @@ pub fn deploy(
         device: target.path().to_owned(),
         disk: target.size(),
     };
+    let mut ova = None;
     let header = match detected {
         ImageType::Qcow2 => {
             let h = Header::parse(&inner_head, if wrapper.is_some() { None } else { file_len })?;
@@ -152,6 +161,16 @@ pub fn deploy(
                 tracing::warn!("the qcow2 image was not closed cleanly; reading it anyway");
             }
             Some(h)
+        }
+        ImageType::Ova => {
+            // The descriptor comes first: it names the disk and its size.
+            let archive = std::mem::replace(&mut body, Box::new(io::empty()));
+            let o = Ova::open(archive, req.ova_disk.as_deref())?;
+            if o.disk.capacity > target.size() {
+                return Err(too_large(o.disk.capacity));
+            }
+            ova = Some(o);
+            None
         }
         ImageType::Raw => {
             if !format::has_partition_table(&inner_head) {
@@ -167,6 +186,7 @@ pub fn deploy(
     // enough to refuse a partition table the disk can't use, or that the
     // finishing steps would refuse, before anything is written.
     let start = match &header {
+        None if detected == ImageType::Ova => None,
         None => Some(inner_head[..inner_head.len().min(IMAGE_START_LEN)].to_vec()),
         Some(h) if wrapper.is_none() => match ranger.as_deref() {
             Some(r) => Some(qcow2::read_guest_prefix(h, r, IMAGE_START_LEN as u64)?),
@@ -180,14 +200,15 @@ pub fn deploy(
             f.check_image_start(start, target.logical_sector_size())?;
         }
     }
-    tracing::info!(format = %format_name, target = target.path(), "deploying");
+    tracing::info!(format = %format_name(detected.name()), target = target.path(), "deploying");
 
     let mut writer = DiskWriter::new(target, detected.name());
     writer.wipe_ends()?;
     // A panic must not skip the wipe below: catch it, wipe, report it.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let (image_size, qcow2_stats) = match header {
-            Some(h) => {
+        let mut ova_decoded = None;
+        let (image_size, qcow2_stats) = match (header, ova) {
+            (Some(h), _) => {
                 let size = h.size;
                 let ranger = if wrapper.is_none() { ranger.as_deref() } else { None };
                 let dec = qcow2::Decoder::new(
@@ -199,7 +220,17 @@ pub fn deploy(
                 );
                 (size, Some(dec.run(&mut body)?))
             }
-            None => (copy_raw(&mut body, &mut writer, progress, wrapper)?, None),
+            (None, Some(o)) => {
+                let d = o.decode(&mut writer, Some(progress))?;
+                let size = d.size;
+                ova_decoded = Some(d);
+                (size, None)
+            }
+            (None, None) => (copy_raw(&mut body, &mut writer, progress, wrapper)?, None),
+        };
+        let format = match &ova_decoded {
+            Some(d) => format_name(&format!("ova, {}", d.disk_format)),
+            None => format_name(detected.name()),
         };
         // Both decoders, and the decompressors under them, read to the end
         // of the source: the hasher has seen every byte served.
@@ -223,12 +254,13 @@ pub fn deploy(
         }
         let writes = writer.commit()?;
         Ok(Deployed {
-            format: format_name.clone(),
+            format,
             image_size,
             bytes_served: progress.bytes().0,
             digest,
             writes,
             qcow2: qcow2_stats,
+            ova: ova_decoded,
             elapsed: started.elapsed(),
         })
     }))

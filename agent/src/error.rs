@@ -7,7 +7,7 @@ use std::io;
 use byoi_wire::ErrorCode;
 
 /// Image formats we name in messages.
-pub const SUPPORTED_FORMATS: &str = "qcow2, raw";
+pub const SUPPORTED_FORMATS: &str = "qcow2, raw, ova";
 
 /// Every way a deployment can fail.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,19 @@ pub enum DeployError {
         /// What the bytes hashed to.
         actual: String,
         /// What the operator said they should hash to.
+        expected: String,
+    },
+
+    /// A member of an OVA does not match its digest in the OVA's manifest.
+    #[error("{member} does not match the OVA's manifest: its {algo} is {actual}, the manifest says {expected}")]
+    ManifestMismatch {
+        /// The member's name in the archive.
+        member: String,
+        /// Algorithm name, lowercase.
+        algo: &'static str,
+        /// What the member's bytes hashed to.
+        actual: String,
+        /// What the manifest says.
         expected: String,
     },
 
@@ -167,7 +180,7 @@ impl DeployError {
             DeployError::Download { .. } => ErrorCode::DownloadFailed,
             DeployError::Resume { .. } => ErrorCode::ResumeFailed,
             DeployError::BadChecksumType => ErrorCode::BadChecksumType,
-            DeployError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
+            DeployError::ChecksumMismatch { .. } | DeployError::ManifestMismatch { .. } => ErrorCode::ChecksumMismatch,
             DeployError::BadFormat { .. } => ErrorCode::BadFormat,
             DeployError::FormatMismatch { .. } => ErrorCode::FormatMismatch,
             DeployError::NoPartitionTable { .. } => ErrorCode::NoPartitionTable,

@@ -10,6 +10,8 @@ pub enum ImageType {
     Raw,
     /// QEMU copy-on-write v2 or v3.
     Qcow2,
+    /// An OVF package in a tar archive, its disk a VMDK.
+    Ova,
 }
 
 impl ImageType {
@@ -18,6 +20,7 @@ impl ImageType {
         match self {
             ImageType::Raw => "raw",
             ImageType::Qcow2 => "qcow2",
+            ImageType::Ova => "ova",
         }
     }
 }
@@ -49,6 +52,8 @@ impl Wrapper {
 pub enum Sniffed {
     /// A qcow2 image.
     Qcow2,
+    /// A POSIX tar archive (an OVA).
+    Tar,
     /// A compressed stream; sniff again inside.
     Compressed(Wrapper),
     /// A known format we do not deploy.
@@ -70,6 +75,9 @@ pub fn sniff(head: &[u8]) -> Sniffed {
     if at(head, 0, &QCOW2_MAGIC) {
         return Sniffed::Qcow2;
     }
+    if at(head, 257, b"ustar") {
+        return Sniffed::Tar;
+    }
     if at(head, 0, &[0x1f, 0x8b]) {
         return Sniffed::Compressed(Wrapper::Gzip);
     }
@@ -86,7 +94,6 @@ pub fn sniff(head: &[u8]) -> Sniffed {
         (0, b"conectix", "vhd"),
         (0x40, &[0x7f, 0x10, 0xda, 0xbe], "vdi"),
         (0, b"QED\0", "qed"),
-        (257, b"ustar", "tar archive (ova)"),
         (0, b"BZh", "bzip2"),
         (0, b"PK\x03\x04", "zip"),
     ];
@@ -149,7 +156,7 @@ mod tests {
         assert_eq!(sniff(b"KDMV\x01\0\0\0"), Sniffed::Other("vmdk"));
         let mut tar = vec![0u8; 512];
         tar[257..262].copy_from_slice(b"ustar");
-        assert_eq!(sniff(&tar), Sniffed::Other("tar archive (ova)"));
+        assert_eq!(sniff(&tar), Sniffed::Tar);
         assert_eq!(sniff(&[0u8; 512]), Sniffed::Raw);
     }
 

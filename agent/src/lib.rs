@@ -16,6 +16,7 @@ pub mod finish;
 pub mod format;
 mod ioctl;
 pub mod netboot;
+pub mod ova;
 pub mod partition;
 pub mod progress;
 pub mod qcow2;

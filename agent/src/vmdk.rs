@@ -238,6 +238,13 @@ pub struct Descriptor {
 impl Descriptor {
     /// Parses a descriptor; refuses disks that need a parent.
     pub fn parse(text: &[u8]) -> Result<Self> {
+        let (create_type, extents) = Self::lines(text)?;
+        let create_type = create_type.ok_or_else(|| corrupt("the descriptor has no createType"))?;
+        Ok(Descriptor { create_type, extents })
+    }
+
+    /// The `createType` and the extents of a descriptor, if any.
+    fn lines(text: &[u8]) -> Result<(Option<String>, Vec<Extent>)> {
         let text = std::str::from_utf8(text).map_err(|_| corrupt("the descriptor is not UTF-8 text"))?;
         let text = text.trim_end_matches('\0');
         let mut create_type = None;
@@ -263,8 +270,7 @@ impl Descriptor {
             }
             extents.push(parse_extent(line).map_err(|e| corrupt(format!("descriptor line {}: {e}", n + 1)))?);
         }
-        let create_type = create_type.ok_or_else(|| corrupt("the descriptor has no createType"))?;
-        Ok(Descriptor { create_type, extents })
+        Ok((create_type, extents))
     }
 }
 
@@ -396,8 +402,10 @@ pub fn decode_sparse(
             .zip(h.desc_size.checked_mul(SECTOR).filter(|&l| l <= MAX_DESCRIPTOR))
             .and_then(|(s, l)| meta.get(s as usize..(s + l) as usize));
         match range {
+            // Only to refuse a delta disk: extents of a split disk carry an
+            // empty descriptor.
             Some(text) => {
-                Descriptor::parse(text)?;
+                Descriptor::lines(text)?;
             }
             None => return Err(corrupt("the embedded descriptor lies outside the metadata")),
         }

@@ -63,7 +63,7 @@ fn loop_device_deploy_and_refusals() {
     to_qcow2(&raw, &q, &[]);
     let server = Server::start();
     let url = server.serve("/q", std::fs::read(&q).unwrap(), Behaviour { ranges: true, ..Default::default() });
-    let req = DeployRequest { url, image_type: None, checksum: None, source: SourceOptions::default() };
+    let req = DeployRequest { url, image_type: None, checksum: None, source: SourceOptions::default(), ova_disk: None };
 
     let target = DiskTarget::open(&dev.0, false).unwrap();
     assert_eq!(target.size(), 48 << 20);

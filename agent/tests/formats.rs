@@ -31,7 +31,7 @@ fn opts() -> SourceOptions {
 
 fn deploy_file(url: &str, target: &Path) -> byoi_agent::Result<Deployed> {
     let t = DiskTarget::open(target, false).unwrap();
-    let req = DeployRequest { url: url.into(), image_type: None, checksum: None, source: opts() };
+    let req = DeployRequest { url: url.into(), image_type: None, checksum: None, source: opts(), ova_disk: None };
     deploy(&req, &t, &Arc::new(Progress::default()), None)
 }
 

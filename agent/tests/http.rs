@@ -33,7 +33,7 @@ fn opts() -> SourceOptions {
 }
 
 fn request(url: &str) -> DeployRequest {
-    DeployRequest { url: url.into(), image_type: None, checksum: None, source: opts() }
+    DeployRequest { url: url.into(), image_type: None, checksum: None, source: opts(), ova_disk: None }
 }
 
 fn run(req: &DeployRequest, target: &Path) -> Result<Deployed, DeployError> {
@@ -259,7 +259,7 @@ fn unknown_formats_and_raw_without_partition_table_are_refused() {
     let mut vmdk = b"KDMV\x01\0\0\0".to_vec();
     vmdk.resize(4096, 0);
     let e = run(&request(&server.serve("/v", vmdk, ranged())), &c.target).unwrap_err();
-    assert_eq!(e.to_string(), "Bad format image, expected: qcow2, raw.");
+    assert_eq!(e.to_string(), "Bad format image, expected: qcow2, raw, ova.");
     let mut ext4 = vec![0u8; 1 << 20];
     ext4[1080] = 0x53;
     ext4[1081] = 0xef;

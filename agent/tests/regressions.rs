@@ -30,7 +30,7 @@ fn deploy_local(image: &Path, dir: &Path, virtual_size: u64) -> (PathBuf, Result
     let t = DiskTarget::open(&target, false).unwrap();
     let server = support::Server::start();
     let url = server.serve("/img", std::fs::read(image).unwrap(), support::Behaviour::default());
-    let req = DeployRequest { url, image_type: None, checksum: None, source: SourceOptions::default() };
+    let req = DeployRequest { url, image_type: None, checksum: None, source: SourceOptions::default(), ova_disk: None };
     let r = deploy(&req, &t, &Arc::new(Progress::default()), None);
     (target, r)
 }

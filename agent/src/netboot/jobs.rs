@@ -159,6 +159,7 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
     let image_type = match job.image_type.as_deref() {
         Some("raw") => Some(ImageType::Raw),
         Some("qcow2") => Some(ImageType::Qcow2),
+        Some("ova") => Some(ImageType::Ova),
         Some(other) => return Err(DeployError::BadFormat { detected: other.into() }),
         None => None,
     };
@@ -167,6 +168,7 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
         image_type,
         checksum,
         source: SourceOptions { headers: job.headers.clone().into_iter().collect(), ..SourceOptions::default() },
+        ova_disk: job.ova_disk.clone(),
     };
     let configdrive = match &job.configdrive {
         None => None,
