@@ -14,6 +14,7 @@ pub mod efivars;
 pub mod error;
 pub mod finish;
 pub mod format;
+pub mod fuzzing;
 mod ioctl;
 pub mod netboot;
 pub mod ova;

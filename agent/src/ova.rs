@@ -618,9 +618,17 @@ impl<'r> Ova<'r> {
         Ok(Ova { tar, ovf_name: first.name, ovf_bytes, disk, ovf })
     }
 
+    /// How many disks with a file the OVF names.
+    pub fn ovf_disks(&self) -> usize {
+        self.ovf.disks.len()
+    }
+
     /// Streams the rest of the archive: decodes the chosen disk into
-    /// `sink`, checks sizes and the manifest, reads to the end.
+    /// `sink` (never past the capacity the OVF declares), checks sizes and
+    /// the manifest, reads to the end.
     pub fn decode(mut self, sink: &mut dyn ImageSink, progress: Option<&Progress>) -> Result<OvaDecoded> {
+        let mut capped = Capped { inner: sink, capacity: self.disk.capacity };
+        let sink: &mut dyn ImageSink = &mut capped;
         let mut manifest: Option<Manifest> = None;
         // Digests of members seen before the manifest.
         let mut digests: BTreeMap<String, Digests> = BTreeMap::new();
@@ -761,6 +769,34 @@ impl<'r> Ova<'r> {
             }
         }
         Ok(verified)
+    }
+}
+
+/// A sink refusing writes past the capacity the OVF declares, which the
+/// target was checked against before writing.
+struct Capped<'s> {
+    inner: &'s mut dyn ImageSink,
+    capacity: u64,
+}
+
+impl Capped<'_> {
+    fn check(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.capacity => Ok(()),
+            _ => Err(corrupt(format!("the disk goes on past the {} bytes the OVF descriptor declares", self.capacity))),
+        }
+    }
+}
+
+impl ImageSink for Capped<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check(offset, data.len() as u64)?;
+        self.inner.write_at(offset, data)
+    }
+
+    fn zero_at(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check(offset, len)?;
+        self.inner.zero_at(offset, len)
     }
 }
 
