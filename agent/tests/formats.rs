@@ -223,3 +223,37 @@ fn qcow2_features_we_refuse() {
     }
     assert!(std::fs::read(&target).unwrap().iter().all(|&b| b == 0xa5), "a refused image touched the disk");
 }
+
+/// A compressed wrapper allows no Range requests: a qcow2 whose tables
+/// come after more data than the look-back buffer holds is refused with
+/// the fix, before the first MiB is ever written. The same image served
+/// plain from a server with Range support deploys.
+#[test]
+fn wrapped_qcow2_with_tables_after_its_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut raw = vec![0u8; IMAGE];
+    support::Rng::new(3).fill(&mut raw);
+    raw[510] = 0x55;
+    raw[511] = 0xaa;
+    std::fs::write(d.join("src.raw"), &raw).unwrap();
+    let q = d.join("late.qcow2");
+    to_qcow2(&d.join("src.raw"), &q, &["-o", "cluster_size=4096"]);
+    // Growing the image moves its L1 table to the end of the file.
+    run(Command::new("qemu-img").args(["resize"]).arg(&q).arg("32M"));
+    let server = Server::start();
+    let target = junk_target(d, DISK);
+    for tool in ["gzip", "zstd"] {
+        let data = Command::new(tool).args(["-c", "-q"]).arg(&q).output().unwrap();
+        assert!(data.status.success(), "{tool}");
+        let url = server.serve(&format!("/late.qcow2.{tool}"), data.stdout, ranges());
+        let e = deploy_file(&url, &target).unwrap_err();
+        assert!(e.to_string().starts_with("qcow2 metadata follows its data; serve it uncompressed"), "{tool}: {e}");
+        assert_eq!(e.code(), byoi_wire::ErrorCode::CorruptImage);
+        assert!(support::ends_wiped(&target), "{tool}: the disk's ends were not wiped");
+    }
+    let url = server.serve("/late.qcow2", std::fs::read(&q).unwrap(), ranges());
+    let done = deploy_file(&url, &target).unwrap();
+    assert_eq!(done.image_size, 32 << 20);
+    assert_prefix_eq(&target, &raw, "plain with ranges");
+}
