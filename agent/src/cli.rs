@@ -306,6 +306,9 @@ fn summary(args: &DeployArgs, (d, f): &(Deployed, Finishing)) -> String {
             extra.push_str(&format!(" (Boot{b:04X}, BootNext)"));
         }
     }
+    if let Some(ova) = d.ova.as_ref().filter(|o| !o.verified.is_empty()) {
+        extra.push_str(&format!("; manifest verified for {}", ova.verified.join(", ")));
+    }
     format!(
         "deployed {} ({}, {} bytes) to {} in {:.1} s ({:.0} MB/s); {} bytes written, {} zeroed{}{extra}",
         args.url,

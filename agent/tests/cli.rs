@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use byoi_wire::{ErrorCode, Event, Status};
-use support::{assert_prefix_eq, disk_image, junk_target, run, Behaviour, Server};
+use support::ova::{ovf, tar, Disk, Mf};
+use support::{assert_prefix_eq, disk_image, junk_target, qemu_raw, run, Behaviour, Server};
 
 fn agent(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_byoi-agent")).args(args).output().unwrap()
@@ -81,6 +82,54 @@ fn plain_output_names_the_result() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with(&format!("deployed {url} (raw, 2097152 bytes) to ")), "{stdout}");
+}
+
+#[test]
+fn ova_disk_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut members = Vec::new();
+    for (i, name) in ["system.vmdk", "data.vmdk"].into_iter().enumerate() {
+        std::fs::write(d.join("src.raw"), disk_image((2 + i) << 20, 10 + i as u64)).unwrap();
+        run(Command::new("qemu-img").current_dir(d).args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            "src.raw",
+            name,
+        ]));
+        members.push((name, std::fs::read(d.join(name)).unwrap()));
+    }
+    let disks = [
+        Disk { id: "system", file: "system.vmdk", capacity: 2 << 20 },
+        Disk { id: "data", file: "data.vmdk", capacity: 3 << 20 },
+    ];
+    members.insert(0, ("vm.ovf", ovf(&disks, &[]).into_bytes()));
+    let ova = tar(d, &members, Mf::AfterOvf("SHA256"), "ustar");
+    std::fs::write(d.join("vm.ova"), ova).unwrap();
+    let url = format!("file://{}", d.join("vm.ova").display());
+    let target = junk_target(d, 8 << 20);
+    let t = target.to_str().unwrap();
+
+    let out = agent(&["deploy", "--url", &url, "--target", t, "--type", "ova"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the OVA holds 2 disks: 1 system (system.vmdk, 2.0 MiB), 2 data"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = agent(&["deploy", "--url", &url, "--target", t, "--type", "ova", "--ova-disk", "data"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let want = format!("deployed {url} (ova, streamOptimized vmdk, 3145728 bytes) to ");
+    assert!(stdout.starts_with(&want), "{stdout}");
+    assert!(stdout.contains("; manifest verified for data.vmdk, system.vmdk, vm.ovf"), "{stdout}");
+    assert_prefix_eq(&target, &qemu_raw(&d.join("data.vmdk"), d), "--ova-disk data");
 }
 
 /// A CA, and a server certificate for localhost signed by it: returns

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 use byoi_agent::fuzzing;
 use proptest::prelude::*;
+use support::ova::{ovf, tar, Disk, Mf};
 use support::{disk_image, run};
 
 /// Small real inputs, made once.
@@ -39,31 +40,11 @@ fn seeds() -> &'static Seeds {
         qemu_img(d, &["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", "a.raw", "disk.vmdk"]);
         qemu_img(d, &["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse", "a.raw", "m.vmdk"]);
         let stream = std::fs::read(d.join("disk.vmdk")).unwrap();
-        let ovf = format!(
-            r#"<?xml version="1.0"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
-  <References><File ovf:id="f1" ovf:href="disk.vmdk" ovf:size="{}"/></References>
-  <DiskSection><Info>disks</Info><Disk ovf:diskId="d1" ovf:fileRef="f1" ovf:capacity="1" ovf:capacityAllocationUnits="byte * 2^20"/></DiskSection>
-</Envelope>
-"#,
-            stream.len()
-        );
-        std::fs::write(d.join("vm.ovf"), &ovf).unwrap();
-        let sha = |data: &[u8]| -> String {
-            use sha2::Digest;
-            sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
-        };
-        let mf = format!("SHA256(vm.ovf)= {}\nSHA256(disk.vmdk)= {}\n", sha(ovf.as_bytes()), sha(&stream));
-        std::fs::write(d.join("vm.mf"), mf).unwrap();
-        run(Command::new("tar").current_dir(d).args(["--format=ustar", "-cf", "vm.ova", "vm.ovf", "vm.mf", "disk.vmdk"]));
+        let d1 = [Disk { id: "d1", file: "disk.vmdk", capacity: 1 << 20 }];
+        let descriptor = ovf(&d1, &[("disk.vmdk", stream.len() as u64)]).into_bytes();
+        let ova = tar(d, &[("vm.ovf", descriptor), ("disk.vmdk", stream.clone())], Mf::AfterOvf("SHA256"), "ustar");
         let read = |name: &str| std::fs::read(d.join(name)).unwrap();
-        Seeds {
-            qcow2: read("a.qcow2"),
-            qcow2_compressed: read("c.qcow2"),
-            stream,
-            sparse: read("m.vmdk"),
-            ova: read("vm.ova"),
-        }
+        Seeds { qcow2: read("a.qcow2"), qcow2_compressed: read("c.qcow2"), stream, sparse: read("m.vmdk"), ova }
     })
 }
 

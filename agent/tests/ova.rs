@@ -19,7 +19,7 @@ use byoi_agent::source::SourceOptions;
 use byoi_agent::target::DiskTarget;
 use byoi_agent::{deploy, DeployError, DeployRequest, Deployed};
 use byoi_wire::ErrorCode;
-use sha2::Digest;
+use support::ova::{ovf, tar, Disk, Mf};
 use support::{assert_prefix_eq, disk_image, ends_wiped, junk_target, qemu_raw, run, Behaviour, Server};
 
 const IMAGE: usize = 24 << 20;
@@ -63,111 +63,6 @@ impl Work {
     fn read(&self, name: &str) -> Vec<u8> {
         std::fs::read(self.path(name)).unwrap()
     }
-}
-
-/// A disk of the OVF: id, file name, capacity in bytes.
-struct Disk<'a> {
-    id: &'a str,
-    file: &'a str,
-    capacity: u64,
-}
-
-/// An OVF 1.0 descriptor with a virtual machine using `disks`; `sizes`
-/// gives `ovf:size` for the files that have one.
-fn ovf(disks: &[Disk<'_>], sizes: &[(&str, u64)]) -> String {
-    let mut refs = String::new();
-    let mut section = String::new();
-    let mut items = String::new();
-    for (i, d) in disks.iter().enumerate() {
-        let size = sizes.iter().find(|(f, _)| *f == d.file).map(|(_, s)| format!(r#" ovf:size="{s}""#));
-        refs += &format!(r#"    <File ovf:id="file{i}" ovf:href="{}"{}/>"#, d.file, size.unwrap_or_default());
-        refs += "\n";
-        let (capacity, units) = if d.capacity % (1 << 20) == 0 {
-            (d.capacity >> 20, r#" ovf:capacityAllocationUnits="byte * 2^20""#)
-        } else {
-            (d.capacity, "")
-        };
-        section += &format!(
-            r#"    <Disk ovf:capacity="{capacity}"{units} ovf:diskId="{}" ovf:fileRef="file{i}" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>"#,
-            d.id
-        );
-        section += "\n";
-        items += &format!(
-            "      <Item><rasd:AddressOnParent>{i}</rasd:AddressOnParent><rasd:ElementName>disk{i}</rasd:ElementName>\
-             <rasd:HostResource>ovf:/disk/{}</rasd:HostResource><rasd:InstanceID>{}</rasd:InstanceID>\
-             <rasd:ResourceType>17</rasd:ResourceType></Item>\n",
-            d.id,
-            10 + i
-        );
-    }
-    format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<Envelope vmw:buildId="build-1" xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-  <References>
-{refs}  </References>
-  <DiskSection>
-    <Info>Virtual disk information</Info>
-{section}  </DiskSection>
-  <NetworkSection><Info>Networks</Info><Network ovf:name="VM Network"><Description>net</Description></Network></NetworkSection>
-  <VirtualSystem ovf:id="byoi-test">
-    <Info>A virtual machine</Info>
-    <Name>byoi-test</Name>
-    <OperatingSystemSection ovf:id="96"><Info>OS</Info></OperatingSystemSection>
-    <VirtualHardwareSection>
-      <Info>Virtual hardware requirements</Info>
-      <System><vssd:ElementName>Virtual Hardware Family</vssd:ElementName><vssd:InstanceID>0</vssd:InstanceID><vssd:VirtualSystemType>vmx-13</vssd:VirtualSystemType></System>
-{items}    </VirtualHardwareSection>
-  </VirtualSystem>
-</Envelope>
-"#
-    )
-}
-
-/// Where the manifest goes, with which algorithm.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mf {
-    None,
-    AfterOvf(&'static str),
-    AtEnd(&'static str),
-}
-
-fn digest(algo: &str, data: &[u8]) -> String {
-    let bytes = match algo {
-        "SHA1" => sha1::Sha1::digest(data).to_vec(),
-        "SHA256" => sha2::Sha256::digest(data).to_vec(),
-        "SHA512" => sha2::Sha512::digest(data).to_vec(),
-        _ => unreachable!(),
-    };
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Archives `members` (name, bytes) in order with GNU tar in `format`
-/// (`ustar`, `pax`, `gnu`), with a manifest where `mf` says.
-fn tar(dir: &Path, members: &[(&str, Vec<u8>)], mf: Mf, format: &str) -> Vec<u8> {
-    let stage = dir.join("stage");
-    std::fs::create_dir_all(&stage).unwrap();
-    let mut names: Vec<String> = Vec::new();
-    for (name, data) in members {
-        std::fs::write(stage.join(name), data).unwrap();
-        names.push(name.to_string());
-    }
-    if let Mf::AfterOvf(algo) | Mf::AtEnd(algo) = mf {
-        let text: String =
-            members.iter().map(|(name, data)| format!("{algo}({name})= {}\n", digest(algo, data))).collect();
-        std::fs::write(stage.join("vm.mf"), text).unwrap();
-        let at = if matches!(mf, Mf::AfterOvf(_)) { 1 } else { names.len() };
-        names.insert(at, "vm.mf".into());
-    }
-    let out = dir.join("vm.ova");
-    run(Command::new("tar")
-        .arg(format!("--format={format}"))
-        .args(["--owner=0", "--group=0", "-cf"])
-        .arg(&out)
-        .arg("-C")
-        .arg(&stage)
-        .args(&names));
-    std::fs::remove_dir_all(&stage).unwrap();
-    std::fs::read(out).unwrap()
 }
 
 /// A single-disk OVA around the VMDK `disk` (file `disk1.vmdk`).

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+pub mod ova;
+
 /// How a served file behaves.
 #[derive(Clone, Default)]
 pub struct Behaviour {
