@@ -281,3 +281,14 @@ fn debian_cloud_init_applies_the_configdrive() {
     assert!(vm.wait_exit(Duration::from_secs(120)), "Debian did not power off");
     assert_eq!(boot_path(name), "BootNext");
 }
+
+/// Scenario 7: UEFI + GPT + an OVA (OVF descriptor, SHA-256 manifest,
+/// stream-optimized VMDK) declared as `type: ova`.
+#[test]
+fn uefi_ova_boots_the_deployed_os() {
+    if !e2e_enabled("e2e-uefi-ova") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    uefi_deploy(dir.path(), "uefi-ova", "52:54:00:e2:e0:07", "virtio-blk-pci", "tiny-uefi.ova", "ova");
+}

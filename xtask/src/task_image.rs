@@ -9,6 +9,8 @@
 //! - `tiny-uefi.raw`/`.qcow2`: GPT, one ESP holding a unified kernel image
 //!   (systemd's EFI stub + kernel + initramfs + command line, joined with
 //!   `objcopy`) at `\EFI\BOOT\BOOTX64.EFI`;
+//! - `tiny-uefi.ova`: the same disk as a stream-optimized VMDK in an OVA,
+//!   with its OVF descriptor and a SHA-256 manifest
 //! - `tiny-bios.raw`: MBR, one active FAT partition booted by syslinux
 //!   (`mbr.bin`, `syslinux --offset` through mtools).
 //!
@@ -23,6 +25,7 @@ use anyhow::{bail, Context};
 use byoi_initramfs::cpio::{Archive, Entry};
 use byoi_initramfs::kmod::ModulesDep;
 
+use crate::bench_workload::sha256_of;
 use crate::deb::{self, fetch_deb, output, Kernel};
 use crate::{root, run};
 
@@ -140,6 +143,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
 pub struct Tiny {
     pub uefi_raw: PathBuf,
     pub uefi_qcow2: PathBuf,
+    pub uefi_ova: PathBuf,
     pub bios_raw: PathBuf,
 }
 
@@ -163,6 +167,8 @@ pub fn tiny() -> anyhow::Result<Tiny> {
     let uefi_qcow2 = out.join("tiny-uefi.qcow2");
     let _ = std::fs::remove_file(&uefi_qcow2);
     run(Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&uefi_raw).arg(&uefi_qcow2))?;
+    let uefi_ova = out.join("tiny-uefi.ova");
+    ova(&uefi_raw, &uefi_ova, &work)?;
 
     // BIOS: syslinux on the active FAT partition of an MBR disk.
     let (sl_dir, _) = fetch_deb("syslinux", &cache)?;
@@ -184,11 +190,60 @@ pub fn tiny() -> anyhow::Result<Tiny> {
         &work,
     )?;
     std::fs::remove_dir_all(&work)?;
-    let tiny = Tiny { uefi_raw, uefi_qcow2, bios_raw };
-    for p in [&tiny.uefi_raw, &tiny.uefi_qcow2, &tiny.bios_raw] {
+    let tiny = Tiny { uefi_raw, uefi_qcow2, uefi_ova, bios_raw };
+    for p in [&tiny.uefi_raw, &tiny.uefi_qcow2, &tiny.uefi_ova, &tiny.bios_raw] {
         println!("image: {} ({:.1} MB)", p.display(), std::fs::metadata(p)?.len() as f64 / 1e6);
     }
     Ok(tiny)
+}
+
+/// An OVF 1.0 descriptor for one disk: the file's name and size, the
+/// disk's capacity in bytes.
+const OVF: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+  <References>
+    <File ovf:id="file1" ovf:href="{file}" ovf:size="{size}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disks</Info>
+    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="{capacity}" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="byoi-tiny">
+    <Info>The byoi test OS</Info>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware</Info>
+      <Item><rasd:ElementName>disk0</rasd:ElementName><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"#;
+
+/// Packs the raw disk `raw` as an OVA at `out`, as DSP0243 orders it: the
+/// descriptor, a SHA-256 manifest, then a stream-optimized VMDK.
+fn ova(raw: &Path, out: &Path, work: &Path) -> anyhow::Result<()> {
+    let (ovf, mf, vmdk) = ("tiny.ovf", "tiny.mf", "disk1.vmdk");
+    let _ = std::fs::remove_file(work.join(vmdk));
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"])
+        .arg(raw)
+        .arg(work.join(vmdk)))?;
+    let descriptor = OVF
+        .replace("{file}", vmdk)
+        .replace("{size}", &std::fs::metadata(work.join(vmdk))?.len().to_string())
+        .replace("{capacity}", &std::fs::metadata(raw)?.len().to_string());
+    std::fs::write(work.join(ovf), descriptor)?;
+    let mut manifest = String::new();
+    for name in [ovf, vmdk] {
+        manifest += &format!("SHA256({name})= {}\n", sha256_of(&work.join(name), u64::MAX)?);
+    }
+    std::fs::write(work.join(mf), manifest)?;
+    let _ = std::fs::remove_file(out);
+    run(Command::new("tar")
+        .args(["--format=ustar", "--owner=0", "--group=0", "-cf"])
+        .arg(out)
+        .arg("-C")
+        .arg(work)
+        .args([ovf, mf, vmdk]))
 }
 
 /// The test OS's initramfs: `/init`, busybox, the modules of
