@@ -410,7 +410,11 @@ pub fn decode_sparse(
             None => return Err(corrupt("the embedded descriptor lies outside the metadata")),
         }
     }
-    let layout = if h.gd_offset == GD_AT_END { None } else { Some(grain_layout(&h, &meta)?) };
+    // With markers, the grains say where they go: tables after them (the
+    // directory at the end, or anywhere past the first grain) are skipped
+    // and the end-of-stream marker is required instead.
+    let tables_in_front = h.gd_offset != GD_AT_END && !(h.has_markers() && h.gd_offset >= h.grain_offset);
+    let layout = if tables_in_front { Some(grain_layout(&h, &meta)?) } else { None };
     drop(meta);
     let mut d = SparseStream { h, sink, base, end, fill: Fill { next: base }, progress };
     if h.compressed() {
@@ -750,6 +754,14 @@ mod tests {
         want[(1 << 20) + (256 << 9)..][..64 << 10].fill(0xbb);
         want[(1 << 20) + (1024 << 9)..][..64 << 10].fill(0xaa);
         assert!(disk == want);
+
+        // A directory offset past the first grain (some writers fill it
+        // in): the markers still rule.
+        let mut later = file.clone();
+        later[56..64].copy_from_slice(&200u64.to_le_bytes());
+        let mut again = vec![0x11u8; 2 << 20];
+        decode_sparse(&mut &later[..], &mut again, 1 << 20, None).unwrap();
+        assert!(again == want);
 
         // Without the end marker: refused.
         let cut = &file[..file.len() - 512];
