@@ -7,6 +7,7 @@ mod image_debian;
 mod setup;
 mod task_bench;
 mod task_demo;
+mod task_fuzz;
 mod task_image;
 mod task_initramfs;
 mod task_lint;
@@ -32,6 +33,9 @@ tasks:
   bench       [--runs N] [--only A,C,…] [--device PATH|loop] [--no-micro]: the agent against
               curl, curl|tee|dd, Ironic's stage-and-convert and qemu-img over HTTP on a
               4 GiB workload served by nginx; target/bench/results.json
+  fuzz        [--seconds N] [--only qcow2,vmdk,ova]: the agent's parsers under cargo-fuzz
+              (libFuzzer, ASan, stable with RUSTC_BOOTSTRAP=1), N s per target (60); a crash is
+              kept in agent/tests/fuzz-regressions/ and fails the task; logs in target/fuzz/logs
   test        [--slow]: setup, lint, initramfs, tiny images, then every test with
               the QEMU suites (BYOI_E2E=1); --slow adds the Debian image's suite";
 
@@ -44,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => task_bench::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("__measure") => task_bench::measure(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("qmp") => task_demo::qmp(&std::env::args().skip(2).collect::<Vec<_>>()),
+        Some("fuzz") => task_fuzz::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("image") => task_image::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("initramfs") => task_initramfs::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("-h" | "--help") | None => {
