@@ -74,8 +74,10 @@ pub fn qcow2(data: &[u8]) {
 pub fn vmdk(data: &[u8]) {
     let _ = Descriptor::parse(data);
     let Ok(h) = SparseHeader::parse(data) else { return };
-    let base = 4096;
-    let mut sink = CheckedSink { size: base + h.size(), touched: 0 };
+    let base: u64 = 4096;
+    // A capacity near 2^64 bytes: the decoder must refuse the extent
+    // before writing, which a saturated bound still checks.
+    let mut sink = CheckedSink { size: base.saturating_add(h.size()), touched: 0 };
     let _ = vmdk::decode_sparse(&mut &data[..], &mut sink, base, None);
 }
 

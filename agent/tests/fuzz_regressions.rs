@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 
 use byoi_agent::fuzzing;
 
+/// A fuzz target's entry point.
+type Entry = fn(&[u8]);
+
 /// The fuzz targets: each a subdirectory and its entry point.
-const TARGETS: &[(&str, fn(&[u8]))] = &[("qcow2", fuzzing::qcow2), ("vmdk", fuzzing::vmdk), ("ova", fuzzing::ova)];
+const TARGETS: &[(&str, Entry)] = &[("qcow2", fuzzing::qcow2), ("vmdk", fuzzing::vmdk), ("ova", fuzzing::ova)];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions")
