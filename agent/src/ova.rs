@@ -699,7 +699,7 @@ impl<'r> Ova<'r> {
             }
         }
         if let Some(p) = plan.as_mut() {
-            p.zero_trailing(sink)?;
+            p.zero_leading(sink)?;
             if let Some(missing) = p.pending.front() {
                 return Err(corrupt(format!(
                     "the archive ends without {}, which the disk's descriptor names",
@@ -843,7 +843,8 @@ impl Plan {
         Ok(Plan { pending, base: 0, size })
     }
 
-    /// Zeroes the zero extents at the front.
+    /// Zeroes the zero extents at the front of what is still to come (at
+    /// the end: the trailing ones).
     fn zero_leading(&mut self, sink: &mut dyn ImageSink) -> Result<()> {
         while self.pending.front().is_some_and(|e| e.kind == ExtentKind::Zero) {
             let e = self.pending.pop_front().expect("front exists");
@@ -851,10 +852,6 @@ impl Plan {
             self.base += e.sectors * SECTOR;
         }
         Ok(())
-    }
-
-    fn zero_trailing(&mut self, sink: &mut dyn ImageSink) -> Result<()> {
-        self.zero_leading(sink)
     }
 
     /// Whether `name` is an extent file still to come.
@@ -985,4 +982,100 @@ fn decode_disk(
     *decoded = Some((plan.size, kind));
     plan.zero_leading(sink)?;
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_units_as_dsp0004_writes_them() {
+        for (units, want) in [
+            ("byte", Some(1)),
+            ("", None),
+            ("byte * 2^30", Some(1 << 30)),
+            ("byte*2^20", Some(1 << 20)),
+            ("byte * 10^9", Some(1_000_000_000)),
+            ("byte * 1024", Some(1024)),
+            ("byte * 2^99", None),
+            ("kilobyte", None),
+        ] {
+            assert_eq!(allocation_units(units), want, "{units:?}");
+        }
+    }
+
+    #[test]
+    fn manifests_parse_and_refuse_clearly() {
+        let sha1 = "a".repeat(40);
+        let sha256 = "B".repeat(64);
+        let text = format!("SHA1(vm.ovf)= {sha1}\n\nSHA256(./disk 1.vmdk)={sha256}\r\n");
+        let m = Manifest::parse(text.as_bytes()).unwrap();
+        assert_eq!(m.entries["vm.ovf"], (Algorithm::Sha1, sha1.clone()));
+        assert_eq!(m.entries["disk 1.vmdk"], (Algorithm::Sha256, sha256.to_lowercase()));
+        for (text, want) in [
+            (format!("MD5(a)= {}", "0".repeat(32)), "unsupported ova image: the manifest uses MD5"),
+            ("SHA1(a)= 1234".to_owned(), "corrupt ova image: manifest line 1: \"1234\" is not a sha1 digest"),
+            ("hello".to_owned(), "corrupt ova image: manifest line 1 is not ALGO(file)= digest"),
+            (format!("SHA1(a)= {sha1}\nSHA1(a)= {sha1}"), "corrupt ova image: the manifest lists a twice"),
+        ] {
+            let e = Manifest::parse(text.as_bytes()).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn descriptors_name_files_disks_and_refuse_what_cannot_stream() {
+        let ovf = |files: &str, disks: &str| {
+            format!(
+                "\u{feff}<Envelope xmlns=\"http://schemas.dmtf.org/ovf/envelope/2\" xmlns:ovf=\"http://schemas.dmtf.org/ovf/envelope/2\">\
+                 <References>{files}</References><DiskSection><Info>d</Info>{disks}</DiskSection></Envelope>"
+            )
+        };
+        let files = r#"<File ovf:id="f1" ovf:href="./a.vmdk" ovf:size="10"/><File ovf:id="f2" ovf:href="b.vmdk.gz" ovf:compression="gzip"/>"#;
+        let disks = r#"<Disk ovf:diskId="a" ovf:fileRef="f1" ovf:capacity="2" ovf:capacityAllocationUnits="byte * 2^30"/>
+                       <Disk ovf:diskId="blank" ovf:capacity="5"/>
+                       <Disk ovf:diskId="b" ovf:fileRef="f2" ovf:capacity="4096"/>"#;
+        let o = Ovf::parse(ovf(files, disks).as_bytes()).unwrap();
+        assert_eq!(o.disks.len(), 2, "the blank disk has no file to deploy");
+        assert_eq!(
+            (o.disks[0].file.href.as_str(), o.disks[0].capacity, o.disks[0].file.size),
+            ("a.vmdk", 2 << 30, Some(10))
+        );
+        assert!(o.disks[1].file.gzip);
+        assert_eq!(o.choose(Some("2")).unwrap().id, "b");
+        assert_eq!(o.choose(Some("a.vmdk")).unwrap().id, "a");
+        assert!(o.choose(Some("0")).is_err());
+        assert!(o
+            .choose(None)
+            .unwrap_err()
+            .to_string()
+            .starts_with("the OVA holds 2 disks: 1 a (a.vmdk, 2 GiB), 2 b (b.vmdk.gz, 4096 bytes)"));
+
+        for (text, want) in [
+            (
+                ovf(r#"<File ovf:id="f1" ovf:href="a" ovf:chunkSize="1000"/>"#, ""),
+                "unsupported ova image: a is split into chunks",
+            ),
+            (
+                ovf(r#"<File ovf:id="f1" ovf:href="a" ovf:compression="bzip2"/>"#, ""),
+                "unsupported ova image: a is compressed with \"bzip2\"",
+            ),
+            (
+                ovf("", r#"<Disk ovf:diskId="a" ovf:fileRef="nope" ovf:capacity="1"/>"#),
+                "corrupt ova image: disk a refers to file \"nope\"",
+            ),
+            (
+                ovf(files, r#"<Disk ovf:diskId="a" ovf:fileRef="f1" ovf:capacity="${size}"/>"#),
+                "corrupt ova image: disk a has capacity \"${size}\"",
+            ),
+            (
+                "<?xml version=\"1.0\"?><!DOCTYPE x [<!ENTITY a \"aaaa\">]><Envelope/>".to_owned(),
+                "corrupt ova image: the OVF descriptor is not valid XML",
+            ),
+            ("<Project/>".to_owned(), "corrupt ova image: the OVF descriptor's root is <Project>"),
+        ] {
+            let e = Ovf::parse(text.as_bytes()).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
 }
