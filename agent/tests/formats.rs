@@ -177,15 +177,18 @@ fn qcow2_resized_with_l1_at_the_end() {
 }
 
 #[test]
-fn qcow2_compressed_inside_gzip() {
-    let d = check("qcow2.gz", Behaviour::default(), |raw, out| {
-        let q = out.with_extension("q");
-        to_qcow2(raw, &q, &[]);
-        let data = Command::new("gzip").args(["-c", "-1"]).arg(&q).output().unwrap();
-        std::fs::write(out, data.stdout).unwrap();
-        q
-    });
-    assert_eq!(d.format, "qcow2 (gzip)");
+fn qcow2_inside_gzip_xz_and_zstd() {
+    for tool in ["gzip", "xz", "zstd"] {
+        let d = check(&format!("qcow2.{tool}"), Behaviour::default(), |raw, out| {
+            let q = out.with_extension("q");
+            to_qcow2(raw, &q, &[]);
+            let data = Command::new(tool).args(["-c", "-q", "-1"]).arg(&q).output().unwrap();
+            assert!(data.status.success(), "{tool}");
+            std::fs::write(out, data.stdout).unwrap();
+            q
+        });
+        assert_eq!(d.format, format!("qcow2 ({tool})"));
+    }
 }
 
 /// Valid qcow2 images made by qemu-img that we refuse, with the reason.
