@@ -297,7 +297,8 @@ impl<'r> Tar<'r> {
                 name = format!("{}/{name}", field_str(&header[345..500]));
             }
             let name = clean_name(&pax_path.take().or(long_name.take()).unwrap_or(name));
-            let padding = size.div_ceil(BLOCK) * BLOCK - size;
+            // `size` may be near 2^64 (base-256 or pax): no rounding up.
+            let padding = (BLOCK - size % BLOCK) % BLOCK;
             match kind {
                 b'x' | b'L' => {
                     if size > MAX_EXTENDED_HEADER {

@@ -146,7 +146,7 @@ impl SparseHeader {
         if h.flags & !KNOWN_FLAGS != 0 {
             return Err(unsupported(format!("unknown header flags {:#x}", h.flags & !KNOWN_FLAGS)));
         }
-        if !h.grain.is_power_of_two() || h.grain * SECTOR > MAX_GRAIN {
+        if !h.grain.is_power_of_two() || h.grain > MAX_GRAIN / SECTOR {
             return Err(corrupt(format!("grain size of {} sectors (a power of two up to 16384 expected)", h.grain)));
         }
         if h.capacity.checked_mul(SECTOR).is_none() {
