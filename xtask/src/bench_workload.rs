@@ -146,7 +146,7 @@ pub fn dir() -> PathBuf {
 }
 
 /// SHA-256 of the first `limit` bytes of `path` (a file, or a device).
-pub fn sha256_of(path: &Path, limit: u64) -> anyhow::Result<String> {
+fn sha256_of(path: &Path, limit: u64) -> anyhow::Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?.take(limit);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 4 << 20];

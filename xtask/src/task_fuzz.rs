@@ -20,8 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use sha2::{Digest, Sha256};
 
+use crate::task_image::ova_archive;
 use crate::{root, run, setup};
 
 /// The fuzz targets, each a `byoi_agent::fuzzing` entry point.
@@ -154,10 +154,6 @@ fn crash_summary(log: &str) -> Vec<&str> {
     out
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A deterministic raw disk: an MBR, then random (incompressible) and
 /// repetitive (compressible) extents, a cluster of zeros with stray bytes,
 /// zeros elsewhere and data in the last cluster, so every kind of cluster
@@ -188,37 +184,6 @@ fn raw_image() -> Vec<u8> {
     random(&mut img[512 << 10..544 << 10]);
     random(&mut img[RAW_SIZE - 4096..]);
     img
-}
-
-/// An OVF 1.0 descriptor for one disk, `disk1.vmdk`, of [`RAW_SIZE`].
-fn ovf(disk_size: usize) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
-  <References>
-    <File ovf:id="file1" ovf:href="disk1.vmdk" ovf:size="{disk_size}"/>
-  </References>
-  <DiskSection>
-    <Info>Virtual disk information</Info>
-    <Disk ovf:capacity="{capacity}" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
-  </DiskSection>
-  <VirtualSystem ovf:id="byoi-fuzz">
-    <Info>A virtual machine</Info>
-    <VirtualHardwareSection>
-      <Info>Virtual hardware requirements</Info>
-      <System><vssd:ElementName>Virtual Hardware Family</vssd:ElementName><vssd:InstanceID>0</vssd:InstanceID><vssd:VirtualSystemType>vmx-13</vssd:VirtualSystemType></System>
-      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:ElementName>disk0</rasd:ElementName><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>10</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
-    </VirtualHardwareSection>
-  </VirtualSystem>
-</Envelope>
-"#,
-        capacity = RAW_SIZE >> 20,
-    )
-}
-
-/// A manifest: `SHA256(name)= hex` per member.
-fn manifest(members: &[(&str, &[u8])]) -> String {
-    members.iter().map(|(name, data)| format!("SHA256({name})= {}\n", sha256_hex(data))).collect()
 }
 
 /// Runs a command in `dir` (not the workspace root, as [`run`]), failing if it fails.
@@ -257,26 +222,9 @@ fn seeds(work: &Path, corpus: &Path) -> anyhow::Result<()> {
     convert("vmdk", "subformat=monolithicFlat", false, "flat.vmdk")?;
 
     let ova = |disk: &str, out: &str, manifest_first: bool| -> anyhow::Result<()> {
-        let stage = work.join("stage");
-        std::fs::create_dir_all(&stage)?;
-        let data = std::fs::read(work.join(disk))?;
-        let descriptor = ovf(data.len());
-        std::fs::write(stage.join("vm.ovf"), &descriptor)?;
-        std::fs::write(stage.join("disk1.vmdk"), &data)?;
-        std::fs::write(stage.join("vm.mf"), manifest(&[("vm.ovf", descriptor.as_bytes()), ("disk1.vmdk", &data)]))?;
-        let order: &[&str] =
-            if manifest_first { &["vm.ovf", "vm.mf", "disk1.vmdk"] } else { &["vm.ovf", "disk1.vmdk", "vm.mf"] };
-        run_in(
-            &stage,
-            Command::new("tar")
-                .args(["--format=ustar", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-cf"])
-                .arg(work.join(out))
-                .args(order),
-        )?;
-        for f in ["vm.ovf", "vm.mf"] {
-            std::fs::rename(stage.join(f), work.join(f))?;
-        }
-        std::fs::remove_dir_all(&stage)?;
+        let text = ova_archive(&work.join(disk), RAW_SIZE as u64, &work.join(out), manifest_first)?;
+        std::fs::write(work.join("vm.ovf"), text.descriptor)?;
+        std::fs::write(work.join("vm.mf"), text.manifest)?;
         Ok(())
     };
     ova("stream.vmdk", "stream.ova", true)?;
@@ -529,15 +477,12 @@ mod tests {
     }
 
     #[test]
-    fn seed_raw_image_and_manifest() {
+    fn seed_raw_image() {
         let img = raw_image();
         assert_eq!(img.len(), RAW_SIZE);
         assert_eq!(img, raw_image(), "the seeds are deterministic");
         assert_eq!(&img[510..512], &[0x55, 0xaa]);
         assert!(img[256 << 10..320 << 10].iter().all(|&b| b == 0));
         assert!(img[RAW_SIZE - 4096..].iter().any(|&b| b != 0));
-        let mf = manifest(&[("vm.ovf", b"")]);
-        assert_eq!(mf, "SHA256(vm.ovf)= e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n");
-        assert!(ovf(1234).contains(r#"ovf:href="disk1.vmdk" ovf:size="1234""#));
     }
 }

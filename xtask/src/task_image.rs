@@ -24,8 +24,8 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use byoi_initramfs::cpio::{Archive, Entry};
 use byoi_initramfs::kmod::ModulesDep;
+use sha2::{Digest, Sha256};
 
-use crate::bench_workload::sha256_of;
 use crate::deb::{self, fetch_deb, output, Kernel};
 use crate::{root, run};
 
@@ -218,32 +218,57 @@ const OVF: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 </Envelope>
 "#;
 
-/// Packs the raw disk `raw` as an OVA at `out`, as DSP0243 orders it: the
-/// descriptor, a SHA-256 manifest, then a stream-optimized VMDK.
+/// Packs the raw disk `raw` as an OVA at `out`: a stream-optimized VMDK
+/// made by `qemu-img`, with its descriptor and manifest ([`ova_archive`]).
 fn ova(raw: &Path, out: &Path, work: &Path) -> anyhow::Result<()> {
-    let (ovf, mf, vmdk) = ("tiny.ovf", "tiny.mf", "disk1.vmdk");
-    let _ = std::fs::remove_file(work.join(vmdk));
+    let vmdk = work.join("disk1.vmdk");
+    let _ = std::fs::remove_file(&vmdk);
     run(Command::new("qemu-img")
         .args(["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"])
         .arg(raw)
-        .arg(work.join(vmdk)))?;
+        .arg(&vmdk))?;
+    ova_archive(&vmdk, std::fs::metadata(raw)?.len(), out, true)?;
+    Ok(())
+}
+
+/// An OVA's text members, as [`ova_archive`] wrote them.
+#[derive(Debug)]
+pub struct OvaText {
+    /// The OVF descriptor (`vm.ovf`).
+    pub descriptor: String,
+    /// The SHA-256 manifest (`vm.mf`).
+    pub manifest: String,
+}
+
+/// Archives the VMDK file `vmdk`, the disk of `capacity` bytes, as an OVA
+/// at `out` (ustar, reproducible): `vm.ovf` naming it `disk1.vmdk`, then
+/// the manifest `vm.mf` (SHA-256 of both) and the disk — or, with
+/// `manifest_first` false, the disk before the manifest.
+pub fn ova_archive(vmdk: &Path, capacity: u64, out: &Path, manifest_first: bool) -> anyhow::Result<OvaText> {
+    let data = std::fs::read(vmdk).with_context(|| format!("reading {}", vmdk.display()))?;
     let descriptor = OVF
-        .replace("{file}", vmdk)
-        .replace("{size}", &std::fs::metadata(work.join(vmdk))?.len().to_string())
-        .replace("{capacity}", &std::fs::metadata(raw)?.len().to_string());
-    std::fs::write(work.join(ovf), descriptor)?;
-    let mut manifest = String::new();
-    for name in [ovf, vmdk] {
-        manifest += &format!("SHA256({name})= {}\n", sha256_of(&work.join(name), u64::MAX)?);
-    }
-    std::fs::write(work.join(mf), manifest)?;
+        .replace("{file}", "disk1.vmdk")
+        .replace("{size}", &data.len().to_string())
+        .replace("{capacity}", &capacity.to_string());
+    let sha256 = |b: &[u8]| -> String { Sha256::digest(b).iter().map(|b| format!("{b:02x}")).collect() };
+    let manifest =
+        format!("SHA256(vm.ovf)= {}\nSHA256(disk1.vmdk)= {}\n", sha256(descriptor.as_bytes()), sha256(&data));
+    let stage = out.with_extension("stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage)?;
+    std::fs::write(stage.join("vm.ovf"), &descriptor)?;
+    std::fs::write(stage.join("vm.mf"), &manifest)?;
+    std::fs::write(stage.join("disk1.vmdk"), &data)?;
+    let order = if manifest_first { ["vm.ovf", "vm.mf", "disk1.vmdk"] } else { ["vm.ovf", "disk1.vmdk", "vm.mf"] };
     let _ = std::fs::remove_file(out);
     run(Command::new("tar")
-        .args(["--format=ustar", "--owner=0", "--group=0", "-cf"])
+        .args(["--format=ustar", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-cf"])
         .arg(out)
         .arg("-C")
-        .arg(work)
-        .args([ovf, mf, vmdk]))
+        .arg(&stage)
+        .args(order))?;
+    std::fs::remove_dir_all(&stage)?;
+    Ok(OvaText { descriptor, manifest })
 }
 
 /// The test OS's initramfs: `/init`, busybox, the modules of
@@ -414,4 +439,33 @@ fn mbr_syslinux_disk(
     let f = std::fs::OpenOptions::new().write(true).open(path)?;
     f.write_all_at(&mbr[..mbr.len().min(440)], 0)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ova_archive_orders_and_hashes_its_members() {
+        let dir = std::env::temp_dir().join(format!("byoi-xtask-ova-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let vmdk = dir.join("d.vmdk");
+        std::fs::write(&vmdk, b"KDMV").unwrap();
+        for (first, order) in [(true, "vm.ovf\nvm.mf\ndisk1.vmdk\n"), (false, "vm.ovf\ndisk1.vmdk\nvm.mf\n")] {
+            let out = dir.join("vm.ova");
+            let text = ova_archive(&vmdk, 1 << 20, &out, first).unwrap();
+            let listing = Command::new("tar").arg("tf").arg(&out).output().unwrap();
+            assert_eq!(String::from_utf8_lossy(&listing.stdout), order);
+            assert!(text.descriptor.contains(r#"ovf:href="disk1.vmdk" ovf:size="4""#), "{}", text.descriptor);
+            assert!(text.descriptor.contains(r#"ovf:capacity="1048576""#));
+            // sha256("KDMV")
+            let want = "SHA256(disk1.vmdk)= 0a3192b98521517e83e64e03375b8d2f8bdbc70b1011520dd4c37509623aef6f\n";
+            assert!(
+                text.manifest.starts_with("SHA256(vm.ovf)= ") && text.manifest.ends_with(want),
+                "{}",
+                text.manifest
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
