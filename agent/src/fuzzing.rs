@@ -17,9 +17,12 @@ use crate::sink::ImageSink;
 use crate::source::RangeFetch;
 use crate::vmdk::{self, Descriptor, SparseHeader};
 
-/// A sink that writes nothing and panics on a write outside `[0, size)`.
+/// A sink that writes nothing and panics on a write outside
+/// `[start, size)`.
 #[derive(Debug)]
 pub struct CheckedSink {
+    /// Where the decoder was told to write from.
+    pub start: u64,
     /// The size the image declared.
     pub size: u64,
     /// Bytes written or zeroed, for the caller's curiosity.
@@ -30,6 +33,7 @@ impl CheckedSink {
     fn check(&mut self, offset: u64, len: u64) {
         let end = offset.checked_add(len).expect("offset + length overflows");
         assert!(end <= self.size, "write of {len} bytes at {offset:#x}, past the declared size {:#x}", self.size);
+        assert!(offset >= self.start, "write of {len} bytes at {offset:#x}, before the start {:#x}", self.start);
         self.touched = self.touched.saturating_add(len);
     }
 }
@@ -65,7 +69,7 @@ pub fn qcow2(data: &[u8]) {
     for ranged in [false, true] {
         let ranger = MemRanger(data);
         let r: Option<&dyn RangeFetch> = if ranged { Some(&ranger) } else { None };
-        let mut sink = CheckedSink { size: h.size, touched: 0 };
+        let mut sink = CheckedSink { start: 0, size: h.size, touched: 0 };
         let _ = Decoder::new(h.clone(), &mut sink, r, len, None).run(&mut &data[..]);
     }
 }
@@ -77,8 +81,9 @@ pub fn vmdk(data: &[u8]) {
     let base: u64 = 4096;
     // A capacity near 2^64 bytes: the decoder must refuse the extent
     // before writing, which a saturated bound still checks.
-    let mut sink = CheckedSink { size: base.saturating_add(h.size()), touched: 0 };
-    let _ = vmdk::decode_sparse(&mut &data[..], &mut sink, base, None);
+    let size = base.saturating_add(h.size());
+    let mut sink = CheckedSink { start: base, size, touched: 0 };
+    let _ = vmdk::decode_sparse(&mut &data[..], &mut sink, base, size, None);
 }
 
 /// An OVA: tar walk, OVF, manifest and disk, every disk in turn; and the
@@ -86,14 +91,16 @@ pub fn vmdk(data: &[u8]) {
 pub fn ova(data: &[u8]) {
     let _ = Ovf::parse(data);
     let _ = Manifest::parse(data);
-    let disks = match open(data, None) {
+    // Disk 1 always exists when the descriptor parses; it says how many
+    // there are.
+    let disks = match open(data, Some("1")) {
         Ok(ova) => ova.ovf_disks(),
-        Err(_) => 1,
+        Err(_) => return,
     };
     for i in 1..=disks.min(4) {
         let choice = i.to_string();
         let Ok(ova) = open(data, Some(&choice)) else { continue };
-        let mut sink = CheckedSink { size: ova.disk.capacity, touched: 0 };
+        let mut sink = CheckedSink { start: 0, size: ova.disk.capacity, touched: 0 };
         let _ = ova.decode(&mut sink, None);
     }
 }

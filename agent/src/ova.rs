@@ -23,6 +23,18 @@ use crate::vmdk::{self, Descriptor, ExtentKind, SECTOR};
 
 /// Bytes of a tar block.
 const BLOCK: u64 = 512;
+/// Fields of a tar header (POSIX.1-2001 `ustar`, pax `Header Block`).
+mod field {
+    use std::ops::Range;
+    pub const NAME: Range<usize> = 0..100;
+    pub const SIZE: Range<usize> = 124..136;
+    pub const CHECKSUM: Range<usize> = 148..156;
+    pub const TYPEFLAG: usize = 156;
+    /// `ustar\0` (POSIX) or `ustar ` (GNU, whose 155 bytes from 345 are
+    /// not a prefix).
+    pub const MAGIC: Range<usize> = 257..263;
+    pub const PREFIX: Range<usize> = 345..500;
+}
 /// Bytes read from the stream at a time (and handed to hashers at once).
 const CHUNK: usize = 256 << 10;
 /// Largest pax extended header or GNU long name.
@@ -80,6 +92,9 @@ pub struct Tar<'r> {
     piece: Bytes,
     hashing: Hashing,
     ended: bool,
+    /// Checked at every chunk read, so that skipping a large member stops
+    /// when the deployment is aborted.
+    progress: Option<&'r Progress>,
 }
 
 impl std::fmt::Debug for Tar<'_> {
@@ -162,6 +177,7 @@ impl<'r> Tar<'r> {
             piece: Bytes::new(),
             hashing: Hashing::None,
             ended: false,
+            progress: None,
         }
     }
 
@@ -177,8 +193,12 @@ impl<'r> Tar<'r> {
         Ok(n > 0)
     }
 
-    /// Takes up to `max` bytes from the stream (fewer at a chunk's end).
+    /// Takes up to `max` bytes from the stream (fewer at a chunk's end);
+    /// empty only at the end of the stream.
     fn take_stream(&mut self, max: u64) -> Result<Bytes> {
+        if self.buf.is_empty() && self.progress.is_some_and(|p| p.abort_requested()) {
+            return Err(DeployError::Aborted);
+        }
         if !self.refill()? {
             return Ok(Bytes::new());
         }
@@ -254,19 +274,18 @@ impl<'r> Tar<'r> {
         let (mut long_name, mut pax_path, mut pax_size) = (None, None, None);
         loop {
             let at = self.pos;
-            let header =
-                self.take_exact(BLOCK, |_| corrupt(format!("the archive ends inside the header at byte {at}")));
-            let header = match header {
-                Ok(h) => h,
-                // A stream that stops exactly at a header boundary, without
-                // the end-of-archive blocks: accept it as the end.
-                Err(_) if self.pos == at => {
-                    tracing::warn!(offset = at, "the archive has no end-of-archive blocks");
-                    self.ended = true;
-                    return Ok((digests, None));
-                }
-                Err(e) => return Err(e),
-            };
+            let first = self.take_stream(BLOCK)?;
+            if first.is_empty() {
+                // The stream ended cleanly at a header boundary, without
+                // the end-of-archive blocks: the end all the same.
+                tracing::warn!(offset = at, "the archive has no end-of-archive blocks");
+                self.ended = true;
+                return Ok((digests, None));
+            }
+            let mut header = first.to_vec();
+            let rest = BLOCK - header.len() as u64;
+            let cut = |_| corrupt(format!("the archive ends inside the header at byte {at}"));
+            header.extend(self.take_exact(rest, cut)?);
             if header.iter().all(|&b| b == 0) {
                 self.ended = true;
                 // Whatever follows (the second zero block, padding to a
@@ -279,43 +298,48 @@ impl<'r> Tar<'r> {
                 }
                 return Ok((digests, None));
             }
-            let stored = octal(&header[148..156], "a header checksum")?;
+            // The checksum counts its own field as spaces; old tars summed
+            // signed bytes.
+            let stored = octal(&header[field::CHECKSUM], "a header checksum")?;
+            let in_sum = |i: usize| !field::CHECKSUM.contains(&i);
             let unsigned: u64 =
-                header.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) }).sum();
-            let signed: i64 = header
-                .iter()
-                .enumerate()
-                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { i64::from(b as i8) })
-                .sum();
+                header.iter().enumerate().map(|(i, &b)| if in_sum(i) { u64::from(b) } else { 32 }).sum();
+            let signed: i64 =
+                header.iter().enumerate().map(|(i, &b)| if in_sum(i) { i64::from(b as i8) } else { 32 }).sum();
             if stored != unsigned && Some(stored) != u64::try_from(signed).ok() {
                 return Err(corrupt(format!("the tar header at byte {at} has a bad checksum (not a tar archive?)")));
             }
-            let size = pax_size.take().map_or_else(|| octal(&header[124..136], "a member size"), Ok)?;
-            let kind = header[156];
-            let mut name = field_str(&header[..100]);
-            if &header[257..262] == b"ustar" && header[345] != 0 && header[262] == 0 {
-                name = format!("{}/{name}", field_str(&header[345..500]));
+            let kind = header[field::TYPEFLAG];
+            let own_size = octal(&header[field::SIZE], "a member size")?;
+            // A size may be near 2^64 (base-256 or pax): no rounding up.
+            let padding_of = |size: u64| (BLOCK - size % BLOCK) % BLOCK;
+            if kind == b'x' || kind == b'L' {
+                // An extended header describes the next entry; its own
+                // size is its own.
+                if own_size > MAX_EXTENDED_HEADER {
+                    return Err(corrupt(format!("an extended header of {own_size} bytes at byte {at}")));
+                }
+                let data = self.take_exact(own_size + padding_of(own_size), |p| {
+                    corrupt(format!("the archive ends at byte {p}, inside an extended header"))
+                })?;
+                let data = &data[..own_size as usize];
+                if kind == b'L' {
+                    long_name = Some(field_str(data));
+                } else {
+                    let (p, s) = parse_pax(data)?;
+                    pax_path = p.or(pax_path);
+                    pax_size = s.or(pax_size);
+                }
+                continue;
+            }
+            let size = pax_size.take().unwrap_or(own_size);
+            let padding = padding_of(size);
+            let mut name = field_str(&header[field::NAME]);
+            if header[field::MAGIC] == *b"ustar\0" && header[field::PREFIX.start] != 0 {
+                name = format!("{}/{name}", field_str(&header[field::PREFIX]));
             }
             let name = clean_name(&pax_path.take().or(long_name.take()).unwrap_or(name));
-            // `size` may be near 2^64 (base-256 or pax): no rounding up.
-            let padding = (BLOCK - size % BLOCK) % BLOCK;
             match kind {
-                b'x' | b'L' => {
-                    if size > MAX_EXTENDED_HEADER {
-                        return Err(corrupt(format!("an extended header of {size} bytes at byte {at}")));
-                    }
-                    let data = self.take_exact(size + padding, |p| {
-                        corrupt(format!("the archive ends at byte {p}, inside an extended header"))
-                    })?;
-                    let data = &data[..size as usize];
-                    if kind == b'L' {
-                        long_name = Some(field_str(data));
-                    } else {
-                        let (p, s) = parse_pax(data)?;
-                        pax_path = p;
-                        pax_size = s;
-                    }
-                }
                 b'0' | 0 | b'7' => {
                     self.remaining = size;
                     self.padding = padding;
@@ -450,6 +474,9 @@ impl Ovf {
                     None => None,
                     Some(s) => Some(s.parse().map_err(|_| corrupt(format!("file {id} has size {s:?}")))?),
                 };
+                if files.len() >= MAX_MEMBERS {
+                    return Err(unsupported(format!("the OVF references more than {MAX_MEMBERS} files")));
+                }
                 files.push(OvfFile { id, href: clean_name(&href), size, gzip });
             }
         }
@@ -457,6 +484,9 @@ impl Ovf {
         for section in children(root, "DiskSection") {
             for d in children(section, "Disk") {
                 let id = attr(d, "diskId").ok_or_else(|| corrupt("a <Disk> without ovf:diskId"))?;
+                if disks.len() >= MAX_MEMBERS {
+                    return Err(unsupported(format!("the OVF names more than {MAX_MEMBERS} disks")));
+                }
                 let Some(file_ref) = attr(d, "fileRef") else {
                     tracing::info!(disk = %id, "the OVF defines an empty disk; it is not deployed");
                     continue;
@@ -479,9 +509,6 @@ impl Ovf {
         }
         if disks.is_empty() {
             return Err(corrupt("the OVF descriptor names no disk with a file"));
-        }
-        if files.len() > MAX_MEMBERS {
-            return Err(unsupported(format!("the OVF references {} files", files.len())));
         }
         Ok(Ovf { files, disks })
     }
@@ -536,9 +563,12 @@ impl Manifest {
             if line.is_empty() {
                 continue;
             }
+            // `SHA256(file)= hex` (ovftool, OpenSSL) or `SHA256 (file) =
+            // hex` (VirtualBox).
             let bad = || corrupt(format!("manifest line {} is not ALGO(file)= digest: {line:?}", n + 1));
             let (algo, rest) = line.split_once('(').ok_or_else(bad)?;
-            let (name, digest) = rest.rsplit_once(")=").ok_or_else(bad)?;
+            let (name, tail) = rest.rsplit_once(')').ok_or_else(bad)?;
+            let digest = tail.trim_start().strip_prefix('=').ok_or_else(bad)?;
             let algo = match algo.trim().to_ascii_uppercase().as_str() {
                 "SHA1" => Algorithm::Sha1,
                 "SHA256" => Algorithm::Sha256,
@@ -627,8 +657,10 @@ impl<'r> Ova<'r> {
     /// Streams the rest of the archive: decodes the chosen disk into
     /// `sink` (never past the capacity the OVF declares), checks sizes and
     /// the manifest, reads to the end.
-    pub fn decode(mut self, sink: &mut dyn ImageSink, progress: Option<&Progress>) -> Result<OvaDecoded> {
-        let mut capped = Capped { inner: sink, capacity: self.disk.capacity };
+    pub fn decode(mut self, sink: &mut dyn ImageSink, progress: Option<&'r Progress>) -> Result<OvaDecoded> {
+        self.tar.progress = progress;
+        let capacity = self.disk.capacity;
+        let mut capped = Capped { inner: sink, capacity };
         let sink: &mut dyn ImageSink = &mut capped;
         let mut manifest: Option<Manifest> = None;
         // Digests of members seen before the manifest.
@@ -687,14 +719,30 @@ impl<'r> Ova<'r> {
             previous = Some(m.name.clone());
 
             if m.name == self.disk.file.href {
+                // DSP0243: the manifest lists every file. One that leaves
+                // out the disk would let it pass unverified.
+                if let Some(mf) = manifest.as_ref().filter(|mf| !mf.entries.contains_key(&m.name)) {
+                    return Err(unlisted(mf, &m.name));
+                }
                 if self.disk.file.gzip {
                     let mut gz = flate2::read::MultiGzDecoder::new(&mut self.tar);
-                    plan = Some(decode_disk(&mut gz, &m.name, None, sink, progress, &mut decoded)?);
+                    plan = Some(decode_disk(&mut gz, &m.name, None, capacity, sink, progress, &mut decoded)?);
                 } else {
-                    plan = Some(decode_disk(&mut self.tar, &m.name, Some(m.size), sink, progress, &mut decoded)?);
+                    plan = Some(decode_disk(
+                        &mut self.tar,
+                        &m.name,
+                        Some(m.size),
+                        capacity,
+                        sink,
+                        progress,
+                        &mut decoded,
+                    )?);
                 }
             } else if let Some(p) = plan.as_mut() {
                 if p.wants(&m.name) {
+                    if let Some(mf) = manifest.as_ref().filter(|mf| !mf.entries.contains_key(&m.name)) {
+                        return Err(unlisted(mf, &m.name));
+                    }
                     p.extent(&mut self.tar, &m.name, sink, progress)?;
                 }
             }
@@ -714,12 +762,19 @@ impl<'r> Ova<'r> {
                 self.disk.file.href
             )));
         };
+        let extent_files = plan.as_ref().map(|p| p.files.clone()).unwrap_or_default();
         let size = plan.map_or(size, |p| p.size);
         if size > self.disk.capacity {
             return Err(corrupt(format!("the disk has {size} bytes; the OVF descriptor says {}", self.disk.capacity)));
         }
         let verified = match manifest {
-            Some(mf) => self.check_manifest(&mf, &seen, &digests)?,
+            Some(mf) => {
+                let required = [&self.ovf_name, &self.disk.file.href].into_iter().chain(extent_files.iter());
+                if let Some(missing) = required.into_iter().find(|f| !mf.entries.contains_key(*f)) {
+                    return Err(unlisted(&mf, missing));
+                }
+                self.check_manifest(&mf, &seen, &digests)?
+            }
             None => {
                 tracing::info!("the OVA has no manifest");
                 Vec::new()
@@ -776,6 +831,11 @@ impl<'r> Ova<'r> {
     }
 }
 
+fn unlisted(mf: &Manifest, name: &str) -> DeployError {
+    let listed: Vec<&str> = mf.entries.keys().map(String::as_str).collect();
+    corrupt(format!("the manifest does not list {name}, which would go unverified (it lists: {})", listed.join(", ")))
+}
+
 /// A sink refusing writes past the capacity the OVF declares, which the
 /// target was checked against before writing.
 struct Capped<'s> {
@@ -808,6 +868,8 @@ impl ImageSink for Capped<'_> {
 #[derive(Debug)]
 struct Plan {
     pending: VecDeque<PendingExtent>,
+    /// Every extent file, for the manifest check.
+    files: Vec<String>,
     /// Byte offset of the next extent.
     base: u64,
     /// Total bytes of the disk.
@@ -840,8 +902,10 @@ impl Plan {
         if d.extents.is_empty() {
             return Err(corrupt("the disk's descriptor names no extent"));
         }
-        let pending = d.extents.into_iter().map(|e| PendingExtent { sectors: e.sectors, kind: e.kind }).collect();
-        Ok(Plan { pending, base: 0, size })
+        let pending: VecDeque<PendingExtent> =
+            d.extents.into_iter().map(|e| PendingExtent { sectors: e.sectors, kind: e.kind }).collect();
+        let files = pending.iter().filter(|e| e.kind != ExtentKind::Zero).map(|e| e.file_name().to_owned()).collect();
+        Ok(Plan { pending, files, base: 0, size })
     }
 
     /// Zeroes the zero extents at the front of what is still to come (at
@@ -891,7 +955,7 @@ impl Plan {
                 }
             }
             ExtentKind::Sparse { .. } => {
-                let h = vmdk::decode_sparse(r, sink, self.base, progress)?;
+                let h = vmdk::decode_sparse(r, sink, self.base, self.base + len, progress)?;
                 if h.capacity != e.sectors {
                     return Err(corrupt(format!(
                         "the sparse extent {name} holds {} sectors; the descriptor says {}",
@@ -938,6 +1002,7 @@ fn decode_disk(
     r: &mut dyn Read,
     name: &str,
     size: Option<u64>,
+    capacity: u64,
     sink: &mut dyn ImageSink,
     progress: Option<&Progress>,
     decoded: &mut Option<(u64, String)>,
@@ -945,9 +1010,9 @@ fn decode_disk(
     let mut head = vec![0u8; crate::format::SNIFF_LEN];
     let n = crate::qcow2::read_full(r, &mut head).map_err(read_err)?;
     head.truncate(n);
-    let done = |size: u64| Plan { pending: VecDeque::new(), base: size, size };
+    let done = |size: u64| Plan { pending: VecDeque::new(), files: Vec::new(), base: size, size };
     if head.starts_with(&vmdk::MAGIC) {
-        let h = vmdk::decode_sparse(&mut Read::chain(io::Cursor::new(head), r), sink, 0, progress)?;
+        let h = vmdk::decode_sparse(&mut Read::chain(io::Cursor::new(head), r), sink, 0, capacity, progress)?;
         let kind = if h.version == 3 { "streamOptimized vmdk" } else { "monolithicSparse vmdk" };
         *decoded = Some((h.size(), kind.to_owned()));
         return Ok(done(h.size()));
@@ -962,13 +1027,13 @@ fn decode_disk(
         return Ok(done(virtual_size));
     }
     if !head.starts_with(vmdk::DESCRIPTOR_MAGIC) {
-        return Err(DeployError::Corrupt {
-            format: "vmdk",
-            detail: format!(
-                "the disk {name} starts with neither a sparse extent header (KDMV), a descriptor nor a qcow2 header: {}",
-                crate::format::describe(&head)
-            ),
-        });
+        let what = match crate::format::sniff(&head) {
+            crate::format::Sniffed::Other(format) => format!("a {format} image"),
+            _ => crate::format::describe(&head),
+        };
+        return Err(unsupported(format!(
+            "the disk {name} is {what}; an OVA's disk must be a VMDK (sparse, stream-optimized or a descriptor) or a qcow2"
+        )));
     }
     let mut text = head;
     r.take(vmdk::MAX_DESCRIPTOR + 1 - text.len().min(vmdk::MAX_DESCRIPTOR as usize) as u64)

@@ -19,9 +19,11 @@
 //! - `monolithicSparse`: uncompressed grains wherever the tables say; the
 //!   tables come before the grains, so one pass reads them first.
 //!
-//! Nothing is written outside the extent, nothing is allocated beyond
-//! [`MAX_METADATA`] (and in proportion to bytes actually received), and
-//! every region no grain covers is zeroed.
+//! Nothing is written outside the extent, which must fit the limit the
+//! caller gives before any table is read; metadata is read as it arrives,
+//! up to [`MAX_METADATA`]; the grain list built from it is bounded by
+//! distinct, non-overlapping tables and [`MAX_LISTED_GRAINS`]; every region
+//! no grain covers is zeroed.
 
 use std::io::{self, Read};
 
@@ -67,8 +69,11 @@ const GRAIN_MARKER_LEN: usize = 12;
 /// Largest grain accepted (VMware uses 64 KiB; QEMU makes up to 1 MiB).
 pub const MAX_GRAIN: u64 = 8 << 20;
 /// Most bytes of header and metadata before the first grain: the tables
-/// of a 512 GiB extent with 64 KiB grains, twice (redundant copy).
+/// of a 640 GiB extent with 64 KiB grains, twice (redundant copy).
 pub const MAX_METADATA: u64 = 80 << 20;
+/// Most allocated grains listed by tables in front (8 bytes each in
+/// memory): 512 GiB of data in 64 KiB grains.
+const MAX_LISTED_GRAINS: usize = 8 << 20;
 /// Largest text descriptor.
 pub const MAX_DESCRIPTOR: u64 = 1 << 20;
 
@@ -245,7 +250,9 @@ impl Descriptor {
 
     /// The `createType` and the extents of a descriptor, if any.
     fn lines(text: &[u8]) -> Result<(Option<String>, Vec<Extent>)> {
-        let text = std::str::from_utf8(text).map_err(|_| corrupt("the descriptor is not UTF-8 text"))?;
+        // Descriptors may carry other encodings (`encoding="windows-1252"`)
+        // in values we do not read; the keys and file names we do are ASCII.
+        let text = String::from_utf8_lossy(text);
         let text = text.trim_end_matches('\0');
         let mut create_type = None;
         let mut extents = Vec::new();
@@ -373,21 +380,27 @@ impl Counted<'_> {
 
 /// Decodes one hosted sparse extent from `r` (which yields the extent's
 /// file from its first byte) into `sink` at `base`; zeroes every sector of
-/// the extent no grain covers. Reads up to the last grain (or the
-/// end-of-stream marker), not necessarily to the end of `r`.
+/// the extent no grain covers. The extent must end by byte `limit` (the
+/// disk's declared size), which is checked before anything else is read.
+/// Reads up to the last grain (or the end-of-stream marker), not
+/// necessarily to the end of `r`.
 pub fn decode_sparse(
     r: &mut dyn Read,
     sink: &mut dyn ImageSink,
     base: u64,
+    limit: u64,
     progress: Option<&Progress>,
 ) -> Result<SparseHeader> {
     let mut r = Counted { inner: r, pos: 0 };
     let mut head = [0u8; SparseHeader::LEN];
     let n = r.fill(&mut head)?;
     let h = SparseHeader::parse(&head[..n])?;
-    let end = base
-        .checked_add(h.size())
-        .ok_or_else(|| corrupt(format!("an extent of {} sectors at byte {base}", h.capacity)))?;
+    let end = base.checked_add(h.size()).filter(|&end| end <= limit).ok_or_else(|| {
+        corrupt(format!(
+            "an extent of {} bytes at byte {base} goes past the {limit} bytes the disk is declared to have",
+            h.size()
+        ))
+    })?;
     // Everything before the first grain: descriptor, directory, tables.
     let meta_len = h.grain_offset * SECTOR - SparseHeader::LEN as u64;
     let mut meta = head.to_vec();
@@ -400,7 +413,7 @@ pub fn decode_sparse(
             .desc_offset
             .checked_mul(SECTOR)
             .zip(h.desc_size.checked_mul(SECTOR).filter(|&l| l <= MAX_DESCRIPTOR))
-            .and_then(|(s, l)| meta.get(s as usize..(s + l) as usize));
+            .and_then(|(s, l)| meta.get(s as usize..s.checked_add(l)? as usize));
         match range {
             // Only to refuse a delta disk: extents of a split disk carry an
             // empty descriptor.
@@ -428,7 +441,10 @@ pub fn decode_sparse(
 
 /// Allocated grains from the directory and tables in `meta` (the file up
 /// to the first grain): `(file sector, grain index)`, by file sector.
-fn grain_layout(h: &SparseHeader, meta: &[u8]) -> Result<Vec<(u64, u64)>> {
+fn grain_layout(h: &SparseHeader, meta: &[u8]) -> Result<Vec<(u32, u32)>> {
+    if h.grains() > u64::from(u32::MAX) {
+        return Err(unsupported(format!("{} grains (more than 2^32)", h.grains())));
+    }
     let gts = h.grains().div_ceil(u64::from(h.gtes_per_gt));
     let gt_bytes = u64::from(h.gtes_per_gt) * 4;
     let table = |offset: u64, len: u64, what: &str| -> Result<&[u8]> {
@@ -440,23 +456,41 @@ fn grain_layout(h: &SparseHeader, meta: &[u8]) -> Result<Vec<(u64, u64)>> {
         })
     };
     let gd = table(h.gd_offset, gts * 4, "the grain directory")?;
-    let mut grains = Vec::new();
-    for (i, e) in gd.chunks_exact(4).enumerate() {
-        let gt_sector = u64::from(le32(e, 0));
-        if gt_sector == 0 {
-            continue;
+    // Every table read must be a distinct stretch of the metadata: the
+    // work below is then bounded by the bytes received.
+    let mut tables: Vec<(u64, usize)> = gd
+        .chunks_exact(4)
+        .enumerate()
+        .map(|(i, e)| (u64::from(le32(e, 0)), i))
+        .filter(|&(sector, _)| sector != 0)
+        .collect();
+    tables.sort_unstable();
+    let gt_sectors = gt_bytes.div_ceil(SECTOR);
+    for pair in tables.windows(2) {
+        let ((a, ia), (b, ib)) = (pair[0], pair[1]);
+        if b < a + gt_sectors {
+            return Err(corrupt(format!("grain tables {ia} and {ib} overlap at sectors {a} and {b}")));
         }
+    }
+    let mut grains: Vec<(u32, u32)> = Vec::new();
+    for (gt_sector, i) in tables {
         let gt = table(gt_sector, gt_bytes, &format!("grain table {i}"))?;
         for (j, e) in gt.chunks_exact(4).enumerate() {
             let index = i as u64 * u64::from(h.gtes_per_gt) + j as u64;
-            let sector = u64::from(le32(e, 0));
+            let sector = le32(e, 0);
             if index >= h.grains() || sector == 0 || (sector == 1 && h.flags & FLAG_ZERO_GRAIN != 0) {
                 continue;
             }
-            if sector < h.grain_offset {
+            if u64::from(sector) < h.grain_offset {
                 return Err(corrupt(format!("grain {index} is at sector {sector}, inside the metadata")));
             }
-            grains.push((sector, index));
+            if grains.len() >= MAX_LISTED_GRAINS {
+                return Err(unsupported(format!(
+                    "its tables list more than {MAX_LISTED_GRAINS} grains; convert it with fewer, larger grains"
+                )));
+            }
+            // `index` < 2^32, checked above.
+            grains.push((sector, index as u32));
         }
     }
     grains.sort_unstable();
@@ -464,7 +498,7 @@ fn grain_layout(h: &SparseHeader, meta: &[u8]) -> Result<Vec<(u64, u64)>> {
         let ((a, ia), (b, ib)) = (pair[0], pair[1]);
         // Compressed grains are at least a sector; plain ones a grain.
         let min_gap = if h.compressed() { 1 } else { h.grain };
-        if b < a + min_gap {
+        if u64::from(b) < u64::from(a) + min_gap {
             return Err(corrupt(format!("grains {ia} and {ib} overlap at sectors {a} and {b}")));
         }
     }
@@ -497,9 +531,10 @@ impl SparseStream<'_, '_> {
     }
 
     /// `monolithicSparse`: grains where the tables say, in file order.
-    fn stream_plain(&mut self, r: &mut Counted<'_>, grains: Vec<(u64, u64)>) -> Result<()> {
+    fn stream_plain(&mut self, r: &mut Counted<'_>, grains: Vec<(u32, u32)>) -> Result<()> {
         let mut buf = vec![0u8; self.h.grain_bytes() as usize];
         for (sector, index) in grains {
+            let (sector, index) = (u64::from(sector), u64::from(index));
             self.check_abort()?;
             let cut = |at: u64| corrupt(format!("the file ends at byte {at}, before grain {index} at sector {sector}"));
             if !r.skip_to(sector * SECTOR)? {
@@ -516,7 +551,7 @@ impl SparseStream<'_, '_> {
     /// `streamOptimized`: markers from the first grain on. With `layout`
     /// (tables in front) every grain must be the next one it lists, and
     /// all must come; without, the stream must end with its marker.
-    fn stream_compressed(&mut self, r: &mut Counted<'_>, layout: Option<Vec<(u64, u64)>>) -> Result<()> {
+    fn stream_compressed(&mut self, r: &mut Counted<'_>, layout: Option<Vec<(u32, u32)>>) -> Result<()> {
         let grain_bytes = self.h.grain_bytes();
         // zlib's worst case for incompressible data is a few bytes per
         // 16 KiB block; anything far above that is corrupt.
@@ -524,7 +559,7 @@ impl SparseStream<'_, '_> {
         let mut inflate = flate2::Decompress::new(true);
         let mut out = vec![0u8; grain_bytes as usize];
         let mut data = Vec::new();
-        let mut expected = layout.as_deref().map(|l| l.iter().peekable());
+        let mut expected = layout.as_deref().map(|l| l.iter().map(|&(s, i)| (u64::from(s), u64::from(i))));
         let mut saw_footer = false;
         loop {
             self.check_abort()?;
@@ -551,7 +586,7 @@ impl SparseStream<'_, '_> {
                     corrupt(format!("the marker at sector {sector} announces {value} sectors of metadata"))
                 })?;
                 match kind {
-                    MARKER_EOS => return self.end_of_stream(expected.map(|mut e| e.next().copied())),
+                    MARKER_EOS => return self.end_of_stream(expected.map(|mut e| e.next())),
                     MARKER_GT | MARKER_GD => {
                         if !r.skip_to(r.pos + len)? {
                             return Err(corrupt(format!("the file ends inside the table at sector {sector}")));
@@ -585,8 +620,8 @@ impl SparseStream<'_, '_> {
             let index = lba / self.h.grain;
             if let Some(expected) = expected.as_mut() {
                 match expected.next() {
-                    Some(&(s, i)) if (s, i) == (sector, index) => {}
-                    Some(&(s, i)) => {
+                    Some((s, i)) if (s, i) == (sector, index) => {}
+                    Some((s, i)) => {
                         return Err(corrupt(format!(
                             "the grain at sector {sector} is for LBA {lba}; the grain tables put grain {i} (LBA {}) at sector {s} next",
                             i * self.h.grain
@@ -628,7 +663,7 @@ impl SparseStream<'_, '_> {
         }
         match expected {
             None => Err(corrupt("the stream ends without its end-of-stream marker")),
-            Some(mut e) => self.end_of_stream(Some(e.next().copied())),
+            Some(mut e) => self.end_of_stream(Some(e.next())),
         }
     }
 
@@ -715,6 +750,35 @@ mod tests {
         assert!(SparseHeader::parse(&header()[..100]).unwrap_err().to_string().contains("cut short"));
     }
 
+    /// Tables shared by two directory entries would let a small file list
+    /// billions of grains; an extent larger than the caller's limit is
+    /// refused before its tables are read.
+    #[test]
+    fn shared_tables_and_oversized_extents_are_refused() {
+        let mut file = header();
+        // Monolithic sparse: 2 grain tables of 512 entries (64 MiB of
+        // 64 KiB grains), the directory at sector 1, tables (4 sectors each)
+        // at sectors 2 and 6.
+        file[8..12].copy_from_slice(&FLAG_NEWLINE_TEST.to_le_bytes());
+        file[4..8].copy_from_slice(&1u32.to_le_bytes());
+        file[12..20].copy_from_slice(&(2 * 512 * 128u64).to_le_bytes());
+        file[56..64].copy_from_slice(&1u64.to_le_bytes());
+        file[64..72].copy_from_slice(&16u64.to_le_bytes());
+        file.resize(16 * 512, 0);
+        file[512..516].copy_from_slice(&2u32.to_le_bytes());
+        file[516..520].copy_from_slice(&6u32.to_le_bytes());
+        let mut disk = Vec::new();
+        decode_sparse(&mut &file[..], &mut disk, 0, 64 << 20, None).unwrap();
+        assert_eq!(disk.len(), 64 << 20, "no grain: all zeros");
+
+        file[516..520].copy_from_slice(&3u32.to_le_bytes());
+        let e = decode_sparse(&mut &file[..], &mut Vec::new(), 0, 64 << 20, None).unwrap_err().to_string();
+        assert!(e.contains("grain tables 0 and 1 overlap"), "{e}");
+
+        let e = decode_sparse(&mut &file[..], &mut Vec::new(), 4096, 64 << 20, None).unwrap_err().to_string();
+        assert!(e.contains("goes past the 67108864 bytes the disk is declared to have"), "{e}");
+    }
+
     /// A stream with markers, made by hand: grains out of order, a grain
     /// table, a footer and the end marker; the gaps read as zeros.
     #[test]
@@ -747,7 +811,7 @@ mod tests {
         file.extend(header());
         marker(&mut file, 0, MARKER_EOS);
         let mut disk = vec![0x11u8; 2 << 20];
-        let h = decode_sparse(&mut &file[..], &mut disk, 1 << 20, None).unwrap();
+        let h = decode_sparse(&mut &file[..], &mut disk, 1 << 20, 2 << 20, None).unwrap();
         assert_eq!(h.size(), 1 << 20);
         let mut want = vec![0x11u8; 1 << 20];
         want.resize(2 << 20, 0);
@@ -760,12 +824,12 @@ mod tests {
         let mut later = file.clone();
         later[56..64].copy_from_slice(&200u64.to_le_bytes());
         let mut again = vec![0x11u8; 2 << 20];
-        decode_sparse(&mut &later[..], &mut again, 1 << 20, None).unwrap();
+        decode_sparse(&mut &later[..], &mut again, 1 << 20, 2 << 20, None).unwrap();
         assert!(again == want);
 
         // Without the end marker: refused.
         let cut = &file[..file.len() - 512];
-        let e = decode_sparse(&mut &cut[..], &mut Vec::new(), 0, None).unwrap_err();
+        let e = decode_sparse(&mut &cut[..], &mut Vec::new(), 0, 1 << 20, None).unwrap_err();
         assert!(e.to_string().contains("without its end-of-stream marker"), "{e}");
     }
 
@@ -799,13 +863,14 @@ mod tests {
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let vmdk = std::fs::read(&file).unwrap();
             let mut disk = vec![0xa5u8; raw.len() + 4096];
-            let h = decode_sparse(&mut &vmdk[..], &mut disk, 0, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let h = decode_sparse(&mut &vmdk[..], &mut disk, 0, raw.len() as u64, None)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(h.size(), raw.len() as u64, "{name}");
             assert!(disk[..raw.len()] == raw[..], "{name}: decoded image differs");
             assert!(disk[raw.len()..].iter().all(|&b| b == 0xa5), "{name}: wrote past the extent");
 
             let cut = &vmdk[..vmdk.len() - 70_000];
-            let e = decode_sparse(&mut &cut[..], &mut Vec::new(), 0, None).unwrap_err().to_string();
+            let e = decode_sparse(&mut &cut[..], &mut Vec::new(), 0, raw.len() as u64, None).unwrap_err().to_string();
             assert!(e.starts_with("corrupt vmdk image:") && e.contains("ends"), "{name}: {e}");
         }
     }

@@ -91,6 +91,23 @@ fn apply(seed: &[u8], d: &Damage, span: usize) -> Vec<u8> {
     out
 }
 
+/// One ustar member: header (with its checksum), data, padding.
+fn tar_member(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+    h[156] = b'0';
+    h[257..265].copy_from_slice(b"ustar\x0000");
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
 #[test]
 fn the_seeds_decode() {
     let s = seeds();
@@ -98,19 +115,26 @@ fn the_seeds_decode() {
     // that the damaged copies below start from images that work.
     for q in [&s.qcow2, &s.qcow2_compressed] {
         let h = byoi_agent::qcow2::Header::parse(q, Some(q.len() as u64)).unwrap();
-        let mut sink = fuzzing::CheckedSink { size: h.size, touched: 0 };
+        let mut sink = fuzzing::CheckedSink { start: 0, size: h.size, touched: 0 };
         byoi_agent::qcow2::Decoder::new(h, &mut sink, None, Some(q.len() as u64), None).run(&mut &q[..]).unwrap();
         assert_eq!(sink.touched, 1 << 20);
     }
     for v in [&s.stream, &s.sparse] {
-        let mut sink = fuzzing::CheckedSink { size: 1 << 20, touched: 0 };
-        byoi_agent::vmdk::decode_sparse(&mut &v[..], &mut sink, 0, None).unwrap();
+        let mut sink = fuzzing::CheckedSink { start: 0, size: 1 << 20, touched: 0 };
+        byoi_agent::vmdk::decode_sparse(&mut &v[..], &mut sink, 0, 1 << 20, None).unwrap();
         assert_eq!(sink.touched, 1 << 20);
     }
     let ova = byoi_agent::ova::Ova::open(Box::new(&s.ova[..]), None).unwrap();
-    let mut sink = fuzzing::CheckedSink { size: 1 << 20, touched: 0 };
+    let mut sink = fuzzing::CheckedSink { start: 0, size: 1 << 20, touched: 0 };
     let done = ova.decode(&mut sink, None).unwrap();
     assert_eq!(done.verified, ["disk.vmdk", "vm.ovf"]);
+
+    // The hand-made tar members the random cases use make a valid archive.
+    let d1 = [Disk { id: "d1", file: "disk.vmdk", capacity: 1 << 20 }];
+    let archive = [tar_member("vm.ovf", ovf(&d1, &[]).as_bytes()), tar_member("disk.vmdk", &s.stream)].concat();
+    let ova = byoi_agent::ova::Ova::open(Box::new(&archive[..]), None).unwrap();
+    let mut sink = fuzzing::CheckedSink { start: 0, size: 1 << 20, touched: 0 };
+    assert_eq!(ova.decode(&mut sink, None).unwrap().size, 1 << 20);
 }
 
 proptest! {
@@ -137,16 +161,22 @@ proptest! {
         fuzzing::ova(&apply(&seeds().ova, &d, 72 << 10));
     }
 
-    /// Random bytes behind each format's magic.
+    /// Random bytes behind each format's magic; for OVAs, a valid archive
+    /// whose descriptor or disk is random.
     #[test]
-    fn random_bytes_behind_the_magic(body in proptest::collection::vec(any::<u8>(), 0..4096), which in 0usize..3) {
-        let (magic, entry): (&[u8], fn(&[u8])) = match which {
-            0 => (b"QFI\xfb", fuzzing::qcow2),
-            1 => (b"KDMV", fuzzing::vmdk),
-            _ => (b"", fuzzing::ova),
-        };
-        let mut data = magic.to_vec();
-        data.extend(body);
-        entry(&data);
+    fn random_bytes_behind_the_magic(body in proptest::collection::vec(any::<u8>(), 0..4096), which in 0usize..4) {
+        let with_magic = |magic: &[u8]| [magic, &body].concat();
+        match which {
+            0 => fuzzing::qcow2(&with_magic(b"QFI\xfb")),
+            1 => fuzzing::vmdk(&with_magic(b"KDMV")),
+            2 => fuzzing::ova(&[tar_member("vm.ovf", &with_magic(b"<Envelope>")), vec![0; 1024]].concat()),
+            _ => {
+                let d1 = [Disk { id: "d1", file: "disk.vmdk", capacity: 1 << 20 }];
+                let descriptor = ovf(&d1, &[]);
+                let disk = with_magic(b"KDMV");
+                let archive = [tar_member("vm.ovf", descriptor.as_bytes()), tar_member("disk.vmdk", &disk)].concat();
+                fuzzing::ova(&archive);
+            }
+        }
     }
 }

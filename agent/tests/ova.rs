@@ -113,7 +113,14 @@ fn refused(w: &Work, ova: Vec<u8>, ova_disk: Option<&str>) -> DeployError {
 fn stream_optimized_with_manifest_first_last_or_none() {
     let w = Work::new(21);
     let disk = w.vmdk("disk1.vmdk", STREAM);
-    for mf in [Mf::AfterOvf("SHA256"), Mf::AtEnd("SHA1"), Mf::AtEnd("SHA256"), Mf::AfterOvf("SHA512"), Mf::None] {
+    for mf in [
+        Mf::AfterOvf("SHA256"),
+        Mf::AtEnd("SHA1"),
+        Mf::AtEnd("SHA256"),
+        Mf::AfterOvf("SHA512"),
+        Mf::VirtualBox,
+        Mf::None,
+    ] {
         let d = check(&w, single(&w, &disk, mf), None, &disk);
         assert_eq!(d.format, "ova, streamOptimized vmdk");
         let verified = d.ova.unwrap().verified;
@@ -274,7 +281,7 @@ fn corrupt_archives_fail_clearly_and_leave_nothing_bootable() {
             with(ovf(&[Disk { id: "x", file: "disk1.vmdk", capacity: 1 << 40 }], &[])),
             "image provided has a size of 1099511627776 bytes which is larger than",
         ),
-        ("VMDK header", flip(good.clone(), vmdk_at + 1), "corrupt vmdk image: the disk disk1.vmdk starts with neither"),
+        ("VMDK header", flip(good.clone(), vmdk_at + 1), "unsupported ova image: the disk disk1.vmdk is unknown data"),
         ("VMDK grain data", flip(good.clone(), vmdk_at + 65536 + 4000), "corrupt vmdk image: the grain at sector 128"),
         (
             "VMDK grain LBA",
@@ -305,8 +312,61 @@ fn corrupt_archives_fail_clearly_and_leave_nothing_bootable() {
     let e = refused(&w, late512, None).to_string();
     assert!(e.contains("the manifest comes after disk1.vmdk and uses SHA512"), "{e}");
 
+    // A manifest that leaves the disk out: refused before the disk is
+    // written, not accepted unverified.
+    let e = refused(&w, single(&w, &disk, Mf::OvfOnly), None).to_string();
+    assert!(
+        e.starts_with("corrupt ova image: the manifest does not list disk1.vmdk, which would go unverified"),
+        "{e}"
+    );
+
     // A raw image declared as an OVA.
     let (_, r) = deploy_bytes(&w, w.read("src.raw"), None);
     let e = r.unwrap_err();
     assert_eq!(e.to_string(), "image provided format is raw which does not match expected ova format");
+}
+
+/// A reader that fails for good at byte `at`, like a download whose
+/// retries ran out.
+struct FailsAt {
+    data: Vec<u8>,
+    pos: usize,
+    at: usize,
+}
+
+impl std::io::Read for FailsAt {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.at {
+            return Err(std::io::Error::other("connection reset for good"));
+        }
+        let n = buf.len().min(self.at - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A read error exactly where a tar header starts — at a 256 KiB
+/// boundary, where the reader asks for a fresh chunk — is the error, not
+/// the end of the archive.
+#[test]
+fn a_failed_read_at_a_header_is_not_the_end_of_the_archive() {
+    let w = Work::new(26);
+    let disk = w.vmdk("disk1.vmdk", STREAM);
+    let d = [Disk { id: "vmdisk1", file: "disk1.vmdk", capacity: IMAGE as u64 }];
+    // A descriptor padded so that the disk's header starts at 256 KiB.
+    let mut descriptor = ovf(&d, &[]);
+    let pad = (256 << 10) - 512 - descriptor.len() - "<!--  -->\n".len();
+    descriptor += &format!("<!-- {} -->\n", "x".repeat(pad));
+    assert_eq!(descriptor.len(), (256 << 10) - 512);
+    let ova = tar(
+        w.dir.path(),
+        &[("vm.ovf", descriptor.into_bytes()), ("disk1.vmdk", std::fs::read(&disk).unwrap())],
+        Mf::None,
+        "ustar",
+    );
+    let reader = FailsAt { data: ova, pos: 0, at: 256 << 10 };
+    let o = byoi_agent::ova::Ova::open(Box::new(reader), None).unwrap();
+    let e = o.decode(&mut Vec::new(), None).unwrap_err().to_string();
+    assert!(e.contains("connection reset for good"), "{e}");
 }

@@ -73,6 +73,10 @@ pub enum Mf {
     None,
     AfterOvf(&'static str),
     AtEnd(&'static str),
+    /// At the end, SHA256, in VirtualBox's spelling: `SHA256 (file) = hex`.
+    VirtualBox,
+    /// After the descriptor, SHA256, listing only the descriptor.
+    OvfOnly,
 }
 
 pub fn digest(algo: &str, data: &[u8]) -> String {
@@ -95,11 +99,20 @@ pub fn tar(dir: &Path, members: &[(&str, Vec<u8>)], mf: Mf, format: &str) -> Vec
         std::fs::write(stage.join(name), data).unwrap();
         names.push(name.to_string());
     }
-    if let Mf::AfterOvf(algo) | Mf::AtEnd(algo) = mf {
-        let text: String =
-            members.iter().map(|(name, data)| format!("{algo}({name})= {}\n", digest(algo, data))).collect();
+    let line = |algo: &str, name: &str, data: &[u8]| match mf {
+        Mf::VirtualBox => format!("{algo} ({name}) = {}\n", digest(algo, data)),
+        _ => format!("{algo}({name})= {}\n", digest(algo, data)),
+    };
+    let listed = match mf {
+        Mf::None => None,
+        Mf::AfterOvf(algo) | Mf::AtEnd(algo) => Some((algo, members.len(), 1)),
+        Mf::VirtualBox => Some(("SHA256", members.len(), names.len())),
+        Mf::OvfOnly => Some(("SHA256", 1, 1)),
+    };
+    if let Some((algo, count, _)) = listed {
+        let text: String = members[..count].iter().map(|(name, data)| line(algo, name, data)).collect();
         std::fs::write(stage.join("vm.mf"), text).unwrap();
-        let at = if matches!(mf, Mf::AfterOvf(_)) { 1 } else { names.len() };
+        let at = if matches!(mf, Mf::AtEnd(_) | Mf::VirtualBox) { names.len() } else { 1 };
         names.insert(at, "vm.mf".into());
     }
     let out = dir.join("vm.ova");
