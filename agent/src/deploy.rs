@@ -16,11 +16,8 @@ use crate::format::{self, ImageType, Sniffed, Wrapper, SNIFF_LEN};
 use crate::ova::{Ova, OvaDecoded};
 use crate::progress::Progress;
 use crate::qcow2::{self, read_full, DecodeStats, Header};
-use crate::sink::{self, DiskWriter, ImageSink, Target, WriteStats};
+use crate::sink::{self, DiskWriter, Target, WriteStats};
 use crate::source::{self, SourceOptions};
-
-/// Bytes handed to the sink per write by the raw path.
-const RAW_CHUNK: usize = 1 << 20;
 
 /// What to deploy.
 #[derive(Debug, Clone)]
@@ -83,6 +80,16 @@ impl<F: FnMut(&mut DiskWriter<'_>) -> Result<()>> Finish for F {
     fn finish(&mut self, w: &mut DiskWriter<'_>) -> Result<()> {
         self(w)
     }
+}
+
+/// How the image, once sniffed and checked, is decoded onto the disk.
+enum Decoding<'b> {
+    /// Copied byte for byte.
+    Raw,
+    /// Streamed through the qcow2 decoder.
+    Qcow2(Header),
+    /// The archive, its descriptor read, its disk still to come.
+    Ova(Box<Ova<'b>>),
 }
 
 /// A finishing step, as `deploy` takes it.
@@ -150,8 +157,7 @@ pub fn deploy(
         device: target.path().to_owned(),
         disk: target.size(),
     };
-    let mut ova = None;
-    let header = match detected {
+    let decoding = match detected {
         ImageType::Qcow2 => {
             let h = Header::parse(&inner_head, if wrapper.is_some() { None } else { file_len })?;
             if h.size > target.size() {
@@ -160,7 +166,7 @@ pub fn deploy(
             if h.dirty {
                 tracing::warn!("the qcow2 image was not closed cleanly; reading it anyway");
             }
-            Some(h)
+            Decoding::Qcow2(h)
         }
         ImageType::Ova => {
             // The descriptor comes first: it names the disk and its size.
@@ -169,8 +175,7 @@ pub fn deploy(
             if o.disk.capacity > target.size() {
                 return Err(too_large(o.disk.capacity));
             }
-            ova = Some(o);
-            None
+            Decoding::Ova(Box::new(o))
         }
         ImageType::Raw => {
             if !format::has_partition_table(&inner_head) {
@@ -178,21 +183,20 @@ pub fn deploy(
             }
             match file_len {
                 Some(len) if wrapper.is_none() && len > target.size() => return Err(too_large(len)),
-                _ => None,
+                _ => Decoding::Raw,
             }
         }
     };
     // The image's first bytes, when they can be had without streaming:
     // enough to refuse a partition table the disk can't use, or that the
     // finishing steps would refuse, before anything is written.
-    let start = match &header {
-        None if detected == ImageType::Ova => None,
-        None => Some(inner_head[..inner_head.len().min(IMAGE_START_LEN)].to_vec()),
-        Some(h) if wrapper.is_none() => match ranger.as_deref() {
+    let start = match &decoding {
+        Decoding::Raw => Some(inner_head[..inner_head.len().min(IMAGE_START_LEN)].to_vec()),
+        Decoding::Qcow2(h) if wrapper.is_none() => match ranger.as_deref() {
             Some(r) => Some(qcow2::read_guest_prefix(h, r, IMAGE_START_LEN as u64)?),
             None => None,
         },
-        Some(_) => None,
+        Decoding::Qcow2(_) | Decoding::Ova(_) => None,
     };
     if let Some(start) = &start {
         sink::check_sector_size(start, target)?;
@@ -207,8 +211,8 @@ pub fn deploy(
     // A panic must not skip the wipe below: catch it, wipe, report it.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut ova_decoded = None;
-        let (image_size, qcow2_stats) = match (header, ova) {
-            (Some(h), _) => {
+        let (image_size, qcow2_stats) = match decoding {
+            Decoding::Qcow2(h) => {
                 let size = h.size;
                 let ranger = if wrapper.is_none() { ranger.as_deref() } else { None };
                 let dec = qcow2::Decoder::new(
@@ -220,13 +224,16 @@ pub fn deploy(
                 );
                 (size, Some(dec.run(&mut body)?))
             }
-            (None, Some(o)) => {
+            Decoding::Ova(o) => {
                 let d = o.decode(&mut writer, Some(progress))?;
                 let size = d.size;
                 ova_decoded = Some(d);
                 (size, None)
             }
-            (None, None) => (copy_raw(&mut body, &mut writer, progress, wrapper)?, None),
+            Decoding::Raw => {
+                let read_err = |e| DeployError::from_read(e, |e| corrupt_wrapper(wrapper, e));
+                (sink::copy_at(&mut body, &mut writer, 0, u64::MAX, Some(progress), read_err)?, None)
+            }
         };
         let format = match &ova_decoded {
             Some(d) => format_name(&format!("ova, {}", d.disk_format)),
@@ -341,22 +348,5 @@ impl<R: Read> Read for WrapperErrors<R> {
             })
             .into_io()
         })
-    }
-}
-
-/// Copies a raw image to the sink; returns its length.
-fn copy_raw(r: &mut dyn Read, sink: &mut dyn ImageSink, progress: &Progress, wrapper: Option<Wrapper>) -> Result<u64> {
-    let mut buf = vec![0u8; RAW_CHUNK];
-    let mut pos = 0u64;
-    loop {
-        if progress.abort_requested() {
-            return Err(DeployError::Aborted);
-        }
-        let n = read_full(r, &mut buf).map_err(|e| DeployError::from_read(e, |e| corrupt_wrapper(wrapper, e)))?;
-        if n == 0 {
-            return Ok(pos);
-        }
-        sink.write_at(pos, &buf[..n])?;
-        pos += n as u64;
     }
 }

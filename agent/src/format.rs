@@ -10,11 +10,19 @@ pub enum ImageType {
     Raw,
     /// QEMU copy-on-write v2 or v3.
     Qcow2,
-    /// An OVF package in a tar archive, its disk a VMDK.
+    /// An OVF package in a tar archive, its disk a VMDK or a qcow2.
     Ova,
 }
 
 impl ImageType {
+    /// Every type, in the order the format error lists them.
+    pub const ALL: [ImageType; 3] = [ImageType::Qcow2, ImageType::Raw, ImageType::Ova];
+
+    /// The type the API names `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// The name as the API spells it.
     pub fn name(self) -> &'static str {
         match self {
@@ -158,6 +166,16 @@ mod tests {
         tar[257..262].copy_from_slice(b"ustar");
         assert_eq!(sniff(&tar), Sniffed::Tar);
         assert_eq!(sniff(&[0u8; 512]), Sniffed::Raw);
+    }
+
+    #[test]
+    fn types_by_name_are_the_formats_the_error_lists() {
+        let names: Vec<&str> = ImageType::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names.join(", "), crate::error::SUPPORTED_FORMATS);
+        for t in ImageType::ALL {
+            assert_eq!(ImageType::from_name(t.name()), Some(t));
+        }
+        assert_eq!(ImageType::from_name("vmdk"), None);
     }
 
     #[test]

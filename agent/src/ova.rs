@@ -945,7 +945,7 @@ impl Plan {
             ExtentKind::Flat { offset, .. } => {
                 let skip = offset.checked_mul(SECTOR).ok_or_else(|| corrupt(format!("{name}: offset {offset}")))?;
                 let skipped = io::copy(&mut r.take(skip), &mut io::sink()).map_err(read_err)?;
-                let copied = copy_flat(r, sink, self.base, len, progress)?;
+                let copied = crate::sink::copy_at(r, sink, self.base, len, progress, read_err)?;
                 if skipped < skip || copied < len {
                     return Err(corrupt(format!(
                         "the flat extent {name} ends after {} of {} bytes",
@@ -968,31 +968,6 @@ impl Plan {
         self.base += len;
         self.zero_leading(sink)
     }
-}
-
-/// Copies `len` bytes of a flat extent to `base`; returns bytes copied.
-fn copy_flat(
-    r: &mut dyn Read,
-    sink: &mut dyn ImageSink,
-    base: u64,
-    len: u64,
-    progress: Option<&Progress>,
-) -> Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    while done < len {
-        if progress.is_some_and(|p| p.abort_requested()) {
-            return Err(DeployError::Aborted);
-        }
-        let want = ((len - done) as usize).min(buf.len());
-        let n = crate::qcow2::read_full(r, &mut buf[..want]).map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        sink.write_at(base + done, &buf[..n])?;
-        done += n as u64;
-    }
-    Ok(done)
 }
 
 /// Decodes the member holding the chosen disk: a sparse VMDK extent, a

@@ -76,6 +76,37 @@ pub trait Target: Send + Sync {
     fn reread_partitions(&self) -> io::Result<()>;
 }
 
+/// Bytes a plain copy ([`copy_at`]) moves per read and write.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Copies `r` to `sink` from offset `base`, up to `len` bytes or the end of
+/// `r`, whichever comes first; returns the bytes copied. Stops when
+/// `progress` asks for an abort; read errors become `read_err`'s.
+pub fn copy_at(
+    r: &mut dyn Read,
+    sink: &mut dyn ImageSink,
+    base: u64,
+    len: u64,
+    progress: Option<&crate::progress::Progress>,
+    read_err: impl Fn(io::Error) -> DeployError,
+) -> Result<u64> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        if progress.is_some_and(|p| p.abort_requested()) {
+            return Err(DeployError::Aborted);
+        }
+        let want = (len - done).min(buf.len() as u64) as usize;
+        let n = crate::qcow2::read_full(r, &mut buf[..want]).map_err(&read_err)?;
+        if n == 0 {
+            break;
+        }
+        sink.write_at(base + done, &buf[..n])?;
+        done += n as u64;
+    }
+    Ok(done)
+}
+
 /// Returns true if every byte of `buf` is zero. Checks a short prefix first
 /// (data blocks rarely start with zeros), then vectorisable chunks.
 pub fn is_zero(buf: &[u8]) -> bool {

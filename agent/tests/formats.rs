@@ -9,29 +9,19 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use byoi_agent::progress::Progress;
-use byoi_agent::source::SourceOptions;
 use byoi_agent::target::DiskTarget;
 use byoi_agent::{deploy, DeployRequest, Deployed};
-use support::{assert_prefix_eq, disk_image, junk_target, qemu_raw, run, to_qcow2, Behaviour, Server};
+use support::{assert_prefix_eq, disk_image, junk_target, qemu_raw, quick_retries, run, to_qcow2, Behaviour, Server};
 
 const IMAGE: usize = 24 << 20;
 const DISK: usize = 40 << 20;
 
-fn opts() -> SourceOptions {
-    SourceOptions {
-        initial_backoff: Duration::from_millis(20),
-        read_timeout: Duration::from_secs(10),
-        attempts: 4,
-        ..Default::default()
-    }
-}
-
 fn deploy_file(url: &str, target: &Path) -> byoi_agent::Result<Deployed> {
     let t = DiskTarget::open(target, false).unwrap();
-    let req = DeployRequest { url: url.into(), image_type: None, checksum: None, source: opts(), ova_disk: None };
+    let req =
+        DeployRequest { url: url.into(), image_type: None, checksum: None, source: quick_retries(), ova_disk: None };
     deploy(&req, &t, &Arc::new(Progress::default()), None)
 }
 

@@ -11,29 +11,18 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use byoi_agent::format::ImageType;
 use byoi_agent::progress::Progress;
-use byoi_agent::source::SourceOptions;
 use byoi_agent::target::DiskTarget;
 use byoi_agent::{deploy, DeployError, DeployRequest, Deployed};
 use byoi_wire::ErrorCode;
 use support::ova::{ovf, tar, Disk, Mf};
-use support::{assert_prefix_eq, disk_image, ends_wiped, junk_target, qemu_raw, run, Behaviour, Server};
+use support::{assert_prefix_eq, disk_image, ends_wiped, junk_target, qemu_raw, quick_retries, run, Behaviour, Server};
 
 const IMAGE: usize = 24 << 20;
 const DISK: usize = 40 << 20;
 const STREAM: &str = "subformat=streamOptimized";
-
-fn opts() -> SourceOptions {
-    SourceOptions {
-        initial_backoff: Duration::from_millis(20),
-        read_timeout: Duration::from_secs(10),
-        attempts: 2,
-        ..Default::default()
-    }
-}
 
 /// A scratch directory with a raw disk image in it.
 struct Work {
@@ -82,7 +71,7 @@ fn deploy_bytes(w: &Work, ova: Vec<u8>, ova_disk: Option<&str>) -> (PathBuf, byo
         url,
         image_type: Some(ImageType::Ova),
         checksum: None,
-        source: opts(),
+        source: quick_retries(),
         ova_disk: ova_disk.map(str::to_owned),
     };
     let result = deploy(&req, &t, &Arc::new(Progress::default()), None);

@@ -157,10 +157,7 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
     let target = DiskTarget::open(&path, false)?;
     let checksum = job.checksum.as_deref().map(str::parse::<Checksum>).transpose()?;
     let image_type = match job.image_type.as_deref() {
-        Some("raw") => Some(ImageType::Raw),
-        Some("qcow2") => Some(ImageType::Qcow2),
-        Some("ova") => Some(ImageType::Ova),
-        Some(other) => return Err(DeployError::BadFormat { detected: other.into() }),
+        Some(name) => Some(ImageType::from_name(name).ok_or_else(|| DeployError::BadFormat { detected: name.into() })?),
         None => None,
     };
     let req = DeployRequest {

@@ -282,6 +282,17 @@ impl Rng {
     }
 }
 
+/// Source options for a test server that behaves: short back-off and
+/// timeouts, so that a failure shows in seconds.
+pub fn quick_retries() -> byoi_agent::source::SourceOptions {
+    byoi_agent::source::SourceOptions {
+        initial_backoff: std::time::Duration::from_millis(20),
+        read_timeout: std::time::Duration::from_secs(10),
+        attempts: 4,
+        ..Default::default()
+    }
+}
+
 /// A raw disk image of `size` bytes: an MBR, then extents of random data
 /// and zeros of uneven lengths (some not sector aligned), like a fresh OS
 /// install.
