@@ -1,7 +1,6 @@
 //! Checksums over the bytes served: parsing `ALGO:HEX`, and a hasher that
 //! runs on its own thread so hashing never slows the disk writer.
 
-use std::str::FromStr;
 use std::thread;
 
 use bytes::Bytes;
@@ -12,100 +11,15 @@ use tokio::sync::mpsc;
 
 use crate::error::{DeployError, Result};
 
-/// A checksum algorithm OVH's API accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// MD5.
-    Md5,
-    /// SHA-1.
-    Sha1,
-    /// SHA-256.
-    Sha256,
-    /// SHA-512.
-    Sha512,
-}
+pub use byoi_wire::spec::{Algorithm, Checksum};
 
-impl Algorithm {
-    /// The name as OVH spells it (`checkSumType`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Md5 => "md5",
-            Algorithm::Sha1 => "sha1",
-            Algorithm::Sha256 => "sha256",
-            Algorithm::Sha512 => "sha512",
-        }
-    }
-
-    /// Length of the digest in bytes.
-    pub fn digest_len(self) -> usize {
-        match self {
-            Algorithm::Md5 => 16,
-            Algorithm::Sha1 => 20,
-            Algorithm::Sha256 => 32,
-            Algorithm::Sha512 => 64,
-        }
-    }
-}
-
-impl FromStr for Algorithm {
-    type Err = DeployError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "md5" => Ok(Algorithm::Md5),
-            "sha1" => Ok(Algorithm::Sha1),
-            "sha256" => Ok(Algorithm::Sha256),
-            "sha512" => Ok(Algorithm::Sha512),
-            _ => Err(DeployError::BadChecksumType),
-        }
-    }
-}
-
-/// An expected checksum.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checksum {
-    /// The algorithm.
-    pub algo: Algorithm,
-    /// The expected digest, lowercase hex.
-    pub hex: String,
-}
-
-impl Checksum {
-    /// Builds a checksum from OVH's separate `checkSumType` and `checkSum`.
-    pub fn new(algo: &str, hex: &str) -> Result<Self> {
-        let algo: Algorithm = algo.parse()?;
-        let hex = hex.trim().to_ascii_lowercase();
-        if hex.len() != algo.digest_len() * 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(DeployError::InvalidRequest(format!(
-                "a {} checksum is {} hexadecimal digits, got {:?}",
-                algo.name(),
-                algo.digest_len() * 2,
-                hex
-            )));
-        }
-        Ok(Checksum { algo, hex })
-    }
-
-    /// Compares a computed digest with this one.
-    pub fn verify(&self, actual: &[u8]) -> Result<()> {
-        let actual = to_hex(actual);
-        if actual == self.hex {
-            Ok(())
-        } else {
-            Err(DeployError::ChecksumMismatch { algo: self.algo.name(), actual, expected: self.hex.clone() })
-        }
-    }
-}
-
-impl FromStr for Checksum {
-    type Err = DeployError;
-
-    /// Parses `ALGO:HEX`, e.g. `sha256:9f86…`.
-    fn from_str(s: &str) -> Result<Self> {
-        let (algo, hex) = s.split_once(':').ok_or_else(|| {
-            DeployError::InvalidRequest(format!("checksum {s:?} is not of the form ALGO:HEX, e.g. sha256:9f86d0…"))
-        })?;
-        Checksum::new(algo, hex)
+/// Compares a computed digest with the expected one.
+pub fn verify(expected: &Checksum, actual: &[u8]) -> Result<()> {
+    let actual = to_hex(actual);
+    if actual == expected.hex {
+        Ok(())
+    } else {
+        Err(DeployError::ChecksumMismatch { algo: expected.algo.name(), actual, expected: expected.hex.clone() })
     }
 }
 
@@ -245,8 +159,9 @@ mod tests {
 
     #[test]
     fn rejects_wrong_length_and_missing_colon() {
-        assert!(matches!("md5:abcd".parse::<Checksum>(), Err(DeployError::InvalidRequest(_))));
-        assert!(matches!("md5".parse::<Checksum>(), Err(DeployError::InvalidRequest(_))));
+        let invalid = |s: &str| DeployError::from(s.parse::<Checksum>().unwrap_err());
+        assert!(matches!(invalid("md5:abcd"), DeployError::InvalidRequest(_)));
+        assert!(matches!(invalid("md5"), DeployError::InvalidRequest(_)));
     }
 
     #[test]
@@ -268,9 +183,9 @@ mod tests {
             drop(f);
             let digest = t.finish().unwrap();
             let c = Checksum::new(algo.name(), hex).unwrap();
-            c.verify(&digest).unwrap();
+            verify(&c, &digest).unwrap();
             let wrong = Checksum::new(algo.name(), &"0".repeat(hex.len())).unwrap();
-            let msg = wrong.verify(&digest).unwrap_err().to_string();
+            let msg = verify(&wrong, &digest).unwrap_err().to_string();
             assert_eq!(
                 msg,
                 format!(

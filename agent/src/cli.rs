@@ -9,16 +9,15 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use byoi_agent::checksum::Checksum;
-use byoi_agent::configdrive::{self, ConfigDrive};
 use byoi_agent::efivars;
-use byoi_agent::finish::{Finishing, Firmware};
-use byoi_agent::format::ImageType;
+use byoi_agent::finish::Finishing;
+use byoi_agent::plan::{plan, Host};
 use byoi_agent::progress::Progress;
 use byoi_agent::source::SourceOptions;
 use byoi_agent::target::DiskTarget;
-use byoi_agent::{deploy, DeployError, DeployRequest, Deployed};
-use byoi_wire::{Event, Status};
+use byoi_agent::{deploy, DeployError, Deployed};
+use byoi_wire::spec::{Blob, ConfigDriveFormat, ConfigDriveSpec, OvaDisk, SpecError, Urls};
+use byoi_wire::{BootMode, Checksum, DeploySpec, Event, ImageType, Status};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -150,7 +149,7 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_checksum(s: &str) -> Result<Checksum, String> {
-    s.parse().map_err(|e: DeployError| e.to_string())
+    s.parse().map_err(|e: SpecError| e.to_string())
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -211,10 +210,12 @@ fn run_deploy(args: DeployArgs) -> i32 {
     }
 }
 
-/// The finishing steps the options ask for.
-fn finishing(args: &DeployArgs, target_is_block: bool) -> Result<Finishing, DeployError> {
+/// The spec the options describe, validated.
+fn spec(args: &DeployArgs) -> Result<DeploySpec, DeployError> {
     let read = |what: &str, p: &PathBuf| {
-        std::fs::read(p).map_err(|e| DeployError::InvalidRequest(format!("cannot read {what} {}: {e}", p.display())))
+        std::fs::read(p)
+            .map(Blob)
+            .map_err(|e| DeployError::InvalidRequest(format!("cannot read {what} {}: {e}", p.display())))
     };
     let wanted = args.configdrive
         || args.hostname.is_some()
@@ -224,67 +225,74 @@ fn finishing(args: &DeployArgs, target_is_block: bool) -> Result<Finishing, Depl
         || args.network_data.is_some()
         || args.instance_id.is_some();
     let configdrive = if wanted {
-        let format = match args.configdrive_format {
-            DriveFormat::Openstack => configdrive::Format::OpenStack,
-            DriveFormat::Nocloud => configdrive::Format::NoCloud,
-        };
-        let mut d = ConfigDrive::new(format);
-        if let Some(id) = &args.instance_id {
-            d.instance_id = id.clone();
-        }
-        d.hostname = args.hostname.clone();
-        d.ssh_keys = args.ssh_keys.clone();
-        d.user_data = args.user_data.as_ref().map(|p| read("--user-data", p)).transpose()?;
-        d.network_data = args.network_data.as_ref().map(|p| read("--network-data", p)).transpose()?;
-        d.meta = args.meta.iter().cloned().collect();
-        Some(d)
+        Some(ConfigDriveSpec {
+            format: match args.configdrive_format {
+                DriveFormat::Openstack => ConfigDriveFormat::OpenStack,
+                DriveFormat::Nocloud => ConfigDriveFormat::NoCloud,
+            },
+            instance_id: args.instance_id.clone(),
+            hostname: args.hostname.clone(),
+            ssh_keys: args.ssh_keys.clone(),
+            user_data: args.user_data.as_ref().map(|p| read("--user-data", p)).transpose()?,
+            meta: args.meta.iter().cloned().collect(),
+            network_data: args.network_data.as_ref().map(|p| read("--network-data", p)).transpose()?,
+        })
     } else {
         None
     };
-    let host_uefi = Path::new("/sys/firmware/efi").exists();
-    let firmware = match args.firmware {
-        FirmwareArg::Uefi => Firmware::Uefi,
-        FirmwareArg::Legacy => Firmware::Legacy,
-        FirmwareArg::Auto if host_uefi => Firmware::Uefi,
-        FirmwareArg::Auto => Firmware::Legacy,
-    };
-    // Firmware variables are the host's: only touched when the disk is the
-    // host's own and the host is UEFI, or when a directory is named.
-    let efivars = match (&args.efivars, firmware) {
-        (_, Firmware::Legacy) => None,
-        (Some(dir), _) => Some(dir.clone()),
-        (None, Firmware::Uefi) if target_is_block && host_uefi => Some(PathBuf::from(efivars::EFIVARFS)),
-        (None, Firmware::Uefi) => None,
-    };
-    let efi_disk = match &efivars {
-        Some(_) if target_is_block => efivars::disk_prefix_of(&args.target).unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    Ok(Finishing { configdrive, firmware, efi_loader: args.efi_loader.clone(), efivars, efi_disk, outcome: None })
-}
-
-fn deploy_with(args: &DeployArgs, progress: &Arc<Progress>) -> Result<(Deployed, Finishing), DeployError> {
-    let target = DiskTarget::open(&args.target, args.force)?;
-    let mut finish = finishing(args, target.is_block_device())?;
-    let req = DeployRequest {
+    let spec = DeploySpec {
         url: args.url.clone(),
+        checksum: args.checksum.clone(),
         image_type: args.image_type.map(|t| match t {
             TypeArg::Raw => ImageType::Raw,
             TypeArg::Qcow2 => ImageType::Qcow2,
             TypeArg::Ova => ImageType::Ova,
         }),
-        ova_disk: args.ova_disk.clone(),
-        checksum: args.checksum.clone(),
-        source: SourceOptions {
-            headers: args.headers.clone(),
-            ca_file: args.ca_file.clone(),
-            connect_timeout: seconds(args.connect_timeout),
-            read_timeout: seconds(args.read_timeout),
-            attempts: args.retries.max(1),
-            initial_backoff: seconds(args.retry_delay),
-            ..SourceOptions::default()
+        ova_disk: args.ova_disk.as_deref().map(OvaDisk::parse),
+        headers: args.headers.iter().cloned().collect(),
+        configdrive,
+        efi_loader: args.efi_loader.clone(),
+        firmware: match args.firmware {
+            FirmwareArg::Uefi => Some(BootMode::Uefi),
+            FirmwareArg::Legacy => Some(BootMode::Legacy),
+            FirmwareArg::Auto => None,
         },
     };
+    spec.validate(Urls::RemoteOrFile)?;
+    Ok(spec)
+}
+
+/// This host, as far as the deployment onto `args.target` goes.
+fn host(args: &DeployArgs, spec: &DeploySpec, target_is_block: bool) -> Host {
+    let host_uefi = Path::new("/sys/firmware/efi").exists();
+    let uefi = spec.firmware.map_or(host_uefi, |f| f == BootMode::Uefi);
+    // Firmware variables are the host's: only touched when the disk is the
+    // host's own and the host is UEFI, or when a directory is named.
+    let efivars = match &args.efivars {
+        _ if !uefi => None,
+        Some(dir) => Some(dir.clone()),
+        None if target_is_block && host_uefi => Some(PathBuf::from(efivars::EFIVARFS)),
+        None => None,
+    };
+    let efi_disk = match &efivars {
+        Some(_) if target_is_block => efivars::disk_prefix_of(&args.target).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    Host { firmware: Some(if host_uefi { BootMode::Uefi } else { BootMode::Legacy }), efivars, efi_disk }
+}
+
+fn deploy_with(args: &DeployArgs, progress: &Arc<Progress>) -> Result<(Deployed, Finishing), DeployError> {
+    let spec = spec(args)?;
+    let target = DiskTarget::open(&args.target, args.force)?;
+    let source = SourceOptions {
+        ca_file: args.ca_file.clone(),
+        connect_timeout: seconds(args.connect_timeout),
+        read_timeout: seconds(args.read_timeout),
+        attempts: args.retries.max(1),
+        initial_backoff: seconds(args.retry_delay),
+        ..SourceOptions::default()
+    };
+    let (req, mut finish) = plan(&spec, &host(args, &spec, target.is_block_device()), source);
     let done = deploy(&req, &target, progress, Some(&mut finish))?;
     Ok((done, finish))
 }

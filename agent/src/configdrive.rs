@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
+use byoi_wire::spec::ConfigDriveSpec;
 use serde_json::json;
 
 /// Size of the partition we add (Ironic's habit).
@@ -18,23 +19,7 @@ pub const PARTITION_SIZE: u64 = 64 << 20;
 const OPENSTACK_VERSIONS: [&str; 4] = ["2012-08-10", "2015-10-15", "2018-08-27", "latest"];
 
 /// Which datasource layout to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// OpenStack ConfigDrive, label `config-2`.
-    OpenStack,
-    /// NoCloud, label `cidata`.
-    NoCloud,
-}
-
-impl Format {
-    /// The filesystem label cloud-init looks for.
-    pub fn label(self) -> &'static str {
-        match self {
-            Format::OpenStack => "config-2",
-            Format::NoCloud => "cidata",
-        }
-    }
-}
+pub use byoi_wire::spec::ConfigDriveFormat as Format;
 
 /// What goes into the ConfigDrive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +52,20 @@ impl ConfigDrive {
             meta: BTreeMap::new(),
             network_data: None,
         }
+    }
+
+    /// The drive a spec describes; a fresh instance id when it names none.
+    pub fn from_spec(spec: &ConfigDriveSpec) -> Self {
+        let mut d = ConfigDrive::new(spec.format);
+        if let Some(id) = &spec.instance_id {
+            d.instance_id = id.clone();
+        }
+        d.hostname = spec.hostname.clone();
+        d.ssh_keys = spec.ssh_keys.clone();
+        d.user_data = spec.user_data.as_ref().map(|b| b.0.clone());
+        d.meta = spec.meta.clone();
+        d.network_data = spec.network_data.as_ref().map(|b| b.0.clone());
+        d
     }
 
     /// The files, as (path with `/` separators, contents).

@@ -247,7 +247,7 @@ pub fn deploy(
         let digest = match (hasher, &req.checksum) {
             (Some(h), Some(c)) => {
                 let d = h.finish()?;
-                c.verify(&d)?;
+                crate::checksum::verify(c, &d)?;
                 Some(to_hex(&d))
             }
             _ => None,

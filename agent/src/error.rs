@@ -172,6 +172,12 @@ pub enum DeployError {
     Internal(String),
 }
 
+impl From<byoi_wire::spec::SpecError> for DeployError {
+    fn from(e: byoi_wire::spec::SpecError) -> Self {
+        DeployError::InvalidRequest(e.0)
+    }
+}
+
 impl DeployError {
     /// The stable code for this error.
     pub fn code(&self) -> ErrorCode {

@@ -4,34 +4,7 @@
 use crate::qcow2::header::MAGIC as QCOW2_MAGIC;
 
 /// Image types an operator can declare (`--type`, OVH's `type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageType {
-    /// A disk image byte for byte, possibly gzip/xz/zstd compressed.
-    Raw,
-    /// QEMU copy-on-write v2 or v3.
-    Qcow2,
-    /// An OVF package in a tar archive, its disk a VMDK or a qcow2.
-    Ova,
-}
-
-impl ImageType {
-    /// Every type, in the order the format error lists them.
-    pub const ALL: [ImageType; 3] = [ImageType::Qcow2, ImageType::Raw, ImageType::Ova];
-
-    /// The type the API names `name`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.name() == name)
-    }
-
-    /// The name as the API spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            ImageType::Raw => "raw",
-            ImageType::Qcow2 => "qcow2",
-            ImageType::Ova => "ova",
-        }
-    }
-}
+pub use byoi_wire::ImageType;
 
 /// A stream compression wrapping the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,8 @@
 //! [`source`] (HTTP with resume, or a file) → hashing on its own thread
 //! ([`checksum`]) → format sniffing ([`format`]) → decompression and
 //! [`qcow2`] decoding → [`sink::DiskWriter`] (zero skipping, held-back first
-//! MiB) → [`target`] (block device or file). [`deploy`] wires them.
+//! MiB) → [`target`] (block device or file). [`deploy`] wires them;
+//! [`plan`] turns a [`byoi_wire::DeploySpec`] into what `deploy` runs.
 
 pub mod checksum;
 pub mod configdrive;
@@ -19,6 +20,7 @@ mod ioctl;
 pub mod netboot;
 pub mod ova;
 pub mod partition;
+pub mod plan;
 pub mod progress;
 pub mod qcow2;
 pub mod sink;

@@ -1,113 +1,109 @@
 //! The controller's state in SQLite: servers, deployments (with their
-//! history), per-boot agent tokens. One connection behind a mutex: every
-//! query is short, and SQLite serialises writers anyway.
+//! history), per-boot agent tokens, the agents' forwarded log lines.
+//!
+//! One connection on its own thread (`tokio-rusqlite`): the async workers
+//! never block on SQLite, and SQLite serialises writers anyway. The schema
+//! is versioned (`PRAGMA user_version`, `rusqlite_migration`); the enums are
+//! stored by their wire names. This module only persists: what a transition
+//! changes is decided by [`lifecycle::on`], and [`Db::apply`] runs it inside
+//! one transaction with the state it read.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::LazyLock;
 
-use rusqlite::{params, Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
+use byoi_wire::agent::{Inventory, LogRecord};
+use byoi_wire::{BootTarget, ErrorCode, Stage, Status};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite_migration::{Migrations, M};
 
-/// Database errors, as the API reports them (500s are bugs).
+use crate::lifecycle::{self, Deployment, Effect, Event, Named, State, Transition};
+use crate::model::StoredRequest;
+use crate::power::Power;
+
+/// Database errors; the API answers them with 500 (they are bugs or a
+/// broken disk, never the caller's input).
 #[derive(Debug, thiserror::Error)]
-#[error("database: {0}")]
-pub struct DbError(#[from] rusqlite::Error);
+pub enum DbError {
+    /// SQLite said no.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The schema could not be brought up to date.
+    #[error("database schema: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    /// The database thread is gone.
+    #[error("database: the connection is closed")]
+    Closed,
+}
+
+impl From<tokio_rusqlite::Error> for DbError {
+    fn from(e: tokio_rusqlite::Error) -> Self {
+        match e {
+            tokio_rusqlite::Error::Rusqlite(e) => DbError::Sqlite(e),
+            _ => DbError::Closed,
+        }
+    }
+}
 
 /// Result alias.
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
-const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA foreign_keys = ON;
-CREATE TABLE IF NOT EXISTS servers (
-    name TEXT PRIMARY KEY,
-    power TEXT NOT NULL,
-    kernel_args TEXT NOT NULL,
-    boot_target TEXT NOT NULL,
-    inventory TEXT,
-    last_seen INTEGER,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS macs (
-    mac TEXT PRIMARY KEY,
-    server TEXT NOT NULL REFERENCES servers(name) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS deployments (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    server TEXT NOT NULL REFERENCES servers(name) ON DELETE CASCADE,
-    request TEXT NOT NULL,
-    status TEXT NOT NULL,
-    stage TEXT NOT NULL,
-    message TEXT NOT NULL,
-    error_code TEXT,
-    checksum TEXT,
-    bytes_done INTEGER NOT NULL DEFAULT 0,
-    bytes_total INTEGER,
-    current INTEGER NOT NULL DEFAULT 1,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    last_report INTEGER,
-    finished_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS deployments_server ON deployments(server, id);
-CREATE TABLE IF NOT EXISTS agent_tokens (
-    hash TEXT PRIMARY KEY,
-    server TEXT NOT NULL REFERENCES servers(name) ON DELETE CASCADE,
-    deployment_id INTEGER,
-    mode TEXT NOT NULL DEFAULT 'deploy',
-    created_at INTEGER NOT NULL,
-    last_used INTEGER,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-";
+/// The schema, one step per release that changed it. Never edit a step
+/// that has shipped: add one.
+static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
+    Migrations::new(vec![
+        // 0.1.0, as it shipped (without user_version, hence IF NOT EXISTS).
+        M::up(include_str!("migrations/01-initial.sql")),
+        // Typed deployment specs, one running deployment per server in the
+        // schema, forwarded agent logs.
+        M::up_with_hook(include_str!("migrations/02-spec.sql"), crate::model::legacy::migrate_requests),
+    ])
+});
 
 /// A registered server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerRow {
     /// OVH's serviceName.
     pub name: String,
     /// Its MACs, lowercase with colons.
     pub macs: Vec<String>,
-    /// Power driver settings (JSON).
-    pub power: serde_json::Value,
+    /// Its power driver.
+    pub power: Power,
     /// Extra kernel arguments for the agent.
     pub kernel_args: Vec<String>,
-    /// `deploy`, `local` or `rescue`.
-    pub boot_target: String,
-    /// The agent's last inventory (JSON).
-    pub inventory: Option<serde_json::Value>,
+    /// What it netboots into.
+    pub boot_target: BootTarget,
+    /// The agent's last inventory.
+    pub inventory: Option<Inventory>,
     /// Unix time of the last agent contact.
     pub last_seen: Option<i64>,
     /// Unix time of registration.
     pub created_at: i64,
 }
 
-/// A deployment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A deployment, as stored.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentRow {
     /// Id.
     pub id: i64,
     /// Server name.
     pub server: String,
-    /// The validated request (JSON).
-    pub request: serde_json::Value,
+    /// What was asked.
+    pub request: StoredRequest,
     /// `doing`, `done`, `error`.
-    pub status: String,
-    /// Stage name.
-    pub stage: String,
+    pub status: Status,
+    /// Where it is.
+    pub stage: Stage,
     /// Human message.
     pub message: String,
-    /// Error code.
-    pub error_code: Option<String>,
-    /// `ALGO:HEX` asked for.
-    pub checksum: Option<String>,
+    /// Why it failed.
+    pub error_code: Option<ErrorCode>,
     /// Bytes received by the agent.
-    pub bytes_done: i64,
+    pub bytes_done: u64,
     /// Image size as served.
-    pub bytes_total: Option<i64>,
+    pub bytes_total: Option<u64>,
     /// Shown by `GET …/bringYourOwnImage` (a DELETE clears it).
     pub current: bool,
-    /// Unix times.
+    /// Unix time of the POST.
     pub created_at: i64,
     /// Last change.
     pub updated_at: i64,
@@ -117,10 +113,30 @@ pub struct DeploymentRow {
     pub finished_at: Option<i64>,
 }
 
-/// The database.
+impl DeploymentRow {
+    fn lifecycle(&self) -> Deployment {
+        Deployment {
+            id: Some(self.id),
+            current: self.current,
+            status: self.status,
+            stage: self.stage,
+            message: self.message.clone(),
+            code: self.error_code,
+            bytes_done: self.bytes_done,
+            bytes_total: self.bytes_total,
+        }
+    }
+}
+
+/// What [`Db::apply`] did.
 #[derive(Debug)]
-pub struct Db {
-    conn: Mutex<Connection>,
+pub struct Applied {
+    /// The transition the lifecycle chose.
+    pub transition: Transition,
+    /// The server's newest deployment afterwards.
+    pub latest: Option<DeploymentRow>,
+    /// The agent token minted for [`Effect::MintToken`].
+    pub token: Option<String>,
 }
 
 /// Seconds since the epoch.
@@ -128,54 +144,121 @@ pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-fn json_col(s: String) -> serde_json::Value {
-    serde_json::from_str(&s).unwrap_or(serde_json::Value::Null)
+/// Hex SHA-256 of an agent token: only hashes are stored.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-const DEPLOYMENT_COLS: &str = "id, server, request, status, stage, message, error_code, checksum, bytes_done, \
+fn size(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn json_err(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into()))
+}
+
+const SERVER_COLS: &str = "name, power, kernel_args, boot_target, inventory, last_seen, created_at";
+
+fn server_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
+    let name: String = r.get(0)?;
+    let mut stmt = c.prepare_cached("SELECT mac FROM macs WHERE server = ?1 ORDER BY mac")?;
+    let macs = stmt.query_map([&name], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ServerRow {
+        name,
+        macs,
+        power: from_json(1, &r.get::<_, String>(1)?)?,
+        kernel_args: from_json(2, &r.get::<_, String>(2)?)?,
+        boot_target: r.get(3)?,
+        inventory: r.get::<_, Option<String>>(4)?.map(|s| from_json(4, &s)).transpose()?,
+        last_seen: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
+const DEPLOYMENT_COLS: &str = "id, server, request, status, stage, message, error_code, bytes_done, \
      bytes_total, current, created_at, updated_at, last_report, finished_at";
 
-fn deployment(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
+fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
     Ok(DeploymentRow {
         id: r.get(0)?,
         server: r.get(1)?,
-        request: json_col(r.get(2)?),
+        request: from_json(2, &r.get::<_, String>(2)?)?,
         status: r.get(3)?,
         stage: r.get(4)?,
         message: r.get(5)?,
         error_code: r.get(6)?,
-        checksum: r.get(7)?,
-        bytes_done: r.get(8)?,
-        bytes_total: r.get(9)?,
-        current: r.get::<_, i64>(10)? != 0,
-        created_at: r.get(11)?,
-        updated_at: r.get(12)?,
-        last_report: r.get(13)?,
-        finished_at: r.get(14)?,
+        bytes_done: r.get::<_, i64>(7)?.max(0) as u64,
+        bytes_total: r.get::<_, Option<i64>>(8)?.map(|t| t.max(0) as u64),
+        current: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+        last_report: r.get(12)?,
+        finished_at: r.get(13)?,
     })
 }
 
+fn latest(c: &Connection, server: &str) -> rusqlite::Result<Option<DeploymentRow>> {
+    c.query_row(
+        &format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 ORDER BY id DESC LIMIT 1"),
+        [server],
+        deployment_row,
+    )
+    .optional()
+}
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    conn: tokio_rusqlite::Connection,
+    /// Seconds an agent counts as up after its last contact.
+    agent_timeout: i64,
+}
+
 impl Db {
-    /// Opens (creating) the database at `path`.
-    pub fn open(path: &Path) -> Result<Db> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Db { conn: Mutex::new(conn) })
+    /// Opens (creating) the database at `path` and brings its schema up to
+    /// date. `agent_timeout`: seconds an agent counts as up after its last
+    /// contact.
+    pub async fn open(path: &Path, agent_timeout: std::time::Duration) -> Result<Db> {
+        let conn = tokio_rusqlite::Connection::open(path).await?;
+        conn.call(|c| {
+            c.busy_timeout(std::time::Duration::from_secs(5))?;
+            c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")?;
+            Ok(MIGRATIONS.to_latest(c))
+        })
+        .await??;
+        Ok(Db { conn, agent_timeout: agent_timeout.as_secs() as i64 })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(f(&mut c)?)
+    /// Runs `f` on the database thread.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        Ok(self.conn.call(move |c| Ok(f(c))).await??)
     }
 
-    /// Adds a server; false if the name or a MAC is taken.
-    pub fn add_server(&self, s: &ServerRow) -> Result<Result<(), String>> {
-        self.with(|c| {
+    /// The schema version (`PRAGMA user_version`).
+    pub async fn schema_version(&self) -> Result<i64> {
+        self.call(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).await
+    }
+
+    /// Moves the write-ahead log into the database file (at shutdown: the
+    /// data directory is then one file to back up).
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.call(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))).await
+    }
+
+    /// Adds a server; `Err(message)` if the name or a MAC is taken.
+    pub async fn add_server(&self, s: ServerRow) -> Result<Result<(), String>> {
+        self.call(move |c| {
             let tx = c.transaction()?;
-            let exists: bool =
-                tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some();
-            if exists {
+            if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
                 return Ok(Err(format!("server {} already exists", s.name)));
             }
             for mac in &s.macs {
@@ -189,8 +272,8 @@ impl Db {
                 "INSERT INTO servers (name, power, kernel_args, boot_target, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
                     s.name,
-                    s.power.to_string(),
-                    serde_json::to_string(&s.kernel_args).unwrap_or_default(),
+                    serde_json::to_string(&s.power).map_err(json_err)?,
+                    serde_json::to_string(&s.kernel_args).map_err(json_err)?,
                     s.boot_target,
                     s.created_at
                 ],
@@ -201,298 +284,217 @@ impl Db {
             tx.commit()?;
             Ok(Ok(()))
         })
-    }
-
-    fn server_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
-        let name: String = r.get(0)?;
-        let mut stmt = c.prepare_cached("SELECT mac FROM macs WHERE server = ?1 ORDER BY mac")?;
-        let macs = stmt.query_map([&name], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(ServerRow {
-            name,
-            macs,
-            power: json_col(r.get(1)?),
-            kernel_args: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
-            boot_target: r.get(3)?,
-            inventory: r.get::<_, Option<String>>(4)?.map(json_col),
-            last_seen: r.get(5)?,
-            created_at: r.get(6)?,
-        })
+        .await
     }
 
     /// A server by name.
-    pub fn server(&self, name: &str) -> Result<Option<ServerRow>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT name, power, kernel_args, boot_target, inventory, last_seen, created_at FROM servers WHERE name = ?1",
-            )?;
+    pub async fn server(&self, name: &str) -> Result<Option<ServerRow>> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(&format!("SELECT {SERVER_COLS} FROM servers WHERE name = ?1"))?;
             let mut rows = stmt.query([name])?;
-            match rows.next()? {
-                Some(r) => Ok(Some(Self::server_row(c, r)?)),
-                None => Ok(None),
-            }
+            rows.next()?.map(|r| server_row(c, r)).transpose()
         })
+        .await
     }
 
     /// All servers, by name.
-    pub fn servers(&self) -> Result<Vec<ServerRow>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT name, power, kernel_args, boot_target, inventory, last_seen, created_at FROM servers ORDER BY name",
-            )?;
+    pub async fn servers(&self) -> Result<Vec<ServerRow>> {
+        self.call(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {SERVER_COLS} FROM servers ORDER BY name"))?;
             let mut rows = stmt.query([])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
-                out.push(Self::server_row(c, r)?);
+                out.push(server_row(c, r)?);
             }
             Ok(out)
         })
+        .await
     }
 
     /// The server owning a MAC.
-    pub fn server_by_mac(&self, mac: &str) -> Result<Option<String>> {
-        self.with(|c| c.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional())
+    pub async fn server_by_mac(&self, mac: &str) -> Result<Option<String>> {
+        let mac = mac.to_owned();
+        self.call(move |c| c.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()).await
     }
 
-    /// Sets a server's boot target.
-    pub fn set_boot_target(&self, name: &str, target: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute("UPDATE servers SET boot_target = ?2 WHERE name = ?1", params![name, target]).map(|_| ())
+    /// Records an agent's inventory.
+    pub async fn save_inventory(&self, server: &str, inventory: &Inventory) -> Result<()> {
+        let (server, inv) = (server.to_owned(), serde_json::to_string(inventory).map_err(json_err)?);
+        self.call(move |c| {
+            c.execute("UPDATE servers SET inventory = ?2 WHERE name = ?1", params![server, inv]).map(drop)
         })
-    }
-
-    /// Records an agent contact (and its inventory, on hello).
-    pub fn touch_server(&self, name: &str, inventory: Option<&serde_json::Value>) -> Result<()> {
-        self.with(|c| {
-            match inventory {
-                Some(inv) => c.execute(
-                    "UPDATE servers SET last_seen = ?2, inventory = ?3 WHERE name = ?1",
-                    params![name, now(), inv.to_string()],
-                )?,
-                None => c.execute("UPDATE servers SET last_seen = ?2 WHERE name = ?1", params![name, now()])?,
-            };
-            Ok(())
-        })
-    }
-
-    /// Starts a deployment unless one is running; returns it, or the
-    /// running one as `Err`.
-    pub fn start_deployment(
-        &self,
-        server: &str,
-        request: &serde_json::Value,
-        checksum: Option<&str>,
-    ) -> Result<Result<DeploymentRow, DeploymentRow>> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let running = tx
-                .query_row(
-                    &format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 AND current = 1 AND status = 'doing'"),
-                    [server],
-                    deployment,
-                )
-                .optional()?;
-            if let Some(d) = running {
-                return Ok(Err(d));
-            }
-            let t = now();
-            tx.execute("UPDATE deployments SET current = 0 WHERE server = ?1", [server])?;
-            tx.execute(
-                "INSERT INTO deployments (server, request, status, stage, message, checksum, created_at, updated_at) \
-                 VALUES (?1, ?2, 'doing', 'waiting-for-agent', 'starting', ?3, ?4, ?4)",
-                params![server, request.to_string(), checksum, t],
-            )?;
-            let id = tx.last_insert_rowid();
-            tx.execute("UPDATE servers SET boot_target = 'deploy' WHERE name = ?1", [server])?;
-            let d = tx.query_row(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE id = ?1"), [id], deployment)?;
-            tx.commit()?;
-            Ok(Ok(d))
-        })
+        .await
     }
 
     /// The deployment `GET …/bringYourOwnImage` shows.
-    pub fn current_deployment(&self, server: &str) -> Result<Option<DeploymentRow>> {
-        self.with(|c| {
-            c.query_row(
-                &format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 AND current = 1 ORDER BY id DESC LIMIT 1"),
-                [server],
-                deployment,
-            )
-            .optional()
-        })
-    }
-
-    /// A deployment by id.
-    pub fn deployment(&self, id: i64) -> Result<Option<DeploymentRow>> {
-        self.with(|c| {
-            c.query_row(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE id = ?1"), [id], deployment)
-                .optional()
-        })
+    pub async fn current_deployment(&self, server: &str) -> Result<Option<DeploymentRow>> {
+        let server = server.to_owned();
+        self.call(move |c| Ok(latest(c, &server)?.filter(|d| d.current))).await
     }
 
     /// All deployments of a server, newest first.
-    pub fn history(&self, server: &str) -> Result<Vec<DeploymentRow>> {
-        self.with(|c| {
+    pub async fn history(&self, server: &str) -> Result<Vec<DeploymentRow>> {
+        let server = server.to_owned();
+        self.call(move |c| {
             let mut stmt =
                 c.prepare(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 ORDER BY id DESC"))?;
-            let rows = stmt.query_map([server], deployment)?.collect();
+            let rows = stmt.query_map([server], deployment_row)?.collect();
             rows
         })
+        .await
     }
 
-    /// Records progress of a running deployment; false if it no longer
-    /// runs (cancelled meanwhile).
-    pub fn progress(&self, id: i64, stage: &str, done: i64, total: Option<i64>) -> Result<bool> {
-        self.with(|c| {
-            let t = now();
-            c.execute(
-                "UPDATE deployments SET stage = ?2, bytes_done = ?3, bytes_total = ?4, message = ?5, updated_at = ?6, \
-                 last_report = ?6 WHERE id = ?1 AND status = 'doing'",
-                params![id, stage, done, total, stage, t],
-            )
-            .map(|n| n > 0)
+    /// A deployment of `server` by id, as the lifecycle needs it.
+    pub async fn named(&self, server: &str, id: i64) -> Result<Option<Named>> {
+        let server = server.to_owned();
+        self.call(move |c| {
+            c.query_row("SELECT error_code FROM deployments WHERE id = ?1 AND server = ?2", params![id, server], |r| {
+                Ok(Named { id, cancelled: r.get::<_, Option<ErrorCode>>(0)? == Some(ErrorCode::Aborted) })
+            })
+            .optional()
         })
+        .await
     }
 
-    /// Marks an agent report without progress (heartbeat, job fetch).
-    pub fn reported(&self, id: i64) -> Result<()> {
-        self.with(|c| {
-            c.execute("UPDATE deployments SET last_report = ?2 WHERE id = ?1", params![id, now()]).map(|_| ())
-        })
-    }
-
-    /// Ends a deployment: `done` flips the boot target to local and retires
-    /// the server's agent tokens. False if it had already ended (cancelled).
-    pub fn finish(&self, id: i64, status: &str, code: Option<&str>, message: &str) -> Result<bool> {
-        self.with(|c| {
+    /// Runs `event` on `server`'s state in one transaction: reads the state,
+    /// asks [`lifecycle::on`], writes what changed and the effects that are
+    /// database work (tokens, report times). `request` is the body of a new
+    /// deployment, for [`Event::Post`]. `None` if there is no such server.
+    pub async fn apply(&self, server: &str, event: Event, request: Option<StoredRequest>) -> Result<Option<Applied>> {
+        let server = server.to_owned();
+        let agent_timeout = self.agent_timeout;
+        self.call(move |c| {
             let tx = c.transaction()?;
             let t = now();
-            let stage = if status == "done" { "rebooting" } else { "finishing" };
-            let changed = tx.execute(
-                "UPDATE deployments SET status = ?2, error_code = ?3, message = ?4, updated_at = ?5, finished_at = ?5, \
-                 stage = CASE WHEN ?2 = 'done' THEN ?6 ELSE stage END WHERE id = ?1 AND status = 'doing'",
-                params![id, status, code, message, t, stage],
-            )?;
-            if changed > 0 && status == "done" {
+            let Some((target, last_seen)) = tx
+                .query_row("SELECT boot_target, last_seen FROM servers WHERE name = ?1", [&server], |r| {
+                    Ok((r.get::<_, BootTarget>(0)?, r.get::<_, Option<i64>>(1)?))
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let before_row = latest(&tx, &server)?;
+            let before = State {
+                target,
+                agent_up: last_seen.is_some_and(|s| t - s <= agent_timeout),
+                latest: before_row.as_ref().map(DeploymentRow::lifecycle),
+            };
+            let transition = lifecycle::on(&event, &before);
+            if matches!(event, Event::Agent { .. }) {
+                tx.execute("UPDATE servers SET last_seen = ?2 WHERE name = ?1", params![server, t])?;
+            }
+            save(&tx, &server, &before, &transition.state, request.as_ref(), t)?;
+            let mut token = None;
+            for effect in &transition.effects {
+                match *effect {
+                    Effect::Reported => {
+                        tx.execute(
+                            "UPDATE deployments SET last_report = ?2 WHERE id = (SELECT max(id) FROM deployments WHERE server = ?1)",
+                            params![server, t],
+                        )?;
+                    }
+                    Effect::RetireTokens => {
+                        tx.execute("UPDATE agent_tokens SET revoked = 1 WHERE server = ?1", [&server])?;
+                    }
+                    Effect::MintToken(mode) => {
+                        token = Some(mint_token(&tx, &server, mode, agent_timeout, t)?);
+                    }
+                    Effect::PowerCycle => {}
+                }
+            }
+            let latest = latest(&tx, &server)?;
+            tx.commit()?;
+            Ok(Some(Applied { transition, latest, token }))
+        })
+        .await
+    }
+
+    /// Keeps the WARN and ERROR lines an agent forwarded with a report,
+    /// at most `keep` per deployment (the newest).
+    pub async fn save_logs(&self, deployment: i64, logs: Vec<LogRecord>, keep: usize) -> Result<()> {
+        if logs.is_empty() {
+            return Ok(());
+        }
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let t = now();
+            for l in &logs {
                 tx.execute(
-                    "UPDATE servers SET boot_target = 'local' WHERE name = (SELECT server FROM deployments WHERE id = ?1)",
-                    [id],
-                )?;
-                tx.execute(
-                    "UPDATE agent_tokens SET revoked = 1 WHERE server = (SELECT server FROM deployments WHERE id = ?1)",
-                    [id],
+                    "INSERT INTO agent_logs (deployment_id, at, level, target, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![deployment, t, l.level, l.target, l.message],
                 )?;
             }
-            tx.commit()?;
-            Ok(changed > 0)
+            tx.execute(
+                "DELETE FROM agent_logs WHERE deployment_id = ?1 AND id NOT IN \
+                 (SELECT id FROM agent_logs WHERE deployment_id = ?1 ORDER BY id DESC LIMIT ?2)",
+                params![deployment, keep as i64],
+            )?;
+            tx.commit()
         })
+        .await
+    }
+
+    /// The log lines kept for a deployment, oldest first, with their times.
+    pub async fn logs(&self, deployment: i64) -> Result<Vec<(i64, LogRecord)>> {
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare("SELECT at, level, target, message FROM agent_logs WHERE deployment_id = ?1 ORDER BY id")?;
+            let rows = stmt
+                .query_map([deployment], |r| {
+                    Ok((r.get(0)?, LogRecord { level: r.get(1)?, target: r.get(2)?, message: r.get(3)? }))
+                })?
+                .collect();
+            rows
+        })
+        .await
     }
 
     /// Marks every running deployment as just reported: after a controller
     /// restart, agents get a full timeout to report again.
-    pub fn refresh_running(&self) -> Result<()> {
-        self.with(|c| {
+    pub async fn refresh_running(&self) -> Result<()> {
+        self.call(|c| {
             c.execute(
                 "UPDATE deployments SET last_report = ?1 WHERE status = 'doing' AND last_report IS NOT NULL",
                 [now()],
             )
-            .map(|_| ())
+            .map(drop)
         })
+        .await
     }
 
-    /// Marks the server's running deployment as reported (hello, heartbeat).
-    pub fn reported_server(&self, server: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE deployments SET last_report = ?2 WHERE server = ?1 AND current = 1 AND status = 'doing'",
-                params![server, now()],
-            )
-            .map(|_| ())
-        })
-    }
-
-    /// Erases the current status (DELETE): running ones end as `error`
-    /// (`aborted`), all stay in the history.
-    pub fn cancel(&self, server: &str) -> Result<Option<DeploymentRow>> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let cur = tx
-                .query_row(
-                    &format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 AND current = 1"),
-                    [server],
-                    deployment,
-                )
-                .optional()?;
+    /// Servers whose running deployment's agent has not reported for
+    /// `timeout` seconds, and those that never netbooted into the agent
+    /// within `boot_timeout`: the events the lifecycle must hear.
+    pub async fn silent(&self, timeout: i64, boot_timeout: i64) -> Result<Vec<(String, Event)>> {
+        self.call(move |c| {
             let t = now();
-            tx.execute(
-                "UPDATE deployments SET status = 'error', error_code = 'aborted', message = 'deployment cancelled', \
-                 updated_at = ?2, finished_at = ?2 WHERE server = ?1 AND status = 'doing'",
-                params![server, t],
+            let mut stmt = c.prepare(
+                "SELECT server, last_report IS NULL FROM deployments WHERE status = 'doing' AND \
+                 ((last_report IS NOT NULL AND last_report < ?1) OR (last_report IS NULL AND created_at < ?2))",
             )?;
-            tx.execute("UPDATE deployments SET current = 0 WHERE server = ?1", [server])?;
-            // The running agent keeps its token to be told `abort`.
-            tx.execute("UPDATE servers SET boot_target = 'rescue' WHERE name = ?1", [server])?;
-            tx.commit()?;
-            Ok(cur)
+            let rows = stmt
+                .query_map(params![t - timeout, t - boot_timeout], |r| {
+                    let never: bool = r.get(1)?;
+                    let event = if never {
+                        Event::NeverBooted { boot_timeout: boot_timeout.max(0) as u64 }
+                    } else {
+                        Event::AgentSilent
+                    };
+                    Ok((r.get(0)?, event))
+                })?
+                .collect();
+            rows
         })
-    }
-
-    /// Running deployments whose agent has not reported for `timeout`
-    /// seconds, or whose server never netbooted into the agent within
-    /// `boot_timeout`, become errors; returns how many.
-    pub fn expire_silent(&self, timeout: i64, boot_timeout: i64) -> Result<usize> {
-        self.with(|c| {
-            let t = now();
-            let lost = c.execute(
-                "UPDATE deployments SET status = 'error', error_code = 'agent-lost', message = 'agent stopped reporting', \
-                 updated_at = ?1, finished_at = ?1 WHERE status = 'doing' AND last_report IS NOT NULL AND last_report < ?2",
-                params![t, t - timeout],
-            )?;
-            let never = c.execute(
-                "UPDATE deployments SET status = 'error', error_code = 'agent-lost', \
-                 message = 'the server did not netboot into the agent within ' || ?3 || ' s', \
-                 updated_at = ?1, finished_at = ?1 WHERE status = 'doing' AND last_report IS NULL AND created_at < ?2",
-                params![t, t - boot_timeout, boot_timeout],
-            )?;
-            Ok(lost + never)
-        })
-    }
-
-    /// Stores a new agent token (its hash) for a server booting in `mode`.
-    /// Older tokens of the server are revoked unless used in the last
-    /// `keep_live` seconds: fetching a boot script (which needs no
-    /// credentials) must not log out a working agent.
-    pub fn store_token(
-        &self,
-        hash: &str,
-        server: &str,
-        deployment: Option<i64>,
-        mode: &str,
-        keep_live: i64,
-    ) -> Result<()> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let t = now();
-            tx.execute(
-                "UPDATE agent_tokens SET revoked = 1 WHERE server = ?1 AND (last_used IS NULL OR last_used < ?2)",
-                params![server, t - keep_live],
-            )?;
-            tx.execute(
-                "DELETE FROM agent_tokens WHERE server = ?1 AND revoked = 1 AND created_at < ?2",
-                params![server, t - 86_400],
-            )?;
-            tx.execute(
-                "INSERT INTO agent_tokens (hash, server, deployment_id, mode, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash, server, deployment, mode, t],
-            )?;
-            tx.commit()
-        })
+        .await
     }
 
     /// The server and boot mode a live token belongs to; marks it used.
-    pub fn use_token(&self, hash: &str) -> Result<Option<(String, String)>> {
-        self.with(|c| {
+    pub async fn use_token(&self, hash: String) -> Result<Option<(String, BootTarget)>> {
+        self.call(move |c| {
             let found = c
-                .query_row("SELECT server, mode FROM agent_tokens WHERE hash = ?1 AND revoked = 0", [hash], |r| {
+                .query_row("SELECT server, mode FROM agent_tokens WHERE hash = ?1 AND revoked = 0", [&hash], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()?;
@@ -501,5 +503,98 @@ impl Db {
             }
             Ok(found)
         })
+        .await
     }
+}
+
+/// Writes what a transition changed.
+fn save(
+    tx: &Transaction<'_>,
+    server: &str,
+    before: &State,
+    after: &State,
+    request: Option<&StoredRequest>,
+    t: i64,
+) -> rusqlite::Result<()> {
+    if after.target != before.target {
+        tx.execute("UPDATE servers SET boot_target = ?2 WHERE name = ?1", params![server, after.target])?;
+    }
+    let Some(d) = &after.latest else { return Ok(()) };
+    if before.latest.as_ref() == Some(d) {
+        return Ok(());
+    }
+    match d.id {
+        None => {
+            let request = request.ok_or_else(|| {
+                rusqlite::Error::ToSqlConversionFailure("a new deployment without its request".into())
+            })?;
+            tx.execute("UPDATE deployments SET current = 0 WHERE server = ?1", [server])?;
+            tx.execute(
+                "INSERT INTO deployments (server, request, status, stage, message, error_code, bytes_done, bytes_total, \
+                 current, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                params![
+                    server,
+                    serde_json::to_string(request).map_err(json_err)?,
+                    d.status,
+                    d.stage,
+                    d.message,
+                    d.code,
+                    size(d.bytes_done),
+                    d.bytes_total.map(size),
+                    d.current,
+                    t
+                ],
+            )?;
+        }
+        Some(id) => {
+            tx.execute(
+                "UPDATE deployments SET status = ?2, stage = ?3, message = ?4, error_code = ?5, bytes_done = ?6, \
+                 bytes_total = ?7, current = ?8, updated_at = ?9, \
+                 finished_at = CASE WHEN ?2 != 'doing' THEN coalesce(finished_at, ?9) ELSE NULL END WHERE id = ?1",
+                params![
+                    id,
+                    d.status,
+                    d.stage,
+                    d.message,
+                    d.code,
+                    size(d.bytes_done),
+                    d.bytes_total.map(size),
+                    d.current,
+                    t
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores a new agent token (its hash) for a server booting in `mode`.
+/// Older tokens of the server are revoked unless used in the last
+/// `keep_live` seconds: fetching a boot script (which needs no
+/// credentials) must not log out a working agent.
+fn mint_token(
+    tx: &Transaction<'_>,
+    server: &str,
+    mode: BootTarget,
+    keep_live: i64,
+    t: i64,
+) -> rusqlite::Result<String> {
+    let token = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+    tx.execute(
+        "UPDATE agent_tokens SET revoked = 1 WHERE server = ?1 AND (last_used IS NULL OR last_used < ?2)",
+        params![server, t - keep_live],
+    )?;
+    tx.execute(
+        "DELETE FROM agent_tokens WHERE server = ?1 AND revoked = 1 AND created_at < ?2",
+        params![server, t - 86_400],
+    )?;
+    let deployment: Option<i64> = tx
+        .query_row("SELECT max(id) FROM deployments WHERE server = ?1 AND current = 1", [server], |r| r.get(0))
+        .optional()?
+        .flatten();
+    tx.execute(
+        "INSERT INTO agent_tokens (hash, server, deployment_id, mode, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![token_hash(&token), server, deployment, mode, t],
+    )?;
+    Ok(token)
 }

@@ -1,11 +1,16 @@
 //! byoi controller: the BYOI API, the agent protocol, iPXE scripts and
 //! power control, on embedded SQLite (see `ARCHITECTURE.md`).
+//!
+//! [`routes`] is the HTTP surface (axum), by audience; [`lifecycle`] the
+//! deployment state machine, pure; [`db`] persists it; [`model`] holds the
+//! OVH-shaped API bodies; [`power`] drives BMCs; [`server`] runs it all.
 
-pub mod api;
 pub mod db;
 pub mod ipxe;
+pub mod lifecycle;
 pub mod model;
 pub mod power;
+pub mod routes;
 pub mod server;
 
 /// The OpenAPI document served at `/openapi.json`.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What to do with the power.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ impl PowerAction {
 }
 
 /// A power driver's settings, as stored with the server.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Power {
     /// Nothing automatic.
@@ -66,6 +66,41 @@ pub enum Power {
         #[serde(default)]
         tool: Option<String>,
     },
+}
+
+impl std::fmt::Debug for Power {
+    // BMC passwords never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Power::Manual => f.write_str("Manual"),
+            Power::Command { argv } => f.debug_struct("Command").field("argv", argv).finish(),
+            Power::Redfish { url, user, system, insecure, .. } => f
+                .debug_struct("Redfish")
+                .field("url", url)
+                .field("user", user)
+                .field("system", system)
+                .field("insecure", insecure)
+                .finish_non_exhaustive(),
+            Power::Ipmi { host, user, tool, .. } => f
+                .debug_struct("Ipmi")
+                .field("host", host)
+                .field("user", user)
+                .field("tool", tool)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Power {
+    /// The driver's name (`manual`, `command`, `redfish`, `ipmi`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Power::Manual => "manual",
+            Power::Command { .. } => "command",
+            Power::Redfish { .. } => "redfish",
+            Power::Ipmi { .. } => "ipmi",
+        }
+    }
 }
 
 /// How long a power command may take.
@@ -287,6 +322,7 @@ mod tests {
             "-I lanplus -H 10.0.0.9 -U admin -E chassis power cycle pw=s3cret\n"
         );
         assert!(Power::from_json(&serde_json::json!({"kind": "telepathy"})).is_err());
+        assert!(!format!("{ipmi:?}").contains("s3cret"), "{ipmi:?}");
     }
 }
 

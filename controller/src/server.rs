@@ -1,20 +1,18 @@
 //! `byoi serve`: the data directory, the API token, and the HTTP(S)
-//! listener around [`App`].
+//! listener around the [`routes::router`]: header-read and idle timeouts,
+//! TLS, graceful shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::api::{self, App, Config};
 use crate::db::Db;
+use crate::routes::{self, App, Config};
 
 /// How `byoi serve` was asked to run.
 #[derive(Debug, Clone)]
@@ -76,68 +74,43 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Largest body of any request but a BYOI POST.
-const SMALL_BODY: usize = 1 << 20;
-
-/// Turns a hyper request into an [`api::Request`], bounding the body: only
-/// an operator's BYOI POST may be large (user data), and requests without
-/// any credentials are answered before their body is read.
-async fn to_request(req: hyper::Request<Incoming>) -> Result<api::Request, api::Response> {
-    let (parts, body) = req.into_parts();
-    let path = parts.uri.path();
-    let needs_token = path.starts_with("/dedicated/") || path.starts_with("/agent/");
-    if needs_token && !parts.headers.contains_key(http::header::AUTHORIZATION) {
-        return Ok(api::Request {
-            method: parts.method,
-            path: path.to_owned(),
-            headers: parts.headers,
-            body: Bytes::new(),
-        });
-    }
-    let limit = if parts.method == http::Method::POST && path.ends_with("/bringYourOwnImage") {
-        api::MAX_BODY
-    } else {
-        SMALL_BODY
-    };
-    let body = Limited::new(body, limit).collect().await.map_err(|e| {
-        let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-        let (status, msg) = if too_big {
-            (http::StatusCode::PAYLOAD_TOO_LARGE, format!("Request body larger than {} MiB", limit >> 20))
-        } else {
-            (http::StatusCode::BAD_REQUEST, format!("Could not read the request body: {e}"))
-        };
-        api::Response {
-            status,
-            content_type: "application/json",
-            headers: Vec::new(),
-            body: serde_json::to_vec(&serde_json::json!({ "message": msg })).unwrap_or_default().into(),
-        }
-    })?;
-    Ok(api::Request {
-        method: parts.method,
-        path: parts.uri.path().to_owned(),
-        headers: parts.headers,
-        body: body.to_bytes(),
-    })
-}
-
-fn to_hyper(r: api::Response) -> hyper::Response<Full<Bytes>> {
-    let mut b = hyper::Response::builder().status(r.status).header(http::header::CONTENT_TYPE, r.content_type);
-    for (k, v) in r.headers {
-        b = b.header(k, v);
-    }
-    b.body(Full::new(r.body)).unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
-}
+/// How long a client may take to send a request's headers; also how long
+/// an idle keep-alive connection stays open.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight requests may take to finish after SIGTERM.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts the controller; returns the bound address and a future that
-/// serves until the process ends.
+/// serves until SIGTERM or SIGINT, then finishes in-flight requests,
+/// checkpoints the database and resolves.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+    serve_until(opts, shutdown_signal()).await
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT: stop the controller with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
+    }
+}
+
+/// [`serve`], stopping when `shutdown` resolves.
+pub async fn serve_until(
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     std::fs::create_dir_all(&opts.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", opts.data_dir.display()))?;
     let token = api_token(&opts.data_dir, opts.api_token.clone())?;
-    let db = Db::open(&opts.data_dir.join("byoi.sqlite"))?;
+    let db = Db::open(&opts.data_dir.join("byoi.sqlite"), opts.agent_timeout).await?;
     // Agents could not report while we were down: give them a full timeout.
-    db.refresh_running()?;
+    db.refresh_running().await?;
     let artifacts = opts.artifacts.clone().unwrap_or_else(|| opts.data_dir.join("artifacts"));
     let cfg = Config {
         api_token: token,
@@ -147,58 +120,75 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<(SocketAddr, impl std::
         agent_timeout: opts.agent_timeout,
         boot_timeout: opts.boot_timeout,
     };
-    let app = Arc::new(App::new(db, cfg));
+    let app = Arc::new(App { db: db.clone(), cfg });
+    let router = routes::router(app.clone());
     let tls = opts.tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;
     let listener = TcpListener::bind(opts.listen).await?;
     let addr = listener.local_addr()?;
 
-    let watchdog = app.clone();
-    tokio::spawn(async move {
+    let watchdog = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            watchdog.expire_silent_agents();
+            app.expire_silent_agents().await;
         }
     });
 
     let fut = async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
             };
-            let app = app.clone();
+            let service = TowerToHyperService::new(router.clone());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            let watcher = graceful.watcher();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<Incoming>| {
-                    let app = app.clone();
-                    async move {
-                        let resp = match to_request(req).await {
-                            Ok(r) => app.handle(r).await,
-                            Err(e) => e,
-                        };
-                        Ok::<_, std::convert::Infallible>(to_hyper(resp))
-                    }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 let result = match tls {
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(s) => builder.serve_connection(TokioIo::new(s), service).await,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await;
+                        match handshake {
+                            Ok(Ok(s)) => {
+                                watcher
+                                    .watch(
+                                        builder.serve_connection_with_upgrades(TokioIo::new(s), service).into_owned(),
+                                    )
+                                    .await
+                            }
+                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                         }
-                    },
-                    None => builder.serve_connection(TokioIo::new(stream), service).await,
+                    }
+                    None => {
+                        watcher
+                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
+                            .await
+                    }
                 };
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
+        }
+        drop(listener);
+        watchdog.abort();
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+            tracing::warn!("requests still running after {}s; stopping anyway", DRAIN_TIMEOUT.as_secs());
+        }
+        match db.checkpoint().await {
+            Ok(()) => tracing::info!("database checkpointed; stopped"),
+            Err(e) => tracing::error!(error = %e, "checkpointing the database"),
         }
     };
     Ok((addr, fut))

@@ -8,17 +8,80 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use byoi_controller::api::{App, Config, Request, Response};
 use byoi_controller::db::Db;
+use byoi_controller::routes::{self, AppState, Config};
 use byoi_wire::agent::{Disk, Hello, Inventory, JobResponse, Nic};
+use byoi_wire::BootMode;
+use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST, RANGE};
-use http::{Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// The controller's router, driven without a socket.
+struct App {
+    state: AppState,
+    router: axum::Router,
+}
+
+impl App {
+    async fn handle(&self, req: Request) -> Response {
+        let mut b = http::Request::builder().method(req.method).uri(req.path);
+        for (k, v) in &req.headers {
+            b = b.header(k, v);
+        }
+        let r = self.router.clone().oneshot(b.body(axum::body::Body::from(req.body)).unwrap()).await.unwrap();
+        let (parts, body) = r.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        Response { status: parts.status, headers: parts.headers, body }
+    }
+
+    async fn expire_silent_agents(&self) {
+        self.state.expire_silent_agents().await;
+    }
+
+    fn db(&self) -> &Db {
+        &self.state.db
+    }
+}
+
+/// A request to [`App::handle`].
+struct Request {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Request {
+    fn new(method: Method, path: &str, body: impl Into<Bytes>) -> Request {
+        Request { method, path: path.to_owned(), headers: HeaderMap::new(), body: body.into() }
+    }
+
+    fn header(mut self, name: http::header::HeaderName, value: &str) -> Request {
+        self.headers.insert(name, value.parse().unwrap());
+        self
+    }
+}
+
+/// What [`App::handle`] answered.
+#[derive(Debug)]
+struct Response {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Response {
+    fn json_body(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
 
 const TOKEN: &str = "operator-token";
 
-fn app_in(dir: &Path, timeout: Duration) -> App {
-    app_with_boot_timeout(dir, timeout, Duration::from_secs(600))
+async fn app_in(dir: &Path, timeout: Duration) -> App {
+    app_with_boot_timeout(dir, timeout, Duration::from_secs(600)).await
 }
 
 async fn call(app: &App, method: Method, path: &str, body: Option<Value>) -> Response {
@@ -69,7 +132,7 @@ fn inventory() -> Value {
         logical_sector_size: 512,
     };
     let inv = Inventory {
-        firmware: "uefi".into(),
+        firmware: BootMode::Uefi,
         memory_bytes: 8 << 30,
         disks: vec![
             disk("nvme1n1", 2 << 40, "BIG1", "Big"),
@@ -102,7 +165,7 @@ fn action(r: &Response) -> String {
 #[tokio::test]
 async fn tokens_are_required_and_kept_apart() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let r = app.handle(Request::new(Method::GET, "/dedicated/server", "")).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = app.handle(Request::new(Method::GET, "/dedicated/server", "").header(AUTHORIZATION, "Bearer nope")).await;
@@ -127,7 +190,7 @@ async fn tokens_are_required_and_kept_apart() {
 #[tokio::test]
 async fn servers_endpoints_and_their_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
     let cases = [
         (json!({"serviceName": "s1", "macs": ["52:54:00:00:00:02"]}), StatusCode::CONFLICT, "server s1 already exists"),
@@ -170,7 +233,7 @@ async fn servers_endpoints_and_their_errors() {
 #[tokio::test]
 async fn byoi_validation_in_ovh_words() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
     let p = "/dedicated/server/s1/bringYourOwnImage";
     let cases = [
@@ -225,7 +288,7 @@ async fn byoi_validation_in_ovh_words() {
 #[tokio::test]
 async fn a_simulated_agent_drives_a_deployment_to_done() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let log = dir.path().join("power.log");
     let power = json!({"kind": "command", "argv": ["sh", "-c", format!("echo {{action}} >> {}", log.display())]});
     add_server(&app, "s1", "52:54:00:00:00:01", power).await;
@@ -268,11 +331,12 @@ async fn a_simulated_agent_drives_a_deployment_to_done() {
     let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
     let job = job.job.unwrap();
     assert_eq!(job.disk.serial, "S1", "group 1's first disk, by serial, whatever the kernel names");
-    assert_eq!(job.checksum.as_deref(), Some(format!("sha256:{}", "ab".repeat(32)).as_str()));
-    assert_eq!(job.headers.get("Authorization").map(String::as_str), Some("Bearer x"));
-    let cd = job.configdrive.unwrap();
-    assert_eq!(cd.user_data_base64.as_deref(), Some("I2Nsb3VkLWNvbmZpZwo="));
-    assert_eq!(job.efi_loader.as_deref(), Some("\\EFI\\debian\\shimx64.efi"));
+    assert_eq!(job.spec.checksum.unwrap().to_string(), format!("sha256:{}", "ab".repeat(32)));
+    assert_eq!(job.spec.headers.get("Authorization").map(String::as_str), Some("Bearer x"));
+    let cd = job.spec.configdrive.unwrap();
+    assert_eq!(cd.user_data.unwrap().0, b"#cloud-config\n");
+    assert_eq!(cd.instance_id, Some(format!("byoi-s1-{}", job.deployment_id)));
+    assert_eq!(job.spec.efi_loader.as_deref(), Some("\\EFI\\debian\\shimx64.efi"));
 
     let id = job.deployment_id;
     let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 512u64 << 20, "bytesTotal": 1024u64 << 20});
@@ -294,28 +358,28 @@ async fn a_simulated_agent_drives_a_deployment_to_done() {
 #[tokio::test]
 async fn an_ova_job_names_its_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let body = json!({"URL": "http://img/appliance.ova", "type": "OVA", "ovaDisk": 2});
     let (token, _) = running_job(&app, body).await;
     let r = agent(&app, &token, Method::GET, "job", None).await;
-    let job = &r.json_body()["job"];
-    assert_eq!((job["imageType"].as_str(), job["ovaDisk"].as_str()), (Some("ova"), Some("2")), "{job}");
+    let job = &r.json_body()["job"]["spec"];
+    assert_eq!((job["imageType"].as_str(), job["ovaDisk"].as_u64()), (Some("ova"), Some(2)), "{job}");
     let job: JobResponse = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(job.job.unwrap().ova_disk.as_deref(), Some("2"));
+    assert_eq!(job.job.unwrap().spec.ova_disk, Some(byoi_wire::spec::OvaDisk::Index(2)));
 
     // Without ovaDisk the job carries none, not null.
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let (token, _) = running_job(&app, json!({"URL": "http://img/appliance.ova", "type": "ova"})).await;
     let job = agent(&app, &token, Method::GET, "job", None).await.json_body();
-    assert_eq!(job["job"]["imageType"], "ova");
-    assert!(job["job"].get("ovaDisk").is_none(), "{job}");
+    assert_eq!(job["job"]["spec"]["imageType"], "ova");
+    assert!(job["job"]["spec"].get("ovaDisk").is_none(), "{job}");
 }
 
 #[tokio::test]
 async fn an_error_waits_for_the_next_post_without_a_reboot() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let (token, id) = running_job(&app, json!({"URL": "http://x/bad.raw"})).await;
     let msg = "Bad sha256 for downloaded file, got: aa while expecting bb.";
     let err = json!({"deploymentId": id, "status": "error", "code": "checksum-mismatch", "message": msg});
@@ -334,7 +398,7 @@ async fn an_error_waits_for_the_next_post_without_a_reboot() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(action(&agent(&app, &token, Method::POST, "heartbeat", None).await), "continue");
     let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
-    assert_eq!(job.job.unwrap().url, "http://x/good.raw");
+    assert_eq!(job.job.unwrap().spec.url, "http://x/good.raw");
     let history = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["deployments"].clone();
     assert_eq!(history.as_array().unwrap().len(), 2);
 }
@@ -342,7 +406,7 @@ async fn an_error_waits_for_the_next_post_without_a_reboot() {
 #[tokio::test]
 async fn delete_aborts_the_agent_and_sends_the_server_to_rescue() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let (token, id) = running_job(&app, json!({"URL": "http://x/i"})).await;
     let r = call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -376,15 +440,15 @@ async fn delete_aborts_the_agent_and_sends_the_server_to_rescue() {
 #[tokio::test]
 async fn silent_agents_fail_their_deployment() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(0));
+    let app = app_in(dir.path(), Duration::from_secs(0)).await;
     running_job(&app, json!({"URL": "http://x/i"})).await;
-    app.expire_silent_agents();
+    app.expire_silent_agents().await;
     assert_eq!(
         call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body()["status"],
         "doing"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    app.expire_silent_agents();
+    app.expire_silent_agents().await;
     let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
     assert_eq!((st["status"].as_str(), st["message"].as_str()), (Some("error"), Some("agent stopped reporting")));
 }
@@ -392,7 +456,7 @@ async fn silent_agents_fail_their_deployment() {
 #[tokio::test]
 async fn a_missing_disk_group_fails_the_deployment_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
     call(
         &app,
@@ -415,11 +479,11 @@ async fn a_missing_disk_group_fails_the_deployment_clearly() {
 async fn state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let app = app_in(dir.path(), Duration::from_secs(60));
+        let app = app_in(dir.path(), Duration::from_secs(60)).await;
         add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
         call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/i"}))).await;
     }
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
     assert_eq!(st["status"], "doing");
     assert_eq!(call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["bootTarget"], "deploy");
@@ -428,7 +492,7 @@ async fn state_survives_a_restart() {
 #[tokio::test]
 async fn netboot_side_scripts_and_artifacts() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let r = app.handle(Request::new(Method::GET, "/boot.ipxe", "").header(HOST, "10.0.2.2:8080")).await;
     assert_eq!(
         String::from_utf8(r.body.to_vec()).unwrap().lines().last().unwrap(),
@@ -439,8 +503,23 @@ async fn netboot_side_scripts_and_artifacts() {
     let r = app.handle(Request::new(Method::GET, "/artifacts/vmlinuz", "").header(RANGE, "bytes=7-10")).await;
     assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(&r.body[..], b"0123");
+    assert_eq!(r.headers["content-range"], "bytes 7-10/17");
+    let r = app.handle(Request::new(Method::HEAD, "/artifacts/vmlinuz", "")).await;
+    assert_eq!((r.status, r.headers["content-length"].to_str().unwrap(), r.body.len()), (StatusCode::OK, "17", 0));
+    assert_eq!(r.headers["accept-ranges"], "bytes");
+    let r = app.handle(Request::new(Method::GET, "/artifacts/vmlinuz", "").header(RANGE, "bytes=99-")).await;
+    assert_eq!(
+        (r.status, r.headers["content-range"].to_str().unwrap()),
+        (StatusCode::RANGE_NOT_SATISFIABLE, "bytes */17")
+    );
     let r = app.handle(Request::new(Method::GET, "/artifacts/initramfs.img", "")).await;
     assert_eq!(&r.body[..], b"INITRAMFS");
+    // Every answer names its request, as the controller's log lines do.
+    let id = r.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let r =
+        app.handle(Request::new(Method::GET, "/boot.ipxe", "").header("x-request-id".parse().unwrap(), "mine-1")).await;
+    assert_eq!(r.headers["x-request-id"], "mine-1", "a caller's id is kept");
     assert_eq!(app.handle(Request::new(Method::GET, "/artifacts/passwd", "")).await.status, StatusCode::NOT_FOUND);
     // Missing artifacts: the script says so and retries.
     std::fs::remove_file(dir.path().join("artifacts/vmlinuz")).unwrap();
@@ -453,7 +532,7 @@ async fn netboot_side_scripts_and_artifacts() {
 #[tokio::test]
 async fn openapi_document_matches_the_routes() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
     let doc: Value = serde_json::from_str(byoi_controller::OPENAPI).unwrap();
     let paths = doc["paths"].as_object().unwrap();
@@ -502,7 +581,7 @@ async fn openapi_document_matches_the_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_servers_deploy_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let app = Arc::new(app_in(dir.path(), Duration::from_secs(60)));
+    let app = Arc::new(app_in(dir.path(), Duration::from_secs(60)).await);
     let mut tasks = Vec::new();
     for i in 0..100u32 {
         let app = app.clone();
@@ -517,7 +596,7 @@ async fn a_hundred_servers_deploy_at_once() {
             agent(&app, &token, Method::POST, "hello", Some(inventory())).await;
             let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
             let job = job.job.unwrap();
-            assert_eq!(job.url, format!("http://x/{name}.raw"));
+            assert_eq!(job.spec.url, format!("http://x/{name}.raw"));
             for step in 1..=3u64 {
                 let p = json!({"deploymentId": job.deployment_id, "stage": "downloading", "bytesDone": step, "bytesTotal": 3});
                 assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "continue");
@@ -536,12 +615,12 @@ async fn a_hundred_servers_deploy_at_once() {
     assert_eq!(call(&app, Method::GET, "/dedicated/server", None).await.json_body().as_array().unwrap().len(), 100);
 }
 
-fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> App {
+async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> App {
     let artifacts = dir.join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("vmlinuz"), b"KERNEL-0123456789").unwrap();
     std::fs::write(artifacts.join("initramfs.img"), b"INITRAMFS").unwrap();
-    let db = Db::open(&dir.join("byoi.sqlite")).unwrap();
+    let db = Db::open(&dir.join("byoi.sqlite"), agent).await.unwrap();
     let cfg = Config {
         api_token: TOKEN.into(),
         artifacts,
@@ -550,14 +629,15 @@ fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> App {
         agent_timeout: agent,
         boot_timeout: boot,
     };
-    App::new(db, cfg)
+    let state = Arc::new(routes::App { db, cfg });
+    App { router: routes::router(state.clone()), state }
 }
 
 /// Review findings, each pinned: token lifetimes, restarts, races, inputs.
 #[tokio::test]
 async fn tokens_die_with_their_deployment_and_survive_a_script_fetch() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
     call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
     let (_, t1) = netboot(&app, "52:54:00:00:00:01").await;
@@ -588,7 +668,7 @@ async fn tokens_die_with_their_deployment_and_survive_a_script_fetch() {
 #[tokio::test]
 async fn rescue_tokens_get_no_jobs() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
     call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
     call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
@@ -607,7 +687,7 @@ async fn rescue_tokens_get_no_jobs() {
 async fn a_controller_restart_does_not_fail_running_deployments() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let app = app_in(dir.path(), Duration::from_secs(1));
+        let app = app_in(dir.path(), Duration::from_secs(1)).await;
         add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
         call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
         let (_, t) = netboot(&app, "52:54:00:00:00:01").await;
@@ -616,9 +696,9 @@ async fn a_controller_restart_does_not_fail_running_deployments() {
         agent(&app, &t, Method::GET, "job", None).await;
     }
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let app = app_in(dir.path(), Duration::from_secs(1));
-    app.db().refresh_running().unwrap();
-    app.expire_silent_agents();
+    let app = app_in(dir.path(), Duration::from_secs(1)).await;
+    app.db().refresh_running().await.unwrap();
+    app.expire_silent_agents().await;
     let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
     assert_eq!(st["status"], "doing", "{st}");
 }
@@ -626,11 +706,11 @@ async fn a_controller_restart_does_not_fail_running_deployments() {
 #[tokio::test]
 async fn a_server_that_never_netboots_fails_after_the_boot_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_with_boot_timeout(dir.path(), Duration::from_secs(60), Duration::from_secs(0));
+    let app = app_with_boot_timeout(dir.path(), Duration::from_secs(60), Duration::from_secs(0)).await;
     add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
     call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    app.expire_silent_agents();
+    app.expire_silent_agents().await;
     let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
     assert_eq!(
         (st["status"].as_str(), st["message"].as_str()),
@@ -641,7 +721,7 @@ async fn a_server_that_never_netboots_fails_after_the_boot_timeout() {
 #[tokio::test]
 async fn reports_racing_a_delete_are_told_to_abort() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let (t, id) = running_job(&app, json!({"URL": "http://x/1"})).await;
     call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
     let done = json!({"deploymentId": id, "status": "done", "message": "ok"});
@@ -656,7 +736,7 @@ async fn reports_racing_a_delete_are_told_to_abort() {
 #[tokio::test]
 async fn after_an_error_the_agent_naming_its_old_deployment_waits() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let log = dir.path().join("power.log");
     let power = json!({"kind": "command", "argv": ["sh", "-c", format!("echo {{action}} >> {}", log.display())]});
     add_server(&app, "s1", "52:54:00:00:00:01", power).await;
@@ -681,7 +761,7 @@ async fn after_an_error_the_agent_naming_its_old_deployment_waits() {
 #[tokio::test]
 async fn inputs_the_review_found() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60));
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
     // Duplicate MACs in one request: one MAC, not a 500.
     let r = call(
         &app,

@@ -129,7 +129,7 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
     assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
     let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
     let job: Value = serde_json::from_str(&job).unwrap();
-    assert_eq!(job["job"]["configdrive"]["hostname"], "web1");
+    assert_eq!(job["job"]["spec"]["configdrive"]["hostname"], "web1");
     let id = job["job"]["deploymentId"].as_i64().unwrap();
     let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 300u64 << 20, "bytesTotal": 1000u64 << 20});
     http(&c.addr, "POST", "/agent/v1/progress", Some(&t), Some(&p));
@@ -203,7 +203,10 @@ fn deploy_an_ova_disk_from_the_cli() {
     assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
     let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
     let job: Value = serde_json::from_str(&job).unwrap();
-    assert_eq!((job["job"]["imageType"].as_str(), job["job"]["ovaDisk"].as_str()), (Some("ova"), Some("vmdisk2")));
+    assert_eq!(
+        (job["job"]["spec"]["imageType"].as_str(), job["job"]["spec"]["ovaDisk"].as_str()),
+        (Some("ova"), Some("vmdisk2"))
+    );
 }
 
 #[test]

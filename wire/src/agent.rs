@@ -1,24 +1,26 @@
 //! The agent protocol (`/agent/v1/…`): what the netbooted agent and the
 //! controller say to each other. JSON, camelCase like the BYOI API.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, Stage, Status};
+use crate::{BootMode, DeploySpec, ErrorCode, Stage, Status};
 
-/// What the controller wants the agent to do next; in every response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Carry on with what you are doing.
-    Continue,
-    /// Stop the deployment; leave the disk unbootable.
-    Abort,
-    /// Reboot now (into the deployed disk, or to netboot again).
-    Reboot,
-    /// Nothing to do: keep heartbeating.
-    Wait,
+wire_enum! {
+    /// What the controller wants the agent to do next; in every response.
+    pub enum Action {
+        /// Carry on with what you are doing.
+        Continue = "continue",
+        /// Stop the deployment; leave the disk unbootable.
+        Abort = "abort",
+        /// Reboot now (into the deployed disk, or to netboot again).
+        Reboot = "reboot",
+        /// Nothing to do: keep heartbeating.
+        Wait = "wait",
+        /// An action this build does not know (a newer controller's): the
+        /// agent carries on as with `wait`, or `continue` mid-deployment.
+        Unknown = "unknown",
+    }
+    unknown = Unknown
 }
 
 /// One disk as the agent sees it.
@@ -66,11 +68,11 @@ pub struct Nic {
 }
 
 /// What the agent found on the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Inventory {
-    /// `uefi` or `legacy`.
-    pub firmware: String,
+    /// How the server booted.
+    pub firmware: BootMode,
     /// Memory in bytes.
     pub memory_bytes: u64,
     /// Disks.
@@ -102,48 +104,25 @@ pub struct DiskSelector {
     pub size_bytes: u64,
 }
 
-/// The ConfigDrive part of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ConfigDriveJob {
-    /// Host name.
-    pub hostname: Option<String>,
-    /// SSH public keys.
-    #[serde(default)]
-    pub ssh_keys: Vec<String>,
-    /// User data, base64.
-    pub user_data_base64: Option<String>,
-    /// Metadata pairs.
-    #[serde(default)]
-    pub meta: BTreeMap<String, String>,
-    /// cloud-init instance id.
-    pub instance_id: String,
-}
-
 /// A deployment for the agent to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     /// The deployment this job belongs to; reports name it.
     pub deployment_id: i64,
-    /// Image URL.
-    pub url: String,
-    /// `ALGO:HEX`, when the operator gave a checksum.
-    pub checksum: Option<String>,
-    /// `raw`, `qcow2` or `ova`, when declared.
-    pub image_type: Option<String>,
-    /// Which disk of a multi-disk OVA: a 1-based index, an OVF disk id or a file name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ova_disk: Option<String>,
-    /// Extra HTTP headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    /// What to deploy. Its ConfigDrive carries the instance id.
+    pub spec: DeploySpec,
     /// The disk to write.
     pub disk: DiskSelector,
-    /// The ConfigDrive, when enabled.
-    pub configdrive: Option<ConfigDriveJob>,
-    /// UEFI loader path (`efiBootloaderPath`).
-    pub efi_loader: Option<String>,
+}
+
+/// `POST /agent/v1/heartbeat`: alive, and what it works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    /// The deployment the agent is running, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<i64>,
 }
 
 /// Answer to `GET /agent/v1/job`.
@@ -168,6 +147,40 @@ pub struct ProgressReport {
     pub bytes_done: u64,
     /// Size of the image as served, when known.
     pub bytes_total: Option<u64>,
+    /// Warnings and errors logged since the last report, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogRecord>,
+}
+
+/// Most log records in one report; the agent drops older ones and says how
+/// many in the next record.
+pub const MAX_LOGS: usize = 32;
+/// Longest log message, in bytes; longer ones are cut.
+pub const MAX_LOG_MESSAGE: usize = 1024;
+
+wire_enum! {
+    /// Severity of a forwarded log record (WARN and above are forwarded).
+    pub enum LogLevel {
+        /// Something went wrong and was worked around (a retry, a fallback).
+        Warn = "warn",
+        /// Something failed.
+        Error = "error",
+        /// A level this build does not know.
+        Unknown = "unknown",
+    }
+    unknown = Unknown
+}
+
+/// One `tracing` event of the agent, forwarded to the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogRecord {
+    /// Severity.
+    pub level: LogLevel,
+    /// The module that logged it (`byoi_agent::source::http`).
+    pub target: String,
+    /// The message with its fields, at most [`MAX_LOG_MESSAGE`] bytes.
+    pub message: String,
 }
 
 /// `POST /agent/v1/result`.
@@ -205,30 +218,35 @@ pub struct RescueResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::OvaDisk;
+    use crate::ImageType;
 
-    fn job(ova_disk: Option<&str>) -> Job {
-        Job {
+    #[test]
+    fn a_job_carries_the_spec() {
+        let spec = DeploySpec {
+            image_type: Some(ImageType::Ova),
+            ova_disk: Some(OvaDisk::Name("vmdisk2".into())),
+            ..DeploySpec::new("http://x/a.ova")
+        };
+        let job = Job {
             deployment_id: 7,
-            url: "http://x/a.ova".into(),
-            checksum: None,
-            image_type: Some("ova".into()),
-            ova_disk: ova_disk.map(str::to_owned),
-            headers: BTreeMap::new(),
+            spec,
             disk: DiskSelector { serial: "S1".into(), wwn: String::new(), size_bytes: 1 << 30 },
-            configdrive: None,
-            efi_loader: None,
-        }
+        };
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v["spec"]["ovaDisk"], "vmdisk2");
+        assert_eq!(v["spec"]["imageType"], "ova");
+        assert!(v["spec"].get("checksum").is_none(), "{v}");
+        assert_eq!(serde_json::from_value::<Job>(v).unwrap(), job);
     }
 
     #[test]
-    fn ova_disk_is_sent_only_when_set() {
-        let with = serde_json::to_value(job(Some("vmdisk2"))).unwrap();
-        assert_eq!(with["ovaDisk"], "vmdisk2");
-        assert_eq!(with["imageType"], "ova");
-        let without = serde_json::to_value(job(None)).unwrap();
-        assert!(without.get("ovaDisk").is_none(), "{without}");
-        // A controller that predates ovaDisk sends none.
-        assert_eq!(serde_json::from_value::<Job>(without).unwrap(), job(None));
-        assert_eq!(serde_json::from_value::<Job>(with).unwrap(), job(Some("vmdisk2")));
+    fn unknown_actions_and_levels_are_understood() {
+        let r: ActionResponse = serde_json::from_str(r#"{"action":"self-destruct"}"#).unwrap();
+        assert_eq!(r.action, Action::Unknown);
+        let l: LogRecord = serde_json::from_str(r#"{"level":"fatal","target":"t","message":"m"}"#).unwrap();
+        assert_eq!(l.level, LogLevel::Unknown);
+        let h: Heartbeat = serde_json::from_str("{}").unwrap();
+        assert_eq!(h.deployment_id, None);
     }
 }

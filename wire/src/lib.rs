@@ -1,137 +1,204 @@
-//! Wire types shared by the agent and the controller.
+//! Wire types shared by the agent and the controller: the vocabulary of a
+//! deployment ([`spec`]), the agent protocol ([`agent`]), and the enums
+//! both sides and the API speak.
 //!
 //! Everything here is part of a stable contract: error codes are shown to
 //! operators and matched by scripts, stage names appear in the API. Add new
-//! variants; never rename or reuse one.
+//! variants; never rename or reuse one. Enums read from the network accept
+//! values they do not know as their `Unknown` variant, so a newer peer is
+//! understood as well as it can be and never refused.
 
-pub mod agent;
+pub use spec::{Checksum, DeploySpec, ImageType};
 
 use serde::{Deserialize, Serialize};
 
-/// A stable, machine-readable classification of a deployment failure.
-///
-/// The human message travels next to it; the code is what callers branch on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorCode {
-    /// The command line or API request was malformed.
-    InvalidRequest,
-    /// The image could not be fetched (DNS, TLS, HTTP status, timeouts).
-    DownloadFailed,
-    /// The connection broke and the download could not be resumed.
-    ResumeFailed,
-    /// The checksum algorithm is not one of md5, sha1, sha256, sha512.
-    BadChecksumType,
-    /// The bytes served do not hash to the expected checksum.
-    ChecksumMismatch,
-    /// The image is in no format we can deploy.
-    BadFormat,
-    /// The detected format differs from the declared one.
-    FormatMismatch,
-    /// A raw image with no partition table.
-    NoPartitionTable,
-    /// The image's metadata is inconsistent or points outside the file.
-    CorruptImage,
-    /// A valid image using a feature we refuse (backing file, encryption…).
-    UnsupportedImage,
-    /// The image does not fit on the target.
-    ImageTooLarge,
-    /// The target is mounted, held, or otherwise unusable.
-    TargetUnusable,
-    /// Writing to the target failed.
-    WriteFailed,
-    /// The backup GPT could not be moved to the end of the disk.
-    GptRelocationFailed,
-    /// The ConfigDrive partition could not be created.
-    ConfigDriveFailed,
-    /// The firmware boot entry could not be written.
-    BootEntryFailed,
-    /// A UEFI server's image without an EFI system partition.
-    NoEfiPartition,
-    /// The deployment was aborted on request.
-    Aborted,
-    /// A failure that fits no other code (a bug, or an unexpected OS error).
-    Internal,
-}
+/// A string enum on the wire: `as_str` and serde agree by construction;
+/// with `unknown = V`, a value this build does not know reads as `V`;
+/// with the `sqlite` feature it is stored as its name.
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )* }
+        $(unknown = $unknown:ident)?
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $( $(#[$vmeta])* $variant, )* }
 
-impl ErrorCode {
-    /// The code as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidRequest => "invalid-request",
-            ErrorCode::DownloadFailed => "download-failed",
-            ErrorCode::ResumeFailed => "resume-failed",
-            ErrorCode::BadChecksumType => "bad-checksum-type",
-            ErrorCode::ChecksumMismatch => "checksum-mismatch",
-            ErrorCode::BadFormat => "bad-format",
-            ErrorCode::FormatMismatch => "format-mismatch",
-            ErrorCode::NoPartitionTable => "no-partition-table",
-            ErrorCode::CorruptImage => "corrupt-image",
-            ErrorCode::UnsupportedImage => "unsupported-image",
-            ErrorCode::ImageTooLarge => "image-too-large",
-            ErrorCode::TargetUnusable => "target-unusable",
-            ErrorCode::WriteFailed => "write-failed",
-            ErrorCode::GptRelocationFailed => "gpt-relocation-failed",
-            ErrorCode::ConfigDriveFailed => "configdrive-failed",
-            ErrorCode::BootEntryFailed => "boot-entry-failed",
-            ErrorCode::NoEfiPartition => "no-efi-partition",
-            ErrorCode::Aborted => "aborted",
-            ErrorCode::Internal => "internal",
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The value as it appears on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+
+            /// The value named `s` exactly, if this build knows it.
+            pub fn from_name(s: &str) -> Option<$name> {
+                match s { $($text => Some($name::$variant),)* _ => None }
+            }
         }
-    }
-}
 
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a deployment is. The agent reports the stages from `Downloading`
-/// on; the controller adds the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Stage {
-    /// The server is being (re)booted into the agent.
-    WaitingForAgent,
-    /// Bytes are being fetched and streamed to the disk.
-    Downloading,
-    /// The stream has ended; out-of-order pieces are fetched, data is flushed.
-    Writing,
-    /// Checksum verified; partition table, ConfigDrive and boot entry are
-    /// being finished and the first MiB committed.
-    Finishing,
-    /// The server is rebooting into the deployed OS.
-    Rebooting,
-}
-
-impl Stage {
-    /// The stage as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::WaitingForAgent => "waiting-for-agent",
-            Stage::Downloading => "downloading",
-            Stage::Writing => "writing",
-            Stage::Finishing => "finishing",
-            Stage::Rebooting => "rebooting",
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
         }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                if let Some(v) = $name::from_name(&s) {
+                    return Ok(v);
+                }
+                $( return Ok($name::$unknown); )?
+                #[allow(unreachable_code)]
+                Err(serde::de::Error::unknown_variant(&s, &[$($text),*]))
+            }
+        }
+
+        #[cfg(feature = "sqlite")]
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        #[cfg(feature = "sqlite")]
+        impl rusqlite::types::FromSql for $name {
+            // The database holds only what this controller wrote: a name it
+            // does not know is an error, not `Unknown`.
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let s = v.as_str()?;
+                $name::from_name(s).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(format!("{s:?} is no {}", stringify!($name)).into())
+                })
+            }
+        }
+    };
+}
+
+pub mod agent;
+pub mod spec;
+
+wire_enum! {
+    /// A stable, machine-readable classification of a deployment failure.
+    ///
+    /// The human message travels next to it; the code is what callers branch on.
+    pub enum ErrorCode {
+        /// The command line or API request was malformed.
+        InvalidRequest = "invalid-request",
+        /// The image could not be fetched (DNS, TLS, HTTP status, timeouts).
+        DownloadFailed = "download-failed",
+        /// The connection broke and the download could not be resumed.
+        ResumeFailed = "resume-failed",
+        /// The checksum algorithm is not one of md5, sha1, sha256, sha512.
+        BadChecksumType = "bad-checksum-type",
+        /// The bytes served do not hash to the expected checksum.
+        ChecksumMismatch = "checksum-mismatch",
+        /// The image is in no format we can deploy.
+        BadFormat = "bad-format",
+        /// The detected format differs from the declared one.
+        FormatMismatch = "format-mismatch",
+        /// A raw image with no partition table.
+        NoPartitionTable = "no-partition-table",
+        /// The image's metadata is inconsistent or points outside the file.
+        CorruptImage = "corrupt-image",
+        /// A valid image using a feature we refuse (backing file, encryption…).
+        UnsupportedImage = "unsupported-image",
+        /// The image does not fit on the target.
+        ImageTooLarge = "image-too-large",
+        /// The target is mounted, held, or otherwise unusable.
+        TargetUnusable = "target-unusable",
+        /// Writing to the target failed.
+        WriteFailed = "write-failed",
+        /// The backup GPT could not be moved to the end of the disk.
+        GptRelocationFailed = "gpt-relocation-failed",
+        /// The ConfigDrive partition could not be created.
+        ConfigDriveFailed = "configdrive-failed",
+        /// The firmware boot entry could not be written.
+        BootEntryFailed = "boot-entry-failed",
+        /// A UEFI server's image without an EFI system partition.
+        NoEfiPartition = "no-efi-partition",
+        /// The deployment was aborted on request.
+        Aborted = "aborted",
+        /// The agent stopped reporting, or the server never netbooted into it
+        /// (set by the controller).
+        AgentLost = "agent-lost",
+        /// The server could not be power-cycled (set by the controller).
+        PowerFailed = "power-failed",
+        /// A failure that fits no other code (a bug, or an unexpected OS error).
+        Internal = "internal",
+        /// A code this build does not know (a newer agent's); the message
+        /// says what happened.
+        Unknown = "unknown",
+    }
+    unknown = Unknown
+}
+
+wire_enum! {
+    /// Where a deployment is. The agent reports the stages from `Downloading`
+    /// on; the controller adds the others.
+    pub enum Stage {
+        /// The server is being (re)booted into the agent.
+        WaitingForAgent = "waiting-for-agent",
+        /// Bytes are being fetched and streamed to the disk.
+        Downloading = "downloading",
+        /// The stream has ended; out-of-order pieces are fetched, data is flushed.
+        Writing = "writing",
+        /// Checksum verified; partition table, ConfigDrive and boot entry are
+        /// being finished and the first MiB committed.
+        Finishing = "finishing",
+        /// The server is rebooting into the deployed OS.
+        Rebooting = "rebooting",
+        /// A stage this build does not know (a newer agent's).
+        Unknown = "unknown",
+    }
+    unknown = Unknown
+}
+
+wire_enum! {
+    /// Status of a deployment, as OVH's API spells it.
+    pub enum Status {
+        /// Still running.
+        Doing = "doing",
+        /// Deployed; the disk is bootable.
+        Done = "done",
+        /// Failed; the disk is not bootable.
+        Error = "error",
     }
 }
 
-/// Final status of a deployment, as OVH's API spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Still running.
-    Doing,
-    /// Deployed; the disk is bootable.
-    Done,
-    /// Failed; the disk is not bootable.
-    Error,
+wire_enum! {
+    /// What a server netboots into: what `/boot/{mac}` serves it.
+    pub enum BootTarget {
+        /// The in-memory agent, to deploy.
+        Deploy = "deploy",
+        /// Its own disk.
+        Local = "local",
+        /// The in-memory agent with SSH, no deployment.
+        Rescue = "rescue",
+    }
 }
 
-/// One line of `byoi-agent deploy --json` output, also the body of the
-/// agent's progress reports.
+wire_enum! {
+    /// The firmware a server boots with.
+    pub enum BootMode {
+        /// UEFI: the agent writes a boot entry.
+        Uefi = "uefi",
+        /// BIOS (legacy): the disk's MBR boots.
+        Legacy = "legacy",
+    }
+}
+
+/// One line of `byoi-agent deploy --json` output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Event {
@@ -176,12 +243,30 @@ mod tests {
     }
 
     #[test]
-    fn as_str_matches_serde() {
-        for code in [ErrorCode::InvalidRequest, ErrorCode::GptRelocationFailed, ErrorCode::Internal] {
-            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+    fn as_str_matches_serde_and_names_are_distinct() {
+        fn check<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug + Copy>(
+            all: &[T],
+            name: impl Fn(T) -> &'static str,
+        ) {
+            let mut seen = std::collections::BTreeSet::new();
+            for &v in all {
+                assert_eq!(serde_json::to_string(&v).unwrap(), format!("\"{}\"", name(v)));
+                assert_eq!(serde_json::from_str::<T>(&format!("\"{}\"", name(v))).unwrap(), v);
+                assert!(seen.insert(name(v)), "{} twice", name(v));
+            }
         }
-        for stage in [Stage::WaitingForAgent, Stage::Downloading, Stage::Finishing] {
-            assert_eq!(serde_json::to_string(&stage).unwrap(), format!("\"{}\"", stage.as_str()));
-        }
+        check(ErrorCode::ALL, ErrorCode::as_str);
+        check(Stage::ALL, Stage::as_str);
+        check(Status::ALL, Status::as_str);
+        check(BootTarget::ALL, BootTarget::as_str);
+        check(BootMode::ALL, BootMode::as_str);
+    }
+
+    #[test]
+    fn a_newer_peers_values_are_understood_or_refused_clearly() {
+        assert_eq!(serde_json::from_str::<ErrorCode>("\"disk-on-fire\"").unwrap(), ErrorCode::Unknown);
+        assert_eq!(serde_json::from_str::<Stage>("\"defragmenting\"").unwrap(), Stage::Unknown);
+        let e = serde_json::from_str::<Status>("\"maybe\"").unwrap_err().to_string();
+        assert!(e.contains("unknown variant `maybe`, expected one of `doing`, `done`, `error`"), "{e}");
     }
 }

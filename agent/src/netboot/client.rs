@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use byoi_wire::agent::{Action, ActionResponse, Hello, JobResponse, ProgressReport, RescueResponse, ResultReport};
+use byoi_wire::agent::{
+    Action, ActionResponse, Heartbeat, Hello, JobResponse, ProgressReport, RescueResponse, ResultReport,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -122,9 +124,8 @@ impl Controller {
     }
 
     /// Heartbeat, naming the deployment being worked on, if any.
-    pub fn heartbeat(&self, deployment: Option<i64>) -> Result<Action, ClientError> {
-        let body = serde_json::json!({ "deploymentId": deployment });
-        self.call::<ActionResponse>("POST", "heartbeat", Some(&body)).map(|r| r.action)
+    pub fn heartbeat(&self, beat: &Heartbeat) -> Result<Action, ClientError> {
+        self.call::<ActionResponse>("POST", "heartbeat", Some(beat)).map(|r| r.action)
     }
 
     /// Asks for a job.

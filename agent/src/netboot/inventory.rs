@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use byoi_wire::agent::{Disk, DiskSelector, Inventory, Nic};
+use byoi_wire::BootMode;
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
@@ -91,8 +92,8 @@ pub fn gather(sys: &Path, proc: &Path) -> Inventory {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024);
-    let firmware = if sys.join("firmware/efi").exists() { "uefi" } else { "legacy" };
-    Inventory { firmware: firmware.into(), memory_bytes, disks, nics }
+    let firmware = if sys.join("firmware/efi").exists() { BootMode::Uefi } else { BootMode::Legacy };
+    Inventory { firmware, memory_bytes, disks, nics }
 }
 
 /// The disk a job names, or why none fits: serial or WWN must match (when
@@ -209,7 +210,7 @@ mod tests {
     fn inventory_from_a_fake_sysfs() {
         let t = fake();
         let inv = gather(&t.path().join("sys"), &t.path().join("proc"));
-        assert_eq!(inv.firmware, "uefi");
+        assert_eq!(inv.firmware, BootMode::Uefi);
         assert_eq!(inv.memory_bytes, 8_148_324 * 1024);
         let names: Vec<&str> = inv.disks.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["nvme0n1", "sda", "vda"]);

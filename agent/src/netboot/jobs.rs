@@ -7,19 +7,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use byoi_wire::agent::{Action, Disk, Hello, Inventory, Job, ProgressReport, ResultReport};
-use byoi_wire::Status;
+use byoi_wire::agent::{Action, Disk, Heartbeat, Hello, Inventory, Job, ProgressReport, ResultReport};
+use byoi_wire::spec::redact_url;
+use byoi_wire::{BootMode, Status};
 
 use super::client::{ClientError, Controller};
 use super::inventory;
-use crate::checksum::Checksum;
-use crate::configdrive::{ConfigDrive, Format};
-use crate::deploy::{deploy, DeployRequest};
+use crate::deploy::deploy;
 use crate::efivars;
 use crate::error::DeployError;
-use crate::finish::{Finishing, Firmware};
-use crate::format::ImageType;
+use crate::plan::{plan, Host};
 use crate::progress::Progress;
 use crate::source::SourceOptions;
 use crate::target::DiskTarget;
@@ -105,7 +102,7 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
             }
             std::thread::sleep(env.tick);
             if let Err(ClientError::Unauthorized) | Ok(Action::Reboot) =
-                retrying(env, "heartbeat", || ctl.heartbeat(None))
+                retrying(env, "heartbeat", || ctl.heartbeat(&Heartbeat::default()))
             {
                 return Outcome::Netboot;
             }
@@ -151,48 +148,17 @@ fn job_disk(env: &Env, job: &Job) -> Result<(Inventory, PathBuf, Disk), DeployEr
 
 /// Runs one job; `Ok` carries the summary for the controller.
 fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError> {
-    say(&format!("deployment {}: {} ", job.deployment_id, job.url));
+    say(&format!("deployment {}: {}", job.deployment_id, redact_url(&job.spec.url)));
     let (inv, path, disk) = job_disk(env, job)?;
     say(&format!("target {} ({} bytes, serial {:?})", path.display(), disk.size_bytes, disk.serial));
     let target = DiskTarget::open(&path, false)?;
-    let checksum = job.checksum.as_deref().map(str::parse::<Checksum>).transpose()?;
-    let image_type = match job.image_type.as_deref() {
-        Some(name) => Some(ImageType::from_name(name).ok_or_else(|| DeployError::BadFormat { detected: name.into() })?),
-        None => None,
-    };
-    let req = DeployRequest {
-        url: job.url.clone(),
-        image_type,
-        checksum,
-        source: SourceOptions { headers: job.headers.clone().into_iter().collect(), ..SourceOptions::default() },
-        ova_disk: job.ova_disk.clone(),
-    };
-    let configdrive = match &job.configdrive {
-        None => None,
-        Some(c) => {
-            let mut d = ConfigDrive::new(Format::OpenStack);
-            d.instance_id = c.instance_id.clone();
-            d.hostname = c.hostname.clone();
-            d.ssh_keys = c.ssh_keys.clone();
-            d.meta = c.meta.clone();
-            d.user_data = c
-                .user_data_base64
-                .as_deref()
-                .map(|b| base64::engine::general_purpose::STANDARD.decode(b))
-                .transpose()
-                .map_err(|e| DeployError::InvalidRequest(format!("user data: {e}")))?;
-            Some(d)
-        }
-    };
-    let uefi = inv.firmware == "uefi";
-    let mut finishing = Finishing {
-        configdrive,
-        firmware: if uefi { Firmware::Uefi } else { Firmware::Legacy },
-        efi_loader: job.efi_loader.clone(),
+    let uefi = inv.firmware == BootMode::Uefi;
+    let host = Host {
+        firmware: Some(inv.firmware),
         efivars: if uefi { env.efivars.clone() } else { None },
         efi_disk: if uefi { efivars::disk_prefix_of(&path).unwrap_or_default() } else { Vec::new() },
-        outcome: None,
     };
+    let (req, mut finishing) = plan(&job.spec, &host, SourceOptions::default());
 
     let progress = Arc::new(Progress::default());
     let id = job.deployment_id;
@@ -212,7 +178,7 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
                 .map(|t| format!(" {:.1}%", bytes_done as f64 * 100.0 / t.max(1) as f64))
                 .unwrap_or_default();
             say(&format!("{} {} MiB{pct}", stage.as_str(), bytes_done >> 20));
-            let report = ProgressReport { deployment_id: id, stage, bytes_done, bytes_total };
+            let report = ProgressReport { deployment_id: id, stage, bytes_done, bytes_total, logs: Vec::new() };
             match ctl.progress(&report) {
                 Ok(Action::Abort) => {
                     say("the controller asked to abort");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use byoi_initramfs::kmod::{module_name, Aliases, ModulesDep};
 
-use byoi_wire::agent::Action;
+use byoi_wire::agent::{Action, Heartbeat};
 
 use super::client::Controller;
 use super::cmdline::{self, Cmdline, Mode};
@@ -253,7 +253,7 @@ fn rescue(ctl: &Controller, env: &Env) -> Result<(), String> {
     }
     let _ = std::process::Command::new("/bin/sh").spawn();
     loop {
-        match ctl.heartbeat(None) {
+        match ctl.heartbeat(&Heartbeat::default()) {
             // A deployment was posted for this server: go and run it.
             Ok(Action::Reboot) => reboot(NETBOOT_AGAIN),
             Ok(_) => {}

@@ -1,0 +1,221 @@
+//! The agent protocol (`/agent/v1/…`): what a netbooted agent says to the
+//! controller, and the [`Action`] it gets back in every answer.
+//!
+//! **Who may call it:** an agent holding a token minted with the boot script
+//! its server fetched; tokens are bound to one server and one boot mode, and
+//! stored only as SHA-256 hashes. A missing or stale token gets 401 with
+//! `action: reboot` (netboot again) before the body is read.
+//! **What it reveals:** to its own server's agent only, the running job
+//! (the image URL, headers and user data it needs) or, in rescue, the SSH
+//! keys of the server's last deployment.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::Router;
+use byoi_wire::agent::{
+    Action, ActionResponse, DiskSelector, Heartbeat, Hello, Job, JobResponse, LogRecord, ProgressReport,
+    RescueResponse, ResultReport, MAX_LOGS, MAX_LOG_MESSAGE,
+};
+use byoi_wire::BootTarget;
+
+use super::operator::disk_groups;
+use super::{bearer, method_not_allowed, AgentError, AppError, AppState, Json};
+use crate::db::{token_hash, Applied, DeploymentRow};
+use crate::lifecycle::{AgentCall, Event, Reply};
+
+/// Forwarded log lines kept per deployment.
+const KEPT_LOGS: usize = 200;
+
+/// The agent's routes.
+pub fn routes() -> Router<AppState> {
+    let r = |m: axum::routing::MethodRouter<AppState>| m.fallback(method_not_allowed);
+    Router::new()
+        .route("/agent/v1/hello", r(post(hello)))
+        .route("/agent/v1/heartbeat", r(post(heartbeat)))
+        .route("/agent/v1/job", r(get(job)))
+        .route("/agent/v1/progress", r(post(progress)))
+        .route("/agent/v1/result", r(post(result)))
+        .route("/agent/v1/rescue", r(get(rescue)))
+}
+
+/// The server and boot mode an agent's token belongs to.
+#[derive(Debug)]
+pub struct Agent {
+    /// The server.
+    pub server: String,
+    /// `deploy` or `rescue`.
+    pub mode: BootTarget,
+}
+
+impl FromRequestParts<AppState> for Agent {
+    type Rejection = AgentError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AgentError> {
+        let refused = || AgentError(AppError::Unauthorized("Missing, wrong or stale agent token"));
+        let token = bearer(&parts.headers).ok_or_else(refused)?;
+        let (server, mode) = app.db.use_token(token_hash(token)).await?.ok_or_else(refused)?;
+        Ok(Agent { server, mode })
+    }
+}
+
+type Answer<T = ActionResponse> = Result<axum::Json<T>, AgentError>;
+
+/// Runs the agent's call through the lifecycle.
+async fn apply(app: &AppState, agent: &Agent, call: AgentCall) -> Result<Applied, AgentError> {
+    let event = Event::Agent { mode: agent.mode, call };
+    app.db.apply(&agent.server, event, None).await?.ok_or_else(|| AgentError(AppError::NotFound("server gone".into())))
+}
+
+fn action(applied: &Applied) -> Answer {
+    let action = match &applied.transition.reply {
+        Reply::Action(a) => *a,
+        Reply::Job => Action::Continue,
+        _ => Action::Wait,
+    };
+    Ok(axum::Json(ActionResponse { action }))
+}
+
+async fn hello(State(app): State<AppState>, agent: Agent, Json(hello): Json<Hello>) -> Answer {
+    app.db.save_inventory(&agent.server, &hello.inventory).await?;
+    let applied = apply(&app, &agent, AgentCall::Hello).await?;
+    tracing::info!(server = %agent.server, mode = %agent.mode, version = %hello.version,
+        disks = hello.inventory.disks.len(), "agent said hello");
+    action(&applied)
+}
+
+async fn heartbeat(State(app): State<AppState>, agent: Agent, Json(beat): Json<Option<Heartbeat>>) -> Answer {
+    let working_on = match beat.and_then(|b| b.deployment_id) {
+        Some(id) => app.db.named(&agent.server, id).await?,
+        None => None,
+    };
+    action(&apply(&app, &agent, AgentCall::Heartbeat { working_on }).await?)
+}
+
+async fn job(State(app): State<AppState>, agent: Agent) -> Answer<JobResponse> {
+    // Whether a job can be made is decided before the transition, from the
+    // deployment the transition would hand out.
+    let current = app.db.current_deployment(&agent.server).await?;
+    let built = match &current {
+        Some(d) => job_for(&app, &agent.server, d).await?,
+        None => Err("no deployment".into()),
+    };
+    let buildable = match (&current, &built) {
+        (Some(_), Err(e)) => Err(e.clone()),
+        _ => Ok(()),
+    };
+    let applied = apply(&app, &agent, AgentCall::Job { buildable }).await?;
+    match (&applied.transition.reply, built) {
+        (Reply::Job, Ok(job)) => {
+            tracing::info!(server = %agent.server, deployment = job.deployment_id, "job handed out");
+            Ok(axum::Json(JobResponse { action: Action::Continue, job: Some(job) }))
+        }
+        (Reply::Action(a), _) => Ok(axum::Json(JobResponse { action: *a, job: None })),
+        _ => Ok(axum::Json(JobResponse { action: Action::Wait, job: None })),
+    }
+}
+
+/// The job for a deployment, with the disk chosen from the inventory;
+/// `Err` says why none can be made.
+async fn job_for(app: &AppState, server: &str, d: &DeploymentRow) -> Result<Result<Job, String>, AppError> {
+    let Some(inv) = app.db.server(server).await?.and_then(|s| s.inventory) else {
+        return Ok(Err("the agent has not sent its inventory".into()));
+    };
+    let groups = disk_groups(&inv);
+    let id = d.request.disk_group_id;
+    let Some(disk) = groups.iter().find(|g| g.disk_group_id == id).map(|g| &g.disks[0]) else {
+        return Ok(Err(format!("diskGroupId {id} does not exist on {server} ({} disk groups)", groups.len())));
+    };
+    let mut spec = d.request.spec.clone();
+    if let Some(c) = spec.configdrive.as_mut() {
+        c.instance_id.get_or_insert_with(|| format!("byoi-{server}-{}", d.id));
+    }
+    Ok(Ok(Job {
+        deployment_id: d.id,
+        spec,
+        disk: DiskSelector { serial: disk.serial.clone(), wwn: disk.wwn.clone(), size_bytes: disk.size_bytes },
+    }))
+}
+
+async fn progress(State(app): State<AppState>, agent: Agent, Json(p): Json<ProgressReport>) -> Answer {
+    let call = AgentCall::Progress {
+        id: p.deployment_id,
+        stage: p.stage,
+        bytes_done: p.bytes_done,
+        bytes_total: p.bytes_total,
+    };
+    let applied = apply(&app, &agent, call).await?;
+    if applied.transition.reply == Reply::Action(Action::Continue) {
+        let logs = bounded(p.logs);
+        for l in &logs {
+            tracing::warn!(server = %agent.server, deployment = p.deployment_id, level = %l.level,
+                target = %l.target, "agent: {}", l.message);
+        }
+        app.db.save_logs(p.deployment_id, logs, KEPT_LOGS).await?;
+    }
+    action(&applied)
+}
+
+/// The agent's log lines as kept: at most [`MAX_LOGS`], each message cut
+/// to [`MAX_LOG_MESSAGE`] bytes and its target to 128.
+fn bounded(mut logs: Vec<LogRecord>) -> Vec<LogRecord> {
+    let cut = |s: &mut String, max: usize| {
+        if s.len() > max {
+            let mut at = max;
+            while !s.is_char_boundary(at) {
+                at -= 1;
+            }
+            s.truncate(at);
+        }
+    };
+    let drop = logs.len().saturating_sub(MAX_LOGS);
+    logs.drain(..drop);
+    for l in &mut logs {
+        cut(&mut l.message, MAX_LOG_MESSAGE);
+        cut(&mut l.target, 128);
+    }
+    logs
+}
+
+async fn result(State(app): State<AppState>, agent: Agent, Json(r): Json<ResultReport>) -> Answer {
+    let call = AgentCall::Result { id: r.deployment_id, status: r.status, code: r.code, message: r.message };
+    let applied = apply(&app, &agent, call).await?;
+    if let Some(d) = applied.latest.as_ref().filter(|d| d.id == r.deployment_id) {
+        tracing::info!(server = %agent.server, deployment = d.id, status = %d.status, message = %d.message,
+            "deployment ended");
+    }
+    action(&applied)
+}
+
+async fn rescue(State(app): State<AppState>, agent: Agent) -> Answer<RescueResponse> {
+    let applied = apply(&app, &agent, AgentCall::Rescue).await?;
+    let history = app.db.history(&agent.server).await?;
+    let ssh_keys = history
+        .iter()
+        .filter_map(|d| d.request.spec.configdrive.as_ref())
+        .map(|c| c.ssh_keys.clone())
+        .find(|k| !k.is_empty())
+        .unwrap_or_default();
+    let action = match applied.transition.reply {
+        Reply::Action(a) => a,
+        _ => Action::Wait,
+    };
+    Ok(axum::Json(RescueResponse { action, ssh_keys }))
+}
+
+#[cfg(test)]
+mod tests {
+    use byoi_wire::agent::LogLevel;
+
+    use super::*;
+
+    #[test]
+    fn forwarded_logs_are_bounded() {
+        let rec = |m: String| LogRecord { level: LogLevel::Warn, target: "t".repeat(300), message: m };
+        let logs: Vec<_> = (0..MAX_LOGS + 5).map(|i| rec(format!("{i}{}", "é".repeat(MAX_LOG_MESSAGE)))).collect();
+        let kept = bounded(logs);
+        assert_eq!(kept.len(), MAX_LOGS);
+        assert!(kept[0].message.starts_with('5'), "the oldest are dropped");
+        assert!(kept.iter().all(|l| l.message.len() <= MAX_LOG_MESSAGE && l.target.len() == 128));
+    }
+}

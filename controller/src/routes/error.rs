@@ -1,0 +1,86 @@
+//! [`AppError`]: every failure of a handler, rendered as OVH renders its
+//! errors, `{"message": …}` with a 4xx or 5xx status. Agent routes add the
+//! `action` the agent must take ([`AgentError`]).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use byoi_wire::agent::Action;
+use serde_json::json;
+
+use crate::db::DbError;
+
+/// What went wrong in a handler.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// 400: the input is wrong; the message says how (OVH's words).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no or a wrong credential.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 404: no such object.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the path exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the object's state forbids it.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body is larger than the route takes.
+    #[error("Request body larger than {} MiB", .0 >> 20)]
+    TooLarge(usize),
+    /// 502: a BMC or power command failed.
+    #[error("{0}")]
+    BadGateway(String),
+    /// 500: the database failed (a bug or a broken disk, never the input).
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl AppError {
+    /// The status it answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            AppError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let AppError::Db(e) = &self {
+            tracing::error!(error = %e, "database error");
+        }
+        (self.status(), Json(json!({ "message": self.to_string() }))).into_response()
+    }
+}
+
+/// An error on an agent route: the body also says what the agent must do,
+/// `reboot` for a refused token (netboot again), else `wait`.
+#[derive(Debug)]
+pub struct AgentError(pub AppError);
+
+impl<E: Into<AppError>> From<E> for AgentError {
+    fn from(e: E) -> Self {
+        AgentError(e.into())
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let action = if matches!(self.0, AppError::Unauthorized(_)) { Action::Reboot } else { Action::Wait };
+        if let AppError::Db(e) = &self.0 {
+            tracing::error!(error = %e, "database error");
+        }
+        (self.0.status(), Json(json!({ "message": self.0.to_string(), "action": action }))).into_response()
+    }
+}

@@ -1,0 +1,157 @@
+//! The controller's HTTP surface on axum, split by audience:
+//! [`operator`] (the BYOI API, operator token), [`agent`] (the agent
+//! protocol, per-boot agent tokens), [`netboot`] (iPXE scripts and the
+//! agent's kernel and initramfs, no credentials). [`router`] puts them
+//! together with the layers every request goes through: a request id on
+//! every log line, tracing, timeouts. Tests drive the router without a
+//! socket (`tower::ServiceExt::oneshot`).
+
+pub mod agent;
+pub mod error;
+pub mod netboot;
+pub mod operator;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::{AgentError, AppError};
+
+use crate::db::Db;
+
+/// Largest body of any request but a BYOI POST.
+pub const SMALL_BODY: usize = 1 << 20;
+/// Largest BYOI POST: 16 MiB of user data, base64 encoded, and room.
+pub const BYOI_BODY: usize = 24 << 20;
+/// Longest a handler may take: a power cycle that fails and is followed by
+/// a power-on may take two driver timeouts.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(150);
+/// Longest a client may take to send a body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the controller is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The operator's API token.
+    pub api_token: String,
+    /// Where `vmlinuz` and `initramfs.img` are.
+    pub artifacts: PathBuf,
+    /// The URL servers reach the controller at; else from `Host`.
+    pub public_url: Option<String>,
+    /// Scheme for URLs derived from `Host`.
+    pub scheme: &'static str,
+    /// Silence after which a running deployment fails.
+    pub agent_timeout: Duration,
+    /// Time for a server to netboot into the agent after a POST.
+    pub boot_timeout: Duration,
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct App {
+    /// The database.
+    pub db: Db,
+    /// The configuration.
+    pub cfg: Config,
+}
+
+/// The state handlers get.
+pub type AppState = Arc<App>;
+
+impl App {
+    /// Fails running deployments whose agent went silent; run periodically.
+    pub async fn expire_silent_agents(&self) {
+        let silent =
+            self.db.silent(self.cfg.agent_timeout.as_secs() as i64, self.cfg.boot_timeout.as_secs() as i64).await;
+        let silent = match silent {
+            Ok(s) => s,
+            Err(e) => return tracing::error!(error = %e, "looking for silent agents"),
+        };
+        for (server, event) in silent {
+            match self.db.apply(&server, event, None).await {
+                Ok(_) => tracing::warn!(%server, "the agent stopped reporting: the deployment failed"),
+                Err(e) => tracing::error!(%server, error = %e, "expiring a silent agent"),
+            }
+        }
+    }
+}
+
+/// The whole router, with its layers.
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .merge(operator::routes())
+        .merge(agent::routes())
+        .merge(netboot::routes(&app.cfg.artifacts))
+        .route(
+            "/openapi.json",
+            axum::routing::get(|| async { ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI) }),
+        )
+        .fallback(|req: Request| async move {
+            AppError::NotFound(format!("No route for {} {}", req.method(), req.uri().path()))
+        })
+        .with_state(app)
+        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
+            // The path only: queries are not ours to log.
+            tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// A JSON body of at most `MAX` bytes, refused before it is read when its
+/// `Content-Length` says more; errors in `{"message"}` form. An empty body
+/// reads as JSON `null` (an `Option` gets `None`).
+#[derive(Debug)]
+pub struct Json<T, const MAX: usize = SMALL_BODY>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned, const MAX: usize> FromRequest<S> for Json<T, MAX> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, AppError> {
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX as u64) {
+            return Err(AppError::TooLarge(MAX));
+        }
+        let body: Bytes = axum::body::to_bytes(req.into_body(), MAX).await.map_err(|e| {
+            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                AppError::TooLarge(MAX)
+            } else {
+                AppError::BadRequest(format!("Could not read the request body: {e}"))
+            }
+        })?;
+        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"null" } else { &body };
+        serde_json::from_slice(body).map(Json).map_err(|e| AppError::BadRequest(format!("Invalid JSON body: {e}")))
+    }
+}
+
+/// The token of `Authorization: Bearer TOKEN` (the scheme is
+/// case-insensitive, RFC 7235 §2.1).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Constant-time comparison of tokens.
+pub fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// 405 for a known path with another method.
+pub async fn method_not_allowed(req: Request) -> impl IntoResponse {
+    AppError::MethodNotAllowed(format!("{} is not allowed here", req.method()))
+}

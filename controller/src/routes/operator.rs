@@ -1,0 +1,495 @@
+//! The BYOI API, modelled on OVHcloud's (`/dedicated/server/…`).
+//!
+//! **Who may call it:** the operator, with `Authorization: Bearer
+//! API_TOKEN`; anyone else gets 401 before a byte of the body is read.
+//! **What it reveals:** servers, their MACs, hardware and deployment
+//! history. Never a secret: power drivers show their kind only, image URLs
+//! lose their credentials and query, headers and user data are not shown.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use byoi_wire::agent::{Disk, Inventory, Nic};
+use byoi_wire::spec::redact_url;
+use byoi_wire::{BootMode, BootTarget, ErrorCode, Stage, Status};
+use serde::Serialize;
+
+use super::{bearer, method_not_allowed, same, AppError, AppState, Json, BYOI_BODY};
+use crate::db::{self, DeploymentRow, ServerRow};
+use crate::lifecycle::{Effect, Event, Reply};
+use crate::model::{self, ByoiRequest, NewServer};
+use crate::power::{Power, PowerAction};
+
+/// The operator's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/dedicated/server", get(list).post(add).fallback(method_not_allowed))
+        .route("/dedicated/server/{name}", get(show).fallback(method_not_allowed))
+        .route("/dedicated/server/{name}/specifications/hardware", get(hardware).fallback(method_not_allowed))
+        .route(
+            "/dedicated/server/{name}/bringYourOwnImage",
+            get(byoi_status).post(byoi_post).delete(byoi_delete).fallback(method_not_allowed),
+        )
+}
+
+/// Proof that the request carries the operator's token.
+#[derive(Debug)]
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AppError> {
+        match bearer(&parts.headers) {
+            Some(t) if same(t, &app.cfg.api_token) => Ok(Operator),
+            _ => Err(AppError::Unauthorized("Missing or invalid API token (Authorization: Bearer …)")),
+        }
+    }
+}
+
+/// RFC 3339 UTC from Unix seconds.
+pub fn rfc3339(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// What happened to the server's power on a POST or DELETE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerCycle {
+    /// The driver power-cycled it.
+    Done,
+    /// Manual power: the operator must reboot it.
+    Manual,
+    /// Not needed: its agent was up and takes the job.
+    Skipped,
+    /// The driver failed (`powerError` says how).
+    Failed,
+}
+
+/// A deployment's status: OVH's `{checksum, message, servername, status}`
+/// and our progress fields.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentView {
+    /// `doing`, `done`, `error`.
+    pub status: Status,
+    /// OVH's message: `starting`, the stage, or what went wrong.
+    pub message: String,
+    /// The expected checksum's hex, as OVH shows it.
+    pub checksum: Option<String>,
+    /// The server.
+    pub servername: String,
+    /// The operator's description.
+    pub description: Option<String>,
+    /// Its id.
+    pub deployment_id: i64,
+    /// Where it is.
+    pub stage: Stage,
+    /// Bytes received by the agent.
+    pub bytes_done: u64,
+    /// Size of the image as served.
+    pub bytes_total: Option<u64>,
+    /// Percent done, one decimal.
+    pub percent: Option<f64>,
+    /// Why it failed.
+    pub error_code: Option<ErrorCode>,
+    /// When it was posted.
+    pub created_at: String,
+    /// Its last change.
+    pub updated_at: String,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// What the POST or DELETE did to the power (only in their answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_cycle: Option<PowerCycle>,
+}
+
+impl DeploymentView {
+    /// The view of a stored deployment.
+    pub fn of(d: &DeploymentRow) -> DeploymentView {
+        let percent = match (d.bytes_total, d.status) {
+            (_, Status::Done) => Some(100.0),
+            (Some(t), _) if t > 0 => Some((d.bytes_done as f64 * 100.0 / t as f64 * 10.0).round() / 10.0),
+            _ => None,
+        };
+        DeploymentView {
+            status: d.status,
+            message: d.message.clone(),
+            checksum: d.request.spec.checksum.as_ref().map(|c| c.hex.clone()),
+            servername: d.server.clone(),
+            description: d.request.description.clone(),
+            deployment_id: d.id,
+            stage: d.stage,
+            bytes_done: d.bytes_done,
+            bytes_total: d.bytes_total,
+            percent,
+            error_code: d.error_code,
+            created_at: rfc3339(d.created_at),
+            updated_at: rfc3339(d.updated_at),
+            finished_at: d.finished_at.map(rfc3339),
+            power_cycle: None,
+        }
+    }
+}
+
+/// One deployment in a server's history.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// Its status.
+    #[serde(flatten)]
+    pub status: DeploymentView,
+    /// The image URL without credentials or query.
+    pub url: String,
+    /// Shown by `GET …/bringYourOwnImage`.
+    pub current: bool,
+}
+
+/// The power driver, without its settings (they hold credentials).
+#[derive(Debug, Clone, Serialize)]
+pub struct PowerView {
+    /// `manual`, `command`, `ipmi`, `redfish`.
+    pub kind: &'static str,
+}
+
+/// `GET /dedicated/server/{serviceName}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerView {
+    /// Its name.
+    pub service_name: String,
+    /// Its MACs.
+    pub macs: Vec<String>,
+    /// Its power driver's kind.
+    pub power: PowerView,
+    /// Extra kernel arguments for the agent.
+    pub kernel_args: Vec<String>,
+    /// What it netboots into.
+    pub boot_target: BootTarget,
+    /// Its firmware, once an agent reported it.
+    pub firmware: Option<BootMode>,
+    /// Last agent contact.
+    pub last_seen: Option<String>,
+    /// Registration.
+    pub created_at: String,
+    /// Its deployments, newest first.
+    pub deployments: Vec<HistoryEntry>,
+}
+
+impl ServerView {
+    fn of(s: &ServerRow, history: &[DeploymentRow]) -> ServerView {
+        ServerView {
+            service_name: s.name.clone(),
+            macs: s.macs.clone(),
+            power: PowerView { kind: s.power.kind() },
+            kernel_args: s.kernel_args.clone(),
+            boot_target: s.boot_target,
+            firmware: s.inventory.as_ref().map(|i| i.firmware),
+            last_seen: s.last_seen.map(rfc3339),
+            created_at: rfc3339(s.created_at),
+            deployments: history
+                .iter()
+                .map(|d| HistoryEntry {
+                    status: DeploymentView::of(d),
+                    url: redact_url(&d.request.spec.url),
+                    current: d.current,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A group of identical disks, as `specifications/hardware` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskGroup {
+    /// From 1.
+    pub disk_group_id: u32,
+    /// `SSD`, `HDD`, `NVMe`.
+    pub disk_type: String,
+    /// Disks in the group.
+    pub number_of_disks: usize,
+    /// Size of each.
+    pub disk_size_bytes: u64,
+    /// The disks, by serial.
+    pub disks: Vec<Disk>,
+}
+
+/// Groups disks of equal model, size and transport, numbered from 1 in an
+/// order that does not depend on kernel names: USB disks (virtual media,
+/// sticks) last, then smallest first, then model, then transport; disks in
+/// a group by serial, then WWN.
+pub fn disk_groups(inv: &Inventory) -> Vec<DiskGroup> {
+    let mut groups: BTreeMap<(bool, u64, String, String), Vec<Disk>> = BTreeMap::new();
+    for d in &inv.disks {
+        let key = (d.transport == "usb", d.size_bytes, d.model.clone(), d.transport.clone());
+        groups.entry(key).or_default().push(d.clone());
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, ((_, size, _, transport), mut disks))| {
+            disks.sort_by(|a, b| (&a.serial, &a.wwn).cmp(&(&b.serial, &b.wwn)));
+            let disk_type = if transport == "nvme" {
+                "NVMe"
+            } else if disks[0].rotational {
+                "HDD"
+            } else {
+                "SSD"
+            };
+            DiskGroup {
+                disk_group_id: i as u32 + 1,
+                disk_type: disk_type.into(),
+                number_of_disks: disks.len(),
+                disk_size_bytes: size,
+                disks,
+            }
+        })
+        .collect()
+}
+
+/// `GET …/specifications/hardware`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HardwareView {
+    /// How it booted.
+    pub boot_mode: BootMode,
+    /// Memory in bytes.
+    pub memory_size: u64,
+    /// Its disks, grouped.
+    pub disk_groups: Vec<DiskGroup>,
+    /// Its NICs.
+    pub nics: Vec<Nic>,
+}
+
+/// `DELETE …/bringYourOwnImage`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Erased {
+    /// What happened.
+    pub message: String,
+    /// The erased deployment.
+    pub deployment_id: i64,
+    /// What was done to the power.
+    pub power_cycle: PowerCycle,
+    /// Why the power cycle failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_error: Option<String>,
+}
+
+fn no_server(name: &str) -> AppError {
+    AppError::NotFound(format!("The requested object (serviceName = {name}) does not exist"))
+}
+
+async fn server(app: &AppState, name: &str) -> Result<ServerRow, AppError> {
+    app.db.server(name).await?.ok_or_else(|| no_server(name))
+}
+
+async fn list(_: Operator, State(app): State<AppState>) -> Result<axum::Json<Vec<String>>, AppError> {
+    Ok(axum::Json(app.db.servers().await?.into_iter().map(|s| s.name).collect()))
+}
+
+async fn add(
+    _: Operator,
+    State(app): State<AppState>,
+    Json(n): Json<NewServer>,
+) -> Result<(StatusCode, axum::Json<ServerView>), AppError> {
+    if !model::valid_name(&n.service_name) {
+        return Err(AppError::BadRequest(format!(
+            "Bad serviceName {:?}: letters, digits, '-', '_', '.'",
+            n.service_name
+        )));
+    }
+    let mut macs = Vec::new();
+    for m in &n.macs {
+        macs.push(model::normalize_mac(m).ok_or_else(|| AppError::BadRequest(format!("Bad MAC address {m:?}")))?);
+    }
+    macs.sort();
+    macs.dedup();
+    if macs.is_empty() {
+        return Err(AppError::BadRequest("A server needs at least one MAC address".into()));
+    }
+    if let Some(bad) = n.kernel_args.iter().find(|a| !model::valid_kernel_arg(a)) {
+        return Err(AppError::BadRequest(format!(
+            "Bad kernelArgs entry {bad:?}: one word, no quotes, no $ {{ }} \\ | & #"
+        )));
+    }
+    let power = match &n.power {
+        Some(p) => Power::from_json(p).map_err(AppError::BadRequest)?,
+        None => Power::Manual,
+    };
+    let row = ServerRow {
+        name: n.service_name.clone(),
+        macs,
+        power,
+        kernel_args: n.kernel_args,
+        boot_target: BootTarget::Local,
+        inventory: None,
+        last_seen: None,
+        created_at: db::now(),
+    };
+    match app.db.add_server(row.clone()).await? {
+        Ok(()) => Ok((StatusCode::CREATED, axum::Json(ServerView::of(&row, &[])))),
+        Err(conflict) => Err(AppError::Conflict(conflict)),
+    }
+}
+
+async fn show(
+    _: Operator,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<ServerView>, AppError> {
+    let s = server(&app, &name).await?;
+    let history = app.db.history(&name).await?;
+    Ok(axum::Json(ServerView::of(&s, &history)))
+}
+
+async fn hardware(
+    _: Operator,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<HardwareView>, AppError> {
+    let inv = server(&app, &name).await?.inventory.ok_or_else(|| {
+        AppError::NotFound(format!(
+            "No hardware inventory for {name} yet: the agent reports it when the server netboots"
+        ))
+    })?;
+    Ok(axum::Json(HardwareView {
+        boot_mode: inv.firmware,
+        memory_size: inv.memory_bytes,
+        disk_groups: disk_groups(&inv),
+        nics: inv.nics,
+    }))
+}
+
+async fn byoi_status(
+    _: Operator,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<DeploymentView>, AppError> {
+    server(&app, &name).await?;
+    match app.db.current_deployment(&name).await? {
+        Some(d) => Ok(axum::Json(DeploymentView::of(&d))),
+        None => Err(AppError::NotFound(format!("No deployment on {name}"))),
+    }
+}
+
+async fn byoi_post(
+    _: Operator,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<ByoiRequest, BYOI_BODY>,
+) -> Result<axum::Json<DeploymentView>, AppError> {
+    let request = body.validate().map_err(|e| AppError::BadRequest(e.0))?;
+    let url = redact_url(&request.spec.url);
+    let applied = app.db.apply(&name, Event::Post, Some(request)).await?.ok_or_else(|| no_server(&name))?;
+    let d = applied.latest.ok_or_else(|| no_server(&name))?;
+    if let Reply::Conflict(msg) = applied.transition.reply {
+        return Err(AppError::Conflict(format!("{msg} on {name} (id {}, {})", d.id, d.stage)));
+    }
+    tracing::info!(server = %name, deployment = d.id, %url, "deployment requested");
+    let power = if applied.transition.effects.contains(&Effect::PowerCycle) {
+        match power_cycle(&app, &name).await {
+            Ok(p) => p,
+            Err(e) => {
+                let message = format!("could not power-cycle {name}: {e}");
+                app.db.apply(&name, Event::PowerFailed { message: message.clone() }, None).await?;
+                return Err(AppError::BadGateway(message));
+            }
+        }
+    } else {
+        tracing::info!(server = %name, "the agent is waiting; no power cycle");
+        PowerCycle::Skipped
+    };
+    let mut view = DeploymentView::of(&d);
+    view.power_cycle = Some(power);
+    Ok(axum::Json(view))
+}
+
+async fn byoi_delete(
+    _: Operator,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Erased>, AppError> {
+    let applied = app.db.apply(&name, Event::Delete, None).await?.ok_or_else(|| no_server(&name))?;
+    let d = match applied.transition.reply {
+        Reply::NotFound(_) => return Err(AppError::NotFound(format!("No deployment on {name}"))),
+        _ => applied.latest.ok_or_else(|| no_server(&name))?,
+    };
+    tracing::info!(server = %name, deployment = d.id, "deployment erased");
+    let (power_cycle, power_error) = match power_cycle(&app, &name).await {
+        Ok(p) => (p, None),
+        Err(e) => (PowerCycle::Failed, Some(e)),
+    };
+    Ok(axum::Json(Erased {
+        message: "deployment erased; the server boots into rescue".into(),
+        deployment_id: d.id,
+        power_cycle,
+        power_error,
+    }))
+}
+
+/// Power-cycles a server with its driver.
+async fn power_cycle(app: &AppState, name: &str) -> Result<PowerCycle, String> {
+    let s = app.db.server(name).await.map_err(|e| e.to_string())?.ok_or("the server is gone")?;
+    match s.power.run(PowerAction::Cycle).await? {
+        true => {
+            tracing::info!(server = name, "power-cycled");
+            Ok(PowerCycle::Done)
+        }
+        false => {
+            tracing::info!(server = name, "manual power: reboot the server by hand");
+            Ok(PowerCycle::Manual)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn disk_groups_ignore_kernel_names() {
+        let d = |name: &str, size: u64, serial: &str| Disk {
+            name: name.into(),
+            size_bytes: size,
+            model: "M".into(),
+            serial: serial.into(),
+            transport: "sata".into(),
+            ..Default::default()
+        };
+        let inv = |disks| Inventory { firmware: BootMode::Uefi, memory_bytes: 0, disks, nics: vec![] };
+        let a = inv(vec![d("sdb", 2000, "B"), d("sda", 1000, "Z"), d("sdc", 1000, "A")]);
+        let b = inv(vec![d("sda", 1000, "A"), d("sdc", 2000, "B"), d("sdb", 1000, "Z")]);
+        let serials = |i: &Inventory| -> Vec<Vec<String>> {
+            disk_groups(i).iter().map(|g| g.disks.iter().map(|d| d.serial.clone()).collect()).collect()
+        };
+        assert_eq!(serials(&a), serials(&b));
+        let g = disk_groups(&a);
+        assert_eq!(g[0].disk_size_bytes, 1000);
+        assert_eq!(g[0].disks[0].serial, "A");
+        assert_eq!(g[1].number_of_disks, 1);
+    }
+}

@@ -1,0 +1,135 @@
+//! A data directory written by byoi 0.1.0 (`fixtures/v0.1.0.sql`: that
+//! release's SQLite database, dumped after it registered five servers and
+//! ran deployments to done, to error, through a DELETE and into the middle
+//! of a download) opens with its servers and history intact, and its
+//! running deployment goes on.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use byoi_controller::db::Db;
+use byoi_controller::routes::{self, Config};
+use byoi_wire::{BootTarget, ErrorCode, Stage, Status};
+use http::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+async fn call(
+    router: &axum::Router,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .body(axum::body::Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
+        .unwrap();
+    let r = router.clone().oneshot(req).await.unwrap();
+    let status = r.status();
+    let bytes = axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())))
+}
+
+#[tokio::test]
+async fn a_0_1_0_data_directory_opens_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("byoi.sqlite");
+    rusqlite::Connection::open(&path).unwrap().execute_batch(include_str!("fixtures/v0.1.0.sql")).unwrap();
+
+    let db = Db::open(&path, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(db.schema_version().await.unwrap(), 2);
+    let servers = db.servers().await.unwrap();
+    let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["srv-cancel", "srv-done", "srv-error", "srv-idle", "srv-running"]);
+    let idle = &servers[3];
+    assert_eq!((idle.power.kind(), idle.macs.as_slice()), ("ipmi", &["52:54:00:00:00:05".to_owned()][..]));
+    assert_eq!(servers[1].boot_target, BootTarget::Local);
+    assert_eq!(servers[0].boot_target, BootTarget::Rescue);
+
+    let done = db.history("srv-done").await.unwrap();
+    assert_eq!(done.len(), 1);
+    let d = &done[0];
+    assert_eq!((d.status, d.stage, d.current), (Status::Done, Stage::Rebooting, true));
+    assert_eq!(d.message, "deployed 4194304 bytes (qcow2) in 1.0 s");
+    assert_eq!((d.bytes_done, d.bytes_total), (1 << 20, Some(4 << 20)));
+    let spec = &d.request.spec;
+    assert_eq!(
+        spec.checksum.as_ref().unwrap().to_string(),
+        format!("sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
+    );
+    assert_eq!(spec.headers.len(), 2);
+    let cd = spec.configdrive.as_ref().unwrap();
+    assert_eq!(cd.user_data.as_ref().unwrap().0, b"#cloud-config\npackages: [htop]\n");
+    assert_eq!(cd.ssh_keys, ["ssh-ed25519 AAAAC3Nza test@x"]);
+    assert_eq!(d.request.description.as_deref(), Some("debian 12"));
+
+    let errors = db.history("srv-error").await.unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!((errors[1].status, errors[1].error_code), (Status::Error, Some(ErrorCode::ChecksumMismatch)));
+    assert_eq!(errors[0].request.spec.ova_disk, Some(byoi_wire::spec::OvaDisk::Index(2)));
+    let cancelled = &db.history("srv-cancel").await.unwrap()[0];
+    assert_eq!((cancelled.error_code, cancelled.current), (Some(ErrorCode::Aborted), false));
+
+    // Through the API: the same, and the running deployment goes on.
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    for f in ["vmlinuz", "initramfs.img"] {
+        std::fs::write(artifacts.join(f), f).unwrap();
+    }
+    let cfg = Config {
+        api_token: "tok".into(),
+        artifacts,
+        public_url: None,
+        scheme: "http",
+        agent_timeout: Duration::from_secs(120),
+        boot_timeout: Duration::from_secs(900),
+    };
+    let router = routes::router(Arc::new(routes::App { db, cfg }));
+    let (s, v) = call(&router, Method::GET, "/dedicated/server/srv-done/bringYourOwnImage", "tok", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["checksum"], "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+    assert_eq!(v["description"], "debian 12");
+    let (_, v) = call(&router, Method::GET, "/dedicated/server/srv-done", "tok", None).await;
+    assert_eq!(v["deployments"][0]["url"], "https://images.example/debian-12.qcow2?…");
+    assert_eq!(v["firmware"], "uefi");
+
+    let (_, v) = call(&router, Method::GET, "/dedicated/server/srv-running/bringYourOwnImage", "tok", None).await;
+    assert_eq!((v["status"].as_str(), v["stage"].as_str()), (Some("doing"), Some("downloading")));
+    let (_, script) = call(&router, Method::GET, "/boot/52:54:00:00:00:04", "", None).await;
+    let script = script.as_str().unwrap().to_owned();
+    let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let (_, job) = call(&router, Method::GET, "/agent/v1/job", &token, None).await;
+    assert_eq!(job["action"], "continue");
+    let id = job["job"]["deploymentId"].as_i64().unwrap();
+    assert_eq!(job["job"]["spec"]["checksum"], json!({"algo": "md5", "hex": "d41d8cd98f00b204e9800998ecf8427e"}));
+    let result = json!({"deploymentId": id, "status": "done", "message": "deployed"});
+    let (_, r) = call(&router, Method::POST, "/agent/v1/result", &token, Some(result)).await;
+    assert_eq!(r["action"], "reboot");
+    let (_, v) = call(&router, Method::GET, "/dedicated/server/srv-running/bringYourOwnImage", "tok", None).await;
+    assert_eq!(v["status"], "done");
+}
+
+#[tokio::test]
+async fn the_schema_allows_one_running_deployment_per_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("byoi.sqlite");
+    Db::open(&path, Duration::from_secs(120)).await.unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "INSERT INTO servers (name, power, kernel_args, boot_target, created_at) VALUES ('s', '{\"kind\":\"manual\"}', '[]', 'deploy', 0);
+         INSERT INTO deployments (server, request, status, stage, message, created_at, updated_at) VALUES ('s', '{}', 'doing', 'downloading', 'x', 0, 0);
+         INSERT INTO deployments (server, request, status, stage, message, created_at, updated_at) VALUES ('s', '{}', 'error', 'downloading', 'x', 0, 0);",
+    )
+    .unwrap();
+    let e = c
+        .execute(
+            "INSERT INTO deployments (server, request, status, stage, message, created_at, updated_at) VALUES ('s', '{}', 'doing', 'downloading', 'x', 0, 0)",
+            [],
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("UNIQUE constraint failed"), "{e}");
+}
