@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use base64::Engine;
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
+use http::Method;
 use serde_json::{json, Value};
 
+use byoi_controller::client;
 use byoi_controller::server::{self, ServeOptions};
 
 #[derive(Debug, Parser)]
@@ -22,8 +22,9 @@ struct Cli {
     command: Command,
 }
 
+/// Which controller the client commands call, and how they authenticate.
 #[derive(Debug, clap::Args)]
-struct Client {
+struct ClientArgs {
     /// Controller URL.
     #[arg(long, global = true, default_value = "http://127.0.0.1:8080", env = "BYOI_CONTROLLER")]
     controller: String,
@@ -75,12 +76,12 @@ enum Command {
         #[command(subcommand)]
         command: ServerCommand,
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
     /// Lists servers.
     Servers {
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
     /// Deploys an image onto a server.
     Deploy(DeployArgs),
@@ -92,14 +93,14 @@ enum Command {
         #[arg(long)]
         follow: bool,
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
     /// Aborts a deployment; the server boots into rescue.
     Cancel {
         /// Server name.
         name: String,
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
 }
 
@@ -164,7 +165,7 @@ struct DeployArgs {
     #[arg(long)]
     efi_loader: Option<String>,
     #[command(flatten)]
-    client: Client,
+    client: ClientArgs,
 }
 
 /// Runs the command line; returns the exit code.
@@ -241,88 +242,93 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 other => bail!("unknown power driver {other:?} (manual, command, ipmi)"),
             };
             let body = json!({"serviceName": name, "macs": macs, "power": power, "kernelArgs": kernel_args});
-            let v = client.call("POST", "/dedicated/server", Some(body)).await?;
+            let v = client.connect()?.call(Method::POST, "/dedicated/server", Some(&body)).await?;
             println!("added {} ({})", v["serviceName"].as_str().unwrap_or(&name), v["macs"]);
             Ok(0)
         }
         Command::Servers { client } => {
-            let names = client.call("GET", "/dedicated/server", None).await?;
+            let client = client.connect()?;
+            let names = client.call(Method::GET, "/dedicated/server", None).await?;
             for n in names.as_array().into_iter().flatten() {
                 let n = n.as_str().unwrap_or_default();
-                let s = client.call("GET", &format!("/dedicated/server/{n}"), None).await?;
+                let s = client.call(Method::GET, &format!("/dedicated/server/{n}"), None).await?;
                 let last =
                     s["deployments"].get(0).map(|d| format!("{} {}", d["status"], d["message"])).unwrap_or_default();
                 println!("{n}\t{}\t{}\t{last}", s["bootTarget"].as_str().unwrap_or("?"), s["macs"]);
             }
             Ok(0)
         }
-        Command::Deploy(a) => {
-            let mut body = json!({"URL": a.url});
-            if let Some(c) = &a.checksum {
-                let (algo, hex) = c.split_once(':').context("--checksum is ALGO:HEX")?;
-                body["checkSumType"] = json!(algo);
-                body["checkSum"] = json!(hex);
-            }
-            if let Some(t) = &a.image_type {
-                body["type"] = json!(t);
-            }
-            if let Some(d) = &a.ova_disk {
-                body["ovaDisk"] = json!(d);
-            }
-            if let Some(g) = a.disk_group {
-                body["diskGroupId"] = json!(g);
-            }
-            if let Some(l) = &a.efi_loader {
-                body["efiBootloaderPath"] = json!(l);
-            }
-            let headers: BTreeMap<String, String> = a
-                .headers
-                .iter()
-                .map(|h| {
-                    h.split_once(':')
-                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                        .context("--header is 'Name: value'")
-                })
-                .collect::<anyhow::Result<_>>()?;
-            if !headers.is_empty() {
-                body["httpHeaders"] = json!(headers);
-            }
-            if a.hostname.is_some() || a.ssh_key.is_some() || a.user_data.is_some() || !a.meta.is_empty() {
-                let mut cd = json!({"enable": true, "hostname": a.hostname, "sshKey": a.ssh_key});
-                if let Some(f) = &a.user_data {
-                    let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-                    cd["userDataBase64"] = json!(base64::engine::general_purpose::STANDARD.encode(data));
-                }
-                let meta: BTreeMap<&str, &str> = a
-                    .meta
-                    .iter()
-                    .map(|m| m.split_once('=').with_context(|| format!("--meta {m:?} is not KEY=VALUE")))
-                    .collect::<anyhow::Result<_>>()?;
-                cd["userMetadatas"] = json!(meta);
-                body["configdrive"] = cd;
-            }
-            let v =
-                a.client.call("POST", &format!("/dedicated/server/{}/bringYourOwnImage", a.name), Some(body)).await?;
-            println!("deployment {} on {}: {} ({})", v["deploymentId"], a.name, v["status"], v["message"]);
-            Ok(0)
-        }
-        Command::Status { name, follow, client } => status(&client, &name, follow).await,
-        Command::Cancel { name, client } => {
-            let v = client.call("DELETE", &format!("/dedicated/server/{name}/bringYourOwnImage"), None).await?;
-            println!("{}", v["message"].as_str().unwrap_or("cancelled"));
-            Ok(0)
-        }
+        Command::Deploy(a) => deploy(a).await,
+        Command::Status { name, follow, client } => status(&client.connect()?, &name, follow).await,
+        Command::Cancel { name, client } => cancel(&client.connect()?, &name).await,
     }
 }
 
-async fn status(client: &Client, name: &str, follow: bool) -> anyhow::Result<i32> {
+async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
+    let mut body = json!({"URL": a.url});
+    if let Some(c) = &a.checksum {
+        let (algo, hex) = c.split_once(':').context("--checksum is ALGO:HEX")?;
+        body["checkSumType"] = json!(algo);
+        body["checkSum"] = json!(hex);
+    }
+    if let Some(t) = &a.image_type {
+        body["type"] = json!(t);
+    }
+    if let Some(d) = &a.ova_disk {
+        body["ovaDisk"] = json!(d);
+    }
+    if let Some(g) = a.disk_group {
+        body["diskGroupId"] = json!(g);
+    }
+    if let Some(l) = &a.efi_loader {
+        body["efiBootloaderPath"] = json!(l);
+    }
+    let headers: BTreeMap<String, String> = a
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .context("--header is 'Name: value'")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if !headers.is_empty() {
+        body["httpHeaders"] = json!(headers);
+    }
+    if a.hostname.is_some() || a.ssh_key.is_some() || a.user_data.is_some() || !a.meta.is_empty() {
+        let mut cd = json!({"enable": true, "hostname": a.hostname, "sshKey": a.ssh_key});
+        if let Some(f) = &a.user_data {
+            let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            cd["userDataBase64"] = json!(base64::engine::general_purpose::STANDARD.encode(data));
+        }
+        let meta: BTreeMap<&str, &str> = a
+            .meta
+            .iter()
+            .map(|m| m.split_once('=').with_context(|| format!("--meta {m:?} is not KEY=VALUE")))
+            .collect::<anyhow::Result<_>>()?;
+        cd["userMetadatas"] = json!(meta);
+        body["configdrive"] = cd;
+    }
+    let client = a.client.connect()?;
+    let v = client.call(Method::POST, &format!("/dedicated/server/{}/bringYourOwnImage", a.name), Some(&body)).await?;
+    println!("deployment {} on {}: {} ({})", v["deploymentId"], a.name, v["status"], v["message"]);
+    Ok(0)
+}
+
+async fn cancel(client: &client::Client, name: &str) -> anyhow::Result<i32> {
+    let v = client.call(Method::DELETE, &format!("/dedicated/server/{name}/bringYourOwnImage"), None).await?;
+    println!("{}", v["message"].as_str().unwrap_or("cancelled"));
+    Ok(0)
+}
+
+async fn status(client: &client::Client, name: &str, follow: bool) -> anyhow::Result<i32> {
     let path = format!("/dedicated/server/{name}/bringYourOwnImage");
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut first: Option<(Instant, i64)> = None;
     let mut failures = 0;
     loop {
-        let v = match client.call("GET", &path, None).await {
+        let v = match client.call(Method::GET, &path, None).await {
             Ok(v) => {
                 failures = 0;
                 v
@@ -334,7 +340,7 @@ async fn status(client: &Client, name: &str, follow: bool) -> anyhow::Result<i32
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let status = v["status"].as_str().unwrap_or("?").to_owned();
         let done = v["bytesDone"].as_i64().unwrap_or(0);
@@ -395,7 +401,8 @@ fn progress_line(v: &Value, done: i64, total: Option<i64>, first: &mut Option<(I
     }
 }
 
-impl Client {
+impl ClientArgs {
+    /// The token from --token, $BYOI_API_TOKEN or DATA_DIR/api-token.
     fn token(&self) -> anyhow::Result<String> {
         if let Some(t) = &self.token {
             return Ok(t.clone());
@@ -411,34 +418,8 @@ impl Client {
         })
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let token = self.token()?;
-        let url = format!("{}{path}", self.controller.trim_end_matches('/'));
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let https =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
-        let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let req = http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))?;
-        let resp = client.request(req).await.with_context(|| format!("cannot reach the controller at {url}"))?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{} ({status})", v["message"].as_str().unwrap_or("request failed"));
-        }
-        Ok(v)
+    /// A client of the controller; reads the token.
+    fn connect(&self) -> anyhow::Result<client::Client> {
+        Ok(client::Client::new(&self.controller, &self.token()?)?)
     }
 }

@@ -2,6 +2,7 @@
 //! power control, on embedded SQLite (see `ARCHITECTURE.md`).
 
 pub mod api;
+pub mod client;
 pub mod db;
 pub mod ipxe;
 pub mod model;
