@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use http::Method;
@@ -113,12 +113,13 @@ enum ServerCommand {
         /// MAC address of a NIC; repeatable.
         #[arg(long = "mac", required = true)]
         macs: Vec<String>,
-        /// Power driver: manual, command, ipmi, redfish.
-        #[arg(long, default_value = "manual")]
+        /// Power driver.
+        #[arg(long, default_value = "manual", value_parser = ["manual", "command", "ipmi", "redfish"])]
         power: String,
         /// Driver argument: for command, the argv (repeat, `{action}` is
-        /// replaced); for ipmi, host=…, user=…, password=…; for redfish,
-        /// url=https://bmc, user=…, password=…, [system=…], [insecure=true].
+        /// replaced); for ipmi, host=…, user=…, password=…, [tool=ipmitool];
+        /// for redfish, url=https://bmc, user=…, password=…, [system=…],
+        /// [insecure=true].
         #[arg(long = "power-arg", allow_hyphen_values = true)]
         power_args: Vec<String>,
         /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
@@ -228,19 +229,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Server { command: ServerCommand::Add { name, macs, power, power_args, kernel_args }, client } => {
-            let power = match power.as_str() {
-                "manual" => json!({"kind": "manual"}),
-                "command" => json!({"kind": "command", "argv": power_args}),
-                "ipmi" => {
-                    let kv: BTreeMap<String, String> = power_args
-                        .iter()
-                        .filter_map(|a| a.split_once('='))
-                        .map(|(k, v)| (k.into(), v.into()))
-                        .collect();
-                    json!({"kind": "ipmi", "host": kv.get("host"), "user": kv.get("user"), "password": kv.get("password")})
-                }
-                other => bail!("unknown power driver {other:?} (manual, command, ipmi)"),
-            };
+            let power = client::power_settings(&power, &power_args)?;
             let body = json!({"serviceName": name, "macs": macs, "power": power, "kernelArgs": kernel_args});
             let v = client.connect()?.call(Method::POST, "/dedicated/server", Some(&body)).await?;
             println!("added {} ({})", v["serviceName"].as_str().unwrap_or(&name), v["macs"]);

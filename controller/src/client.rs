@@ -1,5 +1,5 @@
 //! The operator's client of the BYOI API, behind `byoi server add`, `servers`,
-//! `deploy`, `status` and `cancel`.
+//! `deploy`, `status` and `cancel`, and the power settings `server add` sends.
 //!
 //! The token is sent as `Authorization: Bearer …` and appears in no error
 //! and no `Debug` output.
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 
 type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
@@ -133,11 +133,199 @@ impl Client {
     }
 }
 
+/// A `--power`/`--power-arg` combination `server add` refuses. Messages name
+/// keys, never values: a value may be a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PowerArgError {
+    /// Not one of the drivers.
+    #[error("unknown power driver {0:?} (manual, command, ipmi, redfish)")]
+    UnknownDriver(String),
+    /// `manual` with arguments.
+    #[error("--power manual takes no --power-arg")]
+    ManualTakesNone,
+    /// `command` without an argv.
+    #[error("--power command needs its argv: one --power-arg per word, `{{action}}` replaced by on, off or cycle")]
+    NoArgv,
+    /// An argument without `=`; `index` counts from 1.
+    #[error("--power-arg {index} is not KEY=VALUE (--power {driver} takes {keys})")]
+    NotKeyValue {
+        /// Which `--power-arg`.
+        index: usize,
+        /// The driver.
+        driver: &'static str,
+        /// What it takes.
+        keys: String,
+    },
+    /// A key the driver does not know.
+    #[error("--power {driver} takes no --power-arg {key} (it takes {keys})")]
+    UnknownKey {
+        /// The driver.
+        driver: &'static str,
+        /// The key given.
+        key: String,
+        /// What it takes.
+        keys: String,
+    },
+    /// A key given twice.
+    #[error("--power-arg {0} is given twice")]
+    Duplicate(&'static str),
+    /// A required key missing.
+    #[error("--power {driver} needs --power-arg {key}=…")]
+    Missing {
+        /// The driver.
+        driver: &'static str,
+        /// The key.
+        key: &'static str,
+    },
+    /// A boolean key with another value.
+    #[error("--power-arg {0} is true or false")]
+    NotBool(&'static str),
+}
+
+/// A driver's `--power-arg KEY=VALUE` keys: (name, required, boolean).
+type Keys = &'static [(&'static str, bool, bool)];
+
+/// `ipmitool -I lanplus`; `tool` is another ipmitool to run.
+const IPMI: Keys = &[("host", true, false), ("user", true, false), ("password", true, false), ("tool", false, false)];
+/// Redfish `ComputerSystem.Reset`; `system` defaults to the BMC's first,
+/// `insecure` accepts a self-signed BMC certificate.
+const REDFISH: Keys = &[
+    ("url", true, false),
+    ("user", true, false),
+    ("password", true, false),
+    ("system", false, false),
+    ("insecure", false, true),
+];
+
+/// The `power` object of `POST /dedicated/server` for `--power driver` with
+/// `--power-arg args`: `{"kind": "manual"}`, `{"kind": "command", "argv"}`,
+/// `{"kind": "ipmi", "host", "user", "password", "tool"?}`,
+/// `{"kind": "redfish", "url", "user", "password", "system"?, "insecure"}`.
+pub fn power_settings(driver: &str, args: &[String]) -> Result<Value, PowerArgError> {
+    let (driver, keys): (&'static str, Keys) = match driver {
+        "manual" if args.is_empty() => return Ok(json!({"kind": "manual"})),
+        "manual" => return Err(PowerArgError::ManualTakesNone),
+        "command" if args.is_empty() => return Err(PowerArgError::NoArgv),
+        "command" => return Ok(json!({"kind": "command", "argv": args})),
+        "ipmi" => ("ipmi", IPMI),
+        "redfish" => ("redfish", REDFISH),
+        other => return Err(PowerArgError::UnknownDriver(other.to_owned())),
+    };
+    let list = || {
+        keys.iter()
+            .map(|&(k, required, _)| if required { k.to_owned() } else { format!("[{k}]") })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = Map::new();
+    out.insert("kind".into(), json!(driver));
+    for (i, arg) in args.iter().enumerate() {
+        let (key, value) =
+            arg.split_once('=').ok_or_else(|| PowerArgError::NotKeyValue { index: i + 1, driver, keys: list() })?;
+        let &(key, _, boolean) = keys.iter().find(|(k, ..)| *k == key).ok_or_else(|| PowerArgError::UnknownKey {
+            driver,
+            key: key.to_owned(),
+            keys: list(),
+        })?;
+        if out.contains_key(key) {
+            return Err(PowerArgError::Duplicate(key));
+        }
+        let value = if boolean {
+            match value {
+                "true" => json!(true),
+                "false" => json!(false),
+                _ => return Err(PowerArgError::NotBool(key)),
+            }
+        } else {
+            json!(value)
+        };
+        out.insert(key.into(), value);
+    }
+    if let Some(&(key, ..)) = keys.iter().find(|(k, required, _)| *required && !out.contains_key(*k)) {
+        return Err(PowerArgError::Missing { driver, key });
+    }
+    for &(key, _, boolean) in keys {
+        if boolean && !out.contains_key(key) {
+            out.insert(key.into(), json!(false));
+        }
+    }
+    Ok(Value::Object(out))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    fn settings(driver: &str, args: &[&str]) -> Result<Value, PowerArgError> {
+        power_settings(driver, &args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn power_arguments_to_settings() {
+        let ok: &[(&str, &[&str], Value)] = &[
+            ("manual", &[], json!({"kind": "manual"})),
+            ("command", &["qmp", "--", "{action}"], json!({"kind": "command", "argv": ["qmp", "--", "{action}"]})),
+            // Only the first '=' splits: passwords may hold one.
+            (
+                "ipmi",
+                &["host=10.0.0.9", "user=admin", "password=a=b"],
+                json!({"kind": "ipmi", "host": "10.0.0.9", "user": "admin", "password": "a=b"}),
+            ),
+            (
+                "ipmi",
+                &["tool=/opt/ipmitool", "password=", "user=u", "host=h"],
+                json!({"kind": "ipmi", "host": "h", "user": "u", "password": "", "tool": "/opt/ipmitool"}),
+            ),
+            (
+                "redfish",
+                &["url=https://bmc", "user=root", "password=pw"],
+                json!({"kind": "redfish", "url": "https://bmc", "user": "root", "password": "pw", "insecure": false}),
+            ),
+            (
+                "redfish",
+                &["url=https://bmc", "user=root", "password=pw", "system=1", "insecure=true"],
+                json!({"kind": "redfish", "url": "https://bmc", "user": "root", "password": "pw", "system": "1", "insecure": true}),
+            ),
+        ];
+        for (driver, args, want) in ok {
+            assert_eq!(settings(driver, args).as_ref(), Ok(want), "{driver} {args:?}");
+        }
+        let refused: &[(&str, &[&str], &str)] = &[
+            ("telepathy", &[], "unknown power driver \"telepathy\" (manual, command, ipmi, redfish)"),
+            ("manual", &["host=h"], "--power manual takes no --power-arg"),
+            (
+                "command",
+                &[],
+                "--power command needs its argv: one --power-arg per word, `{action}` replaced by on, off or cycle",
+            ),
+            ("ipmi", &["user=u", "password=p"], "--power ipmi needs --power-arg host=…"),
+            (
+                "ipmi",
+                &["host=h", "user=u", "secret"],
+                "--power-arg 3 is not KEY=VALUE (--power ipmi takes host, user, password, [tool])",
+            ),
+            (
+                "ipmi",
+                &["host=h", "user=u", "password=p", "port=623"],
+                "--power ipmi takes no --power-arg port (it takes host, user, password, [tool])",
+            ),
+            ("redfish", &["url=https://bmc", "user=u"], "--power redfish needs --power-arg password=…"),
+            ("redfish", &["user=u", "user=v"], "--power-arg user is given twice"),
+            ("redfish", &["insecure=1"], "--power-arg insecure is true or false"),
+            (
+                "redfish",
+                &["url=https://bmc", "pass=secret"],
+                "--power redfish takes no --power-arg pass (it takes url, user, password, [system], [insecure])",
+            ),
+        ];
+        for (driver, args, want) in refused {
+            let e = settings(driver, args).unwrap_err().to_string();
+            assert_eq!(e, *want);
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
 
     #[test]
     fn debug_hides_the_token() {

@@ -47,9 +47,16 @@ fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr], scheme: &str) -> Cont
 }
 
 fn byoi(c: &Controller, args: &[&str]) -> Output {
+    byoi_at(&format!("http://{}", c.addr), &c.token, args)
+}
+
+/// The `byoi` command line against the controller at `url`.
+fn byoi_at(url: &str, token: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_byoi"))
         .args(args)
-        .args(["--controller", &format!("http://{}", c.addr), "--token", &c.token])
+        .args(["--controller", url, "--token", token])
+        .env_remove("BYOI_API_TOKEN")
+        .env_remove("BYOI_CONTROLLER")
         .output()
         .unwrap()
 }
@@ -57,6 +64,14 @@ fn byoi(c: &Controller, args: &[&str]) -> Output {
 fn stdout(o: &Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stderr of a command that ended with `code`, checked not to reveal `token`.
+fn stderr(o: &Output, code: i32, token: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(code), "stdout {:?}, stderr {err:?}", String::from_utf8_lossy(&o.stdout));
+    assert!(!err.contains(token) && !String::from_utf8_lossy(&o.stdout).contains(token), "the token leaked: {err}");
+    err
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns (status, body).
@@ -278,4 +293,80 @@ fn serve_over_tls() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "[]", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn server_add_power_drivers_and_their_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    let macs = std::cell::Cell::new(0);
+    let add = |name: &str, power: &[&str]| {
+        macs.set(macs.get() + 1);
+        let mac = format!("52:54:00:aa:cc:{:02x}", macs.get());
+        byoi(&c, &[&["server", "add", name, "--mac", &mac], power].concat())
+    };
+    let redfish = [
+        "--power",
+        "redfish",
+        "--power-arg",
+        "url=https://bmc.example",
+        "--power-arg",
+        "user=admin",
+        "--power-arg",
+        "password=s3cret",
+        "--power-arg",
+        "system=System.Embedded.1",
+        "--power-arg",
+        "insecure=true",
+    ];
+    assert_eq!(stdout(&add("rf1", &redfish)).trim(), r#"added rf1 (["52:54:00:aa:cc:01"])"#);
+    let (_, s) = http(&c.addr, "GET", "/dedicated/server/rf1", Some(&c.token), None);
+    assert_eq!(serde_json::from_str::<Value>(&s).unwrap()["power"]["kind"], "redfish");
+    stdout(&add("rf2", &redfish[..8]));
+    stdout(&add(
+        "ipmi1",
+        &[
+            "--power",
+            "ipmi",
+            "--power-arg",
+            "host=10.0.0.9",
+            "--power-arg",
+            "user=admin",
+            "--power-arg",
+            "password=s3cret",
+        ],
+    ));
+
+    // Refusals name the key and never the password; nothing reaches the controller.
+    for (power, message) in [
+        (&redfish[..6], "--power redfish needs --power-arg password=…"),
+        (
+            &["--power", "ipmi", "--power-arg", "user=admin", "--power-arg", "password=s3cret"][..],
+            "--power ipmi needs --power-arg host=…",
+        ),
+        (
+            &[
+                "--power",
+                "redfish",
+                "--power-arg",
+                "url=https://bmc",
+                "--power-arg",
+                "user=a",
+                "--power-arg",
+                "pasword=s3cret",
+            ][..],
+            "--power redfish takes no --power-arg pasword (it takes url, user, password, [system], [insecure])",
+        ),
+        (&["--power", "ipmi", "--power-arg", "s3cret"][..], "--power-arg 1 is not KEY=VALUE"),
+        (&[&redfish[..], &["--power-arg", "insecure=yes"]].concat()[..], "--power-arg insecure is given twice"),
+        (&["--power", "redfish", "--power-arg", "insecure=s3cret"][..], "--power-arg insecure is true or false"),
+        (&["--power", "manual", "--power-arg", "password=s3cret"][..], "--power manual takes no --power-arg"),
+        (&["--power", "command"][..], "--power command needs its argv"),
+    ] {
+        let err = stderr(&add("bad", power), 2, &c.token);
+        assert!(err.contains(message), "{power:?}: {err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    let (_, names) = http(&c.addr, "GET", "/dedicated/server", Some(&c.token), None);
+    assert_eq!(names, r#"["ipmi1","rf1","rf2"]"#);
 }
