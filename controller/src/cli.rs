@@ -34,8 +34,9 @@ struct ClientArgs {
     /// Data directory to read the API token from.
     #[arg(long, global = true, default_value = "/var/lib/byoi")]
     data_dir: PathBuf,
-    /// Extra trust root (PEM) for a controller with a private CA.
-    #[arg(long, global = true)]
+    /// Extra trust roots (PEM) for a controller with a private CA, in
+    /// addition to the web PKI's.
+    #[arg(long, global = true, value_name = "PEM")]
     ca_file: Option<PathBuf>,
 }
 
@@ -407,8 +408,8 @@ impl ClientArgs {
         })
     }
 
-    /// A client of the controller; reads the token.
+    /// A client of the controller; reads the token and the CA file.
     fn connect(&self) -> anyhow::Result<client::Client> {
-        Ok(client::Client::new(&self.controller, &self.token()?)?)
+        Ok(client::Client::new(&self.controller, &self.token()?, self.ca_file.as_deref())?)
     }
 }

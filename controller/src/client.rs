@@ -1,15 +1,19 @@
 //! The operator's client of the BYOI API, behind `byoi server add`, `servers`,
-//! `deploy`, `status` and `cancel`, and the power settings `server add` sends.
+//! `deploy`, `status` and `cancel`: an HTTP(S) client that trusts the web PKI
+//! plus an optional private CA, and the power settings `server add` sends.
 //!
 //! The token is sent as `Authorization: Bearer …` and appears in no error
 //! and no `Debug` output.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde_json::{json, Map, Value};
 
 type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
@@ -30,6 +34,39 @@ impl fmt::Debug for Client {
 /// What can go wrong talking to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The `--ca-file` cannot be read.
+    #[error("reading the CA file {path}")]
+    CaFileUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `--ca-file` has a PEM section that does not decode.
+    #[error("the CA file {path} is not valid PEM")]
+    CaFileNotPem {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The `--ca-file` has no `BEGIN CERTIFICATE` section.
+    #[error("the CA file {path} holds no certificate (no PEM `BEGIN CERTIFICATE` section)")]
+    CaFileEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate of the `--ca-file` is not one rustls can trust.
+    #[error("the CA file {path} holds a certificate that cannot be a trust root")]
+    CaFileBadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
     /// The TLS configuration could not be built.
     #[error("setting up TLS")]
     Tls(#[source] rustls::Error),
@@ -44,6 +81,18 @@ pub enum Error {
         /// Why.
         #[source]
         source: http::uri::InvalidUri,
+    },
+    /// The controller's certificate is signed by no trusted root.
+    #[error(
+        "the controller at {url} presented a certificate signed by no trusted root; \
+         pass --ca-file with the CA that signed it"
+    )]
+    UntrustedCertificate {
+        /// The URL called.
+        url: String,
+        /// The connection error.
+        #[source]
+        source: hyper_util::client::legacy::Error,
     },
     /// No connection, or a failed TLS handshake, or a broken request.
     #[error("cannot reach the controller at {url}")]
@@ -87,10 +136,16 @@ pub enum Error {
 
 impl Client {
     /// A client of the controller at `controller` (`https://byoi.example:8080`),
-    /// trusting the web PKI roots.
-    pub fn new(controller: &str, token: &str) -> Result<Client, Error> {
+    /// trusting the web PKI roots and, if given, the certificates of the PEM
+    /// file `ca_file`.
+    pub fn new(controller: &str, token: &str, ca_file: Option<&Path>) -> Result<Client, Error> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = ca_file {
+            for cert in ca_certificates(path)? {
+                roots.add(cert).map_err(|source| Error::CaFileBadCertificate { path: path.to_owned(), source })?;
+            }
+        }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(Error::Tls)?
@@ -116,7 +171,13 @@ impl Client {
         *req.uri_mut() = uri;
         req.headers_mut().insert(http::header::AUTHORIZATION, self.auth.clone());
         req.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let resp = self.http.request(req).await.map_err(|source| Error::Unreachable { url: url.clone(), source })?;
+        let resp = self.http.request(req).await.map_err(|source| {
+            if unknown_issuer(&source) {
+                Error::UntrustedCertificate { url: url.clone(), source }
+            } else {
+                Error::Unreachable { url: url.clone(), source }
+            }
+        })?;
         let status = resp.status();
         let bytes =
             resp.into_body().collect().await.map_err(|source| Error::Body { url: url.clone(), source })?.to_bytes();
@@ -131,6 +192,34 @@ impl Client {
         let message = body["message"].as_str().map_or_else(|| format!("{method} {url} failed"), str::to_owned);
         Err(Error::Api { status, message, body })
     }
+}
+
+/// The certificates of a PEM file; other sections (keys) are skipped.
+fn ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let pem = std::fs::read(path).map_err(|source| Error::CaFileUnreadable { path: path.to_owned(), source })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::CaFileNotPem { path: path.to_owned(), source })?;
+    if certs.is_empty() {
+        return Err(Error::CaFileEmpty { path: path.to_owned() });
+    }
+    Ok(certs)
+}
+
+/// Whether a connection failed because no root vouches for the server's
+/// certificate. rustls's error travels inside `io::Error`s (two, through
+/// tokio-rustls and hyper-rustls), whose `source()` skips what they wrap,
+/// so each is opened with `get_ref()`.
+fn unknown_issuer(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) = e.downcast_ref() {
+        return true;
+    }
+    if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if unknown_issuer(inner) {
+            return true;
+        }
+    }
+    e.source().is_some_and(unknown_issuer)
 }
 
 /// A `--power`/`--power-arg` combination `server add` refuses. Messages name
@@ -329,8 +418,8 @@ mod tests {
 
     #[test]
     fn debug_hides_the_token() {
-        let c = Client::new("http://127.0.0.1:1/", "s3cret-token").unwrap();
+        let c = Client::new("http://127.0.0.1:1/", "s3cret-token", None).unwrap();
         assert_eq!(format!("{c:?}"), r#"Client { base: "http://127.0.0.1:1", .. }"#);
-        assert!(matches!(Client::new("http://x", "a\nb"), Err(Error::BadToken)));
+        assert!(matches!(Client::new("http://x", "a\nb", None), Err(Error::BadToken)));
     }
 }

@@ -221,10 +221,9 @@ fn deploy_an_ova_disk_from_the_cli() {
     assert_eq!((job["job"]["imageType"].as_str(), job["job"]["ovaDisk"].as_str()), (Some("ova"), Some("vmdisk2")));
 }
 
-#[test]
-fn serve_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A private CA (`ca.pem`) and, signed by it, a certificate for localhost
+/// and 127.0.0.1 (`cert.pem`, `key.pem`) in `d`, made by openssl.
+fn private_ca(d: &Path) {
     let ossl = |args: &[&str]| {
         assert!(Command::new("openssl").args(args).current_dir(d).output().unwrap().status.success(), "{args:?}")
     };
@@ -269,14 +268,21 @@ fn serve_over_tls() {
         "req.pem",
         "-CA",
         "ca.pem",
+        "-CAcreateserial",
         "-CAkey",
         "ca.key",
-        "-CAcreateserial",
         "-extfile",
         "ext.cnf",
         "-out",
         "cert.pem",
     ]);
+}
+
+#[test]
+fn serve_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    private_ca(d);
     let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
     let tls =
         [std::ffi::OsStr::new("--tls-cert"), cert.as_os_str(), std::ffi::OsStr::new("--tls-key"), key.as_os_str()];
@@ -293,6 +299,32 @@ fn serve_over_tls() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "[]", "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The CLI trusts the private CA given with --ca-file, on top of the web PKI.
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = d.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    stdout(&byoi_at(&url, &c.token, &["server", "add", "tls1", "--mac", "52:54:00:aa:bb:10", "--ca-file", ca]));
+    assert!(stdout(&byoi_at(&url, &c.token, &["servers", "--ca-file", ca])).starts_with("tls1\tlocal\t"));
+    let err = stderr(&byoi_at(&url, &c.token, &["servers"]), 2, &c.token);
+    assert!(err.contains(&format!("the controller at {url}/dedicated/server")), "{err}");
+    assert!(err.contains("pass --ca-file") && err.contains("UnknownIssuer"), "{err}");
+
+    // A CA file that is missing, holds no certificate, or a broken one.
+    let missing = d.join("nowhere.pem");
+    let err = stderr(&byoi_at(&url, &c.token, &["servers", "--ca-file", missing.to_str().unwrap()]), 2, &c.token);
+    assert!(err.contains(&format!("reading the CA file {}", missing.display())), "{err}");
+    let no_cert = d.join("key.pem");
+    let err = stderr(&byoi_at(&url, &c.token, &["servers", "--ca-file", no_cert.to_str().unwrap()]), 2, &c.token);
+    assert!(err.contains(&format!("the CA file {} holds no certificate", no_cert.display())), "{err}");
+    let broken = d.join("broken.pem");
+    std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    let err = stderr(&byoi_at(&url, &c.token, &["servers", "--ca-file", broken.to_str().unwrap()]), 2, &c.token);
+    assert!(err.contains(&format!("the CA file {}", broken.display())), "{err}");
+    let garbage = d.join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    let err = stderr(&byoi_at(&url, &c.token, &["servers", "--ca-file", garbage.to_str().unwrap()]), 2, &c.token);
+    assert!(err.contains(&format!("the CA file {}", garbage.display())), "{err}");
 }
 
 #[test]
