@@ -12,11 +12,27 @@ use clap::{Parser, Subcommand};
 use http::Method;
 use serde_json::{json, Value};
 
-use byoi_controller::client;
+use byoi_controller::client::{self, PowerCycle};
 use byoi_controller::server::{self, ServeOptions};
 
+/// `status`: the deployment failed.
+const EXIT_FAILED: i32 = 1;
+/// Bad arguments, or the controller unreachable or refusing (also clap's
+/// code for a usage error).
+const EXIT_CLIENT: i32 = 2;
+/// The controller could not power-cycle the server.
+const EXIT_POWER: i32 = 3;
+
+/// The exit statuses, shown by `--help`.
+const EXIT_CODES: &str = "\
+Exit status:
+  0  ok
+  1  the deployment failed (status)
+  2  client error: bad arguments, controller unreachable or refusing
+  3  the controller could not power-cycle the server (cancel)";
+
 #[derive(Debug, Parser)]
-#[command(name = "byoi", version, about = "Bring Your Own Image for bare-metal servers")]
+#[command(name = "byoi", version, about = "Bring Your Own Image for bare-metal servers", after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,6 +89,7 @@ enum Command {
         boot_timeout: u64,
     },
     /// Manages servers.
+    #[command(after_help = EXIT_CODES)]
     Server {
         #[command(subcommand)]
         command: ServerCommand,
@@ -80,13 +97,16 @@ enum Command {
         client: ClientArgs,
     },
     /// Lists servers.
+    #[command(after_help = EXIT_CODES)]
     Servers {
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Deploys an image onto a server.
+    #[command(after_help = EXIT_CODES)]
     Deploy(DeployArgs),
     /// Shows a deployment's status.
+    #[command(after_help = EXIT_CODES)]
     Status {
         /// Server name.
         name: String,
@@ -97,6 +117,7 @@ enum Command {
         client: ClientArgs,
     },
     /// Aborts a deployment; the server boots into rescue.
+    #[command(after_help = EXIT_CODES)]
     Cancel {
         /// Server name.
         name: String,
@@ -108,6 +129,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum ServerCommand {
     /// Registers a server.
+    #[command(after_help = EXIT_CODES)]
     Add {
         /// Name (OVH's serviceName).
         name: String,
@@ -184,16 +206,14 @@ pub fn main() -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
-            return 1;
+            return EXIT_CLIENT;
         }
     };
     match rt.block_on(run(cli.command)) {
         Ok(code) => code,
-        // 1 is "the deployment failed" for `status`; the client's own
-        // failures (unreachable, refused) are 2.
         Err(e) => {
             eprintln!("error: {e:#}");
-            2
+            EXIT_CLIENT
         }
     }
 }
@@ -308,6 +328,10 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
 async fn cancel(client: &client::Client, name: &str) -> anyhow::Result<i32> {
     let v = client.call(Method::DELETE, &format!("/dedicated/server/{name}/bringYourOwnImage"), None).await?;
     println!("{}", v["message"].as_str().unwrap_or("cancelled"));
+    if let Some(PowerCycle::Failed(e)) = PowerCycle::of_answer(&v) {
+        eprintln!("could not power-cycle {name}: {e}; reboot it by hand");
+        return Ok(EXIT_POWER);
+    }
     Ok(0)
 }
 
@@ -354,7 +378,7 @@ async fn status(client: &client::Client, name: &str, follow: bool) -> anyhow::Re
         let _ = started;
         return Ok(match status.as_str() {
             "done" => 0,
-            "error" => 1,
+            "error" => EXIT_FAILED,
             _ => 0,
         });
     }

@@ -1,6 +1,8 @@
 //! The operator's client of the BYOI API, behind `byoi server add`, `servers`,
 //! `deploy`, `status` and `cancel`: an HTTP(S) client that trusts the web PKI
-//! plus an optional private CA, and the power settings `server add` sends.
+//! plus an optional private CA, the power settings `server add` sends, and
+//! how the answers to `POST`/`DELETE …/bringYourOwnImage` say what happened
+//! to the server's power.
 //!
 //! The token is sent as `Authorization: Bearer …` and appears in no error
 //! and no `Debug` output.
@@ -222,6 +224,38 @@ fn unknown_issuer(e: &(dyn std::error::Error + 'static)) -> bool {
     e.source().is_some_and(unknown_issuer)
 }
 
+/// What the controller did about a server's power after a `POST` or
+/// `DELETE` of `…/bringYourOwnImage`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PowerCycle {
+    /// The power driver cycled it.
+    Done,
+    /// Manual power: the operator has to reboot it.
+    Manual,
+    /// The agent was up and waiting: no reboot needed.
+    Skipped,
+    /// The driver failed, with its error.
+    Failed(String),
+}
+
+impl PowerCycle {
+    /// Reads `powerCycle` (`done`, `manual`, `skipped`, `failed`) and
+    /// `powerError` of an answer. `None` when the answer says neither, as
+    /// older controllers do unless the cycle failed.
+    pub fn of_answer(body: &Value) -> Option<PowerCycle> {
+        if let Some(e) = body["powerError"].as_str() {
+            return Some(PowerCycle::Failed(e.to_owned()));
+        }
+        match body["powerCycle"].as_str()? {
+            "done" => Some(PowerCycle::Done),
+            "manual" => Some(PowerCycle::Manual),
+            "skipped" => Some(PowerCycle::Skipped),
+            "failed" => Some(PowerCycle::Failed("the controller gave no reason".to_owned())),
+            _ => None,
+        }
+    }
+}
+
 /// A `--power`/`--power-arg` combination `server add` refuses. Messages name
 /// keys, never values: a value may be a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -413,6 +447,26 @@ mod tests {
             let e = settings(driver, args).unwrap_err().to_string();
             assert_eq!(e, *want);
             assert!(!e.contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn what_the_controller_did_about_the_power() {
+        let cases = [
+            (json!({"message": "deployment erased", "deploymentId": 1}), None),
+            (json!({"deploymentId": 1, "powerError": "false failed"}), Some(PowerCycle::Failed("false failed".into()))),
+            (
+                json!({"powerCycle": "failed", "powerError": "BMC said no"}),
+                Some(PowerCycle::Failed("BMC said no".into())),
+            ),
+            (json!({"powerCycle": "failed"}), Some(PowerCycle::Failed("the controller gave no reason".into()))),
+            (json!({"powerCycle": "done"}), Some(PowerCycle::Done)),
+            (json!({"powerCycle": "manual"}), Some(PowerCycle::Manual)),
+            (json!({"powerCycle": "skipped"}), Some(PowerCycle::Skipped)),
+            (json!({"powerCycle": "later"}), None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(PowerCycle::of_answer(&body), want, "{body}");
         }
     }
 

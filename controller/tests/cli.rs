@@ -402,3 +402,26 @@ fn server_add_power_drivers_and_their_arguments() {
     let (_, names) = http(&c.addr, "GET", "/dedicated/server", Some(&c.token), None);
     assert_eq!(names, r#"["ipmi1","rf1","rf2"]"#);
 }
+
+#[test]
+fn cancel_reports_a_failed_power_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    stdout(&byoi(
+        &c,
+        &["server", "add", "b1", "--mac", "52:54:00:aa:dd:01", "--power", "command", "--power-arg", "false"],
+    ));
+    // The deployment fails to power-cycle b1 but exists, so it can be cancelled.
+    byoi(&c, &["deploy", "b1", "--url", "http://img/x.raw"]);
+    let out = byoi(&c, &["cancel", "b1"]);
+    let err = stderr(&out, 3, &c.token);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "deployment erased; the server boots into rescue");
+    assert!(
+        err.starts_with("could not power-cycle b1: false failed") && err.trim_end().ends_with("; reboot it by hand"),
+        "{err}"
+    );
+    for cmd in ["deploy", "cancel", "status"] {
+        let help = stdout(&Command::new(env!("CARGO_BIN_EXE_byoi")).args([cmd, "--help"]).output().unwrap());
+        assert!(help.contains("Exit status:") && help.contains("3  "), "{cmd}: {help}");
+    }
+}
