@@ -29,7 +29,7 @@ Exit status:
   0  ok
   1  the deployment failed (status)
   2  client error: bad arguments, controller unreachable or refusing
-  3  the controller could not power-cycle the server (cancel)";
+  3  the controller could not power-cycle the server (deploy, cancel)";
 
 #[derive(Debug, Parser)]
 #[command(name = "byoi", version, about = "Bring Your Own Image for bare-metal servers", after_help = EXIT_CODES)]
@@ -102,7 +102,8 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Deploys an image onto a server.
+    /// Deploys an image onto a server; with manual power, says when to
+    /// reboot it by hand.
     #[command(after_help = EXIT_CODES)]
     Deploy(DeployArgs),
     /// Shows a deployment's status.
@@ -320,17 +321,51 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
         body["configdrive"] = cd;
     }
     let client = a.client.connect()?;
-    let v = client.call(Method::POST, &format!("/dedicated/server/{}/bringYourOwnImage", a.name), Some(&body)).await?;
+    let path = format!("/dedicated/server/{}/bringYourOwnImage", a.name);
+    let v = match client.call(Method::POST, &path, Some(&body)).await {
+        Ok(v) => v,
+        Err(e) => match e.power_failure(&a.name) {
+            Some(message) => {
+                eprintln!("error: {message}");
+                return Ok(EXIT_POWER);
+            }
+            None => return Err(e.into()),
+        },
+    };
     println!("deployment {} on {}: {} ({})", v["deploymentId"], a.name, v["status"], v["message"]);
-    Ok(0)
+    after_power_cycle(&client, &a.name, &v, "to start the deployment").await
 }
 
 async fn cancel(client: &client::Client, name: &str) -> anyhow::Result<i32> {
     let v = client.call(Method::DELETE, &format!("/dedicated/server/{name}/bringYourOwnImage"), None).await?;
     println!("{}", v["message"].as_str().unwrap_or("cancelled"));
-    if let Some(PowerCycle::Failed(e)) = PowerCycle::of_answer(&v) {
-        eprintln!("could not power-cycle {name}: {e}; reboot it by hand");
-        return Ok(EXIT_POWER);
+    after_power_cycle(client, name, &v, "to boot into rescue").await
+}
+
+/// Tells the operator what the controller's power cycle leaves to them,
+/// from the answer `v` to a POST or DELETE of `…/bringYourOwnImage`; `then`
+/// says what netbooting achieves. Controllers that do not say `powerCycle`
+/// are asked for the server's power driver.
+async fn after_power_cycle(client: &client::Client, name: &str, v: &Value, then: &str) -> anyhow::Result<i32> {
+    let manual = match PowerCycle::of_answer(v) {
+        Some(PowerCycle::Failed(e)) => {
+            eprintln!("could not power-cycle {name}: {e}; reboot it by hand");
+            return Ok(EXIT_POWER);
+        }
+        Some(PowerCycle::Done | PowerCycle::Skipped) => false,
+        Some(PowerCycle::Manual) => true,
+        // Such a controller cannot say whether it skipped the cycle for an
+        // agent that was waiting; the advice to reboot is then needless.
+        None => match client.call(Method::GET, &format!("/dedicated/server/{name}"), None).await {
+            Ok(s) => s["power"]["kind"] == "manual",
+            Err(e) => {
+                eprintln!("could not tell whether {name} has manual power: {e:#}");
+                false
+            }
+        },
+    };
+    if manual {
+        eprintln!("{name} has manual power: reboot it by hand now; it must netboot (PXE) {then}");
     }
     Ok(0)
 }

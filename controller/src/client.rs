@@ -1,8 +1,8 @@
 //! The operator's client of the BYOI API, behind `byoi server add`, `servers`,
 //! `deploy`, `status` and `cancel`: an HTTP(S) client that trusts the web PKI
-//! plus an optional private CA, the power settings `server add` sends, and
-//! how the answers to `POST`/`DELETE …/bringYourOwnImage` say what happened
-//! to the server's power.
+//! plus an optional private CA, the power settings `server add` sends, and how
+//! the answers to `POST`/`DELETE …/bringYourOwnImage` say what happened to
+//! the server's power.
 //!
 //! The token is sent as `Authorization: Bearer …` and appears in no error
 //! and no `Debug` output.
@@ -193,6 +193,28 @@ impl Client {
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let message = body["message"].as_str().map_or_else(|| format!("{method} {url} failed"), str::to_owned);
         Err(Error::Api { status, message, body })
+    }
+}
+
+impl Error {
+    /// For a refused `POST …/bringYourOwnImage`: the message to show if the
+    /// controller could not power-cycle `server`. Such an answer carries
+    /// `powerError` or `"powerCycle": "failed"`; older controllers say it
+    /// only with 502 Bad Gateway and their `message`.
+    pub fn power_failure(&self, server: &str) -> Option<String> {
+        let Error::Api { status, message, body } = self else { return None };
+        let reason = body["powerError"].as_str();
+        let says_so = reason.is_some() || body["powerCycle"] == "failed";
+        let older = *status == StatusCode::BAD_GATEWAY && body["message"].is_string();
+        if !(says_so || older) {
+            return None;
+        }
+        let message =
+            if body["message"].is_string() { message.clone() } else { format!("could not power-cycle {server}") };
+        Some(match reason {
+            Some(r) if !message.contains(r) => format!("{message}: {r}"),
+            _ => message,
+        })
     }
 }
 
@@ -467,6 +489,41 @@ mod tests {
         ];
         for (body, want) in cases {
             assert_eq!(PowerCycle::of_answer(&body), want, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_refused_post_that_is_a_power_failure() {
+        let api = |status: u16, body: Value| Error::Api {
+            status: StatusCode::from_u16(status).unwrap(),
+            message: body["message"].as_str().unwrap_or("POST … failed").to_owned(),
+            body,
+        };
+        let cases = [
+            // Today's controller: 502 and its message.
+            (
+                api(502, json!({"message": "could not power-cycle s1: false failed"})),
+                Some("could not power-cycle s1: false failed"),
+            ),
+            // A proxy's own 502 is no power failure.
+            (api(502, Value::Null), None),
+            (api(409, json!({"message": "A deployment is already in progress on s1"})), None),
+            (
+                api(
+                    502,
+                    json!({"message": "could not power-cycle s1: BMC said no", "powerCycle": "failed", "powerError": "BMC said no"}),
+                ),
+                Some("could not power-cycle s1: BMC said no"),
+            ),
+            (
+                api(500, json!({"message": "power failed", "powerError": "BMC said no"})),
+                Some("power failed: BMC said no"),
+            ),
+            (api(500, json!({"powerCycle": "failed"})), Some("could not power-cycle s1")),
+            (Error::BadToken, None),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.power_failure("s1").as_deref(), want, "{e:?}");
         }
     }
 

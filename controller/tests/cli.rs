@@ -74,6 +74,53 @@ fn stderr(o: &Output, code: i32, token: &str) -> String {
     err
 }
 
+/// A stand-in controller on 127.0.0.1 answering each request, in order,
+/// with the next of `answers` (status, JSON body); records each request as
+/// `METHOD PATH BODY`. For the parts of the API contract `byoi serve` does
+/// not speak yet.
+fn fake_controller(answers: Vec<(u16, Value)>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    // The thread ends with the test process: it holds nothing but a socket.
+    std::thread::spawn(move || {
+        let mut answers = answers.into_iter();
+        for conn in listener.incoming() {
+            let mut conn = BufReader::new(conn.unwrap());
+            let mut head = String::new();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                conn.read_line(&mut line).unwrap();
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                if line.trim().is_empty() {
+                    break;
+                }
+                if head.is_empty() {
+                    head = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                }
+            }
+            let mut body = vec![0; len];
+            conn.read_exact(&mut body).unwrap();
+            log.lock().unwrap().push(format!("{head} {}", String::from_utf8_lossy(&body)).trim_end().to_owned());
+            let (status, answer) =
+                answers.next().unwrap_or((500, json!({"message": format!("unexpected request {head}")})));
+            let answer = answer.to_string();
+            let _ = write!(
+                conn.get_mut(),
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
 /// One HTTP/1.1 request with `Connection: close`; returns (status, body).
 fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -404,15 +451,16 @@ fn server_add_power_drivers_and_their_arguments() {
 }
 
 #[test]
-fn cancel_reports_a_failed_power_cycle() {
+fn cancel_and_deploy_report_a_failed_power_cycle() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(&dir.path().join("data"));
     stdout(&byoi(
         &c,
         &["server", "add", "b1", "--mac", "52:54:00:aa:dd:01", "--power", "command", "--power-arg", "false"],
     ));
-    // The deployment fails to power-cycle b1 but exists, so it can be cancelled.
-    byoi(&c, &["deploy", "b1", "--url", "http://img/x.raw"]);
+    let err = stderr(&byoi(&c, &["deploy", "b1", "--url", "http://img/x.raw"]), 3, &c.token);
+    assert!(err.starts_with("error: could not power-cycle b1: false failed"), "{err}");
+    // The deployment exists, ended in error (power-failed), so it can be cancelled.
     let out = byoi(&c, &["cancel", "b1"]);
     let err = stderr(&out, 3, &c.token);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "deployment erased; the server boots into rescue");
@@ -423,5 +471,78 @@ fn cancel_reports_a_failed_power_cycle() {
     for cmd in ["deploy", "cancel", "status"] {
         let help = stdout(&Command::new(env!("CARGO_BIN_EXE_byoi")).args([cmd, "--help"]).output().unwrap());
         assert!(help.contains("Exit status:") && help.contains("3  "), "{cmd}: {help}");
+    }
+}
+
+#[test]
+fn deploy_on_a_server_with_manual_power_says_to_reboot_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    stdout(&byoi(&c, &["server", "add", "m1", "--mac", "52:54:00:aa:ee:01"]));
+    let out = byoi(&c, &["deploy", "m1", "--url", "http://img/x.raw"]);
+    let err = stderr(&out, 0, &c.token);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("deployment 1 on m1: \"doing\""));
+    assert_eq!(err.trim(), "m1 has manual power: reboot it by hand now; it must netboot (PXE) to start the deployment");
+    let out = byoi(&c, &["cancel", "m1"]);
+    assert_eq!(
+        stderr(&out, 0, &c.token).trim(),
+        "m1 has manual power: reboot it by hand now; it must netboot (PXE) to boot into rescue"
+    );
+
+    // Errors never show the token: a refused one, an unreachable controller.
+    let err = stderr(&byoi_at(&format!("http://{}", c.addr), "wrong-token-123", &["servers"]), 2, "wrong-token-123");
+    assert!(err.contains("(HTTP 401 Unauthorized)"), "{err}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let err = stderr(&byoi_at(&format!("http://{closed}"), &c.token, &["status", "m1"]), 2, &c.token);
+    assert!(err.contains(&format!("cannot reach the controller at http://{closed}/")), "{err}");
+}
+
+/// `powerCycle` in the answers to POST and DELETE, which `byoi serve` does
+/// not send yet: the CLI believes it and asks nothing more.
+#[test]
+fn the_controller_says_what_it_did_about_the_power() {
+    const TOKEN: &str = "fake-token-42";
+    let deploy = |answer: Value| {
+        let (url, seen) = fake_controller(vec![(200, answer)]);
+        let out = byoi_at(&url, TOKEN, &["deploy", "f1", "--url", "http://img/x.raw"]);
+        let seen = seen.lock().unwrap().clone();
+        (out, seen)
+    };
+    let started = json!({"deploymentId": 7, "status": "doing", "message": "starting"});
+    for (cycle, hint) in [("done", false), ("skipped", false), ("manual", true)] {
+        let mut answer = started.clone();
+        answer["powerCycle"] = json!(cycle);
+        let (out, seen) = deploy(answer);
+        assert_eq!(seen, [r#"POST /dedicated/server/f1/bringYourOwnImage {"URL":"http://img/x.raw"}"#]);
+        let err = stderr(&out, 0, TOKEN);
+        assert_eq!(err.contains("f1 has manual power: reboot it by hand now"), hint, "{cycle}: {err}");
+    }
+    let (url, _) = fake_controller(vec![(
+        502,
+        json!({"message": "could not power-cycle f1: the BMC said no", "powerCycle": "failed", "powerError": "the BMC said no"}),
+    )]);
+    let err = stderr(&byoi_at(&url, TOKEN, &["deploy", "f1", "--url", "http://img/x.raw"]), 3, TOKEN);
+    assert_eq!(err.trim(), "error: could not power-cycle f1: the BMC said no");
+
+    let erased = json!({"message": "deployment erased; the server boots into rescue", "deploymentId": 7});
+    for (cycle, code, said) in [
+        (json!({"powerCycle": "done"}), 0, ""),
+        (
+            json!({"powerCycle": "manual"}),
+            0,
+            "f1 has manual power: reboot it by hand now; it must netboot (PXE) to boot into rescue",
+        ),
+        (
+            json!({"powerCycle": "failed", "powerError": "the BMC said no"}),
+            3,
+            "could not power-cycle f1: the BMC said no; reboot it by hand",
+        ),
+    ] {
+        let mut answer = erased.clone();
+        answer.as_object_mut().unwrap().extend(cycle.as_object().unwrap().clone());
+        let (url, seen) = fake_controller(vec![(200, answer)]);
+        let out = byoi_at(&url, TOKEN, &["cancel", "f1"]);
+        assert_eq!(stderr(&out, code, TOKEN).trim(), said);
+        assert_eq!(seen.lock().unwrap().clone(), ["DELETE /dedicated/server/f1/bringYourOwnImage"]);
     }
 }
