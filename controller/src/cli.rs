@@ -6,24 +6,41 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use base64::Engine;
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
+use http::Method;
 use serde_json::{json, Value};
 
+use byoi_controller::client::{self, PowerCycle};
 use byoi_controller::server::{self, ServeOptions};
 
+/// `status`: the deployment failed.
+const EXIT_FAILED: i32 = 1;
+/// Bad arguments, or the controller unreachable or refusing (also clap's
+/// code for a usage error).
+const EXIT_CLIENT: i32 = 2;
+/// The controller could not power-cycle the server.
+const EXIT_POWER: i32 = 3;
+
+/// The exit statuses, shown by `--help`.
+const EXIT_CODES: &str = "\
+Exit status:
+  0  ok
+  1  the deployment failed (status)
+  2  client error: bad arguments, controller unreachable or refusing
+  3  the controller could not power-cycle the server (deploy, cancel)";
+
 #[derive(Debug, Parser)]
-#[command(name = "byoi", version, about = "Bring Your Own Image for bare-metal servers")]
+#[command(name = "byoi", version, about = "Bring Your Own Image for bare-metal servers", after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Which controller the client commands call, and how they authenticate.
 #[derive(Debug, clap::Args)]
-struct Client {
+struct ClientArgs {
     /// Controller URL.
     #[arg(long, global = true, default_value = "http://127.0.0.1:8080", env = "BYOI_CONTROLLER")]
     controller: String,
@@ -33,8 +50,9 @@ struct Client {
     /// Data directory to read the API token from.
     #[arg(long, global = true, default_value = "/var/lib/byoi")]
     data_dir: PathBuf,
-    /// Extra trust root (PEM) for a controller with a private CA.
-    #[arg(long, global = true)]
+    /// Extra trust roots (PEM) for a controller with a private CA, in
+    /// addition to the web PKI's.
+    #[arg(long, global = true, value_name = "PEM")]
     ca_file: Option<PathBuf>,
 }
 
@@ -71,20 +89,25 @@ enum Command {
         boot_timeout: u64,
     },
     /// Manages servers.
+    #[command(after_help = EXIT_CODES)]
     Server {
         #[command(subcommand)]
         command: ServerCommand,
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
     /// Lists servers.
+    #[command(after_help = EXIT_CODES)]
     Servers {
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
-    /// Deploys an image onto a server.
+    /// Deploys an image onto a server; with manual power, says when to
+    /// reboot it by hand.
+    #[command(after_help = EXIT_CODES)]
     Deploy(DeployArgs),
     /// Shows a deployment's status.
+    #[command(after_help = EXIT_CODES)]
     Status {
         /// Server name.
         name: String,
@@ -92,32 +115,35 @@ enum Command {
         #[arg(long)]
         follow: bool,
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
     /// Aborts a deployment; the server boots into rescue.
+    #[command(after_help = EXIT_CODES)]
     Cancel {
         /// Server name.
         name: String,
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum ServerCommand {
     /// Registers a server.
+    #[command(after_help = EXIT_CODES)]
     Add {
         /// Name (OVH's serviceName).
         name: String,
         /// MAC address of a NIC; repeatable.
         #[arg(long = "mac", required = true)]
         macs: Vec<String>,
-        /// Power driver: manual, command, ipmi, redfish.
-        #[arg(long, default_value = "manual")]
+        /// Power driver.
+        #[arg(long, default_value = "manual", value_parser = ["manual", "command", "ipmi", "redfish"])]
         power: String,
         /// Driver argument: for command, the argv (repeat, `{action}` is
-        /// replaced); for ipmi, host=…, user=…, password=…; for redfish,
-        /// url=https://bmc, user=…, password=…, [system=…], [insecure=true].
+        /// replaced); for ipmi, host=…, user=…, password=…, [tool=ipmitool];
+        /// for redfish, url=https://bmc, user=…, password=…, [system=…],
+        /// [insecure=true].
         #[arg(long = "power-arg", allow_hyphen_values = true)]
         power_args: Vec<String>,
         /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
@@ -164,7 +190,7 @@ struct DeployArgs {
     #[arg(long)]
     efi_loader: Option<String>,
     #[command(flatten)]
-    client: Client,
+    client: ClientArgs,
 }
 
 /// Runs the command line; returns the exit code.
@@ -181,16 +207,14 @@ pub fn main() -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
-            return 1;
+            return EXIT_CLIENT;
         }
     };
     match rt.block_on(run(cli.command)) {
         Ok(code) => code,
-        // 1 is "the deployment failed" for `status`; the client's own
-        // failures (unreachable, refused) are 2.
         Err(e) => {
             eprintln!("error: {e:#}");
-            2
+            EXIT_CLIENT
         }
     }
 }
@@ -227,102 +251,133 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Server { command: ServerCommand::Add { name, macs, power, power_args, kernel_args }, client } => {
-            let power = match power.as_str() {
-                "manual" => json!({"kind": "manual"}),
-                "command" => json!({"kind": "command", "argv": power_args}),
-                "ipmi" => {
-                    let kv: BTreeMap<String, String> = power_args
-                        .iter()
-                        .filter_map(|a| a.split_once('='))
-                        .map(|(k, v)| (k.into(), v.into()))
-                        .collect();
-                    json!({"kind": "ipmi", "host": kv.get("host"), "user": kv.get("user"), "password": kv.get("password")})
-                }
-                other => bail!("unknown power driver {other:?} (manual, command, ipmi)"),
-            };
+            let power = client::power_settings(&power, &power_args)?;
             let body = json!({"serviceName": name, "macs": macs, "power": power, "kernelArgs": kernel_args});
-            let v = client.call("POST", "/dedicated/server", Some(body)).await?;
+            let v = client.connect()?.call(Method::POST, "/dedicated/server", Some(&body)).await?;
             println!("added {} ({})", v["serviceName"].as_str().unwrap_or(&name), v["macs"]);
             Ok(0)
         }
         Command::Servers { client } => {
-            let names = client.call("GET", "/dedicated/server", None).await?;
+            let client = client.connect()?;
+            let names = client.call(Method::GET, "/dedicated/server", None).await?;
             for n in names.as_array().into_iter().flatten() {
                 let n = n.as_str().unwrap_or_default();
-                let s = client.call("GET", &format!("/dedicated/server/{n}"), None).await?;
+                let s = client.call(Method::GET, &format!("/dedicated/server/{n}"), None).await?;
                 let last =
                     s["deployments"].get(0).map(|d| format!("{} {}", d["status"], d["message"])).unwrap_or_default();
                 println!("{n}\t{}\t{}\t{last}", s["bootTarget"].as_str().unwrap_or("?"), s["macs"]);
             }
             Ok(0)
         }
-        Command::Deploy(a) => {
-            let mut body = json!({"URL": a.url});
-            if let Some(c) = &a.checksum {
-                let (algo, hex) = c.split_once(':').context("--checksum is ALGO:HEX")?;
-                body["checkSumType"] = json!(algo);
-                body["checkSum"] = json!(hex);
-            }
-            if let Some(t) = &a.image_type {
-                body["type"] = json!(t);
-            }
-            if let Some(d) = &a.ova_disk {
-                body["ovaDisk"] = json!(d);
-            }
-            if let Some(g) = a.disk_group {
-                body["diskGroupId"] = json!(g);
-            }
-            if let Some(l) = &a.efi_loader {
-                body["efiBootloaderPath"] = json!(l);
-            }
-            let headers: BTreeMap<String, String> = a
-                .headers
-                .iter()
-                .map(|h| {
-                    h.split_once(':')
-                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                        .context("--header is 'Name: value'")
-                })
-                .collect::<anyhow::Result<_>>()?;
-            if !headers.is_empty() {
-                body["httpHeaders"] = json!(headers);
-            }
-            if a.hostname.is_some() || a.ssh_key.is_some() || a.user_data.is_some() || !a.meta.is_empty() {
-                let mut cd = json!({"enable": true, "hostname": a.hostname, "sshKey": a.ssh_key});
-                if let Some(f) = &a.user_data {
-                    let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-                    cd["userDataBase64"] = json!(base64::engine::general_purpose::STANDARD.encode(data));
-                }
-                let meta: BTreeMap<&str, &str> = a
-                    .meta
-                    .iter()
-                    .map(|m| m.split_once('=').with_context(|| format!("--meta {m:?} is not KEY=VALUE")))
-                    .collect::<anyhow::Result<_>>()?;
-                cd["userMetadatas"] = json!(meta);
-                body["configdrive"] = cd;
-            }
-            let v =
-                a.client.call("POST", &format!("/dedicated/server/{}/bringYourOwnImage", a.name), Some(body)).await?;
-            println!("deployment {} on {}: {} ({})", v["deploymentId"], a.name, v["status"], v["message"]);
-            Ok(0)
-        }
-        Command::Status { name, follow, client } => status(&client, &name, follow).await,
-        Command::Cancel { name, client } => {
-            let v = client.call("DELETE", &format!("/dedicated/server/{name}/bringYourOwnImage"), None).await?;
-            println!("{}", v["message"].as_str().unwrap_or("cancelled"));
-            Ok(0)
-        }
+        Command::Deploy(a) => deploy(a).await,
+        Command::Status { name, follow, client } => status(&client.connect()?, &name, follow).await,
+        Command::Cancel { name, client } => cancel(&client.connect()?, &name).await,
     }
 }
 
-async fn status(client: &Client, name: &str, follow: bool) -> anyhow::Result<i32> {
+async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
+    let mut body = json!({"URL": a.url});
+    if let Some(c) = &a.checksum {
+        let (algo, hex) = c.split_once(':').context("--checksum is ALGO:HEX")?;
+        body["checkSumType"] = json!(algo);
+        body["checkSum"] = json!(hex);
+    }
+    if let Some(t) = &a.image_type {
+        body["type"] = json!(t);
+    }
+    if let Some(d) = &a.ova_disk {
+        body["ovaDisk"] = json!(d);
+    }
+    if let Some(g) = a.disk_group {
+        body["diskGroupId"] = json!(g);
+    }
+    if let Some(l) = &a.efi_loader {
+        body["efiBootloaderPath"] = json!(l);
+    }
+    let headers: BTreeMap<String, String> = a
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .context("--header is 'Name: value'")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if !headers.is_empty() {
+        body["httpHeaders"] = json!(headers);
+    }
+    if a.hostname.is_some() || a.ssh_key.is_some() || a.user_data.is_some() || !a.meta.is_empty() {
+        let mut cd = json!({"enable": true, "hostname": a.hostname, "sshKey": a.ssh_key});
+        if let Some(f) = &a.user_data {
+            let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            cd["userDataBase64"] = json!(base64::engine::general_purpose::STANDARD.encode(data));
+        }
+        let meta: BTreeMap<&str, &str> = a
+            .meta
+            .iter()
+            .map(|m| m.split_once('=').with_context(|| format!("--meta {m:?} is not KEY=VALUE")))
+            .collect::<anyhow::Result<_>>()?;
+        cd["userMetadatas"] = json!(meta);
+        body["configdrive"] = cd;
+    }
+    let client = a.client.connect()?;
+    let path = format!("/dedicated/server/{}/bringYourOwnImage", a.name);
+    let v = match client.call(Method::POST, &path, Some(&body)).await {
+        Ok(v) => v,
+        Err(e) => match e.power_failure(&a.name) {
+            Some(message) => {
+                eprintln!("error: {message}");
+                return Ok(EXIT_POWER);
+            }
+            None => return Err(e.into()),
+        },
+    };
+    println!("deployment {} on {}: {} ({})", v["deploymentId"], a.name, v["status"], v["message"]);
+    after_power_cycle(&client, &a.name, &v, "to start the deployment").await
+}
+
+async fn cancel(client: &client::Client, name: &str) -> anyhow::Result<i32> {
+    let v = client.call(Method::DELETE, &format!("/dedicated/server/{name}/bringYourOwnImage"), None).await?;
+    println!("{}", v["message"].as_str().unwrap_or("cancelled"));
+    after_power_cycle(client, name, &v, "to boot into rescue").await
+}
+
+/// Tells the operator what the controller's power cycle leaves to them,
+/// from the answer `v` to a POST or DELETE of `…/bringYourOwnImage`; `then`
+/// says what netbooting achieves. Controllers that do not say `powerCycle`
+/// are asked for the server's power driver.
+async fn after_power_cycle(client: &client::Client, name: &str, v: &Value, then: &str) -> anyhow::Result<i32> {
+    let manual = match PowerCycle::of_answer(v) {
+        Some(PowerCycle::Failed(e)) => {
+            eprintln!("could not power-cycle {name}: {e}; reboot it by hand");
+            return Ok(EXIT_POWER);
+        }
+        Some(PowerCycle::Done | PowerCycle::Skipped) => false,
+        Some(PowerCycle::Manual) => true,
+        // Such a controller cannot say whether it skipped the cycle for an
+        // agent that was waiting; the advice to reboot is then needless.
+        None => match client.call(Method::GET, &format!("/dedicated/server/{name}"), None).await {
+            Ok(s) => s["power"]["kind"] == "manual",
+            Err(e) => {
+                eprintln!("could not tell whether {name} has manual power: {e:#}");
+                false
+            }
+        },
+    };
+    if manual {
+        eprintln!("{name} has manual power: reboot it by hand now; it must netboot (PXE) {then}");
+    }
+    Ok(0)
+}
+
+async fn status(client: &client::Client, name: &str, follow: bool) -> anyhow::Result<i32> {
     let path = format!("/dedicated/server/{name}/bringYourOwnImage");
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut first: Option<(Instant, i64)> = None;
     let mut failures = 0;
     loop {
-        let v = match client.call("GET", &path, None).await {
+        let v = match client.call(Method::GET, &path, None).await {
             Ok(v) => {
                 failures = 0;
                 v
@@ -334,7 +389,7 @@ async fn status(client: &Client, name: &str, follow: bool) -> anyhow::Result<i32
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let status = v["status"].as_str().unwrap_or("?").to_owned();
         let done = v["bytesDone"].as_i64().unwrap_or(0);
@@ -358,7 +413,7 @@ async fn status(client: &Client, name: &str, follow: bool) -> anyhow::Result<i32
         let _ = started;
         return Ok(match status.as_str() {
             "done" => 0,
-            "error" => 1,
+            "error" => EXIT_FAILED,
             _ => 0,
         });
     }
@@ -395,7 +450,8 @@ fn progress_line(v: &Value, done: i64, total: Option<i64>, first: &mut Option<(I
     }
 }
 
-impl Client {
+impl ClientArgs {
+    /// The token from --token, $BYOI_API_TOKEN or DATA_DIR/api-token.
     fn token(&self) -> anyhow::Result<String> {
         if let Some(t) = &self.token {
             return Ok(t.clone());
@@ -411,34 +467,8 @@ impl Client {
         })
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let token = self.token()?;
-        let url = format!("{}{path}", self.controller.trim_end_matches('/'));
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let https =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
-        let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let req = http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))?;
-        let resp = client.request(req).await.with_context(|| format!("cannot reach the controller at {url}"))?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{} ({status})", v["message"].as_str().unwrap_or("request failed"));
-        }
-        Ok(v)
+    /// A client of the controller; reads the token and the CA file.
+    fn connect(&self) -> anyhow::Result<client::Client> {
+        Ok(client::Client::new(&self.controller, &self.token()?, self.ca_file.as_deref())?)
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! [`routes`] is the HTTP surface (axum), by audience; [`lifecycle`] the
 //! deployment state machine, pure; [`db`] persists it; [`model`] holds the
-//! OVH-shaped API bodies; [`power`] drives BMCs; [`server`] runs it all.
+//! OVH-shaped API bodies; [`power`] drives BMCs; [`server`] runs it all;
+//! [`client`] is the operator's side of the API, for the `byoi` commands.
 
+pub mod client;
 pub mod db;
 pub mod ipxe;
 pub mod lifecycle;

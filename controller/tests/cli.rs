@@ -47,9 +47,16 @@ fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr], scheme: &str) -> Cont
 }
 
 fn byoi(c: &Controller, args: &[&str]) -> Output {
+    byoi_at(&format!("http://{}", c.addr), &c.token, args)
+}
+
+/// The `byoi` command line against the controller at `url`.
+fn byoi_at(url: &str, token: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_byoi"))
         .args(args)
-        .args(["--controller", &format!("http://{}", c.addr), "--token", &c.token])
+        .args(["--controller", url, "--token", token])
+        .env_remove("BYOI_API_TOKEN")
+        .env_remove("BYOI_CONTROLLER")
         .output()
         .unwrap()
 }
@@ -57,6 +64,61 @@ fn byoi(c: &Controller, args: &[&str]) -> Output {
 fn stdout(o: &Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stderr of a command that ended with `code`, checked not to reveal `token`.
+fn stderr(o: &Output, code: i32, token: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(code), "stdout {:?}, stderr {err:?}", String::from_utf8_lossy(&o.stdout));
+    assert!(!err.contains(token) && !String::from_utf8_lossy(&o.stdout).contains(token), "the token leaked: {err}");
+    err
+}
+
+/// A stand-in controller on 127.0.0.1 answering each request, in order,
+/// with the next of `answers` (status, JSON body); records each request as
+/// `METHOD PATH BODY`. For the parts of the API contract `byoi serve` does
+/// not speak yet.
+fn fake_controller(answers: Vec<(u16, Value)>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    // The thread ends with the test process: it holds nothing but a socket.
+    std::thread::spawn(move || {
+        let mut answers = answers.into_iter();
+        for conn in listener.incoming() {
+            let mut conn = BufReader::new(conn.unwrap());
+            let mut head = String::new();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                conn.read_line(&mut line).unwrap();
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                if line.trim().is_empty() {
+                    break;
+                }
+                if head.is_empty() {
+                    head = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                }
+            }
+            let mut body = vec![0; len];
+            conn.read_exact(&mut body).unwrap();
+            log.lock().unwrap().push(format!("{head} {}", String::from_utf8_lossy(&body)).trim_end().to_owned());
+            let (status, answer) =
+                answers.next().unwrap_or((500, json!({"message": format!("unexpected request {head}")})));
+            let answer = answer.to_string();
+            let _ = write!(
+                conn.get_mut(),
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, seen)
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns (status, body).
@@ -209,10 +271,9 @@ fn deploy_an_ova_disk_from_the_cli() {
     );
 }
 
-#[test]
-fn serve_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A private CA (`ca.pem`) and, signed by it, a certificate for localhost
+/// and 127.0.0.1 (`cert.pem`, `key.pem`) in `d`, made by openssl.
+fn private_ca(d: &Path) {
     let ossl = |args: &[&str]| {
         assert!(Command::new("openssl").args(args).current_dir(d).output().unwrap().status.success(), "{args:?}")
     };
@@ -257,14 +318,21 @@ fn serve_over_tls() {
         "req.pem",
         "-CA",
         "ca.pem",
+        "-CAcreateserial",
         "-CAkey",
         "ca.key",
-        "-CAcreateserial",
         "-extfile",
         "ext.cnf",
         "-out",
         "cert.pem",
     ]);
+}
+
+#[test]
+fn serve_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    private_ca(d);
     let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
     let tls =
         [std::ffi::OsStr::new("--tls-cert"), cert.as_os_str(), std::ffi::OsStr::new("--tls-key"), key.as_os_str()];
@@ -281,4 +349,203 @@ fn serve_over_tls() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "[]", "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The CLI trusts the private CA given with --ca-file, on top of the web PKI.
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = d.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    stdout(&byoi_at(&url, &c.token, &["server", "add", "tls1", "--mac", "52:54:00:aa:bb:10", "--ca-file", ca]));
+    assert!(stdout(&byoi_at(&url, &c.token, &["servers", "--ca-file", ca])).starts_with("tls1\tlocal\t"));
+    let err = stderr(&byoi_at(&url, &c.token, &["servers"]), 2, &c.token);
+    assert!(err.contains(&format!("the controller at {url}/dedicated/server")), "{err}");
+    assert!(err.contains("pass --ca-file") && err.contains("UnknownIssuer"), "{err}");
+
+    // A CA file that is missing, holds no certificate, or a broken one.
+    let missing = d.join("nowhere.pem");
+    let err = stderr(&byoi_at(&url, &c.token, &["servers", "--ca-file", missing.to_str().unwrap()]), 2, &c.token);
+    assert!(err.contains(&format!("reading the CA file {}", missing.display())), "{err}");
+    let no_cert = d.join("key.pem");
+    let err = stderr(&byoi_at(&url, &c.token, &["servers", "--ca-file", no_cert.to_str().unwrap()]), 2, &c.token);
+    assert!(err.contains(&format!("the CA file {} holds no certificate", no_cert.display())), "{err}");
+    let broken = d.join("broken.pem");
+    std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    let err = stderr(&byoi_at(&url, &c.token, &["servers", "--ca-file", broken.to_str().unwrap()]), 2, &c.token);
+    assert!(err.contains(&format!("the CA file {}", broken.display())), "{err}");
+    let garbage = d.join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    let err = stderr(&byoi_at(&url, &c.token, &["servers", "--ca-file", garbage.to_str().unwrap()]), 2, &c.token);
+    assert!(err.contains(&format!("the CA file {}", garbage.display())), "{err}");
+}
+
+#[test]
+fn server_add_power_drivers_and_their_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    let macs = std::cell::Cell::new(0);
+    let add = |name: &str, power: &[&str]| {
+        macs.set(macs.get() + 1);
+        let mac = format!("52:54:00:aa:cc:{:02x}", macs.get());
+        byoi(&c, &[&["server", "add", name, "--mac", &mac], power].concat())
+    };
+    let redfish = [
+        "--power",
+        "redfish",
+        "--power-arg",
+        "url=https://bmc.example",
+        "--power-arg",
+        "user=admin",
+        "--power-arg",
+        "password=s3cret",
+        "--power-arg",
+        "system=System.Embedded.1",
+        "--power-arg",
+        "insecure=true",
+    ];
+    assert_eq!(stdout(&add("rf1", &redfish)).trim(), r#"added rf1 (["52:54:00:aa:cc:01"])"#);
+    let (_, s) = http(&c.addr, "GET", "/dedicated/server/rf1", Some(&c.token), None);
+    assert_eq!(serde_json::from_str::<Value>(&s).unwrap()["power"]["kind"], "redfish");
+    stdout(&add("rf2", &redfish[..8]));
+    stdout(&add(
+        "ipmi1",
+        &[
+            "--power",
+            "ipmi",
+            "--power-arg",
+            "host=10.0.0.9",
+            "--power-arg",
+            "user=admin",
+            "--power-arg",
+            "password=s3cret",
+        ],
+    ));
+
+    // Refusals name the key and never the password; nothing reaches the controller.
+    for (power, message) in [
+        (&redfish[..6], "--power redfish needs --power-arg password=…"),
+        (
+            &["--power", "ipmi", "--power-arg", "user=admin", "--power-arg", "password=s3cret"][..],
+            "--power ipmi needs --power-arg host=…",
+        ),
+        (
+            &[
+                "--power",
+                "redfish",
+                "--power-arg",
+                "url=https://bmc",
+                "--power-arg",
+                "user=a",
+                "--power-arg",
+                "pasword=s3cret",
+            ][..],
+            "--power redfish takes no --power-arg pasword (it takes url, user, password, [system], [insecure])",
+        ),
+        (&["--power", "ipmi", "--power-arg", "s3cret"][..], "--power-arg 1 is not KEY=VALUE"),
+        (&[&redfish[..], &["--power-arg", "insecure=yes"]].concat()[..], "--power-arg insecure is given twice"),
+        (&["--power", "redfish", "--power-arg", "insecure=s3cret"][..], "--power-arg insecure is true or false"),
+        (&["--power", "manual", "--power-arg", "password=s3cret"][..], "--power manual takes no --power-arg"),
+        (&["--power", "command"][..], "--power command needs its argv"),
+    ] {
+        let err = stderr(&add("bad", power), 2, &c.token);
+        assert!(err.contains(message), "{power:?}: {err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    let (_, names) = http(&c.addr, "GET", "/dedicated/server", Some(&c.token), None);
+    assert_eq!(names, r#"["ipmi1","rf1","rf2"]"#);
+}
+
+#[test]
+fn cancel_and_deploy_report_a_failed_power_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    stdout(&byoi(
+        &c,
+        &["server", "add", "b1", "--mac", "52:54:00:aa:dd:01", "--power", "command", "--power-arg", "false"],
+    ));
+    let err = stderr(&byoi(&c, &["deploy", "b1", "--url", "http://img/x.raw"]), 3, &c.token);
+    assert!(err.starts_with("error: could not power-cycle b1: false failed"), "{err}");
+    // The deployment exists, ended in error (power-failed), so it can be cancelled.
+    let out = byoi(&c, &["cancel", "b1"]);
+    let err = stderr(&out, 3, &c.token);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "deployment erased; the server boots into rescue");
+    assert!(
+        err.starts_with("could not power-cycle b1: false failed") && err.trim_end().ends_with("; reboot it by hand"),
+        "{err}"
+    );
+    for cmd in ["deploy", "cancel", "status"] {
+        let help = stdout(&Command::new(env!("CARGO_BIN_EXE_byoi")).args([cmd, "--help"]).output().unwrap());
+        assert!(help.contains("Exit status:") && help.contains("3  "), "{cmd}: {help}");
+    }
+}
+
+#[test]
+fn deploy_on_a_server_with_manual_power_says_to_reboot_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    stdout(&byoi(&c, &["server", "add", "m1", "--mac", "52:54:00:aa:ee:01"]));
+    let out = byoi(&c, &["deploy", "m1", "--url", "http://img/x.raw"]);
+    let err = stderr(&out, 0, &c.token);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("deployment 1 on m1: \"doing\""));
+    assert_eq!(err.trim(), "m1 has manual power: reboot it by hand now; it must netboot (PXE) to start the deployment");
+    let out = byoi(&c, &["cancel", "m1"]);
+    assert_eq!(
+        stderr(&out, 0, &c.token).trim(),
+        "m1 has manual power: reboot it by hand now; it must netboot (PXE) to boot into rescue"
+    );
+
+    // Errors never show the token: a refused one, an unreachable controller.
+    let err = stderr(&byoi_at(&format!("http://{}", c.addr), "wrong-token-123", &["servers"]), 2, "wrong-token-123");
+    assert!(err.contains("(HTTP 401 Unauthorized)"), "{err}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let err = stderr(&byoi_at(&format!("http://{closed}"), &c.token, &["status", "m1"]), 2, &c.token);
+    assert!(err.contains(&format!("cannot reach the controller at http://{closed}/")), "{err}");
+}
+
+/// `powerCycle` in the answers to POST and DELETE, which `byoi serve` does
+/// not send yet: the CLI believes it and asks nothing more.
+#[test]
+fn the_controller_says_what_it_did_about_the_power() {
+    const TOKEN: &str = "fake-token-42";
+    let deploy = |answer: Value| {
+        let (url, seen) = fake_controller(vec![(200, answer)]);
+        let out = byoi_at(&url, TOKEN, &["deploy", "f1", "--url", "http://img/x.raw"]);
+        let seen = seen.lock().unwrap().clone();
+        (out, seen)
+    };
+    let started = json!({"deploymentId": 7, "status": "doing", "message": "starting"});
+    for (cycle, hint) in [("done", false), ("skipped", false), ("manual", true)] {
+        let mut answer = started.clone();
+        answer["powerCycle"] = json!(cycle);
+        let (out, seen) = deploy(answer);
+        assert_eq!(seen, [r#"POST /dedicated/server/f1/bringYourOwnImage {"URL":"http://img/x.raw"}"#]);
+        let err = stderr(&out, 0, TOKEN);
+        assert_eq!(err.contains("f1 has manual power: reboot it by hand now"), hint, "{cycle}: {err}");
+    }
+    let (url, _) = fake_controller(vec![(
+        502,
+        json!({"message": "could not power-cycle f1: the BMC said no", "powerCycle": "failed", "powerError": "the BMC said no"}),
+    )]);
+    let err = stderr(&byoi_at(&url, TOKEN, &["deploy", "f1", "--url", "http://img/x.raw"]), 3, TOKEN);
+    assert_eq!(err.trim(), "error: could not power-cycle f1: the BMC said no");
+
+    let erased = json!({"message": "deployment erased; the server boots into rescue", "deploymentId": 7});
+    for (cycle, code, said) in [
+        (json!({"powerCycle": "done"}), 0, ""),
+        (
+            json!({"powerCycle": "manual"}),
+            0,
+            "f1 has manual power: reboot it by hand now; it must netboot (PXE) to boot into rescue",
+        ),
+        (
+            json!({"powerCycle": "failed", "powerError": "the BMC said no"}),
+            3,
+            "could not power-cycle f1: the BMC said no; reboot it by hand",
+        ),
+    ] {
+        let mut answer = erased.clone();
+        answer.as_object_mut().unwrap().extend(cycle.as_object().unwrap().clone());
+        let (url, seen) = fake_controller(vec![(200, answer)]);
+        let out = byoi_at(&url, TOKEN, &["cancel", "f1"]);
+        assert_eq!(stderr(&out, code, TOKEN).trim(), said);
+        assert_eq!(seen.lock().unwrap().clone(), ["DELETE /dedicated/server/f1/bringYourOwnImage"]);
+    }
 }
