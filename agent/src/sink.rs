@@ -9,7 +9,6 @@
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use crate::error::{DeployError, Result};
-use crate::target::DIRECT_ALIGN;
 
 /// Bytes at the start and at the end of the disk that are kept in memory
 /// until the very end, so that the partition tables (primary and backup
@@ -55,6 +54,11 @@ impl ImageSink for Vec<u8> {
         Ok(())
     }
 }
+
+/// Alignment of memory, offset and length for `O_DIRECT` writes: a page,
+/// which covers every logical block size up to 4Kn. The writer's runs start
+/// on it, so that a [`Target`] can write them without a copy.
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// A disk (block device or regular file) as the writer needs it.
 pub trait Target: Send + Sync {
