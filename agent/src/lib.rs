@@ -25,6 +25,7 @@ pub mod sink;
 pub mod slice;
 pub mod source;
 pub mod target;
+mod util;
 pub mod vmdk;
 
 pub use deploy::{deploy, DeployRequest, Deployed};

@@ -19,6 +19,7 @@ use crate::checksum::{to_hex, Algorithm, HashThread, Hasher};
 use crate::error::{DeployError, Result};
 use crate::progress::Progress;
 use crate::sink::ImageSink;
+use crate::util::read_full;
 use crate::vmdk::{self, Descriptor, ExtentKind, SECTOR};
 
 /// Bytes of a tar block.
@@ -187,7 +188,7 @@ impl<'r> Tar<'r> {
             return Ok(true);
         }
         let mut chunk = BytesMut::zeroed(CHUNK);
-        let n = crate::qcow2::read_full(&mut self.inner, &mut chunk).map_err(read_err)?;
+        let n = read_full(&mut self.inner, &mut chunk).map_err(read_err)?;
         chunk.truncate(n);
         self.buf = chunk.freeze();
         Ok(n > 0)
@@ -983,7 +984,7 @@ fn decode_disk(
     decoded: &mut Option<(u64, String)>,
 ) -> Result<Plan> {
     let mut head = vec![0u8; crate::format::SNIFF_LEN];
-    let n = crate::qcow2::read_full(r, &mut head).map_err(read_err)?;
+    let n = read_full(r, &mut head).map_err(read_err)?;
     head.truncate(n);
     let done = |size: u64| Plan { pending: VecDeque::new(), files: Vec::new(), base: size, size };
     if head.starts_with(&vmdk::MAGIC) {

@@ -9,6 +9,7 @@
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use crate::error::{DeployError, Result};
+use crate::util::{read_full, GPT_SIGNATURE};
 
 /// Bytes at the start and at the end of the disk that are kept in memory
 /// until the very end, so that the partition tables (primary and backup
@@ -101,7 +102,7 @@ pub fn copy_at(
             return Err(DeployError::Aborted);
         }
         let want = (len - done).min(buf.len() as u64) as usize;
-        let n = crate::qcow2::read_full(r, &mut buf[..want]).map_err(&read_err)?;
+        let n = read_full(r, &mut buf[..want]).map_err(&read_err)?;
         if n == 0 {
             break;
         }
@@ -527,9 +528,6 @@ pub fn wipe_ends(target: &dyn Target) -> io::Result<()> {
     }
     target.sync()
 }
-
-/// GPT header signature, UEFI spec §5.3.2.
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 
 /// Refuses an image whose GPT was made for another logical sector size than
 /// the target's: the firmware would not find it (coreos-installer's
