@@ -260,6 +260,7 @@ fn finishing(args: &DeployArgs, target_is_block: bool) -> Result<Finishing, Depl
         Some(_) if target_is_block => efivars::disk_prefix_of(&args.target).unwrap_or_default(),
         _ => Vec::new(),
     };
+    let efivars = efivars.as_deref().map(efivars::open);
     Ok(Finishing { configdrive, firmware, efi_loader: args.efi_loader.clone(), efivars, efi_disk, outcome: None })
 }
 

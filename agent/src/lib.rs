@@ -6,6 +6,7 @@
 //! [`qcow2`] decoding → [`sink::DiskWriter`] (zero skipping, held-back first
 //! MiB) → [`target`] (block device or file). [`deploy`] wires them.
 
+pub mod bootentry;
 pub mod checksum;
 pub mod configdrive;
 pub mod deploy;

@@ -189,7 +189,7 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
         configdrive,
         firmware: if uefi { Firmware::Uefi } else { Firmware::Legacy },
         efi_loader: job.efi_loader.clone(),
-        efivars: if uefi { env.efivars.clone() } else { None },
+        efivars: if uefi { env.efivars.as_deref().map(efivars::open) } else { None },
         efi_disk: if uefi { efivars::disk_prefix_of(&path).unwrap_or_default() } else { Vec::new() },
         outcome: None,
     };
