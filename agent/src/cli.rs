@@ -278,6 +278,7 @@ fn host(args: &DeployArgs, spec: &DeploySpec, target_is_block: bool) -> Host {
         Some(_) if target_is_block => efivars::disk_prefix_of(&args.target).unwrap_or_default(),
         _ => Vec::new(),
     };
+    let efivars = efivars.as_deref().map(efivars::open);
     Host { firmware: Some(if host_uefi { BootMode::Uefi } else { BootMode::Legacy }), efivars, efi_disk }
 }
 

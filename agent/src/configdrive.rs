@@ -8,6 +8,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use byoi_wire::spec::ConfigDriveSpec;
 use serde_json::json;
 
+use crate::util::{le16, le32};
+
 /// Size of the partition we add (Ironic's habit).
 pub const PARTITION_SIZE: u64 = 64 << 20;
 
@@ -187,11 +189,11 @@ fn write_root_label<D: Read + Write + Seek>(part: &mut D, label: [u8; 11]) -> io
     let mut bpb = [0u8; 512];
     part.seek(SeekFrom::Start(0))?;
     part.read_exact(&mut bpb)?;
-    let bytes_per_sector = u64::from(u16::from_le_bytes([bpb[11], bpb[12]]));
-    let reserved = u64::from(u16::from_le_bytes([bpb[14], bpb[15]]));
+    let bytes_per_sector = u64::from(le16(&bpb, 11));
+    let reserved = u64::from(le16(&bpb, 14));
     let fats = u64::from(bpb[16]);
-    let root_entries = u16::from_le_bytes([bpb[17], bpb[18]]);
-    let fat16_size = u64::from(u16::from_le_bytes([bpb[22], bpb[23]]));
+    let root_entries = le16(&bpb, 17);
+    let fat16_size = u64::from(le16(&bpb, 22));
     if root_entries == 0 || fat16_size == 0 {
         // FAT32: the root directory is a cluster chain; the boot-sector
         // label is what blkid falls back to.
@@ -218,14 +220,14 @@ fn fix_dot_entries<D: Read + Write + Seek>(part: &mut D) -> io::Result<()> {
     let mut bpb = [0u8; 512];
     part.seek(SeekFrom::Start(0))?;
     part.read_exact(&mut bpb)?;
-    let u16_at = |at: usize| u64::from(u16::from_le_bytes([bpb[at], bpb[at + 1]]));
+    let u16_at = |at: usize| u64::from(le16(&bpb, at));
     let bps = u16_at(11);
     let cluster = u64::from(bpb[13]) * bps;
     let reserved = u16_at(14);
     let fats = u64::from(bpb[16]);
     let root_entries = u16_at(17);
     let fat_size = match u16_at(22) {
-        0 => u64::from(u32::from_le_bytes([bpb[36], bpb[37], bpb[38], bpb[39]])),
+        0 => u64::from(le32(&bpb, 36)),
         n => n,
     };
     let root_start = (reserved + fats * fat_size) * bps;
@@ -235,7 +237,7 @@ fn fix_dot_entries<D: Read + Write + Seek>(part: &mut D) -> io::Result<()> {
     let mut todo = vec![if root_entries > 0 {
         (root_start, root_entries)
     } else {
-        let root_cluster = u64::from(u32::from_le_bytes([bpb[44], bpb[45], bpb[46], bpb[47]]));
+        let root_cluster = u64::from(le32(&bpb, 44));
         (cluster_offset(root_cluster), cluster / 32)
     }];
     while let Some((offset, slots)) = todo.pop() {
@@ -264,8 +266,7 @@ fn fix_dot_entries<D: Read + Write + Seek>(part: &mut D) -> io::Result<()> {
             if entry[0] == DELETED || entry[11] == ATTR_LFN || entry[11] & ATTR_DIRECTORY == 0 || entry[0] == b'.' {
                 continue;
             }
-            let c = (u64::from(u16::from_le_bytes([entry[20], entry[21]])) << 16)
-                | u64::from(u16::from_le_bytes([entry[26], entry[27]]));
+            let c = (u64::from(le16(entry, 20)) << 16) | u64::from(le16(entry, 26));
             if c >= 2 {
                 todo.push((cluster_offset(c), cluster / 32));
             }

@@ -15,9 +15,10 @@ use crate::error::{DeployError, Result};
 use crate::format::{self, ImageType, Sniffed, Wrapper, SNIFF_LEN};
 use crate::ova::{Ova, OvaDecoded};
 use crate::progress::Progress;
-use crate::qcow2::{self, read_full, DecodeStats, Header};
+use crate::qcow2::{self, DecodeStats, Header};
 use crate::sink::{self, DiskWriter, Target, WriteStats};
 use crate::source::{self, SourceOptions};
+use crate::util::read_full;
 
 /// What to deploy.
 #[derive(Debug, Clone)]

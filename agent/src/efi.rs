@@ -1,6 +1,7 @@
 //! UEFI boot entries, pure: `EFI_LOAD_OPTION` encoding and decoding (UEFI
 //! spec §3.1.3), device paths (§10.3), and where our entry goes in
-//! `BootOrder`. Reading and writing the variables is [`crate::efivars`].
+//! `BootOrder`. The entry's plan is [`crate::bootentry`]'s; the variables'
+//! files, [`crate::efivars`]'s.
 
 /// `LOAD_OPTION_ACTIVE`.
 pub const LOAD_OPTION_ACTIVE: u32 = 0x0000_0001;

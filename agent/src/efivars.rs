@@ -1,69 +1,62 @@
-//! EFI variables through efivarfs (or, in tests, any directory of files in
-//! efivarfs format: 4-byte attributes, then the data), and installing our
-//! boot entry: `Boot####`, `BootOrder`, `BootNext`.
+//! The I/O edge for EFI variables: [`Efivarfs`] (the kernel's files, whose
+//! immutable flag is cleared with `FS_IOC_SETFLAGS` before a write) and
+//! [`VarDir`] (any directory of files in efivarfs format: 4-byte
+//! attributes, then the data), both [`EfiVars`]; and the firmware's device
+//! path of a disk, read from sysfs.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::efi::{self, DiskNode, HardDrive, LoadOption};
+use crate::bootentry::EfiVars;
+use crate::efi::{self, DiskNode};
 use crate::ioctl;
+use crate::util::le32;
 
-/// `EFI_GLOBAL_VARIABLE`.
-pub const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
-/// NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS.
-pub const ATTRS_NV_BS_RT: u32 = 0x7;
 /// Where the kernel mounts efivarfs.
 pub const EFIVARFS: &str = "/sys/firmware/efi/efivars";
 /// statfs magic of efivarfs (the literal takes glibc's i64 or musl's u64).
 const EFIVARFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xde5e_81e4);
 
-/// A directory of EFI variables.
-#[derive(Debug, Clone)]
-pub struct EfiVars {
-    dir: PathBuf,
-    efivarfs: bool,
+/// The EFI variables in `dir`: [`Efivarfs`] when efivarfs is mounted there,
+/// else a [`VarDir`]. Nothing else is checked until the first read or
+/// write.
+pub fn open(dir: &Path) -> Arc<dyn EfiVars> {
+    let efivarfs = nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == EFIVARFS_MAGIC);
+    if efivarfs {
+        Arc::new(Efivarfs::new(dir))
+    } else {
+        Arc::new(VarDir::new(dir))
+    }
 }
 
-impl EfiVars {
-    /// Opens `dir` (efivarfs, or a plain directory in tests).
-    pub fn open(dir: &Path) -> io::Result<EfiVars> {
-        if !dir.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is not a directory", dir.display())));
-        }
-        let efivarfs = nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == EFIVARFS_MAGIC);
-        Ok(EfiVars { dir: dir.to_owned(), efivarfs })
+/// A directory of EFI variables in efivarfs format, one file per variable
+/// named `Name-guid`: 4 bytes of attributes (little endian), then the data.
+#[derive(Debug, Clone)]
+pub struct VarDir {
+    dir: PathBuf,
+}
+
+impl VarDir {
+    /// The variables in `dir`, which must be a directory when they are read
+    /// or written.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        VarDir { dir: dir.into() }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}-{GLOBAL}"))
+    /// The file of variable `name`, once the directory is known to be one.
+    fn path(&self, name: &str, guid: &str) -> io::Result<PathBuf> {
+        if !self.dir.is_dir() {
+            let e = format!("{} is not a directory", self.dir.display());
+            return Err(io::Error::new(io::ErrorKind::NotFound, e));
+        }
+        Ok(self.dir.join(format!("{name}-{guid}")))
     }
 
-    /// Reads a global variable: (attributes, data).
-    pub fn read(&self, name: &str) -> io::Result<Option<(u32, Vec<u8>)>> {
-        let mut buf = Vec::new();
-        match File::open(self.path(name)) {
-            Ok(mut f) => f.read_to_end(&mut buf)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if buf.len() < 4 {
-            return Ok(None);
-        }
-        let attrs = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        Ok(Some((attrs, buf.split_off(4))))
-    }
-
-    /// Writes a global variable in one `write()`, as efivarfs requires.
-    pub fn write(&self, name: &str, attrs: u32, data: &[u8]) -> io::Result<()> {
-        let path = self.path(name);
-        if let Ok(f) = File::open(&path) {
-            ioctl::clear_immutable(&f)?;
-        }
-        let mut opts = OpenOptions::new();
-        // efivarfs replaces the variable on write and does not truncate.
-        opts.write(true).create(true).truncate(!self.efivarfs);
-        let mut f = opts.open(&path)?;
+    /// Writes `path` in one `write()`, as efivarfs requires.
+    fn write_file(path: &Path, truncate: bool, name: &str, attrs: u32, data: &[u8]) -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(truncate).open(path)?;
         let mut buf = attrs.to_le_bytes().to_vec();
         buf.extend_from_slice(data);
         let n = f.write(&buf)?;
@@ -72,27 +65,80 @@ impl EfiVars {
         }
         Ok(())
     }
+}
 
-    /// All `Boot####` entries that decode.
-    pub fn boot_entries(&self) -> io::Result<Vec<(u16, LoadOption)>> {
+impl std::fmt::Display for VarDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.dir.display().fmt(f)
+    }
+}
+
+impl EfiVars for VarDir {
+    fn read(&self, name: &str, guid: &str) -> io::Result<Option<(u32, Vec<u8>)>> {
+        let mut buf = Vec::new();
+        match File::open(self.path(name, guid)?) {
+            Ok(mut f) => f.read_to_end(&mut buf)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        Ok(Some((le32(&buf, 0), buf.split_off(4))))
+    }
+
+    fn write(&self, name: &str, guid: &str, attrs: u32, data: &[u8]) -> io::Result<()> {
+        VarDir::write_file(&self.path(name, guid)?, true, name, attrs, data)
+    }
+
+    fn names(&self, guid: &str) -> io::Result<Vec<String>> {
+        self.path("", guid)?;
+        let suffix = format!("-{guid}");
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            let Some(num) = name.strip_suffix(&format!("-{GLOBAL}")).and_then(|n| n.strip_prefix("Boot")) else {
-                continue;
-            };
-            let Ok(n) = u16::from_str_radix(num, 16) else { continue };
-            if num.len() != 4 {
-                continue;
-            }
-            if let Some((_, data)) = self.read(&format!("Boot{n:04X}"))? {
-                if let Some(opt) = efi::parse_load_option(&data) {
-                    out.push((n, opt));
-                }
+            if let Some(n) = name.strip_suffix(&suffix) {
+                out.push(n.to_owned());
             }
         }
-        out.sort_by_key(|(n, _)| *n);
         Ok(out)
+    }
+}
+
+/// efivarfs, the kernel's view of the firmware's variables: a [`VarDir`]
+/// whose existing variables are immutable files until the flag is cleared,
+/// and whose files are replaced by a write, never truncated.
+#[derive(Debug, Clone)]
+pub struct Efivarfs(VarDir);
+
+impl Efivarfs {
+    /// efivarfs mounted on `dir` (usually [`EFIVARFS`]).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Efivarfs(VarDir::new(dir))
+    }
+}
+
+impl std::fmt::Display for Efivarfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl EfiVars for Efivarfs {
+    fn read(&self, name: &str, guid: &str) -> io::Result<Option<(u32, Vec<u8>)>> {
+        self.0.read(name, guid)
+    }
+
+    fn write(&self, name: &str, guid: &str, attrs: u32, data: &[u8]) -> io::Result<()> {
+        let path = self.0.path(name, guid)?;
+        if let Ok(f) = File::open(&path) {
+            ioctl::clear_immutable(&f)?;
+        }
+        VarDir::write_file(&path, false, name, attrs, data)
+    }
+
+    fn names(&self, guid: &str) -> io::Result<Vec<String>> {
+        self.0.names(guid)
     }
 }
 
@@ -128,24 +174,28 @@ pub fn disk_prefix_of(dev: &Path) -> Option<Vec<u8>> {
     efi::disk_prefix(&sys, root_uid, leaf)
 }
 
-/// Writes our boot entry for `loader` on `hd` of `disk` (a
-/// [`disk_prefix_of`], or empty for the short form): reuses the `Boot####` that
-/// already says `byoi`, else the lowest free number; puts it in `BootOrder`
-/// after the network entries; sets `BootNext`. Returns the number.
-pub fn install_boot_entry(vars: &EfiVars, disk: &[u8], hd: &HardDrive, loader: &str) -> io::Result<u16> {
-    let entries = vars.boot_entries()?;
-    let number = entries
-        .iter()
-        .find(|(_, o)| o.description == efi::DESCRIPTION)
-        .map(|(n, _)| *n)
-        .or_else(|| (0..=0xffffu16).find(|n| !entries.iter().any(|(m, _)| m == n)))
-        .ok_or_else(|| io::Error::other("no free Boot#### number"))?;
-    let option = efi::load_option(efi::LOAD_OPTION_ACTIVE, efi::DESCRIPTION, &efi::device_path(disk, hd, loader));
-    vars.write(&format!("Boot{number:04X}"), ATTRS_NV_BS_RT, &option)?;
-    let order = vars.read("BootOrder")?.map(|(_, d)| efi::parse_boot_order(&d)).unwrap_or_default();
-    let network = |n: u16| entries.iter().any(|(m, o)| *m == n && efi::is_network(o));
-    let order = efi::boot_order_with(&order, number, network);
-    vars.write("BootOrder", ATTRS_NV_BS_RT, &efi::encode_boot_order(&order))?;
-    vars.write("BootNext", ATTRS_NV_BS_RT, &number.to_le_bytes())?;
-    Ok(number)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootentry::{ATTRS_NV_BS_RT, GLOBAL};
+
+    #[test]
+    fn a_directory_holds_variables_in_efivarfs_format() {
+        let d = tempfile::tempdir().unwrap();
+        let vars = open(d.path());
+        assert_eq!(vars.to_string(), d.path().display().to_string());
+        vars.write("BootNext", GLOBAL, ATTRS_NV_BS_RT, &[3, 0]).unwrap();
+        vars.write("BootNext", GLOBAL, ATTRS_NV_BS_RT, &[4]).unwrap();
+        vars.write("Other", "12345678-0000-0000-0000-000000000000", 1, b"x").unwrap();
+        let file = d.path().join(format!("BootNext-{GLOBAL}"));
+        assert_eq!(std::fs::read(file).unwrap(), [7, 0, 0, 0, 4], "rewritten, and truncated");
+        assert_eq!(vars.read("BootNext", GLOBAL).unwrap(), Some((ATTRS_NV_BS_RT, vec![4])));
+        assert_eq!(vars.read("BootOrder", GLOBAL).unwrap(), None);
+        assert_eq!(vars.names(GLOBAL).unwrap(), ["BootNext"]);
+
+        let gone = VarDir::new(d.path().join("nope"));
+        let e = gone.names(GLOBAL).unwrap_err();
+        assert!(e.to_string().ends_with("nope is not a directory"), "{e}");
+        assert!(gone.read("BootOrder", GLOBAL).is_err());
+    }
 }

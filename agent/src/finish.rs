@@ -3,15 +3,18 @@
 //! ConfigDrive, and (UEFI) point the firmware at the image's loader.
 //!
 //! Pure logic over `Read + Write + Seek` ([`Finishing::run_on`]); the
-//! pipeline hands it the disk's [`Overlay`](crate::sink::Overlay).
+//! pipeline hands it the disk's [`Overlay`](crate::sink::Overlay). The boot
+//! entry comes back as a [`BootPlan`], planned from the firmware's variables
+//! as an [`EfiVars`] reads them; the pipeline's [`Finish`] step writes it
+//! through the same trait before the commit.
 
 use std::io::{Cursor, Read, Seek, Write};
-use std::path::PathBuf;
+use std::sync::Arc;
 
+use crate::bootentry::{BootPlan, EfiVars};
 use crate::configdrive::{self, ConfigDrive};
 use crate::deploy::Finish;
-use crate::efi::{HardDrive, Signature};
-use crate::efivars::{self, EfiVars};
+use crate::efi::{self, HardDrive, Signature};
 use crate::error::{DeployError, Result};
 use crate::partition::{self, Gpt, Guid, Mbr, TableError};
 use crate::sink::DiskWriter;
@@ -41,8 +44,9 @@ pub struct Finishing {
     pub firmware: Firmware,
     /// The loader to boot (`efiBootloaderPath`); found on the ESP if absent.
     pub efi_loader: Option<String>,
-    /// Where to write the boot entry; `None` writes no EFI variable.
-    pub efivars: Option<PathBuf>,
+    /// The firmware's variables, where the boot entry goes (efivarfs, a
+    /// directory in its format, memory); `None` writes no EFI variable.
+    pub efivars: Option<Arc<dyn EfiVars>>,
     /// The firmware's device path of the target disk, put before the
     /// entry's `HD()` node; empty: the short form `HD()/File()`.
     pub efi_disk: Vec<u8>,
@@ -61,6 +65,9 @@ pub struct Finished {
     pub esp: Option<HardDrive>,
     /// The loader the boot entry points at.
     pub loader: Option<String>,
+    /// The boot entry to write, when the firmware is UEFI and
+    /// [`Finishing::efivars`] is set.
+    pub boot_plan: Option<BootPlan>,
     /// The `Boot####` written.
     pub boot_entry: Option<u16>,
 }
@@ -121,7 +128,8 @@ impl Finishing {
         }
     }
 
-    /// Runs the steps on a disk of `size` bytes with `sector`-byte sectors.
+    /// Runs the steps on a disk of `size` bytes with `sector`-byte sectors,
+    /// and plans the boot entry (reading, never writing, the EFI variables).
     pub fn run_on<D: Read + Write + Seek>(&self, d: &mut D, size: u64, sector: u32) -> Result<Finished> {
         let s = u64::from(sector);
         let lbas = size / s;
@@ -156,17 +164,27 @@ impl Finishing {
         if self.firmware == Firmware::Uefi {
             let esp = find_esp(&t).ok_or(DeployError::NoEfiPartition)?;
             let loader = self.choose_loader(d, &esp, s)?;
-            if let Some(dir) = &self.efivars {
-                let vars = EfiVars::open(dir)
-                    .map_err(|e| DeployError::BootEntry(format!("cannot use {}: {e}", dir.display())))?;
-                let n = efivars::install_boot_entry(&vars, &self.efi_disk, &esp, &loader)
-                    .map_err(|e| DeployError::BootEntry(format!("writing EFI variables in {}: {e}", dir.display())))?;
-                done.boot_entry = Some(n);
+            if let Some(vars) = &self.efivars {
+                let path = efi::device_path(&self.efi_disk, &esp, &loader);
+                let option = efi::load_option(efi::LOAD_OPTION_ACTIVE, efi::DESCRIPTION, &path);
+                let plan = BootPlan::read(vars.as_ref(), option)
+                    .map_err(|e| DeployError::BootEntry(format!("cannot use {vars}: {e}")))?;
+                done.boot_plan = Some(plan);
             }
             done.esp = Some(esp);
             done.loader = Some(loader);
         }
         Ok(done)
+    }
+
+    /// Writes the boot entry `done` plans (see [`Finishing::run_on`]) to
+    /// [`Finishing::efivars`]; records its number in `done`.
+    pub fn write_boot_entry(&self, done: &mut Finished) -> Result<()> {
+        let (Some(vars), Some(plan)) = (&self.efivars, &done.boot_plan) else { return Ok(()) };
+        plan.write(vars.as_ref())
+            .map_err(|e| DeployError::BootEntry(format!("writing EFI variables in {vars}: {e}")))?;
+        done.boot_entry = Some(plan.number);
+        Ok(())
     }
 
     /// The loader to boot: the one asked for (which must exist), else the
@@ -286,9 +304,102 @@ impl Finish for Finishing {
     fn finish(&mut self, w: &mut DiskWriter<'_>) -> Result<()> {
         let mut o = w.overlay()?;
         let (size, sector) = (o.size(), o.sector_size());
-        let done = self.run_on(&mut o, size, sector)?;
+        let mut done = self.run_on(&mut o, size, sector)?;
+        // Before the commit (docs/lifecycle.md): should the commit fail,
+        // `BootNext` names a disk without partition tables, and the firmware
+        // falls through to netboot.
+        self.write_boot_entry(&mut done)?;
         tracing::info!(?done, "finishing steps done");
         self.outcome = Some(done);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Cursor, Write};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::bootentry::{MemVars, ATTRS_NV_BS_RT, GLOBAL};
+    use crate::sink::ImageSink;
+    use crate::target::DiskTarget;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A 16 MiB MBR disk (signature 0x1234abcd) whose one partition, at
+    /// 1 MiB, is an 8 MiB EFI system partition holding the fallback loader.
+    fn uefi_image() -> Vec<u8> {
+        let mut disk = Cursor::new(vec![0u8; 16 * MIB as usize]);
+        let mut esp = Slice::new(&mut disk, MIB, 8 * MIB);
+        fatfs::format_volume(&mut esp, fatfs::FormatVolumeOptions::new()).unwrap();
+        let fs = fatfs::FileSystem::new(esp, fatfs::FsOptions::new()).unwrap();
+        {
+            let boot = fs.root_dir().create_dir("EFI").unwrap().create_dir("BOOT").unwrap();
+            boot.create_file("BOOTX64.EFI").unwrap().write_all(b"MZ").unwrap();
+        }
+        fs.unmount().unwrap();
+        let mut mbr = Mbr { raw: [0u8; 512] };
+        mbr.raw[440..444].copy_from_slice(&0x1234_abcdu32.to_le_bytes());
+        mbr.raw[510..].copy_from_slice(&[0x55, 0xaa]);
+        mbr.set_entry(0, partition::MBR_ESP, 2048, 16384);
+        mbr.write(&mut disk).unwrap();
+        disk.into_inner()
+    }
+
+    fn uefi_with(vars: &Arc<MemVars>) -> Finishing {
+        let efivars: Arc<dyn EfiVars> = vars.clone();
+        Finishing { firmware: Firmware::Uefi, efivars: Some(efivars), ..Finishing::default() }
+    }
+
+    #[test]
+    fn run_on_plans_the_boot_entry_and_writes_no_variable() {
+        let vars = Arc::new(MemVars::new());
+        vars.write("BootOrder", GLOBAL, ATTRS_NV_BS_RT, &efi::encode_boot_order(&[5])).unwrap();
+        let mut disk = Cursor::new(uefi_image());
+        let done = uefi_with(&vars).run_on(&mut disk, 16 * MIB, 512).unwrap();
+
+        assert_eq!(done.loader.as_deref(), Some(FALLBACK_LOADER));
+        let esp = done.esp.unwrap();
+        assert_eq!(esp, HardDrive { number: 1, start: 2048, size: 16384, signature: Signature::Mbr(0x1234_abcd) });
+        let plan = done.boot_plan.unwrap();
+        let path = efi::device_path(&[], &esp, FALLBACK_LOADER);
+        assert_eq!(plan.load_option, efi::load_option(efi::LOAD_OPTION_ACTIVE, efi::DESCRIPTION, &path));
+        assert_eq!((plan.number, plan.boot_order), (0, vec![0, 5]));
+        assert_eq!(vars.written(), ["BootOrder"], "run_on wrote EFI variables");
+        assert_eq!(done.boot_entry, None);
+    }
+
+    /// ARCHITECTURE.md: EFI variables are written during finishing, before
+    /// the commit of the held-back ends.
+    #[test]
+    fn the_finish_step_writes_the_variables_before_the_commit() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(32 * MIB).unwrap();
+        let target = DiskTarget::open(file.path(), false).unwrap();
+        let vars = Arc::new(MemVars::new());
+        let mut finishing = uefi_with(&vars);
+        let mut w = DiskWriter::new(&target, "raw");
+        w.wipe_ends().unwrap();
+        w.write_at(0, &uefi_image()).unwrap();
+        w.flush().unwrap();
+
+        Finish::finish(&mut finishing, &mut w).unwrap();
+        assert_eq!(vars.written(), ["Boot0000", "BootOrder", "BootNext"]);
+        let first_sector = || std::fs::read(file.path()).unwrap()[..512].to_vec();
+        assert!(first_sector().iter().all(|&b| b == 0), "the MBR was on the disk before the variables");
+        assert_eq!(finishing.outcome.as_ref().and_then(|o| o.boot_entry), Some(0));
+
+        w.commit().unwrap();
+        assert_eq!(first_sector()[510..], [0x55, 0xaa]);
+    }
+
+    #[test]
+    fn legacy_firmware_plans_no_boot_entry() {
+        let vars = Arc::new(MemVars::new());
+        let finishing = Finishing { firmware: Firmware::Legacy, ..uefi_with(&vars) };
+        let done = finishing.run_on(&mut Cursor::new(uefi_image()), 16 * MIB, 512).unwrap();
+        assert_eq!((done.esp, done.boot_plan), (None, None));
+        assert!(vars.written().is_empty());
     }
 }

@@ -2,6 +2,7 @@
 //! Content-Type.
 
 use crate::qcow2::header::MAGIC as QCOW2_MAGIC;
+use crate::util::GPT_SIGNATURE;
 
 /// Image types an operator can declare (`--type`, OVH's `type`).
 pub use byoi_wire::ImageType;
@@ -89,7 +90,7 @@ pub fn sniff(head: &[u8]) -> Sniffed {
 /// Whether a raw image starts with a partition table: an MBR boot
 /// signature, or a GPT header after a 512- or 4096-byte sector.
 pub fn has_partition_table(head: &[u8]) -> bool {
-    at(head, 510, &[0x55, 0xaa]) || at(head, 512, b"EFI PART") || at(head, 4096, b"EFI PART")
+    at(head, 510, &[0x55, 0xaa]) || at(head, 512, GPT_SIGNATURE) || at(head, 4096, GPT_SIGNATURE)
 }
 
 /// A guess at what a raw image without a partition table holds, for the

@@ -7,6 +7,7 @@
 //! MiB) → [`target`] (block device or file). [`deploy`] wires them;
 //! [`plan`] turns a [`byoi_wire::DeploySpec`] into what `deploy` runs.
 
+pub mod bootentry;
 pub mod checksum;
 pub mod configdrive;
 pub mod deploy;
@@ -27,6 +28,7 @@ pub mod sink;
 pub mod slice;
 pub mod source;
 pub mod target;
+mod util;
 pub mod vmdk;
 
 pub use deploy::{deploy, DeployRequest, Deployed};

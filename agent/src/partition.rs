@@ -5,8 +5,8 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-/// GPT header signature (UEFI §5.3.2).
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
+use crate::util::{le32, le64, GPT_SIGNATURE};
+
 /// Smallest GPT header (revision 1.0).
 const GPT_HEADER_MIN: usize = 92;
 /// Largest partition-entry array we accept (the spec's usual is 16 KiB).
@@ -90,14 +90,6 @@ pub enum TableError {
 
 fn corrupt(msg: impl Into<String>) -> TableError {
     TableError::Corrupt(msg.into())
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from(le32(b, at)) | (u64::from(le32(b, at + 4)) << 32)
 }
 
 fn read_at<D: Read + Seek>(d: &mut D, offset: u64, len: usize) -> io::Result<Vec<u8>> {

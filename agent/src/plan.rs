@@ -4,10 +4,11 @@
 //! alike. A new image option is a field of the spec, its check in
 //! `DeploySpec::validate`, and its line here.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use byoi_wire::{BootMode, DeploySpec};
 
+use crate::bootentry::EfiVars;
 use crate::configdrive::ConfigDrive;
 use crate::deploy::DeployRequest;
 use crate::finish::{Finishing, Firmware};
@@ -19,7 +20,7 @@ pub struct Host {
     /// The firmware the host booted with, used when the spec names none.
     pub firmware: Option<BootMode>,
     /// Where to write the boot entry (UEFI only); `None` writes none.
-    pub efivars: Option<PathBuf>,
+    pub efivars: Option<Arc<dyn EfiVars>>,
     /// The firmware's device path of the target disk (see
     /// [`Finishing::efi_disk`]).
     pub efi_disk: Vec<u8>,
@@ -59,6 +60,7 @@ mod tests {
     use byoi_wire::{Checksum, ImageType};
 
     use super::*;
+    use crate::bootentry::MemVars;
 
     #[test]
     fn every_field_of_the_spec_arrives() {
@@ -77,7 +79,8 @@ mod tests {
             firmware: None,
             ..DeploySpec::new("http://x/i.ova")
         };
-        let host = Host { firmware: Some(BootMode::Uefi), efivars: Some("/ev".into()), efi_disk: vec![1, 2] };
+        let vars: Arc<dyn EfiVars> = Arc::new(MemVars::default());
+        let host = Host { firmware: Some(BootMode::Uefi), efivars: Some(vars.clone()), efi_disk: vec![1, 2] };
         let source = SourceOptions { headers: vec![("User-Agent".into(), "t".into())], ..SourceOptions::default() };
         let (req, fin) = plan(&spec, &host, source);
         assert_eq!(req.url, "http://x/i.ova");
@@ -90,15 +93,17 @@ mod tests {
         assert_eq!(cd.user_data.as_deref(), Some(&b"#cloud-config\n"[..]));
         assert_eq!(fin.firmware, Firmware::Uefi);
         assert_eq!(fin.efi_loader.as_deref(), Some("\\EFI\\x.efi"));
-        assert_eq!((fin.efivars, fin.efi_disk), (Some("/ev".into()), vec![1, 2]));
+        assert!(fin.efivars.is_some_and(|v| Arc::ptr_eq(&v, &vars)));
+        assert_eq!(fin.efi_disk, vec![1, 2]);
     }
 
     #[test]
     fn the_spec_firmware_wins_and_legacy_touches_no_variable() {
         let spec = DeploySpec { firmware: Some(BootMode::Legacy), ..DeploySpec::new("http://x/i") };
-        let host = Host { firmware: Some(BootMode::Uefi), efivars: Some("/ev".into()), efi_disk: vec![1] };
+        let host =
+            Host { firmware: Some(BootMode::Uefi), efivars: Some(Arc::new(MemVars::default())), efi_disk: vec![1] };
         let (_, fin) = plan(&spec, &host, SourceOptions::default());
-        assert_eq!((fin.firmware, fin.efivars, fin.efi_disk.len()), (Firmware::Legacy, None, 0));
+        assert_eq!((fin.firmware, fin.efivars.is_none(), fin.efi_disk.len()), (Firmware::Legacy, true, 0));
         assert!(fin.configdrive.is_none());
     }
 }

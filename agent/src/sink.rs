@@ -9,7 +9,7 @@
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use crate::error::{DeployError, Result};
-use crate::target::DIRECT_ALIGN;
+use crate::util::{read_full, GPT_SIGNATURE};
 
 /// Bytes at the start and at the end of the disk that are kept in memory
 /// until the very end, so that the partition tables (primary and backup
@@ -56,6 +56,11 @@ impl ImageSink for Vec<u8> {
     }
 }
 
+/// Alignment of memory, offset and length for `O_DIRECT` writes: a page,
+/// which covers every logical block size up to 4Kn. The writer's runs start
+/// on it, so that a [`Target`] can write them without a copy.
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// A disk (block device or regular file) as the writer needs it.
 pub trait Target: Send + Sync {
     /// Path, for messages.
@@ -97,7 +102,7 @@ pub fn copy_at(
             return Err(DeployError::Aborted);
         }
         let want = (len - done).min(buf.len() as u64) as usize;
-        let n = crate::qcow2::read_full(r, &mut buf[..want]).map_err(&read_err)?;
+        let n = read_full(r, &mut buf[..want]).map_err(&read_err)?;
         if n == 0 {
             break;
         }
@@ -523,9 +528,6 @@ pub fn wipe_ends(target: &dyn Target) -> io::Result<()> {
     }
     target.sync()
 }
-
-/// GPT header signature, UEFI spec §5.3.2.
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 
 /// Refuses an image whose GPT was made for another logical sector size than
 /// the target's: the firmware would not find it (coreos-installer's

@@ -12,17 +12,13 @@ use nix::fcntl::{fallocate, FallocateFlags};
 
 use crate::error::{DeployError, Result};
 use crate::ioctl;
-use crate::sink::Target;
+use crate::sink::{Target, DIRECT_ALIGN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     File,
     Block,
 }
-
-/// Alignment of memory, offset and length for `O_DIRECT` writes: a page,
-/// which covers every logical block size up to 4Kn.
-pub const DIRECT_ALIGN: usize = 4096;
 
 /// A block device or regular file opened for deployment.
 ///

@@ -29,8 +29,8 @@ use std::io::{self, Read};
 
 use crate::error::{DeployError, Result};
 use crate::progress::Progress;
-use crate::qcow2::read_full;
 use crate::sink::ImageSink;
+use crate::util::{le16, le32, le64, read_full};
 
 /// Bytes per VMDK sector; every offset in the format counts these.
 pub const SECTOR: u64 = 512;
@@ -85,14 +85,6 @@ fn unsupported(detail: impl Into<String>) -> DeployError {
     DeployError::Unsupported { format: "vmdk", detail: detail.into() }
 }
 
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from(le32(b, at)) | (u64::from(le32(b, at + 4)) << 32)
-}
-
 /// A sparse extent header (`SparseExtentHeader`, 512 bytes little endian).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SparseHeader {
@@ -140,7 +132,7 @@ impl SparseHeader {
             gtes_per_gt: le32(b, 44),
             gd_offset: le64(b, 56),
             grain_offset: le64(b, 64),
-            compression: u16::from_le_bytes([b[77], b[78]]),
+            compression: le16(b, 77),
         };
         if !(1..=3).contains(&h.version) {
             return Err(unsupported(format!("sparse extent version {}", h.version)));

@@ -8,8 +8,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use byoi_agent::bootentry::{EfiVars, ATTRS_NV_BS_RT, GLOBAL};
 use byoi_agent::efi::{self, HardDrive, Signature};
-use byoi_agent::efivars::{EfiVars, ATTRS_NV_BS_RT};
+use byoi_agent::efivars::VarDir;
 use byoi_agent::partition::Guid;
 use support::{ends_wiped, run, sh, Rng, Server};
 
@@ -317,16 +318,16 @@ fn corrupt_gpt_is_refused_in_ovh_words() {
 fn ovmf_vars(dir: &Path) -> PathBuf {
     let vars_dir = dir.join("efivars");
     std::fs::create_dir(&vars_dir).unwrap();
-    let vars = EfiVars::open(&vars_dir).unwrap();
+    let vars = VarDir::new(&vars_dir);
     let mut pxe = vec![0x02, 0x01, 0x0c, 0x00, 0xd0, 0x41, 0x03, 0x0a, 0, 0, 0, 0];
     pxe.extend([0x03, 0x0b, 0x25, 0x00, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
     pxe.extend([0u8; 26]);
     pxe.push(1);
     pxe.extend([0x7f, 0xff, 0x04, 0x00]);
-    vars.write("Boot0001", ATTRS_NV_BS_RT, &efi::load_option(1, "UEFI PXEv4", &pxe)).unwrap();
+    vars.write("Boot0001", GLOBAL, ATTRS_NV_BS_RT, &efi::load_option(1, "UEFI PXEv4", &pxe)).unwrap();
     let disk = [0x01, 0x01, 0x06, 0x00, 0x00, 0x04, 0x7f, 0xff, 0x04, 0x00];
-    vars.write("Boot0002", ATTRS_NV_BS_RT, &efi::load_option(1, "UEFI Misc Device", &disk)).unwrap();
-    vars.write("BootOrder", ATTRS_NV_BS_RT, &efi::encode_boot_order(&[1, 2])).unwrap();
+    vars.write("Boot0002", GLOBAL, ATTRS_NV_BS_RT, &efi::load_option(1, "UEFI Misc Device", &disk)).unwrap();
+    vars.write("BootOrder", GLOBAL, ATTRS_NV_BS_RT, &efi::encode_boot_order(&[1, 2])).unwrap();
     vars_dir
 }
 
@@ -343,8 +344,8 @@ fn uefi_boot_entry_goes_after_netboot_and_is_reused() {
     let out = ok(&s.deploy(&url, &args));
     assert!(out.contains("UEFI loader \\EFI\\debian\\shimx64.efi (Boot0000, BootNext)"), "{out}");
 
-    let vars = EfiVars::open(&vars_dir).unwrap();
-    let (attrs, data) = vars.read("Boot0000").unwrap().unwrap();
+    let vars = VarDir::new(&vars_dir);
+    let (attrs, data) = vars.read("Boot0000", GLOBAL).unwrap().unwrap();
     assert_eq!(attrs, ATTRS_NV_BS_RT);
     let (first, last, guid) = sgdisk_range(&s.target, 1);
     let hd = HardDrive {
@@ -354,13 +355,13 @@ fn uefi_boot_entry_goes_after_netboot_and_is_reused() {
         signature: Signature::Gpt(Guid::parse(&guid).unwrap().0),
     };
     assert_eq!(data, efi::load_option(1, "byoi", &efi::device_path(&[], &hd, "\\EFI\\debian\\shimx64.efi")));
-    assert_eq!(efi::parse_boot_order(&vars.read("BootOrder").unwrap().unwrap().1), [1, 0, 2]);
-    assert_eq!(vars.read("BootNext").unwrap().unwrap().1, [0, 0]);
+    assert_eq!(efi::parse_boot_order(&vars.read("BootOrder", GLOBAL).unwrap().unwrap().1), [1, 0, 2]);
+    assert_eq!(vars.read("BootNext", GLOBAL).unwrap().unwrap().1, [0, 0]);
 
     // Deploying again reuses the entry.
     ok(&s.deploy(&url, &args));
-    assert!(vars.read("Boot0003").unwrap().is_none());
-    assert_eq!(efi::parse_boot_order(&vars.read("BootOrder").unwrap().unwrap().1), [1, 0, 2]);
+    assert!(vars.read("Boot0003", GLOBAL).unwrap().is_none());
+    assert_eq!(efi::parse_boot_order(&vars.read("BootOrder", GLOBAL).unwrap().unwrap().1), [1, 0, 2]);
 }
 
 #[test]

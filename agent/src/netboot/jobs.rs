@@ -155,7 +155,7 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
     let uefi = inv.firmware == BootMode::Uefi;
     let host = Host {
         firmware: Some(inv.firmware),
-        efivars: if uefi { env.efivars.clone() } else { None },
+        efivars: if uefi { env.efivars.as_deref().map(efivars::open) } else { None },
         efi_disk: if uefi { efivars::disk_prefix_of(&path).unwrap_or_default() } else { Vec::new() },
     };
     let (req, mut finishing) = plan(&job.spec, &host, SourceOptions::default());

@@ -2,6 +2,7 @@
 //! (QEMU `docs/interop/qcow2.txt`). Pure functions: no I/O.
 
 use crate::error::{DeployError, Result};
+use crate::util::{be32, be64};
 
 /// `QFI\xfb`.
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
@@ -62,14 +63,6 @@ pub struct Header {
     /// The image was not closed cleanly (refcounts may be stale; reading
     /// is unaffected).
     pub dirty: bool,
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 
 fn unsupported(detail: impl Into<String>) -> DeployError {

@@ -34,6 +34,7 @@ use crate::error::{DeployError, Result};
 use crate::progress::Progress;
 use crate::sink::{is_zero, ImageSink};
 use crate::source::RangeFetch;
+use crate::util::{be64, read_full};
 
 /// Most bytes of L2 tables fetched up front with Range requests; beyond
 /// that the tables are read as the stream passes them. 2 MiB of tables map
@@ -146,20 +147,6 @@ impl std::fmt::Debug for Decoder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Decoder").field("header", &self.h).field("stats", &self.stats).finish()
     }
-}
-
-/// Reads until `buf` is full or the stream ends.
-pub(crate) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 impl<'a> Decoder<'a> {
@@ -557,7 +544,7 @@ impl<'a> Decoder<'a> {
             if guest >= size {
                 break;
             }
-            let raw = u64::from_be_bytes(raw.try_into().expect("8-byte chunk"));
+            let raw = be64(raw, 0);
             match self.h.l1_entry(raw, index)? {
                 None => self.sink.zero_at(guest, per_l2.min(size - guest))?,
                 Some(l2) => {
@@ -599,9 +586,8 @@ impl<'a> Decoder<'a> {
             if guest >= size {
                 break;
             }
-            let raw = u64::from_be_bytes(e[..8].try_into().expect("8-byte entry"));
-            let bitmap =
-                if entry_len == 16 { u64::from_be_bytes(e[8..].try_into().expect("8-byte bitmap")) } else { 0 };
+            let raw = be64(e, 0);
+            let bitmap = if entry_len == 16 { be64(e, 8) } else { 0 };
             let span = cs.min(size - guest);
             match self.h.l2_entry(raw, bitmap, guest)? {
                 Cluster::Zero => self.sink.zero_at(guest, span)?,
@@ -739,8 +725,8 @@ pub fn read_guest_prefix(h: &Header, ranger: &dyn RangeFetch, len: u64) -> Resul
         let entry = table
             .get(at..at + h.l2_entry_len() as usize)
             .ok_or_else(|| DeployError::corrupt_qcow2("short L2 table"))?;
-        let raw = u64::from_be_bytes(entry[..8].try_into().expect("8 bytes"));
-        let bitmap = if entry.len() == 16 { u64::from_be_bytes(entry[8..].try_into().expect("8 bytes")) } else { 0 };
+        let raw = be64(entry, 0);
+        let bitmap = if entry.len() == 16 { be64(entry, 8) } else { 0 };
         let dst = &mut out[guest as usize..guest as usize + span];
         match h.l2_entry(raw, bitmap, guest)? {
             Cluster::Zero => {}
