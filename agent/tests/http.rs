@@ -181,6 +181,11 @@ fn not_found_is_an_ovh_style_download_error_and_touches_nothing() {
     assert_eq!(e.to_string(), format!("Could not download image located: {url} (HTTP 404 Not Found)"));
     assert_eq!(server.requests("/missing.qcow2").len(), 1, "a 404 is not retried");
     assert!(untouched(&c.target));
+    // A presigned URL's signature stays out of the message (it reaches the
+    // controller and the operator's screen).
+    let signed = format!("{url}?X-Amz-Signature=s3cr3t");
+    let e = run(&request(&signed), &c.target).unwrap_err();
+    assert_eq!(e.to_string(), format!("Could not download image located: {url}?… (HTTP 404 Not Found)"));
 }
 
 #[test]

@@ -339,10 +339,16 @@ async fn a_simulated_agent_drives_a_deployment_to_done() {
     assert_eq!(job.spec.efi_loader.as_deref(), Some("\\EFI\\debian\\shimx64.efi"));
 
     let id = job.deployment_id;
-    let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 512u64 << 20, "bytesTotal": 1024u64 << 20});
+    let warn =
+        json!({"level": "warn", "target": "byoi_agent::source::http", "message": "download broke; resuming offset=7"});
+    let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 512u64 << 20, "bytesTotal": 1024u64 << 20,
+        "logs": [warn]});
     assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "continue");
     let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
     assert_eq!((st["stage"].as_str(), st["percent"].as_f64()), (Some("downloading"), Some(50.0)));
+    let logs = st["agentLogs"].as_array().unwrap();
+    assert_eq!((logs.len(), &logs[0]["message"], &logs[0]["level"]), (1, &warn["message"], &warn["level"]));
+    assert!(logs[0]["at"].as_str().unwrap().ends_with('Z'));
     let done = json!({"deploymentId": id, "status": "done", "code": null, "message": "deployed"});
     assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(done)).await), "reboot");
     let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();

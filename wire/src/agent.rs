@@ -195,6 +195,9 @@ pub struct ResultReport {
     pub code: Option<ErrorCode>,
     /// Human message.
     pub message: String,
+    /// Warnings and errors logged since the last report, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogRecord>,
 }
 
 /// The answer to every other agent request.

@@ -12,7 +12,7 @@ use byoi_wire::spec::redact_url;
 use byoi_wire::{BootMode, Status};
 
 use super::client::{ClientError, Controller};
-use super::inventory;
+use super::{inventory, logs};
 use crate::deploy::deploy;
 use crate::efivars;
 use crate::error::DeployError;
@@ -114,7 +114,7 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
             Err(e) => (Status::Error, Some(e.code()), e.to_string()),
         };
         say(&format!("{}: {message}", if status == Status::Done { "done" } else { "error" }));
-        let report = ResultReport { deployment_id: job.deployment_id, status, code, message };
+        let report = ResultReport { deployment_id: job.deployment_id, status, code, message, logs: logs::take() };
         match retrying(env, "reporting the result", || ctl.result(&report)) {
             Ok(Action::Reboot) if status == Status::Done => return Outcome::Reboot,
             Ok(Action::Reboot) | Err(ClientError::Unauthorized) => return Outcome::Netboot,
@@ -178,7 +178,7 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
                 .map(|t| format!(" {:.1}%", bytes_done as f64 * 100.0 / t.max(1) as f64))
                 .unwrap_or_default();
             say(&format!("{} {} MiB{pct}", stage.as_str(), bytes_done >> 20));
-            let report = ProgressReport { deployment_id: id, stage, bytes_done, bytes_total, logs: Vec::new() };
+            let report = ProgressReport { deployment_id: id, stage, bytes_done, bytes_total, logs: logs::take() };
             match ctl.progress(&report) {
                 Ok(Action::Abort) => {
                     say("the controller asked to abort");

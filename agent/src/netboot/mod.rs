@@ -6,4 +6,5 @@ pub mod cmdline;
 pub mod dhcp;
 pub mod inventory;
 pub mod jobs;
+pub mod logs;
 pub mod pid1;

@@ -20,6 +20,7 @@ use crate::ioctl;
 
 /// Runs forever.
 pub fn main() -> ! {
+    super::logs::install();
     std::panic::set_hook(Box::new(|info| {
         say(&format!("BUG: {info}"));
     }));

@@ -91,7 +91,8 @@ struct Ctx {
     client: HttpClient,
     opts: SourceOptions,
     headers: Vec<(HeaderName, HeaderValue)>,
-    /// The URL as the operator gave it, for messages.
+    /// The URL as the operator gave it without credentials or query
+    /// (presigned URLs carry signatures there), for messages and logs.
     url: String,
     /// Scheme and authority of that URL: credentials go to this origin only.
     origin: (String, String),
@@ -116,7 +117,7 @@ pub(crate) fn open(
     let client = rt.block_on(async { build_client(opts) })?;
     let origin =
         (uri.scheme_str().unwrap_or_default().to_owned(), uri.authority().map(|a| a.to_string()).unwrap_or_default());
-    let ctx = Arc::new(Ctx { client, opts: opts.clone(), headers, url: url.to_owned(), origin });
+    let ctx = Arc::new(Ctx { client, opts: opts.clone(), headers, url: byoi_wire::spec::redact_url(url), origin });
 
     let (resp, final_uri) = rt.block_on(ctx.request_with_retries(&uri, None))?;
     if resp.status() != StatusCode::OK {

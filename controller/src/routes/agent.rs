@@ -146,12 +146,7 @@ async fn progress(State(app): State<AppState>, agent: Agent, Json(p): Json<Progr
     };
     let applied = apply(&app, &agent, call).await?;
     if applied.transition.reply == Reply::Action(Action::Continue) {
-        let logs = bounded(p.logs);
-        for l in &logs {
-            tracing::warn!(server = %agent.server, deployment = p.deployment_id, level = %l.level,
-                target = %l.target, "agent: {}", l.message);
-        }
-        app.db.save_logs(p.deployment_id, logs, KEPT_LOGS).await?;
+        keep_logs(&app, &agent, p.deployment_id, p.logs).await?;
     }
     action(&applied)
 }
@@ -183,8 +178,19 @@ async fn result(State(app): State<AppState>, agent: Agent, Json(r): Json<ResultR
     if let Some(d) = applied.latest.as_ref().filter(|d| d.id == r.deployment_id) {
         tracing::info!(server = %agent.server, deployment = d.id, status = %d.status, message = %d.message,
             "deployment ended");
+        keep_logs(&app, &agent, d.id, r.logs).await?;
     }
     action(&applied)
+}
+
+/// Logs and keeps the WARN and ERROR lines an agent forwarded about its
+/// own running deployment.
+async fn keep_logs(app: &AppState, agent: &Agent, deployment: i64, logs: Vec<LogRecord>) -> Result<(), AppError> {
+    let logs = bounded(logs);
+    for l in &logs {
+        tracing::warn!(server = %agent.server, deployment, level = %l.level, target = %l.target, "agent: {}", l.message);
+    }
+    Ok(app.db.save_logs(deployment, logs, KEPT_LOGS).await?)
 }
 
 async fn rescue(State(app): State<AppState>, agent: Agent) -> Answer<RescueResponse> {

@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use byoi_wire::agent::{Disk, Inventory, Nic};
+use byoi_wire::agent::{Disk, Inventory, LogRecord, Nic};
 use byoi_wire::spec::redact_url;
 use byoi_wire::{BootMode, BootTarget, ErrorCode, Stage, Status};
 use serde::Serialize;
@@ -117,6 +117,21 @@ pub struct DeploymentView {
     /// What the POST or DELETE did to the power (only in their answers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub power_cycle: Option<PowerCycle>,
+    /// The WARN and ERROR lines its agent logged, oldest first (only in
+    /// `GET …/bringYourOwnImage`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_logs: Option<Vec<AgentLog>>,
+}
+
+/// A line the agent logged at WARN or above, as kept.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentLog {
+    /// When the controller received it.
+    pub at: String,
+    /// Its record.
+    #[serde(flatten)]
+    pub record: LogRecord,
 }
 
 impl DeploymentView {
@@ -143,6 +158,7 @@ impl DeploymentView {
             updated_at: rfc3339(d.updated_at),
             finished_at: d.finished_at.map(rfc3339),
             power_cycle: None,
+            agent_logs: None,
         }
     }
 }
@@ -383,10 +399,15 @@ async fn byoi_status(
     Path(name): Path<String>,
 ) -> Result<axum::Json<DeploymentView>, AppError> {
     server(&app, &name).await?;
-    match app.db.current_deployment(&name).await? {
-        Some(d) => Ok(axum::Json(DeploymentView::of(&d))),
-        None => Err(AppError::NotFound(format!("No deployment on {name}"))),
-    }
+    let d = app
+        .db
+        .current_deployment(&name)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("No deployment on {name}")))?;
+    let logs = app.db.logs(d.id).await?;
+    let mut view = DeploymentView::of(&d);
+    view.agent_logs = Some(logs.into_iter().map(|(at, record)| AgentLog { at: rfc3339(at), record }).collect());
+    Ok(axum::Json(view))
 }
 
 async fn byoi_post(
