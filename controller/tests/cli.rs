@@ -549,3 +549,49 @@ fn the_controller_says_what_it_did_about_the_power() {
         assert_eq!(seen.lock().unwrap().clone(), ["DELETE /dedicated/server/f1/bringYourOwnImage"]);
     }
 }
+
+/// SIGTERM: no new connections, the download in flight completes, the
+/// write-ahead log is checkpointed into the database, exit status 0.
+#[test]
+fn sigterm_finishes_in_flight_requests_checkpoints_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let kernel: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(artifacts.join("vmlinuz"), &kernel).unwrap();
+    std::fs::write(artifacts.join("initramfs.img"), b"i").unwrap();
+    let mut c = start(dir.path());
+    let body = json!({"serviceName": "s1", "macs": ["52:54:00:00:00:09"]});
+    assert_eq!(http(&c.addr, "POST", "/dedicated/server", Some(&c.token), Some(&body)).0, 201);
+    let wal = dir.path().join("byoi.sqlite-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the server is in the write-ahead log");
+
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    s.write_all(b"GET /artifacts/vmlinuz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut first = vec![0; 64 << 10];
+    s.read_exact(&mut first).unwrap();
+    let kill = Command::new("kill").args(["-TERM", &c.child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(TcpStream::connect(&c.addr).is_err(), "no new connections after SIGTERM");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    first.extend_from_slice(&rest);
+    let at = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..at]));
+    assert!(first[at..] == kernel[..], "the whole kernel, {} of {} bytes", first.len() - at, kernel.len());
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = c.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running 30 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0, "checkpointed");
+    let db = rusqlite::Connection::open(dir.path().join("byoi.sqlite")).unwrap();
+    let n: i64 = db.query_row("SELECT count(*) FROM servers", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+}
