@@ -443,6 +443,57 @@ async fn delete_aborts_the_agent_and_sends_the_server_to_rescue() {
     );
 }
 
+/// A DELETE with nothing to erase answers 404 and changes nothing: no
+/// power cycle, no rescue.
+#[tokio::test]
+async fn delete_without_a_deployment_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    let log = dir.path().join("power.log");
+    let power = json!({"kind": "command", "argv": ["sh", "-c", format!("echo {{action}} >> {}", log.display())]});
+    add_server(&app, "s1", "52:54:00:00:00:01", power).await;
+    let r = call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
+    assert_eq!((r.status, r.json_body()["message"].as_str()), (StatusCode::NOT_FOUND, Some("No deployment on s1")));
+    assert!(!log.exists(), "no power cycle");
+    let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
+    assert_eq!(s["bootTarget"], "local");
+    let (script, token) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(script.contains("sanboot") && token.is_none(), "{script}");
+}
+
+/// A newer agent's error code is recorded as an error with its message,
+/// never refused (an older controller answered 400, and the agent fetched
+/// the job again and redeployed in a loop).
+#[tokio::test]
+async fn an_unknown_error_code_is_recorded_with_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    let (token, id) = running_job(&app, json!({"URL": "http://x/i"})).await;
+    let r = json!({"deploymentId": id, "status": "error", "code": "disk-on-fire", "message": "the disk is on fire"});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(r)).await), "wait");
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!((st["status"].as_str(), st["errorCode"].as_str()), (Some("error"), Some("unknown")));
+    assert_eq!(st["message"], "the disk is on fire");
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
+    assert!(job.job.is_none(), "no redeploy");
+    // A newer stage in a progress report is kept as `unknown`, too.
+    let (token, id) = running_job_again(&app).await;
+    let p = json!({"deploymentId": id, "stage": "defragmenting", "bytesDone": 1, "bytesTotal": 2});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "continue");
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!(st["stage"], "unknown");
+}
+
+/// Posts another deployment on s1, whose agent is up: it takes the job.
+async fn running_job_again(app: &App) -> (String, i64) {
+    let r = call(app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/j"}))).await;
+    assert_eq!((r.status, r.json_body()["powerCycle"].as_str()), (StatusCode::OK, Some("skipped")));
+    let (_, token) = netboot(app, "52:54:00:00:00:01").await;
+    let token = token.unwrap();
+    let job: JobResponse = serde_json::from_slice(&agent(app, &token, Method::GET, "job", None).await.body).unwrap();
+    (token, job.job.unwrap().deployment_id)
+}
+
 #[tokio::test]
 async fn silent_agents_fail_their_deployment() {
     let dir = tempfile::tempdir().unwrap();
