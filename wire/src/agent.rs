@@ -171,6 +171,9 @@ wire_enum! {
     unknown = Unknown
 }
 
+/// Longest log target, in bytes.
+pub const MAX_LOG_TARGET: usize = 128;
+
 /// One `tracing` event of the agent, forwarded to the controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -181,6 +184,26 @@ pub struct LogRecord {
     pub target: String,
     /// The message with its fields, at most [`MAX_LOG_MESSAGE`] bytes.
     pub message: String,
+}
+
+impl LogRecord {
+    /// The record with its message cut to [`MAX_LOG_MESSAGE`] bytes and its
+    /// target to [`MAX_LOG_TARGET`], at character boundaries.
+    pub fn bounded(mut self) -> LogRecord {
+        cut(&mut self.message, MAX_LOG_MESSAGE);
+        cut(&mut self.target, MAX_LOG_TARGET);
+        self
+    }
+}
+
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
 }
 
 /// `POST /agent/v1/result`.

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use byoi_wire::agent::{LogLevel, LogRecord, MAX_LOGS, MAX_LOG_MESSAGE};
+use byoi_wire::agent::{LogLevel, LogRecord, MAX_LOGS};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
@@ -88,8 +88,7 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
         event.record(&mut fields);
         let mut message = fields.message;
         message.push_str(&fields.rest);
-        cut(&mut message, MAX_LOG_MESSAGE);
-        self.0.push(LogRecord { level, target: event.metadata().target().to_owned(), message });
+        self.0.push(LogRecord { level, target: event.metadata().target().to_owned(), message }.bounded());
     }
 }
 
@@ -118,16 +117,6 @@ impl Visit for Fields {
     }
 }
 
-fn cut(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut at = max;
-        while !s.is_char_boundary(at) {
-            at -= 1;
-        }
-        s.truncate(at);
-    }
-}
-
 /// Installs PID 1's subscriber: INFO and above on the console (stderr,
 /// the serial console), WARN and above into [`FORWARD`].
 pub fn install() {
@@ -144,6 +133,7 @@ pub fn install() {
 
 #[cfg(test)]
 mod tests {
+    use byoi_wire::agent::MAX_LOG_MESSAGE;
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;

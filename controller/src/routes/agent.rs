@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use byoi_wire::agent::{
     Action, ActionResponse, DiskSelector, Heartbeat, Hello, Job, JobResponse, LogRecord, ProgressReport,
-    RescueResponse, ResultReport, MAX_LOGS, MAX_LOG_MESSAGE,
+    RescueResponse, ResultReport, MAX_LOGS,
 };
 use byoi_wire::BootTarget;
 
@@ -151,25 +151,11 @@ async fn progress(State(app): State<AppState>, agent: Agent, Json(p): Json<Progr
     action(&applied)
 }
 
-/// The agent's log lines as kept: at most [`MAX_LOGS`], each message cut
-/// to [`MAX_LOG_MESSAGE`] bytes and its target to 128.
+/// The agent's log lines as kept: the newest [`MAX_LOGS`], each bounded.
 fn bounded(mut logs: Vec<LogRecord>) -> Vec<LogRecord> {
-    let cut = |s: &mut String, max: usize| {
-        if s.len() > max {
-            let mut at = max;
-            while !s.is_char_boundary(at) {
-                at -= 1;
-            }
-            s.truncate(at);
-        }
-    };
     let drop = logs.len().saturating_sub(MAX_LOGS);
     logs.drain(..drop);
-    for l in &mut logs {
-        cut(&mut l.message, MAX_LOG_MESSAGE);
-        cut(&mut l.target, 128);
-    }
-    logs
+    logs.into_iter().map(LogRecord::bounded).collect()
 }
 
 async fn result(State(app): State<AppState>, agent: Agent, Json(r): Json<ResultReport>) -> Answer {
@@ -211,7 +197,7 @@ async fn rescue(State(app): State<AppState>, agent: Agent) -> Answer<RescueRespo
 
 #[cfg(test)]
 mod tests {
-    use byoi_wire::agent::LogLevel;
+    use byoi_wire::agent::{LogLevel, MAX_LOG_MESSAGE, MAX_LOG_TARGET};
 
     use super::*;
 
@@ -222,6 +208,6 @@ mod tests {
         let kept = bounded(logs);
         assert_eq!(kept.len(), MAX_LOGS);
         assert!(kept[0].message.starts_with('5'), "the oldest are dropped");
-        assert!(kept.iter().all(|l| l.message.len() <= MAX_LOG_MESSAGE && l.target.len() == 128));
+        assert!(kept.iter().all(|l| l.message.len() <= MAX_LOG_MESSAGE && l.target.len() == MAX_LOG_TARGET));
     }
 }
