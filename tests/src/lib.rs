@@ -1,8 +1,8 @@
-//! End-to-end harness: [`TestVm`] runs QEMU (TCG, under `timeout`) and
-//! waits for lines on its serial console; [`controller`] starts `byoi serve`
-//! in-process, its log kept by [`controller_log`]; [`http_json`] talks to
-//! it; [`Machine`] builds the QEMU command line of a netbooting server.
-//! The suites are in `tests/`.
+//! End-to-end harness: [`TestVm`] runs QEMU (TCG, under `timeout`, stopped
+//! and reaped when dropped) and waits for lines on its serial console;
+//! [`controller`] starts `byoi serve` in-process, its log kept by
+//! [`controller_log`]; [`http_json`] talks to it; [`Machine`] builds the
+//! QEMU command line of a netbooting server. The suites are in `tests/`.
 //!
 //! QEMU suites are slow: they run when `BYOI_E2E=1` (CI sets it, after
 //! `cargo xtask initramfs`); otherwise they say so and pass without
@@ -10,9 +10,11 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use byoi_testbed::{timed, TimedChild};
 
 /// Whether the QEMU suites should run.
 pub fn e2e_enabled(suite: &str) -> bool {
@@ -28,9 +30,10 @@ pub fn artifacts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/byoi")
 }
 
-/// A QEMU virtual machine with its serial console captured.
+/// A QEMU virtual machine with its serial console captured. Dropping it,
+/// also while a failed test unwinds, stops QEMU and reaps it.
 pub struct TestVm {
-    child: Child,
+    child: TimedChild,
     console: Arc<Mutex<String>>,
 }
 
@@ -46,19 +49,19 @@ impl TestVm {
     /// [`TestVm::start`] where a guest reboot restarts the firmware, as on a
     /// real server; a guest power-off ends QEMU.
     pub fn start_rebooting(args: &[String], limit: Duration) -> TestVm {
-        let mut child = Command::new("timeout")
-            .arg(limit.as_secs().to_string())
-            .args(["qemu-system-x86_64", "-accel", "tcg", "-nographic", "-m", "1024"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qemu-system-x86_64 (bookworm-backports, installed by .ci/run)");
+        let mut child = TimedChild::spawn(
+            timed(limit, "qemu-system-x86_64")
+                .args(["-accel", "tcg", "-nographic", "-m", "1024"])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .expect("qemu-system-x86_64 (bookworm-backports, installed by `cargo xtask test`)");
         let console = Arc::new(Mutex::new(String::new()));
         for mut pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
+            Box::new(child.take_stdout().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.take_stderr().expect("stderr")),
         ] {
             let console = console.clone();
             std::thread::spawn(move || {
@@ -76,6 +79,11 @@ impl TestVm {
             });
         }
         TestVm { child, console }
+    }
+
+    /// The process id of the `timeout` running QEMU (QEMU is its child).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The console so far.
@@ -115,13 +123,6 @@ impl TestVm {
 impl std::fmt::Debug for TestVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestVm").field("pid", &self.child.id()).finish()
-    }
-}
-
-impl Drop for TestVm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
