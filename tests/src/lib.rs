@@ -2,8 +2,9 @@
 //! and reaped when dropped) and waits for lines on its serial console;
 //! [`controller`] starts `byoi serve` in-process, its log kept by
 //! [`controller_log`]; [`http_json`] talks to it; [`Machine`] builds the
-//! QEMU command line of a netbooting server. [`Machine`] and the process
-//! handling come from `byoi-testbed`. The suites are in `tests/`.
+//! QEMU command line of a netbooting server. [`Machine`], the process
+//! handling and the file server come from `byoi-testbed`, which `cargo
+//! xtask demo` shares. The suites are in `tests/`.
 //!
 //! QEMU suites are slow: they run when `BYOI_E2E=1` (CI sets it, after
 //! `cargo xtask initramfs`); otherwise they say so and pass without
@@ -15,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use byoi_testbed::{FileServer, Qemu, TimedChild};
 pub use byoi_testbed::{Firmware, Machine, OVMF_CODE, OVMF_VARS};
-use byoi_testbed::{Qemu, TimedChild};
 
 /// Whether the QEMU suites should run.
 pub fn e2e_enabled(suite: &str) -> bool {
@@ -218,40 +219,13 @@ pub fn http_json(
 /// Serves one file over HTTP/1.0 on 127.0.0.1 (the guest sees 10.0.2.2);
 /// returns the port.
 pub fn serve_file(data: Vec<u8>) -> u16 {
-    serve(data, None)
+    FileServer::bytes(data).start().expect("file server")
 }
 
 /// Serves one file like [`serve_file`], at most `rate` bytes a second, so
 /// a download lasts long enough to be interrupted.
 pub fn serve_file_throttled(data: Vec<u8>, rate: usize) -> u16 {
-    serve(data, Some(rate))
-}
-
-fn serve(data: Vec<u8>, rate: Option<usize>) -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("address").port();
-    let data = Arc::new(data);
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            let data = data.clone();
-            std::thread::spawn(move || {
-                let mut req = [0u8; 4096];
-                let _ = c.read(&mut req);
-                let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
-                // A tenth of the rate every 100 ms.
-                let chunk = rate.map_or(data.len(), |r| r / 10).max(1);
-                for part in data.chunks(chunk) {
-                    if c.write_all(part).is_err() {
-                        return;
-                    }
-                    if rate.is_some() {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            });
-        }
-    });
-    port
+    FileServer::bytes(data).throttled(rate).start().expect("file server")
 }
 
 /// Registers `name` with `mac`, posts `deployment` (None: no POST), and
