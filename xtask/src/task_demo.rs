@@ -15,7 +15,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -41,27 +41,32 @@ impl Drop for Guard {
     }
 }
 
-pub fn run_task(args: &[String]) -> anyhow::Result<()> {
-    let mut bios = false;
-    let mut debian = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bios" => bios = true,
-            "--image" => match it.next().map(String::as_str) {
-                Some("tiny") => debian = false,
-                Some("debian") => debian = true,
-                other => bail!("--image is tiny or debian, not {other:?}"),
-            },
-            other => bail!("unknown option {other:?} (--bios, --image tiny|debian)"),
-        }
-    }
+/// `cargo xtask demo` options.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// SeaBIOS instead of OVMF (tiny image only)
+    #[arg(long)]
+    pub bios: bool,
+    /// The OS to deploy: the tiny test OS, or Debian 12 with cloud-init (UEFI only)
+    #[arg(long, value_enum, default_value_t = DemoImage::Tiny)]
+    pub image: DemoImage,
+}
+
+/// What `cargo xtask demo` deploys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoImage {
+    Tiny,
+    Debian,
+}
+
+pub fn run_task(opts: &Options) -> anyhow::Result<()> {
+    let (bios, debian) = (opts.bios, opts.image == DemoImage::Debian);
     if bios && debian {
         bail!("the Debian image boots with UEFI only");
     }
     let started = Instant::now();
     setup::host(&[], &[])?;
-    task_initramfs::run_task(&[])?;
+    task_initramfs::run_task(&task_initramfs::Options::default())?;
     let tiny = task_image::tiny()?;
     let (image, kind) = match (bios, debian) {
         (_, true) => (crate::image_debian::debian()?, "qcow2"),
@@ -262,17 +267,38 @@ fn strip_escapes(s: &str) -> String {
     out
 }
 
+/// `cargo xtask qmp` options.
+#[derive(Debug, clap::Args)]
+pub struct QmpOptions {
+    /// QEMU's QMP socket
+    pub socket: PathBuf,
+    /// What the controller's `command` power driver substitutes for `{action}`
+    #[arg(value_enum)]
+    pub action: PowerAction,
+}
+
+/// A power action, as the controller names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PowerAction {
+    /// Resume the VM (QMP `cont`)
+    On,
+    /// Pause the VM (QMP `stop`)
+    Off,
+    /// Reset and resume the VM (QMP `system_reset`, `cont`)
+    Cycle,
+}
+
 /// `cargo xtask qmp SOCKET on|off|cycle`: the demo's power driver. "Off"
 /// pauses the VM, "on" resumes it, "cycle" resets and resumes it.
-pub fn qmp(args: &[String]) -> anyhow::Result<()> {
-    let [socket, action] = args else { bail!("usage: cargo xtask qmp SOCKET on|off|cycle") };
-    let commands: &[&str] = match action.as_str() {
-        "on" => &["cont"],
-        "off" => &["stop"],
-        "cycle" => &["system_reset", "cont"],
-        other => bail!("unknown power action {other:?}"),
+pub fn qmp(opts: &QmpOptions) -> anyhow::Result<()> {
+    let commands: &[&str] = match opts.action {
+        PowerAction::On => &["cont"],
+        PowerAction::Off => &["stop"],
+        PowerAction::Cycle => &["system_reset", "cont"],
     };
-    let stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("connecting to {socket}"))?;
+    let socket = &opts.socket;
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;

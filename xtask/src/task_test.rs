@@ -23,15 +23,19 @@ const RUN_VAR: &str = "BYOI_XTASK_TEST_RUN";
 /// The name (`/proc/PID/comm`, 15 bytes at most) of a leftover QEMU starts so.
 const QEMU_COMM: &str = "qemu-system";
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let slow = match args {
-        [] => false,
-        [a] if a == "--slow" => true,
-        _ => anyhow::bail!("usage: cargo xtask test [--slow]"),
-    };
+/// `cargo xtask test` options.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Also build the Debian image and run the suite that boots it (BYOI_E2E_SLOW=1)
+    #[arg(long)]
+    pub slow: bool,
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let slow = opts.slow;
     crate::setup::host(&[], &[])?;
     crate::task_lint::run()?;
-    crate::task_initramfs::run_task(&[])?;
+    crate::task_initramfs::run_task(&crate::task_initramfs::Options::default())?;
     crate::task_image::tiny()?;
     let mut test = Command::new("cargo");
     test.args(["test", "--workspace"]).env("BYOI_E2E", "1");
