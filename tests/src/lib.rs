@@ -1,8 +1,10 @@
-//! End-to-end harness: [`TestVm`] runs QEMU (TCG, under `timeout`) and
-//! waits for lines on its serial console; [`controller`] starts `byoi serve`
-//! in-process, its log kept by [`controller_log`]; [`http_json`] talks to
-//! it; [`Machine`] builds the QEMU command line of a netbooting server.
-//! The suites are in `tests/`.
+//! End-to-end harness: [`TestVm`] runs QEMU (TCG, under `timeout`, stopped
+//! and reaped when dropped) and waits for lines on its serial console;
+//! [`controller`] starts `byoi serve` in-process, its log kept by
+//! [`controller_log`]; [`http_json`] talks to it; [`Machine`] builds the
+//! QEMU command line of a netbooting server. [`Machine`], the process
+//! handling and the file server come from `byoi-testbed`, which `cargo
+//! xtask demo` shares. The suites are in `tests/`.
 //!
 //! QEMU suites are slow: they run when `BYOI_E2E=1` (CI sets it, after
 //! `cargo xtask initramfs`); otherwise they say so and pass without
@@ -10,9 +12,12 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use byoi_testbed::{FileServer, Qemu, TimedChild};
+pub use byoi_testbed::{Firmware, Machine, OVMF_CODE, OVMF_VARS};
 
 /// Whether the QEMU suites should run.
 pub fn e2e_enabled(suite: &str) -> bool {
@@ -28,37 +33,34 @@ pub fn artifacts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/byoi")
 }
 
-/// A QEMU virtual machine with its serial console captured.
+/// A QEMU virtual machine with its serial console captured. Dropping it,
+/// also while a failed test unwinds, stops QEMU and reaps it.
 pub struct TestVm {
-    child: Child,
+    child: TimedChild,
     console: Arc<Mutex<String>>,
 }
 
 impl TestVm {
-    /// Starts `qemu-system-x86_64 -accel tcg -nographic ARGS` under
-    /// `timeout LIMIT`; a guest reboot ends QEMU (`-no-reboot`).
+    /// Starts `qemu-system-x86_64 -accel tcg -m 1024 ARGS` (console on
+    /// stdout) under `timeout LIMIT`; a guest reboot ends QEMU
+    /// (`-no-reboot`).
     pub fn start(args: &[String], limit: Duration) -> TestVm {
-        let mut all = vec!["-no-reboot".to_owned()];
-        all.extend_from_slice(args);
-        TestVm::start_rebooting(&all, limit)
+        TestVm::spawn(Qemu::new(1024).no_reboot().args(args.iter().cloned()), limit)
     }
 
     /// [`TestVm::start`] where a guest reboot restarts the firmware, as on a
     /// real server; a guest power-off ends QEMU.
     pub fn start_rebooting(args: &[String], limit: Duration) -> TestVm {
-        let mut child = Command::new("timeout")
-            .arg(limit.as_secs().to_string())
-            .args(["qemu-system-x86_64", "-accel", "tcg", "-nographic", "-m", "1024"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qemu-system-x86_64 (bookworm-backports, installed by .ci/run)");
+        TestVm::spawn(Qemu::new(1024).args(args.iter().cloned()), limit)
+    }
+
+    fn spawn(qemu: Qemu, limit: Duration) -> TestVm {
+        let mut child = TimedChild::spawn(qemu.command(limit).stdout(Stdio::piped()).stderr(Stdio::piped()))
+            .expect("qemu-system-x86_64 (bookworm-backports, installed by `cargo xtask test`)");
         let console = Arc::new(Mutex::new(String::new()));
         for mut pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
+            Box::new(child.take_stdout().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.take_stderr().expect("stderr")),
         ] {
             let console = console.clone();
             std::thread::spawn(move || {
@@ -76,6 +78,11 @@ impl TestVm {
             });
         }
         TestVm { child, console }
+    }
+
+    /// The process id of the `timeout` running QEMU (QEMU is its child).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The console so far.
@@ -115,13 +122,6 @@ impl TestVm {
 impl std::fmt::Debug for TestVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestVm").field("pid", &self.child.id()).finish()
-    }
-}
-
-impl Drop for TestVm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -219,40 +219,13 @@ pub fn http_json(
 /// Serves one file over HTTP/1.0 on 127.0.0.1 (the guest sees 10.0.2.2);
 /// returns the port.
 pub fn serve_file(data: Vec<u8>) -> u16 {
-    serve(data, None)
+    FileServer::bytes(data).start().expect("file server")
 }
 
 /// Serves one file like [`serve_file`], at most `rate` bytes a second, so
 /// a download lasts long enough to be interrupted.
 pub fn serve_file_throttled(data: Vec<u8>, rate: usize) -> u16 {
-    serve(data, Some(rate))
-}
-
-fn serve(data: Vec<u8>, rate: Option<usize>) -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("address").port();
-    let data = Arc::new(data);
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            let data = data.clone();
-            std::thread::spawn(move || {
-                let mut req = [0u8; 4096];
-                let _ = c.read(&mut req);
-                let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
-                // A tenth of the rate every 100 ms.
-                let chunk = rate.map_or(data.len(), |r| r / 10).max(1);
-                for part in data.chunks(chunk) {
-                    if c.write_all(part).is_err() {
-                        return;
-                    }
-                    if rate.is_some() {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            });
-        }
-    });
-    port
+    FileServer::bytes(data).throttled(rate).start().expect("file server")
 }
 
 /// Registers `name` with `mac`, posts `deployment` (None: no POST), and
@@ -298,77 +271,6 @@ pub fn direct_boot(cmdline: &str) -> Vec<String> {
         "-append".into(),
         cmdline.into(),
     ]
-}
-
-/// The firmware of a [`Machine`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Firmware {
-    /// SeaBIOS, booting the NIC first (`-boot n`) at every boot.
-    Bios,
-    /// OVMF, NIC `bootindex=0`, disk `bootindex=1`.
-    Uefi,
-}
-
-/// A server that netboots from the controller at `controller` (the
-/// guest reaches it at 10.0.2.2): its firmware, disk file and MAC.
-#[derive(Debug, Clone)]
-pub struct Machine {
-    pub firmware: Firmware,
-    /// Raw disk file.
-    pub disk: PathBuf,
-    /// `virtio-blk-pci` or `nvme`.
-    pub disk_device: &'static str,
-    pub mac: String,
-    /// The OVMF variables (a copy of `OVMF_VARS_4M.fd`), for UEFI.
-    pub vars: PathBuf,
-}
-
-/// Where Debian's `ovmf` package puts the firmware.
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-
-impl Machine {
-    /// A machine with a new empty disk of `disk_mib` in `dir` (and fresh
-    /// OVMF variables for UEFI).
-    pub fn new(dir: &Path, firmware: Firmware, disk_device: &'static str, disk_mib: u64, mac: &str) -> Machine {
-        let disk = dir.join("disk.raw");
-        std::fs::File::create(&disk).and_then(|f| f.set_len(disk_mib << 20)).expect("disk file");
-        let vars = dir.join("vars.fd");
-        if firmware == Firmware::Uefi {
-            std::fs::copy(OVMF_VARS, &vars).expect("OVMF_VARS_4M.fd (package ovmf)");
-        }
-        Machine { firmware, disk, disk_device, mac: mac.to_owned(), vars }
-    }
-
-    /// QEMU arguments: firmware, disk, and a NIC whose DHCP bootfile is
-    /// the controller's `boot.ipxe`.
-    pub fn args(&self, controller: &str) -> Vec<String> {
-        let port = controller.rsplit(':').next().unwrap_or_default();
-        let mut a: Vec<String> = Vec::new();
-        let (disk_index, nic_index) = match self.firmware {
-            Firmware::Bios => {
-                a.extend(["-boot".into(), "n".into()]);
-                (String::new(), String::new())
-            }
-            Firmware::Uefi => {
-                a.push("-drive".into());
-                a.push(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
-                a.push("-drive".into());
-                a.push(format!("if=pflash,format=raw,file={}", self.vars.display()));
-                (",bootindex=1".into(), ",bootindex=0".into())
-            }
-        };
-        a.push("-drive".into());
-        a.push(format!("file={},if=none,id=d0,format=raw", self.disk.display()));
-        a.push("-device".into());
-        let serial = if self.disk_device == "nvme" { ",serial=byoi0001" } else { "" };
-        a.push(format!("{},drive=d0{serial}{disk_index}", self.disk_device));
-        a.push("-netdev".into());
-        a.push(format!("user,id=n0,bootfile=http://10.0.2.2:{port}/boot.ipxe"));
-        a.push("-device".into());
-        a.push(format!("virtio-net-pci,netdev=n0,mac={}{nic_index}", self.mac));
-        a
-    }
 }
 
 /// `sgdisk -v` on a disk file: its output when it finds no problem, else

@@ -98,7 +98,7 @@ fn uefi_deploy(dir: &Path, name: &str, mac: &str, disk_device: &'static str, fil
     let data = std::fs::read(image(file)).expect("run `cargo xtask image tiny` first");
     let port = serve_file(data.clone());
     post(&addr, name, &deployment(port, file, kind, &sha256_hex(&data), name));
-    let m = Machine::new(dir, Firmware::Uefi, disk_device, 512, mac);
+    let m = Machine::new(dir, Firmware::Uefi, disk_device, 512, mac).unwrap();
     let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(900));
     vm.wait_for(&format!("byoi: booting the agent for {name} (deploy)"), Duration::from_secs(300));
     let done = vm.wait_for("byoi: done: ", Duration::from_secs(300));
@@ -157,7 +157,7 @@ fn bios_raw_boots_through_the_local_script() {
     let data = std::fs::read(image("tiny-bios.raw")).expect("run `cargo xtask image tiny` first");
     let port = serve_file(data.clone());
     post(&addr, name, &deployment(port, "tiny-bios.raw", "raw", &sha256_hex(&data), name));
-    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 256, mac);
+    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 256, mac).unwrap();
     let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(600));
     vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(300));
     vm.wait_for(&format!("byoi: {name} boots from its local disk"), Duration::from_secs(120));
@@ -183,7 +183,7 @@ fn wrong_checksum_then_corrected_post() {
     let port = serve_file(data.clone());
     let wrong = sha256_hex(b"not the image");
     post(&addr, name, &deployment(port, "tiny-bios.raw", "raw", &wrong, name));
-    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 256, mac);
+    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 256, mac).unwrap();
     let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(600));
     let err = vm.wait_for("byoi: error: ", Duration::from_secs(300));
     vm.wait_for("byoi: waiting for a deployment", Duration::from_secs(60));
@@ -220,7 +220,7 @@ fn delete_during_download_goes_to_rescue() {
     // 512 kB/s: the 42 MB image would take over a minute.
     let port = serve_file_throttled(data.clone(), 512 << 10);
     post(&addr, name, &deployment(port, "tiny-bios.raw", "raw", &sha256_hex(&data), name));
-    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 256, mac);
+    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 256, mac).unwrap();
     let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(600));
     vm.wait_for("byoi: target /dev/vda", Duration::from_secs(300));
     // Wait for bytes to arrive, then cancel.
@@ -271,7 +271,7 @@ fn debian_cloud_init_applies_the_configdrive() {
         "configdrive": {"enable": true, "hostname": name, "sshKey": SSH_KEY, "userData": user_data},
     });
     post(&addr, name, &body);
-    let m = Machine::new(dir.path(), Firmware::Uefi, "virtio-blk-pci", 4096, mac);
+    let m = Machine::new(dir.path(), Firmware::Uefi, "virtio-blk-pci", 4096, mac).unwrap();
     let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(1500));
     vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(600));
     let t = Duration::from_secs(900);

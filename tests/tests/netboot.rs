@@ -40,7 +40,7 @@ fn bios_ipxe_netboot_deploys_and_then_boots_local() {
     );
     assert_eq!(s, 200, "{body}");
 
-    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 128, MAC);
+    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 128, MAC).unwrap();
     let mut vm = TestVm::start(&m.args(&addr), Duration::from_secs(300));
     vm.wait_for("byoi: booting the agent for pxe1 (deploy)", Duration::from_secs(120));
     let line = vm.wait_for("byoi: network: eth0", Duration::from_secs(120));
@@ -81,7 +81,7 @@ fn uefi_ipxe_netboot_writes_the_boot_entry() {
     let post = json!({"URL": format!("http://10.0.2.2:{img_port}/esp.raw"), "configdrive": {"enable": true, "hostname": "efi1"}});
     let (s, body) = http_json(&addr, "POST", "/dedicated/server/efi1/bringYourOwnImage", Some(TOKEN), Some(&post));
     assert_eq!(s, 200, "{body}");
-    let m = Machine::new(dir.path(), Firmware::Uefi, "virtio-blk-pci", 256, mac);
+    let m = Machine::new(dir.path(), Firmware::Uefi, "virtio-blk-pci", 256, mac).unwrap();
     let mut vm = TestVm::start(&m.args(&addr), Duration::from_secs(400));
     vm.wait_for("byoi: booting the agent for efi1 (deploy)", Duration::from_secs(200));
     vm.wait_for("byoi: loaded efivarfs", Duration::from_secs(120));

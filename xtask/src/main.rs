@@ -1,5 +1,7 @@
 //! `cargo xtask`: build and test automation (matklad's cargo-xtask pattern).
-//! One module per task; paths come from `CARGO_MANIFEST_DIR`.
+//! One module per task, each with its options as a clap `Args` struct;
+//! this file parses the command line ([`Cli`]) and dispatches. Paths come
+//! from `CARGO_MANIFEST_DIR`.
 
 mod bench_workload;
 mod deb;
@@ -17,46 +19,73 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
 
-const USAGE: &str = "usage: cargo xtask <task>
+/// Build, test and demo automation for byoi.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
 
-tasks:
-  lint        cargo fmt --check and cargo clippy -D warnings over the workspace
-  initramfs   [--flavour generic|cloud] [--firmware-dir DIR]: the agent's kernel
-              and initramfs in target/byoi (vmlinuz, initramfs.img, manifest.json)
-  demo        [--bios] [--image tiny|debian]: netboot a QEMU server from `byoi serve`, deploy the tiny
-              test OS with a ConfigDrive, boot it (target/demo keeps the logs)
-  qmp         SOCKET on|off|cycle: the demo's power driver (QEMU's QMP)
-  image       tiny: the test OS images (UEFI/GPT with a UKI, BIOS/MBR with
-              syslinux); debian: Debian 12 with cloud-init (debootstrap, UKI,
-              qcow2, cached); in target/byoi/images
-  bench       [--runs N] [--only A,C,…] [--device PATH|loop] [--no-micro]: the agent against
-              curl, curl|tee|dd, Ironic's stage-and-convert and qemu-img over HTTP on a
-              4 GiB workload served by nginx; target/bench/results.json
-  fuzz        [--seconds N] [--only qcow2,vmdk,ova]: the agent's parsers under cargo-fuzz
-              (libFuzzer, ASan, stable with RUSTC_BOOTSTRAP=1), N s per target (60); a crash is
-              kept in agent/tests/fuzz-regressions/ and fails the task; logs in target/fuzz/logs
-  test        [--slow]: setup, lint, initramfs, tiny images, then every test with
-              the QEMU suites (BYOI_E2E=1); --slow adds the Debian image's suite";
+// One variant per `task_*.rs` module; the doc comments are the help.
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// cargo fmt --check and cargo clippy -D warnings over the workspace
+    Lint,
+    /// The agent's kernel and initramfs in target/byoi (vmlinuz, initramfs.img, manifest.json)
+    Initramfs(task_initramfs::Options),
+    /// Netboot a QEMU server from `byoi serve`, deploy the test OS with a ConfigDrive, boot it
+    ///
+    /// target/demo keeps the logs, the disk and the firmware variables.
+    Demo(task_demo::Options),
+    /// The demo's power driver (QEMU's QMP)
+    Qmp(task_demo::QmpOptions),
+    /// The test OS images, in target/byoi/images
+    Image(task_image::Options),
+    /// The agent against curl, curl|tee|dd, Ironic's stage-and-convert and qemu-img over HTTP
+    ///
+    /// On a 4 GiB workload served by nginx; results in target/bench/results.json.
+    Bench(task_bench::Options),
+    /// The agent's parsers under cargo-fuzz (libFuzzer, ASan, stable with RUSTC_BOOTSTRAP=1)
+    ///
+    /// A crash is kept in agent/tests/fuzz-regressions/ and fails the task; logs in target/fuzz/logs.
+    Fuzz(task_fuzz::Options),
+    /// Setup, lint, initramfs, tiny images, then every test with the QEMU suites (BYOI_E2E=1)
+    ///
+    /// Fails if a QEMU started by the tests is still running when they are done.
+    Test(task_test::Options),
+    /// Runs CMD; writes its exit status, peak RSS and CPU time to OUT (used by `bench`)
+    #[command(name = "__measure", hide = true)]
+    Measure(task_bench::MeasureOptions),
+}
 
 fn main() -> anyhow::Result<()> {
-    let task = std::env::args().nth(1);
-    match task.as_deref() {
-        Some("lint") => task_lint::run(),
-        Some("test") => task_test::run(&std::env::args().skip(2).collect::<Vec<_>>()),
-        Some("demo") => task_demo::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
-        Some("bench") => task_bench::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
-        Some("__measure") => task_bench::measure(&std::env::args().skip(2).collect::<Vec<_>>()),
-        Some("qmp") => task_demo::qmp(&std::env::args().skip(2).collect::<Vec<_>>()),
-        Some("fuzz") => task_fuzz::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
-        Some("image") => task_image::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
-        Some("initramfs") => task_initramfs::run_task(&std::env::args().skip(2).collect::<Vec<_>>()),
-        Some("-h" | "--help") | None => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => bail!("unknown task {other:?}\n\n{USAGE}"),
+    match Cli::parse().task {
+        Task::Lint => task_lint::run(),
+        Task::Initramfs(o) => task_initramfs::run_task(&o),
+        Task::Demo(o) => task_demo::run_task(&o),
+        Task::Qmp(o) => task_demo::qmp(&o),
+        Task::Image(o) => task_image::run_task(&o),
+        Task::Bench(o) => task_bench::run_task(&o),
+        Task::Fuzz(o) => task_fuzz::run_task(&o),
+        Task::Test(o) => task_test::run(&o),
+        Task::Measure(o) => task_bench::measure(&o),
     }
+}
+
+/// A count of at least 1, for clap (`bench --runs`, `fuzz --seconds`).
+fn at_least_one<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    let n: T = s.parse().map_err(|e: T::Err| e.to_string())?;
+    if n < T::from(1) {
+        return Err("must be at least 1".to_owned());
+    }
+    Ok(n)
 }
 
 /// The workspace root.
@@ -71,4 +100,103 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every task and option that the hand-written parser knew.
+    #[test]
+    fn every_task_parses() {
+        for args in [
+            &["lint"][..],
+            &["initramfs"],
+            &["initramfs", "--flavour", "cloud", "--firmware-dir", "/fw"],
+            &["initramfs", "--flavor", "generic"],
+            &["demo"],
+            &["demo", "--bios", "--image", "tiny"],
+            &["demo", "--image", "debian"],
+            &["qmp", "/tmp/qmp.sock", "cycle"],
+            &["image"],
+            &["image", "debian"],
+            &["bench", "--runs", "1", "--only", "A,N", "--device", "loop", "--no-micro"],
+            &["fuzz", "--seconds", "5", "--only", "ova"],
+            &["test", "--slow"],
+            &["__measure", "/tmp/out", "--", "bash", "-c", "true --not-an-option"],
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()));
+            assert!(cli.is_ok(), "{args:?}: {}", cli.unwrap_err());
+        }
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        for args in [
+            &[][..],
+            &["build"],
+            &["lint", "--fast"],
+            &["initramfs", "--flavour", "server"],
+            &["initramfs", "--firmware-dir"],
+            &["demo", "--image", "windows"],
+            &["qmp", "/tmp/qmp.sock"],
+            &["qmp", "/tmp/qmp.sock", "reboot"],
+            &["image", "ubuntu"],
+            &["test", "--fast"],
+            &["__measure", "/tmp/out"],
+            &["__measure", "/tmp/out", "bash"],
+        ] {
+            assert!(Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn options_reach_the_tasks() {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).unwrap();
+        match parse(&["initramfs", "--flavor", "cloud", "--firmware-dir", "/fw"]).task {
+            Task::Initramfs(o) => {
+                assert_eq!((o.flavour.as_str(), o.firmware_dir), ("cloud", Some(PathBuf::from("/fw"))))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["initramfs"]).task {
+            Task::Initramfs(o) => assert_eq!(o, task_initramfs::Options::default()),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["demo", "--image", "debian"]).task {
+            Task::Demo(o) => assert_eq!((o.bios, o.image), (false, task_demo::DemoImage::Debian)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["qmp", "/q.sock", "off"]).task {
+            Task::Qmp(o) => assert_eq!((o.socket, o.action), (PathBuf::from("/q.sock"), task_demo::PowerAction::Off)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["image"]).task {
+            Task::Image(o) => assert_eq!(o.image, task_image::Image::Tiny),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["test"]).task {
+            Task::Test(o) => assert!(!o.slow),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["__measure", "/o", "--", "bash", "-c", "x --y"]).task {
+            Task::Measure(o) => {
+                assert_eq!((o.out, o.cmd), (PathBuf::from("/o"), vec!["bash".into(), "-c".into(), "x --y".into()]))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn measure_is_hidden_from_help() {
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("initramfs") && help.contains("bench"), "{help}");
+        assert!(!help.contains("__measure"), "{help}");
+    }
 }

@@ -156,33 +156,27 @@ const RATIOS: &[(&str, &str, &str, f64)] = &[
 /// Peak RSS limit for the agent's qcow2 runs.
 const RSS_TARGET: u64 = 64 << 20;
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--only A,C,…] [--device PATH|loop] [--no-micro]";
-
-#[derive(Debug)]
-struct Options {
-    runs: usize,
-    only: Option<Vec<String>>,
-    device: Option<String>,
-    micro: bool,
+/// `cargo xtask bench` options.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Interleaved rounds: every contender runs once per round
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = crate::at_least_one::<usize>)]
+    pub runs: usize,
+    /// Only these contenders (N, A, A0, B, C, D, E, F)
+    #[arg(long, value_name = "A,C,…", value_delimiter = ',', value_parser = contender_id)]
+    pub only: Option<Vec<String>>,
+    /// Write to this block device (zeroed before every run; root only), or with `loop` to a loop device over a
+    /// sparse file, instead of to a sparse file
+    #[arg(long, value_name = "PATH|loop")]
+    pub device: Option<String>,
+    /// Skip the micro-benchmarks of the pipeline's stages
+    #[arg(long = "no-micro", action = clap::ArgAction::SetFalse)]
+    pub micro: bool,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut o = Options { runs: 3, only: None, device: None, micro: true };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
-        match a.as_str() {
-            "--runs" => o.runs = value()?.parse().context("--runs")?,
-            "--only" => o.only = Some(value()?.split(',').map(|s| s.trim().to_uppercase()).collect()),
-            "--device" => o.device = Some(value()?.clone()),
-            "--no-micro" => o.micro = false,
-            _ => bail!("unknown argument {a:?}\n{USAGE}"),
-        }
-    }
-    if o.runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    Ok(o)
+/// A contender's id as `--only` takes it: any case, spaces around.
+fn contender_id(s: &str) -> Result<String, std::convert::Infallible> {
+    Ok(s.trim().to_uppercase())
 }
 
 /// nginx on a free loopback port, serving the workload directory.
@@ -330,15 +324,22 @@ struct Sample {
     scratch: u64,
 }
 
+/// `cargo xtask __measure` options.
+#[derive(Debug, clap::Args)]
+pub struct MeasureOptions {
+    /// Where to write `STATUS PEAK_RSS_KIB CPU_SECONDS`
+    pub out: PathBuf,
+    /// The command, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
 /// `cargo xtask __measure OUT -- CMD…`: runs CMD, writes its exit status,
 /// the peak RSS of its process tree (KiB) and the CPU seconds (user +
 /// system) it used to OUT. A fresh process, so
 /// that `RUSAGE_CHILDREN` covers this command alone.
-pub fn measure(args: &[String]) -> anyhow::Result<()> {
-    let [out, dashes, cmd @ ..] = args else { bail!("usage: __measure OUT -- CMD…") };
-    if dashes != "--" || cmd.is_empty() {
-        bail!("usage: __measure OUT -- CMD…");
-    }
+pub fn measure(opts: &MeasureOptions) -> anyhow::Result<()> {
+    let (out, cmd) = (&opts.out, &opts.cmd);
     let status = Command::new(&cmd[0]).args(&cmd[1..]).status().with_context(|| format!("running {}", cmd[0]))?;
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
@@ -501,8 +502,7 @@ fn mib(b: u64) -> String {
     format!("{:.0} MiB", b as f64 / f64::from(1 << 20))
 }
 
-pub fn run_task(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse(args)?;
+pub fn run_task(opts: &Options) -> anyhow::Result<()> {
     setup::host(&["nginx", "curl", "qemu-utils"], &["qemu-block-extra"])?;
     println!("bench: building the agent as shipped (release, static)");
     let agent = crate::task_initramfs::static_agent()?;
@@ -577,7 +577,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     }
 
     let micro = if opts.micro { micro_benchmarks(&work, &nginx.url(&work.raw))? } else { serde_json::Value::Null };
-    report(&opts, &work, &target, &contenders, &samples, micro)
+    report(opts, &work, &target, &contenders, &samples, micro)
 }
 
 /// Runs `agent/benches/stages.rs` on the workload; returns its JSON.
@@ -770,12 +770,22 @@ mod tests {
         assert_eq!(unverified, ["N", "A0", "E"]);
     }
 
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        use clap::Parser;
+        match crate::Cli::try_parse_from(["xtask", "bench"].iter().chain(args))?.task {
+            crate::Task::Bench(o) => Ok(o),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn options_parse_and_refuse_nonsense() {
-        let o = parse(&["--runs".into(), "5".into(), "--only".into(), "a,c".into(), "--no-micro".into()]).unwrap();
+        let o = parse(&["--runs", "5", "--only", "a,c", "--no-micro"]).unwrap();
         assert_eq!((o.runs, o.only, o.micro), (5, Some(vec!["A".to_owned(), "C".to_owned()]), false));
-        assert!(parse(&["--runs".into(), "0".into()]).is_err());
-        assert!(parse(&["--runs".into()]).is_err());
-        assert!(parse(&["--fast".into()]).is_err());
+        let o = parse(&[]).unwrap();
+        assert_eq!((o.runs, o.only, o.device, o.micro), (3, None, None, true));
+        assert!(parse(&["--runs", "0"]).is_err());
+        assert!(parse(&["--runs"]).is_err());
+        assert!(parse(&["--fast"]).is_err());
     }
 }

@@ -6,10 +6,12 @@
 //! ConfigDrive, and shows the VM's console and the deployment's progress
 //! until the deployed OS has printed its ConfigDrive data.
 //!
-//! The VM: OVMF with a writable copy of its variables (SeaBIOS with
-//! `--bios`), QEMU's iPXE ROM on a virtio NIC whose slirp DHCP `bootfile`
-//! is the controller's `boot.ipxe`, a 2 GiB (Debian: 4 GiB) virtio disk. Everything lives in
-//! `target/demo` (controller log, console log, disk, variables).
+//! The VM is the e2e tests' `byoi_testbed::Machine`: OVMF with a writable
+//! copy of its variables (SeaBIOS with `--bios`), QEMU's iPXE ROM on a
+//! virtio NIC whose slirp DHCP `bootfile` is the controller's `boot.ipxe`,
+//! a 2 GiB (Debian: 4 GiB) virtio disk; the image comes from the tests'
+//! `FileServer`. Everything lives in `target/demo` (controller log, console
+//! log, disk, variables).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -19,6 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use byoi_testbed::{FileServer, Firmware, Machine, Qemu, TimedChild};
 use sha2::{Digest, Sha256};
 
 use crate::{root, run, setup, task_image, task_initramfs};
@@ -26,10 +29,9 @@ use crate::{root, run, setup, task_image, task_initramfs};
 const MAC: &str = "52:54:00:de:00:01";
 const NAME: &str = "demo1";
 const TOKEN: &str = "demo-token";
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
-/// Kills a child process when dropped.
+/// Kills a child process when dropped (`byoi serve`, which starts none of
+/// its own).
 struct Guard(Child);
 
 impl Drop for Guard {
@@ -39,27 +41,32 @@ impl Drop for Guard {
     }
 }
 
-pub fn run_task(args: &[String]) -> anyhow::Result<()> {
-    let mut bios = false;
-    let mut debian = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bios" => bios = true,
-            "--image" => match it.next().map(String::as_str) {
-                Some("tiny") => debian = false,
-                Some("debian") => debian = true,
-                other => bail!("--image is tiny or debian, not {other:?}"),
-            },
-            other => bail!("unknown option {other:?} (--bios, --image tiny|debian)"),
-        }
-    }
+/// `cargo xtask demo` options.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// SeaBIOS instead of OVMF (tiny image only)
+    #[arg(long)]
+    pub bios: bool,
+    /// The OS to deploy: the tiny test OS, or Debian 12 with cloud-init (UEFI only)
+    #[arg(long, value_enum, default_value_t = DemoImage::Tiny)]
+    pub image: DemoImage,
+}
+
+/// What `cargo xtask demo` deploys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoImage {
+    Tiny,
+    Debian,
+}
+
+pub fn run_task(opts: &Options) -> anyhow::Result<()> {
+    let (bios, debian) = (opts.bios, opts.image == DemoImage::Debian);
     if bios && debian {
         bail!("the Debian image boots with UEFI only");
     }
     let started = Instant::now();
     setup::host(&[], &[])?;
-    task_initramfs::run_task(&[])?;
+    task_initramfs::run_task(&task_initramfs::Options::default())?;
     let tiny = task_image::tiny()?;
     let (image, kind) = match (bios, debian) {
         (_, true) => (crate::image_debian::debian()?, "qcow2"),
@@ -72,7 +79,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     let dir = root().join("target/demo");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let image_port = serve_file(&image)?;
+    let image_port = FileServer::file(&image).start().context("serving the image")?;
     let image_name = image.file_name().context("image name")?.to_string_lossy().into_owned();
 
     // The controller.
@@ -108,30 +115,16 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     // The server, powered off (QEMU paused) until the deployment's power
     // cycle starts it.
     let qmp = dir.join("qmp.sock");
-    let disk = dir.join("disk.raw");
-    std::fs::File::create(&disk)?.set_len(if debian { 4 << 30 } else { 2 << 30 })?;
-    let mut qemu = Command::new("timeout");
-    qemu.args(["1800", "qemu-system-x86_64", "-accel", "tcg", "-m", "2048", "-display", "none", "-serial", "stdio"]);
-    qemu.args(["-monitor", "none", "-S", "-qmp", &format!("unix:{},server=on,wait=off", qmp.display())]);
-    let (disk_index, nic_index) = if bios {
-        qemu.args(["-boot", "n"]);
-        ("", "")
-    } else {
-        let vars = dir.join("vars.fd");
-        std::fs::copy(OVMF_VARS, &vars).context("OVMF variables (package ovmf)")?;
-        qemu.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
-        qemu.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
-        (",bootindex=1", ",bootindex=0")
-    };
-    qemu.arg("-drive").arg(format!("file={},if=none,id=d0,format=raw", disk.display()));
-    qemu.arg("-device").arg(format!("virtio-blk-pci,drive=d0{disk_index}"));
-    qemu.arg("-netdev").arg(format!("user,id=n0,bootfile=http://10.0.2.2:{port}/boot.ipxe"));
-    qemu.arg("-device").arg(format!("virtio-net-pci,netdev=n0,mac={MAC}{nic_index}"));
-    let mut vm = Guard(qemu.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().context("qemu-system-x86_64")?);
-    let lines = console_lines(vm.0.stdout.take().context("QEMU stdout")?, &dir.join("console.log"))?;
+    let firmware = if bios { Firmware::Bios } else { Firmware::Uefi };
+    let machine = Machine::new(&dir, firmware, "virtio-blk-pci", if debian { 4096 } else { 2048 }, MAC)
+        .context("creating the server's disk")?;
+    let qemu = Qemu::new(2048).paused().qmp(&qmp).args(machine.args(&format!("127.0.0.1:{port}")));
+    let mut vm = TimedChild::spawn(qemu.command(Duration::from_secs(1800)).stdout(Stdio::piped()))
+        .context("starting qemu-system-x86_64")?;
+    let lines = console_lines(vm.take_stdout().context("QEMU stdout")?, &dir.join("console.log"))?;
     let ready = Instant::now();
     while std::os::unix::net::UnixStream::connect(&qmp).is_err() {
-        if ready.elapsed() > Duration::from_secs(20) || vm.0.try_wait()?.is_some() {
+        if ready.elapsed() > Duration::from_secs(20) || vm.try_wait()?.is_some() {
             bail!("QEMU did not open its QMP socket {}", qmp.display());
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -204,7 +197,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     while let Ok(line) = lines.recv_timeout(Duration::from_secs(900)) {
         println!("vm │ {line}");
     }
-    let _ = vm.0.wait();
+    vm.wait().context("waiting for QEMU to exit")?;
     println!(
         "demo: QEMU start → agent's first heartbeat {:.1} s; deployment done {:.1} s after the POST; \
          deployed OS reported at {:.1} s; whole demo {:.1} s",
@@ -274,39 +267,38 @@ fn strip_escapes(s: &str) -> String {
     out
 }
 
-/// Serves `path` over HTTP/1.0 on 127.0.0.1 (the VM sees 10.0.2.2);
-/// returns the port.
-fn serve_file(path: &Path) -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    let path: PathBuf = path.to_owned();
-    std::thread::spawn(move || {
-        for mut c in listener.incoming().flatten() {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                let mut req = [0u8; 4096];
-                let _ = c.read(&mut req);
-                let Ok(mut f) = std::fs::File::open(&path) else { return };
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\n\r\n");
-                let _ = std::io::copy(&mut f, &mut c);
-            });
-        }
-    });
-    Ok(port)
+/// `cargo xtask qmp` options.
+#[derive(Debug, clap::Args)]
+pub struct QmpOptions {
+    /// QEMU's QMP socket
+    pub socket: PathBuf,
+    /// What the controller's `command` power driver substitutes for `{action}`
+    #[arg(value_enum)]
+    pub action: PowerAction,
+}
+
+/// A power action, as the controller names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PowerAction {
+    /// Resume the VM (QMP `cont`)
+    On,
+    /// Pause the VM (QMP `stop`)
+    Off,
+    /// Reset and resume the VM (QMP `system_reset`, `cont`)
+    Cycle,
 }
 
 /// `cargo xtask qmp SOCKET on|off|cycle`: the demo's power driver. "Off"
 /// pauses the VM, "on" resumes it, "cycle" resets and resumes it.
-pub fn qmp(args: &[String]) -> anyhow::Result<()> {
-    let [socket, action] = args else { bail!("usage: cargo xtask qmp SOCKET on|off|cycle") };
-    let commands: &[&str] = match action.as_str() {
-        "on" => &["cont"],
-        "off" => &["stop"],
-        "cycle" => &["system_reset", "cont"],
-        other => bail!("unknown power action {other:?}"),
+pub fn qmp(opts: &QmpOptions) -> anyhow::Result<()> {
+    let commands: &[&str] = match opts.action {
+        PowerAction::On => &["cont"],
+        PowerAction::Off => &["stop"],
+        PowerAction::Cycle => &["system_reset", "cont"],
     };
-    let stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("connecting to {socket}"))?;
+    let socket = &opts.socket;
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;

@@ -44,40 +44,41 @@ const RAW_SIZE: usize = 1 << 20;
 /// files are only reported.
 const FAILURES: &[&str] = &["crash-", "oom-", "timeout-", "leak-"];
 
-const USAGE: &str = "usage: cargo xtask fuzz [--seconds N] [--only qcow2,vmdk,ova]";
-
-#[derive(Debug, PartialEq, Eq)]
-struct Options {
-    seconds: u64,
-    targets: Vec<&'static str>,
+/// `cargo xtask fuzz` options.
+#[derive(Debug, PartialEq, Eq, clap::Args)]
+pub struct Options {
+    /// Seconds per target
+    #[arg(long, value_name = "N", default_value_t = 60, value_parser = crate::at_least_one::<u64>)]
+    pub seconds: u64,
+    /// Only these targets (all of them by default)
+    #[arg(long, value_name = "qcow2,vmdk,ova", value_delimiter = ',', value_parser = target)]
+    pub only: Vec<&'static str>,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut o = Options { seconds: 60, targets: TARGETS.to_vec() };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
-        match a.as_str() {
-            "--seconds" => o.seconds = value()?.parse().context("--seconds")?,
-            "--only" => {
-                let mut only = Vec::new();
-                for name in value()?.split(',').map(|s| s.trim().to_lowercase()) {
-                    let t = TARGETS.iter().find(|t| **t == name).with_context(|| {
-                        format!("--only: no fuzz target {name:?} (there are {})", TARGETS.join(", "))
-                    })?;
-                    if !only.contains(t) {
-                        only.push(*t);
-                    }
-                }
-                o.targets = only;
-            }
-            _ => bail!("unknown argument {a:?}\n{USAGE}"),
+impl Options {
+    /// The targets to run, each once, in the order given.
+    fn targets(&self) -> Vec<&'static str> {
+        if self.only.is_empty() {
+            return TARGETS.to_vec();
         }
+        let mut targets = Vec::new();
+        for t in &self.only {
+            if !targets.contains(t) {
+                targets.push(*t);
+            }
+        }
+        targets
     }
-    if o.seconds == 0 {
-        bail!("--seconds must be at least 1");
-    }
-    Ok(o)
+}
+
+/// A fuzz target's name as `--only` takes it: any case, spaces around.
+fn target(name: &str) -> Result<&'static str, String> {
+    let name = name.trim().to_lowercase();
+    TARGETS
+        .iter()
+        .find(|t| **t == name)
+        .copied()
+        .ok_or_else(|| format!("no fuzz target {name:?} (there are {})", TARGETS.join(", ")))
 }
 
 /// What libFuzzer says about a run: its last status line (`#382089 DONE
@@ -382,21 +383,21 @@ fn report(o: &Outcome) {
     }
 }
 
-pub fn run_task(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse(args)?;
+pub fn run_task(opts: &Options) -> anyhow::Result<()> {
+    let targets = opts.targets();
     // qemu-img and tar make the seeds; libfuzzer-sys compiles libFuzzer (C++).
     setup::host(&["tar", "g++"], &[])?;
     cargo_fuzz()?;
     let fuzz = root().join("target/fuzz");
     println!("fuzz: seeds from qemu-img and tar into {}", fuzz.join("corpus").display());
     seeds(&fuzz.join("seeds"), &fuzz.join("corpus"))?;
-    for t in &opts.targets {
+    for t in &targets {
         println!("fuzz: building {t} (release, AddressSanitizer, RUSTC_BOOTSTRAP=1)");
         run(cargo_fuzz_cmd("build", &fuzz.join("target")).arg(t))?;
     }
     let t = Instant::now();
     let mut outcomes = Vec::new();
-    for target in &opts.targets {
+    for target in &targets {
         let o = fuzz_one(target, opts.seconds, &fuzz)?;
         report(&o);
         outcomes.push(o);
@@ -421,17 +422,22 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        use clap::Parser;
+        match crate::Cli::try_parse_from(["xtask", "fuzz"].iter().chain(args))?.task {
+            crate::Task::Fuzz(o) => Ok(o),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn options_parse_and_refuse_nonsense() {
-        assert_eq!(parse(&[]).unwrap(), Options { seconds: 60, targets: vec!["qcow2", "vmdk", "ova"] });
-        let o = parse(&args(&["--seconds", "5", "--only", "OVA, qcow2,ova"])).unwrap();
-        assert_eq!(o, Options { seconds: 5, targets: vec!["ova", "qcow2"] });
+        let o = parse(&[]).unwrap();
+        assert_eq!((o.seconds, o.targets()), (60, vec!["qcow2", "vmdk", "ova"]));
+        let o = parse(&["--seconds", "5", "--only", "OVA, qcow2,ova"]).unwrap();
+        assert_eq!((o.seconds, o.targets()), (5, vec!["ova", "qcow2"]));
         for bad in [&["--seconds", "0"][..], &["--seconds"], &["--seconds", "x"], &["--only", "iso"], &["--fast"]] {
-            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
 

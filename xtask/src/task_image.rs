@@ -130,11 +130,26 @@ pub fn images_dir() -> PathBuf {
     root().join("target/byoi/images")
 }
 
-pub fn run_task(args: &[String]) -> anyhow::Result<()> {
-    match args.first().map(String::as_str) {
-        Some("tiny") | None => tiny().map(|_| ()),
-        Some("debian") => crate::image_debian::debian().map(|_| ()),
-        Some(other) => bail!("unknown image {other:?} (tiny, debian)"),
+/// `cargo xtask image` options.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    #[arg(value_enum, default_value_t = Image::Tiny)]
+    pub image: Image,
+}
+
+/// The images `cargo xtask image` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Image {
+    /// The test OS: UEFI/GPT with a UKI (raw, qcow2, OVA), BIOS/MBR with syslinux
+    Tiny,
+    /// Debian 12 with cloud-init (debootstrap, UKI, qcow2; cached)
+    Debian,
+}
+
+pub fn run_task(opts: &Options) -> anyhow::Result<()> {
+    match opts.image {
+        Image::Tiny => tiny().map(|_| ()),
+        Image::Debian => crate::image_debian::debian().map(|_| ()),
     }
 }
 

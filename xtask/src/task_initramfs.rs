@@ -69,27 +69,26 @@ const APPLETS: &[&str] = &[
     "hexdump", "wget", "udhcpc", "findfs", "fdisk", "sleep", "uname", "echo", "head", "tail", "find", "chmod", "ln",
 ];
 
-struct Options {
-    flavour: String,
-    firmware_dir: Option<PathBuf>,
+/// `cargo xtask initramfs` options.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct Options {
+    /// The Debian kernel: linux-image-amd64 (generic) or linux-image-cloud-amd64 (cloud, no AHCI, no e1000)
+    #[arg(long, alias = "flavor", value_name = "FLAVOUR", default_value = DEFAULT_FLAVOUR, value_parser = ["generic", "cloud"])]
+    pub flavour: String,
+    /// Firmware files to add under /lib/firmware (Debian's non-free-firmware, which the build machines cannot reach)
+    #[arg(long, value_name = "DIR")]
+    pub firmware_dir: Option<PathBuf>,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut o = Options { flavour: "generic".into(), firmware_dir: None };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--flavour" | "--flavor" => o.flavour = it.next().context("--flavour needs generic or cloud")?.clone(),
-            "--firmware-dir" => {
-                o.firmware_dir = Some(PathBuf::from(it.next().context("--firmware-dir needs a directory")?))
-            }
-            other => bail!("unknown option {other:?} (--flavour generic|cloud, --firmware-dir DIR)"),
-        }
+/// The kernel flavour when `--flavour` is not given.
+const DEFAULT_FLAVOUR: &str = "generic";
+
+impl Default for Options {
+    /// What `cargo xtask initramfs` without options builds (the demo and
+    /// `cargo xtask test` build that).
+    fn default() -> Options {
+        Options { flavour: DEFAULT_FLAVOUR.to_owned(), firmware_dir: None }
     }
-    if !matches!(o.flavour.as_str(), "generic" | "cloud") {
-        bail!("--flavour is generic or cloud, not {:?}", o.flavour);
-    }
-    Ok(o)
 }
 
 /// Whether an ELF file asks for a program interpreter (is dynamic).
@@ -126,8 +125,7 @@ pub fn static_agent() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-pub fn run_task(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse(args)?;
+pub fn run_task(opts: &Options) -> anyhow::Result<()> {
     let root = root();
     let out_dir = root.join("target/byoi");
     let cache = out_dir.join("cache");
