@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use byoi_agent::netboot::client::Controller;
-use byoi_agent::netboot::jobs::{self, Env, Outcome};
+use byoi_agent::netboot::jobs::{self, Outcome};
 use byoi_e2e::{controller_with, http_json};
 use serde_json::json;
 use support::{assert_prefix_eq, disk_image, Behaviour, Server};
@@ -29,34 +29,11 @@ fn controller(data: &Path) -> String {
     controller_with(data, TOKEN, artifacts)
 }
 
-/// A fake /sys, /proc and /dev with one virtio disk backed by a file.
-fn machine(root: &Path) -> Env {
-    let blk = root.join("sys/devices/pci0000:00/0000:00:05.0/virtio2/block/vda");
-    std::fs::create_dir_all(blk.join("queue")).unwrap();
-    std::fs::write(blk.join("size"), format!("{}\n", DISK / 512)).unwrap();
-    std::fs::write(blk.join("serial"), "disk-A\n").unwrap();
-    std::fs::write(blk.join("queue/logical_block_size"), "512\n").unwrap();
-    std::fs::create_dir_all(root.join("sys/block")).unwrap();
-    std::os::unix::fs::symlink(&blk, root.join("sys/block/vda")).unwrap();
-    std::fs::create_dir_all(root.join("proc")).unwrap();
-    std::fs::write(root.join("proc/meminfo"), "MemTotal: 2097152 kB\n").unwrap();
-    std::fs::create_dir_all(root.join("dev")).unwrap();
-    std::fs::write(root.join("dev/vda"), vec![0xa5u8; DISK as usize]).unwrap();
-    Env {
-        sys: root.join("sys"),
-        proc: root.join("proc"),
-        dev: root.join("dev"),
-        efivars: None,
-        tick: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(1),
-    }
-}
-
 #[test]
 fn agent_deploys_jobs_from_the_controller_and_recovers_from_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let addr = controller(&dir.path().join("data"));
-    let env = machine(dir.path());
+    let env = support::netboot_machine(dir.path(), DISK, "disk-A");
     let image = disk_image(8 << 20, 5);
     let images = Server::start();
     let url = images.serve(

@@ -373,3 +373,27 @@ pub fn ends_wiped(target: &Path) -> bool {
     let mib = 1 << 20;
     got[..mib].iter().all(|&b| b == 0) && got[got.len() - mib..].iter().all(|&b| b == 0)
 }
+
+/// A fake /sys, /proc and /dev with one virtio disk of `disk` bytes, serial
+/// `serial`, backed by a file: the machine of the job-loop tests.
+pub fn netboot_machine(root: &Path, disk: u64, serial: &str) -> byoi_agent::netboot::jobs::Env {
+    let blk = root.join("sys/devices/pci0000:00/0000:00:05.0/virtio2/block/vda");
+    std::fs::create_dir_all(blk.join("queue")).unwrap();
+    std::fs::write(blk.join("size"), format!("{}\n", disk / 512)).unwrap();
+    std::fs::write(blk.join("serial"), format!("{serial}\n")).unwrap();
+    std::fs::write(blk.join("queue/logical_block_size"), "512\n").unwrap();
+    std::fs::create_dir_all(root.join("sys/block")).unwrap();
+    std::os::unix::fs::symlink(&blk, root.join("sys/block/vda")).unwrap();
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    std::fs::write(root.join("proc/meminfo"), "MemTotal: 2097152 kB\n").unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    std::fs::write(root.join("dev/vda"), vec![0xa5u8; disk as usize]).unwrap();
+    byoi_agent::netboot::jobs::Env {
+        sys: root.join("sys"),
+        proc: root.join("proc"),
+        dev: root.join("dev"),
+        efivars: None,
+        tick: std::time::Duration::from_millis(200),
+        max_backoff: std::time::Duration::from_secs(1),
+    }
+}
