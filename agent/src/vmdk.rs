@@ -242,10 +242,14 @@ impl Descriptor {
 
     /// The `createType` and the extents of a descriptor, if any.
     fn lines(text: &[u8]) -> Result<(Option<String>, Vec<Extent>)> {
+        // A descriptor is a C string, as QEMU and VMware read it: it ends at
+        // its first NUL. What may follow is not padding only: QEMU rewrites
+        // the CID in place on an image's first write, and a shorter CID
+        // leaves the old text's last bytes after the NUL.
+        let text = text.split(|&b| b == 0).next().unwrap_or_default();
         // Descriptors may carry other encodings (`encoding="windows-1252"`)
         // in values we do not read; the keys and file names we do are ASCII.
         let text = String::from_utf8_lossy(text);
-        let text = text.trim_end_matches('\0');
         let mut create_type = None;
         let mut extents = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -710,6 +714,39 @@ mod tests {
         }
     }
 
+    /// What QEMU's `vmdk_write_cid` does to an embedded descriptor on the
+    /// first write to an image: `snprintf` of the new CID over the old one,
+    /// the rest of the text appended, the whole area written back. A CID two
+    /// or more hex digits shorter than the old one (one image in a few
+    /// hundred) leaves the old text's tail after the terminating NUL.
+    fn qemu_write_cid(desc: &mut [u8], cid: u32) {
+        let end = desc.iter().position(|&b| b == 0).unwrap();
+        let find = |pat: &[u8]| desc[..end].windows(pat.len()).position(|w| w == pat).unwrap();
+        let parent = desc[find(b"parentCID")..end].to_vec();
+        let at = find(b"CID") + b"CID=".len();
+        let new = [format!("{cid:x}\n").as_bytes(), &parent, b"\0"].concat();
+        desc[at..at + new.len()].copy_from_slice(&new);
+    }
+
+    /// A descriptor is a C string, as QEMU and VMware read it: what follows
+    /// its first NUL is not part of it.
+    #[test]
+    fn a_descriptor_ends_at_its_first_nul() {
+        let text = b"# Disk DescriptorFile\nversion=1\nCID=89abcdef\nparentCID=ffffffff\n\
+                     createType=\"streamOptimized\"\n\n# Extent description\nRW 49152 SPARSE \"disk1.vmdk\"\n\n\
+                     ddb.toolsVersion = \"2147483647\"\n";
+        let want = Descriptor::parse(text).unwrap();
+        for (cid, tail) in [(0x0fff_ffff, &b""[..]), (0x00ff_ffff, b"\n"), (0x000f_ffff, b"\"\n"), (0x1ab, b"47\"\n")] {
+            let mut desc = text.to_vec();
+            desc.resize(20 * 512, 0);
+            qemu_write_cid(&mut desc, cid);
+            let after_nul = desc.split(|&b| b == 0).nth(1).unwrap();
+            assert_eq!(after_nul, tail, "CID {cid:x}: the setup leaves what QEMU leaves");
+            let d = Descriptor::parse(&desc).unwrap_or_else(|e| panic!("CID {cid:x}: {e}"));
+            assert_eq!(d, want, "CID {cid:x}");
+        }
+    }
+
     fn header() -> Vec<u8> {
         let mut b = vec![0u8; 512];
         b[..4].copy_from_slice(&MAGIC);
@@ -860,6 +897,19 @@ mod tests {
             assert_eq!(h.size(), raw.len() as u64, "{name}");
             assert!(disk[..raw.len()] == raw[..], "{name}: decoded image differs");
             assert!(disk[raw.len()..].iter().all(|&b| b == 0xa5), "{name}: wrote past the extent");
+
+            // The CID rewritten in place by a later open and write, as
+            // QEMU does: first a long one, then one 5 digits shorter, whose
+            // old tail stays after the NUL.
+            let mut stale = vmdk.clone();
+            let desc = (h.desc_offset * SECTOR) as usize..((h.desc_offset + h.desc_size) * SECTOR) as usize;
+            qemu_write_cid(&mut stale[desc.clone()], 0x89ab_cdef);
+            qemu_write_cid(&mut stale[desc.clone()], 0x1ab);
+            assert!(stale[desc].split(|&b| b == 0).nth(1).is_some_and(|t| !t.is_empty()), "{name}: no stale tail");
+            let mut again = vec![0xa5u8; raw.len()];
+            decode_sparse(&mut &stale[..], &mut again, 0, raw.len() as u64, None)
+                .unwrap_or_else(|e| panic!("{name}, CID rewritten shorter: {e}"));
+            assert!(again == raw, "{name}, CID rewritten shorter: decoded image differs");
 
             let cut = &vmdk[..vmdk.len() - 70_000];
             let e = decode_sparse(&mut &cut[..], &mut Vec::new(), 0, raw.len() as u64, None).unwrap_err().to_string();
