@@ -184,7 +184,11 @@ async fn tokens_are_required_and_kept_apart() {
     // A new boot mints a new token; the old one is stale.
     let (_, newer) = netboot(&app, "52:54:00:00:00:01").await;
     assert_eq!(agent(&app, &token, Method::POST, "heartbeat", None).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(action(&agent(&app, &newer.unwrap(), Method::POST, "heartbeat", None).await), "continue");
+    let newer = newer.unwrap();
+    assert_eq!(action(&agent(&app, &newer, Method::POST, "heartbeat", None).await), "continue");
+    // A bad body is an agent error too: it says what to do.
+    let r = agent(&app, &newer, Method::POST, "progress", Some(json!({"bogus": 1}))).await;
+    assert_eq!((r.status, &r.json_body()["action"]), (StatusCode::BAD_REQUEST, &json!("wait")));
 }
 
 #[tokio::test]

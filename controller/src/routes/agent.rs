@@ -9,7 +9,7 @@
 //! (the image URL, headers and user data it needs) or, in rescue, the SSH
 //! keys of the server's last deployment.
 
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::Router;
@@ -20,7 +20,7 @@ use byoi_wire::agent::{
 use byoi_wire::BootTarget;
 
 use super::operator::disk_groups;
-use super::{bearer, method_not_allowed, AgentError, AppError, AppState, Json};
+use super::{bearer, method_not_allowed, AgentError, AppError, AppState};
 use crate::db::{token_hash, Applied, DeploymentRow};
 use crate::lifecycle::{AgentCall, Event, Reply};
 
@@ -60,6 +60,20 @@ impl FromRequestParts<AppState> for Agent {
 }
 
 type Answer<T = ActionResponse> = Result<axum::Json<T>, AgentError>;
+
+/// A JSON body as [`super::Json`] reads it, refused with an [`AgentError`]
+/// so the agent is told what to do about a bad body too.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for Json<T> {
+    type Rejection = AgentError;
+
+    async fn from_request(req: Request, app: &AppState) -> Result<Self, AgentError> {
+        let super::Json(body) = super::Json::<T>::from_request(req, app).await?;
+        Ok(Json(body))
+    }
+}
 
 /// Runs the agent's call through the lifecycle.
 async fn apply(app: &AppState, agent: &Agent, call: AgentCall) -> Result<Applied, AgentError> {
