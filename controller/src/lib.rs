@@ -5,6 +5,8 @@
 //! deployment state machine, pure; [`db`] persists it; [`model`] holds the
 //! OVH-shaped API bodies; [`power`] drives BMCs; [`server`] runs it all;
 //! [`client`] is the operator's side of the API, for the `byoi` commands.
+//! The OpenAPI document is [`routes::openapi`], generated from the handlers
+//! and types.
 
 pub mod client;
 pub mod db;
@@ -14,6 +16,3 @@ pub mod model;
 pub mod power;
 pub mod routes;
 pub mod server;
-
-/// The OpenAPI document served at `/openapi.json`.
-pub const OPENAPI: &str = include_str!("../openapi.json");

@@ -9,7 +9,7 @@ use byoi_wire::{Checksum, DeploySpec, ImageType};
 use serde::{Deserialize, Serialize};
 
 /// `configdrive` of a BYOI request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigDriveRequest {
     /// Create the ConfigDrive partition.
@@ -29,7 +29,7 @@ pub struct ConfigDriveRequest {
 
 /// `POST /dedicated/server/{serviceName}/bringYourOwnImage`, with OVH's
 /// field names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ByoiRequest {
     /// Image URL.
@@ -149,7 +149,7 @@ impl ByoiRequest {
 }
 
 /// `POST /dedicated/server`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewServer {
     /// Name.

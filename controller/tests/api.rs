@@ -184,7 +184,11 @@ async fn tokens_are_required_and_kept_apart() {
     // A new boot mints a new token; the old one is stale.
     let (_, newer) = netboot(&app, "52:54:00:00:00:01").await;
     assert_eq!(agent(&app, &token, Method::POST, "heartbeat", None).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(action(&agent(&app, &newer.unwrap(), Method::POST, "heartbeat", None).await), "continue");
+    let newer = newer.unwrap();
+    assert_eq!(action(&agent(&app, &newer, Method::POST, "heartbeat", None).await), "continue");
+    // A bad body is an agent error too: it says what to do.
+    let r = agent(&app, &newer, Method::POST, "progress", Some(json!({"bogus": 1}))).await;
+    assert_eq!((r.status, &r.json_body()["action"]), (StatusCode::BAD_REQUEST, &json!("wait")));
 }
 
 #[tokio::test]
@@ -586,53 +590,280 @@ async fn netboot_side_scripts_and_artifacts() {
     assert!(script.contains("byoi: no vmlinuz/initramfs.img in") && token.is_none(), "{script}");
 }
 
+/// The routes [`openapi_document_matches_the_routes`] knows: adding one
+/// means documenting it, listing it here and sampling its answer there.
+const ROUTES: [&str; 19] = [
+    "GET /dedicated/server",
+    "POST /dedicated/server",
+    "GET /dedicated/server/{serviceName}",
+    "GET /dedicated/server/{serviceName}/specifications/hardware",
+    "GET /dedicated/server/{serviceName}/bringYourOwnImage",
+    "POST /dedicated/server/{serviceName}/bringYourOwnImage",
+    "DELETE /dedicated/server/{serviceName}/bringYourOwnImage",
+    "POST /agent/v1/hello",
+    "POST /agent/v1/heartbeat",
+    "GET /agent/v1/job",
+    "POST /agent/v1/progress",
+    "POST /agent/v1/result",
+    "GET /agent/v1/rescue",
+    "GET /boot.ipxe",
+    "GET /boot/{mac}",
+    "GET /artifacts/vmlinuz",
+    "HEAD /artifacts/vmlinuz",
+    "GET /artifacts/initramfs.img",
+    "HEAD /artifacts/initramfs.img",
+];
+
+/// A documented path with its parameters filled in.
+fn concrete(path: &str) -> String {
+    let p = path.replace("{serviceName}", "s1").replace("{mac}", "52:54:00:00:00:01");
+    assert!(!p.contains('{'), "{path}: a path parameter this test does not know");
+    p
+}
+
+/// `schema` closed against fields it does not name: `unevaluatedProperties:
+/// false` wherever a value is described (the root, properties, items, map
+/// values), so that a renamed field fails even where it is optional. The
+/// branches of `allOf` (serde's `flatten`) stay open: the value holding
+/// them closes their union. A free-form object (`{"type": "object"}`, no
+/// properties) stays free.
+fn closed(schema: &Value) -> Value {
+    let mut s = opened(schema);
+    if let Value::Object(m) = &mut s {
+        let names_fields = ["properties", "$ref", "allOf", "oneOf", "anyOf"].iter().any(|k| m.contains_key(*k));
+        if names_fields && !m.contains_key("additionalProperties") {
+            m.insert("unevaluatedProperties".into(), Value::Bool(false));
+        }
+    }
+    s
+}
+
+/// `schema` with every value it describes [`closed`], itself left open.
+fn opened(schema: &Value) -> Value {
+    let Value::Object(m) = schema else { return schema.clone() };
+    let m = m
+        .iter()
+        .map(|(k, v)| {
+            let v = match (k.as_str(), v) {
+                ("properties", Value::Object(props)) => {
+                    Value::Object(props.iter().map(|(name, p)| (name.clone(), closed(p))).collect())
+                }
+                ("items" | "additionalProperties", Value::Object(_)) => closed(v),
+                ("allOf" | "oneOf" | "anyOf", Value::Array(branches)) => {
+                    Value::Array(branches.iter().map(opened).collect())
+                }
+                _ => v.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    Value::Object(m)
+}
+
+/// Sends requests and checks each answer against what the OpenAPI
+/// document says of that operation and status.
+struct Sampler<'a> {
+    app: &'a App,
+    doc: Value,
+    /// The document's schemas, [`opened`], for `$ref`s to resolve against.
+    components: Value,
+    sampled: std::collections::BTreeSet<String>,
+}
+
+impl<'a> Sampler<'a> {
+    fn new(app: &'a App, doc: Value) -> Sampler<'a> {
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let components =
+            json!({"schemas": schemas.iter().map(|(k, v)| (k.clone(), opened(v))).collect::<serde_json::Map<_, _>>()});
+        Sampler { app, doc, components, sampled: Default::default() }
+    }
+
+    /// Sends `req` to the documented `path` (parameters filled in by
+    /// [`concrete`]) and validates the answer.
+    async fn sample(&mut self, path: &str, req: Request) -> Response {
+        let method = req.method.clone();
+        let req = Request { path: concrete(path) + req.path.as_str(), ..req };
+        let r = self.app.handle(req).await;
+        let what = format!("{method} {path} → {}", r.status.as_u16());
+        let op = &self.doc["paths"][path][method.as_str().to_ascii_lowercase()];
+        assert!(op.is_object(), "{what}: the operation is not documented");
+        let documented = &op["responses"][r.status.as_str()];
+        assert!(documented.is_object(), "{what}: the status is not documented: {}", String::from_utf8_lossy(&r.body));
+        match r.headers.get(http::header::CONTENT_TYPE) {
+            Some(ct) if !r.body.is_empty() => {
+                let ct = ct.to_str().unwrap().split(';').next().unwrap().trim();
+                let media = &documented["content"][ct];
+                assert!(media.is_object(), "{what}: {ct} is not documented ({})", documented["content"]);
+                if ct == "application/json" {
+                    let root = json!({"components": self.components, "allOf": [closed(&media["schema"])]});
+                    let validator = jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let body = r.json_body();
+                    let errors: Vec<String> =
+                        validator.iter_errors(&body).map(|e| format!("{e} (at {})", e.instance_path())).collect();
+                    assert!(
+                        errors.is_empty(),
+                        "{what}: the body does not match its schema:\n{}\n{body:#}",
+                        errors.join("\n")
+                    );
+                }
+            }
+            _ => assert!(r.body.is_empty() || method == Method::HEAD, "{what}: a body without a Content-Type"),
+        }
+        self.sampled.insert(format!("{method} {path}"));
+        r
+    }
+
+    /// As the operator.
+    async fn operator(&mut self, method: Method, path: &str, body: Option<Value>) -> Response {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = Request::new(method, "", body).header(AUTHORIZATION, &format!("Bearer {TOKEN}"));
+        self.sample(path, req).await
+    }
+
+    /// As the agent holding `token`.
+    async fn agent(&mut self, token: &str, method: Method, path: &str, body: Option<Value>) -> Response {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = Request::new(method, "", body).header(AUTHORIZATION, &format!("Bearer {token}"));
+        self.sample(path, req).await
+    }
+
+    /// Without credentials.
+    async fn anyone(&mut self, method: Method, path: &str) -> Response {
+        self.sample(path, Request::new(method, "", "").header(HOST, "10.0.2.2:8080")).await
+    }
+}
+
+/// The generated document against the router: every documented operation
+/// is answered, every route is documented, unknown paths get the fallback,
+/// and the answers of a whole deployment, errors included, validate against
+/// the schemas the document gives their operation and status.
 #[tokio::test]
 async fn openapi_document_matches_the_routes() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    let doc = serde_json::to_value(routes::openapi()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+
+    // Every documented operation is answered by its route, not by the
+    // fallback or a 405.
     add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
-    let doc: Value = serde_json::from_str(byoi_controller::OPENAPI).unwrap();
-    let paths = doc["paths"].as_object().unwrap();
     let mut documented = Vec::new();
-    for (path, item) in paths {
-        for method in item.as_object().unwrap().keys().filter(|m| *m != "parameters") {
-            let concrete =
-                path.replace("{serviceName}", "s1").replace("{mac}", "52:54:00:00:00:01").replace("{name}", "vmlinuz");
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys().filter(|k| *k != "parameters") {
             let m: Method = method.to_uppercase().parse().unwrap();
-            let r = call(&app, m, &concrete, None).await;
+            let r = call(&app, m.clone(), &concrete(path), None).await;
             let msg = r.json_body()["message"].as_str().unwrap_or_default().to_owned();
             assert!(
-                !msg.starts_with("No route")
-                    && !msg.starts_with("No agent call")
-                    && r.status != StatusCode::METHOD_NOT_ALLOWED,
-                "{method} {path}: {msg}"
+                !msg.starts_with("No route") && r.status != StatusCode::METHOD_NOT_ALLOWED,
+                "{m} {path} is documented but not routed: {} {msg}",
+                r.status
             );
-            documented.push(format!("{} {path}", method.to_uppercase()));
+            documented.push(format!("{m} {path}"));
         }
     }
-    for route in [
-        "GET /dedicated/server",
-        "POST /dedicated/server",
-        "GET /dedicated/server/{serviceName}",
-        "GET /dedicated/server/{serviceName}/specifications/hardware",
-        "GET /dedicated/server/{serviceName}/bringYourOwnImage",
-        "POST /dedicated/server/{serviceName}/bringYourOwnImage",
-        "DELETE /dedicated/server/{serviceName}/bringYourOwnImage",
-        "GET /boot.ipxe",
-        "GET /boot/{mac}",
-        "GET /artifacts/{name}",
-        "HEAD /artifacts/{name}",
-        "GET /openapi.json",
-        "POST /agent/v1/hello",
-        "POST /agent/v1/heartbeat",
-        "GET /agent/v1/job",
-        "POST /agent/v1/progress",
-        "POST /agent/v1/result",
+    // Every route is documented, and nothing else is routed.
+    documented.sort();
+    let mut known: Vec<String> = ROUTES.iter().map(|r| r.to_string()).chain(["GET /openapi.json".into()]).collect();
+    known.sort();
+    assert_eq!(documented, known, "the documented routes are not the known ones");
+    for (m, p) in [
+        (Method::GET, "/dedicated"),
+        (Method::GET, "/dedicated/server/s1/bringYourOwnImage/x"),
+        (Method::POST, "/agent/v1/bye"),
+        (Method::GET, "/artifacts/passwd"),
+        (Method::GET, "/openapi.yaml"),
     ] {
-        assert!(documented.iter().any(|d| d == route), "{route} is not in openapi.json");
+        let r = call(&app, m.clone(), p, None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{m} {p}");
+        assert_eq!(r.json_body()["message"], format!("No route for {m} {p}"));
     }
-    let served = app.handle(Request::new(Method::GET, "/openapi.json", "")).await;
-    assert_eq!(served.json_body(), doc);
+
+    // A deployment from start to end, and the errors on the way: every
+    // answer validates against its schema.
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    let mut s = Sampler::new(&app, doc.clone());
+    let served = s.anyone(Method::GET, "/openapi.json").await;
+    assert_eq!(served.json_body(), doc, "the document served is the one generated");
+    let r = s
+        .operator(
+            Method::POST,
+            "/dedicated/server",
+            Some(json!({"serviceName": "s1", "macs": ["52:54:00:00:00:01"], "power": {"kind": "manual"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        s.operator(
+            Method::POST,
+            "/dedicated/server",
+            Some(json!({"serviceName": "s1", "macs": ["52:54:00:00:00:01"]}))
+        )
+        .await
+        .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(s.operator(Method::GET, "/dedicated/server", None).await.status, StatusCode::OK);
+    assert_eq!(s.anyone(Method::GET, "/dedicated/server").await.status, StatusCode::UNAUTHORIZED);
+    let hw = "/dedicated/server/{serviceName}/specifications/hardware";
+    assert_eq!(s.operator(Method::GET, hw, None).await.status, StatusCode::NOT_FOUND);
+    let byoi = "/dedicated/server/{serviceName}/bringYourOwnImage";
+    assert_eq!(s.operator(Method::GET, byoi, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(s.operator(Method::POST, byoi, Some(json!({"URL": "ftp://x/i"}))).await.status, StatusCode::BAD_REQUEST);
+    let body = json!({"URL": "https://img.example/a.ova", "checkSum": "ab".repeat(32), "checkSumType": "sha256",
+        "type": "ova", "ovaDisk": 2, "description": "debian",
+        "configdrive": {"enable": true, "hostname": "web1", "sshKey": "ssh-ed25519 AAAA"}});
+    let r = s.operator(Method::POST, byoi, Some(body.clone())).await;
+    assert_eq!((r.status, &r.json_body()["powerCycle"]), (StatusCode::OK, &json!("manual")));
+    assert_eq!(s.operator(Method::POST, byoi, Some(body)).await.status, StatusCode::CONFLICT);
+
+    assert_eq!(s.anyone(Method::GET, "/boot.ipxe").await.status, StatusCode::OK);
+    let r = s.anyone(Method::GET, "/boot/{mac}").await;
+    let script = String::from_utf8(r.body.to_vec()).unwrap();
+    let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    for artifact in ["/artifacts/vmlinuz", "/artifacts/initramfs.img"] {
+        assert_eq!(s.anyone(Method::HEAD, artifact).await.status, StatusCode::OK);
+        let req = Request::new(Method::GET, "", "").header(RANGE, "bytes=0-3");
+        assert_eq!(s.sample(artifact, req).await.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(s.anyone(Method::GET, artifact).await.status, StatusCode::OK);
+    }
+
+    let r = s.agent("stale", Method::POST, "/agent/v1/heartbeat", None).await;
+    assert_eq!((r.status, &r.json_body()["action"]), (StatusCode::UNAUTHORIZED, &json!("reboot")));
+    let r = s.agent(&token, Method::POST, "/agent/v1/hello", Some(json!({"inventory": "none"}))).await;
+    assert_eq!((r.status, &r.json_body()["action"]), (StatusCode::BAD_REQUEST, &json!("wait")));
+    assert_eq!(action(&s.agent(&token, Method::POST, "/agent/v1/hello", Some(inventory())).await), "continue");
+    assert_eq!(s.operator(Method::GET, hw, None).await.status, StatusCode::OK);
+    let r = s.agent(&token, Method::GET, "/agent/v1/job", None).await;
+    let id = r.json_body()["job"]["deploymentId"].as_i64().unwrap();
+    assert_eq!(r.json_body()["job"]["spec"]["ovaDisk"], 2);
+    assert_eq!(
+        action(&s.agent(&token, Method::POST, "/agent/v1/heartbeat", Some(json!({"deploymentId": id}))).await),
+        "continue"
+    );
+    let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 5, "bytesTotal": 10,
+        "logs": [{"level": "warn", "target": "byoi_agent::source::http", "message": "retrying"}]});
+    assert_eq!(action(&s.agent(&token, Method::POST, "/agent/v1/progress", Some(p)).await), "continue");
+    let r = s.operator(Method::GET, byoi, None).await;
+    assert_eq!(r.json_body()["agentLogs"][0]["message"], "retrying", "the sample has logs to check");
+    let done = json!({"deploymentId": id, "status": "done", "message": "deployed"});
+    assert_eq!(action(&s.agent(&token, Method::POST, "/agent/v1/result", Some(done)).await), "reboot");
+    let r = s.operator(Method::GET, "/dedicated/server/{serviceName}", None).await;
+    assert_eq!(r.json_body()["deployments"][0]["status"], "done", "the sample has a history to check");
+
+    let r = s.operator(Method::DELETE, byoi, None).await;
+    assert_eq!((r.status, &r.json_body()["powerCycle"]), (StatusCode::OK, &json!("manual")));
+    let r = s.anyone(Method::GET, "/boot/{mac}").await;
+    let script = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(script.contains("byoi.mode=rescue"), "{script}");
+    let rescue = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let r = s.agent(&rescue, Method::GET, "/agent/v1/rescue", None).await;
+    assert_eq!(r.json_body()["sshKeys"], json!(["ssh-ed25519 AAAA"]));
+    assert_eq!(s.operator(Method::DELETE, byoi, None).await.status, StatusCode::NOT_FOUND);
+
+    let unsampled: Vec<_> = known.iter().filter(|r| !s.sampled.contains(*r)).collect();
+    assert!(unsampled.is_empty(), "no sample answer checked for {unsampled:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

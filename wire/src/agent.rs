@@ -25,6 +25,7 @@ wire_enum! {
 
 /// One disk as the agent sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Disk {
     /// Kernel name (`nvme0n1`): for people only, it changes between boots.
@@ -53,6 +54,7 @@ pub struct Disk {
 
 /// One network interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Nic {
     /// Kernel name.
@@ -69,6 +71,7 @@ pub struct Nic {
 
 /// What the agent found on the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Inventory {
     /// How the server booted.
@@ -83,6 +86,7 @@ pub struct Inventory {
 
 /// `POST /agent/v1/hello`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Hello {
     /// The inventory.
@@ -94,6 +98,7 @@ pub struct Hello {
 
 /// How a job names its disk: never by kernel name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DiskSelector {
     /// Serial number (may be empty for virtual disks).
@@ -106,6 +111,7 @@ pub struct DiskSelector {
 
 /// A deployment for the agent to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     /// The deployment this job belongs to; reports name it.
@@ -118,6 +124,7 @@ pub struct Job {
 
 /// `POST /agent/v1/heartbeat`: alive, and what it works on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Heartbeat {
     /// The deployment the agent is running, if any.
@@ -127,6 +134,7 @@ pub struct Heartbeat {
 
 /// Answer to `GET /agent/v1/job`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobResponse {
     /// What to do.
@@ -137,6 +145,7 @@ pub struct JobResponse {
 
 /// `POST /agent/v1/progress`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ProgressReport {
     /// The deployment.
@@ -176,6 +185,7 @@ pub const MAX_LOG_TARGET: usize = 128;
 
 /// One `tracing` event of the agent, forwarded to the controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LogRecord {
     /// Severity.
@@ -208,6 +218,7 @@ fn cut(s: &mut String, max: usize) {
 
 /// `POST /agent/v1/result`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ResultReport {
     /// The deployment.
@@ -225,6 +236,7 @@ pub struct ResultReport {
 
 /// The answer to every other agent request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ActionResponse {
     /// What to do.
@@ -233,6 +245,7 @@ pub struct ActionResponse {
 
 /// Answer to `GET /agent/v1/rescue`: who may log in over SSH.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RescueResponse {
     /// What to do.

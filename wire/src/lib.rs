@@ -14,16 +14,18 @@ use serde::{Deserialize, Serialize};
 
 /// A string enum on the wire: `as_str` and serde agree by construction;
 /// with `unknown = V`, a value this build does not know reads as `V`;
-/// with the `sqlite` feature it is stored as its name.
+/// with the `sqlite` feature it is stored as its name; with the `openapi`
+/// feature its schema is a string of one of its names, described by its
+/// doc comments (so only doc attributes are taken).
 macro_rules! wire_enum {
     (
-        $(#[$meta:meta])*
-        pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )* }
+        $(#[doc = $doc:literal])*
+        pub enum $name:ident { $( $(#[doc = $vdoc:literal])* $variant:ident = $text:literal, )* }
         $(unknown = $unknown:ident)?
     ) => {
-        $(#[$meta])*
+        $(#[doc = $doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $( $(#[$vmeta])* $variant, )* }
+        pub enum $name { $( $(#[doc = $vdoc])* $variant, )* }
 
         impl $name {
             /// Every value.
@@ -80,6 +82,29 @@ macro_rules! wire_enum {
                 $name::from_name(s).ok_or_else(|| {
                     rusqlite::types::FromSqlError::Other(format!("{s:?} is no {}", stringify!($name)).into())
                 })
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                // The type's doc, then each name with its variant's doc.
+                let lines = |docs: &[&str], sep| docs.iter().map(|l| l.trim()).collect::<Vec<_>>().join(sep);
+                let mut description = lines(&[$($doc),*], "\n");
+                description.push('\n');
+                $( description.push_str(&format!("\n- `{}`: {}", $text, lines(&[$($vdoc),*], " "))); )*
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some(Self::ALL.iter().map(|v| v.as_str())))
+                    .description(Some(description))
+                    .into()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
             }
         }
     };

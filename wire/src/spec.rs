@@ -61,6 +61,7 @@ fn err<T>(msg: impl Into<String>) -> Result<T, SpecError> {
 
 /// A checksum algorithm OVH's API accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     /// MD5.
@@ -113,6 +114,7 @@ impl FromStr for Algorithm {
 
 /// An expected checksum of the bytes served.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Checksum {
     /// The algorithm.
     pub algo: Algorithm,
@@ -168,6 +170,7 @@ impl FromStr for Checksum {
 
 /// The format of an image as the API declares it (`type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ImageType {
     /// A disk image byte for byte, possibly gzip/xz/zstd compressed.
@@ -293,6 +296,36 @@ impl<'de> Deserialize<'de> for OvaDisk {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for OvaDisk {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let index = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .description(Some("1-based index in the order of the OVF's DiskSection"));
+        let name = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_OVA_DISK))
+            .description(Some(
+                "an OVF disk id (`vmdisk2`) or a file name (`disk2.vmdk`); a string of digits is an index",
+            ));
+        OneOfBuilder::new()
+            .item(index)
+            .item(name)
+            .description(Some("Which disk of a multi-disk OVA (`ovaDisk`, a byoi extension)"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for OvaDisk {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "OvaDisk".into()
+    }
+}
+
 /// Bytes carried as base64 in JSON (user data, network data).
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Blob(pub Vec<u8>);
@@ -317,8 +350,27 @@ impl<'de> Deserialize<'de> for Blob {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Blob {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .content_encoding("base64")
+            .description(Some("Bytes, base64 encoded (RFC 4648 §4, with padding)"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Blob {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Blob".into()
+    }
+}
+
 /// The layout of a ConfigDrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ConfigDriveFormat {
     /// OpenStack ConfigDrive, label `config-2` (OVH's).
@@ -342,6 +394,7 @@ impl ConfigDriveFormat {
 
 /// What goes into the cloud-init ConfigDrive.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigDriveSpec {
     /// Layout.
@@ -422,6 +475,7 @@ pub enum Urls {
 
 /// A deployment: what to fetch, how to check it, what to add to the disk.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeploySpec {
     /// Image URL.

@@ -9,18 +9,18 @@
 //! (the image URL, headers and user data it needs) or, in rescue, the SSH
 //! keys of the server's last deployment.
 
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::routing::{get, post};
-use axum::Router;
 use byoi_wire::agent::{
     Action, ActionResponse, DiskSelector, Heartbeat, Hello, Job, JobResponse, LogRecord, ProgressReport,
     RescueResponse, ResultReport, MAX_LOGS,
 };
 use byoi_wire::BootTarget;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::operator::disk_groups;
-use super::{bearer, method_not_allowed, AgentError, AppError, AppState, Json};
+use super::{bearer, or_405, AgentError, AgentErrorBody, AppError, AppState};
 use crate::db::{token_hash, Applied, DeploymentRow};
 use crate::lifecycle::{AgentCall, Event, Reply};
 
@@ -28,15 +28,14 @@ use crate::lifecycle::{AgentCall, Event, Reply};
 const KEPT_LOGS: usize = 200;
 
 /// The agent's routes.
-pub fn routes() -> Router<AppState> {
-    let r = |m: axum::routing::MethodRouter<AppState>| m.fallback(method_not_allowed);
-    Router::new()
-        .route("/agent/v1/hello", r(post(hello)))
-        .route("/agent/v1/heartbeat", r(post(heartbeat)))
-        .route("/agent/v1/job", r(get(job)))
-        .route("/agent/v1/progress", r(post(progress)))
-        .route("/agent/v1/result", r(post(result)))
-        .route("/agent/v1/rescue", r(get(rescue)))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(or_405(routes!(hello)))
+        .routes(or_405(routes!(heartbeat)))
+        .routes(or_405(routes!(job)))
+        .routes(or_405(routes!(progress)))
+        .routes(or_405(routes!(result)))
+        .routes(or_405(routes!(rescue)))
 }
 
 /// The server and boot mode an agent's token belongs to.
@@ -61,6 +60,20 @@ impl FromRequestParts<AppState> for Agent {
 
 type Answer<T = ActionResponse> = Result<axum::Json<T>, AgentError>;
 
+/// A JSON body as [`super::Json`] reads it, refused with an [`AgentError`]
+/// so the agent is told what to do about a bad body too.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for Json<T> {
+    type Rejection = AgentError;
+
+    async fn from_request(req: Request, app: &AppState) -> Result<Self, AgentError> {
+        let super::Json(body) = super::Json::<T>::from_request(req, app).await?;
+        Ok(Json(body))
+    }
+}
+
 /// Runs the agent's call through the lifecycle.
 async fn apply(app: &AppState, agent: &Agent, call: AgentCall) -> Result<Applied, AgentError> {
     let event = Event::Agent { mode: agent.mode, call };
@@ -76,6 +89,17 @@ fn action(applied: &Applied) -> Answer {
     Ok(axum::Json(ActionResponse { action }))
 }
 
+/// The agent is up: its inventory, and what to do next.
+#[utoipa::path(post, path = "/agent/v1/hello", tag = "agent", security(("agentToken" = [])),
+    request_body = Hello,
+    responses(
+        (status = 200, description = "What to do next", body = ActionResponse),
+        (status = 400, description = "Bad JSON", body = AgentErrorBody),
+        (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 404, description = "The server is gone", body = AgentErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = AgentErrorBody),
+        (status = 500, description = "The database failed", body = AgentErrorBody),
+    ))]
 async fn hello(State(app): State<AppState>, agent: Agent, Json(hello): Json<Hello>) -> Answer {
     app.db.save_inventory(&agent.server, &hello.inventory).await?;
     let applied = apply(&app, &agent, AgentCall::Hello).await?;
@@ -84,6 +108,17 @@ async fn hello(State(app): State<AppState>, agent: Agent, Json(hello): Json<Hell
     action(&applied)
 }
 
+/// The agent is alive, and says which deployment it runs.
+#[utoipa::path(post, path = "/agent/v1/heartbeat", tag = "agent", security(("agentToken" = [])),
+    request_body = Option<Heartbeat>,
+    responses(
+        (status = 200, description = "What to do next", body = ActionResponse),
+        (status = 400, description = "Bad JSON", body = AgentErrorBody),
+        (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 404, description = "The server is gone", body = AgentErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = AgentErrorBody),
+        (status = 500, description = "The database failed", body = AgentErrorBody),
+    ))]
 async fn heartbeat(State(app): State<AppState>, agent: Agent, Json(beat): Json<Option<Heartbeat>>) -> Answer {
     let working_on = match beat.and_then(|b| b.deployment_id) {
         Some(id) => app.db.named(&agent.server, id).await?,
@@ -92,6 +127,14 @@ async fn heartbeat(State(app): State<AppState>, agent: Agent, Json(beat): Json<O
     action(&apply(&app, &agent, AgentCall::Heartbeat { working_on }).await?)
 }
 
+/// The job: what to deploy on which disk, with `continue`.
+#[utoipa::path(get, path = "/agent/v1/job", tag = "agent", security(("agentToken" = [])),
+    responses(
+        (status = 200, description = "The job, or what to do instead", body = JobResponse),
+        (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 404, description = "The server is gone", body = AgentErrorBody),
+        (status = 500, description = "The database failed", body = AgentErrorBody),
+    ))]
 async fn job(State(app): State<AppState>, agent: Agent) -> Answer<JobResponse> {
     // Whether a job can be made is decided before the transition, from the
     // deployment the transition would hand out.
@@ -137,6 +180,17 @@ async fn job_for(app: &AppState, server: &str, d: &DeploymentRow) -> Result<Resu
     }))
 }
 
+/// How far the deployment is, and the warnings logged since the last report.
+#[utoipa::path(post, path = "/agent/v1/progress", tag = "agent", security(("agentToken" = [])),
+    request_body = ProgressReport,
+    responses(
+        (status = 200, description = "What to do next: `abort` if the deployment was erased", body = ActionResponse),
+        (status = 400, description = "Bad JSON", body = AgentErrorBody),
+        (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 404, description = "The server is gone", body = AgentErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = AgentErrorBody),
+        (status = 500, description = "The database failed", body = AgentErrorBody),
+    ))]
 async fn progress(State(app): State<AppState>, agent: Agent, Json(p): Json<ProgressReport>) -> Answer {
     let call = AgentCall::Progress {
         id: p.deployment_id,
@@ -158,6 +212,17 @@ fn bounded(mut logs: Vec<LogRecord>) -> Vec<LogRecord> {
     logs.into_iter().map(LogRecord::bounded).collect()
 }
 
+/// How the deployment ended.
+#[utoipa::path(post, path = "/agent/v1/result", tag = "agent", security(("agentToken" = [])),
+    request_body = ResultReport,
+    responses(
+        (status = 200, description = "What to do next: `reboot` into the disk on success", body = ActionResponse),
+        (status = 400, description = "Bad JSON", body = AgentErrorBody),
+        (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 404, description = "The server is gone", body = AgentErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = AgentErrorBody),
+        (status = 500, description = "The database failed", body = AgentErrorBody),
+    ))]
 async fn result(State(app): State<AppState>, agent: Agent, Json(r): Json<ResultReport>) -> Answer {
     let call = AgentCall::Result { id: r.deployment_id, status: r.status, code: r.code, message: r.message };
     let applied = apply(&app, &agent, call).await?;
@@ -179,6 +244,14 @@ async fn keep_logs(app: &AppState, agent: &Agent, deployment: i64, logs: Vec<Log
     Ok(app.db.save_logs(deployment, logs, KEPT_LOGS).await?)
 }
 
+/// Who may log in to the rescue agent over SSH.
+#[utoipa::path(get, path = "/agent/v1/rescue", tag = "agent", security(("agentToken" = [])),
+    responses(
+        (status = 200, description = "The SSH keys of the last deployment that had any", body = RescueResponse),
+        (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 404, description = "The server is gone", body = AgentErrorBody),
+        (status = 500, description = "The database failed", body = AgentErrorBody),
+    ))]
 async fn rescue(State(app): State<AppState>, agent: Agent) -> Answer<RescueResponse> {
     let applied = apply(&app, &agent, AgentCall::Rescue).await?;
     let history = app.db.history(&agent.server).await?;

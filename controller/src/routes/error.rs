@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use byoi_wire::agent::Action;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::db::DbError;
 
@@ -55,12 +56,29 @@ impl AppError {
     }
 }
 
+/// The body of every error, as OVH's API renders it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// The body of an error on an agent route.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AgentErrorBody {
+    /// What went wrong, for people.
+    pub message: String,
+    /// What the agent must do: `reboot` (netboot again) for a refused
+    /// token, else `wait`.
+    pub action: Action,
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         if let AppError::Db(e) = &self {
             tracing::error!(error = %e, "database error");
         }
-        (self.status(), Json(json!({ "message": self.to_string() }))).into_response()
+        (self.status(), Json(ErrorBody { message: self.to_string() })).into_response()
     }
 }
 
@@ -81,6 +99,6 @@ impl IntoResponse for AgentError {
         if let AppError::Db(e) = &self.0 {
             tracing::error!(error = %e, "database error");
         }
-        (self.0.status(), Json(json!({ "message": self.0.to_string(), "action": action }))).into_response()
+        (self.0.status(), Json(AgentErrorBody { message: self.0.to_string(), action })).into_response()
     }
 }

@@ -5,6 +5,11 @@
 //! together with the layers every request goes through: a request id on
 //! every log line, tracing, timeouts. Tests drive the router without a
 //! socket (`tower::ServiceExt::oneshot`).
+//!
+//! Every handler carries its `#[utoipa::path]` and is registered with
+//! utoipa-axum's `routes!`, which adds the route and its documentation
+//! together: the OpenAPI document ([`openapi`], served at `/openapi.json`)
+//! cannot name a route the router does not answer, nor miss one.
 
 pub mod agent;
 pub mod error;
@@ -19,13 +24,18 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::Router;
+use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::tag::TagBuilder;
+use utoipa::openapi::{ComponentsBuilder, InfoBuilder, LicenseBuilder, OpenApi, OpenApiBuilder};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
-pub use error::{AgentError, AppError};
+pub use error::{AgentError, AgentErrorBody, AppError, ErrorBody};
 
 use crate::db::Db;
 
@@ -86,20 +96,101 @@ impl App {
     }
 }
 
-/// The whole router, with its layers.
-pub fn router(app: AppState) -> Router {
-    Router::new()
+/// The document's `info.description`.
+const DESCRIPTION: &str = "Bring Your Own Image for bare-metal servers, modelled on OVHcloud's BYOI API \
+(`/dedicated/server/…`).\n\n\
+Who authenticates how: the operator's routes take `Authorization: Bearer API_TOKEN` (`apiToken`); \
+the agent protocol (`/agent/v1/…`) takes the per-boot agent token minted with the server's boot script \
+(`agentToken`), and its errors also carry the `action` the agent must take; the netboot routes \
+(iPXE scripts, the agent's kernel and initramfs) and this document take none.\n\n\
+Errors are `{\"message\": …}` with a 4xx or 5xx status.";
+
+/// The document's frame: info, security schemes, tags. Paths and schemas
+/// come from the routes.
+fn frame() -> OpenApi {
+    let bearer = |description: &str| {
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build())
+    };
+    let tag = |name: &str, description: &str| TagBuilder::new().name(name).description(Some(description)).build();
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("byoi controller")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(DESCRIPTION))
+                .license(Some(
+                    LicenseBuilder::new()
+                        .name(env!("CARGO_PKG_LICENSE"))
+                        .identifier(Some(env!("CARGO_PKG_LICENSE")))
+                        .build(),
+                )),
+        )
+        .components(Some(
+            ComponentsBuilder::new()
+                .security_scheme(
+                    "apiToken",
+                    bearer("The operator's API token (`--api-token`, `$BYOI_API_TOKEN` or `DATA_DIR/api-token`)"),
+                )
+                .security_scheme(
+                    "agentToken",
+                    bearer("A per-boot agent token, minted with the boot script `/boot/{mac}` served the server"),
+                )
+                .build(),
+        ))
+        .tags(Some([
+            tag("operator", "The BYOI API: servers, deployments, hardware. Operator token."),
+            tag("agent", "The agent protocol: what a netbooted agent says to the controller. Agent token."),
+            tag("netboot", "iPXE scripts and the agent's kernel and initramfs. No credentials."),
+            tag("meta", "This document. No credentials."),
+        ]))
+        .build()
+}
+
+/// Every route with its documentation, without state or layers.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(frame())
         .merge(operator::routes())
         .merge(agent::routes())
-        .merge(netboot::routes(&app.cfg.artifacts))
-        .route(
-            "/openapi.json",
-            axum::routing::get(|| async { ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI) }),
-        )
+        .merge(netboot::routes())
+        .routes(or_405(routes!(openapi_json)))
+}
+
+/// The OpenAPI 3.1 document of [`router`]'s routes, generated from the
+/// handlers' `#[utoipa::path]` and the types' `ToSchema`.
+pub fn openapi() -> OpenApi {
+    api().into_openapi()
+}
+
+/// The document as served, rendered once.
+#[derive(Debug, Clone)]
+struct Document(Bytes);
+
+/// The OpenAPI document of this controller.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses(
+        (status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object),
+    ))]
+async fn openapi_json(Extension(doc): Extension<Document>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0)
+}
+
+/// A route's methods, with 405 for the others.
+fn or_405(route: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
+    let (schemas, paths, methods) = route;
+    (schemas, paths, methods.fallback(method_not_allowed))
+}
+
+/// The whole router, with its layers.
+pub fn router(app: AppState) -> Router {
+    let (routes, doc) = api().split_for_parts();
+    // Plain data with string keys: serialising it cannot fail.
+    let doc = Document(Bytes::from(serde_json::to_vec_pretty(&doc).expect("the OpenAPI document serialises")));
+    routes
         .fallback(|req: Request| async move {
             AppError::NotFound(format!("No route for {} {}", req.method(), req.uri().path()))
         })
         .with_state(app)
+        .layer(Extension(doc))
         .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(PropagateRequestIdLayer::x_request_id())

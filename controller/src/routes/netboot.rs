@@ -7,17 +7,16 @@
 //! server (minting one revokes the server's unused older tokens, never a
 //! working agent's). The artifacts are public.
 
-use std::path::Path;
-
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use axum::response::{IntoResponse, Response};
 use byoi_wire::BootTarget;
+use tower::ServiceExt;
 use tower_http::services::ServeFile;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{method_not_allowed, AppError, AppState};
+use super::{or_405, AppError, AppState, ErrorBody};
 use crate::ipxe::{self, Script};
 use crate::lifecycle::{Event, Reply};
 use crate::model;
@@ -25,16 +24,14 @@ use crate::model;
 /// The artifacts served, by name.
 pub const ARTIFACTS: [&str; 2] = ["vmlinuz", "initramfs.img"];
 
-/// The netboot routes; artifacts come from `artifacts` (Range and HEAD by
-/// tower-http).
-pub fn routes(artifacts: &Path) -> Router<AppState> {
-    let mut r = Router::new()
-        .route("/boot.ipxe", get(boot_ipxe).fallback(method_not_allowed))
-        .route("/boot/{mac}", get(boot_script).fallback(method_not_allowed));
-    for name in ARTIFACTS {
-        r = r.route_service(&format!("/artifacts/{name}"), ServeFile::new(artifacts.join(name)));
-    }
-    r
+/// The netboot routes; artifacts come from `Config::artifacts` (Range and
+/// HEAD by tower-http).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(or_405(routes!(boot_ipxe)))
+        .routes(or_405(routes!(boot_script)))
+        .routes(or_405(routes!(vmlinuz, vmlinuz_head)))
+        .routes(or_405(routes!(initramfs, initramfs_head)))
 }
 
 /// A plain-text iPXE script.
@@ -52,13 +49,26 @@ fn base_url(app: &AppState, headers: &HeaderMap) -> String {
     format!("{}://{host}", app.cfg.scheme)
 }
 
+/// The script iPXE chains into first: it fetches `/boot/${mac}`.
+#[utoipa::path(get, path = "/boot.ipxe", tag = "netboot",
+    responses((status = 200, description = "An iPXE script", content_type = "text/plain", body = String)))]
 async fn boot_ipxe(State(app): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     script(ipxe::render(&Script::Boot, &base_url(&app, &headers)))
 }
 
+/// The server's boot script.
+///
+/// The agent (with a fresh agent token) to deploy or rescue, else its own
+/// disk; an unknown MAC gets a script that says so.
+#[utoipa::path(get, path = "/boot/{mac}", tag = "netboot",
+    params(("mac" = String, Path, description = "A MAC address of the server, `:` or `-` separated, any case")),
+    responses(
+        (status = 200, description = "An iPXE script", content_type = "text/plain", body = String),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ))]
 async fn boot_script(
     State(app): State<AppState>,
-    UrlPath(mac): UrlPath<String>,
+    Path(mac): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, AppError> {
     let base = base_url(&app, &headers);
@@ -85,4 +95,72 @@ async fn boot_script(
     };
     tracing::info!(server = %name, target = %server.boot_target, "served boot script");
     Ok(script(body))
+}
+
+/// Serves the artifact `name`, with Range and HEAD.
+async fn artifact(app: &AppState, name: &str, req: Request) -> Response {
+    let Ok(r) = ServeFile::new(app.cfg.artifacts.join(name)).oneshot(req).await;
+    r.into_response()
+}
+
+/// Bytes, as the schema of a binary body (OpenAPI 3.1 §4.3.2).
+struct Binary;
+
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .content_media_type("application/octet-stream")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Binary {}
+
+/// The agent's kernel.
+#[utoipa::path(get, path = "/artifacts/vmlinuz", tag = "netboot",
+    params(("Range" = Option<String>, Header, nullable = false, description = "A byte range (RFC 9110 §14.2)")),
+    responses(
+        (status = 200, description = "The kernel", content_type = "application/octet-stream", body = inline(Binary)),
+        (status = 206, description = "The range asked for",
+            content_type = "application/octet-stream", body = inline(Binary)),
+        (status = 404, description = "No `vmlinuz` in the artifacts directory"),
+        (status = 416, description = "The range is past the end"),
+    ))]
+async fn vmlinuz(State(app): State<AppState>, req: Request) -> Response {
+    artifact(&app, "vmlinuz", req).await
+}
+
+/// The agent's kernel's length, without the body.
+#[utoipa::path(head, path = "/artifacts/vmlinuz", tag = "netboot",
+    responses(
+        (status = 200, description = "`Content-Length`, `Accept-Ranges: bytes`, `Last-Modified`"),
+        (status = 404, description = "No `vmlinuz` in the artifacts directory"),
+    ))]
+async fn vmlinuz_head(State(app): State<AppState>, req: Request) -> Response {
+    artifact(&app, "vmlinuz", req).await
+}
+
+/// The agent's initramfs.
+#[utoipa::path(get, path = "/artifacts/initramfs.img", tag = "netboot",
+    params(("Range" = Option<String>, Header, nullable = false, description = "A byte range (RFC 9110 §14.2)")),
+    responses(
+        (status = 200, description = "The initramfs", content_type = "application/octet-stream", body = inline(Binary)),
+        (status = 206, description = "The range asked for",
+            content_type = "application/octet-stream", body = inline(Binary)),
+        (status = 404, description = "No `initramfs.img` in the artifacts directory"),
+        (status = 416, description = "The range is past the end"),
+    ))]
+async fn initramfs(State(app): State<AppState>, req: Request) -> Response {
+    artifact(&app, "initramfs.img", req).await
+}
+
+/// The agent's initramfs's length, without the body.
+#[utoipa::path(head, path = "/artifacts/initramfs.img", tag = "netboot",
+    responses(
+        (status = 200, description = "`Content-Length`, `Accept-Ranges: bytes`, `Last-Modified`"),
+        (status = 404, description = "No `initramfs.img` in the artifacts directory"),
+    ))]
+async fn initramfs_head(State(app): State<AppState>, req: Request) -> Response {
+    artifact(&app, "initramfs.img", req).await
 }

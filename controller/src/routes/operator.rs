@@ -11,29 +11,27 @@ use std::collections::BTreeMap;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
 use byoi_wire::agent::{Disk, Inventory, LogRecord, Nic};
 use byoi_wire::spec::redact_url;
 use byoi_wire::{BootMode, BootTarget, ErrorCode, Stage, Status};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{bearer, method_not_allowed, same, AppError, AppState, Json, BYOI_BODY};
+use super::{bearer, or_405, same, AppError, AppState, ErrorBody, Json, BYOI_BODY};
 use crate::db::{self, DeploymentRow, ServerRow};
 use crate::lifecycle::{Effect, Event, Reply};
 use crate::model::{self, ByoiRequest, NewServer};
 use crate::power::{Power, PowerAction};
 
 /// The operator's routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/dedicated/server", get(list).post(add).fallback(method_not_allowed))
-        .route("/dedicated/server/{name}", get(show).fallback(method_not_allowed))
-        .route("/dedicated/server/{name}/specifications/hardware", get(hardware).fallback(method_not_allowed))
-        .route(
-            "/dedicated/server/{name}/bringYourOwnImage",
-            get(byoi_status).post(byoi_post).delete(byoi_delete).fallback(method_not_allowed),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(or_405(routes!(list, add)))
+        .routes(or_405(routes!(show)))
+        .routes(or_405(routes!(hardware)))
+        .routes(or_405(routes!(byoi_status, byoi_post, byoi_delete)))
 }
 
 /// Proof that the request carries the operator's token.
@@ -68,7 +66,7 @@ pub fn rfc3339(t: i64) -> String {
 }
 
 /// What happened to the server's power on a POST or DELETE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PowerCycle {
     /// The driver power-cycled it.
@@ -83,7 +81,7 @@ pub enum PowerCycle {
 
 /// A deployment's status: OVH's `{checksum, message, servername, status}`
 /// and our progress fields.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentView {
     /// `doing`, `done`, `error`.
@@ -109,10 +107,13 @@ pub struct DeploymentView {
     /// Why it failed.
     pub error_code: Option<ErrorCode>,
     /// When it was posted.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Its last change.
+    #[schema(format = DateTime)]
     pub updated_at: String,
     /// When it ended.
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     /// What the POST or DELETE did to the power (only in their answers).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,10 +125,11 @@ pub struct DeploymentView {
 }
 
 /// A line the agent logged at WARN or above, as kept.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentLog {
     /// When the controller received it.
+    #[schema(format = DateTime)]
     pub at: String,
     /// Its record.
     #[serde(flatten)]
@@ -164,7 +166,7 @@ impl DeploymentView {
 }
 
 /// One deployment in a server's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
     /// Its status.
@@ -177,14 +179,14 @@ pub struct HistoryEntry {
 }
 
 /// The power driver, without its settings (they hold credentials).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PowerView {
     /// `manual`, `command`, `ipmi`, `redfish`.
     pub kind: &'static str,
 }
 
 /// `GET /dedicated/server/{serviceName}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerView {
     /// Its name.
@@ -200,8 +202,10 @@ pub struct ServerView {
     /// Its firmware, once an agent reported it.
     pub firmware: Option<BootMode>,
     /// Last agent contact.
+    #[schema(format = DateTime)]
     pub last_seen: Option<String>,
     /// Registration.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Its deployments, newest first.
     pub deployments: Vec<HistoryEntry>,
@@ -231,7 +235,7 @@ impl ServerView {
 }
 
 /// A group of identical disks, as `specifications/hardware` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DiskGroup {
     /// From 1.
@@ -280,7 +284,7 @@ pub fn disk_groups(inv: &Inventory) -> Vec<DiskGroup> {
 }
 
 /// `GET …/specifications/hardware`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HardwareView {
     /// How it booted.
@@ -294,7 +298,7 @@ pub struct HardwareView {
 }
 
 /// `DELETE …/bringYourOwnImage`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Erased {
     /// What happened.
@@ -316,10 +320,28 @@ async fn server(app: &AppState, name: &str) -> Result<ServerRow, AppError> {
     app.db.server(name).await?.ok_or_else(|| no_server(name))
 }
 
+/// The servers' names.
+#[utoipa::path(get, path = "/dedicated/server", tag = "operator", security(("apiToken" = [])),
+    responses(
+        (status = 200, description = "Their names, sorted", body = Vec<String>),
+        (status = 401, description = "No or a wrong API token", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ))]
 async fn list(_: Operator, State(app): State<AppState>) -> Result<axum::Json<Vec<String>>, AppError> {
     Ok(axum::Json(app.db.servers().await?.into_iter().map(|s| s.name).collect()))
 }
 
+/// Registers a server.
+#[utoipa::path(post, path = "/dedicated/server", tag = "operator", security(("apiToken" = [])),
+    request_body = NewServer,
+    responses(
+        (status = 201, description = "Registered; it netboots into its own disk until a deployment", body = ServerView),
+        (status = 400, description = "A bad name, MAC, kernel argument or power driver, or bad JSON", body = ErrorBody),
+        (status = 401, description = "No or a wrong API token", body = ErrorBody),
+        (status = 409, description = "The name or a MAC is taken", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ))]
 async fn add(
     _: Operator,
     State(app): State<AppState>,
@@ -365,6 +387,15 @@ async fn add(
     }
 }
 
+/// A server, with its deployments.
+#[utoipa::path(get, path = "/dedicated/server/{serviceName}", tag = "operator", security(("apiToken" = [])),
+    params(("serviceName" = String, Path, description = "The server's name")),
+    responses(
+        (status = 200, description = "The server", body = ServerView),
+        (status = 401, description = "No or a wrong API token", body = ErrorBody),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ))]
 async fn show(
     _: Operator,
     State(app): State<AppState>,
@@ -375,6 +406,16 @@ async fn show(
     Ok(axum::Json(ServerView::of(&s, &history)))
 }
 
+/// What the server's agent found: firmware, memory, disk groups, NICs.
+#[utoipa::path(get, path = "/dedicated/server/{serviceName}/specifications/hardware", tag = "operator",
+    security(("apiToken" = [])),
+    params(("serviceName" = String, Path, description = "The server's name")),
+    responses(
+        (status = 200, description = "Its hardware", body = HardwareView),
+        (status = 401, description = "No or a wrong API token", body = ErrorBody),
+        (status = 404, description = "No such server, or no agent reported its hardware yet", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ))]
 async fn hardware(
     _: Operator,
     State(app): State<AppState>,
@@ -393,6 +434,16 @@ async fn hardware(
     }))
 }
 
+/// The server's current deployment, with the warnings its agent logged.
+#[utoipa::path(get, path = "/dedicated/server/{serviceName}/bringYourOwnImage", tag = "operator",
+    security(("apiToken" = [])),
+    params(("serviceName" = String, Path, description = "The server's name")),
+    responses(
+        (status = 200, description = "Its status", body = DeploymentView),
+        (status = 401, description = "No or a wrong API token", body = ErrorBody),
+        (status = 404, description = "No such server, or no deployment", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ))]
 async fn byoi_status(
     _: Operator,
     State(app): State<AppState>,
@@ -410,6 +461,24 @@ async fn byoi_status(
     Ok(axum::Json(view))
 }
 
+/// Deploys an image.
+///
+/// The server is power-cycled into the agent, unless its agent is up and
+/// waiting.
+#[utoipa::path(post, path = "/dedicated/server/{serviceName}/bringYourOwnImage", tag = "operator",
+    security(("apiToken" = [])),
+    params(("serviceName" = String, Path, description = "The server's name")),
+    request_body = ByoiRequest,
+    responses(
+        (status = 200, description = "Started; `powerCycle` says what was done to the power", body = DeploymentView),
+        (status = 400, description = "The request is invalid (OVH's messages), or bad JSON", body = ErrorBody),
+        (status = 401, description = "No or a wrong API token", body = ErrorBody),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 409, description = "A deployment is running", body = ErrorBody),
+        (status = 413, description = "The body is larger than 24 MiB", body = ErrorBody),
+        (status = 502, description = "The power driver failed; the deployment failed", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ))]
 async fn byoi_post(
     _: Operator,
     State(app): State<AppState>,
@@ -442,6 +511,18 @@ async fn byoi_post(
     Ok(axum::Json(view))
 }
 
+/// Erases the current deployment.
+///
+/// A running one is aborted; the server netboots into rescue.
+#[utoipa::path(delete, path = "/dedicated/server/{serviceName}/bringYourOwnImage", tag = "operator",
+    security(("apiToken" = [])),
+    params(("serviceName" = String, Path, description = "The server's name")),
+    responses(
+        (status = 200, description = "Erased; `powerCycle` says what was done to the power", body = Erased),
+        (status = 401, description = "No or a wrong API token", body = ErrorBody),
+        (status = 404, description = "No such server, or no deployment", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ))]
 async fn byoi_delete(
     _: Operator,
     State(app): State<AppState>,
