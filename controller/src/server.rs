@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use axum::Extension;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::Layer;
 
 use crate::db::Db;
 use crate::routes::{self, App, Config};
@@ -149,7 +152,9 @@ pub async fn serve_until(
                 },
                 () = &mut shutdown => break,
             };
-            let service = TowerToHyperService::new(router.clone());
+            // Handlers that bind an agent to its address read it as
+            // `ConnectInfo<SocketAddr>`.
+            let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(router.clone()));
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
             let watcher = graceful.watcher();
