@@ -1,7 +1,7 @@
 //! The netbooted agent's job loop against a real controller (`byoi serve`,
 //! in-process on 127.0.0.1), with a fake sysfs naming a file-backed disk:
-//! hello with inventory, job, progress, result; an error, then a corrected
-//! deployment picked up without a reboot.
+//! hello with inventory, job, progress, result; an error (the agent netboots
+//! again), then a corrected deployment on a new boot.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -53,14 +53,16 @@ fn agent_deploys_jobs_from_the_controller_and_recovers_from_an_error() {
     let wrong = json!({"URL": url, "checkSum": "0".repeat(64), "checkSumType": "sha256", "configdrive": {"enable": true, "hostname": "vm1"}});
     let (status, _) = http_json(&addr, "POST", "/dedicated/server/vm1/bringYourOwnImage", Some(TOKEN), Some(&wrong));
     assert_eq!(status, 200);
-    let (_, script) = http_json(&addr, "GET", "/boot/52-54-00-12-34-56", None, None);
-    let script = script.as_str().unwrap().to_owned();
-    let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let boot = |env: jobs::Env| {
+        let (_, script) = http_json(&addr, "GET", "/boot/52-54-00-12-34-56", None, None);
+        let script = script.as_str().unwrap().to_owned();
+        let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+        let ctl = Controller::new(&format!("http://{addr}"), &token).unwrap();
+        std::thread::spawn(move || jobs::serve(&ctl, &env))
+    };
+    let agent = boot(env.clone());
 
-    let ctl = Controller::new(&format!("http://{addr}"), &token).unwrap();
-    let agent = std::thread::spawn(move || jobs::serve(&ctl, &env));
-
-    // The wrong checksum fails; the agent reports it and waits.
+    // The wrong checksum fails; the agent reports it and netboots again.
     let st = wait_for(&addr, |st| st["status"] != "doing");
     assert_eq!(st["status"], "error", "{st}");
     assert!(st["message"].as_str().unwrap().starts_with("Bad sha256 for downloaded file, got: "), "{st}");
@@ -69,7 +71,12 @@ fn agent_deploys_jobs_from_the_controller_and_recovers_from_an_error() {
     let hw = http_json(&addr, "GET", "/dedicated/server/vm1/specifications/hardware", Some(TOKEN), None).1;
     assert_eq!(hw["diskGroups"][0]["disks"][0]["serial"], "disk-A");
 
-    // A corrected POST: the same agent, without a reboot.
+    assert_eq!(agent.join().unwrap(), Outcome::Netboot);
+    // With no boot expected, the server gets the idle script: no token.
+    let (_, script) = http_json(&addr, "GET", "/boot/52-54-00-12-34-56", None, None);
+    assert!(!script.as_str().unwrap().contains("byoi.token="), "{script}");
+
+    // A corrected POST: a new boot, a new agent.
     let sum = {
         use sha2::Digest;
         sha2::Sha256::digest(&image).iter().map(|b| format!("{b:02x}")).collect::<String>()
@@ -77,6 +84,7 @@ fn agent_deploys_jobs_from_the_controller_and_recovers_from_an_error() {
     let right = json!({"URL": url, "checkSum": sum, "checkSumType": "sha256", "configdrive": {"enable": true, "hostname": "vm1"}});
     let (status, body) = http_json(&addr, "POST", "/dedicated/server/vm1/bringYourOwnImage", Some(TOKEN), Some(&right));
     assert_eq!(status, 200, "{body}");
+    let agent = boot(env);
     let st = wait_for(&addr, |st| st["status"] != "doing");
     assert_eq!(st["status"], "done", "{st}");
     assert!(st["message"].as_str().unwrap().contains("ConfigDrive on partition"), "{st}");

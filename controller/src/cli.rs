@@ -84,9 +84,20 @@ enum Command {
         /// Seconds without agent reports before a running deployment fails.
         #[arg(long, default_value_t = 120)]
         agent_timeout: u64,
-        /// Seconds for a server to netboot into the agent after a POST.
+        /// Seconds for a server to netboot into the agent after a POST (or
+        /// a DELETE): agent tokens are minted only within them.
         #[arg(long, default_value_t = 1800)]
         boot_timeout: u64,
+        /// Seconds a running deployment may go without its bytes or its
+        /// stage moving (while its agent still reports) before it fails.
+        #[arg(long, default_value_t = 900)]
+        stall_timeout: u64,
+        /// Boot scripts (`/boot/{mac}`) one MAC may fetch per minute.
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..))]
+        boot_rate_per_mac: u32,
+        /// Boot scripts one source address may fetch per minute.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+        boot_rate_per_source: u32,
     },
     /// Manages servers.
     #[command(after_help = EXIT_CODES)]
@@ -231,6 +242,9 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             tls_key,
             agent_timeout,
             boot_timeout,
+            stall_timeout,
+            boot_rate_per_mac,
+            boot_rate_per_source,
         } => {
             let tls = tls_cert.zip(tls_key);
             let scheme = if tls.is_some() { "https" } else { "http" };
@@ -243,6 +257,11 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 tls,
                 agent_timeout: Duration::from_secs(agent_timeout),
                 boot_timeout: Duration::from_secs(boot_timeout),
+                stall_timeout: Duration::from_secs(stall_timeout),
+                boot_rate: byoi_controller::routes::netboot::BootRate {
+                    per_mac: boot_rate_per_mac,
+                    per_source: boot_rate_per_source,
+                },
             };
             let (addr, serving) = server::serve(opts).await?;
             println!("listening on {scheme}://{addr}");

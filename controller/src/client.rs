@@ -254,7 +254,8 @@ pub enum PowerCycle {
     Done,
     /// Manual power: the operator has to reboot it.
     Manual,
-    /// The agent was up and waiting: no reboot needed.
+    /// The agent was up and waiting: no reboot needed (controllers before
+    /// agent trust; every deployment now starts with a power cycle).
     Skipped,
     /// The driver failed, with its error.
     Failed(String),

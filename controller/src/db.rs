@@ -16,7 +16,7 @@ use byoi_wire::{BootTarget, ErrorCode, Stage, Status};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use rusqlite_migration::{Migrations, M};
 
-use crate::lifecycle::{self, Deployment, Effect, Event, Named, State, Transition};
+use crate::lifecycle::{self, Claim, Deployment, Effect, Event, Named, State, Transition, TOKENS_PER_BOOT};
 use crate::model::StoredRequest;
 use crate::power::Power;
 
@@ -56,6 +56,8 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         // Typed deployment specs, one running deployment per server in the
         // schema, forwarded agent logs.
         M::up_with_hook(include_str!("migrations/02-spec.sql"), crate::model::legacy::migrate_requests),
+        // Agent trust: expected boots, claims, the job's token, stalls.
+        M::up(include_str!("migrations/04-agent-trust.sql")),
     ])
 });
 
@@ -111,6 +113,8 @@ pub struct DeploymentRow {
     pub last_report: Option<i64>,
     /// When it ended.
     pub finished_at: Option<i64>,
+    /// The hash of the agent token the job was handed to.
+    pub job_token: Option<String>,
 }
 
 impl DeploymentRow {
@@ -124,6 +128,7 @@ impl DeploymentRow {
             code: self.error_code,
             bytes_done: self.bytes_done,
             bytes_total: self.bytes_total,
+            job_to: self.job_token.clone(),
         }
     }
 }
@@ -137,6 +142,18 @@ pub struct Applied {
     pub latest: Option<DeploymentRow>,
     /// The agent token minted for [`Effect::MintToken`].
     pub token: Option<String>,
+}
+
+/// What an event brings along for the database.
+#[derive(Debug, Default)]
+pub enum Payload {
+    /// Nothing.
+    #[default]
+    None,
+    /// The body of a new deployment, for [`Event::Post`].
+    Request(Box<StoredRequest>),
+    /// The inventory of a `hello`, kept on [`Effect::KeepInventory`].
+    Inventory(Inventory),
 }
 
 /// Seconds since the epoch.
@@ -182,7 +199,7 @@ fn server_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerR
 }
 
 const DEPLOYMENT_COLS: &str = "id, server, request, status, stage, message, error_code, bytes_done, \
-     bytes_total, current, created_at, updated_at, last_report, finished_at";
+     bytes_total, current, created_at, updated_at, last_report, finished_at, job_token";
 
 fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
     Ok(DeploymentRow {
@@ -200,6 +217,7 @@ fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
         updated_at: r.get(11)?,
         last_report: r.get(12)?,
         finished_at: r.get(13)?,
+        job_token: r.get(14)?,
     })
 }
 
@@ -216,15 +234,15 @@ fn latest(c: &Connection, server: &str) -> rusqlite::Result<Option<DeploymentRow
 #[derive(Debug, Clone)]
 pub struct Db {
     conn: tokio_rusqlite::Connection,
-    /// Seconds an agent counts as up after its last contact.
-    agent_timeout: i64,
+    /// Seconds a boot stays expected after a power cycle.
+    boot_timeout: i64,
 }
 
 impl Db {
     /// Opens (creating) the database at `path` and brings its schema up to
-    /// date. `agent_timeout`: seconds an agent counts as up after its last
-    /// contact.
-    pub async fn open(path: &Path, agent_timeout: std::time::Duration) -> Result<Db> {
+    /// date. `boot_timeout`: how long a boot stays expected after a power
+    /// cycle (agent tokens are minted only then).
+    pub async fn open(path: &Path, boot_timeout: std::time::Duration) -> Result<Db> {
         let conn = tokio_rusqlite::Connection::open(path).await?;
         conn.call(|c| {
             c.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -232,7 +250,7 @@ impl Db {
             Ok(MIGRATIONS.to_latest(c))
         })
         .await??;
-        Ok(Db { conn, agent_timeout: agent_timeout.as_secs() as i64 })
+        Ok(Db { conn, boot_timeout: boot_timeout.as_secs() as i64 })
     }
 
     /// Runs `f` on the database thread.
@@ -318,15 +336,6 @@ impl Db {
         self.call(move |c| c.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()).await
     }
 
-    /// Records an agent's inventory.
-    pub async fn save_inventory(&self, server: &str, inventory: &Inventory) -> Result<()> {
-        let (server, inv) = (server.to_owned(), serde_json::to_string(inventory).map_err(json_err)?);
-        self.call(move |c| {
-            c.execute("UPDATE servers SET inventory = ?2 WHERE name = ?1", params![server, inv]).map(drop)
-        })
-        .await
-    }
-
     /// The deployment `GET …/bringYourOwnImage` shows.
     pub async fn current_deployment(&self, server: &str) -> Result<Option<DeploymentRow>> {
         let server = server.to_owned();
@@ -359,18 +368,29 @@ impl Db {
 
     /// Runs `event` on `server`'s state in one transaction: reads the state,
     /// asks [`lifecycle::on`], writes what changed and the effects that are
-    /// database work (tokens, report times). `request` is the body of a new
-    /// deployment, for [`Event::Post`]. `None` if there is no such server.
-    pub async fn apply(&self, server: &str, event: Event, request: Option<StoredRequest>) -> Result<Option<Applied>> {
+    /// database work (tokens, inventory, report times). `None` if there is
+    /// no such server.
+    pub async fn apply(&self, server: &str, event: Event, payload: Payload) -> Result<Option<Applied>> {
         let server = server.to_owned();
-        let agent_timeout = self.agent_timeout;
+        let boot_timeout = self.boot_timeout;
         self.call(move |c| {
             let tx = c.transaction()?;
             let t = now();
-            let Some((target, last_seen)) = tx
-                .query_row("SELECT boot_target, last_seen FROM servers WHERE name = ?1", [&server], |r| {
-                    Ok((r.get::<_, BootTarget>(0)?, r.get::<_, Option<i64>>(1)?))
-                })
+            let Some((target, expected_until, minted, claim_token, claim_addr)) = tx
+                .query_row(
+                    "SELECT boot_target, boot_expected_until, boot_tokens_minted, claim_token, claim_addr \
+                     FROM servers WHERE name = ?1",
+                    [&server],
+                    |r| {
+                        Ok((
+                            r.get::<_, BootTarget>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, u32>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                        ))
+                    },
+                )
                 .optional()?
             else {
                 return Ok(None);
@@ -378,14 +398,19 @@ impl Db {
             let before_row = latest(&tx, &server)?;
             let before = State {
                 target,
-                agent_up: last_seen.is_some_and(|s| t - s <= agent_timeout),
+                boot_expected: expected_until.is_some_and(|u| t < u) && minted < TOKENS_PER_BOOT,
+                claim: claim_token.map(|token| Claim { token, addr: claim_addr.and_then(|a| a.parse().ok()) }),
                 latest: before_row.as_ref().map(DeploymentRow::lifecycle),
             };
             let transition = lifecycle::on(&event, &before);
-            if matches!(event, Event::Agent { .. }) {
+            if matches!(event, Event::Agent { .. }) && transition.state.claim.is_some() {
                 tx.execute("UPDATE servers SET last_seen = ?2 WHERE name = ?1", params![server, t])?;
             }
-            save(&tx, &server, &before, &transition.state, request.as_ref(), t)?;
+            let request = match &payload {
+                Payload::Request(r) => Some(r.as_ref()),
+                _ => None,
+            };
+            save(&tx, &server, &before, &transition.state, request, t)?;
             let mut token = None;
             for effect in &transition.effects {
                 match *effect {
@@ -396,10 +421,24 @@ impl Db {
                         )?;
                     }
                     Effect::RetireTokens => {
-                        tx.execute("UPDATE agent_tokens SET revoked = 1 WHERE server = ?1", [&server])?;
+                        tx.execute("DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
+                        tx.execute("UPDATE servers SET boot_expected_until = NULL WHERE name = ?1", [&server])?;
+                    }
+                    Effect::ExpectBoot => {
+                        tx.execute("DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
+                        tx.execute(
+                            "UPDATE servers SET boot_expected_until = ?2, boot_tokens_minted = 0 WHERE name = ?1",
+                            params![server, t + boot_timeout],
+                        )?;
                     }
                     Effect::MintToken(mode) => {
-                        token = Some(mint_token(&tx, &server, mode, agent_timeout, t)?);
+                        token = Some(mint_token(&tx, &server, mode, t)?);
+                    }
+                    Effect::KeepInventory => {
+                        if let Payload::Inventory(inv) = &payload {
+                            let inv = serde_json::to_string(inv).map_err(json_err)?;
+                            tx.execute("UPDATE servers SET inventory = ?2 WHERE name = ?1", params![server, inv])?;
+                        }
                     }
                     Effect::PowerCycle => {}
                 }
@@ -465,22 +504,26 @@ impl Db {
     }
 
     /// Servers whose running deployment's agent has not reported for
-    /// `timeout` seconds, and those that never netbooted into the agent
-    /// within `boot_timeout`: the events the lifecycle must hear.
-    pub async fn silent(&self, timeout: i64, boot_timeout: i64) -> Result<Vec<(String, Event)>> {
+    /// `timeout` seconds, those that never netbooted into the agent within
+    /// `boot_timeout`, and those whose deployment has not moved (bytes or
+    /// stage) for `stall_timeout`: the events the lifecycle must hear.
+    pub async fn silent(&self, timeout: i64, boot_timeout: i64, stall_timeout: i64) -> Result<Vec<(String, Event)>> {
         self.call(move |c| {
             let t = now();
             let mut stmt = c.prepare(
-                "SELECT server, last_report IS NULL FROM deployments WHERE status = 'doing' AND \
-                 ((last_report IS NOT NULL AND last_report < ?1) OR (last_report IS NULL AND created_at < ?2))",
+                "SELECT server, last_report IS NULL, last_report < ?1 FROM deployments WHERE status = 'doing' AND \
+                 ((last_report IS NOT NULL AND last_report < ?1) OR (last_report IS NULL AND created_at < ?2) \
+                  OR (moved_at IS NOT NULL AND moved_at < ?3))",
             )?;
             let rows = stmt
-                .query_map(params![t - timeout, t - boot_timeout], |r| {
-                    let never: bool = r.get(1)?;
+                .query_map(params![t - timeout, t - boot_timeout, t - stall_timeout], |r| {
+                    let (never, silent): (bool, Option<bool>) = (r.get(1)?, r.get(2)?);
                     let event = if never {
                         Event::NeverBooted { boot_timeout: boot_timeout.max(0) as u64 }
-                    } else {
+                    } else if silent == Some(true) {
                         Event::AgentSilent
+                    } else {
+                        Event::Stalled { stall_timeout: stall_timeout.max(0) as u64 }
                     };
                     Ok((r.get(0)?, event))
                 })?
@@ -494,7 +537,7 @@ impl Db {
     pub async fn use_token(&self, hash: String) -> Result<Option<(String, BootTarget)>> {
         self.call(move |c| {
             let found = c
-                .query_row("SELECT server, mode FROM agent_tokens WHERE hash = ?1 AND revoked = 0", [&hash], |r| {
+                .query_row("SELECT server, mode FROM agent_tokens WHERE hash = ?1", [&hash], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()?;
@@ -518,6 +561,16 @@ fn save(
 ) -> rusqlite::Result<()> {
     if after.target != before.target {
         tx.execute("UPDATE servers SET boot_target = ?2 WHERE name = ?1", params![server, after.target])?;
+    }
+    if after.claim != before.claim {
+        let (token, addr) = match &after.claim {
+            Some(c) => (Some(c.token.as_str()), c.addr.map(|a| a.to_string())),
+            None => (None, None),
+        };
+        tx.execute(
+            "UPDATE servers SET claim_token = ?2, claim_addr = ?3 WHERE name = ?1",
+            params![server, token, addr],
+        )?;
     }
     let Some(d) = &after.latest else { return Ok(()) };
     if before.latest.as_ref() == Some(d) {
@@ -547,9 +600,12 @@ fn save(
             )?;
         }
         Some(id) => {
+            // `moved_at` is when the bytes or the stage last changed: the
+            // stall timeout counts from it.
             tx.execute(
-                "UPDATE deployments SET status = ?2, stage = ?3, message = ?4, error_code = ?5, bytes_done = ?6, \
-                 bytes_total = ?7, current = ?8, updated_at = ?9, \
+                "UPDATE deployments SET moved_at = CASE WHEN stage != ?3 OR bytes_done != ?6 THEN ?9 ELSE moved_at END, \
+                 status = ?2, stage = ?3, message = ?4, error_code = ?5, bytes_done = ?6, \
+                 bytes_total = ?7, current = ?8, updated_at = ?9, job_token = ?10, \
                  finished_at = CASE WHEN ?2 != 'doing' THEN coalesce(finished_at, ?9) ELSE NULL END WHERE id = ?1",
                 params![
                     id,
@@ -560,7 +616,8 @@ fn save(
                     size(d.bytes_done),
                     d.bytes_total.map(size),
                     d.current,
-                    t
+                    t,
+                    d.job_to
                 ],
             )?;
         }
@@ -568,26 +625,11 @@ fn save(
     Ok(())
 }
 
-/// Stores a new agent token (its hash) for a server booting in `mode`.
-/// Older tokens of the server are revoked unless used in the last
-/// `keep_live` seconds: fetching a boot script (which needs no
-/// credentials) must not log out a working agent.
-fn mint_token(
-    tx: &Transaction<'_>,
-    server: &str,
-    mode: BootTarget,
-    keep_live: i64,
-    t: i64,
-) -> rusqlite::Result<String> {
+/// Stores a new agent token (its hash) for a server booting in `mode`,
+/// counted against the expected boot.
+fn mint_token(tx: &Transaction<'_>, server: &str, mode: BootTarget, t: i64) -> rusqlite::Result<String> {
     let token = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
-    tx.execute(
-        "UPDATE agent_tokens SET revoked = 1 WHERE server = ?1 AND (last_used IS NULL OR last_used < ?2)",
-        params![server, t - keep_live],
-    )?;
-    tx.execute(
-        "DELETE FROM agent_tokens WHERE server = ?1 AND revoked = 1 AND created_at < ?2",
-        params![server, t - 86_400],
-    )?;
+    tx.execute("UPDATE servers SET boot_tokens_minted = boot_tokens_minted + 1 WHERE name = ?1", [server])?;
     let deployment: Option<i64> = tx
         .query_row("SELECT max(id) FROM deployments WHERE server = ?1 AND current = 1", [server], |r| r.get(0))
         .optional()?

@@ -21,6 +21,14 @@ pub enum Script<'a> {
         /// Server name.
         server: &'a str,
     },
+    /// Wanted in the agent, but no boot is expected: nothing is minted;
+    /// ask again later.
+    Idle {
+        /// Server name.
+        server: &'a str,
+        /// `deploy` or `rescue`.
+        mode: &'a str,
+    },
     /// The kernel or initramfs is missing.
     Missing {
         /// Where they were looked for.
@@ -36,6 +44,7 @@ pub enum Script<'a> {
 const BOOT: &str = include_str!("../../ipxe/boot.ipxe");
 const AGENT: &str = include_str!("../../ipxe/deploy.ipxe");
 const LOCAL: &str = include_str!("../../ipxe/local.ipxe");
+const IDLE: &str = include_str!("../../ipxe/idle.ipxe");
 const MISSING: &str = include_str!("../../ipxe/missing.ipxe");
 const UNKNOWN: &str = include_str!("../../ipxe/unknown.ipxe");
 
@@ -62,6 +71,9 @@ pub fn render(script: &Script<'_>, base: &str) -> String {
                 .replace("{{kernel_args}}", &extra)
         }
         Script::Local { server } => LOCAL.replace("{{server}}", &clean(server)),
+        Script::Idle { server, mode } => {
+            IDLE.replace("{{base}}", &base).replace("{{server}}", &clean(server)).replace("{{mode}}", &clean(mode))
+        }
         Script::Missing { dir } => MISSING.replace("{{base}}", &base).replace("{{dir}}", &clean(dir)),
         Script::Unknown { mac } => UNKNOWN.replace("{{mac}}", &clean(mac)),
     }
@@ -94,6 +106,8 @@ initrd http://10.0.2.2:8080/artifacts/initramfs.img\nboot\n"
         assert!(local.ends_with("echo byoi: s boots from its local disk\niseq ${platform} efi && exit || sanboot --no-describe --drive 0x80\n"), "{local}");
         let missing = render(&Script::Missing { dir: "/var/lib/byoi/artifacts" }, "http://h:1");
         assert!(missing.contains("echo byoi: no vmlinuz/initramfs.img in /var/lib/byoi/artifacts\nsleep 10\nchain http://h:1/boot/${netX/mac:hexhyp}\n"), "{missing}");
+        let idle = render(&Script::Idle { server: "s", mode: "rescue" }, "http://h:1");
+        assert!(idle.ends_with("echo byoi: nothing to do for s (rescue): no boot is expected; asking again in 60 s\nsleep 60\nchain http://h:1/boot/${netX/mac:hexhyp}\n"), "{idle}");
         assert!(render(&Script::Unknown { mac: "52-54-00-00-00-01" }, "x")
             .ends_with("echo byoi: unknown MAC 52-54-00-00-00-01\nexit\n"));
     }

@@ -63,6 +63,13 @@ pub struct ByoiRequest {
     pub efi_bootloader_path: Option<String>,
     /// cloud-init ConfigDrive.
     pub configdrive: Option<ConfigDriveRequest>,
+    /// The serial number of the disk to write (our extension): the job
+    /// names this disk, whatever the agent's inventory groups.
+    #[serde(rename = "diskSerial")]
+    pub disk_serial: Option<String>,
+    /// The WWN of the disk to write (our extension).
+    #[serde(rename = "diskWwn")]
+    pub disk_wwn: Option<String>,
 }
 
 /// Longest `description`, in bytes.
@@ -79,6 +86,47 @@ pub struct StoredRequest {
     pub description: Option<String>,
     /// Disk group, from 1.
     pub disk_group_id: u32,
+    /// The disk the operator pinned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskPin>,
+}
+
+/// A disk pinned at POST by its serial number and/or WWN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskPin {
+    /// Serial number ("" for any).
+    #[serde(default)]
+    pub serial: String,
+    /// WWN ("" for any).
+    #[serde(default)]
+    pub wwn: String,
+}
+
+/// Longest serial number or WWN an operator may pin, in bytes.
+pub const MAX_DISK_ID: usize = 128;
+
+impl DiskPin {
+    /// The pin of a POST, validated: printable ASCII, bounded, at least one
+    /// of the two.
+    fn from_request(serial: Option<String>, wwn: Option<String>) -> Result<Option<DiskPin>, SpecError> {
+        let check = |name: &str, v: Option<String>| -> Result<String, SpecError> {
+            let v = v.unwrap_or_default().trim().to_owned();
+            if v.len() > MAX_DISK_ID || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(SpecError(format!(
+                    "Bad {name}: printable ASCII of at most {MAX_DISK_ID} bytes, as the agent's inventory shows it."
+                )));
+            }
+            Ok(v)
+        };
+        let pin = DiskPin { serial: check("diskSerial", serial)?, wwn: check("diskWwn", wwn)? };
+        Ok((!pin.serial.is_empty() || !pin.wwn.is_empty()).then_some(pin))
+    }
+
+    /// Whether `disk` is the pinned one.
+    pub fn matches(&self, disk: &byoi_wire::agent::Disk) -> bool {
+        (self.serial.is_empty() || disk.serial == self.serial) && (self.wwn.is_empty() || disk.wwn == self.wwn)
+    }
 }
 
 impl ByoiRequest {
@@ -90,6 +138,7 @@ impl ByoiRequest {
         let mut headers = self.http_header.unwrap_or_default();
         headers.extend(self.http_headers.unwrap_or_default());
         let disk_group_id = self.disk_group_id.unwrap_or(1);
+        let disk = DiskPin::from_request(self.disk_serial, self.disk_wwn)?;
         if disk_group_id == 0 {
             return Err(SpecError("Bad diskGroupId, groups are numbered from 1.".into()));
         }
@@ -144,7 +193,7 @@ impl ByoiRequest {
             firmware: None,
         };
         spec.validate(Urls::Remote)?;
-        Ok(StoredRequest { spec, description: self.description, disk_group_id })
+        Ok(StoredRequest { spec, description: self.description, disk_group_id, disk })
     }
 }
 
@@ -262,6 +311,7 @@ pub(crate) mod legacy {
             },
             description: v.description,
             disk_group_id: v.disk_group_id,
+            disk: None,
         })
     }
 

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tower::Layer;
 
 use crate::db::Db;
+use crate::routes::netboot::{BootLimiter, BootRate};
 use crate::routes::{self, App, Config};
 
 /// How `byoi serve` was asked to run.
@@ -36,6 +37,10 @@ pub struct ServeOptions {
     pub agent_timeout: Duration,
     /// Time for a server to netboot into the agent after a POST.
     pub boot_timeout: Duration,
+    /// Time a running deployment may go without moving.
+    pub stall_timeout: Duration,
+    /// How often `/boot/{mac}` may be fetched.
+    pub boot_rate: BootRate,
 }
 
 /// The API token: given, or read from (or generated into) `DIR/api-token`.
@@ -111,7 +116,7 @@ pub async fn serve_until(
     std::fs::create_dir_all(&opts.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", opts.data_dir.display()))?;
     let token = api_token(&opts.data_dir, opts.api_token.clone())?;
-    let db = Db::open(&opts.data_dir.join("byoi.sqlite"), opts.agent_timeout).await?;
+    let db = Db::open(&opts.data_dir.join("byoi.sqlite"), opts.boot_timeout).await?;
     // Agents could not report while we were down: give them a full timeout.
     db.refresh_running().await?;
     let artifacts = opts.artifacts.clone().unwrap_or_else(|| opts.data_dir.join("artifacts"));
@@ -122,6 +127,8 @@ pub async fn serve_until(
         scheme: if opts.tls.is_some() { "https" } else { "http" },
         agent_timeout: opts.agent_timeout,
         boot_timeout: opts.boot_timeout,
+        stall_timeout: opts.stall_timeout,
+        boot_limiter: Arc::new(BootLimiter::new(opts.boot_rate)),
     };
     let app = Arc::new(App { db: db.clone(), cfg });
     let router = routes::router(app.clone());
@@ -134,6 +141,7 @@ pub async fn serve_until(
         loop {
             tick.tick().await;
             app.expire_silent_agents().await;
+            app.cfg.boot_limiter.forget_idle();
         }
     });
 

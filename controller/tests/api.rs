@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byoi_controller::db::Db;
+use byoi_controller::routes::netboot::{BootLimiter, BootRate};
 use byoi_controller::routes::{self, AppState, Config};
 use byoi_wire::agent::{Disk, Hello, Inventory, JobResponse, Nic};
 use byoi_wire::BootMode;
@@ -147,14 +148,21 @@ fn inventory() -> Value {
 /// Registers s1 (manual power), posts `body`, netboots it, says hello and
 /// fetches the job: returns (agent token, deployment id).
 async fn running_job(app: &App, body: Value) -> (String, i64) {
+    let token = claimed(app, body).await;
+    let job: JobResponse = serde_json::from_slice(&agent(app, &token, Method::GET, "job", None).await.body).unwrap();
+    (token, job.job.unwrap().deployment_id)
+}
+
+/// Registers s1 (manual power), posts `body`, netboots it and says hello:
+/// returns the agent token that claimed the boot.
+async fn claimed(app: &App, body: Value) -> String {
     add_server(app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
     let r = call(app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(body)).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
     let (_, token) = netboot(app, "52:54:00:00:00:01").await;
     let token = token.unwrap();
-    agent(app, &token, Method::POST, "hello", Some(inventory())).await;
-    let job: JobResponse = serde_json::from_slice(&agent(app, &token, Method::GET, "job", None).await.body).unwrap();
-    (token, job.job.unwrap().deployment_id)
+    assert_eq!(action(&agent(app, &token, Method::POST, "hello", Some(inventory())).await), "continue");
+    token
 }
 
 fn action(r: &Response) -> String {
@@ -181,10 +189,14 @@ async fn tokens_are_required_and_kept_apart() {
         .handle(Request::new(Method::GET, "/dedicated/server", "").header(AUTHORIZATION, &format!("Bearer {token}")))
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    // A new boot mints a new token; the old one is stale.
+    // A second fetch within the boot (iPXE retrying) mints another token;
+    // a token must say hello before anything else.
     let (_, newer) = netboot(&app, "52:54:00:00:00:01").await;
-    assert_eq!(agent(&app, &token, Method::POST, "heartbeat", None).await.status, StatusCode::UNAUTHORIZED);
     let newer = newer.unwrap();
+    let r = agent(&app, &token, Method::POST, "heartbeat", None).await;
+    assert_eq!((r.status, &r.json_body()["action"]), (StatusCode::FORBIDDEN, &json!("reboot")));
+    assert_eq!(r.json_body()["message"], "this agent has not said hello");
+    assert_eq!(action(&agent(&app, &newer, Method::POST, "hello", Some(inventory())).await), "continue");
     assert_eq!(action(&agent(&app, &newer, Method::POST, "heartbeat", None).await), "continue");
     // A bad body is an agent error too: it says what to do.
     let r = agent(&app, &newer, Method::POST, "progress", Some(json!({"bogus": 1}))).await;
@@ -370,7 +382,7 @@ async fn an_ova_job_names_its_disk() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let body = json!({"URL": "http://img/appliance.ova", "type": "OVA", "ovaDisk": 2});
-    let (token, _) = running_job(&app, body).await;
+    let token = claimed(&app, body).await;
     let r = agent(&app, &token, Method::GET, "job", None).await;
     let job = &r.json_body()["job"]["spec"];
     assert_eq!((job["imageType"].as_str(), job["ovaDisk"].as_u64()), (Some("ova"), Some(2)), "{job}");
@@ -380,33 +392,39 @@ async fn an_ova_job_names_its_disk() {
     // Without ovaDisk the job carries none, not null.
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
-    let (token, _) = running_job(&app, json!({"URL": "http://img/appliance.ova", "type": "ova"})).await;
+    let token = claimed(&app, json!({"URL": "http://img/appliance.ova", "type": "ova"})).await;
     let job = agent(&app, &token, Method::GET, "job", None).await.json_body();
     assert_eq!(job["job"]["spec"]["imageType"], "ova");
     assert!(job["job"]["spec"].get("ovaDisk").is_none(), "{job}");
 }
 
 #[tokio::test]
-async fn an_error_waits_for_the_next_post_without_a_reboot() {
+async fn an_error_ends_the_boot_and_the_next_post_starts_a_new_one() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let (token, id) = running_job(&app, json!({"URL": "http://x/bad.raw"})).await;
     let msg = "Bad sha256 for downloaded file, got: aa while expecting bb.";
     let err = json!({"deploymentId": id, "status": "error", "code": "checksum-mismatch", "message": msg});
-    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(err)).await), "wait");
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(err)).await), "reboot");
     let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
     assert_eq!(
         (st["status"].as_str(), st["message"].as_str(), st["errorCode"].as_str()),
         (Some("error"), Some(msg), Some("checksum-mismatch"))
     );
     assert_eq!(call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["bootTarget"], "deploy");
-    assert_eq!(action(&agent(&app, &token, Method::POST, "heartbeat", None).await), "wait");
-    // A corrected POST: the same agent, still up, picks it up.
+    // The token is retired with the deployment; the server, netbooting
+    // again, gets the idle script, which mints nothing.
+    assert_eq!(agent(&app, &token, Method::POST, "heartbeat", None).await.status, StatusCode::UNAUTHORIZED);
+    let (script, none) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(script.contains("nothing to do for s1 (deploy)") && none.is_none(), "{script}");
+    // A corrected POST expects a new boot: a new token, a new claim.
     let r =
         call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/good.raw"})))
             .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(action(&agent(&app, &token, Method::POST, "heartbeat", None).await), "continue");
+    assert_eq!((r.status, r.json_body()["powerCycle"].as_str()), (StatusCode::OK, Some("manual")));
+    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
+    let token = token.unwrap();
+    assert_eq!(action(&agent(&app, &token, Method::POST, "hello", Some(inventory())).await), "continue");
     let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
     assert_eq!(job.job.unwrap().spec.url, "http://x/good.raw");
     let history = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["deployments"].clone();
@@ -420,12 +438,13 @@ async fn delete_aborts_the_agent_and_sends_the_server_to_rescue() {
     let (token, id) = running_job(&app, json!({"URL": "http://x/i"})).await;
     let r = call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
     assert_eq!(r.status, StatusCode::OK);
+    // The deploying agent's token is retired: it is told to netboot (and
+    // aborts, wiping the disk's ends) whatever it says next.
     let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 1, "bytesTotal": 2});
-    assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "abort");
-    assert_eq!(
-        action(&agent(&app, &token, Method::POST, "heartbeat", Some(json!({"deploymentId": id}))).await),
-        "abort"
-    );
+    let r = agent(&app, &token, Method::POST, "progress", Some(p)).await;
+    assert_eq!((r.status, &r.json_body()["action"]), (StatusCode::UNAUTHORIZED, &json!("reboot")));
+    let r = agent(&app, &token, Method::POST, "heartbeat", Some(json!({"deploymentId": id}))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.status,
         StatusCode::NOT_FOUND
@@ -433,12 +452,6 @@ async fn delete_aborts_the_agent_and_sends_the_server_to_rescue() {
     let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
     assert_eq!(s["bootTarget"], "rescue");
     assert_eq!(s["deployments"][0]["errorCode"], "aborted");
-    // The agent, having wiped the disk, reports and is sent to netboot into
-    // rescue, whatever it asks next (the power may be manual).
-    let aborted = json!({"deploymentId": id, "status": "error", "code": "aborted", "message": "deployment aborted"});
-    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(aborted)).await), "reboot");
-    assert_eq!(action(&agent(&app, &token, Method::GET, "job", None).await), "reboot");
-    assert_eq!(action(&agent(&app, &token, Method::POST, "heartbeat", None).await), "reboot");
     let (script, token) = netboot(&app, "52:54:00:00:00:01").await;
     assert!(script.contains("byoi.mode=rescue") && token.is_some(), "{script}");
     assert_eq!(
@@ -474,12 +487,12 @@ async fn an_unknown_error_code_is_recorded_with_its_message() {
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let (token, id) = running_job(&app, json!({"URL": "http://x/i"})).await;
     let r = json!({"deploymentId": id, "status": "error", "code": "disk-on-fire", "message": "the disk is on fire"});
-    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(r)).await), "wait");
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(r)).await), "reboot");
     let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
     assert_eq!((st["status"].as_str(), st["errorCode"].as_str()), (Some("error"), Some("unknown")));
     assert_eq!(st["message"], "the disk is on fire");
-    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
-    assert!(job.job.is_none(), "no redeploy");
+    let r = agent(&app, &token, Method::GET, "job", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "no redeploy");
     // A newer stage in a progress report is kept as `unknown`, too.
     let (token, id) = running_job_again(&app).await;
     let p = json!({"deploymentId": id, "stage": "defragmenting", "bytesDone": 1, "bytesTotal": 2});
@@ -488,12 +501,13 @@ async fn an_unknown_error_code_is_recorded_with_its_message() {
     assert_eq!(st["stage"], "unknown");
 }
 
-/// Posts another deployment on s1, whose agent is up: it takes the job.
+/// Posts another deployment on s1: a new boot, a new agent takes the job.
 async fn running_job_again(app: &App) -> (String, i64) {
     let r = call(app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/j"}))).await;
-    assert_eq!((r.status, r.json_body()["powerCycle"].as_str()), (StatusCode::OK, Some("skipped")));
+    assert_eq!((r.status, r.json_body()["powerCycle"].as_str()), (StatusCode::OK, Some("manual")));
     let (_, token) = netboot(app, "52:54:00:00:00:01").await;
     let token = token.unwrap();
+    assert_eq!(action(&agent(app, &token, Method::POST, "hello", Some(inventory())).await), "continue");
     let job: JobResponse = serde_json::from_slice(&agent(app, &token, Method::GET, "job", None).await.body).unwrap();
     (token, job.job.unwrap().deployment_id)
 }
@@ -858,6 +872,7 @@ async fn openapi_document_matches_the_routes() {
     let script = String::from_utf8(r.body.to_vec()).unwrap();
     assert!(script.contains("byoi.mode=rescue"), "{script}");
     let rescue = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    assert_eq!(action(&s.agent(&rescue, Method::POST, "/agent/v1/hello", Some(inventory())).await), "wait");
     let r = s.agent(&rescue, Method::GET, "/agent/v1/rescue", None).await;
     assert_eq!(r.json_body()["sshKeys"], json!(["ssh-ed25519 AAAA"]));
     assert_eq!(s.operator(Method::DELETE, byoi, None).await.status, StatusCode::NOT_FOUND);
@@ -908,7 +923,7 @@ async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> A
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("vmlinuz"), b"KERNEL-0123456789").unwrap();
     std::fs::write(artifacts.join("initramfs.img"), b"INITRAMFS").unwrap();
-    let db = Db::open(&dir.join("byoi.sqlite"), agent).await.unwrap();
+    let db = Db::open(&dir.join("byoi.sqlite"), boot).await.unwrap();
     let cfg = Config {
         api_token: TOKEN.into(),
         artifacts,
@@ -916,6 +931,8 @@ async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> A
         scheme: "http",
         agent_timeout: agent,
         boot_timeout: boot,
+        stall_timeout: Duration::from_secs(900),
+        boot_limiter: Arc::new(BootLimiter::new(BootRate { per_mac: 1000, per_source: 100_000 })),
     };
     let state = Arc::new(routes::App { db, cfg });
     App { router: routes::router(state.clone()), state }
@@ -931,16 +948,21 @@ async fn tokens_die_with_their_deployment_and_survive_a_script_fetch() {
     let (_, t1) = netboot(&app, "52:54:00:00:00:01").await;
     let t1 = t1.unwrap();
     agent(&app, &t1, Method::POST, "hello", Some(inventory())).await;
-    // Anyone fetching the script (no credentials needed) mints a token but
-    // does not log out the working agent.
-    let (_, _t2) = netboot(&app, "52:54:00:00:00:01").await;
+    // Anyone fetching the script (no credentials needed) within the boot
+    // mints a token, but it does not log out the agent that claimed it.
+    let (_, t2) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(t2.is_some());
     assert_eq!(action(&agent(&app, &t1, Method::POST, "heartbeat", None).await), "continue");
+    // At most three per boot.
+    let (_, t3) = netboot(&app, "52:54:00:00:00:01").await;
+    let (script, t4) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(t3.is_some() && t4.is_none(), "{script}");
     let job: JobResponse = serde_json::from_slice(&agent(&app, &t1, Method::GET, "job", None).await.body).unwrap();
     let id = job.job.unwrap().deployment_id;
     let done = json!({"deploymentId": id, "status": "done", "message": "ok"});
     assert_eq!(action(&agent(&app, &t1, Method::POST, "result", Some(done)).await), "reboot");
-    // After done, the old token is worthless: the next deployment's
-    // secrets are not for it.
+    // After done, every token of the boot is worthless: the next
+    // deployment's secrets are not for them.
     call(
         &app,
         Method::POST,
@@ -948,9 +970,11 @@ async fn tokens_die_with_their_deployment_and_survive_a_script_fetch() {
         Some(json!({"URL": "http://x/2", "httpHeaders": {"Authorization": "secret"}})),
     )
     .await;
-    let r = agent(&app, &t1, Method::GET, "job", None).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(r.json_body()["action"], "reboot", "agent errors carry an action too");
+    for t in [&t1, &t2.unwrap(), &t3.unwrap()] {
+        let r = agent(&app, t, Method::GET, "job", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.json_body()["action"], "reboot", "agent errors carry an action too");
+    }
 }
 
 #[tokio::test]
@@ -962,13 +986,15 @@ async fn rescue_tokens_get_no_jobs() {
     call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
     let (script, rescue) = netboot(&app, "52:54:00:00:00:01").await;
     assert!(script.contains("byoi.mode=rescue"));
-    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/2"}))).await;
     let rescue = rescue.unwrap();
+    assert_eq!(action(&agent(&app, &rescue, Method::POST, "hello", Some(inventory())).await), "wait");
     let job: JobResponse = serde_json::from_slice(&agent(&app, &rescue, Method::GET, "job", None).await.body).unwrap();
     assert!(job.job.is_none());
-    // …but the rescue agent is told to netboot into the deployment.
-    assert_eq!(job.action, byoi_wire::agent::Action::Reboot);
-    assert_eq!(action(&agent(&app, &rescue, Method::POST, "heartbeat", None).await), "reboot");
+    // A POST expects a new boot: the rescue agent's token is retired and
+    // it netboots into the deployment.
+    call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/2"}))).await;
+    let r = agent(&app, &rescue, Method::GET, "job", None).await;
+    assert_eq!((r.status, &r.json_body()["action"]), (StatusCode::UNAUTHORIZED, &json!("reboot")));
 }
 
 #[tokio::test]
@@ -1007,22 +1033,20 @@ async fn a_server_that_never_netboots_fails_after_the_boot_timeout() {
 }
 
 #[tokio::test]
-async fn reports_racing_a_delete_are_told_to_abort() {
+async fn reports_racing_a_delete_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let (t, id) = running_job(&app, json!({"URL": "http://x/1"})).await;
     call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
     let done = json!({"deploymentId": id, "status": "done", "message": "ok"});
-    assert_eq!(
-        action(&agent(&app, &t, Method::POST, "result", Some(done)).await),
-        "abort",
-        "a cancelled disk must not be booted"
-    );
-    assert_eq!(call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["bootTarget"], "rescue");
+    let r = agent(&app, &t, Method::POST, "result", Some(done)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a cancelled disk must not be booted: the agent wipes its ends");
+    let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
+    assert_eq!((s["bootTarget"].as_str(), s["deployments"][0]["status"].as_str()), (Some("rescue"), Some("error")));
 }
 
 #[tokio::test]
-async fn after_an_error_the_agent_naming_its_old_deployment_waits() {
+async fn every_post_power_cycles_even_after_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let log = dir.path().join("power.log");
@@ -1035,15 +1059,14 @@ async fn after_an_error_the_agent_naming_its_old_deployment_waits() {
     let job: JobResponse = serde_json::from_slice(&agent(&app, &t, Method::GET, "job", None).await.body).unwrap();
     let id = job.job.unwrap().deployment_id;
     let err = json!({"deploymentId": id, "status": "error", "code": "download-failed", "message": "nope"});
-    agent(&app, &t, Method::POST, "result", Some(err)).await;
-    assert_eq!(action(&agent(&app, &t, Method::POST, "heartbeat", Some(json!({"deploymentId": id}))).await), "wait");
-    // The next POST reaches the waiting agent without a power cycle.
+    assert_eq!(action(&agent(&app, &t, Method::POST, "result", Some(err)).await), "reboot");
+    // The next POST starts a new boot: a power cycle, and a fresh token.
     call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/2"}))).await;
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "cycle\n");
-    assert_eq!(
-        action(&agent(&app, &t, Method::POST, "heartbeat", Some(json!({"deploymentId": id}))).await),
-        "continue"
-    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "cycle\ncycle\n");
+    let r = agent(&app, &t, Method::POST, "heartbeat", Some(json!({"deploymentId": id}))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let (_, fresh) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(fresh.is_some());
 }
 
 #[tokio::test]

@@ -173,6 +173,8 @@ pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
         tls: None,
         agent_timeout: Duration::from_secs(120),
         boot_timeout: Duration::from_secs(900),
+        stall_timeout: Duration::from_secs(900),
+        boot_rate: byoi_controller::routes::netboot::BootRate { per_mac: 12, per_source: 120 },
     };
     let _ = tracing_subscriber::fmt()
         .with_writer(|| LogWriter)

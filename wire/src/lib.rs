@@ -157,6 +157,12 @@ wire_enum! {
         /// The agent stopped reporting, or the server never netbooted into it
         /// (set by the controller).
         AgentLost = "agent-lost",
+        /// Two agents claimed the same server's boot: the deployment fails
+        /// rather than trust either (set by the controller).
+        AgentConflict = "agent-conflict",
+        /// The agent reported, but the deployment did not move for the
+        /// stall timeout (set by the controller).
+        Stalled = "stalled",
         /// The server could not be power-cycled (set by the controller).
         PowerFailed = "power-failed",
         /// A failure that fits no other code (a bug, or an unexpected OS error).

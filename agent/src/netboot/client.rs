@@ -24,9 +24,15 @@ pub enum ClientError {
     /// No answer: network down, controller down, timeout.
     #[error("controller unreachable: {0}")]
     Unreachable(String),
-    /// The token was refused (stale boot, or the server was removed).
-    #[error("the controller refused our token (401)")]
-    Unauthorized,
+    /// The token or the call was refused (401: stale boot, server removed;
+    /// 403: another agent claimed the boot).
+    #[error("the controller refused this agent ({status}): {message}")]
+    Unauthorized {
+        /// 401 or 403.
+        status: u16,
+        /// The controller's message.
+        message: String,
+    },
     /// Any other refusal.
     #[error("controller answered {status}: {message}")]
     Refused {
@@ -105,12 +111,12 @@ impl Controller {
                 .map_err(|_| ClientError::Unreachable(format!("{url}: body timed out")))?
                 .map_err(|e| ClientError::Unreachable(format!("{url}: {e}")))?
                 .to_bytes();
-            if status == http::StatusCode::UNAUTHORIZED {
-                return Err(ClientError::Unauthorized);
-            }
             if !status.is_success() {
                 let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 let message = v["message"].as_str().unwrap_or("").to_owned();
+                if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+                    return Err(ClientError::Unauthorized { status: status.as_u16(), message });
+                }
                 return Err(ClientError::Refused { status: status.as_u16(), message });
             }
             serde_json::from_slice(&bytes)

@@ -80,13 +80,13 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
         inv.nics.len()
     ));
     let hello = Hello { inventory: inv, version: env!("CARGO_PKG_VERSION").into() };
-    if let Err(ClientError::Unauthorized) | Ok(Action::Reboot) = retrying(env, "hello", || ctl.hello(&hello)) {
+    if let Err(ClientError::Unauthorized { .. }) | Ok(Action::Reboot) = retrying(env, "hello", || ctl.hello(&hello)) {
         return Outcome::Netboot;
     }
     let mut waiting_said = false;
     loop {
         let job = match retrying(env, "fetching the job", || ctl.job()) {
-            Err(ClientError::Unauthorized) => return Outcome::Netboot,
+            Err(ClientError::Unauthorized { .. }) => return Outcome::Netboot,
             Ok(r) if r.action == Action::Reboot => return Outcome::Netboot,
             Err(e) => {
                 say(&format!("fetching the job: {e}"));
@@ -101,7 +101,7 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
                 waiting_said = true;
             }
             std::thread::sleep(env.tick);
-            if let Err(ClientError::Unauthorized) | Ok(Action::Reboot) =
+            if let Err(ClientError::Unauthorized { .. }) | Ok(Action::Reboot) =
                 retrying(env, "heartbeat", || ctl.heartbeat(&Heartbeat::default()))
             {
                 return Outcome::Netboot;
@@ -117,7 +117,15 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
         let report = ResultReport { deployment_id: job.deployment_id, status, code, message, logs: logs::take() };
         match retrying(env, "reporting the result", || ctl.result(&report)) {
             Ok(Action::Reboot) if status == Status::Done => return Outcome::Reboot,
-            Ok(Action::Reboot) | Err(ClientError::Unauthorized) => return Outcome::Netboot,
+            // A disk the controller did not confirm must not boot.
+            Err(ClientError::Unauthorized { .. }) if status == Status::Done => {
+                say("the controller refused the result: wiping the disk's ends");
+                if let Err(e) = unboot(env, &job) {
+                    say(&format!("wiping the disk: {e}"));
+                }
+                return Outcome::Netboot;
+            }
+            Ok(Action::Reboot) | Err(ClientError::Unauthorized { .. }) => return Outcome::Netboot,
             Ok(Action::Abort) if status == Status::Done => {
                 // Cancelled while it finished: the disk must not boot.
                 say("the deployment was cancelled as it finished: wiping the disk's ends");
@@ -182,6 +190,10 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
             match ctl.progress(&report) {
                 Ok(Action::Abort) => {
                     say("the controller asked to abort");
+                    progress.request_abort();
+                }
+                Err(ClientError::Unauthorized { .. }) => {
+                    say("the controller no longer knows this agent (deployment erased or taken over): aborting");
                     progress.request_abort();
                 }
                 Ok(_) => {}

@@ -2,14 +2,20 @@
 //! controller, and the [`Action`] it gets back in every answer.
 //!
 //! **Who may call it:** an agent holding a token minted with the boot script
-//! its server fetched; tokens are bound to one server and one boot mode, and
-//! stored only as SHA-256 hashes. A missing or stale token gets 401 with
-//! `action: reboot` (netboot again) before the body is read.
-//! **What it reveals:** to its own server's agent only, the running job
-//! (the image URL, headers and user data it needs) or, in rescue, the SSH
-//! keys of the server's last deployment.
+//! its server fetched while a boot was expected; tokens are bound to one
+//! server and one boot mode, and stored only as SHA-256 hashes. The first
+//! agent to say `hello` claims the boot with its token and source address;
+//! every other call needs that claim (403 otherwise, and nothing changes),
+//! and a second `hello` from elsewhere fails the deployment ("two agents
+//! claimed …"). A missing or stale token gets 401 with `action: reboot`
+//! (netboot again) before the body is read.
+//! **What it reveals:** to the claimant only, the running job (the image
+//! URL, headers and user data it needs), once; in rescue, the SSH keys of
+//! the server's last deployment.
 
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use byoi_wire::agent::{
     Action, ActionResponse, DiskSelector, Heartbeat, Hello, Job, JobResponse, LogRecord, ProgressReport,
@@ -21,8 +27,8 @@ use utoipa_axum::routes;
 
 use super::operator::disk_groups;
 use super::{bearer, or_405, AgentError, AgentErrorBody, AppError, AppState};
-use crate::db::{token_hash, Applied, DeploymentRow};
-use crate::lifecycle::{AgentCall, Event, Reply};
+use crate::db::{token_hash, Applied, DeploymentRow, Payload};
+use crate::lifecycle::{AgentCall, Caller, Event, Reply};
 
 /// Forwarded log lines kept per deployment.
 const KEPT_LOGS: usize = 200;
@@ -38,13 +44,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(or_405(routes!(rescue)))
 }
 
-/// The server and boot mode an agent's token belongs to.
+/// The server and boot mode an agent's token belongs to, and who called.
 #[derive(Debug)]
 pub struct Agent {
     /// The server.
     pub server: String,
     /// `deploy` or `rescue`.
     pub mode: BootTarget,
+    /// The token's hash and the source address.
+    pub caller: Caller,
 }
 
 impl FromRequestParts<AppState> for Agent {
@@ -53,8 +61,10 @@ impl FromRequestParts<AppState> for Agent {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AgentError> {
         let refused = || AgentError(AppError::Unauthorized("Missing, wrong or stale agent token"));
         let token = bearer(&parts.headers).ok_or_else(refused)?;
-        let (server, mode) = app.db.use_token(token_hash(token)).await?.ok_or_else(refused)?;
-        Ok(Agent { server, mode })
+        let hash = token_hash(token);
+        let (server, mode) = app.db.use_token(hash.clone()).await?.ok_or_else(refused)?;
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned().map(axum::Extension);
+        Ok(Agent { server, mode, caller: Caller { token: hash, addr: super::peer_ip(peer) } })
     }
 }
 
@@ -74,10 +84,20 @@ impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for Json<T> {
     }
 }
 
-/// Runs the agent's call through the lifecycle.
-async fn apply(app: &AppState, agent: &Agent, call: AgentCall) -> Result<Applied, AgentError> {
-    let event = Event::Agent { mode: agent.mode, call };
-    app.db.apply(&agent.server, event, None).await?.ok_or_else(|| AgentError(AppError::NotFound("server gone".into())))
+/// Runs the agent's call through the lifecycle; a refusal is a 403 (and
+/// logged: it is either a bug or someone else's agent).
+async fn apply(app: &AppState, agent: &Agent, call: AgentCall, payload: Payload) -> Result<Applied, AgentError> {
+    let event = Event::Agent { mode: agent.mode, caller: agent.caller.clone(), call };
+    let applied = app
+        .db
+        .apply(&agent.server, event, payload)
+        .await?
+        .ok_or_else(|| AgentError(AppError::NotFound("server gone".into())))?;
+    if let Reply::Refused(message) = &applied.transition.reply {
+        tracing::warn!(server = %agent.server, source = %agent.caller.addr, "agent call refused: {message}");
+        return Err(AgentError(AppError::Forbidden(message.clone())));
+    }
+    Ok(applied)
 }
 
 fn action(applied: &Applied) -> Answer {
@@ -96,15 +116,17 @@ fn action(applied: &Applied) -> Answer {
         (status = 200, description = "What to do next", body = ActionResponse),
         (status = 400, description = "Bad JSON", body = AgentErrorBody),
         (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 403, description = "Another agent claimed this boot: the deployment fails, `action` is `reboot`",
+            body = AgentErrorBody),
         (status = 404, description = "The server is gone", body = AgentErrorBody),
         (status = 413, description = "The body is larger than 1 MiB", body = AgentErrorBody),
         (status = 500, description = "The database failed", body = AgentErrorBody),
     ))]
 async fn hello(State(app): State<AppState>, agent: Agent, Json(hello): Json<Hello>) -> Answer {
-    app.db.save_inventory(&agent.server, &hello.inventory).await?;
-    let applied = apply(&app, &agent, AgentCall::Hello).await?;
-    tracing::info!(server = %agent.server, mode = %agent.mode, version = %hello.version,
-        disks = hello.inventory.disks.len(), "agent said hello");
+    let (version, disks) = (hello.version, hello.inventory.disks.len());
+    let applied = apply(&app, &agent, AgentCall::Hello, Payload::Inventory(hello.inventory)).await?;
+    tracing::info!(server = %agent.server, mode = %agent.mode, source = %agent.caller.addr, %version, disks,
+        "agent said hello and holds the boot");
     action(&applied)
 }
 
@@ -115,6 +137,7 @@ async fn hello(State(app): State<AppState>, agent: Agent, Json(hello): Json<Hell
         (status = 200, description = "What to do next", body = ActionResponse),
         (status = 400, description = "Bad JSON", body = AgentErrorBody),
         (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 403, description = "Not the agent that claimed this boot: nothing changes", body = AgentErrorBody),
         (status = 404, description = "The server is gone", body = AgentErrorBody),
         (status = 413, description = "The body is larger than 1 MiB", body = AgentErrorBody),
         (status = 500, description = "The database failed", body = AgentErrorBody),
@@ -124,7 +147,7 @@ async fn heartbeat(State(app): State<AppState>, agent: Agent, Json(beat): Json<O
         Some(id) => app.db.named(&agent.server, id).await?,
         None => None,
     };
-    action(&apply(&app, &agent, AgentCall::Heartbeat { working_on }).await?)
+    action(&apply(&app, &agent, AgentCall::Heartbeat { working_on }, Payload::None).await?)
 }
 
 /// The job: what to deploy on which disk, with `continue`.
@@ -132,6 +155,7 @@ async fn heartbeat(State(app): State<AppState>, agent: Agent, Json(beat): Json<O
     responses(
         (status = 200, description = "The job, or what to do instead", body = JobResponse),
         (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 403, description = "Not the agent that claimed this boot: nothing changes", body = AgentErrorBody),
         (status = 404, description = "The server is gone", body = AgentErrorBody),
         (status = 500, description = "The database failed", body = AgentErrorBody),
     ))]
@@ -147,7 +171,7 @@ async fn job(State(app): State<AppState>, agent: Agent) -> Answer<JobResponse> {
         (Some(_), Err(e)) => Err(e.clone()),
         _ => Ok(()),
     };
-    let applied = apply(&app, &agent, AgentCall::Job { buildable }).await?;
+    let applied = apply(&app, &agent, AgentCall::Job { buildable }, Payload::None).await?;
     match (&applied.transition.reply, built) {
         (Reply::Job, Ok(job)) => {
             tracing::info!(server = %agent.server, deployment = job.deployment_id, "job handed out");
@@ -164,20 +188,44 @@ async fn job_for(app: &AppState, server: &str, d: &DeploymentRow) -> Result<Resu
     let Some(inv) = app.db.server(server).await?.and_then(|s| s.inventory) else {
         return Ok(Err("the agent has not sent its inventory".into()));
     };
-    let groups = disk_groups(&inv);
-    let id = d.request.disk_group_id;
-    let Some(disk) = groups.iter().find(|g| g.disk_group_id == id).map(|g| &g.disks[0]) else {
-        return Ok(Err(format!("diskGroupId {id} does not exist on {server} ({} disk groups)", groups.len())));
+    // The inventory is the claimant's own: only its hello is kept.
+    let (serial, wwn, size_bytes) = match &d.request.disk {
+        Some(pin) => {
+            let found: Vec<_> = inv.disks.iter().filter(|disk| pin.matches(disk)).collect();
+            match found.as_slice() {
+                [disk] => (pin.serial.clone(), pin.wwn.clone(), disk.size_bytes),
+                [] => {
+                    return Ok(Err(format!(
+                        "no disk with serial {:?} and WWN {:?} on {server} ({} disks reported)",
+                        pin.serial,
+                        pin.wwn,
+                        inv.disks.len()
+                    )))
+                }
+                many => {
+                    return Ok(Err(format!(
+                        "{} disks on {server} match serial {:?} and WWN {:?}; pin both",
+                        many.len(),
+                        pin.serial,
+                        pin.wwn
+                    )))
+                }
+            }
+        }
+        None => {
+            let groups = disk_groups(&inv);
+            let id = d.request.disk_group_id;
+            let Some(disk) = groups.iter().find(|g| g.disk_group_id == id).map(|g| &g.disks[0]) else {
+                return Ok(Err(format!("diskGroupId {id} does not exist on {server} ({} disk groups)", groups.len())));
+            };
+            (disk.serial.clone(), disk.wwn.clone(), disk.size_bytes)
+        }
     };
     let mut spec = d.request.spec.clone();
     if let Some(c) = spec.configdrive.as_mut() {
         c.instance_id.get_or_insert_with(|| format!("byoi-{server}-{}", d.id));
     }
-    Ok(Ok(Job {
-        deployment_id: d.id,
-        spec,
-        disk: DiskSelector { serial: disk.serial.clone(), wwn: disk.wwn.clone(), size_bytes: disk.size_bytes },
-    }))
+    Ok(Ok(Job { deployment_id: d.id, spec, disk: DiskSelector { serial, wwn, size_bytes } }))
 }
 
 /// How far the deployment is, and the warnings logged since the last report.
@@ -187,6 +235,7 @@ async fn job_for(app: &AppState, server: &str, d: &DeploymentRow) -> Result<Resu
         (status = 200, description = "What to do next: `abort` if the deployment was erased", body = ActionResponse),
         (status = 400, description = "Bad JSON", body = AgentErrorBody),
         (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 403, description = "Not the agent that claimed this boot: nothing changes", body = AgentErrorBody),
         (status = 404, description = "The server is gone", body = AgentErrorBody),
         (status = 413, description = "The body is larger than 1 MiB", body = AgentErrorBody),
         (status = 500, description = "The database failed", body = AgentErrorBody),
@@ -198,7 +247,7 @@ async fn progress(State(app): State<AppState>, agent: Agent, Json(p): Json<Progr
         bytes_done: p.bytes_done,
         bytes_total: p.bytes_total,
     };
-    let applied = apply(&app, &agent, call).await?;
+    let applied = apply(&app, &agent, call, Payload::None).await?;
     if applied.transition.reply == Reply::Action(Action::Continue) {
         keep_logs(&app, &agent, p.deployment_id, p.logs).await?;
     }
@@ -219,14 +268,17 @@ fn bounded(mut logs: Vec<LogRecord>) -> Vec<LogRecord> {
         (status = 200, description = "What to do next: `reboot` into the disk on success", body = ActionResponse),
         (status = 400, description = "Bad JSON", body = AgentErrorBody),
         (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 403, description = "Not the agent that claimed this boot: nothing changes", body = AgentErrorBody),
         (status = 404, description = "The server is gone", body = AgentErrorBody),
         (status = 413, description = "The body is larger than 1 MiB", body = AgentErrorBody),
         (status = 500, description = "The database failed", body = AgentErrorBody),
     ))]
 async fn result(State(app): State<AppState>, agent: Agent, Json(r): Json<ResultReport>) -> Answer {
     let call = AgentCall::Result { id: r.deployment_id, status: r.status, code: r.code, message: r.message };
-    let applied = apply(&app, &agent, call).await?;
-    if let Some(d) = applied.latest.as_ref().filter(|d| d.id == r.deployment_id) {
+    let applied = apply(&app, &agent, call, Payload::None).await?;
+    let counted = applied.transition.state.latest.as_ref().is_some_and(|d| d.id == Some(r.deployment_id))
+        && applied.transition.reply == Reply::Action(Action::Reboot);
+    if let Some(d) = applied.latest.as_ref().filter(|d| counted && d.id == r.deployment_id) {
         tracing::info!(server = %agent.server, deployment = d.id, status = %d.status, message = %d.message,
             "deployment ended");
         keep_logs(&app, &agent, d.id, r.logs).await?;
@@ -249,11 +301,12 @@ async fn keep_logs(app: &AppState, agent: &Agent, deployment: i64, logs: Vec<Log
     responses(
         (status = 200, description = "The SSH keys of the last deployment that had any", body = RescueResponse),
         (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
+        (status = 403, description = "Not the agent that claimed this boot: nothing changes", body = AgentErrorBody),
         (status = 404, description = "The server is gone", body = AgentErrorBody),
         (status = 500, description = "The database failed", body = AgentErrorBody),
     ))]
 async fn rescue(State(app): State<AppState>, agent: Agent) -> Answer<RescueResponse> {
-    let applied = apply(&app, &agent, AgentCall::Rescue).await?;
+    let applied = apply(&app, &agent, AgentCall::Rescue, Payload::None).await?;
     let history = app.db.history(&agent.server).await?;
     let ssh_keys = history
         .iter()

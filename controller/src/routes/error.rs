@@ -20,6 +20,10 @@ pub enum AppError {
     /// 401: no or a wrong credential.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// 403: a valid agent token whose call is not its to make (another
+    /// agent claimed the boot, or the job went to another token).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such object.
     #[error("{0}")]
     NotFound(String),
@@ -32,6 +36,9 @@ pub enum AppError {
     /// 413: the body is larger than the route takes.
     #[error("Request body larger than {} MiB", .0 >> 20)]
     TooLarge(usize),
+    /// 429: too many requests (boot scripts, per MAC or source).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 502: a BMC or power command failed.
     #[error("{0}")]
     BadGateway(String),
@@ -46,10 +53,12 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             AppError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,12 +87,17 @@ impl IntoResponse for AppError {
         if let AppError::Db(e) = &self {
             tracing::error!(error = %e, "database error");
         }
-        (self.status(), Json(ErrorBody { message: self.to_string() })).into_response()
+        let mut r = (self.status(), Json(ErrorBody { message: self.to_string() })).into_response();
+        if let AppError::TooManyRequests(_) = &self {
+            // The buckets hold a minute's worth.
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("60"));
+        }
+        r
     }
 }
 
 /// An error on an agent route: the body also says what the agent must do,
-/// `reboot` for a refused token (netboot again), else `wait`.
+/// `reboot` for a refused token or call (netboot again), else `wait`.
 #[derive(Debug)]
 pub struct AgentError(pub AppError);
 
@@ -95,7 +109,13 @@ impl<E: Into<AppError>> From<E> for AgentError {
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
-        let action = if matches!(self.0, AppError::Unauthorized(_)) { Action::Reboot } else { Action::Wait };
+        // A refused token or call netboots again: the server ends in the
+        // idle script until an operator asks for a new boot.
+        let action = if matches!(self.0, AppError::Unauthorized(_) | AppError::Forbidden(_)) {
+            Action::Reboot
+        } else {
+            Action::Wait
+        };
         if let AppError::Db(e) = &self.0 {
             tracing::error!(error = %e, "database error");
         }

@@ -37,7 +37,7 @@ use utoipa_axum::routes;
 
 pub use error::{AgentError, AgentErrorBody, AppError, ErrorBody};
 
-use crate::db::Db;
+use crate::db::{Db, Payload};
 
 /// Largest body of any request but a BYOI POST.
 pub const SMALL_BODY: usize = 1 << 20;
@@ -64,6 +64,10 @@ pub struct Config {
     pub agent_timeout: Duration,
     /// Time for a server to netboot into the agent after a POST.
     pub boot_timeout: Duration,
+    /// Time a running deployment may go without its bytes or stage moving.
+    pub stall_timeout: Duration,
+    /// The rate limits of `/boot/{mac}`.
+    pub boot_limiter: Arc<netboot::BootLimiter>,
 }
 
 /// What every handler shares.
@@ -81,15 +85,21 @@ pub type AppState = Arc<App>;
 impl App {
     /// Fails running deployments whose agent went silent; run periodically.
     pub async fn expire_silent_agents(&self) {
-        let silent =
-            self.db.silent(self.cfg.agent_timeout.as_secs() as i64, self.cfg.boot_timeout.as_secs() as i64).await;
+        let secs = |d: Duration| d.as_secs() as i64;
+        let (agent, boot, stall) = (self.cfg.agent_timeout, self.cfg.boot_timeout, self.cfg.stall_timeout);
+        let silent = self.db.silent(secs(agent), secs(boot), secs(stall)).await;
         let silent = match silent {
             Ok(s) => s,
             Err(e) => return tracing::error!(error = %e, "looking for silent agents"),
         };
         for (server, event) in silent {
-            match self.db.apply(&server, event, None).await {
-                Ok(_) => tracing::warn!(%server, "the agent stopped reporting: the deployment failed"),
+            match self.db.apply(&server, event, Payload::None).await {
+                Ok(Some(a)) => {
+                    if let Some(d) = a.latest.filter(|d| d.status == byoi_wire::Status::Error) {
+                        tracing::warn!(%server, deployment = d.id, "the deployment failed: {}", d.message);
+                    }
+                }
+                Ok(None) => {}
                 Err(e) => tracing::error!(%server, error = %e, "expiring a silent agent"),
             }
         }
@@ -159,6 +169,13 @@ fn api() -> OpenApiRouter<AppState> {
 /// handlers' `#[utoipa::path]` and the types' `ToSchema`.
 pub fn openapi() -> OpenApi {
     api().into_openapi()
+}
+
+/// The address a request came from (`ConnectInfo`, set by the server for
+/// every connection); unspecified when the router is driven without a
+/// socket (tests).
+pub fn peer_ip(peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>) -> std::net::IpAddr {
+    peer.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |Extension(c)| c.0.ip())
 }
 
 /// The document as served, rendered once.

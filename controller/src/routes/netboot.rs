@@ -2,14 +2,23 @@
 //! kernel and initramfs.
 //!
 //! **Who may call it:** anyone on the provisioning network; iPXE sends no
-//! credentials. **What it reveals:** whether a MAC is registered and what it
-//! boots; a `deploy` or `rescue` script carries a fresh agent token for that
-//! server (minting one revokes the server's unused older tokens, never a
-//! working agent's). The artifacts are public.
+//! credentials. `/boot/{mac}` is rate-limited per MAC and per source
+//! address ([`BootLimiter`]). **What it reveals:** whether a MAC is
+//! registered and what it boots; while a boot is expected (after a power
+//! cycle the controller made, or an operator's deploy or rescue, within the
+//! boot timeout) a `deploy` or `rescue` script carries a fresh agent token
+//! for that server, at most
+//! [`TOKENS_PER_BOOT`](crate::lifecycle::TOKENS_PER_BOOT) per boot; otherwise a
+//! server wanted in the agent gets the idle script, which mints nothing.
+//! The artifacts are public.
 
-use axum::extract::{Path, Request, State};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use byoi_wire::BootTarget;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
@@ -17,6 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{or_405, AppError, AppState, ErrorBody};
+use crate::db::Payload;
 use crate::ipxe::{self, Script};
 use crate::lifecycle::{Event, Reply};
 use crate::model;
@@ -49,6 +59,67 @@ fn base_url(app: &AppState, headers: &HeaderMap) -> String {
     format!("{}://{host}", app.cfg.scheme)
 }
 
+/// How many boot scripts may be fetched per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootRate {
+    /// By one MAC.
+    pub per_mac: u32,
+    /// From one source address.
+    pub per_source: u32,
+}
+
+type Keyed<K> = governor::DefaultKeyedRateLimiter<K>;
+
+/// The rate limits of `/boot/{mac}`: a token bucket per MAC and one per
+/// source address (governor), each holding a minute's worth. Keys idle
+/// long enough to be full again are forgotten ([`BootLimiter::forget_idle`]),
+/// so memory stays bounded by the rate, not by what attackers send.
+pub struct BootLimiter {
+    per_mac: Keyed<String>,
+    per_source: Keyed<IpAddr>,
+}
+
+impl std::fmt::Debug for BootLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootLimiter")
+            .field("macs", &self.per_mac.len())
+            .field("sources", &self.per_source.len())
+            .finish()
+    }
+}
+
+impl BootLimiter {
+    /// Limits of `rate`.
+    pub fn new(rate: BootRate) -> BootLimiter {
+        let quota = |n: u32| governor::Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        BootLimiter {
+            per_mac: governor::RateLimiter::keyed(quota(rate.per_mac)),
+            per_source: governor::RateLimiter::keyed(quota(rate.per_source)),
+        }
+    }
+
+    /// `Err(message)` when `source`, or `mac` (normalised), asked too
+    /// often. The source is checked first: a flood of made-up MACs from one
+    /// address stops there.
+    pub fn check(&self, source: IpAddr, mac: &str) -> Result<(), String> {
+        if self.per_source.check_key(&source).is_err() {
+            return Err(format!("too many boot requests from {source}; try again in a minute"));
+        }
+        if self.per_mac.check_key(&mac.to_owned()).is_err() {
+            return Err(format!("too many boot requests for {mac}; try again in a minute"));
+        }
+        Ok(())
+    }
+
+    /// Forgets the keys whose buckets are full again; run periodically.
+    pub fn forget_idle(&self) {
+        self.per_mac.retain_recent();
+        self.per_source.retain_recent();
+        self.per_mac.shrink_to_fit();
+        self.per_source.shrink_to_fit();
+    }
+}
+
 /// The script iPXE chains into first: it fetches `/boot/${mac}`.
 #[utoipa::path(get, path = "/boot.ipxe", tag = "netboot",
     responses((status = 200, description = "An iPXE script", content_type = "text/plain", body = String)))]
@@ -58,22 +129,31 @@ async fn boot_ipxe(State(app): State<AppState>, headers: HeaderMap) -> impl Into
 
 /// The server's boot script.
 ///
-/// The agent (with a fresh agent token) to deploy or rescue, else its own
-/// disk; an unknown MAC gets a script that says so.
+/// The agent (with a fresh agent token) to deploy or rescue while a boot is
+/// expected, the idle script (which asks again in a minute) when none is,
+/// else its own disk; an unknown MAC gets a script that says so.
 #[utoipa::path(get, path = "/boot/{mac}", tag = "netboot",
     params(("mac" = String, Path, description = "A MAC address of the server, `:` or `-` separated, any case")),
     responses(
         (status = 200, description = "An iPXE script", content_type = "text/plain", body = String),
+        (status = 429, description = "Too many boot requests for this MAC or from this address", body = ErrorBody),
         (status = 500, description = "The database failed", body = ErrorBody),
     ))]
 async fn boot_script(
     State(app): State<AppState>,
     Path(mac): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, AppError> {
+    let source = super::peer_ip(peer);
     let base = base_url(&app, &headers);
     let unknown = || script(ipxe::render(&Script::Unknown { mac: &mac }, &base));
-    let Some(mac_norm) = model::normalize_mac(&mac) else { return Ok(unknown()) };
+    let mac_norm = model::normalize_mac(&mac);
+    if let Err(message) = app.cfg.boot_limiter.check(source, mac_norm.as_deref().unwrap_or("(not a MAC)")) {
+        tracing::warn!(%source, "{message}");
+        return Err(AppError::TooManyRequests(message));
+    }
+    let Some(mac_norm) = mac_norm else { return Ok(unknown()) };
     let Some(name) = app.db.server_by_mac(&mac_norm).await? else { return Ok(unknown()) };
     let Some(server) = app.db.server(&name).await? else { return Ok(unknown()) };
     if server.boot_target != BootTarget::Local {
@@ -85,15 +165,25 @@ async fn boot_script(
         }
     }
     let applied =
-        app.db.apply(&name, Event::BootScript, None).await?.ok_or_else(|| AppError::NotFound(name.clone()))?;
+        app.db.apply(&name, Event::BootScript, Payload::None).await?.ok_or_else(|| AppError::NotFound(name.clone()))?;
     let body = match (&applied.transition.reply, &applied.token) {
-        (Reply::Script(mode @ (BootTarget::Deploy | BootTarget::Rescue)), Some(token)) => ipxe::render(
-            &Script::Agent { server: &name, mode: mode.as_str(), token, kernel_args: &server.kernel_args },
-            &base,
-        ),
-        _ => ipxe::render(&Script::Local { server: &name }, &base),
+        (Reply::Script(mode @ (BootTarget::Deploy | BootTarget::Rescue)), Some(token)) => {
+            tracing::info!(server = %name, %source, mode = %mode, "served the agent's boot script with a token");
+            ipxe::render(
+                &Script::Agent { server: &name, mode: mode.as_str(), token, kernel_args: &server.kernel_args },
+                &base,
+            )
+        }
+        (Reply::Idle, _) => {
+            tracing::info!(server = %name, %source, target = %server.boot_target,
+                "no boot expected: served the idle script");
+            ipxe::render(&Script::Idle { server: &name, mode: server.boot_target.as_str() }, &base)
+        }
+        _ => {
+            tracing::info!(server = %name, %source, "served the local boot script");
+            ipxe::render(&Script::Local { server: &name }, &base)
+        }
     };
-    tracing::info!(server = %name, target = %server.boot_target, "served boot script");
     Ok(script(body))
 }
 

@@ -20,8 +20,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{bearer, or_405, same, AppError, AppState, ErrorBody, Json, BYOI_BODY};
-use crate::db::{self, DeploymentRow, ServerRow};
-use crate::lifecycle::{Effect, Event, Reply};
+use crate::db::{self, DeploymentRow, Payload, ServerRow};
+use crate::lifecycle::{Event, Reply};
 use crate::model::{self, ByoiRequest, NewServer};
 use crate::power::{Power, PowerAction};
 
@@ -73,8 +73,6 @@ pub enum PowerCycle {
     Done,
     /// Manual power: the operator must reboot it.
     Manual,
-    /// Not needed: its agent was up and takes the job.
-    Skipped,
     /// The driver failed (`powerError` says how).
     Failed,
 }
@@ -487,24 +485,22 @@ async fn byoi_post(
 ) -> Result<axum::Json<DeploymentView>, AppError> {
     let request = body.validate().map_err(|e| AppError::BadRequest(e.0))?;
     let url = redact_url(&request.spec.url);
-    let applied = app.db.apply(&name, Event::Post, Some(request)).await?.ok_or_else(|| no_server(&name))?;
+    let applied =
+        app.db.apply(&name, Event::Post, Payload::Request(Box::new(request))).await?.ok_or_else(|| no_server(&name))?;
     let d = applied.latest.ok_or_else(|| no_server(&name))?;
     if let Reply::Conflict(msg) = applied.transition.reply {
         return Err(AppError::Conflict(format!("{msg} on {name} (id {}, {})", d.id, d.stage)));
     }
     tracing::info!(server = %name, deployment = d.id, %url, "deployment requested");
-    let power = if applied.transition.effects.contains(&Effect::PowerCycle) {
-        match power_cycle(&app, &name).await {
-            Ok(p) => p,
-            Err(e) => {
-                let message = format!("could not power-cycle {name}: {e}");
-                app.db.apply(&name, Event::PowerFailed { message: message.clone() }, None).await?;
-                return Err(AppError::BadGateway(message));
-            }
+    // Every deployment starts with a fresh boot: the agent's token is
+    // minted for it, and only for it.
+    let power = match power_cycle(&app, &name).await {
+        Ok(p) => p,
+        Err(e) => {
+            let message = format!("could not power-cycle {name}: {e}");
+            app.db.apply(&name, Event::PowerFailed { message: message.clone() }, Payload::None).await?;
+            return Err(AppError::BadGateway(message));
         }
-    } else {
-        tracing::info!(server = %name, "the agent is waiting; no power cycle");
-        PowerCycle::Skipped
     };
     let mut view = DeploymentView::of(&d);
     view.power_cycle = Some(power);
@@ -528,7 +524,7 @@ async fn byoi_delete(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Erased>, AppError> {
-    let applied = app.db.apply(&name, Event::Delete, None).await?.ok_or_else(|| no_server(&name))?;
+    let applied = app.db.apply(&name, Event::Delete, Payload::None).await?.ok_or_else(|| no_server(&name))?;
     let d = match applied.transition.reply {
         Reply::NotFound(_) => return Err(AppError::NotFound(format!("No deployment on {name}"))),
         _ => applied.latest.ok_or_else(|| no_server(&name))?,
