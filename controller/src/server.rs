@@ -14,6 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Layer;
 
+use crate::datadir;
 use crate::db::Db;
 use crate::routes::{self, App, Config};
 
@@ -108,8 +109,10 @@ pub async fn serve_until(
     opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
-    std::fs::create_dir_all(&opts.data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", opts.data_dir.display()))?;
+    // Before anything is written: the database and the token are private
+    // from their creation, and older ones are made so.
+    datadir::private_umask();
+    datadir::prepare(&opts.data_dir)?;
     let token = api_token(&opts.data_dir, opts.api_token.clone())?;
     let db = Db::open(&opts.data_dir.join("byoi.sqlite"), opts.agent_timeout).await?;
     // Agents could not report while we were down: give them a full timeout.
