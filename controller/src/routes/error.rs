@@ -29,8 +29,8 @@ pub enum AppError {
     /// 409: the object's state forbids it.
     #[error("{0}")]
     Conflict(String),
-    /// 413: the body is larger than the route takes.
-    #[error("Request body larger than {} MiB", .0 >> 20)]
+    /// 413: the body is larger than the route takes (bytes).
+    #[error("Request body larger than {}", size(*.0))]
     TooLarge(usize),
     /// 502: a BMC or power command failed.
     #[error("{0}")]
@@ -53,6 +53,15 @@ impl AppError {
             AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             AppError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+/// `n` bytes in MiB or KiB when it is a whole number of them.
+fn size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
     }
 }
 
