@@ -1,6 +1,6 @@
 //! `byoi serve`: the data directory, the API token, and the HTTP(S)
-//! listener around the [`routes::router`]: header-read and idle timeouts,
-//! TLS, graceful shutdown on SIGTERM/SIGINT.
+//! listener around the [`routes::router`]: connection caps and timeouts
+//! ([`edge`]), TLS, graceful shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Extension;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Layer;
 
 use crate::datadir;
 use crate::db::Db;
+use crate::edge::{self, Admission, Limits, RefusalLog};
 use crate::routes::{self, App, Config};
 
 /// How `byoi serve` was asked to run.
@@ -37,6 +36,8 @@ pub struct ServeOptions {
     pub agent_timeout: Duration,
     /// Time for a server to netboot into the agent after a POST.
     pub boot_timeout: Duration,
+    /// Connection timeouts and caps.
+    pub limits: Limits,
 }
 
 /// The API token: given, or read from (or generated into) `DIR/api-token`.
@@ -78,9 +79,6 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// How long a client may take to send a request's headers; also how long
-/// an idle keep-alive connection stays open.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -131,6 +129,10 @@ pub async fn serve_until(
     let tls = opts.tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;
     let listener = TcpListener::bind(opts.listen).await?;
     let addr = listener.local_addr()?;
+    let limits = Arc::new(opts.limits.clone());
+    edge::check_open_files(limits.max_connections);
+    let admission = Admission::new(&limits);
+    let mut refusals = RefusalLog::default();
 
     let watchdog = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -155,37 +157,36 @@ pub async fn serve_until(
                 },
                 () = &mut shutdown => break,
             };
+            let admitted = match admission.admit(peer.ip()) {
+                Ok(a) => a,
+                Err(refused) => {
+                    // Closed at once: no handshake, no bytes read or written.
+                    refusals.refused(peer, &refused);
+                    drop(stream);
+                    continue;
+                }
+            };
             // Handlers that bind an agent to its address read it as
             // `ConnectInfo<SocketAddr>`.
-            let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(router.clone()));
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            let service = Extension(ConnectInfo(peer)).layer(router.clone());
             let watcher = graceful.watcher();
             let tls = tls.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
-                let result = match tls {
+                let _admitted = admitted;
+                match tls {
                     Some(acceptor) => {
-                        let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await;
-                        match handshake {
-                            Ok(Ok(s)) => {
-                                watcher
-                                    .watch(
-                                        builder.serve_connection_with_upgrades(TokioIo::new(s), service).into_owned(),
-                                    )
-                                    .await
-                            }
-                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                        match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => edge::serve_connection(s, peer, service, &limits, watcher).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(
+                                %peer,
+                                "closed a connection: no TLS handshake within {:?} (--tls-handshake-timeout)",
+                                limits.tls_handshake_timeout
+                            ),
                         }
                     }
-                    None => {
-                        watcher
-                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
-                            .await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    None => edge::serve_connection(stream, peer, service, &limits, watcher).await,
                 }
             });
         }

@@ -29,6 +29,9 @@ pub enum AppError {
     /// 409: the object's state forbids it.
     #[error("{0}")]
     Conflict(String),
+    /// 408: the client did not send the body within this time.
+    #[error("Request body not received within {0:?} (--body-timeout)")]
+    BodyTimeout(std::time::Duration),
     /// 413: the body is larger than the route takes (bytes).
     #[error("Request body larger than {}", size(*.0))]
     TooLarge(usize),
@@ -49,6 +52,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             AppError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,7 +13,8 @@
 //! that runs before the body's ([`Json`]), so a missing or wrong token is
 //! answered 401 without a byte of the body read (hyper then closes the
 //! connection rather than read the rest); their bodies are capped by
-//! `Json`'s `MAX`.
+//! `Json`'s `MAX`. The body's deadline is the connection's
+//! ([`crate::edge::DeadlineBody`], `--body-timeout`).
 //!
 //! Every handler carries its `#[utoipa::path]` and is registered with
 //! utoipa-axum's `routes!`, which adds the route and its documentation
@@ -37,7 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::tag::TagBuilder;
@@ -56,8 +57,6 @@ pub const BYOI_BODY: usize = 24 << 20;
 /// Longest a handler may take: a power cycle that fails and is followed by
 /// a power-on may take two driver timeouts.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(150);
-/// Longest a client may take to send a body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest body a route without credentials takes (it reads none; iPXE
 /// sends none): an unauthenticated client cannot make the controller read
 /// more.
@@ -225,7 +224,6 @@ pub fn router(app: AppState) -> Router {
         })
         .with_state(app)
         .layer(Extension(doc))
-        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -252,10 +250,14 @@ impl<S: Send + Sync, T: DeserializeOwned, const MAX: usize> FromRequest<S> for J
             return Err(AppError::TooLarge(MAX));
         }
         let body: Bytes = axum::body::to_bytes(req.into_body(), MAX).await.map_err(|e| {
-            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                AppError::TooLarge(MAX)
-            } else {
-                AppError::BadRequest(format!("Could not read the request body: {e}"))
+            let mut causes = std::iter::successors(std::error::Error::source(&e), |s| s.source());
+            match causes.find_map(|s| {
+                s.downcast_ref::<crate::edge::BodyTimedOut>()
+                    .map(|t| AppError::BodyTimeout(t.0))
+                    .or_else(|| s.is::<http_body_util::LengthLimitError>().then_some(AppError::TooLarge(MAX)))
+            }) {
+                Some(refusal) => refusal,
+                None => AppError::BadRequest(format!("Could not read the request body: {e}")),
             }
         })?;
         let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"null" } else { &body };
