@@ -62,13 +62,7 @@ pub fn prepare(dir: &Path) -> Result<Vec<Repaired>, DataDirError> {
         }
     }
     for r in &repaired {
-        tracing::warn!(
-            path = %r.path.display(),
-            "{} was readable by others ({:o}): made it {:o}",
-            r.path.display(),
-            r.was,
-            r.now
-        );
+        tracing::warn!("{} was open to group or others ({:o}): made it {:o}", r.path.display(), r.was, r.now);
     }
     Ok(repaired)
 }
