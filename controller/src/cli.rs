@@ -13,6 +13,7 @@ use http::Method;
 use serde_json::{json, Value};
 
 use byoi_controller::client::{self, PowerCycle};
+use byoi_controller::edge;
 use byoi_controller::server::{self, ServeOptions};
 
 /// `status`: the deployment failed.
@@ -98,6 +99,8 @@ enum Command {
         /// Boot scripts one source address may fetch per minute.
         #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
         boot_rate_per_source: u32,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Manages servers.
     #[command(after_help = EXIT_CODES)]
@@ -136,6 +139,59 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `serve`'s connection timeouts and caps (see `edge::Limits`).
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Seconds a client may take to send a request's head, from its first
+    /// byte; then the connection is closed.
+    #[arg(long, default_value_t = edge::HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a client may take to send a request's body, from the end of
+    /// its head; then it is answered 408 and the connection is closed.
+    #[arg(long, default_value_t = edge::BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
+    /// Seconds a connection may stay open without a request; then it is
+    /// closed.
+    #[arg(long, default_value_t = edge::IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Seconds a client may take to complete the TLS handshake.
+    #[arg(
+        long,
+        default_value_t = edge::TLS_HANDSHAKE_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    tls_handshake_timeout: u64,
+    /// Open connections, in total; more are closed at once.
+    #[arg(long, default_value_t = edge::MAX_CONNECTIONS, value_parser = at_least_one)]
+    max_connections: usize,
+    /// Open connections from one IPv4 address or IPv6 /64; more are closed
+    /// at once. Behind a reverse proxy, raise it to --max-connections.
+    #[arg(long, default_value_t = edge::MAX_CONNECTIONS_PER_SOURCE, value_parser = at_least_one)]
+    max_connections_per_source: usize,
+}
+
+impl From<LimitArgs> for edge::Limits {
+    fn from(a: LimitArgs) -> Self {
+        edge::Limits {
+            header_timeout: Duration::from_secs(a.header_timeout),
+            body_timeout: Duration::from_secs(a.body_timeout),
+            idle_timeout: Duration::from_secs(a.idle_timeout),
+            tls_handshake_timeout: Duration::from_secs(a.tls_handshake_timeout),
+            max_connections: a.max_connections,
+            max_connections_per_source: a.max_connections_per_source,
+        }
+    }
+}
+
+/// A count of 1 or more.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,6 +301,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             stall_timeout,
             boot_rate_per_mac,
             boot_rate_per_source,
+            limits,
         } => {
             let tls = tls_cert.zip(tls_key);
             let scheme = if tls.is_some() { "https" } else { "http" };
@@ -262,6 +319,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                     per_mac: boot_rate_per_mac,
                     per_source: boot_rate_per_source,
                 },
+                limits: limits.into(),
             };
             let (addr, serving) = server::serve(opts).await?;
             println!("listening on {scheme}://{addr}");

@@ -1,6 +1,6 @@
 //! `byoi serve`: the data directory, the API token, and the HTTP(S)
-//! listener around the [`routes::router`]: header-read and idle timeouts,
-//! TLS, graceful shutdown on SIGTERM/SIGINT.
+//! listener around the [`routes::router`]: connection caps and timeouts
+//! ([`edge`]), TLS, graceful shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Extension;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Layer;
 
+use crate::datadir;
 use crate::db::Db;
+use crate::edge::{self, Admission, Limits, RefusalLog};
 use crate::routes::netboot::{BootLimiter, BootRate};
 use crate::routes::{self, App, Config};
 
@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub stall_timeout: Duration,
     /// How often `/boot/{mac}` may be fetched.
     pub boot_rate: BootRate,
+    /// Connection timeouts and caps.
+    pub limits: Limits,
 }
 
 /// The API token: given, or read from (or generated into) `DIR/api-token`.
@@ -82,9 +84,6 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// How long a client may take to send a request's headers; also how long
-/// an idle keep-alive connection stays open.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -113,8 +112,10 @@ pub async fn serve_until(
     opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
-    std::fs::create_dir_all(&opts.data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", opts.data_dir.display()))?;
+    // Before anything is written: the database and the token are private
+    // from their creation, and older ones are made so.
+    datadir::private_umask();
+    datadir::prepare(&opts.data_dir)?;
     let token = api_token(&opts.data_dir, opts.api_token.clone())?;
     let db = Db::open(&opts.data_dir.join("byoi.sqlite"), opts.boot_timeout).await?;
     // Agents could not report while we were down: give them a full timeout.
@@ -135,6 +136,10 @@ pub async fn serve_until(
     let tls = opts.tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;
     let listener = TcpListener::bind(opts.listen).await?;
     let addr = listener.local_addr()?;
+    let limits = Arc::new(opts.limits.clone());
+    edge::check_open_files(limits.max_connections);
+    let admission = Admission::new(&limits);
+    let mut refusals = RefusalLog::default();
 
     let watchdog = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -160,37 +165,36 @@ pub async fn serve_until(
                 },
                 () = &mut shutdown => break,
             };
+            let admitted = match admission.admit(peer.ip()) {
+                Ok(a) => a,
+                Err(refused) => {
+                    // Closed at once: no handshake, no bytes read or written.
+                    refusals.refused(peer, &refused);
+                    drop(stream);
+                    continue;
+                }
+            };
             // Handlers that bind an agent to its address read it as
             // `ConnectInfo<SocketAddr>`.
-            let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(router.clone()));
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            let service = Extension(ConnectInfo(peer)).layer(router.clone());
             let watcher = graceful.watcher();
             let tls = tls.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
-                let result = match tls {
+                let _admitted = admitted;
+                match tls {
                     Some(acceptor) => {
-                        let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await;
-                        match handshake {
-                            Ok(Ok(s)) => {
-                                watcher
-                                    .watch(
-                                        builder.serve_connection_with_upgrades(TokioIo::new(s), service).into_owned(),
-                                    )
-                                    .await
-                            }
-                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                        match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => edge::serve_connection(s, peer, service, &limits, watcher).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(
+                                %peer,
+                                "closed a connection: no TLS handshake within {:?} (--tls-handshake-timeout)",
+                                limits.tls_handshake_timeout
+                            ),
                         }
                     }
-                    None => {
-                        watcher
-                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
-                            .await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    None => edge::serve_connection(stream, peer, service, &limits, watcher).await,
                 }
             });
         }

@@ -33,8 +33,11 @@ pub enum AppError {
     /// 409: the object's state forbids it.
     #[error("{0}")]
     Conflict(String),
-    /// 413: the body is larger than the route takes.
-    #[error("Request body larger than {} MiB", .0 >> 20)]
+    /// 408: the client did not send the body within this time.
+    #[error("Request body not received within {0:?} (--body-timeout)")]
+    BodyTimeout(std::time::Duration),
+    /// 413: the body is larger than the route takes (bytes).
+    #[error("Request body larger than {}", size(*.0))]
     TooLarge(usize),
     /// 429: too many requests (boot scripts, per MAC or source).
     #[error("{0}")]
@@ -57,11 +60,21 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             AppError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+/// `n` bytes in MiB or KiB when it is a whole number of them.
+fn size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
     }
 }
 

@@ -3,8 +3,18 @@
 //! protocol, per-boot agent tokens), [`netboot`] (iPXE scripts and the
 //! agent's kernel and initramfs, no credentials). [`router`] puts them
 //! together with the layers every request goes through: a request id on
-//! every log line, tracing, timeouts. Tests drive the router without a
-//! socket (`tower::ServiceExt::oneshot`).
+//! every log line, tracing, the handler timeout. Tests drive the router
+//! without a socket (`tower::ServiceExt::oneshot`).
+//!
+//! Bodies: a route that needs no credentials (netboot, `/openapi.json`, the
+//! fallback) reads none, and refuses one declared larger than
+//! [`UNAUTHENTICATED_BODY`] (or of unknown length) with 413 before its
+//! handler runs. The other routes take their credential with an extractor
+//! that runs before the body's ([`Json`]), so a missing or wrong token is
+//! answered 401 without a byte of the body read (hyper then closes the
+//! connection rather than read the rest); their bodies are capped by
+//! `Json`'s `MAX`. The body's deadline is the connection's
+//! ([`crate::edge::DeadlineBody`], `--body-timeout`).
 //!
 //! Every handler carries its `#[utoipa::path]` and is registered with
 //! utoipa-axum's `routes!`, which adds the route and its documentation
@@ -20,14 +30,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Bytes, HttpBody};
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::tag::TagBuilder;
@@ -46,8 +57,10 @@ pub const BYOI_BODY: usize = 24 << 20;
 /// Longest a handler may take: a power cycle that fails and is followed by
 /// a power-on may take two driver timeouts.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(150);
-/// Longest a client may take to send a body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest body a route without credentials takes (it reads none; iPXE
+/// sends none): an unauthenticated client cannot make the controller read
+/// more.
+pub const UNAUTHENTICATED_BODY: usize = 4 << 10;
 
 /// How the controller is set up.
 #[derive(Debug, Clone)]
@@ -158,11 +171,28 @@ fn frame() -> OpenApi {
 
 /// Every route with its documentation, without state or layers.
 fn api() -> OpenApiRouter<AppState> {
+    let public = netboot::routes().routes(or_405(routes!(openapi_json)));
     OpenApiRouter::with_openapi(frame())
         .merge(operator::routes())
         .merge(agent::routes())
-        .merge(netboot::routes())
-        .routes(or_405(routes!(openapi_json)))
+        .merge(public.layer(axum::middleware::from_fn(refuse_body)))
+}
+
+/// Refuses, for a route without credentials, a body larger than
+/// [`UNAUTHENTICATED_BODY`] or of unknown length (chunked), from its
+/// headers alone.
+async fn refuse_body(req: Request, next: Next) -> Response {
+    if fits_unauthenticated(&req) {
+        next.run(req).await
+    } else {
+        AppError::TooLarge(UNAUTHENTICATED_BODY).into_response()
+    }
+}
+
+/// Whether `req`'s body is known, from its headers, to be at most
+/// [`UNAUTHENTICATED_BODY`].
+fn fits_unauthenticated(req: &Request) -> bool {
+    req.body().size_hint().upper().is_some_and(|n| n <= UNAUTHENTICATED_BODY as u64)
 }
 
 /// The OpenAPI 3.1 document of [`router`]'s routes, generated from the
@@ -204,11 +234,13 @@ pub fn router(app: AppState) -> Router {
     let doc = Document(Bytes::from(serde_json::to_vec_pretty(&doc).expect("the OpenAPI document serialises")));
     routes
         .fallback(|req: Request| async move {
+            if !fits_unauthenticated(&req) {
+                return AppError::TooLarge(UNAUTHENTICATED_BODY);
+            }
             AppError::NotFound(format!("No route for {} {}", req.method(), req.uri().path()))
         })
         .with_state(app)
         .layer(Extension(doc))
-        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -235,10 +267,14 @@ impl<S: Send + Sync, T: DeserializeOwned, const MAX: usize> FromRequest<S> for J
             return Err(AppError::TooLarge(MAX));
         }
         let body: Bytes = axum::body::to_bytes(req.into_body(), MAX).await.map_err(|e| {
-            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                AppError::TooLarge(MAX)
-            } else {
-                AppError::BadRequest(format!("Could not read the request body: {e}"))
+            let mut causes = std::iter::successors(std::error::Error::source(&e), |s| s.source());
+            match causes.find_map(|s| {
+                s.downcast_ref::<crate::edge::BodyTimedOut>()
+                    .map(|t| AppError::BodyTimeout(t.0))
+                    .or_else(|| s.is::<http_body_util::LengthLimitError>().then_some(AppError::TooLarge(MAX)))
+            }) {
+                Some(refusal) => refusal,
+                None => AppError::BadRequest(format!("Could not read the request body: {e}")),
             }
         })?;
         let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"null" } else { &body };

@@ -56,6 +56,14 @@ impl Controller {
         Controller { child, addr, token, dir }
     }
 
+    /// Kills it (SIGKILL: its files stay as a crash leaves them) and
+    /// hands back its data directory, to start another on.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
