@@ -13,6 +13,7 @@ use http::Method;
 use serde_json::{json, Value};
 
 use byoi_controller::client::{self, PowerCycle};
+use byoi_controller::power::PowerConfig;
 use byoi_controller::server::{self, ServeOptions};
 
 /// `status`: the deployment failed.
@@ -87,6 +88,15 @@ enum Command {
         /// Seconds for a server to netboot into the agent after a POST.
         #[arg(long, default_value_t = 1800)]
         boot_timeout: u64,
+        /// JSON file naming the commands the `command` power driver may run:
+        /// {"NAME": ["program", "arg", "{action}", "{server}"], …}; the API
+        /// refers to them by name and cannot run anything else.
+        #[arg(long, value_name = "FILE")]
+        power_commands: Option<PathBuf>,
+        /// The ipmitool the `ipmi` power driver runs; default: `ipmitool`
+        /// from /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin.
+        #[arg(long, value_name = "PATH")]
+        ipmitool: Option<PathBuf>,
     },
     /// Manages servers.
     #[command(after_help = EXIT_CODES)]
@@ -140,10 +150,10 @@ enum ServerCommand {
         /// Power driver.
         #[arg(long, default_value = "manual", value_parser = ["manual", "command", "ipmi", "redfish"])]
         power: String,
-        /// Driver argument: for command, the argv (repeat, `{action}` is
-        /// replaced); for ipmi, host=…, user=…, password=…, [tool=ipmitool];
-        /// for redfish, url=https://bmc, user=…, password=…, [system=…],
-        /// [insecure=true].
+        /// Driver argument: for command, name=… (a command of the
+        /// controller's --power-commands file); for ipmi, host=…, user=…,
+        /// password=…; for redfish, url=https://bmc, user=…, password=…,
+        /// [system=…], [insecure=true].
         #[arg(long = "power-arg", allow_hyphen_values = true)]
         power_args: Vec<String>,
         /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
@@ -231,6 +241,8 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             tls_key,
             agent_timeout,
             boot_timeout,
+            power_commands,
+            ipmitool,
         } => {
             let tls = tls_cert.zip(tls_key);
             let scheme = if tls.is_some() { "https" } else { "http" };
@@ -243,6 +255,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 tls,
                 agent_timeout: Duration::from_secs(agent_timeout),
                 boot_timeout: Duration::from_secs(boot_timeout),
+                power: PowerConfig::load(power_commands.as_deref(), ipmitool)?,
             };
             let (addr, serving) = server::serve(opts).await?;
             println!("listening on {scheme}://{addr}");

@@ -156,9 +156,10 @@ pub struct NewServer {
     pub service_name: String,
     /// MAC addresses of its NICs.
     pub macs: Vec<String>,
-    /// Power driver: `{"kind": "manual"}`, `{"kind": "command", "argv": […]}`,
-    /// `{"kind": "ipmi", "host", "user", "password"}`, `{"kind": "redfish",
-    /// "url", "user", "password", "insecure"}`.
+    /// Power driver: `{"kind": "manual"}`, `{"kind": "command", "name"}` (a
+    /// command of the controller's `--power-commands` file), `{"kind":
+    /// "ipmi", "host", "user", "password"}`, `{"kind": "redfish", "url",
+    /// "user", "password", "insecure"}`.
     pub power: Option<serde_json::Value>,
     /// Extra kernel arguments for the agent (console=…).
     #[serde(default)]

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tower::Layer;
 
 use crate::db::Db;
+use crate::power::PowerConfig;
 use crate::routes::{self, App, Config};
 
 /// How `byoi serve` was asked to run.
@@ -36,6 +37,8 @@ pub struct ServeOptions {
     pub agent_timeout: Duration,
     /// Time for a server to netboot into the agent after a POST.
     pub boot_timeout: Duration,
+    /// The power commands and the ipmitool the API may refer to.
+    pub power: PowerConfig,
 }
 
 /// The API token: given, or read from (or generated into) `DIR/api-token`.
@@ -122,6 +125,7 @@ pub async fn serve_until(
         scheme: if opts.tls.is_some() { "https" } else { "http" },
         agent_timeout: opts.agent_timeout,
         boot_timeout: opts.boot_timeout,
+        power: opts.power.clone(),
     };
     let app = Arc::new(App { db: db.clone(), cfg });
     let router = routes::router(app.clone());

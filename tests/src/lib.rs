@@ -173,6 +173,7 @@ pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
         tls: None,
         agent_timeout: Duration::from_secs(120),
         boot_timeout: Duration::from_secs(900),
+        power: Default::default(),
     };
     let _ = tracing_subscriber::fmt()
         .with_writer(|| LogWriter)

@@ -64,6 +64,8 @@ pub struct Config {
     pub agent_timeout: Duration,
     /// Time for a server to netboot into the agent after a POST.
     pub boot_timeout: Duration,
+    /// The power commands and the ipmitool the API may refer to.
+    pub power: crate::power::PowerConfig,
 }
 
 /// What every handler shares.
