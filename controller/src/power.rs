@@ -91,7 +91,7 @@ pub enum PowerConfigError {
         source: serde_json::Error,
     },
     /// A name the API could not refer to.
-    #[error("power command name {name:?} in {path}: letters, digits, '-', '_', '.'")]
+    #[error("power command name {name:?} in {path}: letters, digits, '-', '_' and '.', not '.' or '..', not starting with '-'")]
     BadName {
         /// The file.
         path: PathBuf,
@@ -640,7 +640,9 @@ mod tests {
         assert_eq!(load(r#"{"a": [""]}"#, 0o600).unwrap_err(), format!("power command \"a\" in {p} has no program"));
         assert_eq!(
             load(r#"{"a b": ["true"]}"#, 0o600).unwrap_err(),
-            format!("power command name \"a b\" in {p}: letters, digits, '-', '_', '.'")
+            format!(
+                "power command name \"a b\" in {p}: letters, digits, '-', '_' and '.', not '.' or '..', not starting with '-'"
+            )
         );
         assert!(load(r#"["true"]"#, 0o600).unwrap_err().contains("are not a JSON object"));
         assert!(PowerConfig::load(Some(&dir.path().join("missing")), None).is_err());

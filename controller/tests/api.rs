@@ -208,7 +208,7 @@ async fn servers_endpoints_and_their_errors() {
         (
             json!({"serviceName": "s/2", "macs": ["52:54:00:00:00:02"]}),
             StatusCode::BAD_REQUEST,
-            "Bad serviceName \"s/2\": letters, digits, '-', '_', '.'",
+            "Bad serviceName \"s/2\": letters, digits, '-', '_' and '.', at most 128, not '.' or '..', not starting with '-'",
         ),
         (json!({"serviceName": "s2", "macs": []}), StatusCode::BAD_REQUEST, "A server needs at least one MAC address"),
         (

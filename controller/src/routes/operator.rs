@@ -348,10 +348,7 @@ async fn add(
     Json(n): Json<NewServer>,
 ) -> Result<(StatusCode, axum::Json<ServerView>), AppError> {
     if !model::valid_name(&n.service_name) {
-        return Err(AppError::BadRequest(format!(
-            "Bad serviceName {:?}: letters, digits, '-', '_', '.'",
-            n.service_name
-        )));
+        return Err(AppError::BadRequest(model::bad_name(&n.service_name)));
     }
     let mut macs = Vec::new();
     for m in &n.macs {
