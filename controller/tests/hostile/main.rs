@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod validation;
 
 use common::{request, Controller, ATTACKER};
 
