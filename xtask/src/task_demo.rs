@@ -2,7 +2,8 @@
 //! one machine. Builds the agent's initramfs and the tiny test OS (or the
 //! Debian image with cloud-init), starts `byoi serve` on
 //! loopback, registers a QEMU server whose power is driven over QMP (the
-//! `command` power driver runs `xtask qmp`), posts a deployment with a
+//! `command` power driver runs `xtask qmp`, named `qemu` in the controller's
+//! `--power-commands` file), posts a deployment with a
 //! ConfigDrive, and shows the VM's console and the deployment's progress
 //! until the deployed OS has printed its ConfigDrive data.
 //!
