@@ -10,15 +10,11 @@ use serde_json::json;
 
 use crate::util::{le16, le32};
 
-/// Size of the partition we add (Ironic's habit).
-pub const PARTITION_SIZE: u64 = 64 << 20;
-
-/// The OpenStack metadata versions written; cloud-init reads the newest
-/// dated one it knows, so every file goes in each. `network_data.json` is
-/// only read from 2015-10-15 (Liberty) on; 2018-08-27 (Rocky) is the newest
-/// cloud-init 22.4 knows; 2012-08-10 and `latest` are what every reader,
-/// old or new, finds.
-const OPENSTACK_VERSIONS: [&str; 4] = ["2012-08-10", "2015-10-15", "2018-08-27", "latest"];
+/// Size of the partition we add: the controller refuses at POST what would
+/// not fit in it ([`ConfigDriveSpec::size`]).
+pub use byoi_wire::spec::CONFIGDRIVE_PARTITION_SIZE as PARTITION_SIZE;
+/// The OpenStack metadata versions written, every file in each.
+use byoi_wire::spec::OPENSTACK_VERSIONS;
 
 /// Which datasource layout to write.
 pub use byoi_wire::spec::ConfigDriveFormat as Format;
@@ -325,6 +321,42 @@ mod tests {
         assert_eq!(meta["public_keys"]["default"], "ssh-ed25519 AAAA test@byoi");
         assert_eq!(meta["meta"]["role"], "db");
         assert_eq!(meta["launch_index"], 0);
+    }
+
+    /// The rule the controller applies at POST holds: a drive as large as
+    /// it accepts, with the most metadata, fits the partition with either
+    /// sector size, and its metadata file is no larger than the bound.
+    #[test]
+    fn the_largest_accepted_drive_fits() {
+        use byoi_wire::spec::{Blob, ConfigDriveSize, Urls, CONFIGDRIVE_CAPACITY, MAX_META, MAX_SSH_KEYS};
+        use byoi_wire::DeploySpec;
+        for format in [Format::OpenStack, Format::NoCloud] {
+            let mut spec = ConfigDriveSpec {
+                format,
+                hostname: Some("h".repeat(253)),
+                ssh_keys: (0..MAX_SSH_KEYS).map(|i| format!("ssh-ed25519 {i:01000}")).collect(),
+                meta: (0..MAX_META).map(|i| (format!("k\"{i}"), "\"\\".repeat(500))).collect(),
+                network_data: Some(Blob(vec![b'n'; byoi_wire::spec::MAX_NETWORK_DATA])),
+                ..Default::default()
+            };
+            let ConfigDriveSize { network_data, metadata, copies, .. } = spec.size();
+            let room = CONFIGDRIVE_CAPACITY / copies - network_data - metadata;
+            let user_data = room.min(byoi_wire::spec::MAX_USER_DATA as u64);
+            spec.user_data = Some(Blob(vec![b'u'; user_data as usize]));
+            if format == Format::OpenStack {
+                assert_eq!(spec.size().total(), CONFIGDRIVE_CAPACITY);
+            }
+            let deploy = DeploySpec { configdrive: Some(spec.clone()), ..DeploySpec::new("http://x/i") };
+            deploy.validate(Urls::Remote).unwrap();
+            let drive = ConfigDrive::from_spec(&spec);
+            let meta_file = if format == Format::OpenStack { "openstack/latest/meta_data.json" } else { "meta-data" };
+            let written = drive.files().into_iter().find(|(n, _)| n == meta_file).unwrap().1.len() as u64;
+            assert!(written <= metadata, "{format:?}: {written} > {metadata}");
+            for sector in [512, 4096] {
+                let mut part = Cursor::new(vec![0u8; PARTITION_SIZE as usize]);
+                drive.write_fat(&mut part, sector).unwrap_or_else(|e| panic!("{format:?}, {sector}: {e}"));
+            }
+        }
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl Finishing {
             root.open_file(&p).is_ok()
         };
         if let Some(l) = &self.efi_loader {
-            let l = if l.starts_with('\\') { l.clone() } else { format!("\\{l}") }.replace('/', "\\");
+            let l = byoi_wire::spec::efi_loader_path(l).map_err(|e| DeployError::BootEntry(e.0))?;
             return if exists(&l) {
                 Ok(l)
             } else {

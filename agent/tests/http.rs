@@ -461,7 +461,7 @@ fn headers_the_downloader_owns_are_refused() {
     req.source.headers = vec![("Range".into(), "bytes=0-10".into())];
     let e = run(&req, &c.target).unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidRequest);
-    assert!(e.to_string().contains("header range is managed by the downloader"), "{e}");
+    assert!(e.to_string().contains("Bad httpHeader \"Range\": the image download sets it itself."), "{e}");
 }
 
 #[test]

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use byoi_controller::client::{self, PowerCycle};
 use byoi_controller::edge;
+use byoi_controller::power::PowerConfig;
 use byoi_controller::server::{self, ServeOptions};
 
 /// `status`: the deployment failed.
@@ -101,6 +102,15 @@ enum Command {
         boot_rate_per_source: u32,
         #[command(flatten)]
         limits: LimitArgs,
+        /// JSON file naming the commands the `command` power driver may run:
+        /// {"NAME": ["program", "arg", "{action}", "{server}"], …}; the API
+        /// refers to them by name and cannot run anything else.
+        #[arg(long, value_name = "FILE")]
+        power_commands: Option<PathBuf>,
+        /// The ipmitool the `ipmi` power driver runs; default: `ipmitool`
+        /// from /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin.
+        #[arg(long, value_name = "PATH")]
+        ipmitool: Option<PathBuf>,
     },
     /// Manages servers.
     #[command(after_help = EXIT_CODES)]
@@ -207,10 +217,10 @@ enum ServerCommand {
         /// Power driver.
         #[arg(long, default_value = "manual", value_parser = ["manual", "command", "ipmi", "redfish"])]
         power: String,
-        /// Driver argument: for command, the argv (repeat, `{action}` is
-        /// replaced); for ipmi, host=…, user=…, password=…, [tool=ipmitool];
-        /// for redfish, url=https://bmc, user=…, password=…, [system=…],
-        /// [insecure=true].
+        /// Driver argument: for command, name=… (a command of the
+        /// controller's --power-commands file); for ipmi, host=…, user=…,
+        /// password=…; for redfish, url=https://bmc, user=…, password=…,
+        /// [system=…], [insecure=true].
         #[arg(long = "power-arg", allow_hyphen_values = true)]
         power_args: Vec<String>,
         /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
@@ -302,6 +312,8 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             boot_rate_per_mac,
             boot_rate_per_source,
             limits,
+            power_commands,
+            ipmitool,
         } => {
             let tls = tls_cert.zip(tls_key);
             let scheme = if tls.is_some() { "https" } else { "http" };
@@ -320,6 +332,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                     per_source: boot_rate_per_source,
                 },
                 limits: limits.into(),
+                power: PowerConfig::load(power_commands.as_deref(), ipmitool)?,
             };
             let (addr, serving) = server::serve(opts).await?;
             println!("listening on {scheme}://{addr}");

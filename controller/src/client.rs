@@ -289,9 +289,6 @@ pub enum PowerArgError {
     /// `manual` with arguments.
     #[error("--power manual takes no --power-arg")]
     ManualTakesNone,
-    /// `command` without an argv.
-    #[error("--power command needs its argv: one --power-arg per word, `{{action}}` replaced by on, off or cycle")]
-    NoArgv,
     /// An argument without `=`; `index` counts from 1.
     #[error("--power-arg {index} is not KEY=VALUE (--power {driver} takes {keys})")]
     NotKeyValue {
@@ -331,8 +328,10 @@ pub enum PowerArgError {
 /// A driver's `--power-arg KEY=VALUE` keys: (name, required, boolean).
 type Keys = &'static [(&'static str, bool, bool)];
 
-/// `ipmitool -I lanplus`; `tool` is another ipmitool to run.
-const IPMI: Keys = &[("host", true, false), ("user", true, false), ("password", true, false), ("tool", false, false)];
+/// A command of the controller's `--power-commands` file, by name.
+const COMMAND: Keys = &[("name", true, false)];
+/// `ipmitool -I lanplus` (the controller's `--ipmitool`).
+const IPMI: Keys = &[("host", true, false), ("user", true, false), ("password", true, false)];
 /// Redfish `ComputerSystem.Reset`; `system` defaults to the BMC's first,
 /// `insecure` accepts a self-signed BMC certificate.
 const REDFISH: Keys = &[
@@ -344,15 +343,14 @@ const REDFISH: Keys = &[
 ];
 
 /// The `power` object of `POST /dedicated/server` for `--power driver` with
-/// `--power-arg args`: `{"kind": "manual"}`, `{"kind": "command", "argv"}`,
-/// `{"kind": "ipmi", "host", "user", "password", "tool"?}`,
+/// `--power-arg args`: `{"kind": "manual"}`, `{"kind": "command", "name"}`,
+/// `{"kind": "ipmi", "host", "user", "password"}`,
 /// `{"kind": "redfish", "url", "user", "password", "system"?, "insecure"}`.
 pub fn power_settings(driver: &str, args: &[String]) -> Result<Value, PowerArgError> {
     let (driver, keys): (&'static str, Keys) = match driver {
         "manual" if args.is_empty() => return Ok(json!({"kind": "manual"})),
         "manual" => return Err(PowerArgError::ManualTakesNone),
-        "command" if args.is_empty() => return Err(PowerArgError::NoArgv),
-        "command" => return Ok(json!({"kind": "command", "argv": args})),
+        "command" => ("command", COMMAND),
         "ipmi" => ("ipmi", IPMI),
         "redfish" => ("redfish", REDFISH),
         other => return Err(PowerArgError::UnknownDriver(other.to_owned())),
@@ -412,7 +410,7 @@ mod tests {
     fn power_arguments_to_settings() {
         let ok: &[(&str, &[&str], Value)] = &[
             ("manual", &[], json!({"kind": "manual"})),
-            ("command", &["qmp", "--", "{action}"], json!({"kind": "command", "argv": ["qmp", "--", "{action}"]})),
+            ("command", &["name=lab-pdu"], json!({"kind": "command", "name": "lab-pdu"})),
             // Only the first '=' splits: passwords may hold one.
             (
                 "ipmi",
@@ -421,8 +419,8 @@ mod tests {
             ),
             (
                 "ipmi",
-                &["tool=/opt/ipmitool", "password=", "user=u", "host=h"],
-                json!({"kind": "ipmi", "host": "h", "user": "u", "password": "", "tool": "/opt/ipmitool"}),
+                &["password=", "user=u", "host=h"],
+                json!({"kind": "ipmi", "host": "h", "user": "u", "password": ""}),
             ),
             (
                 "redfish",
@@ -441,21 +439,18 @@ mod tests {
         let refused: &[(&str, &[&str], &str)] = &[
             ("telepathy", &[], "unknown power driver \"telepathy\" (manual, command, ipmi, redfish)"),
             ("manual", &["host=h"], "--power manual takes no --power-arg"),
-            (
-                "command",
-                &[],
-                "--power command needs its argv: one --power-arg per word, `{action}` replaced by on, off or cycle",
-            ),
+            ("command", &[], "--power command needs --power-arg name=…"),
+            ("command", &["sh", "-c", "id"], "--power-arg 1 is not KEY=VALUE (--power command takes name)"),
             ("ipmi", &["user=u", "password=p"], "--power ipmi needs --power-arg host=…"),
             (
                 "ipmi",
                 &["host=h", "user=u", "secret"],
-                "--power-arg 3 is not KEY=VALUE (--power ipmi takes host, user, password, [tool])",
+                "--power-arg 3 is not KEY=VALUE (--power ipmi takes host, user, password)",
             ),
             (
                 "ipmi",
                 &["host=h", "user=u", "password=p", "port=623"],
-                "--power ipmi takes no --power-arg port (it takes host, user, password, [tool])",
+                "--power ipmi takes no --power-arg port (it takes host, user, password)",
             ),
             ("redfish", &["url=https://bmc", "user=u"], "--power redfish needs --power-arg password=…"),
             ("redfish", &["user=u", "user=v"], "--power-arg user is given twice"),

@@ -145,6 +145,10 @@ impl ByoiRequest {
         if self.description.as_ref().is_some_and(|d| d.len() > MAX_DESCRIPTION) {
             return Err(SpecError("description is longer than 1024 bytes.".into()));
         }
+        // Shown on operators' terminals: no escape sequences.
+        if self.description.as_ref().is_some_and(|d| d.chars().any(char::is_control)) {
+            return Err(SpecError("Bad description: control characters are not allowed.".into()));
+        }
         // `enable` decides, as on OVH; data sent with enable: false is
         // refused rather than silently dropped.
         let configdrive = match self.configdrive {
@@ -205,9 +209,10 @@ pub struct NewServer {
     pub service_name: String,
     /// MAC addresses of its NICs.
     pub macs: Vec<String>,
-    /// Power driver: `{"kind": "manual"}`, `{"kind": "command", "argv": […]}`,
-    /// `{"kind": "ipmi", "host", "user", "password"}`, `{"kind": "redfish",
-    /// "url", "user", "password", "insecure"}`.
+    /// Power driver: `{"kind": "manual"}`, `{"kind": "command", "name"}` (a
+    /// command of the controller's `--power-commands` file), `{"kind":
+    /// "ipmi", "host", "user", "password"}`, `{"kind": "redfish", "url",
+    /// "user", "password", "insecure"}`.
     pub power: Option<serde_json::Value>,
     /// Extra kernel arguments for the agent (console=…).
     #[serde(default)]
@@ -236,9 +241,23 @@ pub fn valid_kernel_arg(arg: &str) -> bool {
 /// Removes credentials and the query from a URL before it is shown.
 pub use byoi_wire::spec::redact_url;
 
-/// A server name usable in URLs.
+/// A server name usable in URLs, file names and argv words: letters,
+/// digits, `-`, `_`, `.`, at most 128 bytes; not `.` or `..` (a path
+/// segment that means something else), not starting with `-` (an argv
+/// word that reads as an option, where a power command puts `{server}`).
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name != "."
+        && name != ".."
+        && !name.starts_with('-')
+}
+
+/// The refusal of a server name [`valid_name`] refuses.
+pub fn bad_name(name: &str) -> String {
+    let shown: String = name.chars().take(128).collect();
+    format!("Bad serviceName {shown:?}: letters, digits, '-', '_' and '.', at most 128, not '.' or '..', not starting with '-'")
 }
 
 /// What the 0.1.0 release stored, and its conversion (schema step 2).
@@ -363,6 +382,10 @@ mod tests {
             (r#"{"URL":"http://x/i","type":"raw","ovaDisk":1}"#, "ovaDisk is only for images of type ova."),
             (r#"{"URL":"http://x/i","diskGroupId":0}"#, "Bad diskGroupId, groups are numbered from 1."),
             (
+                r#"{"URL":"http://x/i","description":"a\u001b[2Jb"}"#,
+                "Bad description: control characters are not allowed.",
+            ),
+            (
                 r#"{"URL":"http://x/i","configdrive":{"enable":false,"hostname":"h"}}"#,
                 "configdrive data given with enable: false; set enable: true",
             ),
@@ -422,6 +445,21 @@ mod tests {
         let minimal = r#"{"url":"http://x/i","checksum":null,"imageType":null,"description":null,"diskGroupId":1,
             "headers":{},"efiLoader":null,"configdrive":null}"#;
         assert_eq!(legacy::convert(minimal).unwrap().spec, DeploySpec::new("http://x/i"));
+    }
+
+    #[test]
+    fn server_names() {
+        for ok in ["web1", "ns1234.ip-1-2-3.eu", "a_b", "...", ".hidden"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "-rf", "a/b", "a b", "a\nb", "\u{1b}[2J", "é", &"a".repeat(129)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert_eq!(
+            bad_name(".."),
+            "Bad serviceName \"..\": letters, digits, '-', '_' and '.', at most 128, not '.' or '..', not starting with '-'"
+        );
+        assert!(bad_name(&"a".repeat(4096)).len() < 300);
     }
 
     #[test]

@@ -1,7 +1,19 @@
 //! Power control of servers: `manual` (the operator does it), `command`
-//! (an argv template, `{action}` = on/off/cycle), `ipmi` (ipmitool over
-//! lanplus), `redfish` (`ComputerSystem.Reset` over HTTPS, in Rust).
+//! (a command the controller's own configuration names, `{action}` =
+//! on/off/cycle), `ipmi` (ipmitool over lanplus), `redfish`
+//! (`ComputerSystem.Reset` over HTTPS, in Rust).
+//!
+//! **What the API may make the controller run:** nothing it names itself.
+//! A `command` driver refers by name to an argv in the file the operator of
+//! the controller gave `byoi serve --power-commands`, and the ipmitool run
+//! is `byoi serve --ipmitool`'s; the API supplies names, addresses and
+//! credentials, never a program or an argument list. Children start with
+//! an empty environment plus a fixed `PATH` (and, for ipmitool, the
+//! password in `IPMI_PASSWORD`), so the controller's own environment
+//! (tokens, proxies, `LD_PRELOAD`) never reaches them.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -28,16 +40,125 @@ impl PowerAction {
     }
 }
 
-/// A power driver's settings, as stored with the server.
+/// The `PATH` children get: the system's directories, not the controller's
+/// `PATH` (which a service manager or a shell may have set to anything).
+pub const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The power drivers the controller's operator configured: the programs the
+/// API may have the controller run, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerConfig {
+    /// Named argv templates (`byoi serve --power-commands`); `{action}` and
+    /// `{server}` are replaced in every word.
+    pub commands: BTreeMap<String, Vec<String>>,
+    /// The ipmitool to run (`byoi serve --ipmitool`).
+    pub ipmitool: PathBuf,
+}
+
+impl Default for PowerConfig {
+    /// No command, `ipmitool` from [`CHILD_PATH`].
+    fn default() -> Self {
+        PowerConfig { commands: BTreeMap::new(), ipmitool: PathBuf::from("ipmitool") }
+    }
+}
+
+/// Why `--power-commands` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PowerConfigError {
+    /// The file cannot be read.
+    #[error("cannot read power commands from {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Others may write it: anyone who can would choose what the
+    /// controller runs.
+    #[error("refusing power commands from {path}: it is writable by other users than its owner (chmod go-w it)")]
+    Writable {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Not a JSON object of argv arrays.
+    #[error("power commands in {path} are not a JSON object of name: [program, argument…]")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A name the API could not refer to.
+    #[error("power command name {name:?} in {path}: letters, digits, '-', '_' and '.', not '.' or '..', not starting with '-'")]
+    BadName {
+        /// The file.
+        path: PathBuf,
+        /// The name.
+        name: String,
+    },
+    /// An empty argv or program.
+    #[error("power command {name:?} in {path} has no program")]
+    NoProgram {
+        /// The file.
+        path: PathBuf,
+        /// The name.
+        name: String,
+    },
+}
+
+impl PowerConfig {
+    /// Reads the named commands from `commands` (a JSON object, name →
+    /// argv; none without it) and takes `ipmitool` (default: `ipmitool`
+    /// from [`CHILD_PATH`]).
+    pub fn load(commands: Option<&Path>, ipmitool: Option<PathBuf>) -> Result<PowerConfig, PowerConfigError> {
+        let mut cfg = PowerConfig::default();
+        if let Some(tool) = ipmitool {
+            cfg.ipmitool = tool;
+        }
+        let Some(path) = commands else { return Ok(cfg) };
+        let read = |source| PowerConfigError::Read { path: path.to_owned(), source };
+        let meta = std::fs::metadata(path).map_err(read)?;
+        if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o022 != 0 {
+            return Err(PowerConfigError::Writable { path: path.to_owned() });
+        }
+        let text = std::fs::read(path).map_err(read)?;
+        cfg.commands = serde_json::from_slice(&text)
+            .map_err(|source| PowerConfigError::Parse { path: path.to_owned(), source })?;
+        for (name, argv) in &cfg.commands {
+            if !valid_command_name(name) {
+                return Err(PowerConfigError::BadName { path: path.to_owned(), name: name.clone() });
+            }
+            if argv.first().is_none_or(String::is_empty) {
+                return Err(PowerConfigError::NoProgram { path: path.to_owned(), name: name.clone() });
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Whether `name` can name a power command: what a server name may be.
+fn valid_command_name(name: &str) -> bool {
+    crate::model::valid_name(name)
+}
+
+/// The error for a command name the configuration does not have.
+fn unknown_command(name: &str) -> String {
+    format!("no power command named {name:?} in the controller's configuration (byoi serve --power-commands)")
+}
+
+/// A power driver's settings, as stored with the server and as the API
+/// gives them (`POST /dedicated/server`'s `power`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "StoredPower", into = "StoredPower")]
 pub enum Power {
     /// Nothing automatic.
     Manual,
-    /// Run a command.
+    /// Run the configured command `name`.
     Command {
-        /// argv; `{action}` is replaced.
-        argv: Vec<String>,
+        /// Its name in the controller's configuration.
+        name: String,
     },
     /// Redfish: `POST …/Actions/ComputerSystem.Reset` with basic auth.
     Redfish {
@@ -48,13 +169,11 @@ pub enum Power {
         /// Password.
         password: String,
         /// System id under `/redfish/v1/Systems/`; default: the first one.
-        #[serde(default)]
         system: Option<String>,
         /// Accept the BMC's self-signed certificate.
-        #[serde(default)]
         insecure: bool,
     },
-    /// `ipmitool -I lanplus`.
+    /// `ipmitool -I lanplus`, the configured ipmitool.
     Ipmi {
         /// BMC address.
         host: String,
@@ -62,18 +181,87 @@ pub enum Power {
         user: String,
         /// Password (passed through the environment, not argv).
         password: String,
-        /// The ipmitool to run (default: `ipmitool` from PATH).
+    },
+    /// A command driver stored by byoi 0.1, whose argv came from the API.
+    /// It is never run: every action fails, telling the operator to
+    /// register the server again with a named command. Kept as stored.
+    RetiredArgv {
+        /// The stored argv, kept so the row reads back as it was.
+        argv: Vec<String>,
+    },
+}
+
+/// `Power` as serde reads and writes it: what the API accepts, plus the
+/// 0.1 forms stored rows may hold (`command` with an `argv`, `ipmi` with a
+/// `tool`), which [`Power::from_json`] refuses from the API.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum StoredPower {
+    Manual,
+    Command {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        argv: Option<Vec<String>>,
+    },
+    Redfish {
+        url: String,
+        user: String,
+        password: String,
         #[serde(default)]
+        system: Option<String>,
+        #[serde(default)]
+        insecure: bool,
+    },
+    Ipmi {
+        host: String,
+        user: String,
+        password: String,
+        #[serde(default, skip_serializing)]
         tool: Option<String>,
     },
 }
 
+impl TryFrom<StoredPower> for Power {
+    type Error = String;
+
+    fn try_from(p: StoredPower) -> Result<Power, String> {
+        Ok(match p {
+            StoredPower::Manual => Power::Manual,
+            StoredPower::Command { name: Some(name), argv: None } => Power::Command { name },
+            StoredPower::Command { name: None, argv: Some(argv) } => Power::RetiredArgv { argv },
+            StoredPower::Command { .. } => return Err("a command driver takes a name".into()),
+            StoredPower::Redfish { url, user, password, system, insecure } => {
+                Power::Redfish { url, user, password, system, insecure }
+            }
+            // 0.1's `tool` came from the API: the configured ipmitool runs
+            // instead (see `Power::from_json` for the API's side).
+            StoredPower::Ipmi { host, user, password, tool: _ } => Power::Ipmi { host, user, password },
+        })
+    }
+}
+
+impl From<Power> for StoredPower {
+    fn from(p: Power) -> StoredPower {
+        match p {
+            Power::Manual => StoredPower::Manual,
+            Power::Command { name } => StoredPower::Command { name: Some(name), argv: None },
+            Power::RetiredArgv { argv } => StoredPower::Command { name: None, argv: Some(argv) },
+            Power::Redfish { url, user, password, system, insecure } => {
+                StoredPower::Redfish { url, user, password, system, insecure }
+            }
+            Power::Ipmi { host, user, password } => StoredPower::Ipmi { host, user, password, tool: None },
+        }
+    }
+}
+
 impl std::fmt::Debug for Power {
-    // BMC passwords never reach a log line.
+    // BMC passwords never reach a log line, nor a retired argv (0.1 put
+    // PDU credentials there).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Power::Manual => f.write_str("Manual"),
-            Power::Command { argv } => f.debug_struct("Command").field("argv", argv).finish(),
+            Power::Command { name } => f.debug_struct("Command").field("name", name).finish(),
             Power::Redfish { url, user, system, insecure, .. } => f
                 .debug_struct("Redfish")
                 .field("url", url)
@@ -81,12 +269,10 @@ impl std::fmt::Debug for Power {
                 .field("system", system)
                 .field("insecure", insecure)
                 .finish_non_exhaustive(),
-            Power::Ipmi { host, user, tool, .. } => f
-                .debug_struct("Ipmi")
-                .field("host", host)
-                .field("user", user)
-                .field("tool", tool)
-                .finish_non_exhaustive(),
+            Power::Ipmi { host, user, .. } => {
+                f.debug_struct("Ipmi").field("host", host).field("user", user).finish_non_exhaustive()
+            }
+            Power::RetiredArgv { argv } => write!(f, "RetiredArgv({} words)", argv.len()),
         }
     }
 }
@@ -96,7 +282,7 @@ impl Power {
     pub fn kind(&self) -> &'static str {
         match self {
             Power::Manual => "manual",
-            Power::Command { .. } => "command",
+            Power::Command { .. } | Power::RetiredArgv { .. } => "command",
             Power::Redfish { .. } => "redfish",
             Power::Ipmi { .. } => "ipmi",
         }
@@ -105,35 +291,62 @@ impl Power {
 
 /// How long a power command may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// Most bytes of a failed command's stderr put in its error.
+const MAX_STDERR: usize = 1024;
 
 impl Power {
-    /// Parses and checks stored settings.
-    pub fn from_json(v: &serde_json::Value) -> Result<Power, String> {
-        let p: Power = serde_json::from_value(v.clone()).map_err(|e| format!("bad power settings: {e}"))?;
-        if let Power::Command { argv } = &p {
-            if argv.is_empty() {
-                return Err("bad power settings: argv is empty".into());
+    /// Parses and checks settings from the API against the controller's
+    /// configuration `cfg`: a command must be one `cfg` names; an argv or
+    /// an ipmitool path is refused, whatever it says.
+    pub fn from_json(v: &serde_json::Value, cfg: &PowerConfig) -> Result<Power, String> {
+        let p: StoredPower = serde_json::from_value(v.clone()).map_err(|e| format!("bad power settings: {e}"))?;
+        match &p {
+            StoredPower::Command { argv: Some(_), .. } => {
+                return Err("bad power settings: a command driver names a power command of the controller's \
+                            configuration ({\"kind\": \"command\", \"name\": …}); the API cannot give an argv"
+                    .into())
             }
+            StoredPower::Command { name: None, .. } => {
+                return Err("bad power settings: a command driver needs the name of a power command \
+                            of the controller's configuration"
+                    .into())
+            }
+            StoredPower::Command { name: Some(name), .. } if !cfg.commands.contains_key(name) => {
+                return Err(unknown_command(name))
+            }
+            StoredPower::Ipmi { tool: Some(_), .. } => {
+                return Err("bad power settings: the ipmitool to run is the controller's (byoi serve --ipmitool); \
+                            the API cannot choose it"
+                    .into())
+            }
+            _ => {}
         }
-        Ok(p)
+        Power::try_from(p).map_err(|e| format!("bad power settings: {e}"))
     }
 
-    /// Performs `action`. `Ok(false)` for manual: nothing was done. A
-    /// cycle that fails (BMCs refuse to reset a server that is off) is
-    /// followed by a power-on.
-    pub async fn run(&self, action: PowerAction) -> Result<bool, String> {
-        match self.run_once(action).await {
-            Err(e) if action == PowerAction::Cycle && !matches!(self, Power::Command { .. }) => {
+    /// Performs `action` on `server` with the drivers `cfg` configures.
+    /// `Ok(false)` for manual: nothing was done. A cycle that fails (BMCs
+    /// refuse to reset a server that is off) is followed by a power-on.
+    pub async fn run(&self, action: PowerAction, server: &str, cfg: &PowerConfig) -> Result<bool, String> {
+        match self.run_once(action, server, cfg).await {
+            Err(e) if action == PowerAction::Cycle && matches!(self, Power::Redfish { .. } | Power::Ipmi { .. }) => {
                 tracing::info!(error = %e, "power cycle refused; powering on");
-                self.run_once(PowerAction::On).await.map_err(|on| format!("{e}; then power on: {on}"))
+                self.run_once(PowerAction::On, server, cfg).await.map_err(|on| format!("{e}; then power on: {on}"))
             }
             other => other,
         }
     }
 
-    async fn run_once(&self, action: PowerAction) -> Result<bool, String> {
+    async fn run_once(&self, action: PowerAction, server: &str, cfg: &PowerConfig) -> Result<bool, String> {
         let (argv, env): (Vec<String>, Vec<(&str, String)>) = match self {
             Power::Manual => return Ok(false),
+            Power::RetiredArgv { .. } => {
+                return Err(format!(
+                    "{server}'s command power driver was registered with an argv, which byoi no longer runs: \
+                     name the command in the controller's --power-commands file and register {server} again \
+                     with {{\"kind\": \"command\", \"name\": …}}"
+                ))
+            }
             Power::Redfish { url, user, password, system, insecure } => {
                 if !url.starts_with("https://") && !insecure {
                     return Err(format!(
@@ -151,26 +364,25 @@ impl Power {
                     .map_err(|_| format!("the BMC at {url} did not answer within {}s", TIMEOUT.as_secs()))?
                     .map(|()| true);
             }
-            Power::Command { argv } => (argv.iter().map(|a| a.replace("{action}", action.as_str())).collect(), vec![]),
-            Power::Ipmi { host, user, password, tool } => {
-                let verb = match action {
-                    PowerAction::On => "on",
-                    PowerAction::Off => "off",
-                    PowerAction::Cycle => "cycle",
-                };
-                let tool = tool.as_deref().unwrap_or("ipmitool");
-                let argv = [tool, "-I", "lanplus", "-H", host, "-U", user, "-E", "chassis", "power", verb];
+            Power::Command { name } => {
+                let template = cfg.commands.get(name).ok_or_else(|| unknown_command(name))?;
+                let argv = template.iter().map(|a| a.replace("{action}", action.as_str()).replace("{server}", server));
+                (argv.collect(), vec![])
+            }
+            Power::Ipmi { host, user, password } => {
+                let tool = cfg.ipmitool.to_string_lossy().into_owned();
+                let argv = [&*tool, "-I", "lanplus", "-H", host, "-U", user, "-E", "chassis", "power", action.as_str()];
                 (argv.iter().map(|s| s.to_string()).collect(), vec![("IPMI_PASSWORD", password.clone())])
             }
         };
         let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..]).envs(env).kill_on_drop(true);
+        cmd.args(&argv[1..]).env_clear().env("PATH", CHILD_PATH).envs(env).kill_on_drop(true);
         let out = tokio::time::timeout(TIMEOUT, cmd.output())
             .await
             .map_err(|_| format!("{} did not finish within {}s", argv[0], TIMEOUT.as_secs()))?
             .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
         if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
+            let err = String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(MAX_STDERR)]).into_owned();
             return Err(format!("{} failed ({}): {}", argv[0], out.status, err.trim()));
         }
         Ok(true)
@@ -301,28 +513,139 @@ mod redfish {
 mod tests {
     use super::*;
 
+    fn config(dir: &Path, commands: serde_json::Value) -> PowerConfig {
+        let path = dir.join("power-commands.json");
+        std::fs::write(&path, commands.to_string()).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        PowerConfig::load(Some(&path), Some(dir.join("ipmitool"))).unwrap()
+    }
+
     #[tokio::test]
-    async fn command_driver_substitutes_the_action() {
+    async fn command_driver_runs_the_configured_argv_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        let p = Power::from_json(&serde_json::json!({"kind": "command", "argv": ["sh", "-c", format!("echo {{action}} >> {}", log.display())]})).unwrap();
-        assert!(p.run(PowerAction::Cycle).await.unwrap());
-        assert_eq!(std::fs::read_to_string(&log).unwrap(), "cycle\n");
-        let bad = Power::from_json(&serde_json::json!({"kind": "command", "argv": ["false"]})).unwrap();
-        assert!(bad.run(PowerAction::On).await.unwrap_err().starts_with("false failed"));
-        assert!(!Power::Manual.run(PowerAction::Cycle).await.unwrap());
-        // ipmitool gets the password from the environment, never argv.
-        let tool = dir.path().join("ipmitool");
-        std::fs::write(&tool, format!("#!/bin/sh\necho \"$* pw=$IPMI_PASSWORD\" > {}\n", log.display())).unwrap();
-        std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let ipmi = Power::from_json(&serde_json::json!({"kind": "ipmi", "host": "10.0.0.9", "user": "admin", "password": "s3cret", "tool": tool})).unwrap();
-        assert!(ipmi.run(PowerAction::Cycle).await.unwrap());
+        let script = format!("echo {{server}} {{action}} >> {}", log.display());
+        let cfg = config(dir.path(), serde_json::json!({"lab-pdu": ["sh", "-c", script], "broken": ["false"]}));
+        let p = Power::from_json(&serde_json::json!({"kind": "command", "name": "lab-pdu"}), &cfg).unwrap();
+        assert!(p.run(PowerAction::Cycle, "web1", &cfg).await.unwrap());
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "web1 cycle\n");
+        let bad = Power::from_json(&serde_json::json!({"kind": "command", "name": "broken"}), &cfg).unwrap();
+        assert!(bad.run(PowerAction::On, "web1", &cfg).await.unwrap_err().starts_with("false failed"));
+        // A name the configuration lost since registration.
+        let gone = PowerConfig::default();
+        let e = p.run(PowerAction::Cycle, "web1", &gone).await.unwrap_err();
         assert_eq!(
-            std::fs::read_to_string(&log).unwrap(),
-            "-I lanplus -H 10.0.0.9 -U admin -E chassis power cycle pw=s3cret\n"
+            e,
+            "no power command named \"lab-pdu\" in the controller's configuration (byoi serve --power-commands)"
         );
-        assert!(Power::from_json(&serde_json::json!({"kind": "telepathy"})).is_err());
+        assert!(!Power::Manual.run(PowerAction::Cycle, "web1", &cfg).await.unwrap());
+    }
+
+    #[test]
+    fn the_api_names_commands_and_never_gives_a_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), serde_json::json!({"lab-pdu": ["true"]}));
+        let e = Power::from_json(&serde_json::json!({"kind": "command", "name": "nope"}), &cfg).unwrap_err();
+        assert_eq!(
+            e,
+            "no power command named \"nope\" in the controller's configuration (byoi serve --power-commands)"
+        );
+        let e =
+            Power::from_json(&serde_json::json!({"kind": "command", "argv": ["sh", "-c", "id"]}), &cfg).unwrap_err();
+        assert!(e.contains("the API cannot give an argv"), "{e}");
+        let both = serde_json::json!({"kind": "command", "name": "lab-pdu", "argv": ["true"]});
+        assert!(Power::from_json(&both, &cfg).unwrap_err().contains("the API cannot give an argv"));
+        let e = Power::from_json(&serde_json::json!({"kind": "command"}), &cfg).unwrap_err();
+        assert!(e.contains("needs the name of a power command"), "{e}");
+        let ipmi = serde_json::json!({"kind": "ipmi", "host": "h", "user": "u", "password": "p", "tool": "/tmp/x"});
+        let e = Power::from_json(&ipmi, &cfg).unwrap_err();
+        assert!(e.contains("byoi serve --ipmitool") && !e.contains("/tmp/x"), "{e}");
+        assert!(Power::from_json(&serde_json::json!({"kind": "telepathy"}), &cfg).is_err());
+        let stored = serde_json::to_value(Power::Command { name: "lab-pdu".into() }).unwrap();
+        assert_eq!(stored, serde_json::json!({"kind": "command", "name": "lab-pdu"}));
+    }
+
+    #[tokio::test]
+    async fn ipmitool_is_the_configured_one_with_a_clean_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let cfg = config(dir.path(), serde_json::json!({}));
+        let tool = &cfg.ipmitool;
+        // The password comes from the environment, never argv; nothing else
+        // of the controller's environment (HOME, this test's variables…).
+        std::fs::write(
+            tool,
+            format!("#!/bin/sh\necho \"$* pw=$IPMI_PASSWORD\" > {}\nenv >> {}\n", log.display(), log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let ipmi = serde_json::json!({"kind": "ipmi", "host": "10.0.0.9", "user": "admin", "password": "s3cret"});
+        let ipmi = Power::from_json(&ipmi, &cfg).unwrap();
+        assert!(ipmi.run(PowerAction::Cycle, "web1", &cfg).await.unwrap());
+        let out = std::fs::read_to_string(&log).unwrap();
+        let (first, env) = out.split_once('\n').unwrap();
+        assert_eq!(first, "-I lanplus -H 10.0.0.9 -U admin -E chassis power cycle pw=s3cret");
+        let mut names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k).collect();
+        names.sort();
+        // What sh itself sets (PWD, SHLVL, _ depending on the shell) aside.
+        names.retain(|n| !matches!(*n, "PWD" | "SHLVL" | "_" | "OLDPWD"));
+        assert_eq!(names, ["IPMI_PASSWORD", "PATH"], "{env}");
+        assert!(env.contains(&format!("PATH={CHILD_PATH}\n")), "{env}");
         assert!(!format!("{ipmi:?}").contains("s3cret"), "{ipmi:?}");
+    }
+
+    /// byoi 0.1 stored the API's argv: such a server loads, shows its kind,
+    /// and refuses every action, saying what to do.
+    #[tokio::test]
+    async fn a_stored_argv_is_never_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let stored = serde_json::json!({"kind": "command", "argv": ["touch", marker]});
+        let row = stored.to_string();
+        let p: Power = serde_json::from_str(&row).unwrap();
+        assert_eq!(p.kind(), "command");
+        assert_eq!(format!("{p:?}"), "RetiredArgv(2 words)");
+        let e = p.run(PowerAction::Cycle, "web1", &PowerConfig::default()).await.unwrap_err();
+        assert!(e.contains("web1's command power driver was registered with an argv"), "{e}");
+        assert!(e.contains("--power-commands") && e.contains("register web1 again"), "{e}");
+        assert!(!marker.exists());
+        // It reads back as it was stored.
+        assert_eq!(serde_json::to_value(&p).unwrap(), stored);
+        // 0.1's ipmi `tool` is dropped: the configured ipmitool runs.
+        let old = r#"{"kind":"ipmi","host":"h","user":"u","password":"p","tool":"/opt/evil"}"#;
+        let p: Power = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"kind":"ipmi","host":"h","user":"u","password":"p"})
+        );
+    }
+
+    #[test]
+    fn the_configuration_file_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        let load = |text: &str, mode: u32| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+            PowerConfig::load(Some(&path), None).map_err(|e| e.to_string())
+        };
+        assert_eq!(load(r#"{"a": ["true"]}"#, 0o600).unwrap().commands["a"], ["true"]);
+        assert_eq!(load(r#"{"a": ["true"]}"#, 0o600).unwrap().ipmitool, Path::new("ipmitool"));
+        let p = path.display();
+        assert_eq!(
+            load(r#"{"a": ["true"]}"#, 0o666).unwrap_err(),
+            format!("refusing power commands from {p}: it is writable by other users than its owner (chmod go-w it)")
+        );
+        assert_eq!(load(r#"{"a": []}"#, 0o600).unwrap_err(), format!("power command \"a\" in {p} has no program"));
+        assert_eq!(load(r#"{"a": [""]}"#, 0o600).unwrap_err(), format!("power command \"a\" in {p} has no program"));
+        assert_eq!(
+            load(r#"{"a b": ["true"]}"#, 0o600).unwrap_err(),
+            format!(
+                "power command name \"a b\" in {p}: letters, digits, '-', '_' and '.', not '.' or '..', not starting with '-'"
+            )
+        );
+        assert!(load(r#"["true"]"#, 0o600).unwrap_err().contains("are not a JSON object"));
+        assert!(PowerConfig::load(Some(&dir.path().join("missing")), None).is_err());
     }
 }
 
@@ -375,12 +698,20 @@ mod redfish_tests {
     async fn redfish_finds_the_system_and_resets_it() {
         let (url, seen) = fake_bmc().await;
         let plain = serde_json::json!({"kind": "redfish", "url": url, "user": "admin", "password": "pw"});
-        let e = Power::from_json(&plain).unwrap().run(PowerAction::Cycle).await.unwrap_err();
+        let e = Power::from_json(&plain, &PowerConfig::default())
+            .unwrap()
+            .run(PowerAction::Cycle, "s", &PowerConfig::default())
+            .await
+            .unwrap_err();
         assert!(e.contains("over plain HTTP"), "{e}");
         assert!(seen.lock().unwrap().is_empty());
         let insecure =
             serde_json::json!({"kind": "redfish", "url": url, "user": "admin", "password": "pw", "insecure": true});
-        assert!(Power::from_json(&insecure).unwrap().run(PowerAction::Cycle).await.unwrap());
+        assert!(Power::from_json(&insecure, &PowerConfig::default())
+            .unwrap()
+            .run(PowerAction::Cycle, "s", &PowerConfig::default())
+            .await
+            .unwrap());
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen[0], "GET /redfish/v1/Systems Basic YWRtaW46cHc= ");
         assert_eq!(

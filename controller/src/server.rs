@@ -15,6 +15,7 @@ use tower::Layer;
 use crate::datadir;
 use crate::db::Db;
 use crate::edge::{self, Admission, Limits, RefusalLog};
+use crate::power::PowerConfig;
 use crate::routes::netboot::{BootLimiter, BootRate};
 use crate::routes::{self, App, Config};
 
@@ -43,6 +44,8 @@ pub struct ServeOptions {
     pub boot_rate: BootRate,
     /// Connection timeouts and caps.
     pub limits: Limits,
+    /// The power commands and the ipmitool the API may refer to.
+    pub power: PowerConfig,
 }
 
 /// The API token: given, or read from (or generated into) `DIR/api-token`.
@@ -130,6 +133,7 @@ pub async fn serve_until(
         boot_timeout: opts.boot_timeout,
         stall_timeout: opts.stall_timeout,
         boot_limiter: Arc::new(BootLimiter::new(opts.boot_rate)),
+        power: opts.power.clone(),
     };
     let app = Arc::new(App { db: db.clone(), cfg });
     let router = routes::router(app.clone());

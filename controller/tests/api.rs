@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byoi_controller::db::Db;
+use byoi_controller::power::PowerConfig;
 use byoi_controller::routes::netboot::{BootLimiter, BootRate};
 use byoi_controller::routes::{self, AppState, Config};
 use byoi_wire::agent::{Disk, Hello, Inventory, JobResponse, Nic};
@@ -219,7 +220,7 @@ async fn servers_endpoints_and_their_errors() {
         (
             json!({"serviceName": "s/2", "macs": ["52:54:00:00:00:02"]}),
             StatusCode::BAD_REQUEST,
-            "Bad serviceName \"s/2\": letters, digits, '-', '_', '.'",
+            "Bad serviceName \"s/2\": letters, digits, '-', '_' and '.', at most 128, not '.' or '..', not starting with '-'",
         ),
         (json!({"serviceName": "s2", "macs": []}), StatusCode::BAD_REQUEST, "A server needs at least one MAC address"),
         (
@@ -306,7 +307,7 @@ async fn a_simulated_agent_drives_a_deployment_to_done() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let log = dir.path().join("power.log");
-    let power = json!({"kind": "command", "argv": ["sh", "-c", format!("echo {{action}} >> {}", log.display())]});
+    let power = json!({"kind": "command", "name": "log"});
     add_server(&app, "s1", "52:54:00:00:00:01", power).await;
     let (script, token) = netboot(&app, "52:54:00:00:00:01").await;
     assert!(script.contains("sanboot"), "a server with nothing to do boots its disk: {script}");
@@ -467,7 +468,7 @@ async fn delete_without_a_deployment_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let log = dir.path().join("power.log");
-    let power = json!({"kind": "command", "argv": ["sh", "-c", format!("echo {{action}} >> {}", log.display())]});
+    let power = json!({"kind": "command", "name": "log"});
     add_server(&app, "s1", "52:54:00:00:00:01", power).await;
     let r = call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
     assert_eq!((r.status, r.json_body()["message"].as_str()), (StatusCode::NOT_FOUND, Some("No deployment on s1")));
@@ -918,6 +919,16 @@ async fn a_hundred_servers_deploy_at_once() {
     assert_eq!(call(&app, Method::GET, "/dedicated/server", None).await.json_body().as_array().unwrap().len(), 100);
 }
 
+/// The power commands of the apps the tests start: `log` appends the
+/// action to `DIR/power.log`.
+fn power_log(dir: &Path) -> PowerConfig {
+    let script = format!("echo {{action}} >> {}", dir.join("power.log").display());
+    PowerConfig {
+        commands: [("log".to_owned(), vec!["sh".to_owned(), "-c".to_owned(), script])].into(),
+        ..Default::default()
+    }
+}
+
 async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> App {
     let artifacts = dir.join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -933,6 +944,7 @@ async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> A
         boot_timeout: boot,
         stall_timeout: Duration::from_secs(900),
         boot_limiter: Arc::new(BootLimiter::new(BootRate { per_mac: 1000, per_source: 100_000 })),
+        power: power_log(dir),
     };
     let state = Arc::new(routes::App { db, cfg });
     App { router: routes::router(state.clone()), state }
@@ -1050,7 +1062,7 @@ async fn every_post_power_cycles_even_after_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let log = dir.path().join("power.log");
-    let power = json!({"kind": "command", "argv": ["sh", "-c", format!("echo {{action}} >> {}", log.display())]});
+    let power = json!({"kind": "command", "name": "log"});
     add_server(&app, "s1", "52:54:00:00:00:01", power).await;
     call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
     let (_, t) = netboot(&app, "52:54:00:00:00:01").await;

@@ -443,7 +443,7 @@ fn server_add_power_drivers_and_their_arguments() {
         (&[&redfish[..], &["--power-arg", "insecure=yes"]].concat()[..], "--power-arg insecure is given twice"),
         (&["--power", "redfish", "--power-arg", "insecure=s3cret"][..], "--power-arg insecure is true or false"),
         (&["--power", "manual", "--power-arg", "password=s3cret"][..], "--power manual takes no --power-arg"),
-        (&["--power", "command"][..], "--power command needs its argv"),
+        (&["--power", "command"][..], "--power command needs --power-arg name=…"),
     ] {
         let err = stderr(&add("bad", power), 2, &c.token);
         assert!(err.contains(message), "{power:?}: {err}");
@@ -456,10 +456,13 @@ fn server_add_power_drivers_and_their_arguments() {
 #[test]
 fn cancel_and_deploy_report_a_failed_power_cycle() {
     let dir = tempfile::tempdir().unwrap();
-    let c = start(&dir.path().join("data"));
+    let commands = dir.path().join("power-commands.json");
+    std::fs::write(&commands, r#"{"broken": ["false"]}"#).unwrap();
+    std::fs::set_permissions(&commands, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let c = start_with(&dir.path().join("data"), &["--power-commands".as_ref(), commands.as_os_str()], "http");
     stdout(&byoi(
         &c,
-        &["server", "add", "b1", "--mac", "52:54:00:aa:dd:01", "--power", "command", "--power-arg", "false"],
+        &["server", "add", "b1", "--mac", "52:54:00:aa:dd:01", "--power", "command", "--power-arg", "name=broken"],
     ));
     let err = stderr(&byoi(&c, &["deploy", "b1", "--url", "http://img/x.raw"]), 3, &c.token);
     assert!(err.starts_with("error: could not power-cycle b1: false failed"), "{err}");

@@ -98,6 +98,7 @@ async fn a_0_1_0_data_directory_opens_intact() {
         boot_timeout: Duration::from_secs(900),
         stall_timeout: Duration::from_secs(900),
         boot_limiter: Arc::new(BootLimiter::new(BootRate { per_mac: 1000, per_source: 100_000 })),
+        power: Default::default(),
     };
     let router = routes::router(Arc::new(routes::App { db, cfg }));
     let (s, v) = call(&router, Method::GET, "/dedicated/server/srv-done/bringYourOwnImage", "tok", None).await;
@@ -124,6 +125,18 @@ async fn a_0_1_0_data_directory_opens_intact() {
     assert_eq!(r["action"], "reboot");
     let (_, v) = call(&router, Method::GET, "/dedicated/server/srv-running/bringYourOwnImage", "tok", None).await;
     assert_eq!(v["status"], "done");
+
+    // srv-error's power is 0.1's `command` with an argv the API gave
+    // (`true`): it loads, shows its kind, and is never run; a deployment
+    // fails at its power cycle, telling the operator what to do.
+    let (_, v) = call(&router, Method::GET, "/dedicated/server/srv-error", "tok", None).await;
+    assert_eq!(v["power"], json!({"kind": "command"}));
+    let post = json!({"URL": "http://img.example/c.raw"});
+    let (s, v) = call(&router, Method::POST, "/dedicated/server/srv-error/bringYourOwnImage", "tok", Some(post)).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains("srv-error's command power driver was registered with an argv"), "{message}");
+    assert!(message.contains("register srv-error again"), "{message}");
 }
 
 #[tokio::test]

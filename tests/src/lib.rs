@@ -176,6 +176,7 @@ pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
         stall_timeout: Duration::from_secs(900),
         boot_rate: byoi_controller::routes::netboot::BootRate { per_mac: 12, per_source: 120 },
         limits: byoi_controller::edge::Limits::default(),
+        power: Default::default(),
     };
     let _ = tracing_subscriber::fmt()
         .with_writer(|| LogWriter)

@@ -41,6 +41,40 @@ pub const MAX_OVA_DISK: usize = 255;
 pub const MAX_EFI_LOADER: usize = 512;
 /// Longest instance id, in bytes.
 pub const MAX_INSTANCE_ID: usize = 255;
+/// Longest file name in an `efiBootloaderPath`, in characters (FAT long
+/// names).
+pub const MAX_EFI_NAME: usize = 255;
+
+/// Size of the ConfigDrive partition the agent adds (Ironic's habit).
+pub const CONFIGDRIVE_PARTITION_SIZE: u64 = 64 << 20;
+/// Most bytes the ConfigDrive's files may take, copies included: the
+/// partition less room for the FAT filesystem's own structures (two FATs
+/// of at most 128 KiB for FAT16 on 64 MiB, the directories) and for each
+/// file's last cluster partly used (at most 64 KiB for each of the ~22
+/// files and directories). The agent's tests write a drive of exactly this
+/// much with 512- and 4096-byte sectors.
+pub const CONFIGDRIVE_CAPACITY: u64 = CONFIGDRIVE_PARTITION_SIZE - (4 << 20);
+/// The OpenStack metadata versions the agent writes; cloud-init reads the
+/// newest dated one it knows, so every file goes in each. `network_data.json`
+/// is only read from 2015-10-15 (Liberty) on; 2018-08-27 (Rocky) is the
+/// newest cloud-init 22.4 knows; 2012-08-10 and `latest` are what every
+/// reader, old or new, finds.
+pub const OPENSTACK_VERSIONS: [&str; 4] = ["2012-08-10", "2015-10-15", "2018-08-27", "latest"];
+
+/// Headers the agent's downloader sets itself: an operator's value would
+/// break resuming (`Range`, the `If-*` validators) or framing (`Host`,
+/// `Content-Length`, `Transfer-Encoding`, `Connection`).
+pub const RESERVED_HEADERS: [http::HeaderName; 9] = [
+    http::header::RANGE,
+    http::header::IF_RANGE,
+    http::header::IF_MATCH,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+    http::header::HOST,
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+];
 
 /// A deployment request that failed validation; the message is OVH's
 /// where OVH has one, and always names the field.
@@ -390,6 +424,15 @@ impl ConfigDriveFormat {
             ConfigDriveFormat::NoCloud => "cidata",
         }
     }
+
+    /// How many times each file is written: once per
+    /// [`OPENSTACK_VERSIONS`] for OpenStack, once for NoCloud.
+    pub fn copies(self) -> u64 {
+        match self {
+            ConfigDriveFormat::OpenStack => OPENSTACK_VERSIONS.len() as u64,
+            ConfigDriveFormat::NoCloud => 1,
+        }
+    }
 }
 
 /// What goes into the cloud-init ConfigDrive.
@@ -439,9 +482,7 @@ impl ConfigDriveSpec {
             return err(format!("Too many SSH keys ({}, at most {MAX_SSH_KEYS}).", self.ssh_keys.len()));
         }
         for k in &self.ssh_keys {
-            if k.trim().is_empty() || k.len() > MAX_SSH_KEY || k.chars().any(char::is_control) {
-                return err("Bad sshKey: one public key on one line, as in authorized_keys.");
-            }
+            ssh_key(k)?;
         }
         if self.user_data.as_ref().is_some_and(|u| u.0.len() > MAX_USER_DATA) {
             return err("userData is larger than 16 MiB.");
@@ -452,15 +493,162 @@ impl ConfigDriveSpec {
         if self.meta.len() > MAX_META {
             return err(format!("Too many userMetadatas ({}, at most {MAX_META}).", self.meta.len()));
         }
-        if let Some((k, _)) =
-            self.meta.iter().find(|(k, v)| k.is_empty() || k.len() > MAX_META_ITEM || v.len() > MAX_META_ITEM)
-        {
+        let bad_meta = |(k, v): &(&String, &String)| {
+            k.is_empty() || k.len() > MAX_META_ITEM || v.len() > MAX_META_ITEM || k.chars().any(char::is_control)
+        };
+        if let Some((k, _)) = self.meta.iter().find(bad_meta) {
             return err(format!(
-                "Bad userMetadatas entry {:?}: keys non-empty, keys and values at most 4 KiB.",
+                "Bad userMetadatas entry {:?}: keys non-empty without control characters, keys and values at most 4 KiB.",
                 truncated(k)
             ));
         }
+        let size = self.size();
+        if size.total() > CONFIGDRIVE_CAPACITY {
+            return err(format!(
+                "The configdrive does not fit in its {} MiB partition: userData ({} bytes), networkData ({} bytes) \
+                 and metadata (up to {} bytes) are written {} times, {} bytes in all, at most {CONFIGDRIVE_CAPACITY}.",
+                CONFIGDRIVE_PARTITION_SIZE >> 20,
+                size.user_data,
+                size.network_data,
+                size.metadata,
+                size.copies,
+                size.total(),
+            ));
+        }
         Ok(())
+    }
+
+    /// A bound of what the drive's files take: the data verbatim, and the
+    /// metadata file as the agent writes it (pretty JSON) at most, for the
+    /// larger of the two layouts' metadata, so the bound holds for both.
+    pub fn size(&self) -> ConfigDriveSize {
+        /// Braces, fixed keys (`uuid`, `launch_index`, `vendor_data.json`'s
+        /// few bytes…) and a generated instance id.
+        const FIXED: u64 = 512;
+        /// Indentation, quotes, `: `, `,\n` and a `key-NN` name per entry.
+        const PER_ENTRY: u64 = 32;
+        let len = |b: &Option<Blob>| b.as_ref().map_or(0, |b| b.0.len() as u64);
+        let strings = self
+            .instance_id
+            .iter()
+            .chain(&self.ssh_keys)
+            .chain(self.meta.iter().flat_map(|(k, v)| [k, v]))
+            // OpenStack writes the host name twice (`hostname`, `name`).
+            .chain(self.hostname.iter().flat_map(|h| [h, h]));
+        let metadata = strings.map(|s| json_len(s) + PER_ENTRY).sum::<u64>() + FIXED;
+        ConfigDriveSize {
+            user_data: len(&self.user_data),
+            network_data: len(&self.network_data),
+            metadata,
+            copies: self.format.copies(),
+        }
+    }
+}
+
+/// An extra HTTP header as the agent sends it, surrounding blanks removed:
+/// a valid name that is not one of [`RESERVED_HEADERS`], and a value of at
+/// most [`MAX_HEADER_VALUE`] bytes without control characters (tab aside).
+/// The one rule for the API, `byoi-agent deploy --header` and the agent's
+/// downloader. Messages name the header, never its value (it may be a
+/// credential).
+pub fn header(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderValue), SpecError> {
+    let shown = truncated(name);
+    let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| SpecError(format!("Bad httpHeader {shown:?}: not a valid header name.")))?;
+    if RESERVED_HEADERS.contains(&name) {
+        return err(format!("Bad httpHeader {shown:?}: the image download sets it itself."));
+    }
+    let value = value.trim();
+    if value.len() > MAX_HEADER_VALUE {
+        return err(format!("Bad httpHeader {shown:?}: its value is longer than 8 KiB."));
+    }
+    let value = http::HeaderValue::from_str(value)
+        .map_err(|_| SpecError(format!("Bad httpHeader {shown:?}: its value holds a control character.")))?;
+    Ok((name, value))
+}
+
+/// Checks one SSH public key: one `authorized_keys` line, so no control
+/// character (line feed, carriage return, NUL…) nor Unicode line or
+/// paragraph separator (YAML 1.1 readers, cloud-init's, break lines there).
+pub fn ssh_key(key: &str) -> Result<(), SpecError> {
+    let breaks = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if key.trim().is_empty() || key.len() > MAX_SSH_KEY || key.chars().any(breaks) {
+        return err("Bad sshKey: one public key on one line, as in authorized_keys.");
+    }
+    Ok(())
+}
+
+/// `efiBootloaderPath` as the firmware's file path: `\`-separated (a `/`
+/// is taken for one), from the root of the EFI system partition. Every
+/// name is a FAT long name of printable ASCII (firmware compares UCS-2
+/// paths, and not every one handles more) without `"*:<>?|`, not `.` or
+/// `..`, nor ending in a dot or a space (FAT drops them).
+pub fn efi_loader_path(path: &str) -> Result<String, SpecError> {
+    let bad = |why: &str| {
+        SpecError(format!(
+            "Bad efiBootloaderPath {:?}: {why}; expected a path on the EFI system partition such as \\efi\\debian\\grubx64.efi.",
+            truncated(path)
+        ))
+    };
+    if path.len() > MAX_EFI_LOADER {
+        return Err(bad("longer than 512 bytes"));
+    }
+    let normalized = path.replace('/', "\\");
+    let rest = normalized.strip_prefix('\\').unwrap_or(&normalized);
+    if rest.is_empty() {
+        return Err(bad("no file name"));
+    }
+    for name in rest.split('\\') {
+        if name.is_empty() {
+            return Err(bad("an empty name between separators"));
+        }
+        if name == "." || name == ".." {
+            return Err(bad("'.' and '..' are not file names"));
+        }
+        if name.len() > MAX_EFI_NAME {
+            return Err(bad("a name longer than 255 characters"));
+        }
+        if !name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+            || name.contains(['"', '*', ':', '<', '>', '?', '|'])
+        {
+            return Err(bad("a name may hold printable ASCII but not \" * : < > ? |"));
+        }
+        if name.ends_with(['.', ' ']) {
+            return Err(bad("a name ending in a dot or a space"));
+        }
+    }
+    Ok(format!("\\{rest}"))
+}
+
+/// Bytes a string takes in JSON (serde_json's escapes: `\"`, `\\`, the
+/// short forms of `\n` and friends, `\u00XX` for the other controls).
+fn json_len(s: &str) -> u64 {
+    let escaped = |c: char| match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    };
+    s.chars().map(|c| escaped(c) as u64).sum::<u64>() + 2
+}
+
+/// What the files of a ConfigDrive take, at most, by what holds the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDriveSize {
+    /// `userData`.
+    pub user_data: u64,
+    /// `networkData`.
+    pub network_data: u64,
+    /// The metadata file (host name, keys, `userMetadatas`), a bound of its
+    /// JSON.
+    pub metadata: u64,
+    /// How many times each is written (one per OpenStack version).
+    pub copies: u64,
+}
+
+impl ConfigDriveSize {
+    /// Every copy of every file.
+    pub fn total(&self) -> u64 {
+        (self.user_data + self.network_data + self.metadata).saturating_mul(self.copies)
     }
 }
 
@@ -526,22 +714,13 @@ impl DeploySpec {
             return err(format!("Too many httpHeaders ({}, at most {MAX_HEADERS}).", self.headers.len()));
         }
         for (k, v) in &self.headers {
-            let valid_name =
-                !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !valid_name || v.len() > MAX_HEADER_VALUE || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return err(format!("Bad httpHeader {:?}.", truncated(k)));
-            }
+            header(k, v)?;
         }
         if let Some(c) = &self.configdrive {
             c.validate()?;
         }
         if let Some(l) = &self.efi_loader {
-            if l.trim().is_empty() || l.len() > MAX_EFI_LOADER || l.chars().any(char::is_control) {
-                return err(format!(
-                    "Bad efiBootloaderPath {:?}, expected a path on the EFI system partition such as \\efi\\debian\\grubx64.efi.",
-                    truncated(l)
-                ));
-            }
+            efi_loader_path(l)?;
         }
         Ok(())
     }
@@ -656,8 +835,11 @@ mod tests {
                 r#"{"url":"http://x/i","ovaDisk":"99999999999999999999"}"#.to_owned(),
                 "Bad ovaDisk \"99999999999999999999\".",
             ),
-            (r#"{"url":"http://x/i","headers":{"a b":"1"}}"#.to_owned(), "Bad httpHeader \"a b\"."),
-            (r#"{"url":"http://x/i","headers":{"A":"1\r\nB: 2"}}"#.to_owned(), "Bad httpHeader \"A\"."),
+            (r#"{"url":"http://x/i","headers":{"a b":"1"}}"#.to_owned(), "Bad httpHeader \"a b\": not a valid header name."),
+            (
+                r#"{"url":"http://x/i","headers":{"A":"1\r\nB: 2"}}"#.to_owned(),
+                "Bad httpHeader \"A\": its value holds a control character.",
+            ),
             (r#"{"url":"http://x/i","configdrive":{"hostname":"a b"}}"#.to_owned(), "Bad hostname \"a b\"."),
             (
                 r#"{"url":"http://x/i","configdrive":{"sshKeys":["a\nb"]}}"#.to_owned(),
@@ -665,7 +847,7 @@ mod tests {
             ),
             (
                 r#"{"url":"http://x/i","efiLoader":""}"#.to_owned(),
-                "Bad efiBootloaderPath \"\", expected a path on the EFI system partition such as \\efi\\debian\\grubx64.efi.",
+                "Bad efiBootloaderPath \"\": no file name; expected a path on the EFI system partition such as \\efi\\debian\\grubx64.efi.",
             ),
         ];
         for (json, want) in cases {
@@ -680,6 +862,129 @@ mod tests {
         assert!(DeploySpec::new("file:///tmp/i.qcow2").validate(Urls::RemoteOrFile).is_ok());
         assert!(DeploySpec::new("file://relative").validate(Urls::RemoteOrFile).is_err());
         assert!(DeploySpec::new(format!("http://x/{}", "a".repeat(MAX_URL))).validate(Urls::Remote).is_err());
+    }
+
+    /// Every header the agent's downloader would refuse is refused here,
+    /// naming the header and never showing its value.
+    #[test]
+    fn headers_the_agent_refuses() {
+        let secret = "s3cret";
+        for name in ["Host", "range", "Content-Length", "If-Range", "transfer-encoding", "Connection"] {
+            let e = header(name, secret).unwrap_err().0;
+            assert_eq!(e, format!("Bad httpHeader {name:?}: the image download sets it itself."));
+        }
+        for value in ["a\nb", "a\rb", "a\0b", "a\u{1b}[2Jb", "a\u{7f}b"] {
+            let e = header("Authorization", &format!("{secret}{value}")).unwrap_err().0;
+            assert_eq!(e, "Bad httpHeader \"Authorization\": its value holds a control character.");
+        }
+        for name in ["", "a b", "a:b", "é", "a\nb"] {
+            assert!(header(name, "v").unwrap_err().0.ends_with(": not a valid header name."), "{name:?}");
+        }
+        let long = "v".repeat(MAX_HEADER_VALUE + 1);
+        assert_eq!(header("X", &long).unwrap_err().0, "Bad httpHeader \"X\": its value is longer than 8 KiB.");
+        // Blanks around are the agent's to trim; a tab inside, UTF-8 and
+        // obs-text are what HTTP allows.
+        let (n, v) = header(" X-Token ", " a\tb ").unwrap();
+        assert_eq!((n.as_str(), v.as_bytes()), ("x-token", &b"a\tb"[..]));
+        assert!(header("X", "caf\u{e9}").is_ok());
+        let s = DeploySpec {
+            headers: [("Range".to_owned(), "bytes=0-".to_owned())].into(),
+            ..DeploySpec::new("http://x/i")
+        };
+        assert_eq!(
+            s.validate(Urls::Remote).unwrap_err().0,
+            "Bad httpHeader \"Range\": the image download sets it itself."
+        );
+    }
+
+    #[test]
+    fn ssh_keys_are_single_lines() {
+        assert!(ssh_key("ssh-ed25519 AAAAC3Nza user@h\u{e9}").is_ok());
+        for bad in ["", "  ", "ssh-ed25519 A\nssh-rsa B", "ssh-ed25519 A\r", "a\u{2028}b", "a\u{85}b", "a\0"] {
+            assert_eq!(ssh_key(bad).unwrap_err().0, "Bad sshKey: one public key on one line, as in authorized_keys.");
+        }
+        assert!(ssh_key(&"a".repeat(MAX_SSH_KEY + 1)).is_err());
+        let cd = ConfigDriveSpec { ssh_keys: vec!["a\nb".into()], ..Default::default() };
+        assert!(DeploySpec { configdrive: Some(cd), ..DeploySpec::new("http://x/i") }.validate(Urls::Remote).is_err());
+    }
+
+    #[test]
+    fn efi_loader_paths() {
+        for (path, want) in [
+            ("\\EFI\\debian\\shimx64.efi", "\\EFI\\debian\\shimx64.efi"),
+            ("efi/boot/bootx64.efi", "\\efi\\boot\\bootx64.efi"),
+            ("/EFI/my distro/grub x64.efi", "\\EFI\\my distro\\grub x64.efi"),
+        ] {
+            assert_eq!(efi_loader_path(path).unwrap(), want, "{path}");
+        }
+        let long = format!("\\{}", "a".repeat(MAX_EFI_NAME + 1));
+        for (path, why) in [
+            ("", "no file name"),
+            ("\\", "no file name"),
+            ("\\EFI\\\\x.efi", "an empty name between separators"),
+            ("\\EFI\\", "an empty name between separators"),
+            ("\\EFI\\..\\..\\x.efi", "'.' and '..' are not file names"),
+            ("./x.efi", "'.' and '..' are not file names"),
+            ("\\EFI\\x?.efi", "a name may hold printable ASCII but not \" * : < > ? |"),
+            ("\\EFI\\x\n.efi", "a name may hold printable ASCII but not \" * : < > ? |"),
+            ("\\EFI\\d\u{e9}bian\\x.efi", "a name may hold printable ASCII but not \" * : < > ? |"),
+            ("C:\\x.efi", "a name may hold printable ASCII but not \" * : < > ? |"),
+            ("\\EFI\\x.efi.", "a name ending in a dot or a space"),
+            (&long, "a name longer than 255 characters"),
+        ] {
+            let e = efi_loader_path(path).unwrap_err().0;
+            assert!(
+                e.starts_with("Bad efiBootloaderPath ") && e.contains(&format!(": {why}; expected")),
+                "{path:?}: {e}"
+            );
+        }
+        assert!(efi_loader_path(&format!("\\{}", "a/".repeat(MAX_EFI_LOADER)))
+            .unwrap_err()
+            .0
+            .contains("longer than 512 bytes"));
+    }
+
+    /// User data that fits once may not fit four times: OpenStack writes
+    /// every file once per metadata version.
+    #[test]
+    fn the_configdrive_must_fit_its_partition() {
+        let with = |format, user_data: usize| ConfigDriveSpec {
+            format,
+            hostname: Some("web1".into()),
+            ssh_keys: vec!["ssh-ed25519 K".into()],
+            user_data: Some(Blob(vec![b'x'; user_data])),
+            ..Default::default()
+        };
+        let fits = |cd: ConfigDriveSpec| {
+            DeploySpec { configdrive: Some(cd), ..DeploySpec::new("http://x/i") }.validate(Urls::Remote)
+        };
+        let openstack = with(ConfigDriveFormat::OpenStack, 0).size();
+        assert_eq!(openstack.copies, 4);
+        let most = (CONFIGDRIVE_CAPACITY / 4 - openstack.metadata) as usize;
+        assert!(fits(with(ConfigDriveFormat::OpenStack, most)).is_ok());
+        let e = fits(with(ConfigDriveFormat::OpenStack, most + 1)).unwrap_err().0;
+        assert_eq!(
+            e,
+            format!(
+                "The configdrive does not fit in its 64 MiB partition: userData ({} bytes), networkData (0 bytes) \
+                 and metadata (up to {} bytes) are written 4 times, {} bytes in all, at most {CONFIGDRIVE_CAPACITY}.",
+                most + 1,
+                openstack.metadata,
+                CONFIGDRIVE_CAPACITY + 4
+            )
+        );
+        // NoCloud writes it once: 16 MiB fit.
+        assert!(fits(with(ConfigDriveFormat::NoCloud, MAX_USER_DATA)).is_ok());
+        // Metadata counts as JSON: a quote takes two bytes.
+        let meta = ConfigDriveSpec { meta: [("k".into(), "\"".repeat(10))].into(), ..Default::default() };
+        let plain = ConfigDriveSpec { meta: [("k".into(), "a".repeat(10))].into(), ..Default::default() };
+        assert_eq!(meta.size().metadata - plain.size().metadata, 10);
+        assert_eq!(json_len("a\u{1}\n\u{e9}"), 2 + 1 + 6 + 2 + 2);
+        let ctl = ConfigDriveSpec { meta: [("a\nb".into(), "v".into())].into(), ..Default::default() };
+        assert!(fits(ctl)
+            .unwrap_err()
+            .0
+            .starts_with("Bad userMetadatas entry \"a\\nb\": keys non-empty without control"));
     }
 
     #[test]

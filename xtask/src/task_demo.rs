@@ -2,7 +2,8 @@
 //! one machine. Builds the agent's initramfs and the tiny test OS (or the
 //! Debian image with cloud-init), starts `byoi serve` on
 //! loopback, registers a QEMU server whose power is driven over QMP (the
-//! `command` power driver runs `xtask qmp`), posts a deployment with a
+//! `command` power driver runs `xtask qmp`, named `qemu` in the controller's
+//! `--power-commands` file), posts a deployment with a
 //! ConfigDrive, and shows the VM's console and the deployment's progress
 //! until the deployed OS has printed its ConfigDrive data.
 //!
@@ -82,7 +83,13 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
     let image_port = FileServer::file(&image).start().context("serving the image")?;
     let image_name = image.file_name().context("image name")?.to_string_lossy().into_owned();
 
-    // The controller.
+    // The controller; its one power command drives the QEMU server over QMP.
+    let qmp = dir.join("qmp.sock");
+    let xtask = std::env::current_exe()?.display().to_string();
+    let power_commands = dir.join("power-commands.json");
+    let qmp_argv = [xtask.as_str(), "qmp", &qmp.display().to_string(), "{action}"];
+    std::fs::write(&power_commands, serde_json::json!({ "qemu": qmp_argv }).to_string())?;
+    std::fs::set_permissions(&power_commands, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let log = std::fs::File::create(dir.join("controller.log"))?;
     let _controller = Guard(
@@ -92,6 +99,8 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
             .arg(dir.join("data"))
             .arg("--artifacts")
             .arg(root().join("target/byoi"))
+            .arg("--power-commands")
+            .arg(&power_commands)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -114,7 +123,6 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
 
     // The server, powered off (QEMU paused) until the deployment's power
     // cycle starts it.
-    let qmp = dir.join("qmp.sock");
     let firmware = if bios { Firmware::Bios } else { Firmware::Uefi };
     let machine = Machine::new(&dir, firmware, "virtio-blk-pci", if debian { 4096 } else { 2048 }, MAC)
         .context("creating the server's disk")?;
@@ -129,7 +137,6 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let xtask = std::env::current_exe()?.display().to_string();
     run(&mut byoi_cmd(&[
         "server",
         "add",
@@ -139,13 +146,7 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
         "--power",
         "command",
         "--power-arg",
-        &xtask,
-        "--power-arg",
-        "qmp",
-        "--power-arg",
-        &qmp.display().to_string(),
-        "--power-arg",
-        "{action}",
+        "name=qemu",
         "--kernel-arg",
         "console=ttyS0",
     ]))?;

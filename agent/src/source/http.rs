@@ -149,35 +149,11 @@ pub(crate) fn open(
     Ok(Opened { reader: ChannelReader::new(rx, Some(rt)), info: SourceInfo { len }, ranger })
 }
 
-/// Headers the transfer itself manages; an operator's value would break
-/// resuming or framing.
-const RESERVED_HEADERS: [HeaderName; 9] = [
-    header::RANGE,
-    header::IF_RANGE,
-    header::IF_MATCH,
-    header::IF_NONE_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::CONNECTION,
-];
-
+/// The operator's headers, checked by the rule the controller applies at
+/// POST ([`byoi_wire::spec::header`]): the transfer itself manages `Range`,
+/// `Host` and the like, and a value is never shown.
 fn parse_headers(raw: &[(String, String)]) -> Result<Vec<(HeaderName, HeaderValue)>> {
-    raw.iter()
-        .map(|(k, v)| {
-            let name = HeaderName::try_from(k.trim())
-                .map_err(|e| DeployError::InvalidRequest(format!("invalid header name {k:?}: {e}")))?;
-            if RESERVED_HEADERS.contains(&name) {
-                return Err(DeployError::InvalidRequest(format!(
-                    "header {name} is managed by the downloader and cannot be set"
-                )));
-            }
-            let value = HeaderValue::try_from(v.trim())
-                .map_err(|e| DeployError::InvalidRequest(format!("invalid value for header {k:?}: {e}")))?;
-            Ok((name, value))
-        })
-        .collect()
+    raw.iter().map(|(k, v)| byoi_wire::spec::header(k, v).map_err(|e| DeployError::InvalidRequest(e.0))).collect()
 }
 
 fn build_client(opts: &SourceOptions) -> Result<HttpClient> {

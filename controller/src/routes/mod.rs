@@ -81,6 +81,8 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// The rate limits of `/boot/{mac}`.
     pub boot_limiter: Arc<netboot::BootLimiter>,
+    /// The power commands and the ipmitool the API may refer to.
+    pub power: crate::power::PowerConfig,
 }
 
 /// What every handler shares.

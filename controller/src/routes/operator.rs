@@ -346,10 +346,7 @@ async fn add(
     Json(n): Json<NewServer>,
 ) -> Result<(StatusCode, axum::Json<ServerView>), AppError> {
     if !model::valid_name(&n.service_name) {
-        return Err(AppError::BadRequest(format!(
-            "Bad serviceName {:?}: letters, digits, '-', '_', '.'",
-            n.service_name
-        )));
+        return Err(AppError::BadRequest(model::bad_name(&n.service_name)));
     }
     let mut macs = Vec::new();
     for m in &n.macs {
@@ -366,7 +363,7 @@ async fn add(
         )));
     }
     let power = match &n.power {
-        Some(p) => Power::from_json(p).map_err(AppError::BadRequest)?,
+        Some(p) => Power::from_json(p, &app.cfg.power).map_err(AppError::BadRequest)?,
         None => Power::Manual,
     };
     let row = ServerRow {
@@ -545,7 +542,7 @@ async fn byoi_delete(
 /// Power-cycles a server with its driver.
 async fn power_cycle(app: &AppState, name: &str) -> Result<PowerCycle, String> {
     let s = app.db.server(name).await.map_err(|e| e.to_string())?.ok_or("the server is gone")?;
-    match s.power.run(PowerAction::Cycle).await? {
+    match s.power.run(PowerAction::Cycle, name, &app.cfg.power).await? {
         true => {
             tracing::info!(server = name, "power-cycled");
             Ok(PowerCycle::Done)

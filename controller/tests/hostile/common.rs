@@ -42,11 +42,17 @@ impl Controller {
 
     /// Starts it on `dir`.
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Controller {
+        Controller::start_with_env(dir, extra, &[])
+    }
+
+    /// Starts it on `dir` with `env` added to its environment.
+    pub fn start_with_env(dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Controller {
         let mut child = Command::new(env!("CARGO_BIN_EXE_byoi"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

@@ -9,6 +9,7 @@
 mod common;
 mod edge;
 mod trust;
+mod validation;
 
 use common::{request, Controller, ATTACKER};
 
