@@ -1,6 +1,8 @@
 //! `byoi serve`: the data directory, the API token, and the HTTP(S)
-//! listener around the [`routes::router`]: header-read and idle timeouts,
-//! TLS, graceful shutdown on SIGTERM/SIGINT.
+//! listeners around the routers of [`routes`]: header-read and idle
+//! timeouts, TLS, graceful shutdown on SIGTERM/SIGINT. One listener serves
+//! every route; with `--netboot-listen`, a second, plain-HTTP listener
+//! serves the netboot routes and the main one the API and agent protocol.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,28 +11,36 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Extension;
+use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower::Layer;
 
 use crate::db::Db;
 use crate::routes::netboot::{BootLimiter, BootRate};
-use crate::routes::{self, App, Config};
+use crate::routes::{self, App, Config, Listeners, Surface};
 
 /// How `byoi serve` was asked to run.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Address to listen on.
+    /// Address to listen on: every route, or with `netboot_listen` the API
+    /// and the agent protocol.
     pub listen: SocketAddr,
+    /// Address of a plain-HTTP listener of its own for the netboot routes.
+    pub netboot_listen: Option<SocketAddr>,
     /// Data directory (SQLite, api-token).
     pub data_dir: PathBuf,
     /// Explicit API token.
     pub api_token: Option<String>,
     /// Artifacts directory.
     pub artifacts: Option<PathBuf>,
-    /// Public URL for iPXE scripts.
+    /// Public URL of the API and agent protocol, named in iPXE scripts.
     pub public_url: Option<String>,
+    /// Public URL of the netboot listener, named in iPXE scripts.
+    pub netboot_public_url: Option<String>,
     /// TLS certificate chain and key (PEM).
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Agent silence before a deployment fails.
@@ -88,10 +98,19 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts the controller; returns the bound address and a future that
+/// Where the controller listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// The main listener: every route, or the API and agent protocol.
+    pub addr: SocketAddr,
+    /// The netboot listener, if netboot has its own.
+    pub netboot: Option<SocketAddr>,
+}
+
+/// Starts the controller; returns where it listens and a future that
 /// serves until SIGTERM or SIGINT, then finishes in-flight requests,
 /// checkpoints the database and resolves.
-pub async fn serve(opts: ServeOptions) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<(Bound, impl std::future::Future<Output = ()>)> {
     serve_until(opts, shutdown_signal()).await
 }
 
@@ -108,11 +127,16 @@ async fn shutdown_signal() {
     }
 }
 
+/// Binds `addr`, naming the listener in the error.
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
+}
+
 /// [`serve`], stopping when `shutdown` resolves.
 pub async fn serve_until(
     opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+) -> anyhow::Result<(Bound, impl std::future::Future<Output = ()>)> {
     std::fs::create_dir_all(&opts.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", opts.data_dir.display()))?;
     let token = api_token(&opts.data_dir, opts.api_token.clone())?;
@@ -120,21 +144,35 @@ pub async fn serve_until(
     // Agents could not report while we were down: give them a full timeout.
     db.refresh_running().await?;
     let artifacts = opts.artifacts.clone().unwrap_or_else(|| opts.data_dir.join("artifacts"));
+    let tls = opts.tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;
+    let listener = bind(opts.listen, "--listen").await?;
+    let addr = listener.local_addr()?;
+    let netboot_listener = match opts.netboot_listen {
+        Some(a) => Some(bind(a, "--netboot-listen").await?),
+        None => None,
+    };
+    let netboot_addr = netboot_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+    let listeners = match netboot_addr {
+        None => Listeners::One,
+        Some(_) => Listeners::Split { api_port: addr.port(), netboot_public_url: opts.netboot_public_url.clone() },
+    };
     let cfg = Config {
         api_token: token,
         artifacts,
         public_url: opts.public_url.clone(),
         scheme: if opts.tls.is_some() { "https" } else { "http" },
+        listeners,
         agent_timeout: opts.agent_timeout,
         boot_timeout: opts.boot_timeout,
         stall_timeout: opts.stall_timeout,
         boot_limiter: Arc::new(BootLimiter::new(opts.boot_rate)),
     };
     let app = Arc::new(App { db: db.clone(), cfg });
-    let router = routes::router(app.clone());
-    let tls = opts.tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;
-    let listener = TcpListener::bind(opts.listen).await?;
-    let addr = listener.local_addr()?;
+    let (main_surface, netboot) = match netboot_listener {
+        None => (Surface::All, None),
+        Some(l) => (Surface::Api, Some((l, routes::router_for(app.clone(), Surface::Netboot)))),
+    };
+    let router = routes::router_for(app.clone(), main_surface);
 
     let watchdog = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -146,55 +184,19 @@ pub async fn serve_until(
     });
 
     let fut = async move {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            // Handlers that bind an agent to its address read it as
-            // `ConnectInfo<SocketAddr>`.
-            let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(router.clone()));
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-            let watcher = graceful.watcher();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let result = match tls {
-                    Some(acceptor) => {
-                        let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await;
-                        match handshake {
-                            Ok(Ok(s)) => {
-                                watcher
-                                    .watch(
-                                        builder.serve_connection_with_upgrades(TokioIo::new(s), service).into_owned(),
-                                    )
-                                    .await
-                            }
-                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
-                    }
-                    None => {
-                        watcher
-                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
-                            .await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
+        let graceful = GracefulShutdown::new();
+        let (stop_tx, stop) = watch::channel(());
+        let stopper = async move {
+            shutdown.await;
+            drop(stop_tx);
+        };
+        let main = accept_loop(listener, router, tls, &graceful, stop.clone());
+        let netboot = async {
+            if let Some((l, r)) = netboot {
+                accept_loop(l, r, None, &graceful, stop).await;
+            }
+        };
+        tokio::join!(stopper, main, netboot);
         watchdog.abort();
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
             tracing::warn!("requests still running after {}s; stopping anyway", DRAIN_TIMEOUT.as_secs());
@@ -204,5 +206,61 @@ pub async fn serve_until(
             Err(e) => tracing::error!(error = %e, "checkpointing the database"),
         }
     };
-    Ok((addr, fut))
+    Ok((Bound { addr, netboot: netboot_addr }, fut))
+}
+
+/// Accepts connections on `listener` and serves `router` on each, over
+/// TLS when `tls` is given, until `stop`'s sender is dropped; then closes
+/// the listener. In-flight connections are left to `graceful`.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    graceful: &GracefulShutdown,
+    mut stop: watch::Receiver<()>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        // Handlers that bind an agent to its address read it as
+        // `ConnectInfo<SocketAddr>`.
+        let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(router.clone()));
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let result = match tls {
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(s)) => {
+                            watcher
+                                .watch(builder.serve_connection_with_upgrades(TokioIo::new(s), service).into_owned())
+                                .await
+                        }
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => {
+                    watcher
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
 }

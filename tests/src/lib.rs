@@ -166,10 +166,12 @@ pub fn controller(data: &Path, token: &str) -> String {
 pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
     let opts = byoi_controller::server::ServeOptions {
         listen: "127.0.0.1:0".parse().expect("address"),
+        netboot_listen: None,
         data_dir: data.to_owned(),
         api_token: Some(token.into()),
         artifacts: Some(artifacts),
         public_url: None,
+        netboot_public_url: None,
         tls: None,
         agent_timeout: Duration::from_secs(120),
         boot_timeout: Duration::from_secs(900),
@@ -185,8 +187,8 @@ pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let (addr, fut) = byoi_controller::server::serve(opts).await.expect("serve");
-            let _ = tx.send(addr.to_string());
+            let (bound, fut) = byoi_controller::server::serve(opts).await.expect("serve");
+            let _ = tx.send(bound.addr.to_string());
             fut.await;
         });
     });
