@@ -56,6 +56,12 @@ impl Controller {
         Controller { child, addr, token, dir }
     }
 
+    /// The next line the controller printed on stdout (`start` read the
+    /// first).
+    pub fn stdout_line(&mut self) -> String {
+        read_line(self.child.stdout.as_mut().unwrap())
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()

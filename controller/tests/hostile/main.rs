@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod tls;
 mod trust;
 
 use common::{request, Controller, ATTACKER};
