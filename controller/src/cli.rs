@@ -63,8 +63,14 @@ enum Command {
     /// Runs the controller.
     Serve {
         /// Address to listen on; with port 0 a free port is chosen and printed.
+        /// Serves every route, or with --netboot-listen the API and the
+        /// agent protocol only.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Serve the netboot routes (iPXE scripts, kernel, initramfs) on
+        /// this address, over plain HTTP, and only there.
+        #[arg(long, value_name = "ADDR")]
+        netboot_listen: Option<SocketAddr>,
         /// Where the SQLite database and the API token live.
         #[arg(long, default_value = "/var/lib/byoi")]
         data_dir: PathBuf,
@@ -74,9 +80,15 @@ enum Command {
         /// Kernel and initramfs to serve; default DATA_DIR/artifacts.
         #[arg(long)]
         artifacts: Option<PathBuf>,
-        /// URL servers reach the controller at; else the Host of each request.
+        /// URL servers reach the API and the agent protocol at (the agent's
+        /// byoi.controller=); else the host iPXE asked for, with the port
+        /// and scheme of --listen.
         #[arg(long)]
         public_url: Option<String>,
+        /// URL servers reach the netboot listener at (what iPXE fetches);
+        /// else http:// and the host iPXE asked for.
+        #[arg(long, requires = "netboot_listen")]
+        netboot_public_url: Option<String>,
         /// TLS certificate chain (PEM).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -300,10 +312,12 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
         Command::Serve {
             listen,
+            netboot_listen,
             data_dir,
             api_token,
             artifacts,
             public_url,
+            netboot_public_url,
             tls_cert,
             tls_key,
             agent_timeout,
@@ -319,10 +333,12 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             let scheme = if tls.is_some() { "https" } else { "http" };
             let opts = ServeOptions {
                 listen,
+                netboot_listen,
                 data_dir,
                 api_token,
                 artifacts,
                 public_url,
+                netboot_public_url,
                 tls,
                 agent_timeout: Duration::from_secs(agent_timeout),
                 boot_timeout: Duration::from_secs(boot_timeout),
@@ -334,8 +350,11 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 limits: limits.into(),
                 power: PowerConfig::load(power_commands.as_deref(), ipmitool)?,
             };
-            let (addr, serving) = server::serve(opts).await?;
-            println!("listening on {scheme}://{addr}");
+            let (bound, serving) = server::serve(opts).await?;
+            println!("listening on {scheme}://{}", bound.addr);
+            if let Some(netboot) = bound.netboot {
+                println!("netboot listening on http://{netboot}");
+            }
             std::io::stdout().flush().ok();
             serving.await;
             Ok(0)

@@ -1,4 +1,19 @@
 //! The iPXE scripts, rendered from the templates under `ipxe/`.
+//!
+//! A script names two URLs ([`Urls`]): the netboot listener's, which iPXE
+//! fetches scripts, kernel and initramfs from (plain HTTP: iPXE builds
+//! rarely carry the operator's CA), and the controller's, which the agent
+//! is told on its kernel command line (HTTPS with a private CA, trusted
+//! through the CA baked into the initramfs).
+
+/// Where a server reaches the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Urls {
+    /// Scripts, kernel and initramfs, fetched by iPXE.
+    pub netboot: String,
+    /// The agent protocol, for `byoi.controller=`.
+    pub controller: String,
+}
 
 /// Which script a server gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,15 +71,17 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
-/// Renders a script; `base` is the controller's URL as the server sees it.
-pub fn render(script: &Script<'_>, base: &str) -> String {
-    let base = clean(base.trim_end_matches('/'));
+/// Renders a script with the URLs as the server sees them.
+pub fn render(script: &Script<'_>, urls: &Urls) -> String {
+    let base = clean(urls.netboot.trim_end_matches('/'));
+    let controller = clean(urls.controller.trim_end_matches('/'));
     match script {
         Script::Boot => BOOT.replace("{{base}}", &base),
         Script::Agent { server, mode, token, kernel_args } => {
             let extra: String = kernel_args.iter().map(|a| format!(" {}", clean(a))).collect();
             AGENT
                 .replace("{{base}}", &base)
+                .replace("{{controller}}", &controller)
                 .replace("{{server}}", &clean(server))
                 .replace("{{mode}}", &clean(mode))
                 .replace("{{token}}", &clean(token))
@@ -83,13 +100,18 @@ pub fn render(script: &Script<'_>, base: &str) -> String {
 mod tests {
     use super::*;
 
+    /// One listener: both URLs the same.
+    fn one(base: &str) -> Urls {
+        Urls { netboot: base.to_owned(), controller: base.to_owned() }
+    }
+
     /// Snapshot: the deploy script exactly as iPXE receives it.
     #[test]
     fn deploy_script_snapshot() {
         let args = vec!["console=ttyS0,115200".to_owned(), "evil ${x}".to_owned()];
         let s = render(
             &Script::Agent { server: "srv1", mode: "deploy", token: "abc123", kernel_args: &args },
-            "http://10.0.2.2:8080/",
+            &one("http://10.0.2.2:8080/"),
         );
         assert_eq!(
             s,
@@ -101,14 +123,26 @@ initrd http://10.0.2.2:8080/artifacts/initramfs.img\nboot\n"
 
     #[test]
     fn other_scripts_snapshot() {
-        assert_eq!(render(&Script::Boot, "http://h:1"), "#!ipxe\n# byoi: first script. DHCP (or the firmware) chains here; hand over to the\n# per-server script, keyed by the MAC of the interface that booted.\nchain http://h:1/boot/${netX/mac:hexhyp}\n");
-        let local = render(&Script::Local { server: "s" }, "http://h:1");
+        assert_eq!(render(&Script::Boot, &one("http://h:1")), "#!ipxe\n# byoi: first script. DHCP (or the firmware) chains here; hand over to the\n# per-server script, keyed by the MAC of the interface that booted.\nchain http://h:1/boot/${netX/mac:hexhyp}\n");
+        let local = render(&Script::Local { server: "s" }, &one("http://h:1"));
         assert!(local.ends_with("echo byoi: s boots from its local disk\niseq ${platform} efi && exit || sanboot --no-describe --drive 0x80\n"), "{local}");
-        let missing = render(&Script::Missing { dir: "/var/lib/byoi/artifacts" }, "http://h:1");
+        let missing = render(&Script::Missing { dir: "/var/lib/byoi/artifacts" }, &one("http://h:1"));
         assert!(missing.contains("echo byoi: no vmlinuz/initramfs.img in /var/lib/byoi/artifacts\nsleep 10\nchain http://h:1/boot/${netX/mac:hexhyp}\n"), "{missing}");
-        let idle = render(&Script::Idle { server: "s", mode: "rescue" }, "http://h:1");
+        let idle = render(&Script::Idle { server: "s", mode: "rescue" }, &one("http://h:1"));
         assert!(idle.ends_with("echo byoi: nothing to do for s (rescue): no boot is expected; asking again in 60 s\nsleep 60\nchain http://h:1/boot/${netX/mac:hexhyp}\n"), "{idle}");
-        assert!(render(&Script::Unknown { mac: "52-54-00-00-00-01" }, "x")
+        assert!(render(&Script::Unknown { mac: "52-54-00-00-00-01" }, &one("x"))
             .ends_with("echo byoi: unknown MAC 52-54-00-00-00-01\nexit\n"));
+    }
+
+    /// Split listeners: iPXE fetches from the netboot URL, the agent is
+    /// pointed at the controller's.
+    #[test]
+    fn split_urls_send_the_agent_to_the_controller() {
+        let urls = Urls { netboot: "http://10.0.2.2:8081".to_owned(), controller: "https://byoi.lab:8443/".to_owned() };
+        let s = render(&Script::Agent { server: "s", mode: "deploy", token: "t", kernel_args: &[] }, &urls);
+        assert!(s.contains("\nkernel http://10.0.2.2:8081/artifacts/vmlinuz initrd=initramfs.img byoi.controller=https://byoi.lab:8443 byoi.token=t "), "{s}");
+        assert!(s.contains("\ninitrd http://10.0.2.2:8081/artifacts/initramfs.img\n"), "{s}");
+        let missing = render(&Script::Missing { dir: "d" }, &urls);
+        assert!(missing.contains("chain http://10.0.2.2:8081/boot/"), "{missing}");
     }
 }

@@ -1,6 +1,9 @@
 //! `byoi serve`: the data directory, the API token, and the HTTP(S)
-//! listener around the [`routes::router`]: connection caps and timeouts
-//! ([`edge`]), TLS, graceful shutdown on SIGTERM/SIGINT.
+//! listeners around the routers of [`routes`]: connection caps and timeouts
+//! ([`edge`], shared by the listeners), TLS, graceful shutdown on
+//! SIGTERM/SIGINT. One listener serves every route; with `--netboot-listen`,
+//! a second, plain-HTTP listener serves the netboot routes and the main one
+//! the API and agent protocol.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +12,10 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Extension;
+use axum::Router;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower::Layer;
 
 use crate::datadir;
@@ -17,21 +23,26 @@ use crate::db::Db;
 use crate::edge::{self, Admission, Limits, RefusalLog};
 use crate::power::PowerConfig;
 use crate::routes::netboot::{BootLimiter, BootRate};
-use crate::routes::{self, App, Config};
+use crate::routes::{self, App, Config, Listeners, Surface};
 
 /// How `byoi serve` was asked to run.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Address to listen on.
+    /// Address to listen on: every route, or with `netboot_listen` the API
+    /// and the agent protocol.
     pub listen: SocketAddr,
+    /// Address of a plain-HTTP listener of its own for the netboot routes.
+    pub netboot_listen: Option<SocketAddr>,
     /// Data directory (SQLite, api-token).
     pub data_dir: PathBuf,
     /// Explicit API token.
     pub api_token: Option<String>,
     /// Artifacts directory.
     pub artifacts: Option<PathBuf>,
-    /// Public URL for iPXE scripts.
+    /// Public URL of the API and agent protocol, named in iPXE scripts.
     pub public_url: Option<String>,
+    /// Public URL of the netboot listener, named in iPXE scripts.
+    pub netboot_public_url: Option<String>,
     /// TLS certificate chain and key (PEM).
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Agent silence before a deployment fails.
@@ -90,10 +101,19 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts the controller; returns the bound address and a future that
+/// Where the controller listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// The main listener: every route, or the API and agent protocol.
+    pub addr: SocketAddr,
+    /// The netboot listener, if netboot has its own.
+    pub netboot: Option<SocketAddr>,
+}
+
+/// Starts the controller; returns where it listens and a future that
 /// serves until SIGTERM or SIGINT, then finishes in-flight requests,
 /// checkpoints the database and resolves.
-pub async fn serve(opts: ServeOptions) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<(Bound, impl std::future::Future<Output = ()>)> {
     serve_until(opts, shutdown_signal()).await
 }
 
@@ -110,11 +130,16 @@ async fn shutdown_signal() {
     }
 }
 
+/// Binds `addr`, naming the listener in the error.
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
+}
+
 /// [`serve`], stopping when `shutdown` resolves.
 pub async fn serve_until(
     opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+) -> anyhow::Result<(Bound, impl std::future::Future<Output = ()>)> {
     // Before anything is written: the database and the token are private
     // from their creation, and older ones are made so.
     datadir::private_umask();
@@ -124,11 +149,24 @@ pub async fn serve_until(
     // Agents could not report while we were down: give them a full timeout.
     db.refresh_running().await?;
     let artifacts = opts.artifacts.clone().unwrap_or_else(|| opts.data_dir.join("artifacts"));
+    let tls = opts.tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;
+    let listener = bind(opts.listen, "--listen").await?;
+    let addr = listener.local_addr()?;
+    let netboot_listener = match opts.netboot_listen {
+        Some(a) => Some(bind(a, "--netboot-listen").await?),
+        None => None,
+    };
+    let netboot_addr = netboot_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+    let listeners = match netboot_addr {
+        None => Listeners::One,
+        Some(_) => Listeners::Split { api_port: addr.port(), netboot_public_url: opts.netboot_public_url.clone() },
+    };
     let cfg = Config {
         api_token: token,
         artifacts,
         public_url: opts.public_url.clone(),
         scheme: if opts.tls.is_some() { "https" } else { "http" },
+        listeners,
         agent_timeout: opts.agent_timeout,
         boot_timeout: opts.boot_timeout,
         stall_timeout: opts.stall_timeout,
@@ -136,14 +174,15 @@ pub async fn serve_until(
         power: opts.power.clone(),
     };
     let app = Arc::new(App { db: db.clone(), cfg });
-    let router = routes::router(app.clone());
-    let tls = opts.tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;
-    let listener = TcpListener::bind(opts.listen).await?;
-    let addr = listener.local_addr()?;
+    let (main_surface, netboot) = match netboot_listener {
+        None => (Surface::All, None),
+        Some(l) => (Surface::Api, Some((l, routes::router_for(app.clone(), Surface::Netboot)))),
+    };
+    let router = routes::router_for(app.clone(), main_surface);
+    // One budget for both listeners: the caps count every connection.
     let limits = Arc::new(opts.limits.clone());
     edge::check_open_files(limits.max_connections);
     let admission = Admission::new(&limits);
-    let mut refusals = RefusalLog::default();
 
     let watchdog = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -155,54 +194,20 @@ pub async fn serve_until(
     });
 
     let fut = async move {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let admitted = match admission.admit(peer.ip()) {
-                Ok(a) => a,
-                Err(refused) => {
-                    // Closed at once: no handshake, no bytes read or written.
-                    refusals.refused(peer, &refused);
-                    drop(stream);
-                    continue;
-                }
-            };
-            // Handlers that bind an agent to its address read it as
-            // `ConnectInfo<SocketAddr>`.
-            let service = Extension(ConnectInfo(peer)).layer(router.clone());
-            let watcher = graceful.watcher();
-            let tls = tls.clone();
-            let limits = limits.clone();
-            tokio::spawn(async move {
-                let _admitted = admitted;
-                match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => edge::serve_connection(s, peer, service, &limits, watcher).await,
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(
-                                %peer,
-                                "closed a connection: no TLS handshake within {:?} (--tls-handshake-timeout)",
-                                limits.tls_handshake_timeout
-                            ),
-                        }
-                    }
-                    None => edge::serve_connection(stream, peer, service, &limits, watcher).await,
-                }
-            });
-        }
-        drop(listener);
+        let graceful = GracefulShutdown::new();
+        let (stop_tx, stop) = watch::channel(());
+        let stopper = async move {
+            shutdown.await;
+            drop(stop_tx);
+        };
+        let edge = Edge { limits, admission, graceful: &graceful };
+        let main = accept_loop(listener, router, tls, &edge, stop.clone());
+        let netboot = async {
+            if let Some((l, r)) = netboot {
+                accept_loop(l, r, None, &edge, stop).await;
+            }
+        };
+        tokio::join!(stopper, main, netboot);
         watchdog.abort();
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
             tracing::warn!("requests still running after {}s; stopping anyway", DRAIN_TIMEOUT.as_secs());
@@ -212,5 +217,72 @@ pub async fn serve_until(
             Err(e) => tracing::error!(error = %e, "checkpointing the database"),
         }
     };
-    Ok((addr, fut))
+    Ok((Bound { addr, netboot: netboot_addr }, fut))
+}
+
+/// What the listeners share: the caps and timeouts, the connections
+/// admitted so far, and the graceful shutdown.
+struct Edge<'a> {
+    limits: Arc<Limits>,
+    admission: Arc<Admission>,
+    graceful: &'a GracefulShutdown,
+}
+
+/// Accepts connections on `listener`, admits each through the shared caps
+/// (a refused one is closed at once: no handshake, no bytes read or
+/// written) and serves `router` on it, over TLS when `tls` is given, until
+/// `stop`'s sender is dropped; then closes the listener. In-flight
+/// connections are left to the graceful shutdown.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    edge: &Edge<'_>,
+    mut stop: watch::Receiver<()>,
+) {
+    let mut refusals = RefusalLog::default();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let admitted = match edge.admission.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(refused) => {
+                refusals.refused(peer, &refused);
+                drop(stream);
+                continue;
+            }
+        };
+        // Handlers that bind an agent to its address read it as
+        // `ConnectInfo<SocketAddr>`.
+        let service = Extension(ConnectInfo(peer)).layer(router.clone());
+        let watcher = edge.graceful.watcher();
+        let tls = tls.clone();
+        let limits = edge.limits.clone();
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => edge::serve_connection(s, peer, service, &limits, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(
+                            %peer,
+                            "closed a connection: no TLS handshake within {:?} (--tls-handshake-timeout)",
+                            limits.tls_handshake_timeout
+                        ),
+                    }
+                }
+                None => edge::serve_connection(stream, peer, service, &limits, watcher).await,
+            }
+        });
+    }
 }

@@ -940,6 +940,7 @@ async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> A
         artifacts,
         public_url: None,
         scheme: "http",
+        listeners: routes::Listeners::One,
         agent_timeout: agent,
         boot_timeout: boot,
         stall_timeout: Duration::from_secs(900),

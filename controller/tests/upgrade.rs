@@ -94,6 +94,7 @@ async fn a_0_1_0_data_directory_opens_intact() {
         artifacts,
         public_url: None,
         scheme: "http",
+        listeners: routes::Listeners::One,
         agent_timeout: Duration::from_secs(120),
         boot_timeout: Duration::from_secs(900),
         stall_timeout: Duration::from_secs(900),

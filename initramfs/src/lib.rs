@@ -4,3 +4,8 @@
 
 pub mod cpio;
 pub mod kmod;
+
+/// Where the operator's private CA (PEM) lives in the initramfs, relative
+/// to its root: `cargo xtask initramfs --ca-file` puts it there, and the
+/// agent trusts the controller's certificate only if that CA signed it.
+pub const CA_FILE: &str = "etc/byoi/ca.pem";

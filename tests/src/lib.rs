@@ -1,7 +1,10 @@
 //! End-to-end harness: [`TestVm`] runs QEMU (TCG, under `timeout`, stopped
 //! and reaped when dropped) and waits for lines on its serial console;
 //! [`controller`] starts `byoi serve` in-process, its log kept by
-//! [`controller_log`]; [`http_json`] talks to it; [`Machine`] builds the
+//! [`controller_log`]; [`http_json`] talks to it; [`controller_tls`]
+//! starts one with the API over HTTPS (a private CA, baked into its
+//! initramfs) and netboot on a plain-HTTP listener of its own, and
+//! [`https_json`] talks to that; [`Machine`] builds the
 //! QEMU command line of a netbooting server. [`Machine`], the process
 //! handling and the file server come from `byoi-testbed`, which `cargo
 //! xtask demo` shares. The suites are in `tests/`.
@@ -164,12 +167,20 @@ pub fn controller(data: &Path, token: &str) -> String {
 
 /// [`controller`] serving the kernel and initramfs found in `artifacts`.
 pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
-    let opts = byoi_controller::server::ServeOptions {
+    start(options(data, token, artifacts)).addr.to_string()
+}
+
+/// One plain-HTTP listener on 127.0.0.1:0 serving everything, with the
+/// tests' timeouts and rates.
+fn options(data: &Path, token: &str, artifacts: PathBuf) -> byoi_controller::server::ServeOptions {
+    byoi_controller::server::ServeOptions {
         listen: "127.0.0.1:0".parse().expect("address"),
+        netboot_listen: None,
         data_dir: data.to_owned(),
         api_token: Some(token.into()),
         artifacts: Some(artifacts),
         public_url: None,
+        netboot_public_url: None,
         tls: None,
         agent_timeout: Duration::from_secs(120),
         boot_timeout: Duration::from_secs(900),
@@ -177,7 +188,12 @@ pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
         boot_rate: byoi_controller::routes::netboot::BootRate { per_mac: 12, per_source: 120 },
         limits: byoi_controller::edge::Limits::default(),
         power: Default::default(),
-    };
+    }
+}
+
+/// Runs `byoi serve` with `opts` on a thread of its own; returns where it
+/// listens.
+fn start(opts: byoi_controller::server::ServeOptions) -> byoi_controller::server::Bound {
     let _ = tracing_subscriber::fmt()
         .with_writer(|| LogWriter)
         .with_ansi(false)
@@ -187,12 +203,148 @@ pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let (addr, fut) = byoi_controller::server::serve(opts).await.expect("serve");
-            let _ = tx.send(addr.to_string());
+            let (bound, fut) = byoi_controller::server::serve(opts).await.expect("serve");
+            let _ = tx.send(bound);
             fut.await;
         });
     });
     rx.recv().expect("controller address")
+}
+
+/// A controller with split listeners, from [`controller_tls`].
+#[derive(Debug, Clone)]
+pub struct TlsController {
+    /// The API and agent protocol, over HTTPS (`127.0.0.1:PORT`).
+    pub api: String,
+    /// The netboot routes, over HTTP (`127.0.0.1:PORT`).
+    pub netboot: String,
+    /// The private CA that signed the API's certificate.
+    pub ca: PathBuf,
+}
+
+/// Starts `byoi serve` in-process with the API and agent protocol over
+/// HTTPS on one listener, with a certificate for 10.0.2.2 (the host as a
+/// QEMU guest sees it) and 127.0.0.1 from a private CA made here, and the
+/// netboot routes on a plain-HTTP listener of their own. It serves the
+/// workspace's kernel, and its initramfs with that CA where `cargo xtask
+/// initramfs --ca-file` puts it, so the agent trusts the controller.
+pub fn controller_tls(data: &Path, token: &str) -> TlsController {
+    let pki = data.join("pki");
+    let served = data.join("artifacts");
+    for d in [&pki, &served] {
+        std::fs::create_dir_all(d).expect("data directory");
+    }
+    let (ca, cert, key) = private_ca(&pki);
+    std::fs::copy(artifacts().join("vmlinuz"), served.join("vmlinuz")).expect("run `cargo xtask initramfs` first");
+    let initramfs = std::fs::read(artifacts().join("initramfs.img")).expect("run `cargo xtask initramfs` first");
+    let pem = std::fs::read(&ca).expect("CA");
+    std::fs::write(served.join("initramfs.img"), with_ca(&pem, &initramfs)).expect("initramfs");
+    let opts = byoi_controller::server::ServeOptions {
+        netboot_listen: Some("127.0.0.1:0".parse().expect("address")),
+        tls: Some((cert, key)),
+        ..options(data, token, served)
+    };
+    let bound = start(opts);
+    let netboot = bound.netboot.expect("a netboot listener").to_string();
+    TlsController { api: bound.addr.to_string(), netboot, ca }
+}
+
+/// `initramfs` with `pem` at [`byoi_initramfs::CA_FILE`]: an uncompressed
+/// cpio holding it, then the (compressed) initramfs. The kernel unpacks
+/// concatenated archives in turn (`buffer-format.rst`), as it does an
+/// early microcode cpio.
+fn with_ca(pem: &[u8], initramfs: &[u8]) -> Vec<u8> {
+    let mut a = byoi_initramfs::cpio::Archive::new();
+    a.file(byoi_initramfs::CA_FILE, 0o644, pem.to_vec());
+    let mut out = Vec::new();
+    a.write(&mut out).expect("writing to memory");
+    out.extend_from_slice(initramfs);
+    out
+}
+
+/// A CA (`ca.pem`) and, signed by it, a certificate for 10.0.2.2 and
+/// 127.0.0.1 (`cert.pem`, `key.pem`) in `dir`, made by openssl.
+fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509", "-days", "2", "-subj", "/CN=byoi e2e CA"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+    );
+    openssl(&[&["req", "-subj", "/CN=10.0.2.2"][..], &ec, &["-keyout", "key.pem", "-out", "req.pem"]].concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:10.0.2.2,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .expect("ext.cnf");
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-CAcreateserial",
+        "-in",
+        "req.pem",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// [`http_json`] over HTTPS to `addr` (`127.0.0.1:PORT`), trusting only
+/// the CA `ca`.
+pub fn https_json(
+    addr: &str,
+    ca: &Path,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("CA certificate");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
+    let tcp = std::net::TcpStream::connect(addr).expect("connect");
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("HTTPS request");
+    let mut raw = Vec::new();
+    // A peer that closes without close_notify ends the read with an
+    // error; the answer read so far is still whole.
+    let _ = s.read_to_end(&mut raw);
+    let resp = String::from_utf8_lossy(&raw).into_owned();
+    let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let text = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
 }
 
 /// One HTTP/1.1 JSON request; returns (status, JSON body or a string).

@@ -2,15 +2,17 @@
 //! with QEMU's iPXE ROM), the agent deploys the test OS of `cargo xtask
 //! image tiny` with a ConfigDrive, reboots, and the deployed OS prints
 //! what it read from the ConfigDrive. Also: a wrong checksum, and a
-//! cancellation during the download.
+//! cancellation during the download. The BIOS scenario runs with split
+//! listeners: netboot over HTTP, the API and agent protocol over HTTPS with
+//! a private CA baked into the initramfs.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::time::Duration;
 
 use byoi_e2e::{
-    controller, controller_log, e2e_enabled, http_json, image, serve_file, serve_file_throttled, sgdisk_verify,
-    Firmware, Machine, TestVm,
+    controller, controller_log, controller_tls, e2e_enabled, http_json, https_json, image, serve_file,
+    serve_file_throttled, sgdisk_verify, Firmware, Machine, TestVm,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -144,7 +146,9 @@ fn uefi_raw_on_nvme_relocates_the_gpt() {
 }
 
 /// Scenario 3: Legacy BIOS + MBR + raw: after `done`, the controller's script boots
-/// the local disk (syslinux).
+/// the local disk (syslinux). Netboot has a plain-HTTP listener of its own;
+/// the agent talks to the controller over HTTPS, trusting the private CA
+/// baked into its initramfs.
 #[test]
 fn bios_raw_boots_through_the_local_script() {
     if !e2e_enabled("e2e-bios") {
@@ -152,19 +156,30 @@ fn bios_raw_boots_through_the_local_script() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (name, mac) = ("bios-raw", "52:54:00:e2:e0:03");
-    let addr = controller(&dir.path().join("data"), TOKEN);
-    register(&addr, name, mac);
+    let c = controller_tls(&dir.path().join("data"), TOKEN);
+    let api =
+        |method: &str, path: &str, body: Option<&Value>| https_json(&c.api, &c.ca, method, path, Some(TOKEN), body);
+    let server = json!({"serviceName": name, "macs": [mac], "kernelArgs": ["console=ttyS0"]});
+    let (s, body) = api("POST", "/dedicated/server", Some(&server));
+    assert_eq!(s, 201, "{body}");
     let data = std::fs::read(image("tiny-bios.raw")).expect("run `cargo xtask image tiny` first");
     let port = serve_file(data.clone());
-    post(&addr, name, &deployment(port, "tiny-bios.raw", "raw", &sha256_hex(&data), name));
+    let d = deployment(port, "tiny-bios.raw", "raw", &sha256_hex(&data), name);
+    let (s, body) = api("POST", &format!("/dedicated/server/{name}/bringYourOwnImage"), Some(&d));
+    assert_eq!(s, 200, "{body}");
     let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 256, mac).unwrap();
-    let mut vm = TestVm::start_rebooting(&m.args(&addr), Duration::from_secs(600));
+    let mut vm = TestVm::start_rebooting(&m.args(&c.netboot), Duration::from_secs(600));
+    // The kernel prints its command line: the agent is sent to HTTPS.
+    let api_port = c.api.rsplit(':').next().unwrap();
+    vm.wait_for(&format!("byoi.controller=https://10.0.2.2:{api_port} "), Duration::from_secs(300));
     vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(300));
     vm.wait_for(&format!("byoi: {name} boots from its local disk"), Duration::from_secs(120));
     vm.wait_for("testos: booted bios", Duration::from_secs(120));
     expect_configdrive(&mut vm, name);
     assert!(vm.wait_exit(Duration::from_secs(60)), "the test OS did not power off");
     assert_eq!(boot_path(name), "netboot → local script");
+    let (_, st) = api("GET", &format!("/dedicated/server/{name}/bringYourOwnImage"), None);
+    assert_eq!(st["status"], "done", "{st}");
 }
 
 /// Scenario 4: A wrong checksum: status `error` with the message, the disk is left

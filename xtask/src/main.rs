@@ -120,6 +120,7 @@ mod tests {
             &["initramfs"],
             &["initramfs", "--flavour", "cloud", "--firmware-dir", "/fw"],
             &["initramfs", "--flavor", "generic"],
+            &["initramfs", "--ca-file", "/etc/byoi/ca.pem"],
             &["demo"],
             &["demo", "--bios", "--image", "tiny"],
             &["demo", "--image", "debian"],
@@ -144,6 +145,7 @@ mod tests {
             &["lint", "--fast"],
             &["initramfs", "--flavour", "server"],
             &["initramfs", "--firmware-dir"],
+            &["initramfs", "--ca-file"],
             &["demo", "--image", "windows"],
             &["qmp", "/tmp/qmp.sock"],
             &["qmp", "/tmp/qmp.sock", "reboot"],
@@ -163,6 +165,10 @@ mod tests {
             Task::Initramfs(o) => {
                 assert_eq!((o.flavour.as_str(), o.firmware_dir), ("cloud", Some(PathBuf::from("/fw"))))
             }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["initramfs", "--ca-file", "ca.pem"]).task {
+            Task::Initramfs(o) => assert_eq!(o.ca_file, Some(PathBuf::from("ca.pem"))),
             other => panic!("{other:?}"),
         }
         match parse(&["initramfs"]).task {

@@ -1,7 +1,8 @@
-//! `cargo xtask initramfs [--flavour generic|cloud] [--firmware-dir DIR]`:
-//! the static agent, a Debian kernel fetched with `apt-get download` (the
-//! host's kernel is never touched), the modules a real server needs with
-//! their dependencies, busybox for rescue, all in a deterministic cpio.
+//! `cargo xtask initramfs [--flavour generic|cloud] [--firmware-dir DIR]
+//! [--ca-file PEM]`: the static agent, a Debian kernel fetched with
+//! `apt-get download` (the host's kernel is never touched), the modules a
+//! real server needs with their dependencies, busybox for rescue, the
+//! operator's private CA if given, all in a deterministic cpio.
 //! Writes `target/byoi/{vmlinuz,initramfs.img,manifest.json}`.
 
 use std::collections::BTreeSet;
@@ -11,6 +12,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use byoi_initramfs::cpio::{Archive, Entry};
 use byoi_initramfs::kmod::{module_name, Aliases, ModulesDep};
+use byoi_initramfs::CA_FILE;
 use sha2::{Digest, Sha256};
 
 use crate::deb::{self, fetch_deb, output};
@@ -78,6 +80,9 @@ pub struct Options {
     /// Firmware files to add under /lib/firmware (Debian's non-free-firmware, which the build machines cannot reach)
     #[arg(long, value_name = "DIR")]
     pub firmware_dir: Option<PathBuf>,
+    /// The CA (PEM) that signed the controller's HTTPS certificate: the agent trusts it, and only it, for the controller (baked in at /etc/byoi/ca.pem)
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The kernel flavour when `--flavour` is not given.
@@ -87,7 +92,7 @@ impl Default for Options {
     /// What `cargo xtask initramfs` without options builds (the demo and
     /// `cargo xtask test` build that).
     fn default() -> Options {
-        Options { flavour: DEFAULT_FLAVOUR.to_owned(), firmware_dir: None }
+        Options { flavour: DEFAULT_FLAVOUR.to_owned(), firmware_dir: None, ca_file: None }
     }
 }
 
@@ -130,6 +135,15 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
     let out_dir = root.join("target/byoi");
     let cache = out_dir.join("cache");
     std::fs::create_dir_all(&cache)?;
+
+    // The CA first: a bad file fails before minutes of building.
+    let ca = match &opts.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading the CA file {}", path.display()))?;
+            Some(ca_certificates(&pem).with_context(|| format!("the CA file {}", path.display()))?)
+        }
+        None => None,
+    };
 
     // 1. The agent, static.
     let agent = std::fs::read(static_agent()?)?;
@@ -183,8 +197,17 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
         }
     }
 
+    if let Some((pem, _)) = &ca {
+        a.file(CA_FILE, 0o644, pem.clone());
+    }
+
     let mut cpio = Vec::new();
     a.write(&mut cpio)?;
+    if let Some((pem, _)) = &ca {
+        if cpio_file(&cpio, CA_FILE) != Some(pem.as_slice()) {
+            bail!("the archive written has no {CA_FILE} with the CA's certificates");
+        }
+    }
     let img = zstd::bulk::compress(&cpio, 19)?;
     std::fs::write(out_dir.join("vmlinuz"), &vmlinuz)?;
     std::fs::write(out_dir.join("initramfs.img"), &img)?;
@@ -200,6 +223,7 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
         "firmwareFiles": firmware_files,
         "busybox": bbversion,
         "dropbear": dropbear,
+        "caFile": ca.as_ref().map(|(pem, n)| serde_json::json!({"path": format!("/{CA_FILE}"), "certificates": n, "sha256": sha256_hex(pem)})),
         "agent": { "bytes": agent.len(), "sha256": sha256_hex(&agent), "static": true },
         "vmlinuz": { "bytes": vmlinuz.len(), "sha256": sha256_hex(&vmlinuz) },
         "initramfs": { "bytes": img.len(), "uncompressedBytes": cpio.len(), "compression": "zstd", "sha256": sha256_hex(&img), "entries": a.len() },
@@ -220,6 +244,60 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
         bail!("the initramfs is {} bytes, over the 20 MB budget", img.len());
     }
     Ok(())
+}
+
+/// PEM `BEGIN`/`END` lines of a certificate (RFC 7468 §5.1).
+const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+const PEM_END: &str = "-----END CERTIFICATE-----";
+
+/// The certificates of a CA file, re-emitted alone (comments and other
+/// sections dropped), and how many there are. A private key is refused:
+/// the initramfs is served to anyone on the provisioning network.
+fn ca_certificates(pem: &[u8]) -> anyhow::Result<(Vec<u8>, usize)> {
+    let text = std::str::from_utf8(pem).context("not text: a CA file is PEM")?;
+    if text.contains("PRIVATE KEY-----") {
+        bail!(
+            "it holds a private key: refusing to put it into the initramfs, which anyone on the provisioning \
+             network can download; give only the CA's certificate"
+        );
+    }
+    let mut out = String::new();
+    let mut count = 0;
+    let mut rest = text;
+    while let Some(start) = rest.find(PEM_BEGIN) {
+        let Some(len) = rest[start..].find(PEM_END) else { bail!("a certificate has no {PEM_END} line") };
+        let block = &rest[start..start + len + PEM_END.len()];
+        out.push_str(block);
+        out.push('\n');
+        count += 1;
+        rest = &rest[start + len + PEM_END.len()..];
+    }
+    if count == 0 {
+        bail!("no certificate in it (no {PEM_BEGIN} line)");
+    }
+    Ok((out.into_bytes(), count))
+}
+
+/// The content of the regular file `path` in a `newc` cpio archive, read
+/// back to check what was written.
+fn cpio_file<'a>(mut archive: &'a [u8], path: &str) -> Option<&'a [u8]> {
+    const HEADER: usize = 110;
+    let field =
+        |h: &[u8], i: usize| usize::from_str_radix(std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).ok()?, 16).ok();
+    let align = |n: usize| n.div_ceil(4) * 4;
+    loop {
+        let h = archive.get(..HEADER).filter(|h| h.starts_with(b"070701"))?;
+        let (size, namesize) = (field(h, 6)?, field(h, 11)?);
+        let name = archive.get(HEADER..HEADER + namesize - 1)?;
+        let data_at = align(HEADER + namesize);
+        if name == b"TRAILER!!!" {
+            return None;
+        }
+        if name == path.as_bytes() {
+            return archive.get(data_at..data_at + size);
+        }
+        archive = archive.get(align(data_at + size)..)?;
+    }
 }
 
 /// Dropbear for SSH in rescue mode. Debian's is dynamically linked: the
@@ -268,4 +346,57 @@ fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+
+    #[test]
+    fn a_ca_file_keeps_its_certificates_only() {
+        let pem = format!("Bag Attributes: x\n{CERT}\n\nsubject=CN=b\n{CERT}\n");
+        let (out, n) = ca_certificates(pem.as_bytes()).unwrap();
+        assert_eq!((String::from_utf8(out).unwrap(), n), (format!("{CERT}\n{CERT}\n"), 2));
+    }
+
+    #[test]
+    fn a_ca_file_with_a_key_or_without_a_certificate_is_refused() {
+        let key = format!("{CERT}\n-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n");
+        let e = ca_certificates(key.as_bytes()).unwrap_err().to_string();
+        assert!(e.starts_with("it holds a private key: refusing to put it into the initramfs"), "{e}");
+        let e = ca_certificates(b"hello\n").unwrap_err().to_string();
+        assert_eq!(e, "no certificate in it (no -----BEGIN CERTIFICATE----- line)");
+        let e = ca_certificates(b"-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap_err().to_string();
+        assert_eq!(e, "a certificate has no -----END CERTIFICATE----- line");
+        assert!(ca_certificates(&[0xff, 0xfe]).is_err());
+    }
+
+    /// The CA lands at the path the agent reads; `cpio` (GNU) is the
+    /// oracle for the reader the task checks the archive with.
+    #[test]
+    fn the_ca_is_in_the_archive_where_the_agent_looks() {
+        let mut a = Archive::new();
+        a.file("init", 0o755, b"agent".to_vec());
+        a.file("etc/passwd", 0o644, b"root:x:0:0::/root:/bin/sh\n".to_vec());
+        a.file(CA_FILE, 0o644, format!("{CERT}\n").into_bytes());
+        let mut cpio = Vec::new();
+        a.write(&mut cpio).unwrap();
+        assert_eq!(cpio_file(&cpio, CA_FILE), Some(format!("{CERT}\n").as_bytes()));
+        assert_eq!(cpio_file(&cpio, "init"), Some(&b"agent"[..]));
+        assert_eq!(cpio_file(&cpio, "etc/missing"), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("cpio")
+            .args(["-i", "--quiet", "--make-directories", "--no-absolute-filenames"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), &cpio).unwrap();
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read_to_string(dir.path().join(CA_FILE)).unwrap(), format!("{CERT}\n"));
+    }
 }

@@ -1,7 +1,16 @@
 //! The agent's side of `/agent/v1`: blocking JSON calls to the controller,
 //! over hyper on a private runtime (the pipeline's own threads stay
 //! blocking and simple).
+//!
+//! Which certificates an HTTPS controller may present is [`Trust`]: the
+//! operator's private CA when the initramfs carries one (`cargo xtask
+//! initramfs --ca-file`, at [`byoi_initramfs::CA_FILE`]), and then only
+//! that CA, else the web PKI. A plain `http://` controller is allowed (a
+//! lab), but then the agent token, the job and its secrets cross the
+//! network in clear.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use byoi_wire::agent::{
@@ -12,6 +21,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -33,6 +44,23 @@ pub enum ClientError {
         /// The controller's message.
         message: String,
     },
+    /// The controller's certificate is not signed by a CA we trust: the
+    /// wrong CA baked in, or someone else answering.
+    #[error("{url}: the controller's certificate is not signed by a trusted CA (trusting {trust})")]
+    Untrusted {
+        /// What was called.
+        url: String,
+        /// What we trust.
+        trust: Trust,
+    },
+    /// The CA file cannot be used.
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Any other refusal.
     #[error("controller answered {status}: {message}")]
     Refused {
@@ -43,35 +71,110 @@ pub enum ClientError {
     },
 }
 
+/// Which certificates an HTTPS controller may present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Those the web PKI's roots vouch for.
+    WebPki,
+    /// Only those the CAs of this PEM file vouch for (a private CA).
+    CaFile(PathBuf),
+}
+
+impl Trust {
+    /// The private CA of the initramfs mounted at `root` if it has one,
+    /// else the web PKI.
+    pub fn of_initramfs(root: &Path) -> Trust {
+        let baked = root.join(byoi_initramfs::CA_FILE);
+        if baked.is_file() {
+            Trust::CaFile(baked)
+        } else {
+            Trust::WebPki
+        }
+    }
+
+    /// The trust roots.
+    fn roots(&self) -> Result<rustls::RootCertStore, ClientError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let path = match self {
+            Trust::WebPki => {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                return Ok(roots);
+            }
+            Trust::CaFile(path) => path,
+        };
+        let bad = |reason: String| ClientError::CaFile { path: path.clone(), reason };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| bad(format!("not valid PEM: {e}")))?;
+            roots.add(cert).map_err(|e| bad(format!("a certificate cannot be a trust root: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no PEM `BEGIN CERTIFICATE` section".to_owned()));
+        }
+        Ok(roots)
+    }
+}
+
+impl std::fmt::Display for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trust::WebPki => f.write_str("the web PKI"),
+            Trust::CaFile(path) => write!(f, "the CAs of {}", path.display()),
+        }
+    }
+}
+
+/// Whether a connection failed because no trusted CA signed the server's
+/// certificate. rustls's error travels inside `io::Error`s (through
+/// tokio-rustls and hyper-rustls), whose `source()` skips what they wrap,
+/// so each is opened with `get_ref()`.
+fn unknown_issuer(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) = e.downcast_ref() {
+        return true;
+    }
+    if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if unknown_issuer(inner) {
+            return true;
+        }
+    }
+    e.source().is_some_and(unknown_issuer)
+}
+
 /// A connection to the controller.
 pub struct Controller {
     base: String,
     token: String,
+    trust: Trust,
     rt: tokio::runtime::Runtime,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controller").field("base", &self.base).finish()
+        f.debug_struct("Controller").field("base", &self.base).field("trust", &self.trust).finish()
     }
 }
 
 impl Controller {
-    /// A client for the controller at `base` (http or https).
+    /// A client for the controller at `base` (http, or https with a
+    /// certificate of the web PKI).
     pub fn new(base: &str, token: &str) -> Result<Controller, ClientError> {
+        Controller::with_trust(base, token, Trust::WebPki)
+    }
+
+    /// A client for the controller at `base` (http, or https with a
+    /// certificate that `trust` accepts).
+    pub fn with_trust(base: &str, token: &str, trust: Trust) -> Result<Controller, ClientError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ClientError::Unreachable(format!("runtime: {e}")))?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| ClientError::Unreachable(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let roots = trust.roots()?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -81,7 +184,16 @@ impl Controller {
             .enable_http1()
             .wrap_connector(http);
         let client = rt.block_on(async { Client::builder(TokioExecutor::new()).build(https) });
-        Ok(Controller { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), rt, client })
+        Ok(Controller { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), trust, rt, client })
+    }
+
+    /// The private CA file the controller is trusted through, if any;
+    /// image downloads trust it too, besides the web PKI.
+    pub fn ca_file(&self) -> Option<&Path> {
+        match &self.trust {
+            Trust::WebPki => None,
+            Trust::CaFile(path) => Some(path),
+        }
     }
 
     fn call<T: DeserializeOwned>(
@@ -104,7 +216,13 @@ impl Controller {
             let resp = tokio::time::timeout(CALL_TIMEOUT, self.client.request(req))
                 .await
                 .map_err(|_| ClientError::Unreachable(format!("{url}: no answer within {CALL_TIMEOUT:?}")))?
-                .map_err(|e| ClientError::Unreachable(format!("{url}: {e}")))?;
+                .map_err(|e| {
+                    if unknown_issuer(&e) {
+                        ClientError::Untrusted { url: url.clone(), trust: self.trust.clone() }
+                    } else {
+                        ClientError::Unreachable(format!("{url}: {e}"))
+                    }
+                })?;
             let status = resp.status();
             let bytes = tokio::time::timeout(CALL_TIMEOUT, resp.into_body().collect())
                 .await

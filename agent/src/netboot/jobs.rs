@@ -3,7 +3,7 @@
 //! Independent of PID 1 duties (mounts, modules, network), so it runs in
 //! tests against a real controller with a fake sysfs and file-backed disks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,12 +53,14 @@ pub fn say(line: &str) {
     eprintln!("byoi: {line}");
 }
 
-/// Retries `f` while the controller is unreachable, backing off.
+/// Retries `f` while the controller is unreachable or presents a
+/// certificate we do not trust (fixed on the controller, not here), backing
+/// off.
 fn retrying<T>(env: &Env, what: &str, mut f: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
     let mut delay = Duration::from_secs(1).min(env.max_backoff);
     loop {
         match f() {
-            Err(ClientError::Unreachable(e)) => {
+            Err(e @ (ClientError::Unreachable(_) | ClientError::Untrusted { .. })) => {
                 say(&format!("{what}: {e}; retrying in {}s", delay.as_secs_f32()));
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(env.max_backoff);
@@ -166,7 +168,8 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
         efivars: if uefi { env.efivars.as_deref().map(efivars::open) } else { None },
         efi_disk: if uefi { efivars::disk_prefix_of(&path).unwrap_or_default() } else { Vec::new() },
     };
-    let (req, mut finishing) = plan(&job.spec, &host, SourceOptions::default());
+    let source = SourceOptions { ca_file: ctl.ca_file().map(Path::to_owned), ..SourceOptions::default() };
+    let (req, mut finishing) = plan(&job.spec, &host, source);
 
     let progress = Arc::new(Progress::default());
     let id = job.deployment_id;

@@ -12,7 +12,7 @@ use byoi_initramfs::kmod::{module_name, Aliases, ModulesDep};
 
 use byoi_wire::agent::{Action, Heartbeat};
 
-use super::client::Controller;
+use super::client::{Controller, Trust};
 use super::cmdline::{self, Cmdline, Mode};
 use super::dhcp;
 use super::jobs::{self, say, Env, Outcome};
@@ -48,7 +48,7 @@ fn run() -> Result<(), String> {
     let (Some(url), Some(token)) = (&cmd.controller, &cmd.token) else {
         return Err("no byoi.controller= or byoi.token= on the kernel command line".into());
     };
-    let ctl = Controller::new(url, token).map_err(|e| e.to_string())?;
+    let ctl = Controller::with_trust(url, token, Trust::of_initramfs(Path::new("/"))).map_err(|e| e.to_string())?;
     let env = Env {
         sys: "/sys".into(),
         proc: "/proc".into(),

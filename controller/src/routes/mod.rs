@@ -3,8 +3,11 @@
 //! protocol, per-boot agent tokens), [`netboot`] (iPXE scripts and the
 //! agent's kernel and initramfs, no credentials). [`router`] puts them
 //! together with the layers every request goes through: a request id on
-//! every log line, tracing, the handler timeout. Tests drive the router
-//! without a socket (`tower::ServiceExt::oneshot`).
+//! every log line, tracing, timeouts. Tests drive the router without a
+//! socket (`tower::ServiceExt::oneshot`). [`Surface`] says which of them
+//! a listener serves: all of them (one listener), or, with a separate
+//! netboot listener, the API and agent protocol on one (HTTPS) and the
+//! netboot routes on the other (plain HTTP, for iPXE).
 //!
 //! Bodies: a route that needs no credentials (netboot, `/openapi.json`, the
 //! fallback) reads none, and refuses one declared larger than
@@ -32,7 +35,7 @@ use std::time::Duration;
 
 use axum::body::{Bytes, HttpBody};
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, uri::Authority, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
@@ -49,6 +52,7 @@ use utoipa_axum::routes;
 pub use error::{AgentError, AgentErrorBody, AppError, ErrorBody};
 
 use crate::db::{Db, Payload};
+use crate::ipxe;
 
 /// Largest body of any request but a BYOI POST.
 pub const SMALL_BODY: usize = 1 << 20;
@@ -69,10 +73,13 @@ pub struct Config {
     pub api_token: String,
     /// Where `vmlinuz` and `initramfs.img` are.
     pub artifacts: PathBuf,
-    /// The URL servers reach the controller at; else from `Host`.
+    /// `--public-url`: the URL servers reach the API and the agent
+    /// protocol at; else derived from the `Host` of the script request.
     pub public_url: Option<String>,
-    /// Scheme for URLs derived from `Host`.
+    /// The main listener's scheme, for URLs derived from `Host`.
     pub scheme: &'static str,
+    /// Whether netboot has a listener of its own.
+    pub listeners: Listeners,
     /// Silence after which a running deployment fails.
     pub agent_timeout: Duration,
     /// Time for a server to netboot into the agent after a POST.
@@ -83,6 +90,54 @@ pub struct Config {
     pub boot_limiter: Arc<netboot::BootLimiter>,
     /// The power commands and the ipmitool the API may refer to.
     pub power: crate::power::PowerConfig,
+}
+
+/// Which listeners serve which routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listeners {
+    /// One listener serves every route ([`Surface::All`]).
+    One,
+    /// The main listener serves the API and the agent protocol
+    /// ([`Surface::Api`]); a plain-HTTP listener of its own serves netboot
+    /// ([`Surface::Netboot`]).
+    Split {
+        /// The main listener's port, for the agent's URL when it is derived
+        /// from the `Host` iPXE sent to the netboot listener.
+        api_port: u16,
+        /// `--netboot-public-url`: the netboot listener's URL; else
+        /// `http://` and the `Host` of the script request.
+        netboot_public_url: Option<String>,
+    },
+}
+
+impl Config {
+    /// The URLs an iPXE script names, for a script request with `headers`
+    /// (received by the listener that serves netboot).
+    ///
+    /// One listener: both are `--public-url`, else `SCHEME://HOST` from the
+    /// request. Split: the netboot URL is `--netboot-public-url`, else
+    /// `http://HOST`; the agent's is `--public-url`, else the request's
+    /// host name with the main listener's scheme and port.
+    pub fn script_urls(&self, headers: &HeaderMap) -> ipxe::Urls {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+        let given = |u: &Option<String>| u.as_deref().map(|u| u.trim_end_matches('/').to_owned());
+        match &self.listeners {
+            Listeners::One => {
+                let base = given(&self.public_url).unwrap_or_else(|| format!("{}://{host}", self.scheme));
+                ipxe::Urls { netboot: base.clone(), controller: base }
+            }
+            Listeners::Split { api_port, netboot_public_url } => {
+                let netboot = given(netboot_public_url).unwrap_or_else(|| format!("http://{host}"));
+                let controller = given(&self.public_url).unwrap_or_else(|| {
+                    // `Authority::host` keeps an IPv6 address's brackets.
+                    let name = host.parse::<Authority>().map(|a| a.host().to_owned()).unwrap_or_default();
+                    let name = if name.is_empty() { "127.0.0.1" } else { &name };
+                    format!("{}://{name}:{api_port}", self.scheme)
+                });
+                ipxe::Urls { netboot, controller }
+            }
+        }
+    }
 }
 
 /// What every handler shares.
@@ -171,13 +226,38 @@ fn frame() -> OpenApi {
         .build()
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Every route: the only listener.
+    All,
+    /// The operator API, the agent protocol and `/openapi.json`: the main
+    /// listener when netboot has its own.
+    Api,
+    /// The iPXE scripts and the agent's kernel and initramfs: the netboot
+    /// listener.
+    Netboot,
+}
+
+/// The routes of `surface` with their documentation, without state or
+/// layers.
+fn surface(surface: Surface) -> OpenApiRouter<AppState> {
+    let doc = OpenApiRouter::with_openapi(frame());
+    // The routes without credentials read no body: one declared larger than
+    // a few KiB is refused from its headers.
+    let refuse = || axum::middleware::from_fn(refuse_body);
+    let meta = || OpenApiRouter::new().routes(or_405(routes!(openapi_json))).layer(refuse());
+    let netboot = || netboot::routes().layer(refuse());
+    match surface {
+        Surface::All => doc.merge(operator::routes()).merge(agent::routes()).merge(netboot()).merge(meta()),
+        Surface::Api => doc.merge(operator::routes()).merge(agent::routes()).merge(meta()),
+        Surface::Netboot => doc.merge(netboot()),
+    }
+}
+
 /// Every route with its documentation, without state or layers.
 fn api() -> OpenApiRouter<AppState> {
-    let public = netboot::routes().routes(or_405(routes!(openapi_json)));
-    OpenApiRouter::with_openapi(frame())
-        .merge(operator::routes())
-        .merge(agent::routes())
-        .merge(public.layer(axum::middleware::from_fn(refuse_body)))
+    surface(Surface::All)
 }
 
 /// Refuses, for a route without credentials, a body larger than
@@ -231,9 +311,15 @@ fn or_405(route: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
 
 /// The whole router, with its layers.
 pub fn router(app: AppState) -> Router {
-    let (routes, doc) = api().split_for_parts();
+    router_for(app, Surface::All)
+}
+
+/// The router of one listener's routes, with the layers. `/openapi.json`,
+/// where served, documents every route, whichever listener answers it.
+pub fn router_for(app: AppState, which: Surface) -> Router {
+    let (routes, _) = surface(which).split_for_parts();
     // Plain data with string keys: serialising it cannot fail.
-    let doc = Document(Bytes::from(serde_json::to_vec_pretty(&doc).expect("the OpenAPI document serialises")));
+    let doc = Document(Bytes::from(serde_json::to_vec_pretty(&openapi()).expect("the OpenAPI document serialises")));
     routes
         .fallback(|req: Request| async move {
             if !fits_unauthenticated(&req) {

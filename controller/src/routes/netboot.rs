@@ -49,14 +49,9 @@ fn script(body: String) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body)
 }
 
-/// The URL servers use to reach us: `--public-url`, else the `Host` the
-/// server asked for.
-fn base_url(app: &AppState, headers: &HeaderMap) -> String {
-    if let Some(u) = &app.cfg.public_url {
-        return u.trim_end_matches('/').to_owned();
-    }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
-    format!("{}://{host}", app.cfg.scheme)
+/// The URLs servers use to reach us (see [`super::Config::script_urls`]).
+fn base_url(app: &AppState, headers: &HeaderMap) -> ipxe::Urls {
+    app.cfg.script_urls(headers)
 }
 
 /// How many boot scripts may be fetched per minute.

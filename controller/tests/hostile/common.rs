@@ -70,6 +70,12 @@ impl Controller {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
+    /// The next line the controller printed on stdout (`start` read the
+    /// first).
+    pub fn stdout_line(&mut self) -> String {
+        read_line(self.child.stdout.as_mut().unwrap())
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
