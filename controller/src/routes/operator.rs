@@ -209,6 +209,10 @@ pub struct ServerView {
     pub created_at: String,
     /// Its deployments, newest first.
     pub deployments: Vec<HistoryEntry>,
+    /// The fingerprint (`SHA256:…`, as `ssh` prints it) of the SSH host key
+    /// its rescue system presents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }
 
 impl ServerView {
@@ -230,6 +234,7 @@ impl ServerView {
                     current: d.current,
                 })
                 .collect(),
+            ssh_host_key: None,
         }
     }
 }
@@ -403,7 +408,8 @@ async fn show(
 ) -> Result<axum::Json<ServerView>, AppError> {
     let s = server(&app, &name).await?;
     let history = app.db.history(&name).await?;
-    Ok(axum::Json(ServerView::of(&s, &history)))
+    let ssh_host_key = app.db.ssh_host_key(&name).await?.map(|k| k.fingerprint());
+    Ok(axum::Json(ServerView { ssh_host_key, ..ServerView::of(&s, &history) }))
 }
 
 /// What the server's agent found: firmware, memory, disk groups, NICs.
