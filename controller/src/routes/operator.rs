@@ -210,7 +210,8 @@ pub struct ServerView {
     /// Its deployments, newest first.
     pub deployments: Vec<HistoryEntry>,
     /// The fingerprint (`SHA256:…`, as `ssh` prints it) of the SSH host key
-    /// its rescue system presents.
+    /// its rescue system presents (made at registration; for a server
+    /// registered before byoi had host keys, on first use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
 }
@@ -387,7 +388,12 @@ async fn add(
         created_at: db::now(),
     };
     match app.db.add_server(row.clone()).await? {
-        Ok(()) => Ok((StatusCode::CREATED, axum::Json(ServerView::of(&row, &[])))),
+        Ok(()) => {
+            // The rescue host key is made now, so its fingerprint is known
+            // before the first rescue boot.
+            let ssh_host_key = app.db.ssh_host_key(&row.name).await?.map(|k| k.fingerprint());
+            Ok((StatusCode::CREATED, axum::Json(ServerView { ssh_host_key, ..ServerView::of(&row, &[]) })))
+        }
         Err(conflict) => Err(AppError::Conflict(conflict)),
     }
 }
