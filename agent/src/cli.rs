@@ -87,6 +87,9 @@ struct DeployArgs {
     /// Seconds before the first retry; doubles per attempt up to 30 s.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.5)]
     retry_delay: f64,
+    /// Seconds the whole download may take, retries and resumes included.
+    #[arg(long, value_name = "SECONDS", default_value_t = byoi_agent::source::DEFAULT_DEADLINE.as_secs_f64())]
+    deadline: f64,
 
     /// Add a cloud-init ConfigDrive partition (implied by the options below).
     #[arg(long, help_heading = "ConfigDrive")]
@@ -291,6 +294,7 @@ fn deploy_with(args: &DeployArgs, progress: &Arc<Progress>) -> Result<(Deployed,
         read_timeout: seconds(args.read_timeout),
         attempts: args.retries.max(1),
         initial_backoff: seconds(args.retry_delay),
+        deadline: seconds(args.deadline),
         ..SourceOptions::default()
     };
     let (req, mut finish) = plan(&spec, &host(args, &spec, target.is_block_device()), source);
@@ -320,7 +324,7 @@ fn summary(args: &DeployArgs, (d, f): &(Deployed, Finishing)) -> String {
     }
     format!(
         "deployed {} ({}, {} bytes) to {} in {:.1} s ({:.0} MB/s); {} bytes written, {} zeroed{}{extra}",
-        args.url,
+        byoi_agent::source::RedactedUrl::new(&args.url),
         d.format,
         d.image_size,
         args.target.display(),

@@ -113,7 +113,8 @@ pub fn deploy(
     let ranger = opened.ranger;
     let mut reader = opened.reader;
 
-    let download_err = |e: io::Error| DeployError::Download { url: req.url.clone(), reason: e.to_string() };
+    let url = source::RedactedUrl::new(&req.url);
+    let download_err = |e: io::Error| DeployError::Download { url: url.clone(), reason: e.to_string() };
     let mut head = vec![0u8; SNIFF_LEN];
     let n = read_full(&mut reader, &mut head).map_err(|e| DeployError::from_read(e, download_err))?;
     head.truncate(n);

@@ -6,6 +6,8 @@ use std::io;
 
 use byoi_wire::ErrorCode;
 
+use crate::source::RedactedUrl;
+
 /// Image formats we name in messages.
 pub const SUPPORTED_FORMATS: &str = "qcow2, raw, ova";
 
@@ -19,8 +21,8 @@ pub enum DeployError {
     /// The image could not be fetched.
     #[error("Could not download image located: {url} ({reason})")]
     Download {
-        /// The URL as given by the operator.
-        url: String,
+        /// The URL as given by the operator, redacted.
+        url: RedactedUrl,
         /// What went wrong: an HTTP status, a timeout, a TLS error.
         reason: String,
     },
@@ -28,8 +30,8 @@ pub enum DeployError {
     /// The connection broke and could not be resumed safely.
     #[error("Could not download image located: {url} (connection lost after {offset} bytes and {reason})")]
     Resume {
-        /// The URL as given by the operator.
-        url: String,
+        /// The URL as given by the operator, redacted.
+        url: RedactedUrl,
         /// How many bytes had been received.
         offset: u64,
         /// Why resuming was not possible.

@@ -16,6 +16,7 @@ use crate::configdrive::{self, ConfigDrive};
 use crate::deploy::Finish;
 use crate::efi::{self, HardDrive, Signature};
 use crate::error::{DeployError, Result};
+use crate::fatwalk;
 use crate::partition::{self, Gpt, Guid, Mbr, TableError};
 use crate::sink::DiskWriter;
 use crate::slice::Slice;
@@ -190,7 +191,12 @@ impl Finishing {
     /// The loader to boot: the one asked for (which must exist), else the
     /// removable-media fallback, else the single vendor's shim or GRUB.
     fn choose_loader<D: Read + Write + Seek>(&self, d: &mut D, esp: &HardDrive, sector: u64) -> Result<String> {
-        let part = Slice::new(&mut *d, esp.start * sector, esp.size * sector);
+        let mut part = Slice::new(&mut *d, esp.start * sector, esp.size * sector);
+        // fatfs follows cluster chains without end: make sure they end.
+        fatwalk::check_directories(&mut part)
+            .map_err(|e| DeployError::BootEntry(format!("the EFI system partition is damaged: {e}")))?;
+        part.seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| DeployError::BootEntry(format!("cannot read the EFI system partition: {e}")))?;
         let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new())
             .map_err(|e| DeployError::BootEntry(format!("cannot read the EFI system partition: {e}")))?;
         let root = fs.root_dir();
@@ -392,6 +398,24 @@ mod tests {
 
         w.commit().unwrap();
         assert_eq!(first_sector()[510..], [0x55, 0xaa]);
+    }
+
+    #[test]
+    fn a_looping_esp_is_refused_not_walked_forever() {
+        let mut img = uefi_image();
+        let esp = &mut img[MIB as usize..9 * MIB as usize];
+        let (efi, _) = fatwalk::tests::first_cluster(esp, "EFI");
+        fatwalk::tests::set_fat(esp, efi, efi);
+        let vars = Arc::new(MemVars::new());
+        let e = uefi_with(&vars).run_on(&mut Cursor::new(img), 16 * MIB, 512).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "could not set the UEFI boot entry: the EFI system partition is damaged: the cluster chain of the \
+                 directory starting at cluster {efi} comes back to cluster {efi}"
+            )
+        );
+        assert!(vars.written().is_empty());
     }
 
     #[test]

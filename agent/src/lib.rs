@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod efi;
 pub mod efivars;
 pub mod error;
+pub mod fatwalk;
 pub mod finish;
 pub mod format;
 pub mod fuzzing;

@@ -188,3 +188,21 @@ fn https_with_ca_file_and_refusal_without() {
     assert!(err.contains("certificate"), "{err}");
     assert!(!err.contains("after 8 attempts"), "a certificate error must not be retried: {err}");
 }
+
+#[test]
+fn an_https_image_is_never_fetched_over_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path());
+    let plain = Server::start();
+    let plain_url = plain.serve("/img", disk_image(3 << 20, 4), Behaviour::default());
+    let tls = Server::start_tls(&cert, &key);
+    let url = tls.serve("/img", vec![], Behaviour { redirect_to: Some(plain_url.clone()), ..Default::default() });
+    let target = junk_target(dir.path(), 8 << 20);
+    let args = ["deploy", "--url", &url, "--target", target.to_str().unwrap(), "--ca-file", ca.to_str().unwrap()];
+    let out = agent(&[&args[..], &["--header", "X-Api-Key: k3y"]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("refusing a redirect from HTTPS to plain HTTP ({plain_url})")), "{err}");
+    assert!(plain.requests("/img").is_empty(), "the plain HTTP server was asked");
+    assert_eq!(tls.requests("/img")[0].headers.get("x-api-key").map(String::as_str), Some("k3y"));
+}

@@ -454,6 +454,109 @@ fn credentials_stay_with_the_origin_they_were_given_for() {
 }
 
 #[test]
+fn no_operator_header_follows_a_cross_origin_redirect() {
+    let c = case();
+    // Another port is another origin (RFC 6454).
+    let (a, b) = (Server::start(), Server::start());
+    let target_url = b.serve("/img", c.image.clone(), ranged());
+    let mut req = request(&a.serve("/img", vec![], Behaviour { redirect_to: Some(target_url), ..Default::default() }));
+    let secrets = [("Authorization", "Bearer s3cret"), ("X-Api-Key", "k3y"), ("Cookie", "s=1"), ("X-Other", "o")];
+    req.source.headers = secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    run(&req, &c.target).unwrap();
+    assert_prefix_eq(&c.target, &c.image, "redirected");
+    let at_a = &a.requests("/img")[0];
+    for (k, v) in secrets {
+        assert_eq!(at_a.headers.get(&k.to_ascii_lowercase()).map(String::as_str), Some(v), "{k} at the origin");
+    }
+    let at_b = b.requests("/img");
+    assert!(!at_b.is_empty());
+    for seen in at_b {
+        for (k, _) in secrets {
+            assert!(!seen.headers.contains_key(&k.to_ascii_lowercase()), "{k} leaked to {seen:?}");
+        }
+    }
+}
+
+/// A URL with credentials, a presigned query and a fragment: none of them
+/// may appear in any message.
+fn secret_url(server: &Server, path: &str) -> String {
+    server.url(path).replace("http://", "http://alice:pa55word@") + "?X-Amz-Signature=5ecret&t=1#fr4g"
+}
+
+fn assert_redacted(e: &DeployError, server: &Server, path: &str) {
+    let shown = format!("{e} / {e:?}");
+    for secret in ["alice", "pa55word", "5ecret", "X-Amz", "fr4g"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(shown.contains(&server.url(path)), "the URL is still named: {shown}");
+}
+
+#[test]
+fn messages_never_carry_credentials_or_queries() {
+    let c = case();
+    let server = Server::start();
+    // Not found: a download error.
+    let e = run(&request(&secret_url(&server, "/missing")), &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::DownloadFailed);
+    assert_redacted(&e, &server, "/missing");
+    // Cut without Range support: a resume error.
+    server.serve("/cut", c.image.clone(), Behaviour { cut_after: Some(2_000_000), cuts: 1, ..Default::default() });
+    let e = run(&request(&secret_url(&server, "/cut")), &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ResumeFailed);
+    assert_redacted(&e, &server, "/cut");
+    // Retries exhausted.
+    server.serve("/down", vec![], Behaviour { fail_first: vec![503; 10], ..Default::default() });
+    let e = run(&request(&secret_url(&server, "/down")), &c.target).unwrap_err();
+    assert_redacted(&e, &server, "/down");
+    // A redirect to a signed URL that fails: neither URL's secrets show.
+    let signed = server.url("/gone") + "?sig=5ecret";
+    server.serve("/link", vec![], Behaviour { redirect_to: Some(signed), ..Default::default() });
+    let e = run(&request(&secret_url(&server, "/link")), &c.target).unwrap_err();
+    assert_redacted(&e, &server, "/link");
+    // A URL the agent cannot even parse.
+    let e = run(&request("http://alice:pa55word@[::1/x?X-Amz-Signature=5ecret"), &c.target).unwrap_err();
+    assert!(!format!("{e} {e:?}").contains("pa55word") && !format!("{e}").contains("5ecret"), "{e}");
+    let e = run(&request("alice:pa55word@host/x"), &c.target).unwrap_err();
+    assert!(!format!("{e} {e:?}").contains("pa55word"), "{e}");
+}
+
+fn trickling() -> Behaviour {
+    // 5 KB/s, in 100-byte pieces.
+    Behaviour { trickle: Some((100, Duration::from_millis(20))), ..ranged() }
+}
+
+#[test]
+fn a_trickling_server_is_resumed_then_failed_clearly() {
+    let c = case();
+    let server = Server::start();
+    let mut req = request(&server.serve("/img", c.image.clone(), trickling()));
+    req.source.min_rate = 100_000;
+    req.source.rate_window = Duration::from_millis(400);
+    req.source.attempts = 2;
+    let e = run(&req, &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ResumeFailed, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("2 attempts to resume failed"), "{msg}");
+    assert!(msg.contains("less than the minimum of 100000 bytes per second"), "{msg}");
+    let seen = server.requests("/img");
+    assert_eq!(seen.len(), 3, "the first GET, then two resumes: {seen:?}");
+    assert!(seen[1].headers.get("range").is_some_and(|r| r.starts_with("bytes=") && r != "bytes=0-"), "{seen:?}");
+}
+
+#[test]
+fn a_steady_but_endless_download_meets_the_deadline() {
+    let c = case();
+    let server = Server::start();
+    let mut req = request(&server.serve("/img", c.image.clone(), trickling()));
+    req.source.min_rate = 0;
+    req.source.deadline = Duration::from_millis(700);
+    let e = run(&req, &c.target).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::DownloadFailed, "{e}");
+    assert!(e.to_string().contains("did not finish within its deadline of 700ms"), "{e}");
+    assert!(untouched(&c.target) || ends_wiped(&c.target));
+}
+
+#[test]
 fn headers_the_downloader_owns_are_refused() {
     let c = case();
     let server = Server::start();

@@ -142,7 +142,8 @@ enum Command {
     /// reboot it by hand.
     #[command(after_help = EXIT_CODES)]
     Deploy(DeployArgs),
-    /// Shows a deployment's status.
+    /// Shows a deployment's status, and the fingerprint of the SSH host key
+    /// the server's rescue system presents.
     #[command(after_help = EXIT_CODES)]
     Status {
         /// Server name.
@@ -518,6 +519,10 @@ async fn status(client: &client::Client, name: &str, follow: bool) -> anyhow::Re
             println!("\r{line:<100}");
         } else {
             println!("{line}");
+        }
+        let server = client.call(Method::GET, &format!("/dedicated/server/{name}"), None).await?;
+        if let Some(fp) = server["sshHostKey"].as_str() {
+            println!("rescue SSH host key: {fp}");
         }
         let _ = started;
         return Ok(match status.as_str() {

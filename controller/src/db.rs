@@ -20,6 +20,8 @@ use crate::lifecycle::{self, Claim, Deployment, Effect, Event, Named, State, Tra
 use crate::model::StoredRequest;
 use crate::power::Power;
 
+mod host_keys;
+
 /// Database errors; the API answers them with 500 (they are bugs or a
 /// broken disk, never the caller's input).
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         // Typed deployment specs, one running deployment per server in the
         // schema, forwarded agent logs.
         M::up_with_hook(include_str!("migrations/02-spec.sql"), crate::model::legacy::migrate_requests),
+        // Rescue's SSH host keys.
+        M::up(include_str!("migrations/03-host-keys.sql")),
         // Agent trust: expected boots, claims, the job's token, stalls.
         M::up(include_str!("migrations/04-agent-trust.sql")),
     ])

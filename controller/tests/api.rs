@@ -876,6 +876,13 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(action(&s.agent(&rescue, Method::POST, "/agent/v1/hello", Some(inventory())).await), "wait");
     let r = s.agent(&rescue, Method::GET, "/agent/v1/rescue", None).await;
     assert_eq!(r.json_body()["sshKeys"], json!(["ssh-ed25519 AAAA"]));
+    // The host key: one per server, the same at every rescue, its
+    // fingerprint in the server view.
+    let key: byoi_wire::ssh::SshHostKey = serde_json::from_value(r.json_body()["hostKey"].clone()).unwrap();
+    let again = s.agent(&rescue, Method::GET, "/agent/v1/rescue", None).await;
+    assert_eq!(again.json_body()["hostKey"], r.json_body()["hostKey"]);
+    let view = s.operator(Method::GET, "/dedicated/server/{serviceName}", None).await;
+    assert_eq!(view.json_body()["sshHostKey"], json!(key.fingerprint()));
     assert_eq!(s.operator(Method::DELETE, byoi, None).await.status, StatusCode::NOT_FOUND);
 
     let unsampled: Vec<_> = known.iter().filter(|r| !s.sampled.contains(*r)).collect();

@@ -209,7 +209,14 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
     assert_eq!(http(&c.addr, "POST", "/agent/v1/result", Some(&t), Some(&done)).1, r#"{"action":"reboot"}"#);
     let out = follower.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with("done: deployed in 12 s"));
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (last, key_line) = out.trim_end().rsplit_once('\n').unwrap();
+    assert!(last.ends_with("done: deployed in 12 s"), "{out}");
+    // The rescue host key's fingerprint, as the server view has it.
+    let (_, view) = http(&c.addr, "GET", "/dedicated/server/web1", Some(&c.token), None);
+    let fp = serde_json::from_str::<Value>(&view).unwrap()["sshHostKey"].as_str().unwrap().to_owned();
+    assert!(fp.starts_with("SHA256:") && fp.len() == 50, "{fp}");
+    assert_eq!(key_line, format!("rescue SSH host key: {fp}"));
     assert!(stdout(&byoi(&c, &["servers"])).starts_with("web1\tlocal\t"));
 
     // An error: `status` exits 1; `cancel` sends the server to rescue.
@@ -224,7 +231,11 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
     assert_eq!(st.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&st.stdout).trim(),
-        "error: Could not download image located: http://img/y.raw (HTTP 404 Not Found) [download-failed]"
+        format!(
+            "error: Could not download image located: http://img/y.raw (HTTP 404 Not Found) [download-failed]\n\
+             rescue SSH host key: {fp}"
+        ),
+        "the same key as before"
     );
     assert_eq!(stdout(&byoi(&c, &["cancel", "web1"])).trim(), "deployment erased; the server boots into rescue");
 

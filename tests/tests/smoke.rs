@@ -101,7 +101,8 @@ fn agent_without_ip_uses_dhcp() {
 }
 
 /// Rescue: after a DELETE the server boots the agent with
-/// `byoi.mode=rescue`; the last deployment's SSH key logs in (dropbear).
+/// `byoi.mode=rescue`; the last deployment's SSH key logs in (dropbear),
+/// to a host key whose fingerprint the controller shows.
 #[test]
 fn rescue_mode_accepts_the_last_deployments_ssh_key() {
     if !e2e_enabled("smoke-rescue") {
@@ -135,10 +136,32 @@ fn rescue_mode_accepts_the_last_deployments_ssh_key() {
     ]);
     let mut vm = TestVm::start(&args, Duration::from_secs(240));
     vm.wait_for("byoi: rescue mode: SSH on port 22 for 1 key(s)", Duration::from_secs(120));
+    // The host key the rescue system presents is the one whose fingerprint
+    // the controller shows; ssh then checks it strictly.
+    let view = http_json(&addr, "GET", "/dedicated/server/vm3", Some(TOKEN), None).1;
+    let fingerprint = view["sshHostKey"].as_str().unwrap_or_else(|| panic!("no sshHostKey: {view}")).to_owned();
+    let known_hosts = dir.path().join("known_hosts");
+    let mut scanned = String::new();
+    for _ in 0..30 {
+        let out = std::process::Command::new("ssh-keyscan")
+            .args(["-T", "10", "-t", "ed25519", "-p", &ssh_port.to_string(), "127.0.0.1"])
+            .output()
+            .unwrap();
+        scanned = String::from_utf8_lossy(&out.stdout).into_owned();
+        if scanned.lines().any(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    std::fs::write(&known_hosts, &scanned).unwrap();
+    let listed = std::process::Command::new("ssh-keygen").arg("-lf").arg(&known_hosts).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains(&fingerprint), "scanned {listed:?}, the controller says {fingerprint}");
+    let known = format!("UserKnownHostsFile={}", known_hosts.display());
     let mut last = String::new();
     for _ in 0..30 {
         let out = std::process::Command::new("ssh")
-            .args(["-i", key.to_str().unwrap(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-i", key.to_str().unwrap(), "-o", "StrictHostKeyChecking=yes", "-o", &known])
             .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", &ssh_port.to_string()])
             .args(["root@127.0.0.1", "echo rescue-ok; cat /proc/cmdline"])
             .output()

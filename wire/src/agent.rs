@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ssh::SshHostKey;
 use crate::{BootMode, DeploySpec, ErrorCode, Stage, Status};
 
 wire_enum! {
@@ -243,7 +244,8 @@ pub struct ActionResponse {
     pub action: Action,
 }
 
-/// Answer to `GET /agent/v1/rescue`: who may log in over SSH.
+/// Answer to `GET /agent/v1/rescue`: who may log in over SSH, and as
+/// whom the server answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -252,6 +254,11 @@ pub struct RescueResponse {
     pub action: Action,
     /// The SSH keys of the server's last deployment that had any.
     pub ssh_keys: Vec<String>,
+    /// The server's SSH host key, the same at every rescue boot (its
+    /// fingerprint is in the operator's server view). A private key: it is
+    /// only as confidential as the agent channel, that is, over HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<SshHostKey>,
 }
 
 #[cfg(test)]

@@ -112,6 +112,7 @@ macro_rules! wire_enum {
 
 pub mod agent;
 pub mod spec;
+pub mod ssh;
 
 wire_enum! {
     /// A stable, machine-readable classification of a deployment failure.

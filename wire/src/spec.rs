@@ -571,11 +571,9 @@ pub fn header(name: &str, value: &str) -> Result<(http::HeaderName, http::Header
 /// character (line feed, carriage return, NUL…) nor Unicode line or
 /// paragraph separator (YAML 1.1 readers, cloud-init's, break lines there).
 pub fn ssh_key(key: &str) -> Result<(), SpecError> {
-    let breaks = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
-    if key.trim().is_empty() || key.len() > MAX_SSH_KEY || key.chars().any(breaks) {
-        return err("Bad sshKey: one public key on one line, as in authorized_keys.");
-    }
-    Ok(())
+    // The rule the rescue agent applies, in OVH-style words.
+    crate::ssh::check_authorized_key(key)
+        .map_err(|_| SpecError("Bad sshKey: one public key on one line, as in authorized_keys.".into()))
 }
 
 /// `efiBootloaderPath` as the firmware's file path: `\`-separated (a `/`

@@ -16,7 +16,8 @@ use crate::task_initramfs::MUSL;
 /// What the tests, the images and the demo use: the oracles and fixture
 /// makers (qemu-img/qemu-io, compressors, openssl, sgdisk, mkfs.vfat,
 /// mtools, cloud-init's readers, fsck), the static build (musl-tools),
-/// depmod, objcopy for unified kernel images, sfdisk, OVMF, ssh.
+/// depmod, objcopy for unified kernel images, sfdisk, OVMF, ssh, dropbear's
+/// tools (the oracle for the rescue host key's file format).
 pub const PACKAGES: &[&str] = &[
     "qemu-utils",
     "cpio",
@@ -39,6 +40,7 @@ pub const PACKAGES: &[&str] = &[
     "binutils",
     "ovmf",
     "openssh-client",
+    "dropbear-bin",
 ];
 
 /// QEMU itself, from bookworm-backports.

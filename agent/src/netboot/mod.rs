@@ -8,3 +8,4 @@ pub mod inventory;
 pub mod jobs;
 pub mod logs;
 pub mod pid1;
+pub mod rescue;

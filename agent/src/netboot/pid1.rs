@@ -16,6 +16,7 @@ use super::client::{Controller, Trust};
 use super::cmdline::{self, Cmdline, Mode};
 use super::dhcp;
 use super::jobs::{self, say, Env, Outcome};
+use super::rescue;
 use crate::ioctl;
 
 /// Runs forever.
@@ -230,26 +231,48 @@ fn configure(
     Ok(())
 }
 
-/// Rescue: SSH (dropbear) with the last deployment's keys, a shell on the
-/// console, heartbeats to the controller.
+/// Rescue: SSH (dropbear) with the last deployment's keys and the
+/// server's own host key, a shell on the console, heartbeats to the
+/// controller.
 fn rescue(ctl: &Controller, env: &Env) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
     mount("devpts", "/dev/pts", "devpts");
-    let keys = match ctl.rescue() {
-        Ok(r) => r.ssh_keys,
+    let (keys, host_key) = match ctl.rescue() {
+        Ok(r) => (r.ssh_keys, r.host_key),
         Err(e) => {
             say(&format!("asking for SSH keys: {e}"));
-            Vec::new()
+            (Vec::new(), None)
         }
     };
-    let authorized: String = keys.iter().map(|k| format!("{k}\n")).collect();
+    let (authorized, refused) = rescue::authorized_keys(&keys);
+    for r in &refused {
+        say(&r.to_string());
+    }
     let ssh = Path::new("/root/.ssh");
     let _ = std::fs::create_dir_all(ssh);
-    let _ = std::fs::write(ssh.join("authorized_keys"), authorized);
-    use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(ssh, std::fs::Permissions::from_mode(0o700));
-    let _ = std::fs::set_permissions(ssh.join("authorized_keys"), std::fs::Permissions::from_mode(0o600));
-    match std::process::Command::new("/usr/sbin/dropbear").args(["-R", "-E", "-F", "-s", "-p", "22"]).spawn() {
-        Ok(_) => say(&format!("rescue mode: SSH on port 22 for {} key(s); a shell on the console", keys.len())),
+    if let Err(e) = write_private(&ssh.join("authorized_keys"), authorized.as_bytes()) {
+        say(&format!("writing authorized_keys: {e}"));
+    }
+    let host_key_path = match &host_key {
+        Some(k) => match write_private(Path::new(rescue::HOST_KEY_PATH), &rescue::dropbear_host_key(k)) {
+            Ok(()) => {
+                say(&format!("SSH host key {}", k.fingerprint()));
+                Some(rescue::HOST_KEY_PATH)
+            }
+            Err(e) => {
+                say(&format!("writing the SSH host key: {e}; dropbear makes one of its own"));
+                None
+            }
+        },
+        None => {
+            say("the controller sent no SSH host key: dropbear makes one of its own");
+            None
+        }
+    };
+    let accepted = keys.len() - refused.len();
+    match std::process::Command::new("/usr/sbin/dropbear").args(rescue::dropbear_args(host_key_path)).spawn() {
+        Ok(_) => say(&format!("rescue mode: SSH on port 22 for {accepted} key(s); a shell on the console")),
         Err(e) => say(&format!("rescue mode: no SSH ({e}); a shell on the console")),
     }
     let _ = std::process::Command::new("/bin/sh").spawn();
@@ -262,6 +285,18 @@ fn rescue(ctl: &Controller, env: &Env) -> Result<(), String> {
         }
         std::thread::sleep(env.tick * 10);
     }
+}
+
+/// Writes a file only root may read (created 0600, never world-readable
+/// for a moment).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(bytes)
 }
 
 /// Why the agent reboots when the controller wants another boot (a new

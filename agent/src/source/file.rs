@@ -12,7 +12,7 @@ use std::thread;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{ChannelReader, Item, Opened, RangeFetch, SourceInfo, DATA_QUEUE_CHUNKS};
+use super::{ChannelReader, Item, Opened, RangeFetch, RedactedUrl, SourceInfo, DATA_QUEUE_CHUNKS};
 use crate::checksum::HashFeeder;
 use crate::error::{DeployError, Result};
 use crate::progress::Progress;
@@ -22,15 +22,16 @@ const CHUNK: usize = 256 << 10;
 
 /// Opens a local file.
 pub(crate) fn open(url: &str, path: PathBuf, hash: Option<HashFeeder>, progress: Arc<Progress>) -> Result<Opened> {
-    let fail = |e: std::io::Error| DeployError::Download { url: url.to_owned(), reason: e.to_string() };
+    let url = RedactedUrl::new(url);
+    let fail = |e: std::io::Error| DeployError::Download { url: url.clone(), reason: e.to_string() };
     let mut file = File::open(&path).map_err(fail)?;
     // Seeking to the end also sizes block devices (metadata says 0).
     let len = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(fail)?;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(fail)?;
-    let ranger = FileRanger { file: file.try_clone().map_err(fail)?, url: url.to_owned() };
+    let ranger = FileRanger { file: file.try_clone().map_err(fail)?, url: url.clone() };
     progress.set_total(Some(len));
     let (tx, rx) = mpsc::channel(DATA_QUEUE_CHUNKS);
-    let url_owned = url.to_owned();
+    let url_owned = url.clone();
     thread::Builder::new()
         .name("byoi-file-read".into())
         .spawn(move || loop {
@@ -63,7 +64,7 @@ pub(crate) fn open(url: &str, path: PathBuf, hash: Option<HashFeeder>, progress:
 
 struct FileRanger {
     file: File,
-    url: String,
+    url: RedactedUrl,
 }
 
 impl RangeFetch for FileRanger {

@@ -3,6 +3,12 @@
 //! roots plus `--ca-file`. Follows redirects, retries with exponential
 //! back-off, and resumes a broken body with a `Range` request guarded by
 //! `If-Range`, so a file that changed on the server is never spliced.
+//!
+//! The image server is not trusted: the operator's headers never follow a
+//! redirect to another origin, HTTPS is never downgraded to HTTP by a
+//! redirect, a server slower than [`SourceOptions::min_rate`] counts as
+//! broken, and the whole download ends by [`SourceOptions::deadline`].
+//! URLs appear in messages only as [`RedactedUrl`]s.
 
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -19,9 +25,9 @@ use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout};
+use tokio::time::{sleep, timeout, Instant};
 
-use super::{ChannelReader, Item, Opened, RangeFetch, SourceInfo, SourceOptions, DATA_QUEUE_CHUNKS};
+use super::{ChannelReader, Item, Opened, RangeFetch, RedactedUrl, SourceInfo, SourceOptions, DATA_QUEUE_CHUNKS};
 use crate::checksum::HashFeeder;
 use crate::error::{DeployError, Result};
 use crate::progress::Progress;
@@ -90,12 +96,51 @@ impl Drop for Runtime {
 struct Ctx {
     client: HttpClient,
     opts: SourceOptions,
+    /// The operator's headers (`httpHeader`): sent to [`Ctx::origin`] only.
     headers: Vec<(HeaderName, HeaderValue)>,
-    /// The URL as the operator gave it without credentials or query
-    /// (presigned URLs carry signatures there), for messages and logs.
-    url: String,
-    /// Scheme and authority of that URL: credentials go to this origin only.
-    origin: (String, String),
+    /// The URL as the operator gave it, for messages and logs.
+    url: RedactedUrl,
+    /// The origin of that URL.
+    origin: Origin,
+    /// When the download must have ended ([`SourceOptions::deadline`]).
+    deadline: Instant,
+}
+
+/// Scheme, host and port (RFC 6454 §4): a redirect elsewhere is
+/// cross-origin, and the operator's headers stay behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of an absolute `http(s)://` URI, default ports made explicit.
+    fn of(u: &Uri) -> Option<Origin> {
+        let scheme = u.scheme_str()?.to_ascii_lowercase();
+        let default = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        let host = u.host()?.to_ascii_lowercase();
+        Some(Origin { scheme, host, port: u.port_u16().unwrap_or(default) })
+    }
+}
+
+/// Whether a redirect from `from` to `to` may be followed: only to HTTP(S),
+/// and never from HTTPS down to plain HTTP (the operator's headers, and the
+/// image's integrity, would travel in the clear). The refusal says why.
+fn check_redirect(from: &Uri, to: &Uri) -> std::result::Result<(), String> {
+    let scheme = |u: &Uri| u.scheme_str().map(str::to_ascii_lowercase);
+    match (scheme(from).as_deref(), scheme(to).as_deref()) {
+        (_, Some("https")) | (Some("http"), Some("http")) => Ok(()),
+        (Some("https"), Some("http")) => {
+            Err(format!("refusing a redirect from HTTPS to plain HTTP ({})", RedactedUrl::new(&to.to_string())))
+        }
+        _ => Err("redirected to a URL that is not HTTP(S)".to_owned()),
+    }
 }
 
 /// Opens an `http://` or `https://` image and starts streaming it.
@@ -105,7 +150,10 @@ pub(crate) fn open(
     hash: Option<HashFeeder>,
     progress: Arc<Progress>,
 ) -> Result<Opened> {
-    let uri: Uri = url.parse().map_err(|e| DeployError::InvalidRequest(format!("invalid URL {url:?}: {e}")))?;
+    let redacted = RedactedUrl::new(url);
+    let uri: Uri = url.parse().map_err(|e| DeployError::InvalidRequest(format!("invalid URL {redacted}: {e}")))?;
+    let origin = Origin::of(&uri)
+        .ok_or_else(|| DeployError::InvalidRequest(format!("invalid URL {redacted}: no http(s) scheme or host")))?;
     let headers = parse_headers(&opts.headers)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -115,9 +163,9 @@ pub(crate) fn open(
         .map_err(|e| DeployError::Internal(format!("starting the HTTP runtime: {e}")))?;
     let rt = Arc::new(Runtime(Some(rt)));
     let client = rt.block_on(async { build_client(opts) })?;
-    let origin =
-        (uri.scheme_str().unwrap_or_default().to_owned(), uri.authority().map(|a| a.to_string()).unwrap_or_default());
-    let ctx = Arc::new(Ctx { client, opts: opts.clone(), headers, url: byoi_wire::spec::redact_url(url), origin });
+    // Capped so that "forever" (a huge --deadline) cannot overflow.
+    let deadline = Instant::now() + opts.deadline.min(std::time::Duration::from_secs(u64::from(u32::MAX)));
+    let ctx = Arc::new(Ctx { client, opts: opts.clone(), headers, url: redacted, origin, deadline });
 
     let (resp, final_uri) = rt.block_on(ctx.request_with_retries(&uri, None))?;
     if resp.status() != StatusCode::OK {
@@ -128,7 +176,7 @@ pub(crate) fn open(
     // Ranges are only trusted with a validator to pin the file's version.
     let ranges = resp.headers().get(header::ACCEPT_RANGES).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"))
         && validators.any().is_some();
-    tracing::info!(url, len, ranges, etag = ?validators.etag, "image found");
+    tracing::info!(url = %ctx.url, len, ranges, etag = ?validators.etag, "image found");
     progress.set_total(len);
 
     let (tx, rx) = mpsc::channel(DATA_QUEUE_CHUNKS);
@@ -235,10 +283,6 @@ fn is_tls_rejection(e: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-fn origin(u: &Uri) -> (Option<&str>, Option<&str>) {
-    (u.scheme_str(), u.authority().map(|a| a.as_str()))
-}
-
 /// Whether a URI reference starts with a scheme (RFC 3986 §3.1).
 fn has_scheme(r: &str) -> bool {
     match r.find(':') {
@@ -291,8 +335,27 @@ impl Ctx {
         DeployError::Download { url: self.url.clone(), reason: reason.into() }
     }
 
-    /// One GET, following redirects. Credentials given with `--header`
-    /// (Authorization, Cookie) are not sent to another origin.
+    /// Time left before the deadline.
+    fn remaining(&self) -> std::time::Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The failure once the deadline has passed.
+    fn deadline_error(&self) -> DeployError {
+        self.download_error(format!(
+            "the download did not finish within its deadline of {:?}, retries included",
+            self.opts.deadline
+        ))
+    }
+
+    /// Sleeps `d`, or until the deadline if that comes first.
+    async fn back_off(&self, d: std::time::Duration) {
+        sleep(d.min(self.remaining())).await;
+    }
+
+    /// One GET, following redirects. The operator's headers go to the
+    /// origin of the operator's URL only (curl drops just `Authorization`
+    /// and `Cookie`; here every one of them may be a secret).
     async fn request(
         &self,
         start: &Uri,
@@ -300,11 +363,14 @@ impl Ctx {
     ) -> Result<(Response<Incoming>, Uri), Failure> {
         let mut uri = start.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let same_origin = origin(&uri) == (Some(self.origin.0.as_str()), Some(self.origin.1.as_str()));
+            if self.remaining().is_zero() {
+                return Err(Failure::Fatal(self.deadline_error()));
+            }
+            let same_origin = Origin::of(&uri).as_ref() == Some(&self.origin);
             let mut req =
                 Request::get(uri.clone()).header(header::USER_AGENT, concat!("byoi-agent/", env!("CARGO_PKG_VERSION")));
-            for (k, v) in &self.headers {
-                if same_origin || (*k != header::AUTHORIZATION && *k != header::COOKIE) {
+            if same_origin {
+                for (k, v) in &self.headers {
                     req = req.header(k, v);
                 }
             }
@@ -312,8 +378,9 @@ impl Ctx {
                 req = req.header(k, v);
             }
             let req = req.body(Empty::new()).map_err(|e| Failure::Fatal(self.download_error(e.to_string())))?;
-            let wait = self.opts.connect_timeout + self.opts.read_timeout;
+            let wait = (self.opts.connect_timeout + self.opts.read_timeout).min(self.remaining());
             let resp = match timeout(wait, self.client.request(req)).await {
+                Err(_) if self.remaining().is_zero() => return Err(Failure::Fatal(self.deadline_error())),
                 Err(_) => return Err(Failure::Transient(format!("no response within {wait:?}"))),
                 Ok(Err(e)) if is_tls_rejection(&e) => return Err(Failure::Fatal(self.download_error(chain(&e)))),
                 Ok(Err(e)) => return Err(Failure::Transient(chain(&e))),
@@ -325,10 +392,12 @@ impl Ctx {
                 let next = loc.and_then(|l| resolve(&uri, l)).ok_or_else(|| {
                     Failure::Fatal(self.download_error(format!("HTTP {status} without a usable Location")))
                 })?;
-                if !matches!(next.scheme_str(), Some("http" | "https")) {
-                    return Err(Failure::Fatal(self.download_error(format!("redirected to {next}, not HTTP(S)"))));
-                }
-                tracing::debug!(from = %uri, to = %next, "following redirect");
+                check_redirect(&uri, &next).map_err(|e| Failure::Fatal(self.download_error(e)))?;
+                tracing::debug!(
+                    from = %RedactedUrl::new(&uri.to_string()),
+                    to = %RedactedUrl::new(&next.to_string()),
+                    "following redirect"
+                );
                 uri = next;
                 continue;
             }
@@ -369,7 +438,7 @@ impl Ctx {
                 }
                 Err(Failure::Transient(reason)) => {
                     tracing::warn!(url = %self.url, attempt, %reason, "request failed; retrying");
-                    sleep(self.opts.backoff(attempt)).await;
+                    self.back_off(self.opts.backoff(attempt)).await;
                 }
             }
         }
@@ -389,19 +458,123 @@ struct Pump {
     progress: Arc<Progress>,
 }
 
+/// The minimum-throughput rule ([`SourceOptions::min_rate`]) for one
+/// response. Only time spent waiting for the server counts: while the disk
+/// or the hasher holds the pump back, the server is not to blame.
+#[derive(Debug)]
+struct RateWatch {
+    /// Least bytes per window; 0 disables the rule.
+    min: u64,
+    window: std::time::Duration,
+    /// Waiting time and bytes in the current window.
+    waited: std::time::Duration,
+    got: u64,
+    /// Bytes of this response so far.
+    total: u64,
+}
+
+impl RateWatch {
+    fn new(opts: &SourceOptions) -> RateWatch {
+        let min = (opts.min_rate as f64 * opts.rate_window.as_secs_f64()) as u64;
+        RateWatch { min, window: opts.rate_window, waited: Default::default(), got: 0, total: 0 }
+    }
+
+    /// How long the next wait may last before the window closes.
+    fn left(&self) -> std::time::Duration {
+        if self.min == 0 {
+            return std::time::Duration::MAX;
+        }
+        self.window.saturating_sub(self.waited)
+    }
+
+    /// Counts a wait that brought `bytes`; when it closes a window below the
+    /// minimum, says so.
+    fn add(&mut self, waited: std::time::Duration, bytes: u64) -> std::result::Result<(), String> {
+        self.got += bytes;
+        self.total += bytes;
+        if self.min == 0 {
+            return Ok(());
+        }
+        self.waited += waited;
+        if self.waited < self.window {
+            return Ok(());
+        }
+        let got = std::mem::take(&mut self.got);
+        self.waited = Default::default();
+        if got < self.min {
+            return Err(format!(
+                "the image server sent {got} bytes in the last {:?}, less than the minimum of {} bytes per second",
+                self.window,
+                self.min as f64 / self.window.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this response has brought a window's worth of bytes: then
+    /// it has proven itself, and a new failure streak may start.
+    fn proven(&self) -> bool {
+        self.total >= self.min.max(1)
+    }
+}
+
+/// What waiting for the next piece of the body gave.
+enum Next {
+    Data(Bytes),
+    /// The body ended (cleanly or not: the caller knows the length).
+    End,
+    /// Worth resuming: silence, a broken connection, too slow.
+    Broken(String),
+    /// The deadline passed.
+    Fatal(DeployError),
+}
+
 impl Pump {
+    /// Waits for the next data frame of `body`, enforcing the read timeout,
+    /// the minimum throughput and the deadline.
+    async fn next(&self, body: &mut Incoming, watch: &mut RateWatch) -> Next {
+        let read_timeout = self.ctx.opts.read_timeout;
+        let silent_since = Instant::now();
+        loop {
+            let silence = silent_since.elapsed();
+            let wait = read_timeout.saturating_sub(silence).min(watch.left()).min(self.ctx.remaining());
+            let started = Instant::now();
+            let got = timeout(wait, body.frame()).await;
+            let waited = started.elapsed();
+            let data = match got {
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(d) if !d.is_empty() => Some(d),
+                    _ => None,
+                },
+                Ok(None) => return Next::End,
+                Ok(Some(Err(e))) => return Next::Broken(chain(&e)),
+                Err(_) if self.ctx.remaining().is_zero() => return Next::Fatal(self.ctx.deadline_error()),
+                Err(_) => None,
+            };
+            let n = data.as_ref().map_or(0, |d| d.len() as u64);
+            if let Err(slow) = watch.add(waited, n) {
+                return Next::Broken(slow);
+            }
+            match data {
+                Some(d) => return Next::Data(d),
+                None if silent_since.elapsed() >= read_timeout => {
+                    return Next::Broken(format!("no data for {read_timeout:?}"))
+                }
+                None => {}
+            }
+        }
+    }
+
     async fn run(self, mut body: Incoming) {
         let mut offset = 0u64;
         let mut streak = 0u32;
-        let read_timeout = self.ctx.opts.read_timeout;
+        let mut watch = RateWatch::new(&self.ctx.opts);
         loop {
-            let mut broken = match timeout(read_timeout, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    if data.is_empty() {
-                        continue;
+            let mut broken = match self.next(&mut body, &mut watch).await {
+                Next::Data(data) => {
+                    if watch.proven() {
+                        streak = 0;
                     }
-                    streak = 0;
                     offset += data.len() as u64;
                     if let Some(h) = &self.hash {
                         h.feed(data.clone()).await;
@@ -412,7 +585,7 @@ impl Pump {
                     }
                     continue;
                 }
-                Ok(None) => match self.len {
+                Next::End => match self.len {
                     Some(len) if offset < len => format!("connection closed after {offset} of {len} bytes"),
                     Some(_) => {
                         let _ = self.tx.send(Item::End).await;
@@ -431,6 +604,7 @@ impl Pump {
                     None => match self.resume(offset).await {
                         Ok(Some(b)) => {
                             body = b;
+                            watch = RateWatch::new(&self.ctx.opts);
                             continue;
                         }
                         Ok(None) => {
@@ -441,8 +615,8 @@ impl Pump {
                         Err(Failure::Fatal(e)) => return self.fail(e).await,
                     },
                 },
-                Ok(Some(Err(e))) => chain(&e),
-                Err(_) => format!("no data for {read_timeout:?}"),
+                Next::Broken(reason) => reason,
+                Next::Fatal(e) => return self.fail(e).await,
             };
             // Resume: back off, then ask for the rest.
             loop {
@@ -452,10 +626,11 @@ impl Pump {
                     return self.fail(DeployError::Resume { url: self.ctx.url.clone(), offset, reason }).await;
                 }
                 tracing::warn!(url = %self.ctx.url, offset, attempt = streak, reason = %broken, "download broke; resuming");
-                sleep(self.ctx.opts.backoff(streak)).await;
+                self.ctx.back_off(self.ctx.opts.backoff(streak)).await;
                 match self.resume(offset).await {
                     Ok(Some(b)) => {
                         body = b;
+                        watch = RateWatch::new(&self.ctx.opts);
                         break;
                     }
                     Ok(None) => {
@@ -463,6 +638,12 @@ impl Pump {
                         return;
                     }
                     Err(Failure::Transient(r)) => broken = r,
+                    // Say why it had to resume: "too slow" matters more
+                    // than "and the server has no Range support".
+                    Err(Failure::Fatal(DeployError::Resume { url, offset, reason })) => {
+                        let reason = format!("{reason} (it broke with: {broken})");
+                        return self.fail(DeployError::Resume { url, offset, reason }).await;
+                    }
                     Err(Failure::Fatal(e)) => return self.fail(e).await,
                 }
             }
@@ -563,17 +744,27 @@ impl HttpRanger {
         };
         let mut body = resp.into_body();
         let mut out = Vec::with_capacity(len as usize);
+        let mut watch = RateWatch::new(&self.ctx.opts);
         loop {
-            match timeout(self.ctx.opts.read_timeout, body.frame()).await {
+            let wait = self.ctx.opts.read_timeout.min(watch.left()).min(self.ctx.remaining());
+            let started = Instant::now();
+            let got = timeout(wait, body.frame()).await;
+            let waited = started.elapsed();
+            match got {
                 Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        out.extend_from_slice(&data);
-                        if out.len() as u64 > len {
-                            return Err(Failure::Fatal(
-                                self.ctx.download_error("the server sent more than the range asked for"),
-                            ));
+                    let n = match frame.into_data() {
+                        Ok(data) => {
+                            out.extend_from_slice(&data);
+                            data.len() as u64
                         }
+                        Err(_) => 0,
+                    };
+                    if out.len() as u64 > len {
+                        return Err(Failure::Fatal(
+                            self.ctx.download_error("the server sent more than the range asked for"),
+                        ));
                     }
+                    watch.add(waited, n).map_err(Failure::Transient)?;
                 }
                 Ok(None) if out.len() as u64 == expected => return Ok(out),
                 Ok(None) => {
@@ -583,7 +774,11 @@ impl HttpRanger {
                     )))
                 }
                 Ok(Some(Err(e))) => return Err(Failure::Transient(chain(&e))),
-                Err(_) => return Err(Failure::Transient("range request timed out".into())),
+                Err(_) if self.ctx.remaining().is_zero() => return Err(Failure::Fatal(self.ctx.deadline_error())),
+                Err(_) if waited >= self.ctx.opts.read_timeout => {
+                    return Err(Failure::Transient("range request timed out".into()))
+                }
+                Err(_) => watch.add(waited, 0).map_err(Failure::Transient)?,
             }
         }
     }
@@ -606,7 +801,7 @@ impl RangeFetch for HttpRanger {
                     }
                     Err(Failure::Transient(r)) => {
                         tracing::warn!(offset, len, attempt, reason = %r, "range request failed; retrying");
-                        sleep(self.ctx.opts.backoff(attempt)).await;
+                        self.ctx.back_off(self.ctx.opts.backoff(attempt)).await;
                     }
                 }
             }
@@ -616,6 +811,8 @@ impl RangeFetch for HttpRanger {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -644,6 +841,50 @@ mod tests {
         assert_eq!(content_range(&h), Some((5, None)));
         h.insert(header::CONTENT_RANGE, HeaderValue::from_static("items 1-2/3"));
         assert_eq!(content_range(&h), None);
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let o = |u: &str| Origin::of(&u.parse().unwrap()).unwrap();
+        assert_eq!(o("http://Host.example/a"), o("http://host.example:80/b?q"));
+        assert_eq!(o("https://u:p@host.example/a"), o("https://host.example:443/"));
+        assert_ne!(o("http://host.example/a"), o("https://host.example/a"));
+        assert_ne!(o("http://host.example/a"), o("http://host.example:8080/a"));
+        assert_ne!(o("http://127.0.0.1/a"), o("http://127.0.0.2/a"));
+        assert!(Origin::of(&"ftp://host/x".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn https_is_never_redirected_down_to_http() {
+        let u = |s: &str| -> Uri { s.parse().unwrap() };
+        assert!(check_redirect(&u("http://a/x"), &u("http://b/y")).is_ok());
+        assert!(check_redirect(&u("http://a/x"), &u("https://b/y")).is_ok());
+        assert!(check_redirect(&u("https://a/x"), &u("https://b/y")).is_ok());
+        let e = check_redirect(&u("https://a/x"), &u("HTTP://u:p@a/y?sig=s3cret")).unwrap_err();
+        assert_eq!(e, "refusing a redirect from HTTPS to plain HTTP (http://a/y?…)");
+        let e = check_redirect(&u("http://a/x"), &u("ftp://a/y")).unwrap_err();
+        assert_eq!(e, "redirected to a URL that is not HTTP(S)");
+    }
+
+    #[test]
+    fn the_rate_rule_counts_waiting_time_per_window() {
+        let opts = SourceOptions { min_rate: 1000, rate_window: Duration::from_secs(10), ..Default::default() };
+        let mut w = RateWatch::new(&opts);
+        assert_eq!(w.left(), Duration::from_secs(10));
+        w.add(Duration::from_secs(4), 6_000).unwrap();
+        assert!(!w.proven());
+        assert_eq!(w.left(), Duration::from_secs(6));
+        w.add(Duration::from_secs(6), 4_000).unwrap();
+        assert!(w.proven(), "10 000 bytes: a window's worth");
+        assert_eq!(w.left(), Duration::from_secs(10), "a new window");
+        w.add(Duration::from_secs(9), 9_000).unwrap();
+        let e = w.add(Duration::from_secs(2), 0).unwrap_err();
+        assert_eq!(
+            e,
+            "the image server sent 9000 bytes in the last 10s, less than the minimum of 1000 bytes per second"
+        );
+        let off = RateWatch::new(&SourceOptions { min_rate: 0, ..opts });
+        assert_eq!(off.left(), Duration::MAX);
     }
 
     #[test]

@@ -33,6 +33,33 @@ pub(crate) enum Item {
     Fail(DeployError),
 }
 
+/// A URL as messages and logs may show it: without credentials
+/// (`user:pass@`), query (presigned URLs carry their signature there) or
+/// fragment, as [`byoi_wire::spec::redact_url`] cuts it. The only form in
+/// which the agent names an image URL in an error, a log line or a report
+/// to the controller (which stores and shows them).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedactedUrl(String);
+
+impl RedactedUrl {
+    /// Redacts `url`.
+    pub fn new(url: &str) -> RedactedUrl {
+        RedactedUrl(byoi_wire::spec::redact_url(url))
+    }
+}
+
+impl std::fmt::Display for RedactedUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for RedactedUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
 /// How to reach the image.
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
@@ -50,11 +77,27 @@ pub struct SourceOptions {
     pub initial_backoff: Duration,
     /// Longest back-off delay.
     pub max_backoff: Duration,
+    /// The least average speed, in bytes per second, over each `rate_window`
+    /// of waiting for the server; slower counts as a broken connection
+    /// (resumed, then failed when resuming does not help). 0: no minimum.
+    pub min_rate: u64,
+    /// How long the speed is averaged over.
+    pub rate_window: Duration,
+    /// How long the whole download may take, retries and resumes included.
+    pub deadline: Duration,
     /// Whether a checksum will be verified: then a resume is allowed even
     /// when the server gives no validator (ETag, Last-Modified), since a
     /// spliced file would fail the checksum.
     pub verified: bool,
 }
+
+/// The default least speed: 1 KiB/s, far below any working image server,
+/// far above one that trickles to keep a deployment `doing` forever.
+pub const DEFAULT_MIN_RATE: u64 = 1024;
+/// The default window the speed is averaged over.
+pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(60);
+/// The default deadline of a whole download: a day.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for SourceOptions {
     fn default() -> Self {
@@ -66,6 +109,9 @@ impl Default for SourceOptions {
             attempts: 8,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            min_rate: DEFAULT_MIN_RATE,
+            rate_window: DEFAULT_RATE_WINDOW,
+            deadline: DEFAULT_DEADLINE,
             verified: false,
         }
     }
@@ -116,9 +162,16 @@ pub fn open(url: &str, opts: &SourceOptions, hash: Option<HashFeeder>, progress:
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("http" | "https") => http::open(url, opts, hash, progress),
-        _ => {
-            Err(DeployError::InvalidRequest(format!("unsupported URL {url:?}: expected http://, https:// or file://")))
+        Some(other) if other.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) => {
+            Err(DeployError::InvalidRequest(format!(
+                "unsupported URL scheme {other}: expected http://, https:// or file://"
+            )))
         }
+        // Without a scheme there is no telling credentials from a host:
+        // name nothing of it.
+        _ => Err(DeployError::InvalidRequest(
+            "the image URL has no valid scheme: expected http://, https:// or file://".into(),
+        )),
     }
 }
 
@@ -179,6 +232,31 @@ mod tests {
         let got: Vec<_> = (1..=5).map(|a| o.backoff(a).as_millis()).collect();
         assert_eq!(got, [100, 200, 400, 500, 500]);
         assert_eq!(o.backoff(200), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn errors_show_urls_redacted_in_display_and_debug() {
+        let secret = "https://alice:pa55word@s3.example:8443/b/img.qcow2?X-Amz-Signature=5ecret#fr4g";
+        let url = RedactedUrl::new(secret);
+        assert_eq!(url.to_string(), "https://s3.example:8443/b/img.qcow2?…");
+        let errors = [
+            DeployError::Download { url: url.clone(), reason: "HTTP 404 Not Found".into() },
+            DeployError::Resume { url: url.clone(), offset: 7, reason: "no Range".into() },
+        ];
+        for e in errors {
+            let shown = format!("{e} {e:?}");
+            assert!(shown.contains("https://s3.example:8443/b/img.qcow2"), "{shown}");
+            for s in ["alice", "pa55word", "5ecret", "X-Amz", "fr4g"] {
+                assert!(!shown.contains(s), "{s} in {shown}");
+            }
+        }
+        let progress = Arc::new(Progress::default());
+        for bad in ["ftp://alice:pa55word@h/x?X-Amz-Signature=5ecret", "alice:pa55word@h/x", "x?://pa55word"] {
+            let e = open(bad, &SourceOptions::default(), None, progress.clone()).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("pa55word") && !shown.contains("5ecret"), "{shown}");
+            assert_eq!(e.code(), byoi_wire::ErrorCode::InvalidRequest);
+        }
     }
 
     #[test]

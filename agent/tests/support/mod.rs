@@ -36,6 +36,9 @@ pub struct Behaviour {
     pub no_length: bool,
     /// After the first response, serve this content (with `etag2`).
     pub then_serve: Option<(Arc<Vec<u8>>, String)>,
+    /// Send the body this many bytes at a time, pausing this long between
+    /// pieces (a server that trickles to keep a download alive).
+    pub trickle: Option<(usize, std::time::Duration)>,
 }
 
 struct Entry {
@@ -161,7 +164,9 @@ fn handle(
     }
     let head = String::from_utf8_lossy(&head).into_owned();
     let mut lines = head.split("\r\n");
-    let path = lines.next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/").to_owned();
+    // Served by path; the query (a presigned URL's signature) is ignored.
+    let target = lines.next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or(target).to_owned();
     let mut headers = HashMap::new();
     for h in lines {
         if let Some((k, v)) = h.split_once(':') {
@@ -253,7 +258,16 @@ fn handle(
             // An abrupt close, as a dropped connection would look.
             return Ok(());
         }
-        _ => out.write_all(body)?,
+        _ => match b.trickle {
+            Some((piece, pause)) => {
+                for p in body.chunks(piece) {
+                    out.write_all(p)?;
+                    out.flush()?;
+                    thread::sleep(pause);
+                }
+            }
+            None => out.write_all(body)?,
+        },
     }
     out.flush()
 }

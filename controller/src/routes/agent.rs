@@ -11,7 +11,7 @@
 //! (netboot again) before the body is read.
 //! **What it reveals:** to the claimant only, the running job (the image
 //! URL, headers and user data it needs), once; in rescue, the SSH keys of
-//! the server's last deployment.
+//! the server's last deployment and the server's SSH host key.
 
 use std::net::SocketAddr;
 
@@ -299,7 +299,7 @@ async fn keep_logs(app: &AppState, agent: &Agent, deployment: i64, logs: Vec<Log
 /// Who may log in to the rescue agent over SSH.
 #[utoipa::path(get, path = "/agent/v1/rescue", tag = "agent", security(("agentToken" = [])),
     responses(
-        (status = 200, description = "The SSH keys of the last deployment that had any", body = RescueResponse),
+        (status = 200, description = "The SSH keys of the last deployment that had any, and the server's SSH host key (confidential only over HTTPS)", body = RescueResponse),
         (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
         (status = 403, description = "Not the agent that claimed this boot: nothing changes", body = AgentErrorBody),
         (status = 404, description = "The server is gone", body = AgentErrorBody),
@@ -318,7 +318,8 @@ async fn rescue(State(app): State<AppState>, agent: Agent) -> Answer<RescueRespo
         Reply::Action(a) => a,
         _ => Action::Wait,
     };
-    Ok(axum::Json(RescueResponse { action, ssh_keys }))
+    let host_key = app.db.ssh_host_key(&agent.server).await?;
+    Ok(axum::Json(RescueResponse { action, ssh_keys, host_key }))
 }
 
 #[cfg(test)]

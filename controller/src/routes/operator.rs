@@ -207,6 +207,11 @@ pub struct ServerView {
     pub created_at: String,
     /// Its deployments, newest first.
     pub deployments: Vec<HistoryEntry>,
+    /// The fingerprint (`SHA256:…`, as `ssh` prints it) of the SSH host key
+    /// its rescue system presents (made at registration; for a server
+    /// registered before byoi had host keys, on first use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }
 
 impl ServerView {
@@ -228,6 +233,7 @@ impl ServerView {
                     current: d.current,
                 })
                 .collect(),
+            ssh_host_key: None,
         }
     }
 }
@@ -377,7 +383,12 @@ async fn add(
         created_at: db::now(),
     };
     match app.db.add_server(row.clone()).await? {
-        Ok(()) => Ok((StatusCode::CREATED, axum::Json(ServerView::of(&row, &[])))),
+        Ok(()) => {
+            // The rescue host key is made now, so its fingerprint is known
+            // before the first rescue boot.
+            let ssh_host_key = app.db.ssh_host_key(&row.name).await?.map(|k| k.fingerprint());
+            Ok((StatusCode::CREATED, axum::Json(ServerView { ssh_host_key, ..ServerView::of(&row, &[]) })))
+        }
         Err(conflict) => Err(AppError::Conflict(conflict)),
     }
 }
@@ -398,7 +409,8 @@ async fn show(
 ) -> Result<axum::Json<ServerView>, AppError> {
     let s = server(&app, &name).await?;
     let history = app.db.history(&name).await?;
-    Ok(axum::Json(ServerView::of(&s, &history)))
+    let ssh_host_key = app.db.ssh_host_key(&name).await?.map(|k| k.fingerprint());
+    Ok(axum::Json(ServerView { ssh_host_key, ..ServerView::of(&s, &history) }))
 }
 
 /// What the server's agent found: firmware, memory, disk groups, NICs.
