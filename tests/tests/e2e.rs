@@ -76,7 +76,7 @@ fn expect_configdrive(vm: &mut TestVm, hostname: &str) {
 fn boot_path(server: &str) -> &'static str {
     let log = controller_log();
     let ended = log.find(&format!("deployment ended server={server} ")).expect("the deployment ended in the log");
-    if log[ended..].contains(&format!("served boot script server={server} target=local")) {
+    if log[ended..].contains(&format!("served the local boot script server={server} ")) {
         "netboot → local script"
     } else {
         "BootNext"
