@@ -70,9 +70,9 @@ fn retrying<T>(env: &Env, what: &str, mut f: impl FnMut() -> Result<T, ClientErr
     }
 }
 
-/// Talks to the controller until a deployment succeeds (→ reboot) or the
-/// token is refused.
-pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
+/// Says hello with the machine's inventory, retrying while the controller
+/// is unreachable: the first hello of a boot claims it, in either mode.
+pub fn hello(ctl: &Controller, env: &Env) -> Result<Action, ClientError> {
     let inv = inventory::gather(&env.sys, &env.proc);
     say(&format!(
         "{} firmware, {} MiB memory, {} disk(s), {} NIC(s)",
@@ -82,7 +82,13 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
         inv.nics.len()
     ));
     let hello = Hello { inventory: inv, version: env!("CARGO_PKG_VERSION").into() };
-    if let Err(ClientError::Unauthorized { .. }) | Ok(Action::Reboot) = retrying(env, "hello", || ctl.hello(&hello)) {
+    retrying(env, "hello", || ctl.hello(&hello))
+}
+
+/// Talks to the controller until a deployment succeeds (→ reboot) or the
+/// token is refused.
+pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
+    if let Err(ClientError::Unauthorized { .. }) | Ok(Action::Reboot) = hello(ctl, env) {
         return Outcome::Netboot;
     }
     let mut waiting_said = false;

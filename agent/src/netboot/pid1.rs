@@ -12,7 +12,7 @@ use byoi_initramfs::kmod::{module_name, Aliases, ModulesDep};
 
 use byoi_wire::agent::{Action, Heartbeat};
 
-use super::client::{Controller, Trust};
+use super::client::{ClientError, Controller, Trust};
 use super::cmdline::{self, Cmdline, Mode};
 use super::dhcp;
 use super::jobs::{self, say, Env, Outcome};
@@ -237,6 +237,12 @@ fn configure(
 fn rescue(ctl: &Controller, env: &Env) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     mount("devpts", "/dev/pts", "devpts");
+    // The first hello claims the rescue boot; the keys are the claimant's.
+    match jobs::hello(ctl, env) {
+        Err(ClientError::Unauthorized { .. }) | Ok(Action::Reboot) => reboot(NETBOOT_AGAIN),
+        Err(e) => say(&format!("hello: {e}")),
+        Ok(_) => {}
+    }
     let (keys, host_key) = match ctl.rescue() {
         Ok(r) => (r.ssh_keys, r.host_key),
         Err(e) => {
@@ -280,6 +286,9 @@ fn rescue(ctl: &Controller, env: &Env) -> Result<(), String> {
         match ctl.heartbeat(&Heartbeat::default()) {
             // A deployment was posted for this server: go and run it.
             Ok(Action::Reboot) => reboot(NETBOOT_AGAIN),
+            // The boot is over (a deployment was posted, or another agent
+            // claimed it): netboot into whatever comes next.
+            Err(ClientError::Unauthorized { .. }) => reboot(NETBOOT_AGAIN),
             Ok(_) => {}
             Err(e) => say(&format!("heartbeat: {e}")),
         }
