@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use byoi_testbed::{FileServer, Qemu, TimedChild};
+use byoi_testbed::{private_ca, FileServer, Qemu, TimedChild};
 pub use byoi_testbed::{Firmware, Machine, OVMF_CODE, OVMF_VARS};
 
 /// Whether the QEMU suites should run.
@@ -231,10 +231,8 @@ pub struct TlsController {
 pub fn controller_tls(data: &Path, token: &str) -> TlsController {
     let pki = data.join("pki");
     let served = data.join("artifacts");
-    for d in [&pki, &served] {
-        std::fs::create_dir_all(d).expect("data directory");
-    }
-    let (ca, cert, key) = private_ca(&pki);
+    std::fs::create_dir_all(&served).expect("data directory");
+    let (ca, cert, key) = private_ca(&pki, "IP:10.0.2.2,IP:127.0.0.1").expect("openssl");
     std::fs::copy(artifacts().join("vmlinuz"), served.join("vmlinuz")).expect("run `cargo xtask initramfs` first");
     let initramfs = std::fs::read(artifacts().join("initramfs.img")).expect("run `cargo xtask initramfs` first");
     let pem = std::fs::read(&ca).expect("CA");
@@ -260,48 +258,6 @@ fn with_ca(pem: &[u8], initramfs: &[u8]) -> Vec<u8> {
     a.write(&mut out).expect("writing to memory");
     out.extend_from_slice(initramfs);
     out
-}
-
-/// A CA (`ca.pem`) and, signed by it, a certificate for 10.0.2.2 and
-/// 127.0.0.1 (`cert.pem`, `key.pem`) in `dir`, made by openssl.
-fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(
-        &[
-            &["req", "-x509", "-days", "2", "-subj", "/CN=byoi e2e CA"][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", "ca.pem"],
-        ]
-        .concat(),
-    );
-    openssl(&[&["req", "-subj", "/CN=10.0.2.2"][..], &ec, &["-keyout", "key.pem", "-out", "req.pem"]].concat());
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:10.0.2.2,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
-    )
-    .expect("ext.cnf");
-    openssl(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-CAcreateserial",
-        "-in",
-        "req.pem",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "cert.pem",
-    ]);
-    (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
 }
 
 /// [`http_json`] over HTTPS to `addr` (`127.0.0.1:PORT`), trusting only
