@@ -284,23 +284,7 @@ pub fn https_json(
     let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
     let tcp = std::net::TcpStream::connect(addr).expect("connect");
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("HTTPS request");
-    let mut raw = Vec::new();
-    // A peer that closes without close_notify ends the read with an
-    // error; the answer read so far is still whole.
-    let _ = s.read_to_end(&mut raw);
-    let resp = String::from_utf8_lossy(&raw).into_owned();
-    let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let text = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    json_exchange(rustls::StreamOwned::new(conn, tcp), addr, method, path, token, body)
 }
 
 /// One HTTP/1.1 JSON request; returns (status, JSON body or a string).
@@ -311,16 +295,32 @@ pub fn http_json(
     token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let s = std::net::TcpStream::connect(addr).expect("connect");
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    json_exchange(s, addr, method, path, token, body)
+}
+
+/// One HTTP/1.1 JSON request to `addr` on `s`, which is closed after it;
+/// returns (status, JSON body or a string), status 0 when no answer came.
+fn json_exchange(
+    mut s: impl Read + Write,
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let _ = write!(
+    write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    );
+    )
+    .expect("sending the request");
     let mut raw = Vec::new();
+    // A peer that closes without close_notify (TLS) ends the read with an
+    // error; the answer read so far is still whole.
     let _ = s.read_to_end(&mut raw);
     let resp = String::from_utf8_lossy(&raw).into_owned();
     let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
