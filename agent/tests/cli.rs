@@ -4,9 +4,9 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::{Command, Output};
 
+use byoi_testbed::private_ca;
 use byoi_wire::{ErrorCode, Event, Status};
 use support::ova::{ovf, tar, Disk, Mf};
 use support::{assert_prefix_eq, disk_image, junk_target, qemu_raw, run, Behaviour, Server};
@@ -132,46 +132,10 @@ fn ova_disk_choice() {
     assert_prefix_eq(&target, &qemu_raw(&d.join("data.vmdk"), d), "--ova-disk data");
 }
 
-/// A CA, and a server certificate for localhost signed by it: returns
-/// (CA cert, server cert, server key).
-fn make_certs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let p = |n: &str| dir.join(n);
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(Command::new("openssl")
-        .args(["req", "-x509", "-days", "2", "-subj", "/CN=byoi test CA"])
-        .args(ec)
-        .arg("-keyout")
-        .arg(p("ca.key"))
-        .arg("-out")
-        .arg(p("ca.pem")));
-    run(Command::new("openssl")
-        .args(["req", "-subj", "/CN=localhost"])
-        .args(ec)
-        .arg("-keyout")
-        .arg(p("key.pem"))
-        .arg("-out")
-        .arg(p("req.pem")));
-    std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")
-        .unwrap();
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-        .arg("-in")
-        .arg(p("req.pem"))
-        .arg("-CA")
-        .arg(p("ca.pem"))
-        .arg("-CAkey")
-        .arg(p("ca.key"))
-        .arg("-extfile")
-        .arg(p("ext.cnf"))
-        .arg("-out")
-        .arg(p("cert.pem")));
-    (p("ca.pem"), p("cert.pem"), p("key.pem"))
-}
-
 #[test]
 fn https_with_ca_file_and_refusal_without() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certs(dir.path());
+    let (ca, cert, key) = private_ca(dir.path(), "DNS:localhost,IP:127.0.0.1").unwrap();
     let server = Server::start_tls(&cert, &key);
     let image = disk_image(3 << 20, 4);
     let url = server.serve("/img", image.clone(), Behaviour { ranges: true, ..Default::default() });
@@ -192,7 +156,7 @@ fn https_with_ca_file_and_refusal_without() {
 #[test]
 fn an_https_image_is_never_fetched_over_plain_http() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certs(dir.path());
+    let (ca, cert, key) = private_ca(dir.path(), "DNS:localhost,IP:127.0.0.1").unwrap();
     let plain = Server::start();
     let plain_url = plain.serve("/img", disk_image(3 << 20, 4), Behaviour::default());
     let tls = Server::start_tls(&cert, &key);

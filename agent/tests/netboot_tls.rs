@@ -7,70 +7,35 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use byoi_agent::netboot::client::{ClientError, Controller, Trust};
+use byoi_testbed::private_ca;
 use byoi_wire::agent::Action;
-use support::{run, Behaviour, Server};
+use support::{Behaviour, Server};
 
-/// A CA (`NAME-ca.pem`) and, signed by it, a certificate for localhost
-/// (`NAME-cert.pem`, `NAME-key.pem`) in `dir`, made by openssl.
-fn private_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let p = |what: &str| dir.join(format!("{name}-{what}"));
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(Command::new("openssl")
-        .args(["req", "-x509", "-days", "2", "-subj", &format!("/CN={name} test CA")])
-        .args(ec)
-        .arg("-keyout")
-        .arg(p("ca.key"))
-        .arg("-out")
-        .arg(p("ca.pem")));
-    run(Command::new("openssl")
-        .args(["req", "-subj", "/CN=localhost"])
-        .args(ec)
-        .arg("-keyout")
-        .arg(p("key.pem"))
-        .arg("-out")
-        .arg(p("req.pem")));
-    std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\n").unwrap();
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-        .arg("-in")
-        .arg(p("req.pem"))
-        .arg("-CA")
-        .arg(p("ca.pem"))
-        .arg("-CAkey")
-        .arg(p("ca.key"))
-        .arg("-extfile")
-        .arg(p("ext.cnf"))
-        .arg("-out")
-        .arg(p("cert.pem")));
-    (p("ca.pem"), p("cert.pem"), p("key.pem"))
-}
-
-/// A controller stand-in over HTTPS with `NAME`'s certificate, answering
-/// `GET /agent/v1/job` with "wait"; returns its base URL.
-fn controller(dir: &Path, name: &str) -> (Server, String) {
-    let (_, cert, key) = private_ca(dir, name);
+/// A controller stand-in over HTTPS with a certificate for localhost from
+/// a CA made in `dir`, answering `GET /agent/v1/job` with "wait"; returns
+/// it, its base URL and the CA.
+fn controller(dir: &Path) -> (Server, String, PathBuf) {
+    let (ca, cert, key) = private_ca(dir, "DNS:localhost").unwrap();
     let server = Server::start_tls(&cert, &key);
     let job = br#"{"action":"wait","job":null}"#.to_vec();
     let url = server.serve("/agent/v1/job", job, Behaviour::default());
     let base = url.strip_suffix("/agent/v1/job").unwrap().to_owned();
-    (server, base)
+    (server, base, ca)
 }
 
 #[test]
 fn the_client_trusts_a_controller_signed_by_the_ca_file_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
-    let (_ours, base) = controller(dir.path(), "ours");
-    let ca = dir.path().join("ours-ca.pem");
+    let (_ours, base, ca) = controller(&dir.path().join("ours"));
 
     let ctl = Controller::with_trust(&base, "t", Trust::CaFile(ca.clone())).unwrap();
     assert_eq!(ctl.job().unwrap().action, Action::Wait);
     assert_eq!(ctl.ca_file(), Some(ca.as_path()));
 
     // Another CA's file: refused, naming what was trusted.
-    let (theirs, _, _) = private_ca(dir.path(), "theirs");
+    let (theirs, _, _) = private_ca(&dir.path().join("theirs"), "DNS:localhost").unwrap();
     let ctl = Controller::with_trust(&base, "t", Trust::CaFile(theirs.clone())).unwrap();
     let e = ctl.job().unwrap_err();
     assert!(matches!(&e, ClientError::Untrusted { trust: Trust::CaFile(p), .. } if *p == theirs), "{e:?}");

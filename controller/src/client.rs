@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use byoi_wire::tls::unknown_issuer;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -228,22 +229,6 @@ fn ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
         return Err(Error::CaFileEmpty { path: path.to_owned() });
     }
     Ok(certs)
-}
-
-/// Whether a connection failed because no root vouches for the server's
-/// certificate. rustls's error travels inside `io::Error`s (two, through
-/// tokio-rustls and hyper-rustls), whose `source()` skips what they wrap,
-/// so each is opened with `get_ref()`.
-fn unknown_issuer(e: &(dyn std::error::Error + 'static)) -> bool {
-    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) = e.downcast_ref() {
-        return true;
-    }
-    if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-        if unknown_issuer(inner) {
-            return true;
-        }
-    }
-    e.source().is_some_and(unknown_issuer)
 }
 
 /// What the controller did about a server's power after a `POST` or

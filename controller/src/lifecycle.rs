@@ -468,6 +468,8 @@ fn agent(
             _ if *status == Status::Done => Reply::Action(Action::Abort),
             _ => Reply::Action(idle(elsewhere)),
         },
+        // The SSH keys and the host key are for a rescue boot only.
+        AgentCall::Rescue if mode != BootTarget::Rescue => Reply::Refused("this is not a rescue boot".to_owned()),
         AgentCall::Rescue => Reply::Action(Action::Wait),
     };
     if running.is_some() && !matches!(call, AgentCall::Rescue) && !matches!(reply, Reply::Refused(_)) {
@@ -999,6 +1001,15 @@ mod tests {
                 event: agent(Rescue, AgentCall::Rescue),
                 after: in_rescue.clone(),
                 reply: Reply::Action(Action::Wait),
+                effects: vec![],
+            },
+            // A deploy token gets no rescue keys.
+            Row {
+                doc: rescue,
+                before: running(),
+                event: agent(Deploy, AgentCall::Rescue),
+                after: running(),
+                reply: Reply::Refused("this is not a rescue boot".into()),
                 effects: vec![],
             },
             // A rescue token gets no job, even while one runs.

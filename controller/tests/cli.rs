@@ -282,76 +282,18 @@ fn deploy_an_ova_disk_from_the_cli() {
     );
 }
 
-/// A private CA (`ca.pem`) and, signed by it, a certificate for localhost
-/// and 127.0.0.1 (`cert.pem`, `key.pem`) in `d`, made by openssl.
-fn private_ca(d: &Path) {
-    let ossl = |args: &[&str]| {
-        assert!(Command::new("openssl").args(args).current_dir(d).output().unwrap().status.success(), "{args:?}")
-    };
-    ossl(&[
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    ossl(&[
-        "req",
-        "-subj",
-        "/CN=localhost",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "req.pem",
-    ]);
-    std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    ossl(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-in",
-        "req.pem",
-        "-CA",
-        "ca.pem",
-        "-CAcreateserial",
-        "-CAkey",
-        "ca.key",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "cert.pem",
-    ]);
-}
-
 #[test]
 fn serve_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    private_ca(d);
-    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    let (ca, cert, key) = byoi_testbed::private_ca(d, "DNS:localhost,IP:127.0.0.1").unwrap();
     let tls =
         [std::ffi::OsStr::new("--tls-cert"), cert.as_os_str(), std::ffi::OsStr::new("--tls-key"), key.as_os_str()];
     let c = start_with(&d.join("data"), &tls, "https");
     let port = c.addr.rsplit(':').next().unwrap();
     let out = Command::new("curl")
         .args(["-sS", "--cacert"])
-        .arg(d.join("ca.pem"))
+        .arg(&ca)
         .args([
             "-H",
             &format!("Authorization: Bearer {}", c.token),
@@ -363,7 +305,6 @@ fn serve_over_tls() {
 
     // The CLI trusts the private CA given with --ca-file, on top of the web PKI.
     let url = format!("https://127.0.0.1:{port}");
-    let ca = d.join("ca.pem");
     let ca = ca.to_str().unwrap();
     stdout(&byoi_at(&url, &c.token, &["server", "add", "tls1", "--mac", "52:54:00:aa:bb:10", "--ca-file", ca]));
     assert!(stdout(&byoi_at(&url, &c.token, &["servers", "--ca-file", ca])).starts_with("tls1\tlocal\t"));
@@ -375,7 +316,7 @@ fn serve_over_tls() {
     let missing = d.join("nowhere.pem");
     let err = stderr(&byoi_at(&url, &c.token, &["servers", "--ca-file", missing.to_str().unwrap()]), 2, &c.token);
     assert!(err.contains(&format!("reading the CA file {}", missing.display())), "{err}");
-    let no_cert = d.join("key.pem");
+    let no_cert = key.as_path();
     let err = stderr(&byoi_at(&url, &c.token, &["servers", "--ca-file", no_cert.to_str().unwrap()]), 2, &c.token);
     assert!(err.contains(&format!("the CA file {} holds no certificate", no_cert.display())), "{err}");
     let broken = d.join("broken.pem");

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use byoi_testbed::{FileServer, Qemu, TimedChild};
+use byoi_testbed::{private_ca, FileServer, Qemu, TimedChild};
 pub use byoi_testbed::{Firmware, Machine, OVMF_CODE, OVMF_VARS};
 
 /// Whether the QEMU suites should run.
@@ -231,10 +231,8 @@ pub struct TlsController {
 pub fn controller_tls(data: &Path, token: &str) -> TlsController {
     let pki = data.join("pki");
     let served = data.join("artifacts");
-    for d in [&pki, &served] {
-        std::fs::create_dir_all(d).expect("data directory");
-    }
-    let (ca, cert, key) = private_ca(&pki);
+    std::fs::create_dir_all(&served).expect("data directory");
+    let (ca, cert, key) = private_ca(&pki, "IP:10.0.2.2,IP:127.0.0.1").expect("openssl");
     std::fs::copy(artifacts().join("vmlinuz"), served.join("vmlinuz")).expect("run `cargo xtask initramfs` first");
     let initramfs = std::fs::read(artifacts().join("initramfs.img")).expect("run `cargo xtask initramfs` first");
     let pem = std::fs::read(&ca).expect("CA");
@@ -262,48 +260,6 @@ fn with_ca(pem: &[u8], initramfs: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A CA (`ca.pem`) and, signed by it, a certificate for 10.0.2.2 and
-/// 127.0.0.1 (`cert.pem`, `key.pem`) in `dir`, made by openssl.
-fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(
-        &[
-            &["req", "-x509", "-days", "2", "-subj", "/CN=byoi e2e CA"][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", "ca.pem"],
-        ]
-        .concat(),
-    );
-    openssl(&[&["req", "-subj", "/CN=10.0.2.2"][..], &ec, &["-keyout", "key.pem", "-out", "req.pem"]].concat());
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:10.0.2.2,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
-    )
-    .expect("ext.cnf");
-    openssl(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-CAcreateserial",
-        "-in",
-        "req.pem",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "cert.pem",
-    ]);
-    (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
-}
-
 /// [`http_json`] over HTTPS to `addr` (`127.0.0.1:PORT`), trusting only
 /// the CA `ca`.
 pub fn https_json(
@@ -328,23 +284,7 @@ pub fn https_json(
     let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
     let tcp = std::net::TcpStream::connect(addr).expect("connect");
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("HTTPS request");
-    let mut raw = Vec::new();
-    // A peer that closes without close_notify ends the read with an
-    // error; the answer read so far is still whole.
-    let _ = s.read_to_end(&mut raw);
-    let resp = String::from_utf8_lossy(&raw).into_owned();
-    let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let text = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    json_exchange(rustls::StreamOwned::new(conn, tcp), addr, method, path, token, body)
 }
 
 /// One HTTP/1.1 JSON request; returns (status, JSON body or a string).
@@ -355,16 +295,32 @@ pub fn http_json(
     token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let s = std::net::TcpStream::connect(addr).expect("connect");
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    json_exchange(s, addr, method, path, token, body)
+}
+
+/// One HTTP/1.1 JSON request to `addr` on `s`, which is closed after it;
+/// returns (status, JSON body or a string), status 0 when no answer came.
+fn json_exchange(
+    mut s: impl Read + Write,
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let _ = write!(
+    write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    );
+    )
+    .expect("sending the request");
     let mut raw = Vec::new();
+    // A peer that closes without close_notify (TLS) ends the read with an
+    // error; the answer read so far is still whole.
     let _ = s.read_to_end(&mut raw);
     let resp = String::from_utf8_lossy(&raw).into_owned();
     let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

@@ -113,6 +113,8 @@ macro_rules! wire_enum {
 pub mod agent;
 pub mod spec;
 pub mod ssh;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 wire_enum! {
     /// A stable, machine-readable classification of a deployment failure.

@@ -34,7 +34,35 @@ pub fn ssh_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// The 32 bytes that `hex`, 64 hexadecimal digits, spells.
+const fn hex32(hex: &str) -> [u8; 32] {
+    const fn nibble(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => panic!("not a lowercase hexadecimal digit"),
+        }
+    }
+    let b = hex.as_bytes();
+    assert!(b.len() == 64, "not 64 hexadecimal digits");
+    let mut out = [0; 32];
+    let mut i = 0;
+    while i < 32 {
+        out[i] = nibble(b[2 * i]) << 4 | nibble(b[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
+
 impl SshHostKey {
+    /// RFC 8032 §7.1, test 1: a published seed and its public key, for
+    /// tests. Never a real server's key: everyone has its seed.
+    #[doc(hidden)]
+    pub const RFC8032_TEST_1: SshHostKey = SshHostKey {
+        seed: hex32("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"),
+        public: hex32("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"),
+    };
+
     /// The public key blob (RFC 8709 §4).
     pub fn public_blob(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(51);
@@ -152,21 +180,9 @@ pub fn check_authorized_key(key: &str) -> Result<(), AuthorizedKeyError> {
 mod tests {
     use super::*;
 
-    /// RFC 8032 §7.1, test 1.
-    fn rfc8032_key() -> SshHostKey {
-        let hex = |s: &str| -> [u8; 32] {
-            let v: Vec<u8> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
-            v.try_into().unwrap()
-        };
-        SshHostKey {
-            seed: hex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"),
-            public: hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"),
-        }
-    }
-
     #[test]
     fn public_forms_follow_rfc_8709() {
-        let k = rfc8032_key();
+        let k = SshHostKey::RFC8032_TEST_1;
         let blob = k.public_blob();
         assert_eq!(&blob[..4], &[0, 0, 0, 11]);
         assert_eq!(&blob[4..15], b"ssh-ed25519");
@@ -179,10 +195,11 @@ mod tests {
 
     #[test]
     fn json_round_trips_and_debug_hides_the_seed() {
-        let k = rfc8032_key();
+        let k = SshHostKey::RFC8032_TEST_1;
         let v = serde_json::to_value(&k).unwrap();
         assert_eq!(v["type"], "ssh-ed25519");
         assert_eq!(v["seed"], "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=");
+        assert_eq!(v["public"], "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=");
         assert_eq!(serde_json::from_value::<SshHostKey>(v).unwrap(), k);
         let debug = format!("{k:?}");
         assert!(debug.contains(&k.fingerprint()) && !debug.contains("seed"), "{debug}");

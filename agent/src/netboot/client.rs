@@ -16,6 +16,7 @@ use std::time::Duration;
 use byoi_wire::agent::{
     Action, ActionResponse, Heartbeat, Hello, JobResponse, ProgressReport, RescueResponse, ResultReport,
 };
+use byoi_wire::tls::unknown_issuer;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -122,22 +123,6 @@ impl std::fmt::Display for Trust {
             Trust::CaFile(path) => write!(f, "the CAs of {}", path.display()),
         }
     }
-}
-
-/// Whether a connection failed because no trusted CA signed the server's
-/// certificate. rustls's error travels inside `io::Error`s (through
-/// tokio-rustls and hyper-rustls), whose `source()` skips what they wrap,
-/// so each is opened with `get_ref()`.
-fn unknown_issuer(e: &(dyn std::error::Error + 'static)) -> bool {
-    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) = e.downcast_ref() {
-        return true;
-    }
-    if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-        if unknown_issuer(inner) {
-            return true;
-        }
-    }
-    e.source().is_some_and(unknown_issuer)
 }
 
 /// A connection to the controller.

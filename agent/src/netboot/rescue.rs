@@ -73,18 +73,6 @@ mod tests {
 
     use super::*;
 
-    /// RFC 8032 §7.1, test 1: a seed and its public key.
-    fn key() -> SshHostKey {
-        let hex = |s: &str| -> [u8; 32] {
-            let v: Vec<u8> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
-            v.try_into().unwrap()
-        };
-        SshHostKey {
-            seed: hex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"),
-            public: hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"),
-        }
-    }
-
     fn tool(dir: &Path, program: &str, args: &[&str]) -> String {
         let out =
             Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|e| {
@@ -101,7 +89,7 @@ mod tests {
     #[test]
     fn the_host_key_file_is_dropbears_own_format() {
         let dir = tempfile::tempdir().unwrap();
-        let k = key();
+        let k = SshHostKey::RFC8032_TEST_1;
         let ours = dropbear_host_key(&k);
         assert_eq!(ours.len(), 83);
         std::fs::write(dir.path().join("ours"), &ours).unwrap();
@@ -130,7 +118,7 @@ mod tests {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let k = key();
+        let k = SshHostKey::RFC8032_TEST_1;
         let path = dir.path().join("host_key");
         std::fs::write(&path, dropbear_host_key(&k)).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

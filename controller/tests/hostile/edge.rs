@@ -289,14 +289,7 @@ fn the_data_directory_is_private_from_the_first_start_and_repaired_at_the_next()
 #[test]
 fn a_tls_handshake_that_never_comes_is_closed_after_its_timeout() {
     let certs = tempfile::tempdir().unwrap();
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-days", "2", "-subj", "/CN=localhost", "-newkey", "ec"])
-        .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "key.pem", "-out", "cert.pem"])
-        .current_dir(certs.path())
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let (_, cert, key) = byoi_testbed::private_ca(certs.path(), "DNS:localhost").unwrap();
     let c = Controller::start(&[
         "--tls-cert",
         cert.to_str().unwrap(),

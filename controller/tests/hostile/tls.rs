@@ -7,51 +7,14 @@
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
+use byoi_testbed::private_ca;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 
 use super::common::{read_response, request, Controller, Response, ATTACKER, OPERATOR};
-
-/// A CA (`NAME-ca.pem`) and, signed by it, a certificate for 127.0.0.1
-/// (`NAME-cert.pem`, `NAME-key.pem`) in `dir`, made by openssl.
-fn private_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let f = |what: &str| format!("{name}-{what}");
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let subject = format!("/CN={name} test CA");
-    let (ca_key, ca, key, req, ext, cert) =
-        (f("ca.key"), f("ca.pem"), f("key.pem"), f("req.pem"), f("ext.cnf"), f("cert.pem"));
-    openssl(
-        &[&["req", "-x509", "-days", "2", "-subj", &subject][..], &ec, &["-keyout", &ca_key, "-out", &ca]].concat(),
-    );
-    openssl(&[&["req", "-subj", "/CN=127.0.0.1"][..], &ec, &["-keyout", &key, "-out", &req]].concat());
-    std::fs::write(dir.join(&ext), "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-CAcreateserial",
-        "-in",
-        &req,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-extfile",
-        &ext,
-        "-out",
-        &cert,
-    ]);
-    (dir.join(ca), dir.join(cert), dir.join(key))
-}
 
 /// One request over TLS to `to` from `from`, trusting only the CA `ca`;
 /// an `Err` when the handshake or the exchange fails.
@@ -89,11 +52,11 @@ fn https(
     read_response(&mut s)
 }
 
-/// A controller with the API and agent protocol over HTTPS (certificate
-/// of `NAME`'s CA) and netboot on its own HTTP listener, with artifacts;
+/// A controller with the API and agent protocol over HTTPS (a certificate
+/// for 127.0.0.1 from a CA made in `dir`) and netboot on its own HTTP listener, with artifacts;
 /// `extra` arguments added. Returns it, its netboot address and the CA.
 fn split(dir: &Path, extra: &[&str]) -> (Controller, SocketAddr, PathBuf) {
-    let (ca, cert, key) = private_ca(dir, "ours");
+    let (ca, cert, key) = private_ca(&dir.join("ours"), "IP:127.0.0.1").unwrap();
     let artifacts = dir.join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("vmlinuz"), b"KERNEL").unwrap();
@@ -178,7 +141,7 @@ fn api_listener_speaks_https_with_the_private_ca_and_serves_no_netboot_routes() 
 fn a_client_trusting_another_ca_cannot_talk_to_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let (c, _, _) = split(dir.path(), &[]);
-    let (theirs, _, _) = private_ca(dir.path(), "theirs");
+    let (theirs, _, _) = private_ca(&dir.path().join("theirs"), "IP:127.0.0.1").unwrap();
     let e = https(&theirs, ATTACKER, c.addr, "GET", "/dedicated/server", &[], None).unwrap_err();
     let tls = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
     assert!(matches!(tls, Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))), "{e:?}");

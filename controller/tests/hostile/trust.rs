@@ -159,6 +159,10 @@ fn reports_from_anyone_but_the_claimant_change_nothing() {
         (r.status, &r.json()["message"]),
         (403, &json!(format!("the job of deployment {id} was already handed out")))
     );
+    // A deploy boot's agent gets no rescue keys (the server's SSH host key).
+    let r = agent(&c, OPERATOR, &real, "GET", "rescue", None);
+    assert_eq!((r.status, &r.json()["message"]), (403, &json!("this is not a rescue boot")));
+    assert!(r.json().get("hostKey").is_none());
     // The real agent's reports still count.
     let r = agent(&c, OPERATOR, &real, "POST", "progress", Some(progress));
     assert_eq!(r.json()["action"], "continue", "{}", r.text());
