@@ -165,6 +165,12 @@ pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// A fresh secret, two random UUIDs as hex (244 random bits): the API
+/// token, agent tokens.
+pub fn new_secret() -> String {
+    uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// Hex SHA-256 of an agent token: only hashes are stored.
 pub fn token_hash(token: &str) -> String {
     use sha2::Digest;
@@ -537,18 +543,14 @@ impl Db {
         .await
     }
 
-    /// The server and boot mode a live token belongs to; marks it used.
-    pub async fn use_token(&self, hash: String) -> Result<Option<(String, BootTarget)>> {
+    /// The server and boot mode a live token belongs to. A read only: what
+    /// the token may do is the claim's business (`db.apply`).
+    pub async fn token_owner(&self, hash: String) -> Result<Option<(String, BootTarget)>> {
         self.call(move |c| {
-            let found = c
-                .query_row("SELECT server, mode FROM agent_tokens WHERE hash = ?1", [&hash], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?;
-            if found.is_some() {
-                c.execute("UPDATE agent_tokens SET last_used = ?2 WHERE hash = ?1", params![hash, now()])?;
-            }
-            Ok(found)
+            c.query_row("SELECT server, mode FROM agent_tokens WHERE hash = ?1", [&hash], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
         })
         .await
     }
@@ -632,15 +634,13 @@ fn save(
 /// Stores a new agent token (its hash) for a server booting in `mode`,
 /// counted against the expected boot.
 fn mint_token(tx: &Transaction<'_>, server: &str, mode: BootTarget, t: i64) -> rusqlite::Result<String> {
-    let token = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+    let token = new_secret();
     tx.execute("UPDATE servers SET boot_tokens_minted = boot_tokens_minted + 1 WHERE name = ?1", [server])?;
-    let deployment: Option<i64> = tx
-        .query_row("SELECT max(id) FROM deployments WHERE server = ?1 AND current = 1", [server], |r| r.get(0))
-        .optional()?
-        .flatten();
+    // The token is the boot's, not a deployment's: the claim and the job's
+    // token (`deployments.job_token`) say what it may do.
     tx.execute(
-        "INSERT INTO agent_tokens (hash, server, deployment_id, mode, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![token_hash(&token), server, deployment, mode, t],
+        "INSERT INTO agent_tokens (hash, server, mode, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![token_hash(&token), server, mode, t],
     )?;
     Ok(token)
 }

@@ -68,6 +68,13 @@ pub struct Claim {
     pub addr: Option<IpAddr>,
 }
 
+impl Claim {
+    /// The claim `caller` makes, address bound.
+    fn by(caller: &Caller) -> Claim {
+        Claim { token: caller.token.clone(), addr: Some(caller.addr) }
+    }
+}
+
 /// What the lifecycle knows of one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
@@ -366,12 +373,12 @@ fn agent(
         state.claim.as_ref().is_some_and(|c| c.token == caller.token && c.addr.is_none_or(|a| a == caller.addr));
     if claimant {
         // A claim carried over from an upgrade binds its address now.
-        next.claim = Some(Claim { token: caller.token.clone(), addr: Some(caller.addr) });
+        next.claim = Some(Claim::by(caller));
     } else {
         match (call, &state.claim) {
             // The first hello claims the boot.
             (AgentCall::Hello, None) => {
-                next.claim = Some(Claim { token: caller.token.clone(), addr: Some(caller.addr) });
+                next.claim = Some(Claim::by(caller));
             }
             // The same machine with a fresh token of the same boot: its
             // agent restarted. Fine until it took the job.
@@ -380,7 +387,7 @@ fn agent(
                     next.fail_running(ErrorCode::AgentLost, AGENT_RESTARTED, effects);
                     return Reply::Refused(AGENT_RESTARTED.to_owned());
                 }
-                next.claim = Some(Claim { token: caller.token.clone(), addr: Some(caller.addr) });
+                next.claim = Some(Claim::by(caller));
             }
             // A second agent: fail safe, whichever is the impostor.
             (AgentCall::Hello, Some(c)) => {

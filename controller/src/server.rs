@@ -68,7 +68,7 @@ pub fn api_token(data_dir: &Path, given: Option<String>) -> anyhow::Result<Strin
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
         _ => {
-            let t = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+            let t = crate::db::new_secret();
             write_private(&path, &t)?;
             tracing::info!(path = %path.display(), "generated a new API token");
             Ok(t)

@@ -13,9 +13,7 @@
 //! URL, headers and user data it needs), once; in rescue, the SSH keys of
 //! the server's last deployment and the server's SSH host key.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use byoi_wire::agent::{
     Action, ActionResponse, DiskSelector, Heartbeat, Hello, Job, JobResponse, LogRecord, ProgressReport,
@@ -62,9 +60,9 @@ impl FromRequestParts<AppState> for Agent {
         let refused = || AgentError(AppError::Unauthorized("Missing, wrong or stale agent token"));
         let token = bearer(&parts.headers).ok_or_else(refused)?;
         let hash = token_hash(token);
-        let (server, mode) = app.db.use_token(hash.clone()).await?.ok_or_else(refused)?;
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned().map(axum::Extension);
-        Ok(Agent { server, mode, caller: Caller { token: hash, addr: super::peer_ip(peer) } })
+        let (server, mode) = app.db.token_owner(hash.clone()).await?.ok_or_else(refused)?;
+        let Ok(super::Peer(addr)) = super::Peer::from_request_parts(parts, app).await;
+        Ok(Agent { server, mode, caller: Caller { token: hash, addr } })
     }
 }
 

@@ -286,8 +286,16 @@ pub fn openapi() -> OpenApi {
 /// The address a request came from (`ConnectInfo`, set by the server for
 /// every connection); unspecified when the router is driven without a
 /// socket (tests).
-pub fn peer_ip(peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>) -> std::net::IpAddr {
-    peer.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |Extension(c)| c.0.ip())
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(Peer(peer.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.0.ip())))
+    }
 }
 
 /// The document as served, rendered once.

@@ -12,20 +12,19 @@
 //! server wanted in the agent gets the idle script, which mints nothing.
 //! The artifacts are public.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use byoi_wire::BootTarget;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{or_405, AppError, AppState, ErrorBody};
+use super::{or_405, AppError, AppState, ErrorBody, Peer};
 use crate::db::Payload;
 use crate::ipxe::{self, Script};
 use crate::lifecycle::{Event, Reply};
@@ -137,10 +136,9 @@ async fn boot_ipxe(State(app): State<AppState>, headers: HeaderMap) -> impl Into
 async fn boot_script(
     State(app): State<AppState>,
     Path(mac): Path<String>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Peer(source): Peer,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, AppError> {
-    let source = super::peer_ip(peer);
     let base = base_url(&app, &headers);
     let unknown = || script(ipxe::render(&Script::Unknown { mac: &mac }, &base));
     let mac_norm = model::normalize_mac(&mac);
