@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use axum::body::{Bytes, HttpBody};
 use axum::extract::{FromRequest, Request};
+use axum::handler::Handler;
 use axum::http::{header, uri::Authority, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -255,11 +256,6 @@ fn surface(surface: Surface) -> OpenApiRouter<AppState> {
     }
 }
 
-/// Every route with its documentation, without state or layers.
-fn api() -> OpenApiRouter<AppState> {
-    surface(Surface::All)
-}
-
 /// Refuses, for a route without credentials, a body larger than
 /// [`UNAUTHENTICATED_BODY`] or of unknown length (chunked), from its
 /// headers alone.
@@ -280,7 +276,7 @@ fn fits_unauthenticated(req: &Request) -> bool {
 /// The OpenAPI 3.1 document of [`router`]'s routes, generated from the
 /// handlers' `#[utoipa::path]` and the types' `ToSchema`.
 pub fn openapi() -> OpenApi {
-    api().into_openapi()
+    surface(Surface::All).into_openapi()
 }
 
 /// The address a request came from (`ConnectInfo`, set by the server for
@@ -325,16 +321,16 @@ pub fn router(app: AppState) -> Router {
 /// The router of one listener's routes, with the layers. `/openapi.json`,
 /// where served, documents every route, whichever listener answers it.
 pub fn router_for(app: AppState, which: Surface) -> Router {
-    let (routes, _) = surface(which).split_for_parts();
+    let (routes, doc) = surface(which).split_for_parts();
+    // `/openapi.json` documents every route: the API listener's share
+    // lacks the netboot routes (the netboot listener serves no document).
+    let doc = if which == Surface::Api { openapi() } else { doc };
     // Plain data with string keys: serialising it cannot fail.
-    let doc = Document(Bytes::from(serde_json::to_vec_pretty(&openapi()).expect("the OpenAPI document serialises")));
+    let doc = Document(Bytes::from(serde_json::to_vec_pretty(&doc).expect("the OpenAPI document serialises")));
+    let no_route =
+        |req: Request| async move { AppError::NotFound(format!("No route for {} {}", req.method(), req.uri().path())) };
     routes
-        .fallback(|req: Request| async move {
-            if !fits_unauthenticated(&req) {
-                return AppError::TooLarge(UNAUTHENTICATED_BODY);
-            }
-            AppError::NotFound(format!("No route for {} {}", req.method(), req.uri().path()))
-        })
+        .fallback(no_route.layer(axum::middleware::from_fn(refuse_body)))
         .with_state(app)
         .layer(Extension(doc))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))

@@ -48,11 +48,6 @@ fn script(body: String) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body)
 }
 
-/// The URLs servers use to reach us (see [`super::Config::script_urls`]).
-fn base_url(app: &AppState, headers: &HeaderMap) -> ipxe::Urls {
-    app.cfg.script_urls(headers)
-}
-
 /// How many boot scripts may be fetched per minute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BootRate {
@@ -118,7 +113,7 @@ impl BootLimiter {
 #[utoipa::path(get, path = "/boot.ipxe", tag = "netboot",
     responses((status = 200, description = "An iPXE script", content_type = "text/plain", body = String)))]
 async fn boot_ipxe(State(app): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
-    script(ipxe::render(&Script::Boot, &base_url(&app, &headers)))
+    script(ipxe::render(&Script::Boot, &app.cfg.script_urls(&headers)))
 }
 
 /// The server's boot script.
@@ -139,7 +134,7 @@ async fn boot_script(
     Peer(source): Peer,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, AppError> {
-    let base = base_url(&app, &headers);
+    let base = app.cfg.script_urls(&headers);
     let unknown = || script(ipxe::render(&Script::Unknown { mac: &mac }, &base));
     let mac_norm = model::normalize_mac(&mac);
     if let Err(message) = app.cfg.boot_limiter.check(source, mac_norm.as_deref().unwrap_or("(not a MAC)")) {
