@@ -257,8 +257,11 @@ pub fn valid_name(name: &str) -> bool {
 /// The refusal of a server name [`valid_name`] refuses.
 pub fn bad_name(name: &str) -> String {
     let shown: String = name.chars().take(128).collect();
-    format!("Bad serviceName {shown:?}: letters, digits, '-', '_' and '.', at most 128, not '.' or '..', not starting with '-'")
+    format!("Bad serviceName {shown:?}: {NAME_RULE}")
 }
+
+/// [`valid_name`]'s rule, in words.
+pub const NAME_RULE: &str = "letters, digits, '-', '_' and '.', at most 128, not '.' or '..', not starting with '-'";
 
 /// What the 0.1.0 release stored, and its conversion (schema step 2).
 pub(crate) mod legacy {

@@ -91,7 +91,7 @@ pub enum PowerConfigError {
         source: serde_json::Error,
     },
     /// A name the API could not refer to.
-    #[error("power command name {name:?} in {path}: letters, digits, '-', '_' and '.', not '.' or '..', not starting with '-'")]
+    #[error("power command name {name:?} in {path}: {rule}", rule = crate::model::NAME_RULE)]
     BadName {
         /// The file.
         path: PathBuf,
@@ -127,7 +127,7 @@ impl PowerConfig {
         cfg.commands = serde_json::from_slice(&text)
             .map_err(|source| PowerConfigError::Parse { path: path.to_owned(), source })?;
         for (name, argv) in &cfg.commands {
-            if !valid_command_name(name) {
+            if !crate::model::valid_name(name) {
                 return Err(PowerConfigError::BadName { path: path.to_owned(), name: name.clone() });
             }
             if argv.first().is_none_or(String::is_empty) {
@@ -136,11 +136,6 @@ impl PowerConfig {
         }
         Ok(cfg)
     }
-}
-
-/// Whether `name` can name a power command: what a server name may be.
-fn valid_command_name(name: &str) -> bool {
-    crate::model::valid_name(name)
 }
 
 /// The error for a command name the configuration does not have.
@@ -641,7 +636,7 @@ mod tests {
         assert_eq!(
             load(r#"{"a b": ["true"]}"#, 0o600).unwrap_err(),
             format!(
-                "power command name \"a b\" in {p}: letters, digits, '-', '_' and '.', not '.' or '..', not starting with '-'"
+                "power command name \"a b\" in {p}: letters, digits, '-', '_' and '.', at most 128, not '.' or '..', not starting with '-'"
             )
         );
         assert!(load(r#"["true"]"#, 0o600).unwrap_err().contains("are not a JSON object"));
