@@ -35,16 +35,21 @@ impl Db {
                 })
                 .optional()
             };
-            if stored(c)?.is_none() {
-                let fresh = generate().map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                c.execute(
-                    "INSERT INTO ssh_host_keys (server, seed, public, created_at)
-                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM servers WHERE name = ?1)
-                     ON CONFLICT (server) DO NOTHING",
-                    params![server, fresh.seed.as_slice(), fresh.public.as_slice(), now()],
-                )?;
-            }
-            let Some((seed, public)) = stored(c)? else { return Ok(None) };
+            let found = match stored(c)? {
+                Some(k) => Some(k),
+                None => {
+                    let fresh = generate().map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    c.execute(
+                        "INSERT INTO ssh_host_keys (server, seed, public, created_at)
+                         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM servers WHERE name = ?1)
+                         ON CONFLICT (server) DO NOTHING",
+                        params![server, fresh.seed.as_slice(), fresh.public.as_slice(), now()],
+                    )?;
+                    // Read back: a concurrent first use may have won.
+                    stored(c)?
+                }
+            };
+            let Some((seed, public)) = found else { return Ok(None) };
             let bad = |what: &str| {
                 rusqlite::Error::FromSqlConversionFailure(
                     0,
