@@ -10,6 +10,7 @@
 //! the BPB fields (§3), the FAT type from the cluster count (§3.5), FAT
 //! entries (§4) and directory entries (§6).
 
+use crate::util::{le16, le32};
 use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -78,14 +79,6 @@ struct Volume {
     last_cluster: u32,
     /// First cluster of the FAT32 root directory.
     root_cluster: u32,
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 impl Volume {
