@@ -127,19 +127,13 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
             Ok(Action::Reboot) if status == Status::Done => return Outcome::Reboot,
             // A disk the controller did not confirm must not boot.
             Err(ClientError::Unauthorized { .. }) if status == Status::Done => {
-                say("the controller refused the result: wiping the disk's ends");
-                if let Err(e) = unboot(env, &job) {
-                    say(&format!("wiping the disk: {e}"));
-                }
+                unboot(env, &job, "the controller refused the result");
                 return Outcome::Netboot;
             }
             Ok(Action::Reboot) | Err(ClientError::Unauthorized { .. }) => return Outcome::Netboot,
             Ok(Action::Abort) if status == Status::Done => {
                 // Cancelled while it finished: the disk must not boot.
-                say("the deployment was cancelled as it finished: wiping the disk's ends");
-                if let Err(e) = unboot(env, &job) {
-                    say(&format!("wiping the disk: {e}"));
-                }
+                unboot(env, &job, "the deployment was cancelled as it finished");
             }
             _ => {}
         }
@@ -147,11 +141,17 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
 }
 
 /// Makes the disk of `job` unbootable again (its first and last MiB,
-/// which hold the partition tables, zeroed).
-fn unboot(env: &Env, job: &Job) -> Result<(), DeployError> {
-    let (_, path, _) = job_disk(env, job)?;
-    let target = DiskTarget::open(&path, false)?;
-    crate::sink::wipe_ends(&target).map_err(|e| DeployError::TargetUnusable(format!("wiping: {e}")))
+/// which hold the partition tables, zeroed), saying why on the console
+/// and whether it failed.
+fn unboot(env: &Env, job: &Job, why: &str) {
+    say(&format!("{why}: wiping the disk's ends"));
+    let wiped = job_disk(env, job).and_then(|(_, path, _)| {
+        let target = DiskTarget::open(&path, false)?;
+        crate::sink::wipe_ends(&target).map_err(|e| DeployError::TargetUnusable(format!("wiping: {e}")))
+    });
+    if let Err(e) = wiped {
+        say(&format!("wiping the disk: {e}"));
+    }
 }
 
 /// The inventory, and the disk `job` names (by serial, WWN and size) with
