@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// or its files.
 const GROUP_OTHER: u32 = 0o077;
 /// The data directory's mode when the controller creates it.
-pub const DIR_MODE: u32 = 0o700;
+const DIR_MODE: u32 = 0o700;
 
 /// A data directory that cannot be made private.
 #[derive(Debug, thiserror::Error)]

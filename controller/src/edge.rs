@@ -190,6 +190,7 @@ impl Admission {
     }
 
     /// Connections open now: in total, and from `peer`'s source.
+    #[cfg(test)]
     pub fn open(&self, peer: IpAddr) -> (usize, usize) {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         (open.total, open.by_source.get(&Source::of(peer)).copied().unwrap_or(0))
