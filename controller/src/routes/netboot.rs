@@ -26,6 +26,7 @@ use utoipa_axum::routes;
 
 use super::{or_405, AppError, AppState, ErrorBody, Peer};
 use crate::db::Payload;
+use crate::edge::Source;
 use crate::ipxe::{self, Script};
 use crate::lifecycle::{Event, Reply};
 use crate::model;
@@ -65,7 +66,7 @@ type Keyed<K> = governor::DefaultKeyedRateLimiter<K>;
 /// so memory stays bounded by the rate, not by what attackers send.
 pub struct BootLimiter {
     per_mac: Keyed<String>,
-    per_source: Keyed<IpAddr>,
+    per_source: Keyed<Source>,
 }
 
 impl std::fmt::Debug for BootLimiter {
@@ -91,6 +92,9 @@ impl BootLimiter {
     /// often. The source is checked first: a flood of made-up MACs from one
     /// address stops there.
     pub fn check(&self, source: IpAddr, mac: &str) -> Result<(), String> {
+        // A source is what the connection caps count: an IPv4 address or an
+        // IPv6 /64, whose addresses a host picks at will.
+        let source = Source::of(source);
         if self.per_source.check_key(&source).is_err() {
             return Err(format!("too many boot requests from {source}; try again in a minute"));
         }
@@ -241,4 +245,22 @@ async fn initramfs(State(app): State<AppState>, req: Request) -> Response {
     ))]
 async fn initramfs_head(State(app): State<AppState>, req: Request) -> Response {
     artifact(&app, "initramfs.img", req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv6 host cannot get round the per-source rate by hopping
+    /// addresses within its /64; another /64 is another source.
+    #[test]
+    fn an_ipv6_source_is_its_64() {
+        let limiter = BootLimiter::new(BootRate { per_mac: 100, per_source: 2 });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(limiter.check(ip("2001:db8:0:1::a"), "52:54:00:00:00:01").is_ok());
+        assert!(limiter.check(ip("2001:db8:0:1::b"), "52:54:00:00:00:02").is_ok());
+        let refused = limiter.check(ip("2001:db8:0:1:ffff::c"), "52:54:00:00:00:03").unwrap_err();
+        assert_eq!(refused, "too many boot requests from 2001:db8:0:1::/64; try again in a minute");
+        assert!(limiter.check(ip("2001:db8:0:2::a"), "52:54:00:00:00:04").is_ok());
+    }
 }
