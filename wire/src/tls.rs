@@ -1,20 +1,24 @@
 //! What the agent and the controller's command line both need to tell of a
 //! failed TLS connection (the `tls` feature, which brings in rustls).
 
+/// The rustls error behind a failed connection, if TLS failed it. rustls's
+/// error travels inside `io::Error`s (two, through tokio-rustls and
+/// hyper-rustls), whose `source()` skips what they wrap, so each is opened
+/// with `get_ref()`.
+pub fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(r) = e.downcast_ref() {
+        return Some(r);
+    }
+    if let Some(r) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).and_then(|i| rustls_error(i)) {
+        return Some(r);
+    }
+    e.source().and_then(rustls_error)
+}
+
 /// Whether a connection failed because no trusted root vouches for the
-/// server's certificate. rustls's error travels inside `io::Error`s (two,
-/// through tokio-rustls and hyper-rustls), whose `source()` skips what they
-/// wrap, so each is opened with `get_ref()`.
+/// server's certificate.
 pub fn unknown_issuer(e: &(dyn std::error::Error + 'static)) -> bool {
-    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) = e.downcast_ref() {
-        return true;
-    }
-    if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-        if unknown_issuer(inner) {
-            return true;
-        }
-    }
-    e.source().is_some_and(unknown_issuer)
+    matches!(rustls_error(e), Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)))
 }
 
 #[cfg(test)]

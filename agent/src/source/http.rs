@@ -267,20 +267,9 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
 }
 
 /// Whether a connection error is a TLS verdict (bad certificate…), which
-/// retrying cannot change. The rustls error hides in `io::Error`s nested
-/// in one another (tokio-rustls, then hyper-rustls).
+/// retrying cannot change.
 fn is_tls_rejection(e: &(dyn StdError + 'static)) -> bool {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if c.is::<rustls::Error>() {
-            return true;
-        }
-        cur = match c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            Some(inner) => Some(inner),
-            None => c.source(),
-        };
-    }
-    false
+    byoi_wire::tls::rustls_error(e).is_some()
 }
 
 /// Whether a URI reference starts with a scheme (RFC 3986 §3.1).
