@@ -15,7 +15,6 @@ use byoi_wire::tls::unknown_issuer;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Map, Value};
 
@@ -221,14 +220,13 @@ impl Error {
 
 /// The certificates of a PEM file; other sections (keys) are skipped.
 fn ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let pem = std::fs::read(path).map_err(|source| Error::CaFileUnreadable { path: path.to_owned(), source })?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| Error::CaFileNotPem { path: path.to_owned(), source })?;
-    if certs.is_empty() {
-        return Err(Error::CaFileEmpty { path: path.to_owned() });
-    }
-    Ok(certs)
+    use byoi_wire::tls::CaFileError;
+    let path_buf = || path.to_owned();
+    byoi_wire::tls::ca_certificates(path).map_err(|e| match e {
+        CaFileError::Unreadable(source) => Error::CaFileUnreadable { path: path_buf(), source },
+        CaFileError::NotPem(source) => Error::CaFileNotPem { path: path_buf(), source },
+        CaFileError::Empty => Error::CaFileEmpty { path: path_buf() },
+    })
 }
 
 /// What the controller did about a server's power after a `POST` or

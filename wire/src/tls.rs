@@ -15,6 +15,31 @@ pub fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
     e.source().and_then(rustls_error)
 }
 
+/// Why a CA file gave no certificates.
+#[derive(Debug)]
+pub enum CaFileError {
+    /// It could not be read.
+    Unreadable(std::io::Error),
+    /// A section is not valid PEM.
+    NotPem(rustls::pki_types::pem::Error),
+    /// It holds no `BEGIN CERTIFICATE` section.
+    Empty,
+}
+
+/// The certificates of a PEM file (trust roots); other sections (keys)
+/// are skipped.
+pub fn ca_certificates(path: &std::path::Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, CaFileError> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(CaFileError::Unreadable)?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CaFileError::NotPem)?;
+    if certs.is_empty() {
+        return Err(CaFileError::Empty);
+    }
+    Ok(certs)
+}
+
 /// Whether a connection failed because no trusted root vouches for the
 /// server's certificate.
 pub fn unknown_issuer(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -22,8 +22,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -103,14 +101,17 @@ impl Trust {
             }
             Trust::CaFile(path) => path,
         };
+        use byoi_wire::tls::CaFileError;
         let bad = |reason: String| ClientError::CaFile { path: path.clone(), reason };
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| bad(format!("not valid PEM: {e}")))?;
+        let certs = byoi_wire::tls::ca_certificates(path).map_err(|e| {
+            bad(match e {
+                CaFileError::Unreadable(e) => e.to_string(),
+                CaFileError::NotPem(e) => format!("not valid PEM: {e}"),
+                CaFileError::Empty => "no PEM `BEGIN CERTIFICATE` section".to_owned(),
+            })
+        })?;
+        for cert in certs {
             roots.add(cert).map_err(|e| bad(format!("a certificate cannot be a trust root: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(bad("no PEM `BEGIN CERTIFICATE` section".to_owned()));
         }
         Ok(roots)
     }

@@ -22,8 +22,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -211,13 +209,13 @@ fn build_client(opts: &SourceOptions) -> Result<HttpClient> {
         let bad = |e: &dyn std::fmt::Display| {
             DeployError::InvalidRequest(format!("cannot use CA file {}: {e}", path.display()))
         };
-        let mut added = 0;
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
-            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(bad(&"no PEM certificate in it"));
+        let certs = byoi_wire::tls::ca_certificates(path).map_err(|e| match e {
+            byoi_wire::tls::CaFileError::Unreadable(e) => bad(&e),
+            byoi_wire::tls::CaFileError::NotPem(e) => bad(&e),
+            byoi_wire::tls::CaFileError::Empty => bad(&"no PEM certificate in it"),
+        })?;
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(&e))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
