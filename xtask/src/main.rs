@@ -6,6 +6,7 @@
 mod bench_workload;
 mod deb;
 mod image_debian;
+mod python;
 mod setup;
 mod task_bench;
 mod task_demo;
@@ -56,6 +57,8 @@ enum Task {
     ///
     /// Fails if a QEMU started by the tests is still running when they are done.
     Test(task_test::Options),
+    /// The Python environment of the OVHcloud SDK tests, in target/py (`test` makes it too)
+    PythonEnv,
     /// Runs CMD; writes its exit status, peak RSS and CPU time to OUT (used by `bench`)
     #[command(name = "__measure", hide = true)]
     Measure(task_bench::MeasureOptions),
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(o) => task_bench::run_task(&o),
         Task::Fuzz(o) => task_fuzz::run_task(&o),
         Task::Test(o) => task_test::run(&o),
+        Task::PythonEnv => python::venv().map(|p| println!("{}", p.display())),
         Task::Measure(o) => task_bench::measure(&o),
     }
 }
@@ -130,6 +134,7 @@ mod tests {
             &["bench", "--runs", "1", "--only", "A,N", "--device", "loop", "--no-micro"],
             &["fuzz", "--seconds", "5", "--only", "ova"],
             &["test", "--slow"],
+            &["python-env"],
             &["__measure", "/tmp/out", "--", "bash", "-c", "true --not-an-option"],
         ] {
             let cli = Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()));

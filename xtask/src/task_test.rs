@@ -1,6 +1,8 @@
 //! `cargo xtask test`: everything CI checks, in order: the host's packages
-//! (installed when missing), formatting and clippy, the agent's kernel and
-//! initramfs, the test OS images, then every test with the QEMU suites
+//! (installed when missing), the Python environment of the OVHcloud SDK
+//! tests (made when missing, see [`crate::python`]; its interpreter is
+//! passed on as `BYOI_PYTHON`), formatting and clippy, the agent's kernel
+//! and initramfs, the test OS images, then every test with the QEMU suites
 //! enabled (`BYOI_E2E=1`). `--slow` adds the real Debian image and the
 //! suite that boots it (`BYOI_E2E_SLOW=1`).
 //!
@@ -34,11 +36,12 @@ pub struct Options {
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let slow = opts.slow;
     crate::setup::host(&[], &[])?;
+    let python = crate::python::venv()?;
     crate::task_lint::run()?;
     crate::task_initramfs::run_task(&crate::task_initramfs::Options::default())?;
     crate::task_image::tiny()?;
     let mut test = Command::new("cargo");
-    test.args(["test", "--workspace"]).env("BYOI_E2E", "1");
+    test.args(["test", "--workspace"]).env("BYOI_E2E", "1").env(crate::python::PYTHON_VAR, &python);
     if slow {
         crate::image_debian::debian()?;
         test.env("BYOI_E2E_SLOW", "1");
