@@ -5,45 +5,17 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-struct Controller {
-    child: Child,
-    addr: String,
-    token: String,
-}
+mod common;
 
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{start_with, Controller};
 
 fn start(data_dir: &Path) -> Controller {
     start_with(data_dir, &[], "http")
-}
-
-/// `byoi serve` on a free port with `extra` arguments; reads the address
-/// it prints (`listening on SCHEME://ADDR`) and the token it generated.
-fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr], scheme: &str) -> Controller {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_byoi"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let prefix = format!("listening on {scheme}://");
-    let addr = line.trim().strip_prefix(&prefix).unwrap_or_else(|| panic!("{line:?}")).to_owned();
-    let token = std::fs::read_to_string(data_dir.join("api-token")).unwrap().trim().to_owned();
-    Controller { child, addr, token }
 }
 
 fn byoi(c: &Controller, args: &[&str]) -> Output {
