@@ -246,7 +246,10 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
     let (status, body) = http(&c.addr, "GET", "/dedicated/server", Some("wrong"), None);
     assert_eq!(
         (status, body.as_str()),
-        (401, r#"{"message":"Missing or invalid API token (Authorization: Bearer …)"}"#)
+        (
+            401,
+            r#"{"class":"Client::Unauthorized","message":"Invalid API token (Authorization: Bearer …)","errorCode":"NOT_CREDENTIAL","httpCode":"401 Unauthorized"}"#
+        )
     );
     // Oversized and malformed bodies over a real socket.
     let (status, _) = http(&c.addr, "POST", "/dedicated/server", Some(&c.token), Some(&json!("x".repeat(25 << 20))));
