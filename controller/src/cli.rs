@@ -293,7 +293,8 @@ enum CredentialsCommand {
     #[command(after_help = EXIT_CODES)]
     Validate {
         /// The validation URL, or its credentialToken.
-        token: String,
+        #[arg(value_name = "URL|TOKEN")]
+        link: String,
         /// Refuse it instead.
         #[arg(long)]
         refuse: bool,
@@ -524,8 +525,8 @@ async fn credentials(client: &client::Client, cmd: CredentialsCommand) -> anyhow
             println!("revoked credential {id}");
             Ok(0)
         }
-        CredentialsCommand::Validate { token, refuse } => {
-            let token = credential_token(&token);
+        CredentialsCommand::Validate { link, refuse } => {
+            let token = credential_token(&link);
             let body = json!({"credentialToken": token, "action": if refuse { "refuse" } else { "validate" }});
             let c = client.call(Method::POST, "/me/api/credential/validate", Some(&body)).await?;
             println!("credential {}: {}", c["credentialId"], c["status"].as_str().unwrap_or("?"));
