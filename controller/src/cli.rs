@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use http::Method;
 use serde_json::{json, Value};
 
+use byoi_controller::auth::AccessRule;
 use byoi_controller::client::{self, PowerCycle};
 use byoi_controller::edge;
 use byoi_controller::power::PowerConfig;
@@ -154,6 +155,15 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Manages API credentials for OVHcloud's SDKs and tools (signed
+    /// requests, as OVHcloud's API takes them).
+    #[command(after_help = EXIT_CODES)]
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Aborts a deployment; the server boots into rescue.
     #[command(after_help = EXIT_CODES)]
     Cancel {
@@ -239,6 +249,55 @@ enum ServerCommand {
         /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
         #[arg(long = "kernel-arg")]
         kernel_args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialsCommand {
+    /// Makes an application and a consumer key; prints `application_key=`,
+    /// `application_secret=` and `consumer_key=` lines for an `ovh.conf`
+    /// (the secrets are shown this once).
+    #[command(after_help = EXIT_CODES)]
+    Add {
+        /// A name for the application (letters, digits, '-', '_', '.').
+        name: String,
+        /// METHOD:PATH the consumer key may call, `*` matching anything
+        /// (GET:/dedicated/server/*); repeatable; default: every method on /*.
+        #[arg(long = "rule", value_name = "METHOD:PATH")]
+        rules: Vec<String>,
+        /// A network the consumer key may be used from (192.0.2.0/24);
+        /// repeatable; default: any.
+        #[arg(long = "allowed-ip", value_name = "CIDR")]
+        allowed_ips: Vec<String>,
+        /// Make the application only (prints its key and secret): it
+        /// requests consumer keys itself (POST /auth/credential), which you
+        /// then validate.
+        #[arg(long, conflicts_with_all = ["rules", "allowed_ips"])]
+        application_only: bool,
+    },
+    /// Lists applications and their consumer keys (never a secret).
+    #[command(after_help = EXIT_CODES)]
+    List,
+    /// Revokes an application and all its consumer keys, or one consumer key.
+    #[command(after_help = EXIT_CODES)]
+    Revoke {
+        /// The application's name.
+        #[arg(required_unless_present = "credential", conflicts_with = "credential")]
+        name: Option<String>,
+        /// Revoke only this credential (its id, from `list`).
+        #[arg(long, value_name = "ID")]
+        credential: Option<i64>,
+    },
+    /// Validates a consumer key an application requested, by its
+    /// validation URL or the credentialToken in it.
+    #[command(after_help = EXIT_CODES)]
+    Validate {
+        /// The validation URL, or its credentialToken.
+        #[arg(value_name = "URL|TOKEN")]
+        link: String,
+        /// Refuse it instead.
+        #[arg(long)]
+        refuse: bool,
     },
 }
 
@@ -382,6 +441,111 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Deploy(a) => deploy(a).await,
         Command::Status { name, follow, client } => status(&client.connect()?, &name, follow).await,
         Command::Cancel { name, client } => cancel(&client.connect()?, &name).await,
+        Command::Credentials { command, client } => credentials(&client.connect()?, command).await,
+    }
+}
+
+async fn credentials(client: &client::Client, cmd: CredentialsCommand) -> anyhow::Result<i32> {
+    match cmd {
+        CredentialsCommand::Add { name, rules, allowed_ips, application_only } => {
+            let rules = rules
+                .iter()
+                .map(|r| AccessRule::parse(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let mut body = json!({"name": name, "applicationOnly": application_only});
+            if !rules.is_empty() {
+                body["rules"] = json!(rules);
+            }
+            if !allowed_ips.is_empty() {
+                body["allowedIPs"] = json!(allowed_ips);
+            }
+            let v = client.call(Method::POST, "/me/api/application", Some(&body)).await?;
+            let field = |k: &str| v[k].as_str().map(str::to_owned).with_context(|| format!("the answer lacks {k}"));
+            println!("application_key={}", field("applicationKey")?);
+            println!("application_secret={}", field("applicationSecret")?);
+            if !application_only {
+                println!("consumer_key={}", field("consumerKey")?);
+            }
+            Ok(0)
+        }
+        CredentialsCommand::List => {
+            let apps = client.call(Method::GET, "/me/api/application", None).await?;
+            let creds = client.call(Method::GET, "/me/api/credential", None).await?;
+            let mut rows = vec![["APPLICATION", "KEY", "CREDENTIAL", "STATUS", "RULES", "LAST USE"].map(String::from)];
+            let mut creds_of: BTreeMap<i64, Vec<Value>> = BTreeMap::new();
+            for id in creds.as_array().into_iter().flatten() {
+                let c = client.call(Method::GET, &format!("/me/api/credential/{id}"), None).await?;
+                creds_of.entry(c["applicationId"].as_i64().unwrap_or(0)).or_default().push(c);
+            }
+            for id in apps.as_array().into_iter().flatten() {
+                let a = client.call(Method::GET, &format!("/me/api/application/{id}"), None).await?;
+                let app = [a["name"].as_str().unwrap_or("?"), a["applicationKey"].as_str().unwrap_or("?")];
+                let mine = creds_of.remove(&a["applicationId"].as_i64().unwrap_or(0)).unwrap_or_default();
+                if mine.is_empty() {
+                    rows.push([app[0], app[1], "-", "-", "-", "-"].map(String::from));
+                }
+                for c in mine {
+                    let rules: Vec<String> = c["rules"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|r| {
+                            format!("{}:{}", r["method"].as_str().unwrap_or("?"), r["path"].as_str().unwrap_or("?"))
+                        })
+                        .collect();
+                    rows.push([
+                        app[0].to_owned(),
+                        app[1].to_owned(),
+                        c["credentialId"].to_string(),
+                        c["status"].as_str().unwrap_or("?").to_owned(),
+                        rules.join(","),
+                        c["lastUse"].as_str().unwrap_or("never").to_owned(),
+                    ]);
+                }
+            }
+            print_table(&rows);
+            Ok(0)
+        }
+        CredentialsCommand::Revoke { name: Some(name), .. } => {
+            let apps = client.call(Method::GET, "/me/api/application", None).await?;
+            for id in apps.as_array().into_iter().flatten() {
+                let a = client.call(Method::GET, &format!("/me/api/application/{id}"), None).await?;
+                if a["name"] == name.as_str() {
+                    client.call(Method::DELETE, &format!("/me/api/application/{id}"), None).await?;
+                    println!("revoked application {name} and its consumer keys");
+                    return Ok(0);
+                }
+            }
+            anyhow::bail!("no application named {name}")
+        }
+        CredentialsCommand::Revoke { name: None, credential } => {
+            let id = credential.context("name an application or --credential ID")?;
+            client.call(Method::DELETE, &format!("/me/api/credential/{id}"), None).await?;
+            println!("revoked credential {id}");
+            Ok(0)
+        }
+        CredentialsCommand::Validate { link, refuse } => {
+            let token = credential_token(&link);
+            let body = json!({"credentialToken": token, "action": if refuse { "refuse" } else { "validate" }});
+            let c = client.call(Method::POST, "/me/api/credential/validate", Some(&body)).await?;
+            println!("credential {}: {}", c["credentialId"], c["status"].as_str().unwrap_or("?"));
+            Ok(0)
+        }
+    }
+}
+
+/// The credentialToken of a validation URL, or the argument as it is.
+fn credential_token(arg: &str) -> &str {
+    arg.split_once("credentialToken=").map_or(arg, |(_, t)| t.split('&').next().unwrap_or(t))
+}
+
+/// Prints rows in columns, the first row as the header.
+fn print_table(rows: &[[String; 6]]) {
+    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
     }
 }
 

@@ -20,7 +20,10 @@ use crate::lifecycle::{self, Claim, Deployment, Effect, Event, Named, State, Tra
 use crate::model::StoredRequest;
 use crate::power::Power;
 
+mod credentials;
 mod host_keys;
+
+pub use credentials::{ApplicationRow, CredentialRow, NewApplication, Requested};
 
 /// Database errors; the API answers them with 500 (they are bugs or a
 /// broken disk, never the caller's input).
@@ -62,6 +65,8 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("migrations/03-host-keys.sql")),
         // Agent trust: expected boots, claims, the job's token, stalls.
         M::up(include_str!("migrations/04-agent-trust.sql")),
+        // API credentials as OVHcloud's: applications and consumer keys.
+        M::up(include_str!("migrations/05-credentials.sql")),
     ])
 });
 

@@ -10,6 +10,7 @@
 //! The OpenAPI document is [`routes::openapi`], generated from the handlers
 //! and types.
 
+pub mod auth;
 pub mod client;
 pub mod datadir;
 pub mod db;

@@ -607,7 +607,7 @@ async fn netboot_side_scripts_and_artifacts() {
 
 /// The routes [`openapi_document_matches_the_routes`] knows: adding one
 /// means documenting it, listing it here and sampling its answer there.
-const ROUTES: [&str; 19] = [
+const ROUTES: [&str; 32] = [
     "GET /dedicated/server",
     "POST /dedicated/server",
     "GET /dedicated/server/{serviceName}",
@@ -627,11 +627,28 @@ const ROUTES: [&str; 19] = [
     "HEAD /artifacts/vmlinuz",
     "GET /artifacts/initramfs.img",
     "HEAD /artifacts/initramfs.img",
+    "GET /auth/time",
+    "POST /auth/credential",
+    "GET /auth/currentCredential",
+    "GET /auth/validate",
+    "POST /auth/validate",
+    "GET /me/api/application",
+    "POST /me/api/application",
+    "GET /me/api/application/{applicationId}",
+    "DELETE /me/api/application/{applicationId}",
+    "GET /me/api/credential",
+    "GET /me/api/credential/{credentialId}",
+    "DELETE /me/api/credential/{credentialId}",
+    "POST /me/api/credential/validate",
 ];
 
 /// A documented path with its parameters filled in.
 fn concrete(path: &str) -> String {
-    let p = path.replace("{serviceName}", "s1").replace("{mac}", "52:54:00:00:00:01");
+    let p = path
+        .replace("{serviceName}", "s1")
+        .replace("{mac}", "52:54:00:00:00:01")
+        .replace("{applicationId}", "1")
+        .replace("{credentialId}", "1");
     assert!(!p.contains('{'), "{path}: a path parameter this test does not know");
     p
 }
@@ -742,6 +759,22 @@ impl<'a> Sampler<'a> {
         self.sample(path, req).await
     }
 
+    /// Signed with an application's `key` and `secret` and a `consumer`
+    /// key, as OVHcloud's SDKs sign, for the controller at `http://HOST`.
+    async fn signed(&mut self, method: Method, path: &str, body: Option<Value>, keys: [&str; 3]) -> Response {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let ts = byoi_controller::db::now().to_string();
+        let url = format!("http://10.0.2.2:8080{}", concrete(path));
+        let sig = byoi_controller::auth::signature(keys[1], keys[2], method.as_str(), &url, body.as_bytes(), &ts);
+        let req = Request::new(method, "", body)
+            .header(HOST, "10.0.2.2:8080")
+            .header(http::header::HeaderName::from_static("x-ovh-application"), keys[0])
+            .header(http::header::HeaderName::from_static("x-ovh-consumer"), keys[2])
+            .header(http::header::HeaderName::from_static("x-ovh-timestamp"), &ts)
+            .header(http::header::HeaderName::from_static("x-ovh-signature"), &sig);
+        self.sample(path, req).await
+    }
+
     /// Without credentials.
     async fn anyone(&mut self, method: Method, path: &str) -> Response {
         self.sample(path, Request::new(method, "", "").header(HOST, "10.0.2.2:8080")).await
@@ -765,7 +798,7 @@ async fn openapi_document_matches_the_routes() {
     add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
-        for method in item.as_object().unwrap().keys().filter(|k| *k != "parameters") {
+        for method in item.as_object().unwrap().keys().filter(|k| !["parameters", "servers"].contains(&k.as_str())) {
             let m: Method = method.to_uppercase().parse().unwrap();
             let r = call(&app, m.clone(), &concrete(path), None).await;
             let msg = r.json_body()["message"].as_str().unwrap_or_default().to_owned();
@@ -884,6 +917,72 @@ async fn openapi_document_matches_the_routes() {
     let view = s.operator(Method::GET, "/dedicated/server/{serviceName}", None).await;
     assert_eq!(view.json_body()["sshHostKey"], json!(key.fingerprint()));
     assert_eq!(s.operator(Method::DELETE, byoi, None).await.status, StatusCode::NOT_FOUND);
+
+    // OVHcloud's authentication, and the credentials' management.
+    assert!(s.anyone(Method::GET, "/auth/time").await.json_body().is_i64());
+    let r = s.operator(Method::POST, "/me/api/application", Some(json!({"name": "sdk"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let made = r.json_body();
+    let field = |k: &str| made[k].as_str().unwrap().to_owned();
+    let keys = [field("applicationKey"), field("applicationSecret"), field("consumerKey")];
+    let keys = [keys[0].as_str(), keys[1].as_str(), keys[2].as_str()];
+    assert_eq!((made["applicationId"].as_i64(), made["credentialId"].as_i64()), (Some(1), Some(1)));
+    let r = s.operator(Method::POST, "/me/api/application", Some(json!({"name": "sdk"}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(s.operator(Method::GET, "/me/api/application", None).await.json_body(), json!([1]));
+    let r = s.operator(Method::GET, "/me/api/application/{applicationId}", None).await;
+    assert_eq!(r.json_body()["applicationKey"], keys[0]);
+    assert!(!r.body.windows(keys[1].len()).any(|w| w == keys[1].as_bytes()), "no secret shown again");
+    assert_eq!(s.operator(Method::GET, "/me/api/credential", None).await.json_body(), json!([1]));
+    let r = s.operator(Method::GET, "/me/api/credential/{credentialId}", None).await;
+    assert_eq!(r.json_body()["status"], "validated");
+    let r = s.signed(Method::GET, "/auth/currentCredential", None, keys).await;
+    assert_eq!((r.status, &r.json_body()["credentialId"]), (StatusCode::OK, &json!(1)));
+    let r = s.signed(Method::GET, "/me/api/credential", None, keys).await;
+    assert_eq!((r.status, &r.json_body()["errorCode"]), (StatusCode::FORBIDDEN, &json!("NOT_GRANTED_CALL")));
+    let ask = json!({"accessRules": [{"method": "GET", "path": "/dedicated/server/*"}], "redirection": null,
+        "allowedIPs": null});
+    let req = Request::new(Method::POST, "", ask.to_string())
+        .header(HOST, "10.0.2.2:8080")
+        .header(http::header::HeaderName::from_static("x-ovh-application"), keys[0]);
+    let r = s.sample("/auth/credential", req).await;
+    assert_eq!((r.status, &r.json_body()["state"]), (StatusCode::OK, &json!("pendingValidation")));
+    let url = r.json_body()["validationUrl"].as_str().unwrap().to_owned();
+    let token = url.split_once("credentialToken=").unwrap().1.to_owned();
+    assert!(url.starts_with("http://10.0.2.2:8080/auth/validate?"), "{url}");
+    let r = s.sample("/auth/validate", Request::new(Method::GET, &format!("?credentialToken={token}"), "")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&r.body).contains("/dedicated/server/*"));
+    let form = |body: String| {
+        Request::new(Method::POST, "", body).header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+    };
+    let wrong = format!("credentialToken={token}&apiToken=wrong&action=validate");
+    assert_eq!(s.sample("/auth/validate", form(wrong)).await.status, StatusCode::FORBIDDEN);
+    let right = format!("credentialToken={token}&apiToken={TOKEN}&action=validate");
+    assert_eq!(s.sample("/auth/validate", form(right.clone())).await.status, StatusCode::OK);
+    assert_eq!(s.sample("/auth/validate", form(right)).await.status, StatusCode::NOT_FOUND, "one use");
+    let req = Request::new(Method::POST, "/1.0/auth/credential", ask.to_string())
+        .header(HOST, "10.0.2.2:8080")
+        .header(http::header::HeaderName::from_static("x-ovh-application"), keys[0]);
+    let url = app.handle(req).await.json_body()["validationUrl"].as_str().unwrap().to_owned();
+    let token = url.split_once("credentialToken=").unwrap().1;
+    let r = s
+        .operator(
+            Method::POST,
+            "/me/api/credential/validate",
+            Some(json!({"credentialToken": token, "action": "refuse"})),
+        )
+        .await;
+    assert_eq!((r.status, &r.json_body()["status"]), (StatusCode::OK, &json!("refused")));
+    let r = s.operator(Method::GET, "/me/api/credential/{credentialId}", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(s.operator(Method::DELETE, "/me/api/credential/{credentialId}", None).await.json_body(), Value::Null);
+    let r = s.signed(Method::GET, "/auth/currentCredential", None, keys).await;
+    assert_eq!((r.status, &r.json_body()["errorCode"]), (StatusCode::FORBIDDEN, &json!("INVALID_CREDENTIAL")));
+    let r = s.operator(Method::DELETE, "/me/api/application/{applicationId}", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = s.operator(Method::DELETE, "/me/api/application/{applicationId}", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     let unsampled: Vec<_> = known.iter().filter(|r| !s.sampled.contains(*r)).collect();
     assert!(unsampled.is_empty(), "no sample answer checked for {unsampled:?}");

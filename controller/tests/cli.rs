@@ -218,7 +218,10 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
     let (status, body) = http(&c.addr, "GET", "/dedicated/server", Some("wrong"), None);
     assert_eq!(
         (status, body.as_str()),
-        (401, r#"{"message":"Missing or invalid API token (Authorization: Bearer …)"}"#)
+        (
+            401,
+            r#"{"class":"Client::Unauthorized","message":"Invalid API token (Authorization: Bearer …)","errorCode":"NOT_CREDENTIAL","httpCode":"401 Unauthorized"}"#
+        )
     );
     // Oversized and malformed bodies over a real socket.
     let (status, _) = http(&c.addr, "POST", "/dedicated/server", Some(&c.token), Some(&json!("x".repeat(25 << 20))));
@@ -521,4 +524,62 @@ fn sigterm_finishes_in_flight_requests_checkpoints_and_exits_0() {
     let db = rusqlite::Connection::open(dir.path().join("byoi.sqlite")).unwrap();
     let n: i64 = db.query_row("SELECT count(*) FROM servers", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1);
+}
+
+/// `byoi credentials`: lines for an `ovh.conf`, a table without secrets,
+/// validation by URL, revocation.
+#[test]
+fn credentials_for_ovhcloud_sdks() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    let out = stdout(&byoi(&c, &["credentials", "add", "tf", "--rule", "GET:/dedicated/server/*"]));
+    let lines: Vec<&str> = out.lines().collect();
+    let keys: Vec<&str> = lines.iter().map(|l| l.split_once('=').unwrap().0).collect();
+    assert_eq!(keys, ["application_key", "application_secret", "consumer_key"], "{out}");
+    let secret = lines[1].split_once('=').unwrap().1;
+    let consumer = lines[2].split_once('=').unwrap().1;
+    let only = stdout(&byoi(&c, &["credentials", "add", "app", "--application-only"]));
+    assert_eq!(only.lines().count(), 2, "{only}");
+    let app_key = only.lines().next().unwrap().split_once('=').unwrap().1;
+    let bad = byoi(&c, &["credentials", "add", "x", "--rule", "PATCH:/x"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("GET, POST, PUT, DELETE"));
+    let taken = byoi(&c, &["credentials", "add", "tf"]);
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("already exists"), "{taken:?}");
+
+    // An application's own request, validated by its URL.
+    let ask = json!({"accessRules": [{"method": "GET", "path": "/*"}]}).to_string();
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    write!(
+        s,
+        "POST /1.0/auth/credential HTTP/1.1\r\nHost: {}\r\nX-Ovh-Application: {app_key}\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ask}",
+        c.addr,
+        ask.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let url = body["validationUrl"].as_str().unwrap();
+    assert_eq!(stdout(&byoi(&c, &["credentials", "validate", url])).trim(), "credential 2: validated");
+    assert_eq!(byoi(&c, &["credentials", "validate", url]).status.code(), Some(2), "used once");
+
+    let table = stdout(&byoi(&c, &["credentials", "list"]));
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["APPLICATION", "KEY", "CREDENTIAL", "STATUS", "RULES", "LAST", "USE"], "{table}");
+    assert_eq!((rows[1][0], rows[1][2], rows[1][3], rows[1][4]), ("tf", "1", "validated", "GET:/dedicated/server/*"));
+    assert_eq!((rows[2][0], rows[2][2], rows[2][3]), ("app", "2", "validated"), "{table}");
+    for secret in [secret, consumer] {
+        assert!(!table.contains(secret), "no secret in the list");
+    }
+    assert_eq!(stdout(&byoi(&c, &["credentials", "revoke", "--credential", "2"])).trim(), "revoked credential 2");
+    assert_eq!(
+        stdout(&byoi(&c, &["credentials", "revoke", "tf"])).trim(),
+        "revoked application tf and its consumer keys"
+    );
+    let table = stdout(&byoi(&c, &["credentials", "list"]));
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("app "), "{table}");
+    assert_eq!(byoi(&c, &["credentials", "revoke", "tf"]).status.code(), Some(2));
 }

@@ -1,6 +1,9 @@
-//! [`AppError`]: every failure of a handler, rendered as OVH renders its
-//! errors, `{"message": …}` with a 4xx or 5xx status. Agent routes add the
-//! `action` the agent must take ([`AgentError`]).
+//! [`AppError`]: every failure of a handler, rendered as OVHcloud renders
+//! its errors, `{"class": "Client::NotFound", "message": …}` with a 4xx or
+//! 5xx status, and for a refused credential OVHcloud's `errorCode` and
+//! `httpCode` ([`AuthError`]), which its SDKs map to their exception
+//! classes. Agent routes add the `action` the agent must take
+//! ([`AgentError`]).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -9,6 +12,7 @@ use byoi_wire::agent::Action;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::AuthError;
 use crate::db::DbError;
 
 /// What went wrong in a handler.
@@ -17,9 +21,13 @@ pub enum AppError {
     /// 400: the input is wrong; the message says how (OVH's words).
     #[error("{0}")]
     BadRequest(String),
-    /// 401: no or a wrong credential.
+    /// 401: no or a wrong agent token.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// 400, 401 or 403: an operator's request not authenticated, or not
+    /// granted (OVHcloud's `errorCode`).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// 403: a valid agent token whose call is not its to make (another
     /// agent claimed the boot, or the job went to another token).
     #[error("{0}")]
@@ -56,6 +64,7 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Auth(e) => e.status_and_code().0,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -78,11 +87,33 @@ fn size(n: usize) -> String {
     }
 }
 
-/// The body of every error, as OVH's API renders it.
+/// The body of every error, as OVHcloud's API renders it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
+    /// The kind of error, from the status: `Client::BadRequest`,
+    /// `Client::Forbidden`, `Client::NotFound`, `Client::Conflict`,
+    /// `Server::InternalServerError`…
+    pub class: String,
     /// What went wrong, for people.
     pub message: String,
+    /// For a refused credential, OVHcloud's code: `NOT_CREDENTIAL`,
+    /// `INVALID_KEY`, `INVALID_CREDENTIAL`, `INVALID_SIGNATURE`,
+    /// `QUERY_TIME_OUT`, `NOT_GRANTED_CALL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
+    /// With `errorCode`: the status and its reason (`403 Forbidden`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_code: Option<String>,
+}
+
+impl ErrorBody {
+    /// The body of an error with `status`.
+    pub fn new(status: StatusCode, message: String) -> ErrorBody {
+        let side = if status.is_server_error() { "Server" } else { "Client" };
+        let reason = status.canonical_reason().unwrap_or("Error").replace([' ', '-'], "");
+        ErrorBody { class: format!("{side}::{reason}"), message, error_code: None, http_code: None }
+    }
 }
 
 /// The body of an error on an agent route.
@@ -100,7 +131,13 @@ impl IntoResponse for AppError {
         if let AppError::Db(e) = &self {
             tracing::error!(error = %e, "database error");
         }
-        let mut r = (self.status(), Json(ErrorBody { message: self.to_string() })).into_response();
+        let status = self.status();
+        let mut body = ErrorBody::new(status, self.to_string());
+        if let AppError::Auth(e) = &self {
+            body.error_code = Some(e.status_and_code().1);
+            body.http_code = Some(format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")));
+        }
+        let mut r = (status, Json(body)).into_response();
         if let AppError::TooManyRequests(_) = &self {
             // The buckets hold a minute's worth.
             r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("60"));

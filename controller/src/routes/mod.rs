@@ -25,6 +25,7 @@
 //! cannot name a route the router does not answer, nor miss one.
 
 pub mod agent;
+pub mod auth;
 pub mod error;
 pub mod netboot;
 pub mod operator;
@@ -179,12 +180,17 @@ impl App {
 
 /// The document's `info.description`.
 const DESCRIPTION: &str = "Bring Your Own Image for bare-metal servers, modelled on OVHcloud's BYOI API \
-(`/dedicated/server/…`).\n\n\
-Who authenticates how: the operator's routes take `Authorization: Bearer API_TOKEN` (`apiToken`); \
-the agent protocol (`/agent/v1/…`) takes the per-boot agent token minted with the server's boot script \
-(`agentToken`), and its errors also carry the `action` the agent must take; the netboot routes \
-(iPXE scripts, the agent's kernel and initramfs) and this document take none.\n\n\
-Errors are `{\"message\": …}` with a 4xx or 5xx status.";
+(`/dedicated/server/…`). The operator's routes and `/auth/…` also answer under `/1.0`, so that OVHcloud's SDKs \
+(endpoint `https://HOST/1.0`) call them as they call OVHcloud.\n\n\
+Who authenticates how: the operator's routes take `Authorization: Bearer API_TOKEN` (`apiToken`), or a request \
+signed as OVHcloud's are (`ovhSignature`: `X-Ovh-Application`, `X-Ovh-Consumer`, `X-Ovh-Timestamp`, \
+`X-Ovh-Signature`) with a credential whose access rules grant the call; credential management (`/me/api/…`) takes \
+the API token only; the agent protocol (`/agent/v1/…`) takes the per-boot agent token minted with the server's \
+boot script (`agentToken`), and its errors also carry the `action` the agent must take; the netboot routes \
+(iPXE scripts, the agent's kernel and initramfs), `/auth/time`, `/auth/validate` and this document take none; \
+`/auth/credential` takes an application key.\n\n\
+Errors are `{\"class\": \"Client::NotFound\", \"message\": …}` with a 4xx or 5xx status, as OVHcloud's; a \
+refused credential adds OVHcloud's `errorCode` and `httpCode`. Every answer carries `X-Ovh-QueryId`.";
 
 /// The document's frame: info, security schemes, tags. Paths and schemas
 /// come from the routes.
@@ -213,13 +219,27 @@ fn frame() -> OpenApi {
                     bearer("The operator's API token (`--api-token`, `$BYOI_API_TOKEN` or `DATA_DIR/api-token`)"),
                 )
                 .security_scheme(
+                    "ovhSignature",
+                    SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                        utoipa::openapi::security::ApiKeyValue::with_description(
+                            "X-Ovh-Signature",
+                            "A request signed as OVHcloud's SDKs sign them: X-Ovh-Application (application key), \
+                             X-Ovh-Consumer (consumer key), X-Ovh-Timestamp (within 180 s of /auth/time), \
+                             X-Ovh-Signature = \"$1$\" + hex(SHA-1(applicationSecret+consumerKey+METHOD+URL+body+timestamp)); \
+                             the credential's access rules must grant the call",
+                        ),
+                    )),
+                )
+                .security_scheme(
                     "agentToken",
                     bearer("A per-boot agent token, minted with the boot script `/boot/{mac}` served the server"),
                 )
                 .build(),
         ))
         .tags(Some([
-            tag("operator", "The BYOI API: servers, deployments, hardware. Operator token."),
+            tag("operator", "The BYOI API: servers, deployments, hardware. API token or a signed request."),
+            tag("auth", "OVHcloud's authentication: the clock, consumer keys and their validation, and managing \
+                applications and credentials (API token)."),
             tag("agent", "The agent protocol: what a netbooted agent says to the controller. Agent token."),
             tag("netboot", "iPXE scripts and the agent's kernel and initramfs. No credentials."),
             tag("meta", "This document. No credentials."),
@@ -240,8 +260,22 @@ pub enum Surface {
     Netboot,
 }
 
+/// The operator's API: its routes behind [`auth::authenticate`], and the
+/// `/auth` routes that take no operator credential. It also answers under
+/// `/1.0`, where OVHcloud's SDKs call it.
+fn api() -> OpenApiRouter<AppState> {
+    operator::routes()
+        .merge(auth::authenticated_routes())
+        .layer(axum::middleware::from_fn(auth::authenticate))
+        .merge(auth::open_routes())
+}
+
+/// The prefix OVHcloud's SDKs call the API under (their endpoint is
+/// `https://HOST/1.0`).
+pub const OVH_PREFIX: &str = "/1.0";
+
 /// The routes of `surface` with their documentation, without state or
-/// layers.
+/// layers (but [`api`]'s).
 fn surface(surface: Surface) -> OpenApiRouter<AppState> {
     let doc = OpenApiRouter::with_openapi(frame());
     // The routes without credentials read no body: one declared larger than
@@ -250,8 +284,8 @@ fn surface(surface: Surface) -> OpenApiRouter<AppState> {
     let meta = || OpenApiRouter::new().routes(or_405(routes!(openapi_json))).layer(refuse());
     let netboot = || netboot::routes().layer(refuse());
     match surface {
-        Surface::All => doc.merge(operator::routes()).merge(agent::routes()).merge(netboot()).merge(meta()),
-        Surface::Api => doc.merge(operator::routes()).merge(agent::routes()).merge(meta()),
+        Surface::All => doc.merge(api()).merge(agent::routes()).merge(netboot()).merge(meta()),
+        Surface::Api => doc.merge(api()).merge(agent::routes()).merge(meta()),
         Surface::Netboot => doc.merge(netboot()),
     }
 }
@@ -276,7 +310,41 @@ fn fits_unauthenticated(req: &Request) -> bool {
 /// The OpenAPI 3.1 document of [`router`]'s routes, generated from the
 /// handlers' `#[utoipa::path]` and the types' `ToSchema`.
 pub fn openapi() -> OpenApi {
-    surface(Surface::All).into_openapi()
+    let mut doc = surface(Surface::All).into_openapi();
+    let api: Vec<String> = api().into_openapi().paths.paths.into_keys().collect();
+    let servers = || {
+        Some(vec![
+            utoipa::openapi::Server::new("/"),
+            utoipa::openapi::ServerBuilder::new()
+                .url(OVH_PREFIX)
+                .description(Some("The same, where OVHcloud's SDKs call it (endpoint `https://HOST/1.0`)"))
+                .build(),
+        ])
+    };
+    for (path, item) in doc.paths.paths.iter_mut().filter(|(p, _)| api.contains(p)) {
+        item.servers = servers();
+        // An operator route takes a signed request as well as the API
+        // token; credential management takes the token only.
+        if path.starts_with("/me/") {
+            continue;
+        }
+        for op in operations(item) {
+            let Some(security) = op.security.as_mut() else { continue };
+            let token = utoipa::openapi::security::SecurityRequirement::new("apiToken", Vec::<String>::new());
+            if security.contains(&token) {
+                security
+                    .push(utoipa::openapi::security::SecurityRequirement::new("ovhSignature", Vec::<String>::new()));
+            }
+        }
+    }
+    doc
+}
+
+/// A path's operations.
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.options, &mut item.head, &mut item.patch]
+        .into_iter()
+        .filter_map(Option::as_mut)
 }
 
 /// The address a request came from (`ConnectInfo`, set by the server for
@@ -321,19 +389,24 @@ pub fn router(app: AppState) -> Router {
 /// The router of one listener's routes, with the layers. `/openapi.json`,
 /// where served, documents every route, whichever listener answers it.
 pub fn router_for(app: AppState, which: Surface) -> Router {
-    let (routes, doc) = surface(which).split_for_parts();
-    // `/openapi.json` documents every route: the API listener's share
-    // lacks the netboot routes (the netboot listener serves no document).
-    let doc = if which == Surface::Api { openapi() } else { doc };
+    let (mut routes, _) = surface(which).split_for_parts();
+    if which != Surface::Netboot {
+        routes = routes.nest(OVH_PREFIX, api().split_for_parts().0);
+    }
+    // `/openapi.json` documents every route, whichever listener serves it
+    // (the netboot listener serves none).
+    let doc = openapi();
     // Plain data with string keys: serialising it cannot fail.
     let doc = Document(Bytes::from(serde_json::to_vec_pretty(&doc).expect("the OpenAPI document serialises")));
     let no_route =
         |req: Request| async move { AppError::NotFound(format!("No route for {} {}", req.method(), req.uri().path())) };
     routes
         .fallback(no_route.layer(axum::middleware::from_fn(refuse_body)))
-        .with_state(app)
+        .with_state(app.clone())
+        .layer(Extension(app))
         .layer(Extension(doc))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(axum::middleware::from_fn(query_id))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
@@ -341,6 +414,39 @@ pub fn router_for(app: AppState, which: Surface) -> Router {
             tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Answers every request's id as OVHcloud does, in `X-Ovh-QueryId` (the
+/// same id as `X-Request-Id`).
+async fn query_id(req: Request, next: Next) -> Response {
+    let id = req.extensions().get::<RequestId>().map(|id| id.header_value().clone());
+    let mut r = next.run(req).await;
+    if let Some(id) = id {
+        r.headers_mut().insert("x-ovh-queryid", id);
+    }
+    r
+}
+
+/// Reads a body of at most `max` bytes, refused before it is read when its
+/// `Content-Length` (in `headers`) says more, and within the connection's
+/// body deadline.
+pub async fn read_body(headers: &HeaderMap, body: axum::body::Body, max: usize) -> Result<Bytes, AppError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(AppError::TooLarge(max));
+    }
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let mut causes = std::iter::successors(std::error::Error::source(&e), |s| s.source());
+        match causes.find_map(|s| {
+            s.downcast_ref::<crate::edge::BodyTimedOut>()
+                .map(|t| AppError::BodyTimeout(t.0))
+                .or_else(|| s.is::<http_body_util::LengthLimitError>().then_some(AppError::TooLarge(max)))
+        }) {
+            Some(refusal) => refusal,
+            None => AppError::BadRequest(format!("Could not read the request body: {e}")),
+        }
+    })
 }
 
 /// A JSON body of at most `MAX` bytes, refused before it is read when its
@@ -353,22 +459,8 @@ impl<S: Send + Sync, T: DeserializeOwned, const MAX: usize> FromRequest<S> for J
     type Rejection = AppError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, AppError> {
-        let declared =
-            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX as u64) {
-            return Err(AppError::TooLarge(MAX));
-        }
-        let body: Bytes = axum::body::to_bytes(req.into_body(), MAX).await.map_err(|e| {
-            let mut causes = std::iter::successors(std::error::Error::source(&e), |s| s.source());
-            match causes.find_map(|s| {
-                s.downcast_ref::<crate::edge::BodyTimedOut>()
-                    .map(|t| AppError::BodyTimeout(t.0))
-                    .or_else(|| s.is::<http_body_util::LengthLimitError>().then_some(AppError::TooLarge(MAX)))
-            }) {
-                Some(refusal) => refusal,
-                None => AppError::BadRequest(format!("Could not read the request body: {e}")),
-            }
-        })?;
+        let (parts, body) = req.into_parts();
+        let body = read_body(&parts.headers, body, MAX).await?;
         let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"null" } else { &body };
         serde_json::from_slice(body).map(Json).map_err(|e| AppError::BadRequest(format!("Invalid JSON body: {e}")))
     }

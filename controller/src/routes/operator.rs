@@ -1,15 +1,17 @@
 //! The BYOI API, modelled on OVHcloud's (`/dedicated/server/…`).
 //!
 //! **Who may call it:** the operator, with `Authorization: Bearer
-//! API_TOKEN`; anyone else gets 401 before a byte of the body is read.
+//! API_TOKEN`, or a request signed with an application credential whose
+//! rules grant the call ([`super::auth`]); anyone else gets 401 or 403
+//! before a byte of the body is read (a signed request's body is read to
+//! check its signature).
 //! **What it reveals:** servers, their MACs, hardware and deployment
 //! history. Never a secret: power drivers show their kind only, image URLs
 //! lose their credentials and query, headers and user data are not shown.
 
 use std::collections::BTreeMap;
 
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use byoi_wire::agent::{Disk, Inventory, LogRecord, Nic};
 use byoi_wire::spec::redact_url;
@@ -19,7 +21,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{bearer, or_405, same, AppError, AppState, ErrorBody, Json, BYOI_BODY};
+pub use super::auth::Operator;
+use super::{or_405, AppError, AppState, ErrorBody, Json, BYOI_BODY};
 use crate::db::{self, DeploymentRow, Payload, ServerRow};
 use crate::lifecycle::{Event, Reply};
 use crate::model::{self, ByoiRequest, NewServer};
@@ -32,21 +35,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(or_405(routes!(show)))
         .routes(or_405(routes!(hardware)))
         .routes(or_405(routes!(byoi_status, byoi_post, byoi_delete)))
-}
-
-/// Proof that the request carries the operator's token.
-#[derive(Debug)]
-pub struct Operator;
-
-impl FromRequestParts<AppState> for Operator {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AppError> {
-        match bearer(&parts.headers) {
-            Some(t) if same(t, &app.cfg.api_token) => Ok(Operator),
-            _ => Err(AppError::Unauthorized("Missing or invalid API token (Authorization: Bearer …)")),
-        }
-    }
 }
 
 /// RFC 3339 UTC from Unix seconds.
