@@ -17,6 +17,7 @@ import unittest
 import urllib.parse
 
 import ovh
+import ovh.client
 import requests
 
 URL = os.environ["BYOI_URL"]
@@ -73,7 +74,7 @@ def write_conf(name, keys):
 def client_for(name, *options):
     """A client for new credentials NAME, configured as the README shows."""
     conf = write_conf(name, credentials(name, *options))
-    return ovh.Client(endpoint="byoi", config_file=conf)
+    return ovh.Client(config_file=conf)
 
 
 def add_server(name, mac):
@@ -196,7 +197,7 @@ class Authentication(unittest.TestCase):
         keys = credentials("wrong-secret")
         secret = keys["application_secret"]
         keys["application_secret"] = ("b" if secret[0] == "a" else "a") + secret[1:]
-        client = ovh.Client(endpoint="byoi", config_file=write_conf("wrong-secret", keys))
+        client = ovh.Client(config_file=write_conf("wrong-secret", keys))
         with self.assertRaises(ovh.exceptions.BadParametersError) as e:
             client.get("/dedicated/server")
         self.assertIn("Invalid signature", str(e.exception))
@@ -220,7 +221,7 @@ class Authentication(unittest.TestCase):
     def test_an_unknown_application_key(self):
         keys = credentials("unknown-app")
         keys["application_key"] = "0" * len(keys["application_key"])
-        client = ovh.Client(endpoint="byoi", config_file=write_conf("unknown-app", keys))
+        client = ovh.Client(config_file=write_conf("unknown-app", keys))
         with self.assertRaises(ovh.exceptions.InvalidKey) as e:
             client.get("/dedicated/server")
         self.assertIn("Invalid application key", str(e.exception))
@@ -228,7 +229,7 @@ class Authentication(unittest.TestCase):
     def test_an_unknown_consumer_key(self):
         keys = credentials("unknown-ck")
         keys["consumer_key"] = "0" * len(keys["consumer_key"])
-        client = ovh.Client(endpoint="byoi", config_file=write_conf("unknown-ck", keys))
+        client = ovh.Client(config_file=write_conf("unknown-ck", keys))
         with self.assertRaises(ovh.exceptions.InvalidCredential) as e:
             client.get("/dedicated/server")
         self.assertIn("This credential does not exist", str(e.exception))
@@ -237,7 +238,7 @@ class Authentication(unittest.TestCase):
         mine = credentials("app-a")
         other = credentials("app-b")
         keys = dict(mine, consumer_key=other["consumer_key"])
-        client = ovh.Client(endpoint="byoi", config_file=write_conf("app-a-with-b", keys))
+        client = ovh.Client(config_file=write_conf("app-a-with-b", keys))
         with self.assertRaises(ovh.exceptions.InvalidCredential):
             client.get("/dedicated/server")
 
@@ -279,7 +280,7 @@ class ConsumerKeyFlow(unittest.TestCase):
         cls.app = write_conf("app-only", credentials("app-only", "--application-only"))
 
     def request_read_only(self):
-        client = ovh.Client(endpoint="byoi", config_file=self.app)
+        client = ovh.Client(config_file=self.app)
         ck = client.new_consumer_key_request()
         ck.add_recursive_rules(ovh.API_READ_ONLY, "/dedicated/server")
         r = ck.request()
@@ -360,8 +361,9 @@ class Servers(unittest.TestCase):
         self.assertIn("sdk-show", CLIENT.get("/dedicated/server"))
         s = CLIENT.get("/dedicated/server/sdk-show")
         self.assertEqual(s["name"], "sdk-show")
-        self.assertIn("state", s)
-        self.assertIn("bootId", s)
+        self.assertEqual(s["state"], "ok")
+        self.assertIsInstance(s["bootId"], int)
+        self.assertIsInstance(s["serverId"], int)
         # byoi's own fields stay.
         self.assertEqual(s["serviceName"], "sdk-show")
         self.assertEqual(s["macs"], ["52:54:00:5d:00:30"])
@@ -386,6 +388,7 @@ class Servers(unittest.TestCase):
         self.assertEqual(e.exception.response.json()["class"], "Client::BadRequest")
         with self.assertRaises(ovh.exceptions.BadParametersError) as e:
             CLIENT.post(path + "reinstall", **reinstall_body(imageCheckSumType=None))
+        self.assertIn(CHECKSUM_PAIR, str(e.exception))
         with self.assertRaises(ovh.exceptions.BadParametersError) as e:
             CLIENT.post(path + "reinstall", **dict(reinstall_body(), operatingSystem="debian12_64"))
         self.assertIn("debian12_64", str(e.exception))
@@ -409,17 +412,21 @@ class Deployments(unittest.TestCase):
 
         task = CLIENT.post(path + "/reinstall", **reinstall_body())
         self.assertEqual(task["function"], "reinstallServer")
-        self.assertIn(task["status"], ("init", "todo"))
+        self.assertEqual(task["status"], "todo")
         for field in ("taskId", "comment", "startDate", "doneDate", "lastUpdate"):
             self.assertIn(field, task)
         self.assertIsNone(task["doneDate"])
         task_id = task["taskId"]
-        with self.assertRaises(ovh.exceptions.ResourceConflictError):
+        with self.assertRaises(ovh.exceptions.ResourceConflictError) as e:
             CLIENT.post(path + "/reinstall", **reinstall_body())
+        self.assertIn("A deployment is already in progress", str(e.exception))
+        waiting = CLIENT.get(path + "/install/status")["progress"]
+        self.assertEqual([s["status"] for s in waiting], ["doing", "todo", "todo", "todo", "todo"])
         self.assertEqual(CLIENT.get(path + "/task", function="reinstallServer"), [task_id])
         self.assertEqual(CLIENT.get(path + "/task", function="reinstallServer", status="done"), [])
-        self.assertEqual(CLIENT.get(path + "/task", function="addWindowSplaFromExistingSerial"), [])
-        self.assertEqual(self.task(name, task_id)["status"], task["status"])
+        with self.assertRaises(ovh.exceptions.BadParametersError):
+            CLIENT.get(path + "/task", function="notAFunction")
+        self.assertEqual(self.task(name, task_id)["status"], "todo")
 
         agent = SimAgent(mac)
         agent.boot()
@@ -452,7 +459,8 @@ class Deployments(unittest.TestCase):
         self.assertTrue(steps, status)
         for step in steps:
             self.assertEqual(set(step), {"comment", "status", "error"}, step)
-        self.assertEqual([s["status"] for s in steps if s["status"] == "doing"], ["doing"], steps)
+        self.assertEqual([s["status"] for s in steps], ["done", "doing", "todo", "todo", "todo"])
+        self.assertEqual({s["error"] for s in steps}, {""})
         agent.progress("writing", 1000)
         agent.progress("finishing", 1000)
         agent.result("done", message="deployed")
