@@ -316,7 +316,7 @@ pub struct Erased {
     pub power_error: Option<String>,
 }
 
-fn no_server(name: &str) -> AppError {
+pub(super) fn no_server(name: &str) -> AppError {
     AppError::NotFound(format!("The requested object (serviceName = {name}) does not exist"))
 }
 
@@ -492,28 +492,41 @@ async fn byoi_post(
     Path(name): Path<String>,
     Json(body): Json<ByoiRequest, BYOI_BODY>,
 ) -> Result<axum::Json<DeploymentView>, AppError> {
+    let (d, power) = deploy(&app, &name, body).await?;
+    let mut view = DeploymentView::of(&d);
+    view.power_cycle = Some(power);
+    Ok(axum::Json(view))
+}
+
+/// Starts a deployment of `body` on `name`, for both POST routes
+/// (`bringYourOwnImage` and `reinstall`): validates it (OVH's messages),
+/// applies [`Event::Post`] and power-cycles the server. Returns the new
+/// deployment and what was done to the power.
+pub(super) async fn deploy(
+    app: &AppState,
+    name: &str,
+    body: ByoiRequest,
+) -> Result<(DeploymentRow, PowerCycle), AppError> {
     let request = body.validate().map_err(|e| AppError::BadRequest(e.0))?;
     let url = redact_url(&request.spec.url);
     let applied =
-        app.db.apply(&name, Event::Post, Payload::Request(Box::new(request))).await?.ok_or_else(|| no_server(&name))?;
-    let d = applied.latest.ok_or_else(|| no_server(&name))?;
+        app.db.apply(name, Event::Post, Payload::Request(Box::new(request))).await?.ok_or_else(|| no_server(name))?;
+    let d = applied.latest.ok_or_else(|| no_server(name))?;
     if let Reply::Conflict(msg) = applied.transition.reply {
         return Err(AppError::Conflict(format!("{msg} on {name} (id {}, {})", d.id, d.stage)));
     }
     tracing::info!(server = %name, deployment = d.id, %url, "deployment requested");
     // Every deployment starts with a fresh boot: the agent's token is
     // minted for it, and only for it.
-    let power = match power_cycle(&app, &name).await {
+    let power = match power_cycle(app, name).await {
         Ok(p) => p,
         Err(e) => {
             let message = format!("could not power-cycle {name}: {e}");
-            app.db.apply(&name, Event::PowerFailed { message: message.clone() }, Payload::None).await?;
+            app.db.apply(name, Event::PowerFailed { message: message.clone() }, Payload::None).await?;
             return Err(AppError::BadGateway(message));
         }
     };
-    let mut view = DeploymentView::of(&d);
-    view.power_cycle = Some(power);
-    Ok(axum::Json(view))
+    Ok((d, power))
 }
 
 /// Erases the current deployment.
