@@ -212,11 +212,90 @@ pub struct ServerView {
     /// registered before byoi had host keys, on first use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
+    /// OVHcloud's `name`: the serviceName again.
+    pub name: String,
+    /// OVHcloud's `serverId`: a number naming the server for as long as it
+    /// is registered (the rowid of its database row).
+    pub server_id: i64,
+    /// OVHcloud's `state`.
+    pub state: ServerState,
+    /// OVHcloud's `bootId`: what it netboots into, as a number (see
+    /// [`boot_id`]): 1 its own disk (OVHcloud's hard-disk boot is 1
+    /// too), 2 the rescue agent, 3 the deploying agent.
+    pub boot_id: u32,
+    /// OVHcloud's `os`: `byoi_64` while its newest deployment is done (the
+    /// disk holds that image), else null.
+    pub os: Option<Os>,
+    /// OVHcloud's `efiBootloaderPath`: the UEFI loader that done deployment
+    /// registered, if it named one; else null.
+    pub efi_bootloader_path: Option<String>,
+    /// OVHcloud's `rescueMail`: always null (byoi sends no mail; rescue's
+    /// SSH keys are the last deployment's).
+    pub rescue_mail: Option<String>,
+    /// OVHcloud's `monitoring`: always false (byoi does not ping servers).
+    pub monitoring: bool,
+    /// OVHcloud's `noIntervention`: always false (byoi sends nobody to a
+    /// server).
+    pub no_intervention: bool,
+}
+
+/// OVHcloud's `state` of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ServerState {
+    /// Nothing known to be wrong.
+    Ok,
+    /// Its newest deployment failed: the agent wiped the disk's partition
+    /// tables, nothing boots from it until a deployment is done.
+    Error,
+}
+
+/// The operating systems byoi installs, by OVHcloud's template names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum Os {
+    /// An image the operator brings (OVHcloud's BYOI template).
+    #[serde(rename = "byoi_64")]
+    Byoi64,
+}
+
+impl Os {
+    /// OVHcloud's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Os::Byoi64 => "byoi_64",
+        }
+    }
+}
+
+/// OVHcloud's `bootId` of a boot target: stable numbers, documented in
+/// the API and in `ServerView::boot_id`.
+pub fn boot_id(target: BootTarget) -> u32 {
+    match target {
+        BootTarget::Local => 1,
+        BootTarget::Rescue => 2,
+        BootTarget::Deploy => 3,
+    }
 }
 
 impl ServerView {
-    fn of(s: &ServerRow, history: &[DeploymentRow]) -> ServerView {
+    /// The view of `s`, numbered `server_id`, with its deployments
+    /// (newest first).
+    fn of(s: &ServerRow, server_id: i64, history: &[DeploymentRow]) -> ServerView {
+        let newest = history.first();
+        let installed = newest.filter(|d| d.status == Status::Done);
         ServerView {
+            name: s.name.clone(),
+            server_id,
+            state: match newest.map(|d| d.status) {
+                Some(Status::Error) => ServerState::Error,
+                _ => ServerState::Ok,
+            },
+            boot_id: boot_id(s.boot_target),
+            os: installed.map(|_| Os::Byoi64),
+            efi_bootloader_path: installed.and_then(|d| d.request.spec.efi_loader.clone()),
+            rescue_mail: None,
+            monitoring: false,
+            no_intervention: false,
             service_name: s.name.clone(),
             macs: s.macs.clone(),
             power: PowerView { kind: s.power.kind() },
@@ -387,7 +466,8 @@ async fn add(
             // The rescue host key is made now, so its fingerprint is known
             // before the first rescue boot.
             let ssh_host_key = app.db.ssh_host_key(&row.name).await?.map(|k| k.fingerprint());
-            Ok((StatusCode::CREATED, axum::Json(ServerView { ssh_host_key, ..ServerView::of(&row, &[]) })))
+            let id = app.db.server_id(&row.name).await?.ok_or_else(|| no_server(&row.name))?;
+            Ok((StatusCode::CREATED, axum::Json(ServerView { ssh_host_key, ..ServerView::of(&row, id, &[]) })))
         }
         Err(conflict) => Err(AppError::Conflict(conflict)),
     }
@@ -408,9 +488,10 @@ async fn show(
     Path(name): Path<String>,
 ) -> Result<axum::Json<ServerView>, AppError> {
     let s = server(&app, &name).await?;
+    let id = app.db.server_id(&name).await?.ok_or_else(|| no_server(&name))?;
     let history = app.db.history(&name).await?;
     let ssh_host_key = app.db.ssh_host_key(&name).await?.map(|k| k.fingerprint());
-    Ok(axum::Json(ServerView { ssh_host_key, ..ServerView::of(&s, &history) }))
+    Ok(axum::Json(ServerView { ssh_host_key, ..ServerView::of(&s, id, &history) }))
 }
 
 /// What the server's agent found: firmware, memory, disk groups, NICs.
