@@ -327,10 +327,49 @@ pub struct DiskGroup {
     pub disk_type: String,
     /// Disks in the group.
     pub number_of_disks: usize,
-    /// Size of each.
+    /// Size of each, in decimal GB, rounded, as OVHcloud shows it.
+    pub disk_size: Size,
+    /// OVHcloud's summary: `2 x 480 GB SSD`.
+    pub description: String,
+    /// OVHcloud's `raidController`: always null (the agent sees the disks
+    /// the operating system sees, not a controller behind them).
+    pub raid_controller: Option<String>,
+    /// Size of each, in bytes (our extension).
     pub disk_size_bytes: u64,
-    /// The disks, by serial.
+    /// The disks, by serial (our extension).
     pub disks: Vec<Disk>,
+}
+
+/// A size as OVHcloud writes one: `{"unit": "GB", "value": 480}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Size {
+    /// Its unit.
+    pub unit: SizeUnit,
+    /// The size in that unit, rounded.
+    pub value: u64,
+}
+
+/// The units of [`Size`], as OVHcloud spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum SizeUnit {
+    /// Decimal gigabytes (10^9 bytes), as disks are sold.
+    #[serde(rename = "GB")]
+    Gb,
+    /// Mebibytes (2^20 bytes), which OVHcloud writes `MB` for memory.
+    #[serde(rename = "MB")]
+    Mb,
+}
+
+impl Size {
+    /// `bytes` in decimal GB, rounded.
+    pub fn gb(bytes: u64) -> Size {
+        Size { unit: SizeUnit::Gb, value: bytes.saturating_add(500_000_000) / 1_000_000_000 }
+    }
+
+    /// `bytes` in mebibytes (OVHcloud's memory `MB`), rounded.
+    pub fn mb(bytes: u64) -> Size {
+        Size { unit: SizeUnit::Mb, value: bytes.saturating_add(1 << 19) >> 20 }
+    }
 }
 
 /// Groups disks of equal model, size and transport, numbered from 1 in an
@@ -355,10 +394,14 @@ pub fn disk_groups(inv: &Inventory) -> Vec<DiskGroup> {
             } else {
                 "SSD"
             };
+            let disk_size = Size::gb(size);
             DiskGroup {
                 disk_group_id: i as u32 + 1,
                 disk_type: disk_type.into(),
                 number_of_disks: disks.len(),
+                disk_size,
+                description: format!("{} x {} GB {disk_type}", disks.len(), disk_size.value),
+                raid_controller: None,
                 disk_size_bytes: size,
                 disks,
             }
@@ -372,11 +415,13 @@ pub fn disk_groups(inv: &Inventory) -> Vec<DiskGroup> {
 pub struct HardwareView {
     /// How it booted.
     pub boot_mode: BootMode,
-    /// Memory in bytes.
-    pub memory_size: u64,
+    /// Memory, in OVHcloud's `MB` (mebibytes), rounded.
+    pub memory_size: Size,
+    /// Memory in bytes, as the agent found it (our extension).
+    pub memory_size_bytes: u64,
     /// Its disks, grouped.
     pub disk_groups: Vec<DiskGroup>,
-    /// Its NICs.
+    /// Its NICs (our extension).
     pub nics: Vec<Nic>,
 }
 
@@ -516,7 +561,8 @@ async fn hardware(
     })?;
     Ok(axum::Json(HardwareView {
         boot_mode: inv.firmware,
-        memory_size: inv.memory_bytes,
+        memory_size: Size::mb(inv.memory_bytes),
+        memory_size_bytes: inv.memory_bytes,
         disk_groups: disk_groups(&inv),
         nics: inv.nics,
     }))
@@ -692,5 +738,20 @@ mod tests {
         assert_eq!(g[0].disk_size_bytes, 1000);
         assert_eq!(g[0].disks[0].serial, "A");
         assert_eq!(g[1].number_of_disks, 1);
+        assert_eq!(g[0].description, "2 x 0 GB SSD");
+    }
+
+    #[test]
+    fn sizes_in_ovhcloud_units() {
+        assert_eq!(Size::gb(480_103_981_056), Size { unit: SizeUnit::Gb, value: 480 });
+        assert_eq!(Size::gb(1_999_999_999).value, 2);
+        assert_eq!(Size::gb(1_499_999_999).value, 1);
+        assert_eq!(Size::gb(u64::MAX).value, u64::MAX / 1_000_000_000);
+        assert_eq!(Size::mb(64 << 30), Size { unit: SizeUnit::Mb, value: 65_536 });
+        assert_eq!(Size::mb((1 << 20) - 1).value, 1);
+        assert_eq!(
+            serde_json::to_value(Size::gb(2_000_000_000_000)).unwrap(),
+            serde_json::json!({"unit": "GB", "value": 2000})
+        );
     }
 }
