@@ -28,6 +28,7 @@ pub mod agent;
 pub mod error;
 pub mod netboot;
 pub mod operator;
+pub mod reinstall;
 
 use std::path::PathBuf;
 use std::sync::Arc;

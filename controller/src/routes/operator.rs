@@ -32,6 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(or_405(routes!(show)))
         .routes(or_405(routes!(hardware)))
         .routes(or_405(routes!(byoi_status, byoi_post, byoi_delete)))
+        .merge(super::reinstall::routes())
 }
 
 /// Proof that the request carries the operator's token.
@@ -444,7 +445,7 @@ pub(super) fn no_server(name: &str) -> AppError {
     AppError::NotFound(format!("The requested object (serviceName = {name}) does not exist"))
 }
 
-async fn server(app: &AppState, name: &str) -> Result<ServerRow, AppError> {
+pub(super) async fn server(app: &AppState, name: &str) -> Result<ServerRow, AppError> {
     app.db.server(name).await?.ok_or_else(|| no_server(name))
 }
 
