@@ -331,6 +331,14 @@ impl Db {
         .await
     }
 
+    /// A server's number: the rowid of its row, which byoi never
+    /// renumbers (servers are not deleted, and nothing runs `VACUUM`).
+    pub async fn server_id(&self, name: &str) -> Result<Option<i64>> {
+        let name = name.to_owned();
+        self.call(move |c| c.query_row("SELECT rowid FROM servers WHERE name = ?1", [name], |r| r.get(0)).optional())
+            .await
+    }
+
     /// All servers, by name.
     pub async fn servers(&self) -> Result<Vec<ServerRow>> {
         self.call(|c| {

@@ -175,7 +175,7 @@ pub enum AgentCall {
 /// Something that happened to a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// `POST …/bringYourOwnImage` with a valid body.
+    /// `POST …/bringYourOwnImage` or `POST …/reinstall` with a valid body.
     Post,
     /// The power cycle a transition asked for failed.
     PowerFailed {

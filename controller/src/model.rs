@@ -58,9 +58,12 @@ pub struct ByoiRequest {
     /// Extra HTTP headers (OVH's newer name).
     #[serde(rename = "httpHeaders")]
     pub http_headers: Option<BTreeMap<String, String>>,
-    /// UEFI loader on the ESP.
+    /// UEFI loader on the ESP: the boot entry the agent registers.
     #[serde(rename = "efiBootloaderPath")]
     pub efi_bootloader_path: Option<String>,
+    /// The same, by OVH's other name; both given must agree.
+    #[serde(rename = "efiBootloader")]
+    pub efi_bootloader: Option<String>,
     /// cloud-init ConfigDrive.
     pub configdrive: Option<ConfigDriveRequest>,
     /// The serial number of the disk to write (our extension): the job
@@ -139,6 +142,14 @@ impl ByoiRequest {
         headers.extend(self.http_headers.unwrap_or_default());
         let disk_group_id = self.disk_group_id.unwrap_or(1);
         let disk = DiskPin::from_request(self.disk_serial, self.disk_wwn)?;
+        let efi_loader = match (self.efi_bootloader_path, self.efi_bootloader) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(SpecError(
+                    "Please provide efiBootloaderPath OR efiBootloader (or the same path in both)".into(),
+                ))
+            }
+            (a, b) => a.or(b),
+        };
         if disk_group_id == 0 {
             return Err(SpecError("Bad diskGroupId, groups are numbered from 1.".into()));
         }
@@ -193,7 +204,7 @@ impl ByoiRequest {
             ova_disk: self.ova_disk,
             headers,
             configdrive,
-            efi_loader: self.efi_bootloader_path,
+            efi_loader,
             firmware: None,
         };
         spec.validate(Urls::Remote)?;
@@ -396,6 +407,10 @@ mod tests {
                 r#"{"URL":"http://x/i","configdrive":{"enable":true,"userData":"a","userDataBase64":"YQ=="}}"#,
                 "Please provide userData OR userDataBase64, not both",
             ),
+            (
+                r#"{"URL":"http://x/i","efiBootloaderPath":"\\EFI\\a.efi","efiBootloader":"\\EFI\\b.efi"}"#,
+                "Please provide efiBootloaderPath OR efiBootloader (or the same path in both)",
+            ),
         ];
         for (json, want) in cases {
             assert_eq!(req(json).unwrap_err(), want, "{json}");
@@ -418,6 +433,17 @@ mod tests {
         assert_eq!((cd.user_data, cd.ssh_keys), (Some(Blob(vec![0, 1, 2])), vec!["ssh-ed25519 K".to_owned()]));
         assert_eq!(v.spec.efi_loader.as_deref(), Some("\\EFI\\x.efi"));
         assert_eq!(v.disk_group_id, 1);
+    }
+
+    #[test]
+    fn efi_bootloader_is_an_alias_of_efi_bootloader_path() {
+        for json in [
+            r#"{"URL":"http://x/i","efiBootloader":"\\EFI\\x.efi"}"#,
+            r#"{"URL":"http://x/i","efiBootloaderPath":"\\EFI\\x.efi"}"#,
+            r#"{"URL":"http://x/i","efiBootloaderPath":"\\EFI\\x.efi","efiBootloader":"\\EFI\\x.efi"}"#,
+        ] {
+            assert_eq!(req(json).unwrap().spec.efi_loader.as_deref(), Some("\\EFI\\x.efi"), "{json}");
+        }
     }
 
     #[test]

@@ -607,7 +607,7 @@ async fn netboot_side_scripts_and_artifacts() {
 
 /// The routes [`openapi_document_matches_the_routes`] knows: adding one
 /// means documenting it, listing it here and sampling its answer there.
-const ROUTES: [&str; 32] = [
+const ROUTES: [&str; 36] = [
     "GET /dedicated/server",
     "POST /dedicated/server",
     "GET /dedicated/server/{serviceName}",
@@ -615,6 +615,10 @@ const ROUTES: [&str; 32] = [
     "GET /dedicated/server/{serviceName}/bringYourOwnImage",
     "POST /dedicated/server/{serviceName}/bringYourOwnImage",
     "DELETE /dedicated/server/{serviceName}/bringYourOwnImage",
+    "POST /dedicated/server/{serviceName}/reinstall",
+    "GET /dedicated/server/{serviceName}/task",
+    "GET /dedicated/server/{serviceName}/task/{taskId}",
+    "GET /dedicated/server/{serviceName}/install/status",
     "POST /agent/v1/hello",
     "POST /agent/v1/heartbeat",
     "GET /agent/v1/job",
@@ -647,6 +651,7 @@ fn concrete(path: &str) -> String {
     let p = path
         .replace("{serviceName}", "s1")
         .replace("{mac}", "52:54:00:00:00:01")
+        .replace("{taskId}", "1")
         .replace("{applicationId}", "1")
         .replace("{credentialId}", "1");
     assert!(!p.contains('{'), "{path}: a path parameter this test does not know");
@@ -865,6 +870,20 @@ async fn openapi_document_matches_the_routes() {
     let r = s.operator(Method::POST, byoi, Some(body.clone())).await;
     assert_eq!((r.status, &r.json_body()["powerCycle"]), (StatusCode::OK, &json!("manual")));
     assert_eq!(s.operator(Method::POST, byoi, Some(body)).await.status, StatusCode::CONFLICT);
+    let reinstall = "/dedicated/server/{serviceName}/reinstall";
+    let other = json!({"operatingSystem": "debian12_64"});
+    assert_eq!(s.operator(Method::POST, reinstall, Some(other)).await.status, StatusCode::BAD_REQUEST);
+    let byoi_64 = json!({"operatingSystem": "byoi_64", "customizations": {"imageURL": "http://x/i",
+        "configDriveMetadata": {"k": "v"}}, "storage": [{"diskGroupId": 1}]});
+    assert_eq!(s.operator(Method::POST, reinstall, Some(byoi_64.clone())).await.status, StatusCode::CONFLICT);
+    let tasks = "/dedicated/server/{serviceName}/task";
+    assert_eq!(s.operator(Method::GET, tasks, None).await.json_body(), json!([1]));
+    let req = Request::new(Method::GET, "?status=nope", "").header(AUTHORIZATION, &format!("Bearer {TOKEN}"));
+    assert_eq!(s.sample(tasks, req).await.status, StatusCode::BAD_REQUEST);
+    let task = "/dedicated/server/{serviceName}/task/{taskId}";
+    assert_eq!(s.operator(Method::GET, task, None).await.json_body()["status"], "todo");
+    let install = "/dedicated/server/{serviceName}/install/status";
+    assert_eq!(s.operator(Method::GET, install, None).await.status, StatusCode::OK);
 
     assert_eq!(s.anyone(Method::GET, "/boot.ipxe").await.status, StatusCode::OK);
     let r = s.anyone(Method::GET, "/boot/{mac}").await;
@@ -899,6 +918,9 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(action(&s.agent(&token, Method::POST, "/agent/v1/result", Some(done)).await), "reboot");
     let r = s.operator(Method::GET, "/dedicated/server/{serviceName}", None).await;
     assert_eq!(r.json_body()["deployments"][0]["status"], "done", "the sample has a history to check");
+    assert_eq!(r.json_body()["os"], "byoi_64", "the sample has an installed system to check");
+    assert_eq!(s.operator(Method::GET, task, None).await.json_body()["status"], "done");
+    assert_eq!(s.operator(Method::GET, install, None).await.status, StatusCode::NOT_FOUND);
 
     let r = s.operator(Method::DELETE, byoi, None).await;
     assert_eq!((r.status, &r.json_body()["powerCycle"]), (StatusCode::OK, &json!("manual")));
@@ -917,6 +939,8 @@ async fn openapi_document_matches_the_routes() {
     let view = s.operator(Method::GET, "/dedicated/server/{serviceName}", None).await;
     assert_eq!(view.json_body()["sshHostKey"], json!(key.fingerprint()));
     assert_eq!(s.operator(Method::DELETE, byoi, None).await.status, StatusCode::NOT_FOUND);
+    let r = s.operator(Method::POST, reinstall, Some(byoi_64)).await;
+    assert_eq!((r.status, &r.json_body()["status"]), (StatusCode::OK, &json!("todo")));
 
     // OVHcloud's authentication, and the credentials' management.
     assert!(s.anyone(Method::GET, "/auth/time").await.json_body().is_i64());
@@ -1235,4 +1259,311 @@ async fn inputs_the_review_found() {
     // Credentials and signatures never come back in the history.
     let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
     assert_eq!(s["deployments"][0]["url"], "https://x/i?…");
+}
+
+// OVHcloud's current calls: reinstall, tasks, install/status, the server
+// object and its hardware in OVHcloud's shape.
+
+/// A `byoi_64` reinstall body with every customization.
+fn reinstall_body() -> Value {
+    json!({"operatingSystem": "byoi_64", "customizations": {
+        "imageURL": "https://img.example/debian.qcow2", "imageType": "qcow2",
+        "imageCheckSum": "ab".repeat(32), "imageCheckSumType": "sha256",
+        "httpHeaders": {"Authorization": "Basic bG9naW46cGFzc3dvcmQ="},
+        "configDriveUserData": "#cloud-config\n", "configDriveMetadata": {"role": "db", "rack": "r1"},
+        "efiBootloaderPath": "\\efi\\debian\\grubx64.efi", "hostname": "web1", "sshKey": "ssh-ed25519 AAAA"},
+        "storage": [{"diskGroupId": 1}]})
+}
+
+/// GET `…/s1/task/{id}`: the task.
+async fn task_of(app: &App, server: &str, id: i64) -> Value {
+    let r = call(app, Method::GET, &format!("/dedicated/server/{server}/task/{id}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
+    r.json_body()
+}
+
+/// GET `…/s1/task{query}`: the ids.
+async fn task_ids(app: &App, query: &str) -> Value {
+    let r = call(app, Method::GET, &format!("/dedicated/server/s1/task{query}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{query}: {:?}", r.json_body());
+    r.json_body()
+}
+
+/// Posts `body` to s1's `reinstall`, netboots it, says hello and takes the
+/// job: returns (agent token, job).
+async fn reinstalled(app: &App, body: Value) -> (String, byoi_wire::agent::Job) {
+    let r = call(app, Method::POST, "/dedicated/server/s1/reinstall", Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
+    let (_, token) = netboot(app, "52:54:00:00:00:01").await;
+    let token = token.unwrap();
+    assert_eq!(action(&agent(app, &token, Method::POST, "hello", Some(inventory())).await), "continue");
+    let job: JobResponse = serde_json::from_slice(&agent(app, &token, Method::GET, "job", None).await.body).unwrap();
+    (token, job.job.unwrap())
+}
+
+#[tokio::test]
+async fn a_reinstall_is_a_task_that_follows_its_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let r = call(&app, Method::GET, "/dedicated/server/s1/install/status", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json_body()["message"], "Server is not being installed or reinstalled at the moment");
+
+    let r = call(&app, Method::POST, "/dedicated/server/s1/reinstall", Some(reinstall_body())).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
+    let t = r.json_body();
+    let id = t["taskId"].as_i64().unwrap();
+    assert_eq!((t["function"].as_str(), t["status"].as_str()), (Some("reinstallServer"), Some("todo")));
+    assert_eq!((t["comment"].as_str(), t["powerCycle"].as_str()), (Some("starting"), Some("manual")));
+    assert!(t["startDate"].as_str().unwrap().ends_with('Z') && t["lastUpdate"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(t["doneDate"], Value::Null);
+    let got = task_of(&app, "s1", id).await;
+    assert_eq!((&got["status"], got.get("powerCycle")), (&json!("todo"), None), "{got}");
+    assert_eq!(task_ids(&app, "").await, json!([id]));
+    // The task is the deployment bringYourOwnImage shows.
+    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    assert_eq!((st["deploymentId"].as_i64(), st["checksum"].clone()), (Some(id), json!("ab".repeat(32))));
+    let r = call(&app, Method::POST, "/dedicated/server/s1/reinstall", Some(reinstall_body())).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+
+    let is = call(&app, Method::GET, "/dedicated/server/s1/install/status", None).await.json_body();
+    assert!(is["elapsedTime"].as_i64().unwrap() >= 0, "{is}");
+    let steps = is["progress"].as_array().unwrap();
+    assert_eq!(steps.len(), 5);
+    assert_eq!(steps[0], json!({"comment": "Booting the deployment agent", "status": "doing", "error": ""}));
+    assert!(steps[1..].iter().all(|s| s["status"] == "todo"), "{is}");
+
+    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
+    let token = token.unwrap();
+    assert_eq!(action(&agent(&app, &token, Method::POST, "hello", Some(inventory())).await), "continue");
+    assert_eq!(task_of(&app, "s1", id).await["status"], "todo", "the agent has not taken the job yet");
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
+    let job = job.job.unwrap();
+    assert_eq!(job.deployment_id, id);
+    assert_eq!(job.spec.url, "https://img.example/debian.qcow2");
+    assert_eq!(job.spec.checksum.unwrap().to_string(), format!("sha256:{}", "ab".repeat(32)));
+    assert_eq!(job.spec.headers.get("Authorization").map(String::as_str), Some("Basic bG9naW46cGFzc3dvcmQ="));
+    assert_eq!(job.spec.efi_loader.as_deref(), Some("\\efi\\debian\\grubx64.efi"));
+    let cd = job.spec.configdrive.unwrap();
+    let meta: Vec<(&str, &str)> = cd.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(meta, [("rack", "r1"), ("role", "db")], "configDriveMetadata is the ConfigDrive's meta");
+    assert_eq!((cd.hostname.as_deref(), cd.ssh_keys), (Some("web1"), vec!["ssh-ed25519 AAAA".to_owned()]));
+    assert_eq!(cd.user_data.unwrap().0, b"#cloud-config\n");
+    assert_eq!(job.disk.serial, "S1", "storage's disk group 1");
+    assert_eq!(task_of(&app, "s1", id).await["status"], "doing");
+
+    let p = json!({"deploymentId": id, "stage": "writing", "bytesDone": 10, "bytesTotal": 10});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "continue");
+    let is = call(&app, Method::GET, "/dedicated/server/s1/install/status", None).await.json_body();
+    let shown: Vec<&str> = is["progress"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
+    assert_eq!(shown, ["done", "done", "doing", "todo", "todo"]);
+    assert_eq!(is["progress"][2]["comment"], "Completing the write and verifying the checksum");
+    assert_eq!(task_of(&app, "s1", id).await["status"], "doing");
+
+    let done = json!({"deploymentId": id, "status": "done", "message": "deployed"});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(done)).await), "reboot");
+    let t = task_of(&app, "s1", id).await;
+    assert_eq!((t["status"].as_str(), t["comment"].as_str()), (Some("done"), Some("deployed")));
+    assert!(t["doneDate"].as_str().unwrap().ends_with('Z'), "{t}");
+    let r = call(&app, Method::GET, "/dedicated/server/s1/install/status", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json_body()["message"], "Server is not being installed or reinstalled at the moment");
+    let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
+    assert_eq!(
+        (s["os"].as_str(), s["efiBootloaderPath"].as_str()),
+        (Some("byoi_64"), Some("\\efi\\debian\\grubx64.efi"))
+    );
+    assert_eq!((s["state"].as_str(), s["bootId"].as_u64()), (Some("ok"), Some(1)));
+}
+
+#[tokio::test]
+async fn failed_and_cancelled_tasks_and_their_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    // The image's fault: customerError, with the agent's message.
+    let (token, job) = reinstalled(&app, reinstall_body()).await;
+    let first = job.deployment_id;
+    let msg = "Bad sha256 for downloaded file, got: aa while expecting bb.";
+    let err = json!({"deploymentId": first, "status": "error", "code": "checksum-mismatch", "message": msg});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(err)).await), "reboot");
+    let t = task_of(&app, "s1", first).await;
+    assert_eq!((t["status"].as_str(), t["comment"].as_str()), (Some("customerError"), Some(msg)));
+    assert!(t["doneDate"].as_str().is_some(), "{t}");
+    let r = call(&app, Method::GET, "/dedicated/server/s1/install/status", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "a failed deployment is not being installed");
+    let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
+    assert_eq!((s["state"].as_str(), &s["os"], s["bootId"].as_u64()), (Some("error"), &Value::Null, Some(3)));
+
+    // The platform's fault (by the legacy route: a task too): ovhError.
+    let (token, second) = running_job_again(&app).await;
+    let err = json!({"deploymentId": second, "status": "error", "code": "write-failed", "message": "EIO at 4096"});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(err)).await), "reboot");
+    assert_eq!(task_of(&app, "s1", second).await["status"], "ovhError");
+
+    // Erased while running: cancelled.
+    let (_, third) = running_job_again(&app).await;
+    assert_eq!(call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await.status, StatusCode::OK);
+    let t = task_of(&app, "s1", third).await;
+    assert_eq!((t["status"].as_str(), t["comment"].as_str()), (Some("cancelled"), Some("deployment cancelled")));
+    let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
+    assert_eq!(s["bootId"], 2, "rescue");
+
+    assert_eq!(task_ids(&app, "").await, json!([first, second, third]), "ascending");
+    assert_eq!(task_ids(&app, "?function=reinstallServer").await, json!([first, second, third]));
+    assert_eq!(task_ids(&app, "?status=customerError").await, json!([first]));
+    assert_eq!(task_ids(&app, "?function=reinstallServer&status=ovhError").await, json!([second]));
+    assert_eq!(task_ids(&app, "?status=cancelled").await, json!([third]));
+    assert_eq!(task_ids(&app, "?status=init").await, json!([]));
+    for (query, names) in [
+        ("?status=failed", "`init`, `todo`, `doing`, `done`, `customerError`, `ovhError`, `cancelled`"),
+        ("?function=hardReboot", "`reinstallServer`"),
+        ("?taskId=1", "`function` or `status`"),
+    ] {
+        let r = call(&app, Method::GET, &format!("/dedicated/server/s1/task{query}"), None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}");
+        let m = r.json_body()["message"].as_str().unwrap().to_owned();
+        assert!(m.starts_with("Invalid query: ") && m.contains(names), "{query}: {m}");
+    }
+    // Another server's task, a task that never was, no such server.
+    add_server(&app, "s2", "52:54:00:00:00:02", json!({"kind": "manual"})).await;
+    assert_eq!(call(&app, Method::GET, "/dedicated/server/s2/task", None).await.json_body(), json!([]));
+    for (path, msg) in [
+        (
+            format!("/dedicated/server/s2/task/{first}"),
+            format!("The requested object (taskId = {first}) does not exist"),
+        ),
+        ("/dedicated/server/s1/task/99".to_owned(), "The requested object (taskId = 99) does not exist".to_owned()),
+        (
+            "/dedicated/server/nope/task/1".to_owned(),
+            "The requested object (serviceName = nope) does not exist".to_owned(),
+        ),
+        (
+            "/dedicated/server/nope/task".to_owned(),
+            "The requested object (serviceName = nope) does not exist".to_owned(),
+        ),
+        (
+            "/dedicated/server/nope/install/status".to_owned(),
+            "The requested object (serviceName = nope) does not exist".to_owned(),
+        ),
+    ] {
+        let r = call(&app, Method::GET, &path, None).await;
+        assert_eq!(
+            (r.status, r.json_body()["message"].as_str()),
+            (StatusCode::NOT_FOUND, Some(msg.as_str())),
+            "{path}"
+        );
+    }
+    let r = call(&app, Method::GET, "/dedicated/server/s1/task/abc", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json_body()["message"], "[taskId] Given data (abc) is not valid for type long");
+}
+
+#[tokio::test]
+async fn reinstall_takes_byoi_64_only_and_both_loader_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let a = &app;
+    let bad = |body: Value| async move {
+        let r = call(a, Method::POST, "/dedicated/server/s1/reinstall", Some(body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        r.json_body()["message"].as_str().unwrap().to_owned()
+    };
+    let other = json!({"operatingSystem": "debian12_64", "customizations": {"hostname": "h"}});
+    assert_eq!(
+        bad(other).await,
+        "Operating system \"debian12_64\" is not available on this server: this controller installs only byoi_64"
+    );
+    // The legacy validation, with OVHcloud's words.
+    let mut body = reinstall_body();
+    body["customizations"]["imageCheckSumType"] = json!(null);
+    assert_eq!(bad(body).await, "Please provide checkSum AND checkSumType or none of them");
+    let mut body = reinstall_body();
+    body["customizations"]["efiBootloader"] = json!("\\efi\\boot\\bootx64.efi");
+    assert_eq!(bad(body).await, "Please provide efiBootloaderPath OR efiBootloader (or the same path in both)");
+    let r = call(
+        &app,
+        Method::POST,
+        "/dedicated/server/s1/bringYourOwnImage",
+        Some(json!({"URL": "http://x/i", "efiBootloaderPath": "\\efi\\a.efi", "efiBootloader": "\\efi\\b.efi"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        call(&app, Method::GET, "/dedicated/server/s1/task", None).await.json_body(),
+        json!([]),
+        "nothing started"
+    );
+
+    // efiBootloader is the loader the agent registers, by either route.
+    let mut body = reinstall_body();
+    body["customizations"]["efiBootloaderPath"] = json!(null);
+    body["customizations"]["efiBootloader"] = json!("\\efi\\boot\\bootx64.efi");
+    let (token, job) = reinstalled(&app, body).await;
+    assert_eq!(job.spec.efi_loader.as_deref(), Some("\\efi\\boot\\bootx64.efi"));
+    let err =
+        json!({"deploymentId": job.deployment_id, "status": "error", "code": "no-efi-partition", "message": "no ESP"});
+    agent(&app, &token, Method::POST, "result", Some(err)).await;
+    assert_eq!(task_of(&app, "s1", job.deployment_id).await["status"], "customerError");
+    let r = call(
+        &app,
+        Method::POST,
+        "/dedicated/server/s1/bringYourOwnImage",
+        Some(json!({"URL": "http://x/i", "efiBootloader": "\\efi\\microsoft\\boot\\bootmgfw.efi"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
+    let token = token.unwrap();
+    agent(&app, &token, Method::POST, "hello", Some(inventory())).await;
+    let job: JobResponse = serde_json::from_slice(&agent(&app, &token, Method::GET, "job", None).await.body).unwrap();
+    assert_eq!(job.job.unwrap().spec.efi_loader.as_deref(), Some("\\efi\\microsoft\\boot\\bootmgfw.efi"));
+}
+
+#[tokio::test]
+async fn the_server_and_its_hardware_in_ovhcloud_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let r = call(
+        &app,
+        Method::POST,
+        "/dedicated/server",
+        Some(json!({"serviceName": "s2", "macs": ["52:54:00:00:00:02"]})),
+    )
+    .await;
+    assert_eq!((r.status, r.json_body()["serverId"].as_i64()), (StatusCode::CREATED, Some(2)));
+    let s = call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body();
+    let ovh = json!({"name": "s1", "serverId": 1, "state": "ok", "bootId": 1, "os": null, "efiBootloaderPath": null,
+        "rescueMail": null, "monitoring": false, "noIntervention": false});
+    for (k, v) in ovh.as_object().unwrap() {
+        assert_eq!(&s[k], v, "{k}: {s}");
+    }
+    assert!(s.get("powerState").is_none(), "byoi does not know the power state: {s}");
+    assert_eq!((s["serviceName"].as_str(), s["bootTarget"].as_str()), (Some("s1"), Some("local")), "kept");
+    assert_eq!(call(&app, Method::GET, "/dedicated/server/s2", None).await.json_body()["serverId"], 2, "stable");
+
+    let r =
+        call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/i"}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["bootId"], 3, "deploy");
+    let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
+    assert_eq!(action(&agent(&app, &token.unwrap(), Method::POST, "hello", Some(inventory())).await), "continue");
+    let hw = call(&app, Method::GET, "/dedicated/server/s1/specifications/hardware", None).await.json_body();
+    assert_eq!(hw["bootMode"], "uefi");
+    assert_eq!(hw["memorySize"], json!({"unit": "MB", "value": 8192}));
+    assert_eq!(hw["memorySizeBytes"], 8u64 << 30);
+    let g = &hw["diskGroups"];
+    assert_eq!(g.as_array().unwrap().len(), 2);
+    for (i, (n, gb, bytes)) in [(2, 1100, 1u64 << 40), (1, 2199, 2u64 << 40)].into_iter().enumerate() {
+        assert_eq!(g[i]["diskGroupId"], i + 1);
+        assert_eq!((g[i]["diskType"].as_str(), g[i]["numberOfDisks"].as_u64()), (Some("NVMe"), Some(n)));
+        assert_eq!(g[i]["diskSize"], json!({"unit": "GB", "value": gb}));
+        assert_eq!(g[i]["description"], format!("{n} x {gb} GB NVMe"));
+        assert_eq!((&g[i]["raidController"], g[i]["diskSizeBytes"].as_u64()), (&Value::Null, Some(bytes)));
+        assert_eq!(g[i]["disks"].as_array().unwrap().len() as u64, n);
+    }
+    assert_eq!(hw["nics"][0]["mac"], "52:54:00:00:00:01");
 }

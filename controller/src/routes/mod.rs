@@ -29,6 +29,7 @@ pub mod auth;
 pub mod error;
 pub mod netboot;
 pub mod operator;
+pub mod reinstall;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -35,6 +35,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(or_405(routes!(show)))
         .routes(or_405(routes!(hardware)))
         .routes(or_405(routes!(byoi_status, byoi_post, byoi_delete)))
+        .merge(super::reinstall::routes())
 }
 
 /// RFC 3339 UTC from Unix seconds.
@@ -200,11 +201,90 @@ pub struct ServerView {
     /// registered before byoi had host keys, on first use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
+    /// OVHcloud's `name`: the serviceName again.
+    pub name: String,
+    /// OVHcloud's `serverId`: a number naming the server for as long as it
+    /// is registered (the rowid of its database row).
+    pub server_id: i64,
+    /// OVHcloud's `state`.
+    pub state: ServerState,
+    /// OVHcloud's `bootId`: what it netboots into, as a number (see
+    /// [`boot_id`]): 1 its own disk (OVHcloud's hard-disk boot is 1
+    /// too), 2 the rescue agent, 3 the deploying agent.
+    pub boot_id: u32,
+    /// OVHcloud's `os`: `byoi_64` while its newest deployment is done (the
+    /// disk holds that image), else null.
+    pub os: Option<Os>,
+    /// OVHcloud's `efiBootloaderPath`: the UEFI loader that done deployment
+    /// registered, if it named one; else null.
+    pub efi_bootloader_path: Option<String>,
+    /// OVHcloud's `rescueMail`: always null (byoi sends no mail; rescue's
+    /// SSH keys are the last deployment's).
+    pub rescue_mail: Option<String>,
+    /// OVHcloud's `monitoring`: always false (byoi does not ping servers).
+    pub monitoring: bool,
+    /// OVHcloud's `noIntervention`: always false (byoi sends nobody to a
+    /// server).
+    pub no_intervention: bool,
+}
+
+/// OVHcloud's `state` of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ServerState {
+    /// Nothing known to be wrong.
+    Ok,
+    /// Its newest deployment failed: the agent wiped the disk's partition
+    /// tables, nothing boots from it until a deployment is done.
+    Error,
+}
+
+/// The operating systems byoi installs, by OVHcloud's template names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum Os {
+    /// An image the operator brings (OVHcloud's BYOI template).
+    #[serde(rename = "byoi_64")]
+    Byoi64,
+}
+
+impl Os {
+    /// OVHcloud's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Os::Byoi64 => "byoi_64",
+        }
+    }
+}
+
+/// OVHcloud's `bootId` of a boot target: stable numbers, documented in
+/// the API and in `ServerView::boot_id`.
+pub fn boot_id(target: BootTarget) -> u32 {
+    match target {
+        BootTarget::Local => 1,
+        BootTarget::Rescue => 2,
+        BootTarget::Deploy => 3,
+    }
 }
 
 impl ServerView {
-    fn of(s: &ServerRow, history: &[DeploymentRow]) -> ServerView {
+    /// The view of `s`, numbered `server_id`, with its deployments
+    /// (newest first).
+    fn of(s: &ServerRow, server_id: i64, history: &[DeploymentRow]) -> ServerView {
+        let newest = history.first();
+        let installed = newest.filter(|d| d.status == Status::Done);
         ServerView {
+            name: s.name.clone(),
+            server_id,
+            state: match newest.map(|d| d.status) {
+                Some(Status::Error) => ServerState::Error,
+                _ => ServerState::Ok,
+            },
+            boot_id: boot_id(s.boot_target),
+            os: installed.map(|_| Os::Byoi64),
+            efi_bootloader_path: installed.and_then(|d| d.request.spec.efi_loader.clone()),
+            rescue_mail: None,
+            monitoring: false,
+            no_intervention: false,
             service_name: s.name.clone(),
             macs: s.macs.clone(),
             power: PowerView { kind: s.power.kind() },
@@ -236,10 +316,49 @@ pub struct DiskGroup {
     pub disk_type: String,
     /// Disks in the group.
     pub number_of_disks: usize,
-    /// Size of each.
+    /// Size of each, in decimal GB, rounded, as OVHcloud shows it.
+    pub disk_size: Size,
+    /// OVHcloud's summary: `2 x 480 GB SSD`.
+    pub description: String,
+    /// OVHcloud's `raidController`: always null (the agent sees the disks
+    /// the operating system sees, not a controller behind them).
+    pub raid_controller: Option<String>,
+    /// Size of each, in bytes (our extension).
     pub disk_size_bytes: u64,
-    /// The disks, by serial.
+    /// The disks, by serial (our extension).
     pub disks: Vec<Disk>,
+}
+
+/// A size as OVHcloud writes one: `{"unit": "GB", "value": 480}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Size {
+    /// Its unit.
+    pub unit: SizeUnit,
+    /// The size in that unit, rounded.
+    pub value: u64,
+}
+
+/// The units of [`Size`], as OVHcloud spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum SizeUnit {
+    /// Decimal gigabytes (10^9 bytes), as disks are sold.
+    #[serde(rename = "GB")]
+    Gb,
+    /// Mebibytes (2^20 bytes), which OVHcloud writes `MB` for memory.
+    #[serde(rename = "MB")]
+    Mb,
+}
+
+impl Size {
+    /// `bytes` in decimal GB, rounded.
+    pub fn gb(bytes: u64) -> Size {
+        Size { unit: SizeUnit::Gb, value: bytes.saturating_add(500_000_000) / 1_000_000_000 }
+    }
+
+    /// `bytes` in mebibytes (OVHcloud's memory `MB`), rounded.
+    pub fn mb(bytes: u64) -> Size {
+        Size { unit: SizeUnit::Mb, value: bytes.saturating_add(1 << 19) >> 20 }
+    }
 }
 
 /// Groups disks of equal model, size and transport, numbered from 1 in an
@@ -264,10 +383,14 @@ pub fn disk_groups(inv: &Inventory) -> Vec<DiskGroup> {
             } else {
                 "SSD"
             };
+            let disk_size = Size::gb(size);
             DiskGroup {
                 disk_group_id: i as u32 + 1,
                 disk_type: disk_type.into(),
                 number_of_disks: disks.len(),
+                disk_size,
+                description: format!("{} x {} GB {disk_type}", disks.len(), disk_size.value),
+                raid_controller: None,
                 disk_size_bytes: size,
                 disks,
             }
@@ -281,11 +404,13 @@ pub fn disk_groups(inv: &Inventory) -> Vec<DiskGroup> {
 pub struct HardwareView {
     /// How it booted.
     pub boot_mode: BootMode,
-    /// Memory in bytes.
-    pub memory_size: u64,
+    /// Memory, in OVHcloud's `MB` (mebibytes), rounded.
+    pub memory_size: Size,
+    /// Memory in bytes, as the agent found it (our extension).
+    pub memory_size_bytes: u64,
     /// Its disks, grouped.
     pub disk_groups: Vec<DiskGroup>,
-    /// Its NICs.
+    /// Its NICs (our extension).
     pub nics: Vec<Nic>,
 }
 
@@ -304,11 +429,11 @@ pub struct Erased {
     pub power_error: Option<String>,
 }
 
-fn no_server(name: &str) -> AppError {
+pub(super) fn no_server(name: &str) -> AppError {
     AppError::NotFound(format!("The requested object (serviceName = {name}) does not exist"))
 }
 
-async fn server(app: &AppState, name: &str) -> Result<ServerRow, AppError> {
+pub(super) async fn server(app: &AppState, name: &str) -> Result<ServerRow, AppError> {
     app.db.server(name).await?.ok_or_else(|| no_server(name))
 }
 
@@ -375,7 +500,8 @@ async fn add(
             // The rescue host key is made now, so its fingerprint is known
             // before the first rescue boot.
             let ssh_host_key = app.db.ssh_host_key(&row.name).await?.map(|k| k.fingerprint());
-            Ok((StatusCode::CREATED, axum::Json(ServerView { ssh_host_key, ..ServerView::of(&row, &[]) })))
+            let id = app.db.server_id(&row.name).await?.ok_or_else(|| no_server(&row.name))?;
+            Ok((StatusCode::CREATED, axum::Json(ServerView { ssh_host_key, ..ServerView::of(&row, id, &[]) })))
         }
         Err(conflict) => Err(AppError::Conflict(conflict)),
     }
@@ -396,9 +522,10 @@ async fn show(
     Path(name): Path<String>,
 ) -> Result<axum::Json<ServerView>, AppError> {
     let s = server(&app, &name).await?;
+    let id = app.db.server_id(&name).await?.ok_or_else(|| no_server(&name))?;
     let history = app.db.history(&name).await?;
     let ssh_host_key = app.db.ssh_host_key(&name).await?.map(|k| k.fingerprint());
-    Ok(axum::Json(ServerView { ssh_host_key, ..ServerView::of(&s, &history) }))
+    Ok(axum::Json(ServerView { ssh_host_key, ..ServerView::of(&s, id, &history) }))
 }
 
 /// What the server's agent found: firmware, memory, disk groups, NICs.
@@ -423,7 +550,8 @@ async fn hardware(
     })?;
     Ok(axum::Json(HardwareView {
         boot_mode: inv.firmware,
-        memory_size: inv.memory_bytes,
+        memory_size: Size::mb(inv.memory_bytes),
+        memory_size_bytes: inv.memory_bytes,
         disk_groups: disk_groups(&inv),
         nics: inv.nics,
     }))
@@ -480,28 +608,41 @@ async fn byoi_post(
     Path(name): Path<String>,
     Json(body): Json<ByoiRequest, BYOI_BODY>,
 ) -> Result<axum::Json<DeploymentView>, AppError> {
+    let (d, power) = deploy(&app, &name, body).await?;
+    let mut view = DeploymentView::of(&d);
+    view.power_cycle = Some(power);
+    Ok(axum::Json(view))
+}
+
+/// Starts a deployment of `body` on `name`, for both POST routes
+/// (`bringYourOwnImage` and `reinstall`): validates it (OVH's messages),
+/// applies [`Event::Post`] and power-cycles the server. Returns the new
+/// deployment and what was done to the power.
+pub(super) async fn deploy(
+    app: &AppState,
+    name: &str,
+    body: ByoiRequest,
+) -> Result<(DeploymentRow, PowerCycle), AppError> {
     let request = body.validate().map_err(|e| AppError::BadRequest(e.0))?;
     let url = redact_url(&request.spec.url);
     let applied =
-        app.db.apply(&name, Event::Post, Payload::Request(Box::new(request))).await?.ok_or_else(|| no_server(&name))?;
-    let d = applied.latest.ok_or_else(|| no_server(&name))?;
+        app.db.apply(name, Event::Post, Payload::Request(Box::new(request))).await?.ok_or_else(|| no_server(name))?;
+    let d = applied.latest.ok_or_else(|| no_server(name))?;
     if let Reply::Conflict(msg) = applied.transition.reply {
         return Err(AppError::Conflict(format!("{msg} on {name} (id {}, {})", d.id, d.stage)));
     }
     tracing::info!(server = %name, deployment = d.id, %url, "deployment requested");
     // Every deployment starts with a fresh boot: the agent's token is
     // minted for it, and only for it.
-    let power = match power_cycle(&app, &name).await {
+    let power = match power_cycle(app, name).await {
         Ok(p) => p,
         Err(e) => {
             let message = format!("could not power-cycle {name}: {e}");
-            app.db.apply(&name, Event::PowerFailed { message: message.clone() }, Payload::None).await?;
+            app.db.apply(name, Event::PowerFailed { message: message.clone() }, Payload::None).await?;
             return Err(AppError::BadGateway(message));
         }
     };
-    let mut view = DeploymentView::of(&d);
-    view.power_cycle = Some(power);
-    Ok(axum::Json(view))
+    Ok((d, power))
 }
 
 /// Erases the current deployment.
@@ -586,5 +727,20 @@ mod tests {
         assert_eq!(g[0].disk_size_bytes, 1000);
         assert_eq!(g[0].disks[0].serial, "A");
         assert_eq!(g[1].number_of_disks, 1);
+        assert_eq!(g[0].description, "2 x 0 GB SSD");
+    }
+
+    #[test]
+    fn sizes_in_ovhcloud_units() {
+        assert_eq!(Size::gb(480_103_981_056), Size { unit: SizeUnit::Gb, value: 480 });
+        assert_eq!(Size::gb(1_999_999_999).value, 2);
+        assert_eq!(Size::gb(1_499_999_999).value, 1);
+        assert_eq!(Size::gb(u64::MAX).value, u64::MAX / 1_000_000_000);
+        assert_eq!(Size::mb(64 << 30), Size { unit: SizeUnit::Mb, value: 65_536 });
+        assert_eq!(Size::mb((1 << 20) - 1).value, 1);
+        assert_eq!(
+            serde_json::to_value(Size::gb(2_000_000_000_000)).unwrap(),
+            serde_json::json!({"unit": "GB", "value": 2000})
+        );
     }
 }
