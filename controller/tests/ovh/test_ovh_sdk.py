@@ -2,7 +2,8 @@
 
 Run by controller/tests/ovh_sdk.rs, which starts the controller and passes
 BYOI_URL (http://127.0.0.1:PORT), BYOI_BIN (the `byoi` binary), BYOI_DATA_DIR
-and BYOI_TOKEN (its API token). Every call goes through the SDK, signed, as an
+(its data directory, so the command line never looks in /var/lib/byoi) and
+BYOI_TOKEN (its API token). Every call goes through the SDK, signed, as an
 OVHcloud user's script makes it, from an `ovh.conf` holding what `byoi
 credentials add` printed; the server's side of a deployment is played by
 `SimAgent`, speaking the agent protocol over HTTP as the real agent does.
@@ -35,7 +36,8 @@ SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 NOT_INSTALLING = "Server is not being installed or reinstalled at the moment"
 CHECKSUM_PAIR = "Please provide checkSum AND checkSumType or none of them"
 
-CONF_DIR = tempfile.mkdtemp(prefix="ovh-conf-")
+# The `ovh.conf` files, one per credential (setUpModule, tearDownModule).
+CONF_DIR = None
 
 
 def byoi(*args):
@@ -64,7 +66,7 @@ def credentials(name, *options):
 
 def write_conf(name, keys):
     """An `ovh.conf` with `keys` for the endpoint byoi, as the README shows."""
-    path = os.path.join(CONF_DIR, name + ".conf")
+    path = os.path.join(CONF_DIR.name, name + ".conf")
     lines = ["[default]", "endpoint=byoi", "", "[byoi]"] + [f"{k}={v}" for k, v in keys.items()]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -145,8 +147,14 @@ class SimAgent:
 
 
 def setUpModule():
-    global CLIENT
-    CLIENT = client_for("sdk")
+    global CLIENT, CONF_DIR, KEYS
+    CONF_DIR = tempfile.TemporaryDirectory(prefix="ovh-conf-")
+    KEYS = credentials("sdk")
+    CLIENT = ovh.Client(config_file=write_conf("sdk", KEYS))
+
+
+def tearDownModule():
+    CONF_DIR.cleanup()
 
 
 class Authentication(unittest.TestCase):
@@ -267,7 +275,13 @@ class Authentication(unittest.TestCase):
         with self.assertRaises((ovh.exceptions.InvalidKey, ovh.exceptions.InvalidCredential)):
             client.get("/dedicated/server")
         listed = byoi("credentials", "list")
-        self.assertIn("sdk", listed)
+        apps = [line.split()[0] for line in listed.splitlines()[1:]]
+        self.assertIn("sdk", apps)
+        self.assertNotIn("to-revoke", apps)
+        # The list shows application keys, never a secret.
+        self.assertIn(KEYS["application_key"], listed)
+        self.assertNotIn(KEYS["application_secret"], listed)
+        self.assertNotIn(KEYS["consumer_key"], listed)
 
 
 class ConsumerKeyFlow(unittest.TestCase):
