@@ -1416,9 +1416,10 @@ async fn failed_and_cancelled_tasks_and_their_filters() {
     assert_eq!(task_ids(&app, "?function=reinstallServer&status=ovhError").await, json!([second]));
     assert_eq!(task_ids(&app, "?status=cancelled").await, json!([third]));
     assert_eq!(task_ids(&app, "?status=init").await, json!([]));
+    assert_eq!(task_ids(&app, "?function=hardReboot").await, json!([]), "OVHcloud's other functions: no tasks");
     for (query, names) in [
         ("?status=failed", "`init`, `todo`, `doing`, `done`, `customerError`, `ovhError`, `cancelled`"),
-        ("?function=hardReboot", "`reinstallServer`"),
+        ("?function=hard-reboot", "`reinstallServer`"),
         ("?taskId=1", "`function` or `status`"),
     ] {
         let r = call(&app, Method::GET, &format!("/dedicated/server/s1/task{query}"), None).await;

@@ -253,6 +253,15 @@ pub enum TaskFunction {
     ReinstallServer,
 }
 
+impl TaskFunction {
+    /// Its name, as OVHcloud spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskFunction::ReinstallServer => "reinstallServer",
+        }
+    }
+}
+
 /// An OVHcloud task: one deployment.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -330,8 +339,10 @@ async fn reinstall(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct TaskFilter {
-    /// Only tasks of this function.
-    pub function: Option<TaskFunction>,
+    /// Only tasks of this function: `reinstallServer`, or another of
+    /// OVHcloud's function names (`hardReboot`, …), of which this
+    /// controller has no tasks.
+    pub function: Option<String>,
     /// Only tasks in this status.
     pub status: Option<TaskStatus>,
 }
@@ -353,6 +364,14 @@ async fn tasks(
     filter: Result<Query<TaskFilter>, QueryRejection>,
 ) -> Result<axum::Json<Vec<i64>>, AppError> {
     let Query(filter) = filter.map_err(|e| AppError::BadRequest(format!("Invalid query: {}", e.body_text())))?;
+    // OVHcloud names its functions in camelCase: a value that cannot be one
+    // is a mistake; one of its other functions has no tasks here.
+    let function = filter.function.as_deref();
+    if function.is_some_and(|f| f.is_empty() || f.len() > 64 || !f.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        return Err(AppError::BadRequest(
+            "Invalid query: function is one of OVHcloud's task functions (`reinstallServer`, `hardReboot`, …)".into(),
+        ));
+    }
     operator::server(&app, &name).await?;
     let mut ids: Vec<i64> = app
         .db
@@ -360,7 +379,7 @@ async fn tasks(
         .await?
         .iter()
         .map(Task::of)
-        .filter(|t| filter.function.is_none_or(|f| f == t.function) && filter.status.is_none_or(|s| s == t.status))
+        .filter(|t| function.is_none_or(|f| f == t.function.as_str()) && filter.status.is_none_or(|s| s == t.status))
         .map(|t| t.task_id)
         .collect();
     ids.sort_unstable();

@@ -438,8 +438,9 @@ class Deployments(unittest.TestCase):
         self.assertEqual([s["status"] for s in waiting], ["doing", "todo", "todo", "todo", "todo"])
         self.assertEqual(CLIENT.get(path + "/task", function="reinstallServer"), [task_id])
         self.assertEqual(CLIENT.get(path + "/task", function="reinstallServer", status="done"), [])
+        self.assertEqual(CLIENT.get(path + "/task", function="hardReboot"), [])
         with self.assertRaises(ovh.exceptions.BadParametersError):
-            CLIENT.get(path + "/task", function="notAFunction")
+            CLIENT.get(path + "/task", function="not a function")
         self.assertEqual(self.task(name, task_id)["status"], "todo")
 
         agent = SimAgent(mac)
