@@ -962,6 +962,13 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(r.json_body()["status"], "validated");
     let r = s.signed(Method::GET, "/auth/currentCredential", None, keys).await;
     assert_eq!((r.status, &r.json_body()["credentialId"]), (StatusCode::OK, &json!(1)));
+    // A signed request refused on an operator route: documented there too.
+    let r = s.signed(Method::GET, "/dedicated/server", None, [keys[0], "wrong", keys[2]]).await;
+    assert_eq!((r.status, &r.json_body()["errorCode"]), (StatusCode::BAD_REQUEST, &json!("INVALID_SIGNATURE")));
+    let r = s.signed(Method::GET, "/dedicated/server/{serviceName}", None, ["nope", keys[1], keys[2]]).await;
+    assert_eq!((r.status, &r.json_body()["class"]), (StatusCode::FORBIDDEN, &json!("Client::Forbidden")));
+    let r = s.signed(Method::GET, "/dedicated/server/{serviceName}/task", None, keys).await;
+    assert_eq!(r.status, StatusCode::OK);
     let r = s.signed(Method::GET, "/me/api/credential", None, keys).await;
     assert_eq!((r.status, &r.json_body()["errorCode"]), (StatusCode::FORBIDDEN, &json!("NOT_GRANTED_CALL")));
     let ask = json!({"accessRules": [{"method": "GET", "path": "/dedicated/server/*"}], "redirection": null,

@@ -335,10 +335,43 @@ pub fn openapi() -> OpenApi {
             if security.contains(&token) {
                 security
                     .push(utoipa::openapi::security::SecurityRequirement::new("ovhSignature", Vec::<String>::new()));
+                signed_refusals(&mut op.responses);
             }
         }
     }
     doc
+}
+
+/// Adds to an operator operation's answers how a signed request is
+/// refused (`errorCode`): 400 for the signature or the time, 403 for the
+/// keys and the rules; a status it documents already gets the words
+/// appended. (Every operator operation documents its 401.)
+fn signed_refusals(responses: &mut utoipa::openapi::Responses) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let refusals = [
+        (
+            "400",
+            "A signed request with a wrong signature (INVALID_SIGNATURE) or a timestamp out of the window \
+             (QUERY_TIME_OUT)",
+        ),
+        (
+            "403",
+            "A signed request refused: unknown application key (INVALID_KEY), no consumer key (NOT_CREDENTIAL), a \
+             consumer key unknown, pending, refused or from outside its networks (INVALID_CREDENTIAL), or rules that \
+             do not grant the call (NOT_GRANTED_CALL)",
+        ),
+    ];
+    for (status, words) in refusals {
+        match responses.responses.get_mut(status) {
+            Some(RefOr::T(r)) => r.description = format!("{}; or: {words}", r.description),
+            Some(RefOr::Ref(_)) => {}
+            None => {
+                let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+                let r = ResponseBuilder::new().description(words).content("application/json", body).build();
+                responses.responses.insert(status.to_owned(), RefOr::T(r));
+            }
+        }
+    }
 }
 
 /// A path's operations.
