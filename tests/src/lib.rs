@@ -98,11 +98,15 @@ impl TestVm {
     pub fn wait_for(&mut self, needle: &str, within: Duration) -> String {
         let start = Instant::now();
         loop {
+            let exited = self.child.try_wait().ok().flatten().is_some();
             let c = self.console();
-            if let Some(line) = c.lines().find(|l| l.contains(needle)) {
+            // Complete lines only while QEMU runs: the console arrives in
+            // chunks, and a line still being written would be read cut short.
+            let complete = if exited { &c[..] } else { c.rfind('\n').map_or("", |end| &c[..end]) };
+            if let Some(line) = complete.lines().find(|l| l.contains(needle)) {
                 return line.to_owned();
             }
-            if start.elapsed() > within || self.child.try_wait().ok().flatten().is_some() {
+            if start.elapsed() > within || exited {
                 panic!("{needle:?} did not appear within {within:?}; console:\n{c}");
             }
             std::thread::sleep(Duration::from_millis(200));
