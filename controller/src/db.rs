@@ -276,6 +276,16 @@ impl Db {
         Ok(self.conn.call(move |c| Ok(f(c))).await??)
     }
 
+    /// Whether the database takes a write: its schema version, rewritten
+    /// as it is, committed (a read-only or full disk, a lost file fail it).
+    pub async fn check_writable(&self) -> Result<()> {
+        self.call(|c| {
+            let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            c.execute_batch(&format!("BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"))
+        })
+        .await
+    }
+
     /// The schema version (`PRAGMA user_version`).
     pub async fn schema_version(&self) -> Result<i64> {
         self.call(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).await

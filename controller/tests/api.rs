@@ -607,7 +607,7 @@ async fn netboot_side_scripts_and_artifacts() {
 
 /// The routes [`openapi_document_matches_the_routes`] knows: adding one
 /// means documenting it, listing it here and sampling its answer there.
-const ROUTES: [&str; 36] = [
+const ROUTES: [&str; 38] = [
     "GET /dedicated/server",
     "POST /dedicated/server",
     "GET /dedicated/server/{serviceName}",
@@ -644,6 +644,8 @@ const ROUTES: [&str; 36] = [
     "GET /me/api/credential/{credentialId}",
     "DELETE /me/api/credential/{credentialId}",
     "POST /me/api/credential/validate",
+    "GET /healthz",
+    "GET /readyz",
 ];
 
 /// A documented path with its parameters filled in.
@@ -837,6 +839,9 @@ async fn openapi_document_matches_the_routes() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path(), Duration::from_secs(60)).await;
     let mut s = Sampler::new(&app, doc.clone());
+    assert_eq!(s.anyone(Method::GET, "/healthz").await.json_body(), json!({"status": "ok"}));
+    let ready = s.anyone(Method::GET, "/readyz").await;
+    assert_eq!(ready.json_body(), json!({"status": "ready", "database": "ok", "artifacts": "ok"}));
     let served = s.anyone(Method::GET, "/openapi.json").await;
     assert_eq!(served.json_body(), doc, "the document served is the one generated");
     let r = s
@@ -1574,4 +1579,24 @@ async fn the_server_and_its_hardware_in_ovhcloud_shape() {
         assert_eq!(g[i]["disks"].as_array().unwrap().len() as u64, n);
     }
     assert_eq!(hw["nics"][0]["mac"], "52:54:00:00:00:01");
+}
+
+/// `/readyz` says which check failed (never a path), with 503; `/healthz`
+/// answers all the same; neither takes credentials.
+#[tokio::test]
+async fn readiness_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    let get = |path: &str| app.handle(Request::new(Method::GET, path, ""));
+    let r = get("/readyz").await;
+    assert_eq!((r.status, r.json_body()["status"].as_str()), (StatusCode::OK, Some("ready")));
+    std::fs::write(dir.path().join("artifacts/initramfs.img"), b"").unwrap();
+    let r = get("/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json_body(), json!({"status": "not ready", "database": "ok", "artifacts": "failed"}));
+    assert!(!String::from_utf8_lossy(&r.body).contains(dir.path().to_str().unwrap()), "no path");
+    std::fs::remove_dir_all(dir.path().join("artifacts")).unwrap();
+    assert_eq!(get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(get("/1.0/healthz").await.status, StatusCode::NOT_FOUND, "not an OVHcloud path");
 }

@@ -27,6 +27,7 @@
 pub mod agent;
 pub mod auth;
 pub mod error;
+pub mod health;
 pub mod netboot;
 pub mod operator;
 pub mod reinstall;
@@ -188,7 +189,8 @@ signed as OVHcloud's are (`ovhSignature`: `X-Ovh-Application`, `X-Ovh-Consumer`,
 `X-Ovh-Signature`) with a credential whose access rules grant the call; credential management (`/me/api/…`) takes \
 the API token only; the agent protocol (`/agent/v1/…`) takes the per-boot agent token minted with the server's \
 boot script (`agentToken`), and its errors also carry the `action` the agent must take; the netboot routes \
-(iPXE scripts, the agent's kernel and initramfs), `/auth/time`, `/auth/validate` and this document take none; \
+(iPXE scripts, the agent's kernel and initramfs), `/auth/time`, `/auth/validate`, `/healthz`, `/readyz` and this \
+document take none; \
 `/auth/credential` takes an application key.\n\n\
 Errors are `{\"class\": \"Client::NotFound\", \"message\": …}` with a 4xx or 5xx status, as OVHcloud's; a \
 refused credential adds OVHcloud's `errorCode` and `httpCode`. Every answer carries `X-Ovh-QueryId`.";
@@ -243,7 +245,7 @@ fn frame() -> OpenApi {
                 applications and credentials (API token)."),
             tag("agent", "The agent protocol: what a netbooted agent says to the controller. Agent token."),
             tag("netboot", "iPXE scripts and the agent's kernel and initramfs. No credentials."),
-            tag("meta", "This document. No credentials."),
+            tag("meta", "This document, health and readiness. No credentials."),
         ]))
         .build()
 }
@@ -282,12 +284,12 @@ fn surface(surface: Surface) -> OpenApiRouter<AppState> {
     // The routes without credentials read no body: one declared larger than
     // a few KiB is refused from its headers.
     let refuse = || axum::middleware::from_fn(refuse_body);
-    let meta = || OpenApiRouter::new().routes(or_405(routes!(openapi_json))).layer(refuse());
+    let meta = || OpenApiRouter::new().routes(or_405(routes!(openapi_json))).merge(health::routes()).layer(refuse());
     let netboot = || netboot::routes().layer(refuse());
     match surface {
         Surface::All => doc.merge(api()).merge(agent::routes()).merge(netboot()).merge(meta()),
         Surface::Api => doc.merge(api()).merge(agent::routes()).merge(meta()),
-        Surface::Netboot => doc.merge(netboot()),
+        Surface::Netboot => doc.merge(netboot()).merge(health::routes().layer(refuse())),
     }
 }
 
