@@ -164,6 +164,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The controller's database, on the controller's host.
+    #[command(after_help = EXIT_CODES)]
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Aborts a deployment; the server boots into rescue.
     #[command(after_help = EXIT_CODES)]
     Cancel {
@@ -249,6 +255,22 @@ enum ServerCommand {
         /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
         #[arg(long = "kernel-arg")]
         kernel_args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Copies the database to a new file, readable by its owner only,
+    /// consistent while the controller runs (SQLite's VACUUM INTO), and
+    /// checks the copy. Run it as the controller's user; restoring is
+    /// described in the README.
+    #[command(after_help = EXIT_CODES)]
+    Backup {
+        /// The new file.
+        file: PathBuf,
+        /// The controller's data directory.
+        #[arg(long, default_value = "/var/lib/byoi")]
+        data_dir: PathBuf,
     },
 }
 
@@ -442,6 +464,21 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Status { name, follow, client } => status(&client.connect()?, &name, follow).await,
         Command::Cancel { name, client } => cancel(&client.connect()?, &name).await,
         Command::Credentials { command, client } => credentials(&client.connect()?, command).await,
+        Command::Db { command: DbCommand::Backup { file, data_dir } } => {
+            // The copy holds every secret the database does.
+            byoi_controller::datadir::private_umask();
+            let from = data_dir.join(byoi_controller::db::backup::FILE_NAME);
+            let b = byoi_controller::db::backup::backup(&from, &file)?;
+            println!(
+                "backed up {} to {}: schema {}, {} servers, {} deployments",
+                from.display(),
+                file.display(),
+                b.schema,
+                b.servers,
+                b.deployments
+            );
+            Ok(0)
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::lifecycle::{self, Claim, Deployment, Effect, Event, Named, State, Tra
 use crate::model::StoredRequest;
 use crate::power::Power;
 
+pub mod backup;
 mod credentials;
 mod host_keys;
 

@@ -145,7 +145,7 @@ pub async fn serve_until(
     datadir::private_umask();
     datadir::prepare(&opts.data_dir)?;
     let token = api_token(&opts.data_dir, opts.api_token.clone())?;
-    let db = Db::open(&opts.data_dir.join("byoi.sqlite"), opts.boot_timeout).await?;
+    let db = Db::open(&opts.data_dir.join(crate::db::backup::FILE_NAME), opts.boot_timeout).await?;
     // Agents could not report while we were down: give them a full timeout.
     db.refresh_running().await?;
     let artifacts = opts.artifacts.clone().unwrap_or_else(|| opts.data_dir.join("artifacts"));

@@ -583,3 +583,55 @@ fn credentials_for_ovhcloud_sdks() {
     assert!(table.lines().nth(1).unwrap().starts_with("app "), "{table}");
     assert_eq!(byoi(&c, &["credentials", "revoke", "tf"]).status.code(), Some(2));
 }
+
+/// `byoi db backup` while the controller runs, and the restore the README
+/// describes: the copy is private, checked, never overwrites, and a
+/// controller started on it has the servers and credentials.
+#[test]
+fn back_up_while_serving_and_restore() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = start(&data);
+    stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
+    let keys = stdout(&byoi(&c, &["credentials", "add", "tf"]));
+    let copy = dir.path().join("backup.sqlite");
+    let backup = |to: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_byoi"))
+            .args(["db", "backup"])
+            .arg(to)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let said = stdout(&backup(&copy));
+    assert!(said.contains(": schema ") && said.contains(", 1 servers, 0 deployments"), "{said}");
+    assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = backup(&copy);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"), "{again:?}");
+    let nowhere = Command::new(env!("CARGO_BIN_EXE_byoi"))
+        .args(["db", "backup"])
+        .arg(dir.path().join("x.sqlite"))
+        .arg("--data-dir")
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("no database at"), "{nowhere:?}");
+    assert!(!dir.path().join("nope").exists(), "nothing made where there was nothing");
+    let token = c.token.clone();
+    drop(c);
+
+    // Restore: the file as the data directory's database, no WAL beside it.
+    let restored = dir.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    std::fs::copy(&copy, restored.join("byoi.sqlite")).unwrap();
+    std::fs::write(restored.join("api-token"), &token).unwrap();
+    let c = start(&restored);
+    assert!(stdout(&byoi(&c, &["servers"])).starts_with("web1\t"));
+    let listed = stdout(&byoi(&c, &["credentials", "list"]));
+    assert!(listed.lines().nth(1).is_some_and(|l| l.starts_with("tf ")), "{listed}");
+    let app_key = keys.lines().next().unwrap().split_once('=').unwrap().1;
+    assert!(listed.contains(app_key), "the same keys work after a restore: {listed}");
+}

@@ -25,14 +25,25 @@ impl Drop for Controller {
 /// `byoi serve` on a free port with `extra` arguments; reads the address
 /// it prints (`listening on SCHEME://ADDR`) and the token it generated.
 pub fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr], scheme: &str) -> Controller {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_byoi"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    start_configured(data_dir, extra, scheme, |_| {})
+}
+
+/// [`start_with`], the command changed by `configure` first (its log
+/// level, where its stderr goes).
+pub fn start_configured(
+    data_dir: &Path,
+    extra: &[&std::ffi::OsStr],
+    scheme: &str,
+    configure: impl FnOnce(&mut Command),
+) -> Controller {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_byoi"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::piped());
+    configure(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let prefix = format!("listening on {scheme}://");
