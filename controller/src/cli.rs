@@ -34,8 +34,11 @@ Exit status:
   2  client error: bad arguments, controller unreachable or refusing
   3  the controller could not power-cycle the server (deploy, cancel)";
 
+/// `byoi --version`: the release and the git commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BYOI_GIT_COMMIT"), ")");
+
 #[derive(Debug, Parser)]
-#[command(name = "byoi", version, about = "Bring Your Own Image for bare-metal servers", after_help = EXIT_CODES)]
+#[command(name = "byoi", version = VERSION, about = "Bring Your Own Image for bare-metal servers", after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

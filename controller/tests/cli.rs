@@ -584,6 +584,24 @@ fn credentials_for_ovhcloud_sdks() {
     assert_eq!(byoi(&c, &["credentials", "revoke", "tf"]).status.code(), Some(2));
 }
 
+/// `byoi --version` names the release and the commit it was built from.
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_byoi")).arg("--version").output().unwrap();
+    let version = stdout(&out);
+    assert!(version.starts_with(&format!("byoi {} (", env!("CARGO_PKG_VERSION"))), "{version}");
+    let head =
+        Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output();
+    match head {
+        Ok(h) if h.status.success() => {
+            let head = String::from_utf8_lossy(&h.stdout).trim().to_owned();
+            assert_eq!(version.trim(), format!("byoi {} ({head})", env!("CARGO_PKG_VERSION")));
+        }
+        // A source tarball: no commit to name.
+        _ => assert!(version.contains("(unknown)"), "{version}"),
+    }
+}
+
 /// `byoi db backup` while the controller runs, and the restore the README
 /// describes: the copy is private, checked, never overwrites, and a
 /// controller started on it has the servers and credentials.
