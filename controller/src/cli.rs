@@ -40,8 +40,22 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BYOI_GI
 #[derive(Debug, Parser)]
 #[command(name = "byoi", version = VERSION, about = "Bring Your Own Image for bare-metal servers", after_help = EXIT_CODES)]
 struct Cli {
+    /// Log lines on stderr: `text` for people, or `json` for log
+    /// collectors (one object a line, with the request id and the server
+    /// and deployment a line concerns).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BYOI_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// Which controller the client commands call, and how they authenticate.
@@ -370,13 +384,15 @@ struct DeployArgs {
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // The request's span (its id, method and path) on every line.
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -602,6 +602,45 @@ fn version_names_the_commit() {
     }
 }
 
+/// `--log-format json`: every line an object; a request's lines carry its
+/// id, a deployment's its server and id.
+#[test]
+fn json_log_lines_carry_the_request_and_the_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let file = std::fs::File::create(&log).unwrap();
+    let json = [std::ffi::OsStr::new("--log-format"), std::ffi::OsStr::new("json")];
+    let c = common::start_configured(&dir.path().join("data"), &json, "http", |cmd| {
+        cmd.env("RUST_LOG", "info").stderr(file);
+    });
+    stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    let body = json!({"URL": "http://img/x.raw"}).to_string();
+    write!(
+        s,
+        "POST /dedicated/server/web1/bringYourOwnImage HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         X-Request-Id: req-42\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        c.addr,
+        c.token,
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(c);
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let requested =
+        lines.iter().find(|l| l["fields"]["message"] == "deployment requested").unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(requested["span"]["id"], "req-42", "{requested}");
+    assert_eq!((&requested["fields"]["server"], &requested["fields"]["deployment"]), (&json!("web1"), &json!(1)));
+    assert_eq!(requested["level"], "INFO");
+}
+
 /// `byoi db backup` while the controller runs, and the restore the README
 /// describes: the copy is private, checked, never overwrites, and a
 /// controller started on it has the servers and credentials.
