@@ -113,6 +113,14 @@ impl TestVm {
         }
     }
 
+    /// Waits for the VM to exit; panics saying `what` did not happen, with
+    /// the console, otherwise.
+    pub fn expect_exit(&mut self, within: Duration, what: &str) {
+        if !self.wait_exit(within) {
+            panic!("{what} within {within:?}; console:\n{}", self.console());
+        }
+    }
+
     /// Waits for the VM to exit (it powers off or reboots with `-no-reboot`).
     pub fn wait_exit(&mut self, within: Duration) -> bool {
         let start = Instant::now();

@@ -108,7 +108,7 @@ fn uefi_deploy(dir: &Path, name: &str, mac: &str, disk_device: &'static str, fil
         done.split("; Boot").nth(1).map(|s| s[..4].to_owned()).unwrap_or_else(|| panic!("no boot entry: {done}"));
     let booted = vm.wait_for("testos: booted uefi", Duration::from_secs(300));
     expect_configdrive(&mut vm, name);
-    assert!(vm.wait_exit(Duration::from_secs(60)), "the test OS did not power off");
+    vm.expect_exit(Duration::from_secs(60), "the test OS did not power off");
     assert_eq!(status(&addr, name).1["status"], "done");
     let path = boot_path(name);
     eprintln!("{name}: the deployed disk booted through {path} ({})", booted.trim());
@@ -176,7 +176,7 @@ fn bios_raw_boots_through_the_local_script() {
     vm.wait_for(&format!("byoi: {name} boots from its local disk"), Duration::from_secs(120));
     vm.wait_for("testos: booted bios", Duration::from_secs(120));
     expect_configdrive(&mut vm, name);
-    assert!(vm.wait_exit(Duration::from_secs(60)), "the test OS did not power off");
+    vm.expect_exit(Duration::from_secs(60), "the test OS did not power off");
     assert_eq!(boot_path(name), "netboot → local script");
     let (_, st) = api("GET", &format!("/dedicated/server/{name}/bringYourOwnImage"), None);
     assert_eq!(st["status"], "done", "{st}");
@@ -214,7 +214,7 @@ fn wrong_checksum_then_corrected_post() {
     vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(300));
     vm.wait_for("testos: booted bios", Duration::from_secs(200));
     expect_configdrive(&mut vm, name);
-    assert!(vm.wait_exit(Duration::from_secs(60)));
+    vm.expect_exit(Duration::from_secs(60), "the VM did not exit");
     let c = vm.console();
     assert_eq!(c.matches("byoi: booting the agent for").count(), 2, "one agent boot per deployment:\n{c}");
     assert_eq!(status(&addr, name).1["status"], "done");
@@ -293,7 +293,7 @@ fn debian_cloud_init_applies_the_configdrive() {
     assert_eq!(vm.wait_for("debian: hostname=", t).trim_end(), format!("debian: hostname={name}"));
     assert!(vm.wait_for("debian: authorized_keys=", t).contains(SSH_KEY));
     assert!(vm.wait_for("debian: runcmd=", t).contains("applied-by-cloud-init"));
-    assert!(vm.wait_exit(Duration::from_secs(120)), "Debian did not power off");
+    vm.expect_exit(Duration::from_secs(120), "Debian did not power off");
     assert_eq!(boot_path(name), "BootNext");
 }
 

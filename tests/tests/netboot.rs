@@ -46,7 +46,7 @@ fn bios_ipxe_netboot_deploys_and_then_boots_local() {
     let line = vm.wait_for("byoi: network: eth0", Duration::from_secs(120));
     assert!(line.contains("52:54:00:65:43:21) 10.0.2.15/255.255.255.0 via Some(10.0.2.2)"), "{line}");
     vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(120));
-    assert!(vm.wait_exit(Duration::from_secs(30)));
+    vm.expect_exit(Duration::from_secs(30), "the agent did not reboot");
     let st = http_json(&addr, "GET", "/dedicated/server/pxe1/bringYourOwnImage", Some(TOKEN), None).1;
     assert_eq!(st["status"], "done", "{st}");
     assert!(std::fs::read(&m.disk).unwrap()[..data.len()] == data[..]);
@@ -87,7 +87,7 @@ fn uefi_ipxe_netboot_writes_the_boot_entry() {
     vm.wait_for("byoi: loaded efivarfs", Duration::from_secs(120));
     let done = vm.wait_for("byoi: done: ", Duration::from_secs(120));
     assert!(done.contains("Boot") && done.contains("\\EFI\\BOOT\\BOOTX64.EFI"), "{done}");
-    assert!(vm.wait_exit(Duration::from_secs(60)));
+    vm.expect_exit(Duration::from_secs(60), "the agent did not reboot");
     let st = http_json(&addr, "GET", "/dedicated/server/efi1/bringYourOwnImage", Some(TOKEN), None).1;
     assert_eq!(st["status"], "done", "{st}");
     let fd = std::fs::read(&m.vars).unwrap();

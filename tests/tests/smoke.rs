@@ -66,7 +66,7 @@ fn agent_boots_says_hello_and_deploys() {
     assert_eq!(hw["diskGroups"][0]["disks"][0]["serial"], "disk-A", "{hw}");
     assert_eq!(hw["nics"][0]["mac"], mac);
     vm.wait_for("byoi: deployed: rebooting into the disk", Duration::from_secs(120));
-    assert!(vm.wait_exit(Duration::from_secs(30)), "the VM did not reboot");
+    vm.expect_exit(Duration::from_secs(30), "the VM did not reboot");
     let st = http_json(&addr, "GET", "/dedicated/server/vm1/bringYourOwnImage", Some(TOKEN), None).1;
     assert_eq!(st["status"], "done", "{st}\n{}", vm.console());
     let written = std::fs::read(&disk).unwrap();
