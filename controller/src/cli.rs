@@ -137,6 +137,10 @@ enum Command {
         /// refers to them by name and cannot run anything else.
         #[arg(long, value_name = "FILE")]
         power_commands: Option<PathBuf>,
+        /// A token that may read /metrics (Authorization: Bearer) and
+        /// nothing else, for Prometheus; the API token may read it too.
+        #[arg(long, env = "BYOI_METRICS_TOKEN", hide_env_values = true)]
+        metrics_token: Option<String>,
         /// The ipmitool the `ipmi` power driver runs; default: `ipmitool`
         /// from /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin.
         #[arg(long, value_name = "PATH")]
@@ -429,6 +433,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             limits,
             power_commands,
             ipmitool,
+            metrics_token,
         } => {
             let tls = tls_cert.zip(tls_key);
             let scheme = if tls.is_some() { "https" } else { "http" };
@@ -450,6 +455,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 },
                 limits: limits.into(),
                 power: PowerConfig::load(power_commands.as_deref(), ipmitool)?,
+                metrics_token,
             };
             let (bound, serving) = server::serve(opts).await?;
             println!("listening on {scheme}://{}", bound.addr);

@@ -143,6 +143,30 @@ impl DeploymentRow {
     }
 }
 
+/// What the database says of deployments, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentStats {
+    /// `(status, error code, count)`.
+    pub by_status: Vec<(String, Option<String>, i64)>,
+    /// Each successful deployment.
+    pub done: Vec<Finished>,
+    /// Bytes every deployment's agent received.
+    pub bytes_written: u64,
+    /// Registered servers.
+    pub servers: i64,
+    /// Servers whose agent called recently.
+    pub agents_online: i64,
+}
+
+/// A successful deployment's duration (request to end) and size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// Seconds from the request to the end.
+    pub seconds: i64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
 /// What [`Db::apply`] did.
 #[derive(Debug)]
 pub struct Applied {
@@ -275,6 +299,36 @@ impl Db {
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
         Ok(self.conn.call(move |c| Ok(f(c))).await??)
+    }
+
+    /// What `/metrics` reports of the database: deployments by status and
+    /// error code, each successful one's duration and size, bytes written,
+    /// servers, and agents that called within `agent_timeout` seconds.
+    pub async fn deployment_stats(&self, agent_timeout: i64) -> Result<DeploymentStats> {
+        self.call(move |c| {
+            let by_status = c
+                .prepare_cached("SELECT status, error_code, count(*) FROM deployments GROUP BY status, error_code")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let done = c
+                .prepare_cached(
+                    "SELECT finished_at - created_at, bytes_done FROM deployments
+                     WHERE status = 'done' AND finished_at IS NOT NULL",
+                )?
+                .query_map([], |r| {
+                    Ok(Finished { seconds: r.get::<_, i64>(0)?.max(0), bytes: r.get::<_, i64>(1)?.max(0) as u64 })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let bytes_written: i64 =
+                c.query_row("SELECT coalesce(sum(bytes_done), 0) FROM deployments", [], |r| r.get(0))?;
+            let (servers, agents_online) = c.query_row(
+                "SELECT count(*), count(*) FILTER (WHERE last_seen >= ?1) FROM servers",
+                [now() - agent_timeout],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(DeploymentStats { by_status, done, bytes_written: bytes_written.max(0) as u64, servers, agents_online })
+        })
+        .await
     }
 
     /// Whether the database takes a write: its schema version, rewritten

@@ -6,6 +6,7 @@
 //! OVH-shaped API bodies; [`power`] drives BMCs; [`server`] runs it all,
 //! [`edge`] bounding what each connection may cost and [`datadir`] keeping
 //! the data directory private;
+//! [`metrics`] counts for Prometheus;
 //! [`client`] is the operator's side of the API, for the `byoi` commands.
 //! The OpenAPI document is [`routes::openapi`], generated from the handlers
 //! and types.
@@ -17,6 +18,7 @@ pub mod db;
 pub mod edge;
 pub mod ipxe;
 pub mod lifecycle;
+pub mod metrics;
 pub mod model;
 pub mod power;
 pub mod routes;

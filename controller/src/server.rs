@@ -57,6 +57,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// The power commands and the ipmitool the API may refer to.
     pub power: PowerConfig,
+    /// `--metrics-token`: reads `/metrics` and nothing else.
+    pub metrics_token: Option<String>,
 }
 
 /// The API token: given, or read from (or generated into) `DIR/api-token`.
@@ -172,8 +174,9 @@ pub async fn serve_until(
         stall_timeout: opts.stall_timeout,
         boot_limiter: Arc::new(BootLimiter::new(opts.boot_rate)),
         power: opts.power.clone(),
+        metrics_token: opts.metrics_token.clone(),
     };
-    let app = Arc::new(App { db: db.clone(), cfg });
+    let app = Arc::new(App::new(db.clone(), cfg));
     let (main_surface, netboot) = match netboot_listener {
         None => (Surface::All, None),
         Some(l) => (Surface::Api, Some((l, routes::router_for(app.clone(), Surface::Netboot)))),

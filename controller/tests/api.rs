@@ -607,7 +607,7 @@ async fn netboot_side_scripts_and_artifacts() {
 
 /// The routes [`openapi_document_matches_the_routes`] knows: adding one
 /// means documenting it, listing it here and sampling its answer there.
-const ROUTES: [&str; 38] = [
+const ROUTES: [&str; 39] = [
     "GET /dedicated/server",
     "POST /dedicated/server",
     "GET /dedicated/server/{serviceName}",
@@ -646,6 +646,7 @@ const ROUTES: [&str; 38] = [
     "POST /me/api/credential/validate",
     "GET /healthz",
     "GET /readyz",
+    "GET /metrics",
 ];
 
 /// A documented path with its parameters filled in.
@@ -842,6 +843,9 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(s.anyone(Method::GET, "/healthz").await.json_body(), json!({"status": "ok"}));
     let ready = s.anyone(Method::GET, "/readyz").await;
     assert_eq!(ready.json_body(), json!({"status": "ready", "database": "ok", "artifacts": "ok"}));
+    let r = s.sample("/metrics", Request::new(Method::GET, "", "").header(AUTHORIZATION, "Bearer metrics-token")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(s.anyone(Method::GET, "/metrics").await.status, StatusCode::UNAUTHORIZED);
     let served = s.anyone(Method::GET, "/openapi.json").await;
     assert_eq!(served.json_body(), doc, "the document served is the one generated");
     let r = s
@@ -1088,8 +1092,9 @@ async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> A
         stall_timeout: Duration::from_secs(900),
         boot_limiter: Arc::new(BootLimiter::new(BootRate { per_mac: 1000, per_source: 100_000 })),
         power: power_log(dir),
+        metrics_token: Some("metrics-token".into()),
     };
-    let state = Arc::new(routes::App { db, cfg });
+    let state = Arc::new(routes::App::new(db, cfg));
     App { router: routes::router(state.clone()), state }
 }
 
@@ -1599,4 +1604,40 @@ async fn readiness_names_what_is_missing() {
     assert_eq!(get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(get("/healthz").await.status, StatusCode::OK);
     assert_eq!(get("/1.0/healthz").await.status, StatusCode::NOT_FOUND, "not an OVHcloud path");
+}
+
+/// `/metrics`: OpenMetrics text, for the metrics token (which reads nothing
+/// else) or the API token; the database's deployments by status and code,
+/// requests by route, power actions; no server name.
+#[tokio::test]
+async fn metrics_count_requests_deployments_and_power() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    add_server(&app, "secret-name", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    call(&app, Method::POST, "/dedicated/server/secret-name/bringYourOwnImage", Some(json!({"URL": "http://x/1"})))
+        .await;
+    let scrape = |token: &str| {
+        app.handle(Request::new(Method::GET, "/metrics", "").header(AUTHORIZATION, &format!("Bearer {token}")))
+    };
+    let r = scrape("metrics-token").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers[http::header::CONTENT_TYPE].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    for line in [
+        r#"byoi_deployments{status="doing",error_code=""} 1"#,
+        r#"byoi_http_requests_total{route="/dedicated/server/{serviceName}/bringYourOwnImage",method="POST",status="200"} 1"#,
+        r#"byoi_power_actions_total{driver="manual",action="cycle",outcome="ok"} 1"#,
+        "byoi_servers 1",
+        "byoi_agents_online 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    assert!(!text.contains("secret-name"), "no server names");
+    assert_eq!(scrape("operator-token").await.status, StatusCode::OK, "the API token reads it too");
+    assert_eq!(scrape("wrong").await.status, StatusCode::UNAUTHORIZED);
+    let r = app
+        .handle(Request::new(Method::GET, "/dedicated/server", "").header(AUTHORIZATION, "Bearer metrics-token"))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the metrics token reads nothing else");
 }

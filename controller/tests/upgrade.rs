@@ -100,8 +100,9 @@ async fn a_0_1_0_data_directory_opens_intact() {
         stall_timeout: Duration::from_secs(900),
         boot_limiter: Arc::new(BootLimiter::new(BootRate { per_mac: 1000, per_source: 100_000 })),
         power: Default::default(),
+        metrics_token: None,
     };
-    let router = routes::router(Arc::new(routes::App { db, cfg }));
+    let router = routes::router(Arc::new(routes::App::new(db, cfg)));
     let (s, v) = call(&router, Method::GET, "/dedicated/server/srv-done/bringYourOwnImage", "tok", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["checksum"], "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");

@@ -200,6 +200,7 @@ fn options(data: &Path, token: &str, artifacts: PathBuf) -> byoi_controller::ser
         boot_rate: byoi_controller::routes::netboot::BootRate { per_mac: 12, per_source: 120 },
         limits: byoi_controller::edge::Limits::default(),
         power: Default::default(),
+        metrics_token: None,
     }
 }
 

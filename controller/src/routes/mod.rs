@@ -28,6 +28,7 @@ pub mod agent;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod netboot;
 pub mod operator;
 pub mod reinstall;
@@ -94,6 +95,9 @@ pub struct Config {
     pub boot_limiter: Arc<netboot::BootLimiter>,
     /// The power commands and the ipmitool the API may refer to.
     pub power: crate::power::PowerConfig,
+    /// `--metrics-token`: a token that may read `/metrics` and nothing
+    /// else (the API token may too).
+    pub metrics_token: Option<String>,
 }
 
 /// Which listeners serve which routes.
@@ -151,6 +155,16 @@ pub struct App {
     pub db: Db,
     /// The configuration.
     pub cfg: Config,
+    /// What this process counts (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl App {
+    /// The state of a controller on `db` set up as `cfg`, its counters at
+    /// zero.
+    pub fn new(db: Db, cfg: Config) -> App {
+        App { db, cfg, metrics: crate::metrics::Metrics::default() }
+    }
 }
 
 /// The state handlers get.
@@ -234,6 +248,10 @@ fn frame() -> OpenApi {
                     )),
                 )
                 .security_scheme(
+                    "metricsToken",
+                    bearer("A token that reads `/metrics` and nothing else (`--metrics-token`, `$BYOI_METRICS_TOKEN`)"),
+                )
+                .security_scheme(
                     "agentToken",
                     bearer("A per-boot agent token, minted with the boot script `/boot/{mac}` served the server"),
                 )
@@ -245,7 +263,7 @@ fn frame() -> OpenApi {
                 applications and credentials (API token)."),
             tag("agent", "The agent protocol: what a netbooted agent says to the controller. Agent token."),
             tag("netboot", "iPXE scripts and the agent's kernel and initramfs. No credentials."),
-            tag("meta", "This document, health and readiness. No credentials."),
+            tag("meta", "This document, health and readiness (no credentials), metrics (metrics or API token)."),
         ]))
         .build()
 }
@@ -287,8 +305,8 @@ fn surface(surface: Surface) -> OpenApiRouter<AppState> {
     let meta = || OpenApiRouter::new().routes(or_405(routes!(openapi_json))).merge(health::routes()).layer(refuse());
     let netboot = || netboot::routes().layer(refuse());
     match surface {
-        Surface::All => doc.merge(api()).merge(agent::routes()).merge(netboot()).merge(meta()),
-        Surface::Api => doc.merge(api()).merge(agent::routes()).merge(meta()),
+        Surface::All => doc.merge(api()).merge(agent::routes()).merge(netboot()).merge(meta()).merge(metrics::routes()),
+        Surface::Api => doc.merge(api()).merge(agent::routes()).merge(meta()).merge(metrics::routes()),
         Surface::Netboot => doc.merge(netboot()).merge(health::routes().layer(refuse())),
     }
 }
@@ -438,6 +456,7 @@ pub fn router_for(app: AppState, which: Surface) -> Router {
         |req: Request| async move { AppError::NotFound(format!("No route for {} {}", req.method(), req.uri().path())) };
     routes
         .fallback(no_route.layer(axum::middleware::from_fn(refuse_body)))
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(app.clone())
         .layer(Extension(app))
         .layer(Extension(doc))

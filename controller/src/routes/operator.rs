@@ -683,7 +683,9 @@ async fn byoi_delete(
 /// Power-cycles a server with its driver.
 async fn power_cycle(app: &AppState, name: &str) -> Result<PowerCycle, String> {
     let s = app.db.server(name).await.map_err(|e| e.to_string())?.ok_or("the server is gone")?;
-    match s.power.run(PowerAction::Cycle, name, &app.cfg.power).await? {
+    let ran = s.power.run(PowerAction::Cycle, name, &app.cfg.power).await;
+    app.metrics.power(s.power.kind(), "cycle", ran.is_ok());
+    match ran? {
         true => {
             tracing::info!(server = name, "power-cycled");
             Ok(PowerCycle::Done)
