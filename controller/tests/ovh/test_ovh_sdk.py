@@ -20,6 +20,7 @@ import urllib.parse
 import ovh
 import ovh.client
 import requests
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 URL = os.environ["BYOI_URL"]
 BYOI = os.environ["BYOI_BIN"]
@@ -539,6 +540,64 @@ class Deployments(unittest.TestCase):
             CLIENT.get(f"/dedicated/server/{name}/task/{posted['deploymentId']}")["status"],
             "cancelled",
         )
+
+
+class Metrics(unittest.TestCase):
+    """`/metrics`, read as Prometheus reads it: parsed by prometheus_client's
+    OpenMetrics parser, which refuses a malformed exposition."""
+
+    def scrape(self):
+        r = bearer("GET", "/metrics")
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertTrue(r.headers["Content-Type"].startswith("application/openmetrics-text"))
+        return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+    def test_a_deployment_and_its_calls_are_counted(self):
+        name, mac = "sdk-metrics", "52:54:00:5d:00:90"
+        add_server(name, mac)
+        before = self.scrape()
+        CLIENT.post(f"/dedicated/server/{name}/reinstall", **reinstall_body())
+        agent = SimAgent(mac)
+        agent.boot()
+        agent.hello()
+        agent.job()
+        agent.progress("downloading", 1000, 1000)
+        agent.result("done", message="deployed")
+        after = self.scrape()
+        kinds = {n: f.type for n, f in after.items()}
+        for family, kind in [
+            ("byoi_http_requests", "counter"),
+            ("byoi_http_request_duration_seconds", "histogram"),
+            ("byoi_agent_call_duration_seconds", "histogram"),
+            ("byoi_power_actions", "counter"),
+            ("byoi_deployments", "gauge"),
+            ("byoi_deployment_duration_seconds", "histogram"),
+            ("byoi_deployment_throughput_bytes_per_second", "histogram"),
+            ("byoi_bytes_written", "counter"),
+            ("byoi_agents_online", "gauge"),
+            ("byoi_servers", "gauge"),
+        ]:
+            self.assertEqual(kinds.get(family), kind, family)
+
+        def value(families, family, sample, **labels):
+            for s in families[family].samples if family in families else []:
+                if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+            return 0
+
+        done = dict(status="done", error_code="")
+        self.assertEqual(value(after, "byoi_deployments", "byoi_deployments", **done),
+                         value(before, "byoi_deployments", "byoi_deployments", **done) + 1)
+        self.assertGreaterEqual(value(after, "byoi_bytes_written", "byoi_bytes_written_total"), 1000)
+        self.assertGreaterEqual(value(after, "byoi_agents_online", "byoi_agents_online"), 1)
+        count = "byoi_deployment_duration_seconds_count"
+        self.assertEqual(value(after, "byoi_deployment_duration_seconds", count),
+                         value(before, "byoi_deployment_duration_seconds", count) + 1)
+        calls = "byoi_agent_call_duration_seconds_count"
+        self.assertGreaterEqual(value(after, "byoi_agent_call_duration_seconds", calls, call="result"), 1)
+        reinstall = dict(route="/dedicated/server/{serviceName}/reinstall", method="POST", status="200")
+        self.assertGreaterEqual(value(after, "byoi_http_requests", "byoi_http_requests_total", **reinstall), 1)
+        self.assertNotIn(name, bearer("GET", "/metrics").text, "no server name in a label")
 
 
 if __name__ == "__main__":
