@@ -1,6 +1,7 @@
 //! `byoi`: `serve`, and the operator's client commands.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::Engine;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use http::Method;
 use serde_json::{json, Value};
 
@@ -83,59 +84,64 @@ enum Command {
         /// Address to listen on; with port 0 a free port is chosen and printed.
         /// Serves every route, or with --netboot-listen the API and the
         /// agent protocol only.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = "127.0.0.1:8080", env = "BYOI_LISTEN")]
         listen: SocketAddr,
         /// Serve the netboot routes (iPXE scripts, kernel, initramfs) on
         /// this address, over plain HTTP, and only there.
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", env = "BYOI_NETBOOT_LISTEN")]
         netboot_listen: Option<SocketAddr>,
         /// Where the SQLite database and the API token live.
-        #[arg(long, default_value = "/var/lib/byoi")]
+        #[arg(long, default_value = "/var/lib/byoi", env = "BYOI_DATA_DIR")]
         data_dir: PathBuf,
         /// API token; else $BYOI_API_TOKEN, else DATA_DIR/api-token (generated on first start).
-        #[arg(long, env = "BYOI_API_TOKEN")]
+        #[arg(long, env = "BYOI_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
         /// Kernel and initramfs to serve; default DATA_DIR/artifacts.
-        #[arg(long)]
+        #[arg(long, env = "BYOI_ARTIFACTS")]
         artifacts: Option<PathBuf>,
         /// URL servers reach the API and the agent protocol at (the agent's
         /// byoi.controller=); else the host iPXE asked for, with the port
         /// and scheme of --listen.
-        #[arg(long)]
+        #[arg(long, env = "BYOI_PUBLIC_URL")]
         public_url: Option<String>,
         /// URL servers reach the netboot listener at (what iPXE fetches);
         /// else http:// and the host iPXE asked for.
-        #[arg(long, requires = "netboot_listen")]
+        #[arg(long, requires = "netboot_listen", env = "BYOI_NETBOOT_PUBLIC_URL")]
         netboot_public_url: Option<String>,
         /// TLS certificate chain (PEM).
-        #[arg(long, requires = "tls_key")]
+        #[arg(long, requires = "tls_key", env = "BYOI_TLS_CERT")]
         tls_cert: Option<PathBuf>,
         /// TLS private key (PEM).
-        #[arg(long, requires = "tls_cert")]
+        #[arg(long, requires = "tls_cert", env = "BYOI_TLS_KEY")]
         tls_key: Option<PathBuf>,
         /// Seconds without agent reports before a running deployment fails.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 120, env = "BYOI_AGENT_TIMEOUT")]
         agent_timeout: u64,
         /// Seconds for a server to netboot into the agent after a POST (or
         /// a DELETE): agent tokens are minted only within them.
-        #[arg(long, default_value_t = 1800)]
+        #[arg(long, default_value_t = 1800, env = "BYOI_BOOT_TIMEOUT")]
         boot_timeout: u64,
         /// Seconds a running deployment may go without its bytes or its
         /// stage moving (while its agent still reports) before it fails.
-        #[arg(long, default_value_t = 900)]
+        #[arg(long, default_value_t = 900, env = "BYOI_STALL_TIMEOUT")]
         stall_timeout: u64,
         /// Boot scripts (`/boot/{mac}`) one MAC may fetch per minute.
-        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..), env = "BYOI_BOOT_RATE_PER_MAC")]
         boot_rate_per_mac: u32,
         /// Boot scripts one source address may fetch per minute.
-        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(
+            long,
+            default_value_t = 120,
+            value_parser = clap::value_parser!(u32).range(1..),
+            env = "BYOI_BOOT_RATE_PER_SOURCE"
+        )]
         boot_rate_per_source: u32,
         #[command(flatten)]
         limits: LimitArgs,
         /// JSON file naming the commands the `command` power driver may run:
         /// {"NAME": ["program", "arg", "{action}", "{server}"], …}; the API
         /// refers to them by name and cannot run anything else.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "BYOI_POWER_COMMANDS")]
         power_commands: Option<PathBuf>,
         /// A token that may read /metrics (Authorization: Bearer) and
         /// nothing else, for Prometheus; the API token may read it too.
@@ -143,8 +149,18 @@ enum Command {
         metrics_token: Option<String>,
         /// The ipmitool the `ipmi` power driver runs; default: `ipmitool`
         /// from /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "BYOI_IPMITOOL")]
         ipmitool: Option<PathBuf>,
+        /// The configuration file: TOML whose keys are these flags'
+        /// (`listen = "0.0.0.0:8443"`, `agent_timeout = 300`); a flag, then
+        /// its BYOI_* variable, then the file, then the default decides.
+        /// Default: /etc/byoi/byoi.toml if it exists.
+        #[arg(long, value_name = "FILE", env = "BYOI_CONFIG")]
+        config: Option<PathBuf>,
+        /// Check the configuration (files it names included), print each
+        /// setting and where it came from, and exit.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Manages servers.
     #[command(after_help = EXIT_CODES)]
@@ -206,29 +222,50 @@ enum Command {
 struct LimitArgs {
     /// Seconds a client may take to send a request's head, from its first
     /// byte; then the connection is closed.
-    #[arg(long, default_value_t = edge::HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        default_value_t = edge::HEADER_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "BYOI_HEADER_TIMEOUT"
+    )]
     header_timeout: u64,
     /// Seconds a client may take to send a request's body, from the end of
     /// its head; then it is answered 408 and the connection is closed.
-    #[arg(long, default_value_t = edge::BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        default_value_t = edge::BODY_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "BYOI_BODY_TIMEOUT"
+    )]
     body_timeout: u64,
     /// Seconds a connection may stay open without a request; then it is
     /// closed.
-    #[arg(long, default_value_t = edge::IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        default_value_t = edge::IDLE_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "BYOI_IDLE_TIMEOUT"
+    )]
     idle_timeout: u64,
     /// Seconds a client may take to complete the TLS handshake.
     #[arg(
         long,
         default_value_t = edge::TLS_HANDSHAKE_TIMEOUT.as_secs(),
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "BYOI_TLS_HANDSHAKE_TIMEOUT"
     )]
     tls_handshake_timeout: u64,
     /// Open connections, in total; more are closed at once.
-    #[arg(long, default_value_t = edge::MAX_CONNECTIONS, value_parser = at_least_one)]
+    #[arg(long, default_value_t = edge::MAX_CONNECTIONS, value_parser = at_least_one, env = "BYOI_MAX_CONNECTIONS")]
     max_connections: usize,
     /// Open connections from one IPv4 address or IPv6 /64; more are closed
     /// at once. Behind a reverse proxy, raise it to --max-connections.
-    #[arg(long, default_value_t = edge::MAX_CONNECTIONS_PER_SOURCE, value_parser = at_least_one)]
+    #[arg(
+        long,
+        default_value_t = edge::MAX_CONNECTIONS_PER_SOURCE,
+        value_parser = at_least_one,
+        env = "BYOI_MAX_CONNECTIONS_PER_SOURCE"
+    )]
     max_connections_per_source: usize,
 }
 
@@ -387,7 +424,16 @@ struct DeployArgs {
 
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let (command, file) = match with_config_file(Cli::command(), &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return EXIT_CLIENT;
+        }
+    };
+    let matches = command.get_matches_from(&args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -404,7 +450,8 @@ pub fn main() -> i32 {
             return EXIT_CLIENT;
         }
     };
-    match rt.block_on(run(cli.command)) {
+    let sources = Sources { matches: matches.subcommand_matches("serve").cloned(), file };
+    match rt.block_on(run(cli.command, &sources)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -413,7 +460,73 @@ pub fn main() -> i32 {
     }
 }
 
-async fn run(cmd: Command) -> anyhow::Result<i32> {
+/// The configuration file `serve` read, and what it set.
+#[derive(Debug, Default)]
+struct FileSettings {
+    path: Option<PathBuf>,
+    settings: BTreeMap<String, String>,
+}
+
+/// Where `serve`'s settings came from.
+#[derive(Debug)]
+struct Sources {
+    matches: Option<clap::ArgMatches>,
+    file: FileSettings,
+}
+
+/// Settings no file sets: the file's own name, one-shot actions, help.
+const NOT_IN_FILE: &[&str] = &["config", "check_config", "help"];
+
+/// `Cli`'s command with the settings of `serve`'s configuration file as
+/// its flags' defaults (a flag and its variable still decide first).
+fn with_config_file(cmd: clap::Command, args: &[OsString]) -> anyhow::Result<(clap::Command, FileSettings)> {
+    let Some(path) = byoi_controller::config::path_from(args, std::env::var_os(byoi_controller::config::ENV)) else {
+        return Ok((cmd, FileSettings::default()));
+    };
+    let serve = cmd.find_subcommand("serve").context("the serve command")?;
+    let mut known: Vec<String> = serve
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .filter(|id| !NOT_IN_FILE.contains(&id.as_str()))
+        .collect();
+    known.push("log_format".into());
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let settings = byoi_controller::config::load(&path, &known)?;
+    let mut cmd = cmd;
+    for (key, value) in &settings {
+        let (key, value) = (key.clone(), value.clone());
+        cmd = if key == "log_format" {
+            cmd.mut_arg(key, |a| a.default_value(value))
+        } else {
+            cmd.mut_subcommand("serve", |s| s.mut_arg(key, |a| a.default_value(value)))
+        };
+    }
+    Ok((cmd, FileSettings { path: Some(path), settings }))
+}
+
+/// `serve --check-config`'s report: each setting, its value (secrets
+/// hidden) and where it came from.
+fn print_settings(sources: &Sources) {
+    let Some(m) = &sources.matches else { return };
+    let mut ids: Vec<&str> = m.ids().map(|id| id.as_str()).filter(|id| !NOT_IN_FILE.contains(id)).collect();
+    ids.sort_unstable();
+    for id in ids {
+        let Some(raw) = m.get_raw(id) else { continue };
+        let value: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
+        let value = if id.ends_with("token") { "(set)".to_owned() } else { value.join(",") };
+        let from = match m.value_source(id) {
+            Some(clap::parser::ValueSource::CommandLine) => "flag".to_owned(),
+            Some(clap::parser::ValueSource::EnvVariable) => format!("${}", format!("BYOI_{id}").to_uppercase()),
+            _ if sources.file.settings.contains_key(id) => {
+                sources.file.path.as_ref().map_or("file".to_owned(), |p| p.display().to_string())
+            }
+            _ => "default".to_owned(),
+        };
+        println!("{id} = {value:?}  # {from}");
+    }
+}
+
+async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
     match cmd {
         Command::Serve {
             listen,
@@ -434,7 +547,26 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             power_commands,
             ipmitool,
             metrics_token,
+            config: _,
+            check_config,
         } => {
+            // A file's or a variable's value is no flag to clap's
+            // `requires`: checked here whichever gave it.
+            if tls_cert.is_some() != tls_key.is_some() {
+                anyhow::bail!("tls_cert and tls_key go together: give both (flags, BYOI_* variables or the file)");
+            }
+            if netboot_public_url.is_some() && netboot_listen.is_none() {
+                anyhow::bail!("netboot_public_url needs netboot_listen");
+            }
+            if check_config {
+                if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
+                    server::tls_acceptor(cert, key).context("the TLS certificate and key")?;
+                }
+                PowerConfig::load(power_commands.as_deref(), ipmitool.clone())?;
+                print_settings(sources);
+                println!("configuration ok");
+                return Ok(0);
+            }
             let tls = tls_cert.zip(tls_key);
             let scheme = if tls.is_some() { "https" } else { "http" };
             let opts = ServeOptions {

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod config;
 pub mod datadir;
 pub mod db;
 pub mod edge;

@@ -692,3 +692,71 @@ fn back_up_while_serving_and_restore() {
     let app_key = keys.lines().next().unwrap().split_once('=').unwrap().1;
     assert!(listed.contains(app_key), "the same keys work after a restore: {listed}");
 }
+
+/// `serve`'s configuration file: its settings become the flags' defaults,
+/// a BYOI_* variable beats it and a flag beats both; `--check-config`
+/// says where each came from; a typo is an error naming it; the controller
+/// runs with what the file says.
+#[test]
+fn a_configuration_file_under_variables_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("byoi.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data-dir = {:?}\nagent_timeout = 60\nboot_timeout = 600\nmetrics_token = \"from-the-file\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let check = |env: &[(&str, &str)], flags: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_byoi"))
+            .args(["serve", "--config"])
+            .arg(&file)
+            .arg("--check-config")
+            .args(flags)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = stdout(&check(&[("BYOI_BOOT_TIMEOUT", "700")], &["--stall-timeout", "30", "--agent-timeout", "90"]));
+    let line = |key: &str| out.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_default().to_owned();
+    let shown = file.display().to_string();
+    assert_eq!(line("agent_timeout"), r#"agent_timeout = "90"  # flag"#, "{out}");
+    assert_eq!(line("boot_timeout"), r#"boot_timeout = "700"  # $BYOI_BOOT_TIMEOUT"#, "{out}");
+    assert_eq!(line("stall_timeout"), r#"stall_timeout = "30"  # flag"#, "{out}");
+    assert_eq!(line("metrics_token"), format!(r#"metrics_token = "(set)"  # {shown}"#), "{out}");
+    assert_eq!(line("idle_timeout"), r#"idle_timeout = "30"  # default"#, "{out}");
+    assert!(!out.contains("from-the-file"), "no secret printed");
+    assert!(out.ends_with("configuration ok\n"), "{out}");
+
+    std::fs::write(dir.path().join("typo.toml"), "agent_timout = 60\n").unwrap();
+    let typo = Command::new(env!("CARGO_BIN_EXE_byoi"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(dir.path().join("typo.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&typo.stderr).contains(r#"unknown setting "agent_timout""#), "{typo:?}");
+    std::fs::write(dir.path().join("half.toml"), "tls_cert = \"/etc/ssl/x.pem\"\n").unwrap();
+    let half = Command::new(env!("CARGO_BIN_EXE_byoi"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(dir.path().join("half.toml"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&half.stderr).contains("tls_cert and tls_key go together"), "{half:?}");
+
+    // The controller runs with the file's settings: its data directory, its
+    // metrics token.
+    let c = common::start_configured(&data, &[], "http", |cmd| {
+        cmd.env("BYOI_CONFIG", &file);
+    });
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer from-the-file\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(data.join("byoi.sqlite").exists());
+}

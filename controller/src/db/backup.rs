@@ -32,7 +32,7 @@ pub enum BackupError {
     #[error("{0} exists: a backup goes to a new file")]
     Exists(PathBuf),
     /// SQLite failed.
-    #[error("backing up {from} to {to}: {source}")]
+    #[error("backing up {from} to {to}")]
     Sqlite {
         /// The database.
         from: PathBuf,
