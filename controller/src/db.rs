@@ -68,6 +68,8 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("migrations/04-agent-trust.sql")),
         // API credentials as OVHcloud's: applications and consumer keys.
         M::up(include_str!("migrations/05-credentials.sql")),
+        // The version each server's agent said hello with.
+        M::up(include_str!("migrations/06-agent-version.sql")),
     ])
 });
 
@@ -90,6 +92,8 @@ pub struct ServerRow {
     pub last_seen: Option<i64>,
     /// Unix time of registration.
     pub created_at: i64,
+    /// The version its agent last said hello with.
+    pub agent_version: Option<String>,
 }
 
 /// A deployment, as stored.
@@ -220,7 +224,7 @@ fn from_json<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> rusqlite::R
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into()))
 }
 
-const SERVER_COLS: &str = "name, power, kernel_args, boot_target, inventory, last_seen, created_at";
+const SERVER_COLS: &str = "name, power, kernel_args, boot_target, inventory, last_seen, created_at, agent_version";
 
 fn server_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
     let name: String = r.get(0)?;
@@ -235,6 +239,7 @@ fn server_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerR
         inventory: r.get::<_, Option<String>>(4)?.map(|s| from_json(4, &s)).transpose()?,
         last_seen: r.get(5)?,
         created_at: r.get(6)?,
+        agent_version: r.get(7)?,
     })
 }
 
@@ -327,6 +332,15 @@ impl Db {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             Ok(DeploymentStats { by_status, done, bytes_written: bytes_written.max(0) as u64, servers, agents_online })
+        })
+        .await
+    }
+
+    /// Notes the version the server's agent said hello with.
+    pub async fn set_agent_version(&self, server: &str, version: &str) -> Result<()> {
+        let (server, version) = (server.to_owned(), version.to_owned());
+        self.call(move |c| {
+            c.execute("UPDATE servers SET agent_version = ?2 WHERE name = ?1", params![server, version]).map(drop)
         })
         .await
     }

@@ -1641,3 +1641,35 @@ async fn metrics_count_requests_deployments_and_power() {
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the metrics token reads nothing else");
 }
+
+/// The agent's version, from its hello, in the server view, with the skew
+/// against the controller's; a version that is no short word is not kept.
+#[tokio::test]
+async fn the_server_view_shows_the_agents_version_and_any_skew() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let view = || async { call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body() };
+    assert_eq!(
+        (view().await["agentVersion"].clone(), view().await["versionSkew"].clone()),
+        (json!(null), json!(false))
+    );
+    let hello_with = |version: &str| {
+        let mut h = inventory();
+        h["version"] = json!(version);
+        h
+    };
+    for (said, shown, skew) in [
+        ("0.0.1", "0.0.1", true),
+        (env!("CARGO_PKG_VERSION"), env!("CARGO_PKG_VERSION"), false),
+        ("\u{1b}[31mred", "unknown", true),
+    ] {
+        call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
+        let (_, token) = netboot(&app, "52:54:00:00:00:01").await;
+        let r = agent(&app, &token.unwrap(), Method::POST, "hello", Some(hello_with(said))).await;
+        assert_eq!(r.status, StatusCode::OK, "{said:?}");
+        let v = view().await;
+        assert_eq!((v["agentVersion"].as_str(), v["versionSkew"].as_bool()), (Some(shown), Some(skew)), "{said:?}");
+        call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
+    }
+}

@@ -95,6 +95,7 @@ mod tests {
             inventory: None,
             last_seen: None,
             created_at: 0,
+            agent_version: None,
         };
         db.add_server(row("a")).await.unwrap().unwrap();
         db.add_server(row("b")).await.unwrap().unwrap();

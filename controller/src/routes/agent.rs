@@ -123,8 +123,16 @@ fn action(applied: &Applied) -> Answer {
 async fn hello(State(app): State<AppState>, agent: Agent, Json(hello): Json<Hello>) -> Answer {
     let (version, disks) = (hello.version, hello.inventory.disks.len());
     let applied = apply(&app, &agent, AgentCall::Hello, Payload::Inventory(hello.inventory)).await?;
+    // A version is a short printable word; anything else is not kept.
+    let version = Some(version).filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()));
+    let version = version.unwrap_or_else(|| "unknown".into());
+    app.db.set_agent_version(&agent.server, &version).await?;
     tracing::info!(server = %agent.server, mode = %agent.mode, source = %agent.caller.addr, %version, disks,
         "agent said hello and holds the boot");
+    if version != env!("CARGO_PKG_VERSION") {
+        tracing::warn!(server = %agent.server, agent = %version, controller = env!("CARGO_PKG_VERSION"),
+            "version skew: the agent is not this release's; rebuild the initramfs (cargo xtask initramfs)");
+    }
     action(&applied)
 }
 

@@ -201,6 +201,11 @@ pub struct ServerView {
     /// registered before byoi had host keys, on first use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
+    /// The version its agent last said hello with.
+    pub agent_version: Option<String>,
+    /// Whether that version differs from the controller's: rebuild the
+    /// initramfs (`cargo xtask initramfs`) from this release.
+    pub version_skew: bool,
     /// OVHcloud's `name`: the serviceName again.
     pub name: String,
     /// OVHcloud's `serverId`: a number naming the server for as long as it
@@ -302,6 +307,8 @@ impl ServerView {
                 })
                 .collect(),
             ssh_host_key: None,
+            agent_version: s.agent_version.clone(),
+            version_skew: s.agent_version.as_deref().is_some_and(|v| v != env!("CARGO_PKG_VERSION")),
         }
     }
 }
@@ -494,6 +501,7 @@ async fn add(
         inventory: None,
         last_seen: None,
         created_at: db::now(),
+        agent_version: None,
     };
     match app.db.add_server(row.clone()).await? {
         Ok(()) => {
