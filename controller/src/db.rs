@@ -147,6 +147,33 @@ impl DeploymentRow {
     }
 }
 
+/// What `PUT /dedicated/server/{name}` changes (`None`: as it is).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerChange {
+    /// Its MACs, all of them.
+    pub macs: Option<Vec<String>>,
+    /// Its power driver.
+    pub power: Option<Power>,
+    /// The agent's extra kernel arguments, all of them.
+    pub kernel_args: Option<Vec<String>>,
+}
+
+/// What [`Db::delete_server`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The server and everything of it are gone.
+    Done,
+    /// No such server.
+    NoServer,
+    /// A deployment runs on it: nothing was deleted.
+    Running {
+        /// The deployment.
+        id: i64,
+        /// Its stage.
+        stage: Stage,
+    },
+}
+
 /// What the database says of deployments, for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeploymentStats {
@@ -395,6 +422,69 @@ impl Db {
             }
             tx.commit()?;
             Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Changes a server's MACs, power driver or kernel arguments (each
+    /// when given); `Ok(None)` when there is no such server, `Err(message)`
+    /// when a MAC belongs to another.
+    pub async fn update_server(&self, name: &str, change: ServerChange) -> Result<Result<Option<()>, String>> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
+                return Ok(Ok(None));
+            }
+            if let Some(macs) = &change.macs {
+                for mac in macs {
+                    let owner: Option<String> =
+                        tx.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
+                    if let Some(o) = owner.filter(|o| *o != name) {
+                        return Ok(Err(format!("MAC {mac} already belongs to {o}")));
+                    }
+                }
+                tx.execute("DELETE FROM macs WHERE server = ?1", [&name])?;
+                for mac in macs {
+                    tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, name])?;
+                }
+            }
+            if let Some(power) = &change.power {
+                let power = serde_json::to_string(power).map_err(json_err)?;
+                tx.execute("UPDATE servers SET power = ?2 WHERE name = ?1", params![name, power])?;
+            }
+            if let Some(args) = &change.kernel_args {
+                let args = serde_json::to_string(args).map_err(json_err)?;
+                tx.execute("UPDATE servers SET kernel_args = ?2 WHERE name = ?1", params![name, args])?;
+            }
+            tx.commit()?;
+            Ok(Ok(Some(())))
+        })
+        .await
+    }
+
+    /// Deletes a server with its MACs, deployments, tokens, logs and host
+    /// key, unless a deployment runs on it and `force` is not given.
+    pub async fn delete_server(&self, name: &str, force: bool) -> Result<Deleted> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
+                return Ok(Deleted::NoServer);
+            }
+            let running = tx
+                .query_row(
+                    "SELECT id, stage FROM deployments WHERE server = ?1 AND status = 'doing' ORDER BY id DESC LIMIT 1",
+                    [&name],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Stage>(1)?)),
+                )
+                .optional()?;
+            if let (Some((id, stage)), false) = (running, force) {
+                return Ok(Deleted::Running { id, stage });
+            }
+            tx.execute("DELETE FROM servers WHERE name = ?1", [&name])?;
+            tx.commit()?;
+            Ok(Deleted::Done)
         })
         .await
     }

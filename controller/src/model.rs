@@ -230,6 +230,19 @@ pub struct NewServer {
     pub kernel_args: Vec<String>,
 }
 
+/// `PUT /dedicated/server/{serviceName}`: what to change, each as a
+/// whole; what is absent stays.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerUpdate {
+    /// Its MACs, all of them.
+    pub macs: Option<Vec<String>>,
+    /// Its power driver, as at registration.
+    pub power: Option<serde_json::Value>,
+    /// The agent's extra kernel arguments, all of them (`[]` for none).
+    pub kernel_args: Option<Vec<String>>,
+}
+
 /// Normalises a MAC (`:` or `-`, any case) to lowercase with colons.
 pub fn normalize_mac(mac: &str) -> Option<String> {
     let hex: String = mac.chars().filter(|c| *c != ':' && *c != '-').collect();

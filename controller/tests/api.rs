@@ -243,7 +243,7 @@ async fn servers_endpoints_and_their_errors() {
     assert_eq!(r.json_body()["message"], "The requested object (serviceName = nope) does not exist");
     let r = call(&app, Method::GET, "/dedicated/server/s1/specifications/hardware", None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = call(&app, Method::PUT, "/dedicated/server/s1", None).await;
+    let r = call(&app, Method::PATCH, "/dedicated/server/s1", None).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -607,10 +607,12 @@ async fn netboot_side_scripts_and_artifacts() {
 
 /// The routes [`openapi_document_matches_the_routes`] knows: adding one
 /// means documenting it, listing it here and sampling its answer there.
-const ROUTES: [&str; 39] = [
+const ROUTES: [&str; 41] = [
     "GET /dedicated/server",
     "POST /dedicated/server",
     "GET /dedicated/server/{serviceName}",
+    "PUT /dedicated/server/{serviceName}",
+    "DELETE /dedicated/server/{serviceName}",
     "GET /dedicated/server/{serviceName}/specifications/hardware",
     "GET /dedicated/server/{serviceName}/bringYourOwnImage",
     "POST /dedicated/server/{serviceName}/bringYourOwnImage",
@@ -1023,6 +1025,17 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(r.status, StatusCode::OK);
     let r = s.operator(Method::DELETE, "/me/api/application/{applicationId}", None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Changing and deleting a server.
+    let server = "/dedicated/server/{serviceName}";
+    let r = s.operator(Method::PUT, server, Some(json!({"kernelArgs": ["console=ttyS1"]}))).await;
+    assert_eq!((r.status, &r.json_body()["kernelArgs"]), (StatusCode::OK, &json!(["console=ttyS1"])));
+    assert_eq!(s.operator(Method::PUT, server, Some(json!({"macs": []}))).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(s.operator(Method::DELETE, server, None).await.status, StatusCode::CONFLICT, "a reinstall runs");
+    let req = Request::new(Method::DELETE, "?force=true", "").header(AUTHORIZATION, &format!("Bearer {TOKEN}"));
+    let r = s.sample(server, req).await;
+    assert_eq!((r.status, &r.json_body()["message"]), (StatusCode::OK, &json!("server s1 deleted")));
+    assert_eq!(s.operator(Method::DELETE, server, None).await.status, StatusCode::NOT_FOUND);
 
     let unsampled: Vec<_> = known.iter().filter(|r| !s.sampled.contains(*r)).collect();
     assert!(unsampled.is_empty(), "no sample answer checked for {unsampled:?}");
@@ -1672,4 +1685,64 @@ async fn the_server_view_shows_the_agents_version_and_any_skew() {
         assert_eq!((v["agentVersion"].as_str(), v["versionSkew"].as_bool()), (Some(shown), Some(skew)), "{said:?}");
         call(&app, Method::DELETE, "/dedicated/server/s1/bringYourOwnImage", None).await;
     }
+}
+
+/// `PUT` and `DELETE /dedicated/server/{name}`: MACs moved between servers
+/// only when free, the power driver checked as at registration, a running
+/// deployment keeps its server unless `force`, and then its agent is
+/// refused.
+#[tokio::test]
+async fn servers_are_changed_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    add_server(&app, "s2", "52:54:00:00:00:02", json!({"kind": "manual"})).await;
+    let put = |name: &str, body: Value| {
+        let path = format!("/dedicated/server/{name}");
+        let app = &app;
+        async move { call(app, Method::PUT, &path, Some(body)).await }
+    };
+    let r = put("s1", json!({"macs": ["52-54-00-00-00-0A", "52:54:00:00:00:0b"]})).await;
+    assert_eq!(
+        (r.status, &r.json_body()["macs"]),
+        (StatusCode::OK, &json!(["52:54:00:00:00:0a", "52:54:00:00:00:0b"]))
+    );
+    let r = put("s1", json!({"macs": ["52:54:00:00:00:02"]})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json_body()["message"], "MAC 52:54:00:00:00:02 already belongs to s2");
+    let r = put("s1", json!({"power": {"kind": "command", "argv": ["/bin/sh"]}})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "the API never names a program");
+    assert_eq!(put("s1", json!({"kernelArgs": ["a b"]})).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(put("s1", json!({"name": "x"})).await.status, StatusCode::BAD_REQUEST, "unknown field");
+    assert_eq!(put("nope", json!({"kernelArgs": []})).await.status, StatusCode::NOT_FOUND);
+    let (_, old) = netboot(&app, "52:54:00:00:00:01").await;
+    assert!(old.is_none(), "the old MAC is no longer s1's");
+
+    // A running deployment keeps its server, unless forced.
+    let r =
+        call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://x/1"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let (script, token) = netboot(&app, "52:54:00:00:00:0a").await;
+    let token = token.unwrap_or_else(|| panic!("{script}"));
+    assert_eq!(action(&agent(&app, &token, Method::POST, "hello", Some(inventory())).await), "continue");
+    let r = call(&app, Method::DELETE, "/dedicated/server/s1", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let m = r.json_body()["message"].as_str().unwrap().to_owned();
+    assert!(m.contains("force=true") && m.contains("byoi server delete s1 --force"), "{m}");
+    let r = call(&app, Method::DELETE, "/dedicated/server/s1?force=true", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(call(&app, Method::GET, "/dedicated/server/s1", None).await.status, StatusCode::NOT_FOUND);
+    let r = agent(&app, &token, Method::POST, "heartbeat", None).await;
+    assert_eq!(
+        (r.status, &r.json_body()["action"]),
+        (StatusCode::UNAUTHORIZED, &json!("reboot")),
+        "its agent is refused"
+    );
+    assert_eq!(call(&app, Method::GET, "/dedicated/server", None).await.json_body(), json!(["s2"]));
+    // Its name and MACs are free again.
+    add_server(&app, "s1", "52:54:00:00:00:0a", json!({"kind": "manual"})).await;
+    assert!(call(&app, Method::GET, "/dedicated/server/s1", None).await.json_body()["deployments"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }

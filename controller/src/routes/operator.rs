@@ -11,13 +11,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use byoi_wire::agent::{Disk, Inventory, LogRecord, Nic};
 use byoi_wire::spec::redact_url;
 use byoi_wire::{BootMode, BootTarget, ErrorCode, Stage, Status};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -25,14 +26,14 @@ pub use super::auth::Operator;
 use super::{or_405, AppError, AppState, ErrorBody, Json, BYOI_BODY};
 use crate::db::{self, DeploymentRow, Payload, ServerRow};
 use crate::lifecycle::{Event, Reply};
-use crate::model::{self, ByoiRequest, NewServer};
+use crate::model::{self, ByoiRequest, NewServer, ServerUpdate};
 use crate::power::{Power, PowerAction};
 
 /// The operator's routes.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(or_405(routes!(list, add)))
-        .routes(or_405(routes!(show)))
+        .routes(or_405(routes!(show, update, remove)))
         .routes(or_405(routes!(hardware)))
         .routes(or_405(routes!(byoi_status, byoi_post, byoi_delete)))
         .merge(super::reinstall::routes())
@@ -474,22 +475,10 @@ async fn add(
     if !model::valid_name(&n.service_name) {
         return Err(AppError::BadRequest(model::bad_name(&n.service_name)));
     }
-    let mut macs = Vec::new();
-    for m in &n.macs {
-        macs.push(model::normalize_mac(m).ok_or_else(|| AppError::BadRequest(format!("Bad MAC address {m:?}")))?);
-    }
-    macs.sort();
-    macs.dedup();
-    if macs.is_empty() {
-        return Err(AppError::BadRequest("A server needs at least one MAC address".into()));
-    }
-    if let Some(bad) = n.kernel_args.iter().find(|a| !model::valid_kernel_arg(a)) {
-        return Err(AppError::BadRequest(format!(
-            "Bad kernelArgs entry {bad:?}: one word, no quotes, no $ {{ }} \\ | & #"
-        )));
-    }
+    let macs = checked_macs(&n.macs)?;
+    checked_kernel_args(&n.kernel_args)?;
     let power = match &n.power {
-        Some(p) => Power::from_json(p, &app.cfg.power).map_err(AppError::BadRequest)?,
+        Some(p) => checked_power(&app, p)?,
         None => Power::Manual,
     };
     let row = ServerRow {
@@ -529,11 +518,133 @@ async fn show(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<ServerView>, AppError> {
-    let s = server(&app, &name).await?;
-    let id = app.db.server_id(&name).await?.ok_or_else(|| no_server(&name))?;
-    let history = app.db.history(&name).await?;
-    let ssh_host_key = app.db.ssh_host_key(&name).await?.map(|k| k.fingerprint());
-    Ok(axum::Json(ServerView { ssh_host_key, ..ServerView::of(&s, id, &history) }))
+    server_view(&app, &name).await.map(axum::Json)
+}
+
+/// The view of the server `name`, history and host key included.
+async fn server_view(app: &AppState, name: &str) -> Result<ServerView, AppError> {
+    let s = server(app, name).await?;
+    let id = app.db.server_id(name).await?.ok_or_else(|| no_server(name))?;
+    let history = app.db.history(name).await?;
+    let ssh_host_key = app.db.ssh_host_key(name).await?.map(|k| k.fingerprint());
+    Ok(ServerView { ssh_host_key, ..ServerView::of(&s, id, &history) })
+}
+
+/// MACs as they enter: each one valid, lowercase with colons, once, at
+/// least one.
+fn checked_macs(given: &[String]) -> Result<Vec<String>, AppError> {
+    let mut macs = Vec::new();
+    for m in given {
+        macs.push(model::normalize_mac(m).ok_or_else(|| AppError::BadRequest(format!("Bad MAC address {m:?}")))?);
+    }
+    macs.sort();
+    macs.dedup();
+    if macs.is_empty() {
+        return Err(AppError::BadRequest("A server needs at least one MAC address".into()));
+    }
+    Ok(macs)
+}
+
+/// The agent's kernel arguments as they enter: words the boot script can
+/// carry.
+fn checked_kernel_args(args: &[String]) -> Result<(), AppError> {
+    match args.iter().find(|a| !model::valid_kernel_arg(a)) {
+        Some(bad) => {
+            Err(AppError::BadRequest(format!("Bad kernelArgs entry {bad:?}: one word, no quotes, no $ {{ }} \\ | & #")))
+        }
+        None => Ok(()),
+    }
+}
+
+/// A power driver as it enters, against the controller's configuration.
+fn checked_power(app: &AppState, p: &serde_json::Value) -> Result<Power, AppError> {
+    Power::from_json(p, &app.cfg.power).map_err(AppError::BadRequest)
+}
+
+/// Changes a server: its MACs, power driver or the agent's kernel
+/// arguments, each when given (as a whole).
+#[utoipa::path(put, path = "/dedicated/server/{serviceName}", tag = "operator", security(("apiToken" = [])),
+    params(("serviceName" = String, Path, description = "The server's name")),
+    request_body = ServerUpdate,
+    responses(
+        (status = 200, description = "Changed: the server", body = ServerView),
+        (status = 400, description = "A bad MAC, kernel argument or power driver, or bad JSON", body = ErrorBody),
+        (status = 401, description = "No or a wrong API token", body = ErrorBody),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 409, description = "A MAC belongs to another server", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ))]
+async fn update(
+    _: Operator,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Json(u): Json<ServerUpdate>,
+) -> Result<axum::Json<ServerView>, AppError> {
+    let change = db::ServerChange {
+        macs: u.macs.as_deref().map(checked_macs).transpose()?,
+        power: u.power.as_ref().map(|p| checked_power(&app, p)).transpose()?,
+        kernel_args: u.kernel_args.map(|a| checked_kernel_args(&a).map(|()| a)).transpose()?,
+    };
+    match app.db.update_server(&name, change).await? {
+        Err(conflict) => Err(AppError::Conflict(conflict)),
+        Ok(None) => Err(no_server(&name)),
+        Ok(Some(())) => {
+            tracing::info!(server = %name, "server changed");
+            server_view(&app, &name).await.map(axum::Json)
+        }
+    }
+}
+
+/// `DELETE /dedicated/server/{serviceName}`'s query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Delete it even while a deployment runs on it (the deployment is
+    /// dropped; its agent is refused at its next call).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `DELETE /dedicated/server/{serviceName}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ServerDeleted {
+    /// What happened.
+    pub message: String,
+}
+
+/// Deletes a server, with its MACs, deployments, agent tokens, logs and
+/// rescue host key; refused while a deployment runs on it, unless
+/// `force=true`.
+#[utoipa::path(delete, path = "/dedicated/server/{serviceName}", tag = "operator", security(("apiToken" = [])),
+    params(("serviceName" = String, Path, description = "The server's name"), DeleteQuery),
+    responses(
+        (status = 200, description = "Deleted", body = ServerDeleted),
+        (status = 400, description = "A bad query", body = ErrorBody),
+        (status = 401, description = "No or a wrong API token", body = ErrorBody),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 409, description = "A deployment runs on it (the message names force)", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ))]
+async fn remove(
+    _: Operator,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Result<axum::Json<ServerDeleted>, AppError> {
+    let Query(q) = q.map_err(|e| AppError::BadRequest(format!("Invalid query: {}", e.body_text())))?;
+    match app.db.delete_server(&name, q.force).await? {
+        db::Deleted::NoServer => Err(no_server(&name)),
+        db::Deleted::Running { id, stage } => Err(AppError::Conflict(format!(
+            "A deployment is running on {name} (id {id}, {stage}): cancel it first (byoi cancel {name}), or delete \
+             the server anyway with force=true (byoi server delete {name} --force)"
+        ))),
+        db::Deleted::Done => {
+            tracing::info!(server = %name, force = q.force, "server deleted");
+            Ok(axum::Json(ServerDeleted { message: format!("server {name} deleted") }))
+        }
+    }
 }
 
 /// What the server's agent found: firmware, memory, disk groups, NICs.
