@@ -314,6 +314,45 @@ enum ServerCommand {
         #[arg(long = "kernel-arg")]
         kernel_args: Vec<String>,
     },
+    /// Shows a server (JSON): MACs, power driver, agent version,
+    /// deployments, rescue host key.
+    #[command(after_help = EXIT_CODES)]
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Changes a server: what is given replaces what it had.
+    #[command(after_help = EXIT_CODES)]
+    Set {
+        /// Name.
+        name: String,
+        /// Its MACs, all of them; repeatable.
+        #[arg(long = "mac")]
+        macs: Vec<String>,
+        /// A new power driver (with its --power-arg).
+        #[arg(long, value_parser = ["manual", "command", "ipmi", "redfish"])]
+        power: Option<String>,
+        /// The new driver's arguments, as for `server add`.
+        #[arg(long = "power-arg", allow_hyphen_values = true, requires = "power")]
+        power_args: Vec<String>,
+        /// The agent's extra kernel arguments, all of them; repeatable.
+        #[arg(long = "kernel-arg", conflicts_with = "no_kernel_args")]
+        kernel_args: Vec<String>,
+        /// Drop the agent's extra kernel arguments.
+        #[arg(long)]
+        no_kernel_args: bool,
+    },
+    /// Deletes a server with its deployments and tokens; refused while a
+    /// deployment runs on it, unless --force.
+    #[command(after_help = EXIT_CODES)]
+    Delete {
+        /// Name.
+        name: String,
+        /// Delete it even while a deployment runs (the agent is refused at
+        /// its next call).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -603,6 +642,38 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             let body = json!({"serviceName": name, "macs": macs, "power": power, "kernelArgs": kernel_args});
             let v = client.connect()?.call(Method::POST, "/dedicated/server", Some(&body)).await?;
             println!("added {} ({})", v["serviceName"].as_str().unwrap_or(&name), v["macs"]);
+            Ok(0)
+        }
+        Command::Server { command: ServerCommand::Show { name }, client } => {
+            let v = client.connect()?.call(Method::GET, &format!("/dedicated/server/{name}"), None).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        Command::Server {
+            command: ServerCommand::Set { name, macs, power, power_args, kernel_args, no_kernel_args },
+            client,
+        } => {
+            let mut body = json!({});
+            if !macs.is_empty() {
+                body["macs"] = json!(macs);
+            }
+            if let Some(p) = power {
+                body["power"] = client::power_settings(&p, &power_args)?;
+            }
+            if !kernel_args.is_empty() || no_kernel_args {
+                body["kernelArgs"] = json!(kernel_args);
+            }
+            if body.as_object().is_some_and(serde_json::Map::is_empty) {
+                anyhow::bail!("nothing to change: give --mac, --power, --kernel-arg or --no-kernel-args");
+            }
+            let v = client.connect()?.call(Method::PUT, &format!("/dedicated/server/{name}"), Some(&body)).await?;
+            println!("changed {name}: {} {} {}", v["macs"], v["power"]["kind"], v["kernelArgs"]);
+            Ok(0)
+        }
+        Command::Server { command: ServerCommand::Delete { name, force }, client } => {
+            let path = format!("/dedicated/server/{name}{}", if force { "?force=true" } else { "" });
+            let v = client.connect()?.call(Method::DELETE, &path, None).await?;
+            println!("{}", v["message"].as_str().unwrap_or("deleted"));
             Ok(0)
         }
         Command::Servers { client } => {

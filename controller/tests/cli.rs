@@ -760,3 +760,39 @@ fn a_configuration_file_under_variables_and_flags() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(data.join("byoi.sqlite").exists());
 }
+
+/// `byoi server show|set|delete`.
+#[test]
+fn server_show_set_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
+    let shown: Value = serde_json::from_str(&stdout(&byoi(&c, &["server", "show", "web1"]))).unwrap();
+    assert_eq!((&shown["name"], &shown["macs"]), (&json!("web1"), &json!(["52:54:00:00:00:01"])));
+    let said = stdout(&byoi(
+        &c,
+        &[
+            "server",
+            "set",
+            "web1",
+            "--mac",
+            "52:54:00:00:00:02",
+            "--mac",
+            "52:54:00:00:00:03",
+            "--kernel-arg",
+            "console=ttyS1",
+        ],
+    ));
+    assert_eq!(said.trim(), r#"changed web1: ["52:54:00:00:00:02","52:54:00:00:00:03"] "manual" ["console=ttyS1"]"#);
+    let said = stdout(&byoi(&c, &["server", "set", "web1", "--no-kernel-args"]));
+    assert!(said.trim().ends_with("[]"), "{said}");
+    let nothing = byoi(&c, &["server", "set", "web1"]);
+    assert_eq!(nothing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("nothing to change"));
+    stdout(&byoi(&c, &["deploy", "web1", "--url", "http://img/x.raw"]));
+    let refused = byoi(&c, &["server", "delete", "web1"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"), "{refused:?}");
+    assert_eq!(stdout(&byoi(&c, &["server", "delete", "web1", "--force"])).trim(), "server web1 deleted");
+    assert_eq!(stdout(&byoi(&c, &["servers"])), "");
+}
