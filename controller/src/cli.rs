@@ -207,6 +207,17 @@ enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// Prints the shell completions of `byoi` (source it, or install it as
+    /// the shell's completion file for byoi).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Writes `byoi`'s manual pages (byoi.1, byoi-serve.1, …) into DIR.
+    Manpages {
+        /// Where to write them.
+        dir: PathBuf,
+    },
     /// Aborts a deployment; the server boots into rescue.
     #[command(after_help = EXIT_CODES)]
     Cancel {
@@ -691,6 +702,17 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
         Command::Deploy(a) => deploy(a).await,
         Command::Status { name, follow, client } => status(&client.connect()?, &name, follow).await,
         Command::Cancel { name, client } => cancel(&client.connect()?, &name).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "byoi", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Manpages { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("making {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing into {}", dir.display()))?;
+            println!("manual pages written to {}", dir.display());
+            Ok(0)
+        }
         Command::Credentials { command, client } => credentials(&client.connect()?, command).await,
         Command::Db { command: DbCommand::Backup { file, data_dir } } => {
             // The copy holds every secret the database does.

@@ -796,3 +796,33 @@ fn server_show_set_and_delete() {
     assert_eq!(stdout(&byoi(&c, &["server", "delete", "web1", "--force"])).trim(), "server web1 deleted");
     assert_eq!(stdout(&byoi(&c, &["servers"])), "");
 }
+
+/// Shell completions (bash's parsed by bash) and manual pages (one per
+/// command, rendered by man when it is installed).
+#[test]
+fn completions_and_manual_pages() {
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_byoi")).args(args).output().unwrap();
+    let bash = stdout(&run(&["completions", "bash"]));
+    assert!(bash.contains("_byoi()") && bash.contains("credentials") && bash.contains("--check-config"));
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("byoi.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let parsed = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(parsed.status.success(), "bash cannot parse it: {}", String::from_utf8_lossy(&parsed.stderr));
+    assert!(stdout(&run(&["completions", "zsh"])).starts_with("#compdef byoi"));
+    assert!(stdout(&run(&["completions", "fish"])).contains("complete -c byoi"));
+    assert_eq!(run(&["completions", "tcsh"]).status.code(), Some(2));
+
+    let man = dir.path().join("man");
+    stdout(&run(&["manpages", man.to_str().unwrap()]));
+    for page in ["byoi.1", "byoi-serve.1", "byoi-credentials-add.1", "byoi-db-backup.1"] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap();
+        assert!(text.contains(".TH "), "{page}");
+    }
+    assert!(std::fs::read_to_string(man.join("byoi-serve.1")).unwrap().contains("check\\-config"));
+    if let Ok(rendered) = Command::new("man").arg("-l").arg(man.join("byoi-serve.1")).env("MANWIDTH", "100").output() {
+        if rendered.status.success() {
+            assert!(String::from_utf8_lossy(&rendered.stdout).contains("--check-config"));
+        }
+    }
+}
