@@ -100,6 +100,10 @@ impl Metrics {
     /// `took`.
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
         let route = route.strip_prefix(crate::routes::OVH_PREFIX).filter(|r| r.starts_with('/')).unwrap_or(route);
+        // Any client may send any method name: one it invents must not
+        // make a series of its own.
+        let known = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+        let method = known.into_iter().find(|m| *m == method).unwrap_or("other");
         let r = Request { route: route.to_owned(), method: method.to_owned(), status };
         self.requests.get_or_create(&r).inc();
         self.latency.get_or_create(&Route { route: r.route.clone() }).observe(took.as_secs_f64());
@@ -168,5 +172,30 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).expect("writing into a String cannot fail");
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_stay_bounded_whatever_the_client_sends() {
+        let m = Metrics::default();
+        for method in ["GET", "FOO", "BAR", "X-ANYTHING"] {
+            m.request("unmatched", method, 405, Duration::from_millis(1));
+        }
+        m.request("/1.0/dedicated/server", "GET", 200, Duration::from_millis(1));
+        let mut r = <Registry>::default();
+        r.register("http_requests", "", m.requests.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("http_requests_total")).collect();
+        assert_eq!(series.len(), 3, "{text}");
+        assert!(text.contains(r#"http_requests_total{route="unmatched",method="other",status="405"} 3"#), "{text}");
+        assert!(
+            text.contains(r#"http_requests_total{route="/dedicated/server",method="GET",status="200"} 1"#),
+            "{text}"
+        );
     }
 }
