@@ -26,6 +26,8 @@ const EXIT_FAILED: i32 = 1;
 const EXIT_CLIENT: i32 = 2;
 /// The controller could not power-cycle the server.
 const EXIT_POWER: i32 = 3;
+/// `deploy --wait --timeout`: the deployment had not ended (it goes on).
+const EXIT_TIMEOUT: i32 = 4;
 
 /// The exit statuses, shown by `--help`.
 const EXIT_CODES: &str = "\
@@ -33,7 +35,8 @@ Exit status:
   0  ok
   1  the deployment failed (status)
   2  client error: bad arguments, controller unreachable or refusing
-  3  the controller could not power-cycle the server (deploy, cancel)";
+  3  the controller could not power-cycle the server (deploy, cancel)
+  4  deploy --wait --timeout gave up before the deployment ended (it goes on)";
 
 /// `byoi --version`: the release and the git commit it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BYOI_GIT_COMMIT"), ")");
@@ -468,6 +471,14 @@ struct DeployArgs {
     /// UEFI loader on the ESP.
     #[arg(long)]
     efi_loader: Option<String>,
+    /// Follow the deployment until it ends, as `status --follow` (exit 0
+    /// when done, 1 when it failed).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds (exit 4; the
+    /// deployment goes on).
+    #[arg(long, value_name = "SECS", requires = "wait")]
+    timeout: Option<u64>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -894,7 +905,21 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
         },
     };
     println!("deployment {} on {}: {} ({})", v["deploymentId"], a.name, v["status"], v["message"]);
-    after_power_cycle(&client, &a.name, &v, "to start the deployment").await
+    let powered = after_power_cycle(&client, &a.name, &v, "to start the deployment").await?;
+    if !a.wait || powered != 0 {
+        return Ok(powered);
+    }
+    let followed = status(&client, &a.name, true);
+    match a.timeout {
+        None => followed.await,
+        Some(secs) => match tokio::time::timeout(Duration::from_secs(secs), followed).await {
+            Ok(code) => code,
+            Err(_) => {
+                eprintln!("\ngave up waiting after {secs} s; the deployment goes on: byoi status {} --follow", a.name);
+                Ok(EXIT_TIMEOUT)
+            }
+        },
+    }
 }
 
 async fn cancel(client: &client::Client, name: &str) -> anyhow::Result<i32> {

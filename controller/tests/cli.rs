@@ -826,3 +826,53 @@ fn completions_and_manual_pages() {
         }
     }
 }
+
+/// `deploy --wait` follows the deployment to its end (0 done, 1 failed);
+/// with `--timeout` it gives up with 4 and the deployment goes on.
+#[test]
+fn deploy_waits_for_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    let artifacts = dir.path().join("data/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    for f in ["vmlinuz", "initramfs.img"] {
+        std::fs::write(artifacts.join(f), f).unwrap();
+    }
+    stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:aa:bb:01"]));
+    let gave_up = byoi(&c, &["deploy", "web1", "--url", "http://img/x.raw", "--wait", "--timeout", "2"]);
+    assert_eq!(gave_up.status.code(), Some(4), "{gave_up:?}");
+    assert!(String::from_utf8_lossy(&gave_up.stderr).contains("gave up waiting after 2 s"), "{gave_up:?}");
+    assert!(stdout(&byoi(&c, &["status", "web1"])).contains("doing"), "it goes on");
+    let usage = byoi(&c, &["deploy", "web1", "--url", "http://img/x.raw", "--timeout", "2"]);
+    assert_eq!(usage.status.code(), Some(2), "--timeout needs --wait");
+    stdout(&byoi(&c, &["cancel", "web1"]));
+
+    // Waiting while the agent works: exit 0 once it is done.
+    let waiting = Command::new(env!("CARGO_BIN_EXE_byoi"))
+        .args(["deploy", "web1", "--url", "http://img/y.raw", "--wait", "--timeout", "120"])
+        .args(["--controller", &format!("http://{}", c.addr), "--token", &c.token])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the second deployment is posted, the server netboots it.
+    let posted = (0..100).any(|_| {
+        let (_, v) = http(&c.addr, "GET", "/dedicated/server/web1/bringYourOwnImage", Some(&c.token), None);
+        let v: Value = serde_json::from_str(&v).unwrap_or_default();
+        (v["deploymentId"] == 2 && v["status"] == "doing") || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(posted, "the second deployment was posted");
+    let t = agent_token(&c, "52-54-00-aa-bb-01");
+    let inv = json!({"inventory": {"firmware": "legacy", "memoryBytes": 1u64 << 30, "disks": [{"name": "vda", "sizeBytes": 8u64 << 30, "serial": "D1", "transport": "virtio"}], "nics": []}});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
+    let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
+    let id = serde_json::from_str::<Value>(&job).unwrap()["job"]["deploymentId"].as_i64().unwrap();
+    let done = json!({"deploymentId": id, "status": "done", "message": "deployed"});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/result", Some(&t), Some(&done)).0, 200);
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done"), "{out:?}");
+}
