@@ -99,7 +99,7 @@ impl Metrics {
     /// Counts a request to `route` (the router's pattern) that took
     /// `took`.
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
-        let route = route.strip_prefix(crate::routes::OVH_PREFIX).filter(|r| r.starts_with('/')).unwrap_or(route);
+        let route = crate::routes::without_ovh_prefix(route);
         // Any client may send any method name: one it invents must not
         // make a series of its own.
         let known = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];

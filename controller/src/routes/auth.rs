@@ -46,7 +46,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::operator::rfc3339;
-use super::{bearer, or_405, read_body, same, AppError, AppState, ErrorBody, Json, BYOI_BODY};
+use super::{
+    bearer, or_405, read_body, same, without_ovh_prefix, AppError, AppState, ErrorBody, Json, Peer, BYOI_BODY,
+};
 use crate::auth::{
     self, check_rules, parse_allowed_ips, signature, timely, AccessRule, AuthError, CredentialStatus, MAX_NAME,
     MAX_REDIRECTION,
@@ -128,8 +130,7 @@ async fn identify(app: &AppState, req: Request) -> Result<(Caller, Request), App
         .await?
         .filter(|c| c.application == application.id)
         .ok_or(AuthError::UnknownCredential)?;
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    if credential.status != CredentialStatus::Validated || !from_allowed(&credential, peer) {
+    if credential.status != CredentialStatus::Validated || !from_allowed(&credential, Peer::of(req.extensions())) {
         return Err(AuthError::CredentialNotValid.into());
     }
     let sent = text(req.headers(), "x-ovh-signature").ok_or(AuthError::InvalidSignature)?.to_owned();
@@ -163,8 +164,7 @@ fn from_allowed(c: &CredentialRow, peer: Option<IpAddr>) -> bool {
 
 /// The request's path as the API names it: without `/1.0`.
 fn api_path(parts: &Parts) -> &str {
-    let path = parts.extensions.get::<OriginalUri>().map_or(parts.uri.path(), |u| u.0.path());
-    path.strip_prefix("/1.0").filter(|p| p.starts_with('/')).unwrap_or(path)
+    without_ovh_prefix(parts.extensions.get::<OriginalUri>().map_or(parts.uri.path(), |u| u.0.path()))
 }
 
 /// The base URL clients reach the API at: `--public-url`, else the

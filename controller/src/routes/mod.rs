@@ -407,13 +407,25 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::IpAddr);
 
+impl Peer {
+    /// The address of the request with `extensions`, when the server
+    /// recorded one.
+    pub fn of(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+        extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+    }
+}
+
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
-        Ok(Peer(peer.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.0.ip())))
+        Ok(Peer(Peer::of(&parts.extensions).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))))
     }
+}
+
+/// A path as the API names it, without [`OVH_PREFIX`].
+pub fn without_ovh_prefix(path: &str) -> &str {
+    path.strip_prefix(OVH_PREFIX).filter(|p| p.starts_with('/')).unwrap_or(path)
 }
 
 /// The document as served, rendered once.
