@@ -119,6 +119,26 @@ fn cred_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialRow> {
     })
 }
 
+/// The application `id`, if there is one.
+fn app_by_id(c: &rusqlite::Connection, id: i64) -> rusqlite::Result<Option<ApplicationRow>> {
+    c.prepare_cached(&format!("SELECT {APP_COLS} FROM api_applications WHERE id = ?1"))?
+        .query_row([id], app_row)
+        .optional()
+}
+
+/// The credential `id`, if there is one.
+fn cred_by_id(c: &rusqlite::Connection, id: i64) -> rusqlite::Result<Option<CredentialRow>> {
+    c.prepare_cached(&format!("SELECT {CRED_COLS} FROM api_credentials WHERE id = ?1"))?
+        .query_row([id], cred_row)
+        .optional()
+}
+
+/// A row that must be there: just written in the same transaction, or held
+/// by a foreign key.
+fn present<T>(row: Option<T>) -> rusqlite::Result<T> {
+    row.ok_or(rusqlite::Error::QueryReturnedNoRows)
+}
+
 /// Inserts a credential; its row as read back.
 fn insert_credential(
     c: &rusqlite::Connection,
@@ -148,8 +168,7 @@ fn insert_credential(
             expires_at,
         ],
     )?;
-    let id = c.last_insert_rowid();
-    c.query_row(&format!("SELECT {CRED_COLS} FROM api_credentials WHERE id = ?1"), [id], cred_row)
+    present(cred_by_id(c, c.last_insert_rowid())?)
 }
 
 impl Db {
@@ -175,11 +194,7 @@ impl Db {
                 "INSERT INTO api_applications (name, key, secret, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![name, key, new_secret(), now()],
             )?;
-            let application = tx.query_row(
-                &format!("SELECT {APP_COLS} FROM api_applications WHERE id = ?1"),
-                [tx.last_insert_rowid()],
-                app_row,
-            )?;
+            let application = present(app_by_id(&tx, tx.last_insert_rowid())?)?;
             let consumer = if application_only {
                 None
             } else {
@@ -217,10 +232,7 @@ impl Db {
 
     /// The application `id`.
     pub async fn application(&self, id: i64) -> Result<Option<ApplicationRow>> {
-        self.call(move |c| {
-            c.query_row(&format!("SELECT {APP_COLS} FROM api_applications WHERE id = ?1"), [id], app_row).optional()
-        })
-        .await
+        self.call(move |c| app_by_id(c, id)).await
     }
 
     /// Deletes the application `id` and its consumer keys; whether it
@@ -300,11 +312,7 @@ impl Db {
             else {
                 return Ok(None);
             };
-            let app = c.query_row(
-                &format!("SELECT {APP_COLS} FROM api_applications WHERE id = ?1"),
-                [cred.application],
-                app_row,
-            )?;
+            let app = present(app_by_id(c, cred.application)?)?;
             Ok(Some((cred, app)))
         })
         .await
@@ -330,8 +338,7 @@ impl Db {
                 "UPDATE api_credentials SET status = ?1, validation_hash = NULL, expires_at = NULL WHERE id = ?2",
                 params![status.as_str(), id],
             )?;
-            let row =
-                tx.query_row(&format!("SELECT {CRED_COLS} FROM api_credentials WHERE id = ?1"), [id], cred_row)?;
+            let row = present(cred_by_id(&tx, id)?)?;
             tx.commit()?;
             Ok(Some(row))
         })
@@ -350,10 +357,7 @@ impl Db {
 
     /// The credential `id`.
     pub async fn credential(&self, id: i64) -> Result<Option<CredentialRow>> {
-        self.call(move |c| {
-            c.query_row(&format!("SELECT {CRED_COLS} FROM api_credentials WHERE id = ?1"), [id], cred_row).optional()
-        })
-        .await
+        self.call(move |c| cred_by_id(c, id)).await
     }
 
     /// Deletes the credential `id`; whether it existed.
