@@ -569,15 +569,24 @@ fn with_config_file(cmd: clap::Command, args: &[OsString]) -> anyhow::Result<(cl
 /// hidden) and where it came from.
 fn print_settings(sources: &Sources) {
     let Some(m) = &sources.matches else { return };
+    // Each setting's definition: its variable, and whether it is a secret
+    // (its variable's value is hidden from --help).
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").into_iter().flat_map(clap::Command::get_arguments);
+    let args: Vec<&clap::Arg> = serve.chain(cli.get_arguments()).collect();
+    let arg = |id: &str| args.iter().find(|a| a.get_id() == id);
     let mut ids: Vec<&str> = m.ids().map(|id| id.as_str()).filter(|id| !NOT_IN_FILE.contains(id)).collect();
     ids.sort_unstable();
     for id in ids {
         let Some(raw) = m.get_raw(id) else { continue };
         let value: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
-        let value = if id.ends_with("token") { "(set)".to_owned() } else { value.join(",") };
+        let secret = arg(id).is_some_and(|a| a.is_hide_env_values_set());
+        let value = if secret { "(set)".to_owned() } else { value.join(",") };
         let from = match m.value_source(id) {
             Some(clap::parser::ValueSource::CommandLine) => "flag".to_owned(),
-            Some(clap::parser::ValueSource::EnvVariable) => format!("${}", format!("BYOI_{id}").to_uppercase()),
+            Some(clap::parser::ValueSource::EnvVariable) => {
+                format!("${}", arg(id).and_then(|a| a.get_env()).map_or("?".into(), |e| e.to_string_lossy()))
+            }
             _ if sources.file.settings.contains_key(id) => {
                 sources.file.path.as_ref().map_or("file".to_owned(), |p| p.display().to_string())
             }
