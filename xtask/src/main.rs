@@ -10,6 +10,7 @@ mod python;
 mod setup;
 mod task_bench;
 mod task_demo;
+mod task_dist;
 mod task_fuzz;
 mod task_image;
 mod task_initramfs;
@@ -53,10 +54,14 @@ enum Task {
     ///
     /// A crash is kept in agent/tests/fuzz-regressions/ and fails the task; logs in target/fuzz/logs.
     Fuzz(task_fuzz::Options),
-    /// Setup, lint, initramfs, tiny images, then every test with the QEMU suites (BYOI_E2E=1)
+    /// Setup, lint, initramfs, tiny images, every test with the QEMU suites (BYOI_E2E=1), the package (dist --check)
     ///
     /// Fails if a QEMU started by the tests is still running when they are done.
     Test(task_test::Options),
+    /// The Debian package, target/dist/byoi_VERSION_amd64.deb (controller, agent, hardened unit)
+    ///
+    /// --check installs it on this machine, runs the controller from its unit, upgrades and purges it.
+    Dist(task_dist::Options),
     /// The Python environment of the OVHcloud SDK tests, in target/py (`test` makes it too)
     PythonEnv,
     /// Runs CMD; writes its exit status, peak RSS and CPU time to OUT (used by `bench`)
@@ -74,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(o) => task_bench::run_task(&o),
         Task::Fuzz(o) => task_fuzz::run_task(&o),
         Task::Test(o) => task_test::run(&o),
+        Task::Dist(o) => task_dist::run_task(&o),
         Task::PythonEnv => python::venv().map(|p| println!("{}", p.display())),
         Task::Measure(o) => task_bench::measure(&o),
     }
@@ -135,6 +141,8 @@ mod tests {
             &["fuzz", "--seconds", "5", "--only", "ova"],
             &["test", "--slow"],
             &["python-env"],
+            &["dist"],
+            &["dist", "--check"],
             &["__measure", "/tmp/out", "--", "bash", "-c", "true --not-an-option"],
         ] {
             let cli = Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()));
@@ -156,6 +164,7 @@ mod tests {
             &["qmp", "/tmp/qmp.sock", "reboot"],
             &["image", "ubuntu"],
             &["test", "--fast"],
+            &["dist", "--install"],
             &["__measure", "/tmp/out"],
             &["__measure", "/tmp/out", "bash"],
         ] {
