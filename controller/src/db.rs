@@ -36,6 +36,12 @@ pub enum DbError {
     /// The schema could not be brought up to date.
     #[error("database schema: {0}")]
     Migration(#[from] rusqlite_migration::Error),
+    /// A newer release's schema: this one cannot read it.
+    #[error(
+        "the database is at schema version {0}, written by a newer byoi release, which this one cannot read: \
+         install that release again, or restore the backup taken before the upgrade (byoi db backup)"
+    )]
+    Newer(i64),
     /// The database thread is gone.
     #[error("database: the connection is closed")]
     Closed,
@@ -319,7 +325,12 @@ impl Db {
         conn.call(|c| {
             c.busy_timeout(std::time::Duration::from_secs(5))?;
             c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")?;
-            Ok(MIGRATIONS.to_latest(c))
+            Ok(match MIGRATIONS.to_latest(c) {
+                Err(rusqlite_migration::Error::MigrationDefinition(
+                    rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
+                )) => Err(DbError::Newer(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)),
+                other => other.map_err(DbError::from),
+            })
         })
         .await??;
         Ok(Db { conn, boot_timeout: boot_timeout.as_secs() as i64 })

@@ -161,3 +161,21 @@ async fn the_schema_allows_one_running_deployment_per_server() {
         .unwrap_err();
     assert!(e.to_string().contains("UNIQUE constraint failed"), "{e}");
 }
+
+/// A database a newer release migrated is refused, untouched, with a
+/// message saying what to do (the rollback the README describes).
+#[tokio::test]
+async fn a_newer_release_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("byoi.sqlite");
+    drop(Db::open(&path, Duration::from_secs(120)).await.unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("PRAGMA user_version = 99; CREATE TABLE from_the_future (x);").unwrap();
+    drop(c);
+    let Err(err) = Db::open(&path, Duration::from_secs(120)).await else { panic!("a newer schema opens") };
+    let msg = err.to_string();
+    assert!(msg.contains("schema version 99") && msg.contains("byoi db backup"), "{msg}");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(), 99);
+    c.query_row("SELECT count(*) FROM from_the_future", [], |r| r.get::<_, i64>(0)).unwrap();
+}
