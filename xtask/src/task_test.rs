@@ -3,7 +3,9 @@
 //! tests (made when missing, see [`crate::python`]; its interpreter is
 //! passed on as `BYOI_PYTHON`), formatting and clippy, the agent's kernel
 //! and initramfs, the test OS images, then every test with the QEMU suites
-//! enabled (`BYOI_E2E=1`). `--slow` adds the real Debian image and the
+//! enabled (`BYOI_E2E=1`), then the Debian package, which it installs,
+//! runs from its unit, upgrades and purges ([`crate::task_dist`], as
+//! root). `--slow` adds the real Debian image and the
 //! suite that boots it (`BYOI_E2E_SLOW=1`).
 //!
 //! Tests leave nothing behind: a QEMU that the tests started and that still
@@ -52,7 +54,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let tests = crate::run(&mut test);
     let left = marked(QEMU_COMM, RUN_VAR, &run_id)?;
     if left.is_empty() {
-        return tests;
+        tests?;
+        return dist();
     }
     for (pid, _) in &left {
         match kill(Pid::from_raw(i32::try_from(*pid)?), Signal::SIGKILL) {
@@ -73,6 +76,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         Ok(()) => anyhow::bail!(msg),
         Err(e) => Err(e.context(msg)),
     }
+}
+
+/// The Debian package, installed on this machine, run from its unit,
+/// upgraded and purged (`dist --check`); as root only, as it installs.
+fn dist() -> anyhow::Result<()> {
+    if !crate::setup::is_root() {
+        println!("xtask test: not root, so the package is built but not installed (cargo xtask dist --check)");
+        return crate::task_dist::run_task(&crate::task_dist::Options { check: false });
+    }
+    crate::task_dist::run_task(&crate::task_dist::Options { check: true })
 }
 
 /// The processes whose name starts with `name` and whose environment
