@@ -1,7 +1,13 @@
 //! Power control of servers: `manual` (the operator does it), `command`
 //! (a command the controller's own configuration names, `{action}` =
-//! on/off/cycle), `ipmi` (ipmitool over lanplus), `redfish`
-//! (`ComputerSystem.Reset` over HTTPS, in Rust).
+//! on/off/cycle/status), `ipmi` (ipmitool over lanplus), `redfish`
+//! (`ComputerSystem.Reset`, `PowerState` and `Boot` over HTTPS, in Rust).
+//!
+//! Each driver does three things: an action ([`Power::run`]), the state
+//! ([`Power::status`]), and, where the BMC can, a one-time network boot
+//! ([`Power::netboot_once`]: IPMI `chassis bootdev pxe`, Redfish
+//! `BootSourceOverrideTarget=Pxe` once), so that a deploy reaches the agent
+//! even on a server whose disk comes first in its boot order.
 //!
 //! **What the API may make the controller run:** nothing it names itself.
 //! A `command` driver refers by name to an argv in the file the operator of
@@ -16,10 +22,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use byoi_wire::BootMode;
 use serde::{Deserialize, Serialize};
 
 /// What to do with the power.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum PowerAction {
     /// Power on.
     On,
@@ -36,6 +44,57 @@ impl PowerAction {
             PowerAction::On => "on",
             PowerAction::Off => "off",
             PowerAction::Cycle => "cycle",
+        }
+    }
+}
+
+/// A server's power, as its driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    /// On (or powering on).
+    On,
+    /// Off (or powering off).
+    Off,
+    /// Manual power: byoi cannot tell.
+    Unknown,
+}
+
+impl PowerState {
+    /// Reads a driver's report: its last word, `on` or `off` in any case
+    /// (ipmitool's `Chassis Power is on`, a command's `off`, Redfish's
+    /// `PowerState`, where `PoweringOn`/`PoweringOff` count as where they
+    /// are going).
+    fn parse(driver: &str, text: &str) -> Result<PowerState, String> {
+        match text.split_whitespace().last().map(str::to_ascii_lowercase).as_deref() {
+            Some("on" | "poweringon") => Ok(PowerState::On),
+            Some("off" | "poweringoff") => Ok(PowerState::Off),
+            _ => {
+                let shown: String = text.trim().chars().take(80).collect();
+                Err(format!("the {driver} driver reported the power as {shown:?}, neither on nor off"))
+            }
+        }
+    }
+}
+
+/// What a driver is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// On, off or cycle.
+    Act(PowerAction),
+    /// The power state.
+    Status,
+    /// Boot from the network once, in this firmware's mode if known.
+    NetbootOnce(Option<BootMode>),
+}
+
+impl Op {
+    /// `{action}` for a command driver.
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Act(a) => a.as_str(),
+            Op::Status => "status",
+            Op::NetbootOnce(_) => "netboot",
         }
     }
 }
@@ -172,6 +231,8 @@ pub enum Power {
     Ipmi {
         /// BMC address.
         host: String,
+        /// BMC's RMCP+ UDP port; default ipmitool's, 623.
+        port: Option<u16>,
         /// User.
         user: String,
         /// Password (passed through the environment, not argv).
@@ -210,6 +271,8 @@ enum StoredPower {
     },
     Ipmi {
         host: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
         user: String,
         password: String,
         #[serde(default, skip_serializing)]
@@ -231,7 +294,7 @@ impl TryFrom<StoredPower> for Power {
             }
             // 0.1's `tool` came from the API: the configured ipmitool runs
             // instead (see `Power::from_json` for the API's side).
-            StoredPower::Ipmi { host, user, password, tool: _ } => Power::Ipmi { host, user, password },
+            StoredPower::Ipmi { host, port, user, password, tool: _ } => Power::Ipmi { host, port, user, password },
         })
     }
 }
@@ -245,7 +308,7 @@ impl From<Power> for StoredPower {
             Power::Redfish { url, user, password, system, insecure } => {
                 StoredPower::Redfish { url, user, password, system, insecure }
             }
-            Power::Ipmi { host, user, password } => StoredPower::Ipmi { host, user, password, tool: None },
+            Power::Ipmi { host, port, user, password } => StoredPower::Ipmi { host, port, user, password, tool: None },
         }
     }
 }
@@ -264,9 +327,12 @@ impl std::fmt::Debug for Power {
                 .field("system", system)
                 .field("insecure", insecure)
                 .finish_non_exhaustive(),
-            Power::Ipmi { host, user, .. } => {
-                f.debug_struct("Ipmi").field("host", host).field("user", user).finish_non_exhaustive()
-            }
+            Power::Ipmi { host, port, user, .. } => f
+                .debug_struct("Ipmi")
+                .field("host", host)
+                .field("port", port)
+                .field("user", user)
+                .finish_non_exhaustive(),
             Power::RetiredArgv { argv } => write!(f, "RetiredArgv({} words)", argv.len()),
         }
     }
@@ -286,7 +352,7 @@ impl Power {
 
 /// How long a power command may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// Most bytes of a failed command's stderr put in its error.
+/// Most bytes kept of a command's stdout, and of its stderr for its error.
 const MAX_STDERR: usize = 1024;
 
 impl Power {
@@ -314,6 +380,14 @@ impl Power {
                             the API cannot choose it"
                     .into())
             }
+            StoredPower::Ipmi { host, .. } if !valid_host(host) => {
+                return Err("bad power settings: an ipmi host is a DNS name or an IP address \
+                            (letters, digits, '.', '-', ':', at most 253, not starting with '-')"
+                    .into())
+            }
+            StoredPower::Ipmi { port: Some(0), .. } => {
+                return Err("bad power settings: an ipmi port is 1 to 65535".into())
+            }
             _ => {}
         }
         Power::try_from(p).map_err(|e| format!("bad power settings: {e}"))
@@ -332,9 +406,43 @@ impl Power {
         }
     }
 
+    /// The server's power state; [`PowerState::Unknown`] for manual power.
+    pub async fn status(&self, server: &str, cfg: &PowerConfig) -> Result<PowerState, String> {
+        match self.call(Op::Status, server, cfg).await? {
+            None => Ok(PowerState::Unknown),
+            Some(text) => PowerState::parse(self.kind(), &text),
+        }
+    }
+
+    /// Has the server boot from the network once, at its next boot, in
+    /// `firmware`'s mode where known (IPMI `chassis bootdev pxe`, with
+    /// `options=efiboot` for UEFI; Redfish `BootSourceOverrideTarget=Pxe`,
+    /// `BootSourceOverrideEnabled=Once`). `Ok(false)`: the driver cannot
+    /// (manual, command).
+    pub async fn netboot_once(
+        &self,
+        server: &str,
+        firmware: Option<BootMode>,
+        cfg: &PowerConfig,
+    ) -> Result<bool, String> {
+        match self {
+            Power::Manual | Power::Command { .. } | Power::RetiredArgv { .. } => Ok(false),
+            Power::Redfish { .. } | Power::Ipmi { .. } => {
+                self.call(Op::NetbootOnce(firmware), server, cfg).await.map(|out| out.is_some())
+            }
+        }
+    }
+
     async fn run_once(&self, action: PowerAction, server: &str, cfg: &PowerConfig) -> Result<bool, String> {
+        self.call(Op::Act(action), server, cfg).await.map(|out| out.is_some())
+    }
+
+    /// Asks the driver `op`: `None` for manual power (nothing done), else
+    /// what the driver printed (a command's or ipmitool's stdout, Redfish's
+    /// `PowerState`).
+    async fn call(&self, op: Op, server: &str, cfg: &PowerConfig) -> Result<Option<String>, String> {
         let (argv, env): (Vec<String>, Vec<(&str, String)>) = match self {
-            Power::Manual => return Ok(false),
+            Power::Manual => return Ok(None),
             Power::RetiredArgv { .. } => {
                 return Err(format!(
                     "{server}'s command power driver was registered with an argv, which byoi no longer runs: \
@@ -354,20 +462,31 @@ impl Power {
                     password,
                     insecure: *insecure,
                 };
-                return tokio::time::timeout(TIMEOUT, rf.reset(system.as_deref(), action))
+                return tokio::time::timeout(TIMEOUT, rf.call(system.as_deref(), op))
                     .await
                     .map_err(|_| format!("the BMC at {url} did not answer within {}s", TIMEOUT.as_secs()))?
-                    .map(|()| true);
+                    .map(Some);
             }
             Power::Command { name } => {
                 let template = cfg.commands.get(name).ok_or_else(|| unknown_command(name))?;
-                let argv = template.iter().map(|a| a.replace("{action}", action.as_str()).replace("{server}", server));
+                let argv = template.iter().map(|a| a.replace("{action}", op.as_str()).replace("{server}", server));
                 (argv.collect(), vec![])
             }
-            Power::Ipmi { host, user, password } => {
-                let tool = cfg.ipmitool.to_string_lossy().into_owned();
-                let argv = [&*tool, "-I", "lanplus", "-H", host, "-U", user, "-E", "chassis", "power", action.as_str()];
-                (argv.iter().map(|s| s.to_string()).collect(), vec![("IPMI_PASSWORD", password.clone())])
+            Power::Ipmi { host, port, user, password } => {
+                let mut argv = vec![cfg.ipmitool.to_string_lossy().into_owned(), "-I".into(), "lanplus".into()];
+                argv.extend(["-H".to_owned(), host.clone()]);
+                if let Some(port) = port {
+                    argv.extend(["-p".to_owned(), port.to_string()]);
+                }
+                argv.extend(["-U".to_owned(), user.clone(), "-E".to_owned()]);
+                let words: &[&str] = match op {
+                    Op::Act(a) => &["chassis", "power", a.as_str()],
+                    Op::Status => &["chassis", "power", "status"],
+                    Op::NetbootOnce(Some(BootMode::Uefi)) => &["chassis", "bootdev", "pxe", "options=efiboot"],
+                    Op::NetbootOnce(_) => &["chassis", "bootdev", "pxe"],
+                };
+                argv.extend(words.iter().map(|w| w.to_string()));
+                (argv, vec![("IPMI_PASSWORD", password.clone())])
             }
         };
         let mut cmd = tokio::process::Command::new(&argv[0]);
@@ -380,12 +499,22 @@ impl Power {
             let err = String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(MAX_STDERR)]).into_owned();
             return Err(format!("{} failed ({}): {}", argv[0], out.status, err.trim()));
         }
-        Ok(true)
+        Ok(Some(String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(MAX_STDERR)]).into_owned()))
     }
 }
 
+/// Whether `host` may be given to ipmitool's `-H`: a DNS name or an IPv4
+/// or IPv6 address, which never reads as an option.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with('-')
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
+}
+
 mod redfish {
-    //! A minimal Redfish client: find the system, reset it.
+    //! A minimal Redfish client: find the system; reset it, read its
+    //! `PowerState`, or set a one-time PXE boot.
 
     use std::sync::Arc;
 
@@ -396,7 +525,9 @@ mod redfish {
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use rustls::{DigitallySignedStruct, SignatureScheme};
 
-    use super::PowerAction;
+    use byoi_wire::BootMode;
+
+    use super::{Op, PowerAction};
 
     pub(super) struct Redfish<'a> {
         pub base: String,
@@ -443,7 +574,7 @@ mod redfish {
     }
 
     impl Redfish<'_> {
-        async fn call(
+        async fn request(
             &self,
             method: &str,
             path: &str,
@@ -482,24 +613,50 @@ mod redfish {
             Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
         }
 
-        pub(super) async fn reset(&self, system: Option<&str>, action: PowerAction) -> Result<(), String> {
+        /// `op` on `system` (default: the BMC's first); the system's
+        /// `PowerState` for [`Op::Status`], else empty.
+        pub(super) async fn call(&self, system: Option<&str>, op: Op) -> Result<String, String> {
             let system = match system {
                 Some(s) => format!("/redfish/v1/Systems/{s}"),
                 None => {
-                    let systems = self.call("GET", "/redfish/v1/Systems", None).await?;
+                    let systems = self.request("GET", "/redfish/v1/Systems", None).await?;
                     systems["Members"][0]["@odata.id"]
                         .as_str()
                         .ok_or("the BMC lists no system under /redfish/v1/Systems")?
                         .to_owned()
                 }
             };
-            let reset_type = match action {
-                PowerAction::On => "On",
-                PowerAction::Off => "ForceOff",
-                PowerAction::Cycle => "ForceRestart",
-            };
-            let path = format!("{system}/Actions/ComputerSystem.Reset");
-            self.call("POST", &path, Some(serde_json::json!({ "ResetType": reset_type }))).await.map(|_| ())
+            match op {
+                Op::Act(action) => {
+                    let reset_type = match action {
+                        PowerAction::On => "On",
+                        PowerAction::Off => "ForceOff",
+                        PowerAction::Cycle => "ForceRestart",
+                    };
+                    let path = format!("{system}/Actions/ComputerSystem.Reset");
+                    let body = serde_json::json!({ "ResetType": reset_type });
+                    self.request("POST", &path, Some(body)).await.map(|_| String::new())
+                }
+                Op::Status => {
+                    let v = self.request("GET", &system, None).await?;
+                    v["PowerState"].as_str().map(str::to_owned).ok_or_else(|| format!("{system} has no PowerState"))
+                }
+                Op::NetbootOnce(firmware) => {
+                    let mut boot = serde_json::json!({
+                        "BootSourceOverrideEnabled": "Once",
+                        "BootSourceOverrideTarget": "Pxe",
+                    });
+                    if let Some(mode) = firmware {
+                        boot["BootSourceOverrideMode"] = match mode {
+                            BootMode::Uefi => "UEFI",
+                            BootMode::Legacy => "Legacy",
+                        }
+                        .into();
+                    }
+                    let body = serde_json::json!({ "Boot": boot });
+                    self.request("PATCH", &system, Some(body)).await.map(|_| String::new())
+                }
+            }
         }
     }
 }
@@ -587,6 +744,62 @@ mod tests {
         assert_eq!(names, ["IPMI_PASSWORD", "PATH"], "{env}");
         assert!(env.contains(&format!("PATH={CHILD_PATH}\n")), "{env}");
         assert!(!format!("{ipmi:?}").contains("s3cret"), "{ipmi:?}");
+
+        // Status reads ipmitool's sentence; the one-time network boot is
+        // UEFI's where the firmware is known to be UEFI; a port is `-p`.
+        std::fs::write(tool, format!("#!/bin/sh\necho \"$*\" >> {}\necho Chassis Power is off\n", log.display()))
+            .unwrap();
+        std::fs::remove_file(&log).unwrap();
+        let ipmi = serde_json::json!({"kind": "ipmi", "host": "bmc-7.lab", "port": 6230, "user": "admin",
+                                      "password": "s3cret"});
+        let ipmi = Power::from_json(&ipmi, &cfg).unwrap();
+        assert_eq!(ipmi.status("web1", &cfg).await.unwrap(), PowerState::Off);
+        assert!(ipmi.netboot_once("web1", Some(BootMode::Uefi), &cfg).await.unwrap());
+        assert!(ipmi.netboot_once("web1", Some(BootMode::Legacy), &cfg).await.unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "-I lanplus -H bmc-7.lab -p 6230 -U admin -E chassis power status\n\
+             -I lanplus -H bmc-7.lab -p 6230 -U admin -E chassis bootdev pxe options=efiboot\n\
+             -I lanplus -H bmc-7.lab -p 6230 -U admin -E chassis bootdev pxe\n"
+        );
+        assert_eq!(serde_json::to_value(&ipmi).unwrap()["port"], 6230);
+    }
+
+    #[test]
+    fn ipmi_hosts_and_ports_are_checked() {
+        let cfg = PowerConfig::default();
+        let ipmi = |host: &str, port: u32| serde_json::json!({"kind": "ipmi", "host": host, "port": port, "user": "u", "password": "p"});
+        for good in ["10.0.0.9", "bmc-7.lab", "fe80::1", "BMC_1"] {
+            assert!(Power::from_json(&ipmi(good, 623), &cfg).is_ok(), "{good}");
+        }
+        for bad in ["", "-oProxyCommand=x", "bmc 7", "bmc\n7", &"a".repeat(254)] {
+            let e = Power::from_json(&ipmi(bad, 623), &cfg).unwrap_err();
+            assert!(e.contains("an ipmi host is a DNS name or an IP address"), "{bad:?}: {e}");
+        }
+        assert_eq!(
+            Power::from_json(&ipmi("h", 0), &cfg).unwrap_err(),
+            "bad power settings: an ipmi port is 1 to 65535"
+        );
+        assert!(Power::from_json(&ipmi("h", 65536), &cfg).unwrap_err().starts_with("bad power settings"));
+    }
+
+    #[tokio::test]
+    async fn command_drivers_report_status_and_are_not_asked_to_netboot() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let script = format!("echo {{action}} >> {}; [ {{action}} != status ] || echo ON", log.display());
+        let cfg = config(dir.path(), serde_json::json!({"pdu": ["sh", "-c", script], "mute": ["true"]}));
+        let p = Power::from_json(&serde_json::json!({"kind": "command", "name": "pdu"}), &cfg).unwrap();
+        assert_eq!(p.status("web1", &cfg).await.unwrap(), PowerState::On);
+        assert!(!p.netboot_once("web1", Some(BootMode::Uefi), &cfg).await.unwrap());
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "status\n");
+        let mute = Power::from_json(&serde_json::json!({"kind": "command", "name": "mute"}), &cfg).unwrap();
+        assert_eq!(
+            mute.status("web1", &cfg).await.unwrap_err(),
+            "the command driver reported the power as \"\", neither on nor off"
+        );
+        assert_eq!(Power::Manual.status("web1", &cfg).await.unwrap(), PowerState::Unknown);
+        assert!(!Power::Manual.netboot_once("web1", None, &cfg).await.unwrap());
     }
 
     /// byoi 0.1 stored the API's argv: such a server loads, shows its kind,
@@ -674,6 +887,8 @@ mod redfish_tests {
                             s.lock().unwrap().push(format!("{line} {}", String::from_utf8_lossy(&body)));
                             let out = if line.starts_with("GET /redfish/v1/Systems ") {
                                 r#"{"Members":[{"@odata.id":"/redfish/v1/Systems/1"}]}"#
+                            } else if line.starts_with("GET /redfish/v1/Systems/1 ") {
+                                r#"{"Id":"1","PowerState":"PoweringOn"}"#
                             } else {
                                 "{}"
                             };
@@ -713,5 +928,27 @@ mod redfish_tests {
             seen[1],
             r#"POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset Basic YWRtaW46cHc= {"ResetType":"ForceRestart"}"#
         );
+    }
+
+    #[tokio::test]
+    async fn redfish_reads_the_power_state_and_sets_a_one_time_pxe_boot() {
+        let (url, seen) = fake_bmc().await;
+        let cfg = PowerConfig::default();
+        let settings = serde_json::json!({"kind": "redfish", "url": url, "user": "admin", "password": "pw",
+                                          "system": "1", "insecure": true});
+        let p = Power::from_json(&settings, &cfg).unwrap();
+        assert_eq!(p.status("s", &cfg).await.unwrap(), PowerState::On);
+        assert!(p.netboot_once("s", Some(BootMode::Uefi), &cfg).await.unwrap());
+        assert!(p.netboot_once("s", None, &cfg).await.unwrap());
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen[0], "GET /redfish/v1/Systems/1 Basic YWRtaW46cHc= ");
+        let patch = |body: &str| format!("PATCH /redfish/v1/Systems/1 Basic YWRtaW46cHc= {body}");
+        assert_eq!(
+            seen[1],
+            patch(
+                r#"{"Boot":{"BootSourceOverrideEnabled":"Once","BootSourceOverrideMode":"UEFI","BootSourceOverrideTarget":"Pxe"}}"#
+            )
+        );
+        assert_eq!(seen[2], patch(r#"{"Boot":{"BootSourceOverrideEnabled":"Once","BootSourceOverrideTarget":"Pxe"}}"#));
     }
 }
