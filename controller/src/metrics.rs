@@ -52,7 +52,7 @@ pub struct AgentCall {
 pub struct PowerAction {
     /// `manual`, `command`, `ipmi`, `redfish`.
     pub driver: String,
-    /// `cycle`, `on`, `off`.
+    /// `cycle`, `on`, `off`, `status`, `netboot` (the one-time network boot set before a cycle into the agent).
     pub action: String,
     /// `ok` or `failed`.
     pub outcome: String,

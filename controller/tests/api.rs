@@ -607,7 +607,7 @@ async fn netboot_side_scripts_and_artifacts() {
 
 /// The routes [`openapi_document_matches_the_routes`] knows: adding one
 /// means documenting it, listing it here and sampling its answer there.
-const ROUTES: [&str; 41] = [
+const ROUTES: [&str; 43] = [
     "GET /dedicated/server",
     "POST /dedicated/server",
     "GET /dedicated/server/{serviceName}",
@@ -621,6 +621,8 @@ const ROUTES: [&str; 41] = [
     "GET /dedicated/server/{serviceName}/task",
     "GET /dedicated/server/{serviceName}/task/{taskId}",
     "GET /dedicated/server/{serviceName}/install/status",
+    "GET /dedicated/server/{serviceName}/power",
+    "POST /dedicated/server/{serviceName}/power",
     "POST /agent/v1/hello",
     "POST /agent/v1/heartbeat",
     "GET /agent/v1/job",
@@ -895,6 +897,12 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(s.operator(Method::GET, task, None).await.json_body()["status"], "todo");
     let install = "/dedicated/server/{serviceName}/install/status";
     assert_eq!(s.operator(Method::GET, install, None).await.status, StatusCode::OK);
+    let power = "/dedicated/server/{serviceName}/power";
+    let r = s.operator(Method::GET, power, None).await;
+    assert_eq!(r.json_body(), json!({"kind": "manual", "state": "unknown"}));
+    let r = s.operator(Method::POST, power, Some(json!({"action": "on"}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(s.operator(Method::POST, power, Some(json!({"action": "up"}))).await.status, StatusCode::BAD_REQUEST);
 
     assert_eq!(s.anyone(Method::GET, "/boot.ipxe").await.status, StatusCode::OK);
     let r = s.anyone(Method::GET, "/boot/{mac}").await;
@@ -1079,11 +1087,13 @@ async fn a_hundred_servers_deploy_at_once() {
 }
 
 /// The power commands of the apps the tests start: `log` appends the
-/// action to `DIR/power.log`.
+/// action to `DIR/power.log` (and says the power is on when asked).
 fn power_log(dir: &Path) -> PowerConfig {
-    let script = format!("echo {{action}} >> {}", dir.join("power.log").display());
+    let script = format!("echo {{action}} >> {}; [ {{action}} != status ] || echo on", dir.join("power.log").display());
+    let sh = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
     PowerConfig {
-        commands: [("log".to_owned(), vec!["sh".to_owned(), "-c".to_owned(), script])].into(),
+        commands: [("log".to_owned(), sh(&script)), ("broken".to_owned(), sh("echo BMC unreachable >&2; exit 1"))]
+            .into(),
         ..Default::default()
     }
 }
@@ -1109,6 +1119,81 @@ async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> A
     };
     let state = Arc::new(routes::App::new(db, cfg));
     App { router: routes::router(state.clone()), state }
+}
+
+/// `GET`/`POST …/power` with a command driver: the state, each action,
+/// what is refused (a running deployment without force, manual power, bad
+/// bodies), and the counts in `/metrics`.
+#[tokio::test]
+async fn power_status_on_off_and_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    add_server(&app, "s2", "52:54:00:00:00:02", json!({"kind": "command", "name": "log"})).await;
+    let log = || std::fs::read_to_string(dir.path().join("power.log")).unwrap_or_default();
+    let power = "/dedicated/server/s2/power";
+    let r = call(&app, Method::GET, power, None).await;
+    assert_eq!((r.status, r.json_body()), (StatusCode::OK, json!({"kind": "command", "state": "on"})));
+    for (action, said) in [("off", "s2 powered off"), ("on", "s2 powered on"), ("cycle", "s2 power-cycled")] {
+        let r = call(&app, Method::POST, power, Some(json!({"action": action}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
+        assert_eq!(r.json_body(), json!({"kind": "command", "action": action, "message": said}));
+    }
+    assert_eq!(log(), "status\noff\non\ncycle\n");
+    for bad in [json!({"action": "reboot"}), json!({"action": "on", "now": true}), json!({}), json!("on")] {
+        let r = call(&app, Method::POST, power, Some(bad.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(r.json_body()["class"], "Client::BadRequest");
+    }
+    let r = call(&app, Method::GET, "/dedicated/server/nope/power", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // A running deployment: on is harmless; off and cycle need force.
+    let r =
+        call(&app, Method::POST, "/dedicated/server/s2/bringYourOwnImage", Some(json!({"URL": "http://x/i"}))).await;
+    assert_eq!(r.json_body()["powerCycle"], "done");
+    let id = r.json_body()["id"].as_i64().unwrap_or_default();
+    assert_eq!(log(), "status\noff\non\ncycle\ncycle\n", "a command driver is not asked to netboot");
+    for action in ["off", "cycle"] {
+        let r = call(&app, Method::POST, power, Some(json!({"action": action}))).await;
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        let msg = r.json_body()["message"].as_str().unwrap().to_owned();
+        assert!(msg.starts_with("A deployment is running on s2 (id "), "{msg}");
+        assert!(msg.contains(&format!("byoi power {action} s2 --force")), "{msg}");
+    }
+    assert_eq!(call(&app, Method::POST, power, Some(json!({"action": "on"}))).await.status, StatusCode::OK);
+    let r = call(&app, Method::POST, power, Some(json!({"action": "off", "force": true}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(log(), "status\noff\non\ncycle\ncycle\non\noff\n");
+    let d = call(&app, Method::GET, "/dedicated/server/s2/bringYourOwnImage", None).await.json_body();
+    assert_eq!((d["status"].as_str(), d["id"].as_i64().unwrap_or_default()), (Some("doing"), id));
+
+    // Manual power: the state is unknown; actions are the operator's.
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let r = call(&app, Method::GET, "/dedicated/server/s1/power", None).await;
+    assert_eq!(r.json_body(), json!({"kind": "manual", "state": "unknown"}));
+    let r = call(&app, Method::POST, "/dedicated/server/s1/power", Some(json!({"action": "cycle"}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(
+        r.json_body()["message"],
+        "s1 has manual power: byoi cannot power it cycle; do it by hand, or give it a power driver \
+         (byoi server set s1 --power …)"
+    );
+
+    // A failing driver: 502 with the command's words, counted.
+    let broken = json!({"power": {"kind": "command", "name": "broken"}});
+    assert_eq!(call(&app, Method::PUT, "/dedicated/server/s2", Some(broken)).await.status, StatusCode::OK);
+    let r = call(&app, Method::POST, power, Some(json!({"action": "on"}))).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.json_body()["message"], "could not power on s2: sh failed (exit status: 1): BMC unreachable");
+    let r = call(&app, Method::GET, power, None).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.json_body()["message"], "could not read the power of s2: sh failed (exit status: 1): BMC unreachable");
+    let m = app.handle(Request::new(Method::GET, "/metrics", "").header(AUTHORIZATION, "Bearer metrics-token")).await;
+    let m = String::from_utf8(m.body.to_vec()).unwrap();
+    for (action, outcome) in [("status", "ok"), ("off", "ok"), ("on", "ok"), ("cycle", "ok"), ("on", "failed")] {
+        let line = format!("byoi_power_actions_total{{driver=\"command\",action=\"{action}\",outcome=\"{outcome}\"}}");
+        assert!(m.contains(&line), "{line} not in\n{m}");
+    }
 }
 
 /// Review findings, each pinned: token lifetimes, restarts, races, inputs.

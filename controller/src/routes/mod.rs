@@ -31,6 +31,7 @@ pub mod health;
 pub mod metrics;
 pub mod netboot;
 pub mod operator;
+pub mod power;
 pub mod reinstall;
 
 use std::path::PathBuf;

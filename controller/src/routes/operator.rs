@@ -27,7 +27,7 @@ use super::{or_405, AppError, AppState, ErrorBody, Json, BYOI_BODY};
 use crate::db::{self, DeploymentRow, Payload, ServerRow};
 use crate::lifecycle::{Event, Reply};
 use crate::model::{self, ByoiRequest, NewServer, ServerUpdate};
-use crate::power::{Power, PowerAction};
+use crate::power::Power;
 
 /// The operator's routes.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -37,6 +37,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(or_405(routes!(hardware)))
         .routes(or_405(routes!(byoi_status, byoi_post, byoi_delete)))
         .merge(super::reinstall::routes())
+        .merge(super::power::routes())
 }
 
 /// RFC 3339 UTC from Unix seconds.
@@ -753,7 +754,7 @@ pub(super) async fn deploy(
     tracing::info!(server = %name, deployment = d.id, %url, "deployment requested");
     // Every deployment starts with a fresh boot: the agent's token is
     // minted for it, and only for it.
-    let power = match power_cycle(app, name).await {
+    let power = match super::power::cycle_into_agent(app, name).await {
         Ok(p) => p,
         Err(e) => {
             let message = format!("could not power-cycle {name}: {e}");
@@ -787,7 +788,7 @@ async fn byoi_delete(
         _ => applied.latest.ok_or_else(|| no_server(&name))?,
     };
     tracing::info!(server = %name, deployment = d.id, "deployment erased");
-    let (power_cycle, power_error) = match power_cycle(&app, &name).await {
+    let (power_cycle, power_error) = match super::power::cycle_into_agent(&app, &name).await {
         Ok(p) => (p, None),
         Err(e) => (PowerCycle::Failed, Some(e)),
     };
@@ -797,23 +798,6 @@ async fn byoi_delete(
         power_cycle,
         power_error,
     }))
-}
-
-/// Power-cycles a server with its driver.
-async fn power_cycle(app: &AppState, name: &str) -> Result<PowerCycle, String> {
-    let s = app.db.server(name).await.map_err(|e| e.to_string())?.ok_or("the server is gone")?;
-    let ran = s.power.run(PowerAction::Cycle, name, &app.cfg.power).await;
-    app.metrics.power(s.power.kind(), "cycle", ran.is_ok());
-    match ran? {
-        true => {
-            tracing::info!(server = name, "power-cycled");
-            Ok(PowerCycle::Done)
-        }
-        false => {
-            tracing::info!(server = name, "manual power: reboot the server by hand");
-            Ok(PowerCycle::Manual)
-        }
-    }
 }
 
 #[cfg(test)]
