@@ -306,23 +306,57 @@ pub enum PowerArgError {
     /// A boolean key with another value.
     #[error("--power-arg {0} is true or false")]
     NotBool(&'static str),
+    /// A numeric key with another value.
+    #[error("--power-arg {key} is a number from {min} to {max}")]
+    NotNumber {
+        /// The key.
+        key: &'static str,
+        /// The least.
+        min: u32,
+        /// The most.
+        max: u32,
+    },
 }
 
-/// A driver's `--power-arg KEY=VALUE` keys: (name, required, boolean).
-type Keys = &'static [(&'static str, bool, bool)];
+/// What a `--power-arg` value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArgType {
+    /// Text, as given.
+    Text,
+    /// `true` or `false`; `false` when not given.
+    Bool,
+    /// A whole number in `min..=max`.
+    Number {
+        /// The least.
+        min: u32,
+        /// The most.
+        max: u32,
+    },
+}
+
+/// A driver's `--power-arg KEY=VALUE` keys: (name, required, type).
+type Keys = &'static [(&'static str, bool, ArgType)];
 
 /// A command of the controller's `--power-commands` file, by name.
-const COMMAND: Keys = &[("name", true, false)];
-/// `ipmitool -I lanplus` (the controller's `--ipmitool`).
-const IPMI: Keys = &[("host", true, false), ("user", true, false), ("password", true, false)];
+const COMMAND: Keys = &[("name", true, ArgType::Text)];
+/// `ipmitool -I lanplus` (the controller's `--ipmitool`); `port` defaults
+/// to 623, `cipher` (the RMCP+ cipher suite, `-C`) to the best the BMC
+/// lists.
+const IPMI: Keys = &[
+    ("host", true, ArgType::Text),
+    ("port", false, ArgType::Number { min: 1, max: 65535 }),
+    ("cipher", false, ArgType::Number { min: 0, max: 255 }),
+    ("user", true, ArgType::Text),
+    ("password", true, ArgType::Text),
+];
 /// Redfish `ComputerSystem.Reset`; `system` defaults to the BMC's first,
 /// `insecure` accepts a self-signed BMC certificate.
 const REDFISH: Keys = &[
-    ("url", true, false),
-    ("user", true, false),
-    ("password", true, false),
-    ("system", false, false),
-    ("insecure", false, true),
+    ("url", true, ArgType::Text),
+    ("user", true, ArgType::Text),
+    ("password", true, ArgType::Text),
+    ("system", false, ArgType::Text),
+    ("insecure", false, ArgType::Bool),
 ];
 
 /// The `power` object of `POST /dedicated/server` for `--power driver` with
@@ -349,7 +383,7 @@ pub fn power_settings(driver: &str, args: &[String]) -> Result<Value, PowerArgEr
     for (i, arg) in args.iter().enumerate() {
         let (key, value) =
             arg.split_once('=').ok_or_else(|| PowerArgError::NotKeyValue { index: i + 1, driver, keys: list() })?;
-        let &(key, _, boolean) = keys.iter().find(|(k, ..)| *k == key).ok_or_else(|| PowerArgError::UnknownKey {
+        let &(key, _, kind) = keys.iter().find(|(k, ..)| *k == key).ok_or_else(|| PowerArgError::UnknownKey {
             driver,
             key: key.to_owned(),
             keys: list(),
@@ -357,22 +391,25 @@ pub fn power_settings(driver: &str, args: &[String]) -> Result<Value, PowerArgEr
         if out.contains_key(key) {
             return Err(PowerArgError::Duplicate(key));
         }
-        let value = if boolean {
-            match value {
+        let value = match kind {
+            ArgType::Text => json!(value),
+            ArgType::Bool => match value {
                 "true" => json!(true),
                 "false" => json!(false),
                 _ => return Err(PowerArgError::NotBool(key)),
-            }
-        } else {
-            json!(value)
+            },
+            ArgType::Number { min, max } => match value.parse::<u32>() {
+                Ok(n) if (min..=max).contains(&n) => json!(n),
+                _ => return Err(PowerArgError::NotNumber { key, min, max }),
+            },
         };
         out.insert(key.into(), value);
     }
     if let Some(&(key, ..)) = keys.iter().find(|(k, required, _)| *required && !out.contains_key(*k)) {
         return Err(PowerArgError::Missing { driver, key });
     }
-    for &(key, _, boolean) in keys {
-        if boolean && !out.contains_key(key) {
+    for &(key, _, kind) in keys {
+        if kind == ArgType::Bool && !out.contains_key(key) {
             out.insert(key.into(), json!(false));
         }
     }
@@ -406,6 +443,11 @@ mod tests {
                 json!({"kind": "ipmi", "host": "h", "user": "u", "password": ""}),
             ),
             (
+                "ipmi",
+                &["host=h", "port=6230", "cipher=17", "user=u", "password=p"],
+                json!({"kind": "ipmi", "host": "h", "port": 6230, "cipher": 17, "user": "u", "password": "p"}),
+            ),
+            (
                 "redfish",
                 &["url=https://bmc", "user=root", "password=pw"],
                 json!({"kind": "redfish", "url": "https://bmc", "user": "root", "password": "pw", "insecure": false}),
@@ -428,13 +470,16 @@ mod tests {
             (
                 "ipmi",
                 &["host=h", "user=u", "secret"],
-                "--power-arg 3 is not KEY=VALUE (--power ipmi takes host, user, password)",
+                "--power-arg 3 is not KEY=VALUE (--power ipmi takes host, [port], [cipher], user, password)",
             ),
             (
                 "ipmi",
-                &["host=h", "user=u", "password=p", "port=623"],
-                "--power ipmi takes no --power-arg port (it takes host, user, password)",
+                &["host=h", "user=u", "password=p", "tool=/bin/sh"],
+                "--power ipmi takes no --power-arg tool (it takes host, [port], [cipher], user, password)",
             ),
+            ("ipmi", &["host=h", "port=0"], "--power-arg port is a number from 1 to 65535"),
+            ("ipmi", &["host=h", "port=ipmi"], "--power-arg port is a number from 1 to 65535"),
+            ("ipmi", &["host=h", "cipher=256"], "--power-arg cipher is a number from 0 to 255"),
             ("redfish", &["url=https://bmc", "user=u"], "--power redfish needs --power-arg password=…"),
             ("redfish", &["user=u", "user=v"], "--power-arg user is given twice"),
             ("redfish", &["insecure=1"], "--power-arg insecure is true or false"),

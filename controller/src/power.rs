@@ -233,6 +233,9 @@ pub enum Power {
         host: String,
         /// BMC's RMCP+ UDP port; default ipmitool's, 623.
         port: Option<u16>,
+        /// RMCP+ cipher suite (`-C`); default: ipmitool asks the BMC for
+        /// the best one (BMCs that do not answer that cost 10 s a call).
+        cipher: Option<u8>,
         /// User.
         user: String,
         /// Password (passed through the environment, not argv).
@@ -273,6 +276,8 @@ enum StoredPower {
         host: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cipher: Option<u8>,
         user: String,
         password: String,
         #[serde(default, skip_serializing)]
@@ -294,7 +299,9 @@ impl TryFrom<StoredPower> for Power {
             }
             // 0.1's `tool` came from the API: the configured ipmitool runs
             // instead (see `Power::from_json` for the API's side).
-            StoredPower::Ipmi { host, port, user, password, tool: _ } => Power::Ipmi { host, port, user, password },
+            StoredPower::Ipmi { host, port, cipher, user, password, tool: _ } => {
+                Power::Ipmi { host, port, cipher, user, password }
+            }
         })
     }
 }
@@ -308,7 +315,9 @@ impl From<Power> for StoredPower {
             Power::Redfish { url, user, password, system, insecure } => {
                 StoredPower::Redfish { url, user, password, system, insecure }
             }
-            Power::Ipmi { host, port, user, password } => StoredPower::Ipmi { host, port, user, password, tool: None },
+            Power::Ipmi { host, port, cipher, user, password } => {
+                StoredPower::Ipmi { host, port, cipher, user, password, tool: None }
+            }
         }
     }
 }
@@ -327,10 +336,11 @@ impl std::fmt::Debug for Power {
                 .field("system", system)
                 .field("insecure", insecure)
                 .finish_non_exhaustive(),
-            Power::Ipmi { host, port, user, .. } => f
+            Power::Ipmi { host, port, cipher, user, .. } => f
                 .debug_struct("Ipmi")
                 .field("host", host)
                 .field("port", port)
+                .field("cipher", cipher)
                 .field("user", user)
                 .finish_non_exhaustive(),
             Power::RetiredArgv { argv } => write!(f, "RetiredArgv({} words)", argv.len()),
@@ -472,8 +482,11 @@ impl Power {
                 let argv = template.iter().map(|a| a.replace("{action}", op.as_str()).replace("{server}", server));
                 (argv.collect(), vec![])
             }
-            Power::Ipmi { host, port, user, password } => {
+            Power::Ipmi { host, port, cipher, user, password } => {
                 let mut argv = vec![cfg.ipmitool.to_string_lossy().into_owned(), "-I".into(), "lanplus".into()];
+                if let Some(cipher) = cipher {
+                    argv.extend(["-C".to_owned(), cipher.to_string()]);
+                }
                 argv.extend(["-H".to_owned(), host.clone()]);
                 if let Some(port) = port {
                     argv.extend(["-p".to_owned(), port.to_string()]);
@@ -750,7 +763,7 @@ mod tests {
         std::fs::write(tool, format!("#!/bin/sh\necho \"$*\" >> {}\necho Chassis Power is off\n", log.display()))
             .unwrap();
         std::fs::remove_file(&log).unwrap();
-        let ipmi = serde_json::json!({"kind": "ipmi", "host": "bmc-7.lab", "port": 6230, "user": "admin",
+        let ipmi = serde_json::json!({"kind": "ipmi", "host": "bmc-7.lab", "port": 6230, "cipher": 17, "user": "admin",
                                       "password": "s3cret"});
         let ipmi = Power::from_json(&ipmi, &cfg).unwrap();
         assert_eq!(ipmi.status("web1", &cfg).await.unwrap(), PowerState::Off);
@@ -758,9 +771,9 @@ mod tests {
         assert!(ipmi.netboot_once("web1", Some(BootMode::Legacy), &cfg).await.unwrap());
         assert_eq!(
             std::fs::read_to_string(&log).unwrap(),
-            "-I lanplus -H bmc-7.lab -p 6230 -U admin -E chassis power status\n\
-             -I lanplus -H bmc-7.lab -p 6230 -U admin -E chassis bootdev pxe options=efiboot\n\
-             -I lanplus -H bmc-7.lab -p 6230 -U admin -E chassis bootdev pxe\n"
+            "-I lanplus -C 17 -H bmc-7.lab -p 6230 -U admin -E chassis power status\n\
+             -I lanplus -C 17 -H bmc-7.lab -p 6230 -U admin -E chassis bootdev pxe options=efiboot\n\
+             -I lanplus -C 17 -H bmc-7.lab -p 6230 -U admin -E chassis bootdev pxe\n"
         );
         assert_eq!(serde_json::to_value(&ipmi).unwrap()["port"], 6230);
     }
