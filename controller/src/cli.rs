@@ -24,7 +24,8 @@ const EXIT_FAILED: i32 = 1;
 /// Bad arguments, or the controller unreachable or refusing (also clap's
 /// code for a usage error).
 const EXIT_CLIENT: i32 = 2;
-/// The controller could not power-cycle the server.
+/// The controller could not power-cycle the server, or its power driver
+/// failed (`power`).
 const EXIT_POWER: i32 = 3;
 /// `deploy --wait --timeout`: the deployment had not ended (it goes on).
 const EXIT_TIMEOUT: i32 = 4;
@@ -35,7 +36,7 @@ Exit status:
   0  ok
   1  the deployment failed (status)
   2  client error: bad arguments, controller unreachable or refusing
-  3  the controller could not power-cycle the server (deploy, cancel)
+  3  the server's power driver failed (deploy, cancel, power)
   4  deploy --wait --timeout gave up before the deployment ended (it goes on)";
 
 /// `byoi --version`: the release and the git commit it was built from.
@@ -221,6 +222,21 @@ enum Command {
         /// Where to write them.
         dir: PathBuf,
     },
+    /// Powers a server on or off, power-cycles it, or shows its power
+    /// state, with its power driver (IPMI, Redfish or a command).
+    #[command(after_help = EXIT_CODES)]
+    Power {
+        /// What to do.
+        action: PowerVerb,
+        /// Server name.
+        name: String,
+        /// Power off or cycle even while a deployment runs on it (the
+        /// deployment then fails).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Aborts a deployment; the server boots into rescue.
     #[command(after_help = EXIT_CODES)]
     Cancel {
@@ -229,6 +245,19 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `byoi power`'s actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PowerVerb {
+    /// Power on.
+    On,
+    /// Power off (at once, as pulling the plug).
+    Off,
+    /// Power-cycle (powers on a server that is off).
+    Cycle,
+    /// Show the power state.
+    Status,
 }
 
 /// `serve`'s connection timeouts and caps (see `edge::Limits`).
@@ -319,9 +348,9 @@ enum ServerCommand {
         #[arg(long, default_value = "manual", value_parser = ["manual", "command", "ipmi", "redfish"])]
         power: String,
         /// Driver argument: for command, name=… (a command of the
-        /// controller's --power-commands file); for ipmi, host=…, user=…,
-        /// password=…; for redfish, url=https://bmc, user=…, password=…,
-        /// [system=…], [insecure=true].
+        /// controller's --power-commands file); for ipmi, host=…, [port=…],
+        /// user=…, password=…; for redfish, url=https://bmc, user=…,
+        /// password=…, [system=…], [insecure=true].
         #[arg(long = "power-arg", allow_hyphen_values = true)]
         power_args: Vec<String>,
         /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
@@ -722,6 +751,7 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
         Command::Deploy(a) => deploy(a).await,
         Command::Status { name, follow, client } => status(&client.connect()?, &name, follow).await,
         Command::Cancel { name, client } => cancel(&client.connect()?, &name).await,
+        Command::Power { action, name, force, client } => power(&client.connect()?, action, &name, force).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "byoi", &mut std::io::stdout());
             Ok(0)
@@ -929,6 +959,37 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
             }
         },
     }
+}
+
+/// `byoi power ACTION NAME`: exit 3 when the driver fails (the
+/// controller's 502), with its words.
+async fn power(client: &client::Client, verb: PowerVerb, name: &str, force: bool) -> anyhow::Result<i32> {
+    let path = format!("/dedicated/server/{name}/power");
+    let action = match verb {
+        PowerVerb::Status if force => anyhow::bail!("--force is for off and cycle"),
+        PowerVerb::Status => None,
+        PowerVerb::On => Some("on"),
+        PowerVerb::Off => Some("off"),
+        PowerVerb::Cycle => Some("cycle"),
+    };
+    let answer = match action {
+        None => client.call(Method::GET, &path, None).await,
+        Some(action) => client.call(Method::POST, &path, Some(&json!({"action": action, "force": force}))).await,
+    };
+    let v = match answer {
+        Ok(v) => v,
+        Err(client::Error::Api { status: http::StatusCode::BAD_GATEWAY, message, .. }) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_POWER);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match action {
+        None if v["kind"] == "manual" => println!("{name}: unknown (manual power: byoi cannot tell)"),
+        None => println!("{name}: {} ({})", v["state"].as_str().unwrap_or("?"), v["kind"].as_str().unwrap_or("?")),
+        Some(_) => println!("{}", v["message"].as_str().unwrap_or("done")),
+    }
+    Ok(0)
 }
 
 async fn cancel(client: &client::Client, name: &str) -> anyhow::Result<i32> {
