@@ -5,45 +5,17 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 mod common;
 
-use common::{start_with, Controller};
+use common::{byoi, byoi_at, http, start_with, stderr, stdout, Controller};
 
 fn start(data_dir: &Path) -> Controller {
     start_with(data_dir, &[], "http")
-}
-
-fn byoi(c: &Controller, args: &[&str]) -> Output {
-    byoi_at(&format!("http://{}", c.addr), &c.token, args)
-}
-
-/// The `byoi` command line against the controller at `url`.
-fn byoi_at(url: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_byoi"))
-        .args(args)
-        .args(["--controller", url, "--token", token])
-        .env_remove("BYOI_API_TOKEN")
-        .env_remove("BYOI_CONTROLLER")
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Stderr of a command that ended with `code`, checked not to reveal `token`.
-fn stderr(o: &Output, code: i32, token: &str) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(code), "stdout {:?}, stderr {err:?}", String::from_utf8_lossy(&o.stdout));
-    assert!(!err.contains(token) && !String::from_utf8_lossy(&o.stdout).contains(token), "the token leaked: {err}");
-    err
 }
 
 /// A stand-in controller on 127.0.0.1 answering each request, in order,
@@ -91,26 +63,6 @@ fn fake_controller(answers: Vec<(u16, Value)>) -> (String, std::sync::Arc<std::s
         }
     });
     (url, seen)
-}
-
-/// One HTTP/1.1 request with `Connection: close`; returns (status, body).
-fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    // The server may answer (413) and close before the body is all sent.
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let resp = String::from_utf8_lossy(&raw).into_owned();
-    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
 }
 
 fn agent_token(c: &Controller, mac: &str) -> String {
