@@ -41,6 +41,10 @@ pub const PACKAGES: &[&str] = &[
     "ovmf",
     "openssh-client",
     "dropbear-bin",
+    // The ipmi power driver's tool, and OpenIPMI's simulated BMC that
+    // controller/tests/ipmi.rs drives it against.
+    "ipmitool",
+    "openipmi",
 ];
 
 /// QEMU itself, from bookworm-backports.
