@@ -287,17 +287,30 @@ pub enum PowerAction {
     Off,
     /// Reset and resume the VM (QMP `system_reset`, `cont`)
     Cycle,
+    /// Print `on` when the VM runs, else `off` (QMP `query-status`)
+    Status,
 }
 
-/// `cargo xtask qmp SOCKET on|off|cycle`: the demo's power driver. "Off"
-/// pauses the VM, "on" resumes it, "cycle" resets and resumes it.
+/// `cargo xtask qmp SOCKET on|off|cycle|status`: the demo's power driver.
+/// "Off" pauses the VM, "on" resumes it, "cycle" resets and resumes it,
+/// "status" prints `on` or `off`, as the controller reads a command
+/// driver's answer.
 pub fn qmp(opts: &QmpOptions) -> anyhow::Result<()> {
-    let commands: &[&str] = match opts.action {
+    if let Some(state) = qmp_run(&opts.socket, opts.action)? {
+        println!("{state}");
+    }
+    Ok(())
+}
+
+/// Runs `action` over the QMP socket; for `status`, `on` or `off`.
+fn qmp_run(socket: &Path, action: PowerAction) -> anyhow::Result<Option<&'static str>> {
+    let commands: &[&str] = match action {
         PowerAction::On => &["cont"],
         PowerAction::Off => &["stop"],
         PowerAction::Cycle => &["system_reset", "cont"],
+        PowerAction::Status => &["query-status"],
     };
-    let socket = &opts.socket;
+    let mut state = None;
     let stream = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to {}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -317,9 +330,58 @@ pub fn qmp(opts: &QmpOptions) -> anyhow::Result<()> {
                 bail!("QMP {cmd}: {}", line.trim());
             }
             if line.contains("\"return\"") {
+                if cmd == "query-status" {
+                    let v: serde_json::Value = serde_json::from_str(&line).context("QMP query-status")?;
+                    state = Some(if v["return"]["running"] == true { "on" } else { "off" });
+                }
                 break;
             }
         }
     }
-    Ok(())
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A QMP peer on a Unix socket answering `query-status` with `running`;
+    /// returns the commands it was sent.
+    fn fake_qmp(socket: &Path, running: bool) -> std::thread::JoinHandle<Vec<String>> {
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut w = stream.try_clone().unwrap();
+            writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
+            let mut seen = Vec::new();
+            for line in BufReader::new(stream).lines() {
+                let line = line.unwrap();
+                seen.push(line.clone());
+                if line.contains("query-status") {
+                    let status = if running { "running" } else { "paused" };
+                    writeln!(w, r#"{{"event": "RESUME"}}"#).unwrap();
+                    writeln!(w, r#"{{"return": {{"status": "{status}", "running": {running}}}}}"#).unwrap();
+                } else {
+                    writeln!(w, r#"{{"return": {{}}}}"#).unwrap();
+                }
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn qmp_status_says_on_or_off_and_cycle_resets_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        for (running, want) in [(true, "on"), (false, "off")] {
+            let socket = dir.path().join(format!("{want}.sock"));
+            let peer = fake_qmp(&socket, running);
+            assert_eq!(qmp_run(&socket, PowerAction::Status).unwrap(), Some(want));
+            let seen = peer.join().unwrap();
+            assert_eq!(seen, [r#"{"execute": "qmp_capabilities"}"#, r#"{"execute": "query-status"}"#]);
+        }
+        let socket = dir.path().join("cycle.sock");
+        let peer = fake_qmp(&socket, true);
+        assert_eq!(qmp_run(&socket, PowerAction::Cycle).unwrap(), None);
+        assert_eq!(peer.join().unwrap()[1..], [r#"{"execute": "system_reset"}"#, r#"{"execute": "cont"}"#]);
+    }
 }
