@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use byoi_wire::spec::{Blob, ConfigDriveSpec, OvaDisk, SpecError, Urls};
+use byoi_wire::spec::{Blob, ConfigDriveFormat, ConfigDriveSpec, OvaDisk, SpecError, Urls};
 use byoi_wire::{Checksum, DeploySpec, ImageType};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,18 @@ pub struct ConfigDriveRequest {
     pub hostname: Option<String>,
     /// SSH public key.
     pub ssh_key: Option<String>,
+    /// More SSH public keys, one a line each (our extension; with `sshKey`,
+    /// it comes first).
+    pub ssh_keys: Option<Vec<String>>,
+    /// The network configuration, verbatim (our extension): OpenStack's
+    /// `network_data.json` (a JSON object: links, bonds, VLANs, static
+    /// networks, DNS), or for `format: nocloud` cloud-init's
+    /// `network-config` (version 1 or 2).
+    pub network_data: Option<String>,
+    /// The ConfigDrive's layout (our extension): `openstack` (OVHcloud's,
+    /// label `config-2`, the default) or `nocloud` (label `cidata`).
+    #[schema(value_type = Option<String>)]
+    pub format: Option<ConfigDriveFormat>,
     /// User data (text).
     pub user_data: Option<String>,
     /// User data (base64, for binary content).
@@ -166,6 +178,9 @@ impl ByoiRequest {
             Some(c) if !c.enable => {
                 let data = c.hostname.is_some()
                     || c.ssh_key.is_some()
+                    || c.ssh_keys.is_some()
+                    || c.network_data.is_some()
+                    || c.format.is_some()
                     || c.user_data.is_some()
                     || c.user_data_base64.is_some()
                     || c.user_metadatas.is_some();
@@ -187,11 +202,30 @@ impl ByoiRequest {
                     )),
                     (None, None) => None,
                 };
+                let format = c.format.unwrap_or_default();
+                if let (ConfigDriveFormat::OpenStack, Some(n)) = (format, &c.network_data) {
+                    // The agent writes it as it is; cloud-init would fail on
+                    // it at the server's first boot, far from this request.
+                    match serde_json::from_str::<serde_json::Value>(n) {
+                        Ok(serde_json::Value::Object(_)) => {}
+                        Ok(_) => return Err(SpecError("Bad networkData: network_data.json is a JSON object.".into())),
+                        Err(e) => {
+                            return Err(SpecError(format!("Bad networkData: network_data.json is not JSON ({e}).")))
+                        }
+                    }
+                }
                 Some(ConfigDriveSpec {
+                    format,
                     hostname: c.hostname,
-                    ssh_keys: c.ssh_key.into_iter().filter(|k| !k.trim().is_empty()).collect(),
+                    ssh_keys: c
+                        .ssh_key
+                        .into_iter()
+                        .chain(c.ssh_keys.into_iter().flatten())
+                        .filter(|k| !k.trim().is_empty())
+                        .collect(),
                     user_data,
                     meta: c.user_metadatas.unwrap_or_default(),
+                    network_data: c.network_data.map(|n| Blob(n.into_bytes())),
                     ..ConfigDriveSpec::default()
                 })
             }
@@ -446,6 +480,44 @@ mod tests {
         assert_eq!((cd.user_data, cd.ssh_keys), (Some(Blob(vec![0, 1, 2])), vec!["ssh-ed25519 K".to_owned()]));
         assert_eq!(v.spec.efi_loader.as_deref(), Some("\\EFI\\x.efi"));
         assert_eq!(v.disk_group_id, 1);
+    }
+
+    #[test]
+    fn several_ssh_keys_network_data_and_nocloud() {
+        let v = req(r#"{"URL":"http://x/i","configdrive":{"enable":true,"sshKey":"ssh-ed25519 A",
+            "sshKeys":["ssh-ed25519 B","ssh-rsa C"],"networkData":"{\"links\":[],\"networks\":[]}"}}"#)
+        .unwrap();
+        let cd = v.spec.configdrive.unwrap();
+        assert_eq!(cd.ssh_keys, ["ssh-ed25519 A", "ssh-ed25519 B", "ssh-rsa C"]);
+        assert_eq!(cd.format, ConfigDriveFormat::OpenStack);
+        assert_eq!(cd.network_data, Some(Blob(br#"{"links":[],"networks":[]}"#.to_vec())));
+        // NoCloud's network-config is YAML: taken as it is.
+        let v = req(r#"{"URL":"http://x/i","configdrive":{"enable":true,"format":"nocloud",
+            "networkData":"version: 2\nethernets: {}\n"}}"#)
+        .unwrap();
+        let cd = v.spec.configdrive.unwrap();
+        assert_eq!(
+            (cd.format, cd.network_data),
+            (ConfigDriveFormat::NoCloud, Some(Blob(b"version: 2\nethernets: {}\n".to_vec())))
+        );
+        let cases = [
+            (r#"{"enable":true,"networkData":"version: 2"}"#, "Bad networkData: network_data.json is not JSON ("),
+            (r#"{"enable":true,"networkData":"[1]"}"#, "Bad networkData: network_data.json is a JSON object."),
+            (r#"{"enable":true,"sshKeys":["ssh-ed25519 A\nssh-ed25519 B"]}"#, "Bad sshKey"),
+            (r#"{"enable":false,"sshKeys":["ssh-ed25519 A"]}"#, "configdrive data given with enable: false"),
+            (r#"{"enable":false,"format":"nocloud"}"#, "configdrive data given with enable: false"),
+            (r#"{"enable":true,"format":"iso"}"#, "unknown variant `iso`"),
+        ];
+        for (cd, want) in cases {
+            let e = req(&format!(r#"{{"URL":"http://x/i","configdrive":{cd}}}"#)).unwrap_err();
+            assert!(e.contains(want), "{cd}: {e}");
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("ssh-ed25519 K{i}")).collect();
+        let e = req(
+            &serde_json::json!({"URL": "http://x/i", "configdrive": {"enable": true, "sshKeys": many}}).to_string()
+        )
+        .unwrap_err();
+        assert!(e.starts_with("Too many SSH keys (65"), "{e}");
     }
 
     #[test]

@@ -153,6 +153,7 @@ impl ReinstallRequest {
                 user_data,
                 user_data_base64,
                 user_metadatas: c.config_drive_metadata,
+                ..ConfigDriveRequest::default()
             }
         });
         Ok(ByoiRequest {
