@@ -488,12 +488,21 @@ struct DeployArgs {
     /// Host name (ConfigDrive).
     #[arg(long)]
     hostname: Option<String>,
-    /// SSH public key (ConfigDrive).
-    #[arg(long)]
-    ssh_key: Option<String>,
+    /// SSH public key (ConfigDrive); repeatable.
+    #[arg(long = "ssh-key")]
+    ssh_keys: Vec<String>,
     /// User data file (ConfigDrive).
     #[arg(long)]
     user_data: Option<PathBuf>,
+    /// Network configuration file (ConfigDrive): OpenStack's
+    /// network_data.json (static addresses, bonds, VLANs), or with
+    /// --configdrive-format nocloud cloud-init's network-config.
+    #[arg(long, value_name = "FILE")]
+    network_data: Option<PathBuf>,
+    /// The ConfigDrive's layout: openstack (label config-2, OVHcloud's) or
+    /// nocloud (label cidata).
+    #[arg(long, value_parser = ["openstack", "nocloud"])]
+    configdrive_format: Option<String>,
     /// KEY=VALUE metadata (ConfigDrive); repeatable.
     #[arg(long)]
     meta: Vec<String>,
@@ -917,11 +926,31 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
     if !headers.is_empty() {
         body["httpHeaders"] = json!(headers);
     }
-    if a.hostname.is_some() || a.ssh_key.is_some() || a.user_data.is_some() || !a.meta.is_empty() {
-        let mut cd = json!({"enable": true, "hostname": a.hostname, "sshKey": a.ssh_key});
+    let configdrive = a.hostname.is_some()
+        || !a.ssh_keys.is_empty()
+        || a.user_data.is_some()
+        || !a.meta.is_empty()
+        || a.network_data.is_some()
+        || a.configdrive_format.is_some();
+    if configdrive {
+        let mut cd = json!({"enable": true, "hostname": a.hostname});
+        // OVHcloud's one `sshKey`, then our `sshKeys` for more.
+        if let Some((first, more)) = a.ssh_keys.split_first() {
+            cd["sshKey"] = json!(first);
+            if !more.is_empty() {
+                cd["sshKeys"] = json!(more);
+            }
+        }
         if let Some(f) = &a.user_data {
             let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
             cd["userDataBase64"] = json!(base64::engine::general_purpose::STANDARD.encode(data));
+        }
+        if let Some(f) = &a.network_data {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {} (UTF-8 text)", f.display()))?;
+            cd["networkData"] = json!(text);
+        }
+        if let Some(format) = &a.configdrive_format {
+            cd["format"] = json!(format);
         }
         let meta: BTreeMap<&str, &str> = a
             .meta

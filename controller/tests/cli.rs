@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use base64::Engine;
 use serde_json::{json, Value};
 
 mod common;
@@ -87,6 +88,10 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
     assert_eq!(out.trim(), "added web1 ([\"52:54:00:aa:bb:01\"])");
     let ud = dir.path().join("ud");
     std::fs::write(&ud, "#cloud-config\n").unwrap();
+    let nd = dir.path().join("network_data.json");
+    let network = r#"{"links": [{"id": "eth0", "type": "phy", "ethernet_mac_address": "52:54:00:aa:bb:01"}],
+        "networks": [{"id": "n0", "link": "eth0", "type": "ipv4", "ip_address": "192.0.2.10", "netmask": "255.255.255.0"}]}"#;
+    std::fs::write(&nd, network).unwrap();
     let out = stdout(&byoi(
         &c,
         &[
@@ -102,6 +107,12 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
             ud.to_str().unwrap(),
             "--meta",
             "a=b",
+            "--ssh-key",
+            "ssh-ed25519 AAAA1 one",
+            "--ssh-key",
+            "ssh-ed25519 AAAA2 two",
+            "--network-data",
+            nd.to_str().unwrap(),
         ],
     ));
     assert!(out.starts_with("deployment 1 on web1: \"doing\""), "{out}");
@@ -115,7 +126,11 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
     assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
     let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
     let job: Value = serde_json::from_str(&job).unwrap();
-    assert_eq!(job["job"]["spec"]["configdrive"]["hostname"], "web1");
+    let cd = &job["job"]["spec"]["configdrive"];
+    assert_eq!(cd["hostname"], "web1");
+    assert_eq!(cd["sshKeys"], json!(["ssh-ed25519 AAAA1 one", "ssh-ed25519 AAAA2 two"]));
+    let sent = base64::engine::general_purpose::STANDARD.decode(cd["networkData"].as_str().unwrap()).unwrap();
+    assert_eq!(sent, network.as_bytes(), "network_data.json goes to the agent verbatim");
     let id = job["job"]["deploymentId"].as_i64().unwrap();
     let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 300u64 << 20, "bytesTotal": 1000u64 << 20});
     http(&c.addr, "POST", "/agent/v1/progress", Some(&t), Some(&p));
