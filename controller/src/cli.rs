@@ -21,23 +21,34 @@ use byoi_controller::server::{self, ServeOptions};
 
 /// `status`: the deployment failed.
 const EXIT_FAILED: i32 = 1;
-/// Bad arguments, or the controller unreachable or refusing (also clap's
-/// code for a usage error).
+/// Bad arguments, or the controller refused the request (400, 401, 403,
+/// 5xx); also clap's code for a usage error.
 const EXIT_CLIENT: i32 = 2;
 /// The controller could not power-cycle the server, or its power driver
 /// failed (`power`).
 const EXIT_POWER: i32 = 3;
 /// `deploy --wait --timeout`: the deployment had not ended (it goes on).
 const EXIT_TIMEOUT: i32 = 4;
+/// The controller answered 404: no such server (or deployment, task…).
+const EXIT_NOT_FOUND: i32 = 5;
+/// The controller answered 409: a deployment runs, the name or MAC is
+/// taken, the server has manual power…
+const EXIT_CONFLICT: i32 = 6;
+/// No answer from the controller: no connection, a failed TLS handshake or
+/// an untrusted certificate, a broken answer.
+const EXIT_UNREACHABLE: i32 = 7;
 
 /// The exit statuses, shown by `--help`.
 const EXIT_CODES: &str = "\
 Exit status:
   0  ok
   1  the deployment failed (status)
-  2  client error: bad arguments, controller unreachable or refusing
+  2  usage error, or the controller refused the request (bad input, credentials)
   3  the server's power driver failed (deploy, cancel, power)
-  4  deploy --wait --timeout gave up before the deployment ended (it goes on)";
+  4  deploy --wait --timeout gave up before the deployment ended (it goes on)
+  5  not found (no such server, deployment or task)
+  6  conflict (a deployment runs, a name or MAC is taken, manual power)
+  7  the controller is unreachable (connection, TLS, a broken answer)";
 
 /// `byoi --version`: the release and the git commit it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BYOI_GIT_COMMIT"), ")");
@@ -554,8 +565,24 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            EXIT_CLIENT
+            exit_code(&e)
         }
+    }
+}
+
+/// The exit status for an error: what the controller's answer, or its
+/// absence, says; else a client error.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    match e.chain().find_map(|c| c.downcast_ref::<client::Error>()) {
+        Some(client::Error::Api { status, .. }) if *status == http::StatusCode::NOT_FOUND => EXIT_NOT_FOUND,
+        Some(client::Error::Api { status, .. }) if *status == http::StatusCode::CONFLICT => EXIT_CONFLICT,
+        Some(
+            client::Error::Unreachable { .. }
+            | client::Error::UntrustedCertificate { .. }
+            | client::Error::Body { .. }
+            | client::Error::NotJson { .. },
+        ) => EXIT_UNREACHABLE,
+        _ => EXIT_CLIENT,
     }
 }
 

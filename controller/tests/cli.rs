@@ -117,7 +117,7 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
     ));
     assert!(out.starts_with("deployment 1 on web1: \"doing\""), "{out}");
     let dup = byoi(&c, &["deploy", "web1", "--url", "http://img/x.qcow2"]);
-    assert_eq!(dup.status.code(), Some(2));
+    assert_eq!(dup.status.code(), Some(6), "a conflict");
     assert!(String::from_utf8_lossy(&dup.stderr).contains("A deployment is already in progress on web1"));
 
     // The simulated agent.
@@ -250,7 +250,7 @@ fn serve_over_tls() {
     let ca = ca.to_str().unwrap();
     stdout(&byoi_at(&url, &c.token, &["server", "add", "tls1", "--mac", "52:54:00:aa:bb:10", "--ca-file", ca]));
     assert!(stdout(&byoi_at(&url, &c.token, &["servers", "--ca-file", ca])).starts_with("tls1\tlocal\t"));
-    let err = stderr(&byoi_at(&url, &c.token, &["servers"]), 2, &c.token);
+    let err = stderr(&byoi_at(&url, &c.token, &["servers"]), 7, &c.token);
     assert!(err.contains(&format!("the controller at {url}/dedicated/server")), "{err}");
     assert!(err.contains("pass --ca-file") && err.contains("UnknownIssuer"), "{err}");
 
@@ -389,12 +389,15 @@ fn deploy_on_a_server_with_manual_power_says_to_reboot_it() {
         "m1 has manual power: reboot it by hand now; it must netboot (PXE) to boot into rescue"
     );
 
-    // Errors never show the token: a refused one, an unreachable controller.
+    // Errors never show the token: a refused one, an unreachable controller;
+    // each has its exit status (2 refused, 5 not found, 7 unreachable).
     let err = stderr(&byoi_at(&format!("http://{}", c.addr), "wrong-token-123", &["servers"]), 2, "wrong-token-123");
     assert!(err.contains("(HTTP 401 Unauthorized)"), "{err}");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let err = stderr(&byoi_at(&format!("http://{closed}"), &c.token, &["status", "m1"]), 2, &c.token);
+    let err = stderr(&byoi_at(&format!("http://{closed}"), &c.token, &["status", "m1"]), 7, &c.token);
     assert!(err.contains(&format!("cannot reach the controller at http://{closed}/")), "{err}");
+    let err = stderr(&byoi(&c, &["status", "nope"]), 5, &c.token);
+    assert!(err.contains("nope"), "{err}");
 }
 
 /// `powerCycle` in the answers to POST and DELETE, which `byoi serve` does
@@ -530,7 +533,7 @@ fn credentials_for_ovhcloud_sdks() {
     let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     let url = body["validationUrl"].as_str().unwrap();
     assert_eq!(stdout(&byoi(&c, &["credentials", "validate", url])).trim(), "credential 2: validated");
-    assert_eq!(byoi(&c, &["credentials", "validate", url]).status.code(), Some(2), "used once");
+    assert_eq!(byoi(&c, &["credentials", "validate", url]).status.code(), Some(5), "used once: not found");
 
     let table = stdout(&byoi(&c, &["credentials", "list"]));
     let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
@@ -758,7 +761,7 @@ fn server_show_set_and_delete() {
     assert!(String::from_utf8_lossy(&nothing.stderr).contains("nothing to change"));
     stdout(&byoi(&c, &["deploy", "web1", "--url", "http://img/x.raw"]));
     let refused = byoi(&c, &["server", "delete", "web1"]);
-    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(refused.status.code(), Some(6), "a conflict");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"), "{refused:?}");
     assert_eq!(stdout(&byoi(&c, &["server", "delete", "web1", "--force"])).trim(), "server web1 deleted");
     assert_eq!(stdout(&byoi(&c, &["servers"])), "");

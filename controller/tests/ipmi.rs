@@ -187,7 +187,7 @@ fn power_status_actions_and_a_one_time_pxe_boot_through_a_simulated_bmc() {
     stderr(&out, 0, &c.token);
     assert_eq!(bmc.take_sets(3), ["set boot pxe", "set power 0", "set power 1"]);
     let out = byoi(&c, &["power", "off", "web1"]);
-    let err = stderr(&out, 2, &c.token);
+    let err = stderr(&out, 6, &c.token);
     assert!(err.contains("A deployment is running on web1") && err.contains("byoi power off web1 --force"), "{err}");
     assert!(bmc.take_sets(0).is_empty());
     assert_eq!(stdout(&byoi(&c, &["power", "off", "web1", "--force"])), "web1 powered off\n");
