@@ -19,6 +19,8 @@ use byoi_controller::edge;
 use byoi_controller::power::PowerConfig;
 use byoi_controller::server::{self, ServeOptions};
 
+use crate::output::{self, cell, OutputArgs, Table};
+
 /// `status`: the deployment failed.
 const EXIT_FAILED: i32 = 1;
 /// Bad arguments, or the controller refused the request (400, 401, 403,
@@ -189,6 +191,8 @@ enum Command {
     #[command(after_help = EXIT_CODES)]
     Servers {
         #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
     /// Deploys an image onto a server; with manual power, says when to
@@ -204,6 +208,8 @@ enum Command {
         /// Follow it until it ends (exit 0 on done, 1 on error).
         #[arg(long)]
         follow: bool,
+        #[command(flatten)]
+        out: OutputArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -245,6 +251,8 @@ enum Command {
         /// deployment then fails).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        out: OutputArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -374,6 +382,8 @@ enum ServerCommand {
     Show {
         /// Name.
         name: String,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Changes a server: what is given replaces what it had.
     #[command(after_help = EXIT_CODES)]
@@ -450,7 +460,10 @@ enum CredentialsCommand {
     },
     /// Lists applications and their consumer keys (never a secret).
     #[command(after_help = EXIT_CODES)]
-    List,
+    List {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// Revokes an application and all its consumer keys, or one consumer key.
     #[command(after_help = EXIT_CODES)]
     Revoke {
@@ -740,9 +753,9 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             println!("added {} ({})", v["serviceName"].as_str().unwrap_or(&name), v["macs"]);
             Ok(0)
         }
-        Command::Server { command: ServerCommand::Show { name }, client } => {
+        Command::Server { command: ServerCommand::Show { name, out }, client } => {
             let v = client.connect()?.call(Method::GET, &format!("/dedicated/server/{name}"), None).await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            output::print(out.output, &v, || server_table(&v))?;
             Ok(0)
         }
         Command::Server {
@@ -772,22 +785,23 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             println!("{}", v["message"].as_str().unwrap_or("deleted"));
             Ok(0)
         }
-        Command::Servers { client } => {
+        Command::Servers { out, client } => {
             let client = client.connect()?;
             let names = client.call(Method::GET, "/dedicated/server", None).await?;
+            let mut servers = Vec::new();
             for n in names.as_array().into_iter().flatten() {
                 let n = n.as_str().unwrap_or_default();
-                let s = client.call(Method::GET, &format!("/dedicated/server/{n}"), None).await?;
-                let last =
-                    s["deployments"].get(0).map(|d| format!("{} {}", d["status"], d["message"])).unwrap_or_default();
-                println!("{n}\t{}\t{}\t{last}", s["bootTarget"].as_str().unwrap_or("?"), s["macs"]);
+                servers.push(client.call(Method::GET, &format!("/dedicated/server/{n}"), None).await?);
             }
+            output::print(out.output, &Value::Array(servers.clone()), || servers_table(&servers))?;
             Ok(0)
         }
         Command::Deploy(a) => deploy(a).await,
-        Command::Status { name, follow, client } => status(&client.connect()?, &name, follow).await,
+        Command::Status { name, follow, out, client } => status(&client.connect()?, &name, follow, out).await,
         Command::Cancel { name, client } => cancel(&client.connect()?, &name).await,
-        Command::Power { action, name, force, client } => power(&client.connect()?, action, &name, force).await,
+        Command::Power { action, name, force, out, client } => {
+            power(&client.connect()?, action, &name, force, out).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "byoi", &mut std::io::stdout());
             Ok(0)
@@ -842,10 +856,11 @@ async fn credentials(client: &client::Client, cmd: CredentialsCommand) -> anyhow
             }
             Ok(0)
         }
-        CredentialsCommand::List => {
+        CredentialsCommand::List { out } => {
             let apps = client.call(Method::GET, "/me/api/application", None).await?;
             let creds = client.call(Method::GET, "/me/api/credential", None).await?;
-            let mut rows = vec![["APPLICATION", "KEY", "CREDENTIAL", "STATUS", "RULES", "LAST USE"].map(String::from)];
+            let mut table = Table::new(&["APPLICATION", "KEY", "CREDENTIAL", "STATUS", "RULES", "LAST USE"]);
+            let mut listed = Vec::new();
             let mut creds_of: BTreeMap<i64, Vec<Value>> = BTreeMap::new();
             for id in creds.as_array().into_iter().flatten() {
                 let c = client.call(Method::GET, &format!("/me/api/credential/{id}"), None).await?;
@@ -856,8 +871,11 @@ async fn credentials(client: &client::Client, cmd: CredentialsCommand) -> anyhow
                 let app = [a["name"].as_str().unwrap_or("?"), a["applicationKey"].as_str().unwrap_or("?")];
                 let mine = creds_of.remove(&a["applicationId"].as_i64().unwrap_or(0)).unwrap_or_default();
                 if mine.is_empty() {
-                    rows.push([app[0], app[1], "-", "-", "-", "-"].map(String::from));
+                    table.row([app[0], app[1], "-", "-", "-", "-"]);
                 }
+                let mut entry = a.clone();
+                entry["credentials"] = Value::Array(mine.clone());
+                listed.push(entry);
                 for c in mine {
                     let rules: Vec<String> = c["rules"]
                         .as_array()
@@ -867,7 +885,7 @@ async fn credentials(client: &client::Client, cmd: CredentialsCommand) -> anyhow
                             format!("{}:{}", r["method"].as_str().unwrap_or("?"), r["path"].as_str().unwrap_or("?"))
                         })
                         .collect();
-                    rows.push([
+                    table.row([
                         app[0].to_owned(),
                         app[1].to_owned(),
                         c["credentialId"].to_string(),
@@ -877,7 +895,7 @@ async fn credentials(client: &client::Client, cmd: CredentialsCommand) -> anyhow
                     ]);
                 }
             }
-            print_table(&rows);
+            output::print(out.output, &Value::Array(listed), || table.to_string())?;
             Ok(0)
         }
         CredentialsCommand::Revoke { name: Some(name), .. } => {
@@ -914,12 +932,66 @@ fn credential_token(arg: &str) -> &str {
 }
 
 /// Prints rows in columns, the first row as the header.
-fn print_table(rows: &[[String; 6]]) {
-    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", line.join("  ").trim_end());
+/// `byoi servers`' table: a server a row, with its latest deployment.
+fn servers_table(servers: &[Value]) -> String {
+    let mut t = Table::new(&["NAME", "MACS", "POWER", "BOOT", "DEPLOYMENT", "LAST SEEN"]);
+    for s in servers {
+        t.row([
+            cell(&s["serviceName"]),
+            cell(&s["macs"]),
+            cell(&s["power"]["kind"]),
+            cell(&s["bootTarget"]),
+            s["deployments"].get(0).map_or_else(|| "-".to_owned(), deployment_cell),
+            cell(&s["lastSeen"]),
+        ]);
     }
+    t.to_string()
+}
+
+/// A deployment in a cell: `doing writing 42%`, `done`, `error (checksum)`.
+fn deployment_cell(d: &Value) -> String {
+    match d["status"].as_str().unwrap_or("?") {
+        "doing" => match d["percent"].as_f64() {
+            Some(p) => format!("doing {} {p:.0}%", cell(&d["stage"])),
+            None => format!("doing {}", cell(&d["stage"])),
+        },
+        status => match d["errorCode"].as_str() {
+            Some(code) => format!("{status} ({code})"),
+            None => status.to_owned(),
+        },
+    }
+}
+
+/// `byoi server show`'s table: a field a row.
+fn server_table(s: &Value) -> String {
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    let agent = match (s["agentVersion"].as_str(), s["versionSkew"].as_bool()) {
+        (Some(v), Some(true)) => format!("{v} (not this controller's version)"),
+        (Some(v), _) => v.to_owned(),
+        (None, _) => "-".to_owned(),
+    };
+    let latest = s["deployments"].get(0);
+    let rows = [
+        ("name", cell(&s["serviceName"])),
+        ("macs", cell(&s["macs"])),
+        ("power", cell(&s["power"]["kind"])),
+        ("kernel args", cell(&s["kernelArgs"])),
+        ("boot", cell(&s["bootTarget"])),
+        ("state", cell(&s["state"])),
+        ("firmware", cell(&s["firmware"])),
+        ("os", cell(&s["os"])),
+        ("last seen", cell(&s["lastSeen"])),
+        ("agent", agent),
+        ("rescue host key", cell(&s["sshHostKey"])),
+        ("deployments", s["deployments"].as_array().map_or(0, Vec::len).to_string()),
+        ("latest", latest.map_or_else(|| "-".to_owned(), deployment_cell)),
+        ("latest message", latest.map_or_else(|| "-".to_owned(), |d| cell(&d["message"]))),
+        ("latest image", latest.map_or_else(|| "-".to_owned(), |d| cell(&d["url"]))),
+    ];
+    for (field, value) in rows {
+        t.row([field.to_owned(), value]);
+    }
+    t.to_string()
 }
 
 async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
@@ -1004,7 +1076,7 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
     if !a.wait || powered != 0 {
         return Ok(powered);
     }
-    let followed = status(&client, &a.name, true);
+    let followed = status(&client, &a.name, true, OutputArgs { output: output::Format::Table });
     match a.timeout {
         None => followed.await,
         Some(secs) => match tokio::time::timeout(Duration::from_secs(secs), followed).await {
@@ -1019,7 +1091,13 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
 
 /// `byoi power ACTION NAME`: exit 3 when the driver fails (the
 /// controller's 502), with its words.
-async fn power(client: &client::Client, verb: PowerVerb, name: &str, force: bool) -> anyhow::Result<i32> {
+async fn power(
+    client: &client::Client,
+    verb: PowerVerb,
+    name: &str,
+    force: bool,
+    out: OutputArgs,
+) -> anyhow::Result<i32> {
     let path = format!("/dedicated/server/{name}/power");
     let action = match verb {
         PowerVerb::Status if force => anyhow::bail!("--force is for off and cycle"),
@@ -1040,11 +1118,14 @@ async fn power(client: &client::Client, verb: PowerVerb, name: &str, force: bool
         }
         Err(e) => return Err(e.into()),
     };
-    match action {
-        None if v["kind"] == "manual" => println!("{name}: unknown (manual power: byoi cannot tell)"),
-        None => println!("{name}: {} ({})", v["state"].as_str().unwrap_or("?"), v["kind"].as_str().unwrap_or("?")),
-        Some(_) => println!("{}", v["message"].as_str().unwrap_or("done")),
-    }
+    output::print(out.output, &v, || match action {
+        None => {
+            let mut t = Table::new(&["NAME", "DRIVER", "STATE"]);
+            t.row([name.to_owned(), cell(&v["kind"]), cell(&v["state"])]);
+            t.to_string()
+        }
+        Some(_) => format!("{}\n", v["message"].as_str().unwrap_or("done")),
+    })?;
     Ok(0)
 }
 
@@ -1082,11 +1163,12 @@ async fn after_power_cycle(client: &client::Client, name: &str, v: &Value, then:
     Ok(0)
 }
 
-async fn status(client: &client::Client, name: &str, follow: bool) -> anyhow::Result<i32> {
+async fn status(client: &client::Client, name: &str, follow: bool, out: OutputArgs) -> anyhow::Result<i32> {
     let path = format!("/dedicated/server/{name}/bringYourOwnImage");
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut first: Option<(Instant, i64)> = None;
+    let mut last: Option<Value> = None;
     let mut failures = 0;
     loop {
         let v = match client.call(Method::GET, &path, None).await {
@@ -1104,6 +1186,27 @@ async fn status(client: &client::Client, name: &str, follow: bool) -> anyhow::Re
             Err(e) => return Err(e.into()),
         };
         let status = v["status"].as_str().unwrap_or("?").to_owned();
+        let code = match status.as_str() {
+            "error" => EXIT_FAILED,
+            _ => 0,
+        };
+        if out.output != output::Format::Table {
+            // For scripts: the controller's answer; with --follow, each
+            // change once, until the end.
+            if !follow {
+                output::print(out.output, &v, String::new)?;
+                return Ok(code);
+            }
+            if last.as_ref() != Some(&v) {
+                output::print_streamed(out.output, &v)?;
+                last = Some(v);
+            }
+            if status != "doing" {
+                return Ok(code);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         let done = v["bytesDone"].as_i64().unwrap_or(0);
         let total = v["bytesTotal"].as_i64();
         let line = progress_line(&v, done, total, &mut first);
@@ -1127,11 +1230,7 @@ async fn status(client: &client::Client, name: &str, follow: bool) -> anyhow::Re
             println!("rescue SSH host key: {fp}");
         }
         let _ = started;
-        return Ok(match status.as_str() {
-            "done" => 0,
-            "error" => EXIT_FAILED,
-            _ => 0,
-        });
+        return Ok(code);
     }
 }
 

@@ -1,6 +1,7 @@
 //! `byoi`: the controller (`byoi serve`) and its command-line client.
 
 mod cli;
+mod output;
 
 fn main() {
     std::process::exit(cli::main());

@@ -19,6 +19,68 @@ fn start(data_dir: &Path) -> Controller {
     start_with(data_dir, &[], "http")
 }
 
+/// A table's rows, split on whitespace, the header first.
+fn table(text: &str) -> Vec<Vec<String>> {
+    text.lines().map(|l| l.split_whitespace().map(str::to_owned).collect()).collect()
+}
+
+/// Every read command's `-o json` and `-o yaml` print the controller's
+/// answer; the tables have headers.
+#[test]
+fn read_commands_print_tables_json_and_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    let artifacts = dir.path().join("data/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("vmlinuz"), b"k").unwrap();
+    std::fs::write(artifacts.join("initramfs.img"), b"i").unwrap();
+    stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
+    stdout(&byoi(&c, &["server", "add", "web2", "--mac", "52:54:00:00:00:02"]));
+    stdout(&byoi(&c, &["deploy", "web1", "--url", "http://img/x.raw"]));
+    let both = |args: &[&str]| -> Value {
+        let json: Value = serde_json::from_str(&stdout(&byoi(&c, &[args, &["-o", "json"]].concat()))).unwrap();
+        let yaml: Value = serde_yaml_ng::from_str(&stdout(&byoi(&c, &[args, &["-o", "yaml"]].concat()))).unwrap();
+        assert_eq!(json, yaml, "{args:?}");
+        json
+    };
+    let servers = both(&["servers"]);
+    let names: Vec<&str> = servers.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web1", "web2"]);
+    assert_eq!(servers[0]["deployments"][0]["status"], "doing");
+    let rows = table(&stdout(&byoi(&c, &["servers"])));
+    assert_eq!(
+        (rows.len(), &rows[1][4], &rows[1][5], &rows[2][4]),
+        (3, &"doing".to_owned(), &"waiting-for-agent".to_owned(), &"-".to_owned())
+    );
+    let status = both(&["status", "web1"]);
+    assert_eq!((&status["status"], &status["servername"]), (&json!("doing"), &json!("web1")));
+    assert_eq!(both(&["power", "status", "web2"]), json!({"kind": "manual", "state": "unknown"}));
+    let rows = table(&stdout(&byoi(&c, &["power", "status", "web2"])));
+    assert_eq!(rows, [["NAME", "DRIVER", "STATE"], ["web2", "manual", "unknown"]]);
+    stdout(&byoi(&c, &["credentials", "add", "tf"]));
+    let creds = both(&["credentials", "list"]);
+    assert_eq!(creds[0]["name"], "tf");
+    assert_eq!(creds[0]["credentials"][0]["status"], "validated");
+    assert!(creds[0].get("applicationSecret").is_none(), "{creds}");
+
+    // A deployment followed as JSON: a line per change, the last one the end.
+    let t = agent_token(&c, "52:54:00:00:00:01");
+    let disk = json!({"name": "vda", "sizeBytes": 8u64 << 30, "serial": "D1", "transport": "virtio"});
+    let inv = json!({"inventory": {"firmware": "uefi", "memoryBytes": 1u64 << 30, "disks": [disk], "nics": []}});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
+    let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
+    let id = serde_json::from_str::<Value>(&job).unwrap()["job"]["deploymentId"].as_i64().unwrap();
+    let error = json!({"deploymentId": id, "status": "error", "code": "checksum-mismatch", "message": "bad sum"});
+    http(&c.addr, "POST", "/agent/v1/result", Some(&t), Some(&error));
+    let out = byoi(&c, &["status", "web1", "--follow", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "a failed deployment");
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.last().unwrap()["errorCode"], "checksum-mismatch");
+    let rows = table(&stdout(&byoi(&c, &["servers"])));
+    assert_eq!(rows[1][4..6], ["error", "(checksum-mismatch)"]);
+}
+
 /// A stand-in controller on 127.0.0.1 answering each request, in order,
 /// with the next of `answers` (status, JSON body); records each request as
 /// `METHOD PATH BODY`. For the parts of the API contract `byoi serve` does
@@ -68,7 +130,7 @@ fn fake_controller(answers: Vec<(u16, Value)>) -> (String, std::sync::Arc<std::s
 
 fn agent_token(c: &Controller, mac: &str) -> String {
     let (_, script) = http(&c.addr, "GET", &format!("/boot/{mac}"), None, None);
-    script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
+    script.split("byoi.token=").nth(1).unwrap_or_else(|| panic!("no token in {script}")).split_whitespace().next().unwrap().to_owned()
 }
 
 #[test]
@@ -156,7 +218,9 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
     let fp = serde_json::from_str::<Value>(&view).unwrap()["sshHostKey"].as_str().unwrap().to_owned();
     assert!(fp.starts_with("SHA256:") && fp.len() == 50, "{fp}");
     assert_eq!(key_line, format!("rescue SSH host key: {fp}"));
-    assert!(stdout(&byoi(&c, &["servers"])).starts_with("web1\tlocal\t"));
+    let rows = table(&stdout(&byoi(&c, &["servers"])));
+    assert_eq!(rows[0], ["NAME", "MACS", "POWER", "BOOT", "DEPLOYMENT", "LAST", "SEEN"]);
+    assert_eq!(rows[1][..5], ["web1", "52:54:00:aa:bb:01", "manual", "local", "done"]);
 
     // An error: `status` exits 1; `cancel` sends the server to rescue.
     stdout(&byoi(&c, &["deploy", "web1", "--url", "http://img/y.raw"]));
@@ -181,7 +245,7 @@ fn serve_on_an_empty_data_dir_and_drive_a_deployment_from_the_cli() {
     // Restart on the same data dir: same token, same state.
     drop(c);
     let c = start(&data);
-    assert!(stdout(&byoi(&c, &["servers"])).starts_with("web1\trescue\t"));
+    assert_eq!(table(&stdout(&byoi(&c, &["servers"])))[1][..4], ["web1", "52:54:00:aa:bb:01", "manual", "rescue"]);
     let (status, body) = http(&c.addr, "GET", "/dedicated/server", Some("wrong"), None);
     assert_eq!(
         (status, body.as_str()),
@@ -249,7 +313,8 @@ fn serve_over_tls() {
     let url = format!("https://127.0.0.1:{port}");
     let ca = ca.to_str().unwrap();
     stdout(&byoi_at(&url, &c.token, &["server", "add", "tls1", "--mac", "52:54:00:aa:bb:10", "--ca-file", ca]));
-    assert!(stdout(&byoi_at(&url, &c.token, &["servers", "--ca-file", ca])).starts_with("tls1\tlocal\t"));
+    let rows = table(&stdout(&byoi_at(&url, &c.token, &["servers", "--ca-file", ca])));
+    assert_eq!(rows[1][..4], ["tls1", "52:54:00:aa:bb:10", "manual", "local"]);
     let err = stderr(&byoi_at(&url, &c.token, &["servers"]), 7, &c.token);
     assert!(err.contains(&format!("the controller at {url}/dedicated/server")), "{err}");
     assert!(err.contains("pass --ca-file") && err.contains("UnknownIssuer"), "{err}");
@@ -656,7 +721,7 @@ fn back_up_while_serving_and_restore() {
     std::fs::copy(&copy, restored.join("byoi.sqlite")).unwrap();
     std::fs::write(restored.join("api-token"), &token).unwrap();
     let c = start(&restored);
-    assert!(stdout(&byoi(&c, &["servers"])).starts_with("web1\t"));
+    assert_eq!(table(&stdout(&byoi(&c, &["servers"])))[1][0], "web1");
     let listed = stdout(&byoi(&c, &["credentials", "list"]));
     assert!(listed.lines().nth(1).is_some_and(|l| l.starts_with("tf ")), "{listed}");
     let app_key = keys.lines().next().unwrap().split_once('=').unwrap().1;
@@ -737,8 +802,14 @@ fn server_show_set_and_delete() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(&dir.path().join("data"));
     stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
-    let shown: Value = serde_json::from_str(&stdout(&byoi(&c, &["server", "show", "web1"]))).unwrap();
+    let shown: Value = serde_json::from_str(&stdout(&byoi(&c, &["server", "show", "web1", "-o", "json"]))).unwrap();
     assert_eq!((&shown["name"], &shown["macs"]), (&json!("web1"), &json!(["52:54:00:00:00:01"])));
+    let yaml: Value = serde_yaml_ng::from_str(&stdout(&byoi(&c, &["server", "show", "web1", "-o", "yaml"]))).unwrap();
+    assert_eq!(yaml, shown, "YAML says what JSON says");
+    let rows = table(&stdout(&byoi(&c, &["server", "show", "web1"])));
+    assert_eq!(rows[0], ["FIELD", "VALUE"]);
+    assert!(rows.contains(&vec!["name".to_owned(), "web1".to_owned()]), "{rows:?}");
+    assert!(rows.contains(&vec!["power".to_owned(), "manual".to_owned()]), "{rows:?}");
     let said = stdout(&byoi(
         &c,
         &[
@@ -764,7 +835,8 @@ fn server_show_set_and_delete() {
     assert_eq!(refused.status.code(), Some(6), "a conflict");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"), "{refused:?}");
     assert_eq!(stdout(&byoi(&c, &["server", "delete", "web1", "--force"])).trim(), "server web1 deleted");
-    assert_eq!(stdout(&byoi(&c, &["servers"])), "");
+    assert_eq!(table(&stdout(&byoi(&c, &["servers"]))).len(), 1, "the header alone");
+    assert_eq!(stdout(&byoi(&c, &["servers", "-o", "json"])), "[]\n");
 }
 
 /// Shell completions (bash's parsed by bash) and manual pages (one per
