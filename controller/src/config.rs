@@ -46,6 +46,25 @@ pub enum ConfigError {
         /// The settings there are.
         known: String,
     },
+    /// Others may write it: anyone who can would choose what the
+    /// controller runs (`power_commands`, `ipmitool`) or whom it trusts.
+    #[error("refusing {path}: it is writable by other users than its owner (chmod go-w it)")]
+    Writable {
+        /// The file.
+        path: PathBuf,
+    },
+    /// It holds a secret others may read.
+    #[error("refusing {path}: it holds {keys} and {who} can read it (chmod {chmod} it)")]
+    Readable {
+        /// The file.
+        path: PathBuf,
+        /// The secret settings it holds.
+        keys: String,
+        /// `other users`, or `its group and other users`.
+        who: &'static str,
+        /// `o-r` or `go-r`.
+        chmod: &'static str,
+    },
     /// A value that is a table, an array or a date.
     #[error("{path}: {key} must be a string, a number or a boolean")]
     NotScalar {
@@ -77,13 +96,47 @@ pub fn path_from(args: &[OsString], env: Option<OsString>) -> Option<PathBuf> {
     Path::new(DEFAULT_PATH).is_file().then(|| PathBuf::from(DEFAULT_PATH))
 }
 
-/// The settings of the file at `path`, by setting name (`-` read as `_`),
-/// each value as a flag's text; a key not in `known` is refused.
-pub fn load(path: &Path, known: &[&str]) -> Result<BTreeMap<String, String>, ConfigError> {
+/// Who may not read a file that holds a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readers {
+    /// Owner and group: `/etc/byoi/byoi.toml` is `root:byoi 0640`.
+    OwnerAndGroup,
+    /// The owner alone: a person's own file.
+    Owner,
+}
+
+/// Refuses `path` when others than its owner may write it, or when it
+/// holds the secret settings `secrets` and more than `readers` may read it.
+pub fn check_permissions(path: &Path, secrets: &[&str], readers: Readers) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(ConfigError::Writable { path: path.to_owned() });
+    }
+    let (mask, who, chmod) = match readers {
+        Readers::OwnerAndGroup => (0o004, "other users", "o-r"),
+        Readers::Owner => (0o044, "its group and other users", "go-r"),
+    };
+    if !secrets.is_empty() && mode & mask != 0 {
+        return Err(ConfigError::Readable { path: path.to_owned(), keys: secrets.join(", "), who, chmod });
+    }
+    Ok(())
+}
+
+/// The TOML table in the file at `path`.
+pub fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+    text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })
+}
+
+/// The settings of the file at `path`, by setting name (`-` read as `_`),
+/// each value as a flag's text; a key not in `known` is refused, and so is
+/// a file others may write, or read when it holds one of `secret`.
+pub fn load(path: &Path, known: &[&str], secret: &[&str]) -> Result<BTreeMap<String, String>, ConfigError> {
+    let table = read_table(path)?;
+    let held: Vec<&str> = secret.iter().copied().filter(|s| table.keys().any(|k| k.replace('-', "_") == *s)).collect();
+    check_permissions(path, &held, Readers::OwnerAndGroup)?;
     let mut settings = BTreeMap::new();
     for (key, value) in table {
         let name = key.replace('-', "_");
@@ -123,16 +176,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("byoi.toml");
         std::fs::write(&f, "listen = \"0.0.0.0:8443\"\nagent-timeout = 60\n").unwrap();
-        let s = load(&f, &["listen", "agent_timeout"]).unwrap();
+        let s = load(&f, &["listen", "agent_timeout"], &[]).unwrap();
         assert_eq!(s["listen"], "0.0.0.0:8443");
         assert_eq!(s["agent_timeout"], "60");
         std::fs::write(&f, "lisen = \"x\"\n").unwrap();
-        let e = load(&f, &["listen"]).unwrap_err().to_string();
+        let e = load(&f, &["listen"], &[]).unwrap_err().to_string();
         assert!(e.contains("unknown setting \"lisen\"") && e.contains("listen"), "{e}");
         std::fs::write(&f, "listen = [1]\n").unwrap();
-        assert!(load(&f, &["listen"]).unwrap_err().to_string().contains("must be a string"));
+        assert!(load(&f, &["listen"], &[]).unwrap_err().to_string().contains("must be a string"));
         std::fs::write(&f, "listen = \n").unwrap();
-        assert!(load(&f, &["listen"]).unwrap_err().to_string().contains("not valid TOML"));
-        assert!(load(&dir.path().join("none.toml"), &[]).unwrap_err().to_string().starts_with("reading "));
+        assert!(load(&f, &["listen"], &[]).unwrap_err().to_string().contains("not valid TOML"));
+        assert!(load(&dir.path().join("none.toml"), &[], &[]).unwrap_err().to_string().starts_with("reading "));
+    }
+
+    #[test]
+    fn a_file_others_may_write_or_read_secrets_from_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("byoi.toml");
+        let known = ["listen", "api_token"];
+        let with_mode = |text: &str, mode: u32| {
+            std::fs::write(&f, text).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            load(&f, &known, &["api_token"]).map_err(|e| e.to_string())
+        };
+        let p = f.display();
+        assert!(with_mode("listen = \"[::]:80\"\n", 0o644).is_ok());
+        assert_eq!(
+            with_mode("listen = \"[::]:80\"\n", 0o664).unwrap_err(),
+            format!("refusing {p}: it is writable by other users than its owner (chmod go-w it)")
+        );
+        assert!(with_mode("listen = \"[::]:80\"\n", 0o646).is_err());
+        assert_eq!(
+            with_mode("api-token = \"s3cret\"\n", 0o644).unwrap_err(),
+            format!("refusing {p}: it holds api_token and other users can read it (chmod o-r it)")
+        );
+        assert!(with_mode("api-token = \"s3cret\"\n", 0o640).is_ok(), "the byoi group reads it");
+        assert!(check_permissions(&f, &["token"], Readers::Owner).unwrap_err().to_string().contains("(chmod go-r it)"));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_permissions(&f, &["token"], Readers::Owner).is_ok());
     }
 }
