@@ -20,6 +20,7 @@ use byoi_controller::power::PowerConfig;
 use byoi_controller::server::{self, ServeOptions};
 
 use crate::output::{self, cell, OutputArgs, Table};
+use crate::profile;
 
 /// `status`: the deployment failed.
 const EXIT_FAILED: i32 = 1;
@@ -79,20 +80,30 @@ enum LogFormat {
 /// Which controller the client commands call, and how they authenticate.
 #[derive(Debug, clap::Args)]
 struct ClientArgs {
-    /// Controller URL.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:8080", env = "BYOI_CONTROLLER")]
-    controller: String,
-    /// API token; else $BYOI_API_TOKEN, else DATA_DIR/api-token.
+    /// Controller URL; else the profile's, else http://127.0.0.1:8080.
+    #[arg(long, global = true, env = "BYOI_CONTROLLER")]
+    controller: Option<String>,
+    /// API token; else $BYOI_API_TOKEN, else the profile's, else
+    /// DATA_DIR/api-token. Prefer the profile: a flag shows in `ps`.
     #[arg(long, global = true)]
     token: Option<String>,
+    /// The named profile of the profile file ($BYOI_PROFILE_FILE, else
+    /// ~/.config/byoi/config.toml) to take the controller, token and CA
+    /// from; else its top level.
+    #[arg(long, global = true, env = "BYOI_PROFILE")]
+    profile: Option<String>,
     /// Data directory to read the API token from.
     #[arg(long, global = true, default_value = "/var/lib/byoi")]
     data_dir: PathBuf,
     /// Extra trust roots (PEM) for a controller with a private CA, in
-    /// addition to the web PKI's.
+    /// addition to the web PKI's; else the profile's.
     #[arg(long, global = true, value_name = "PEM")]
     ca_file: Option<PathBuf>,
 }
+
+/// The controller the client commands call without --controller, a
+/// variable or a profile.
+const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:8080";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -630,7 +641,10 @@ fn with_config_file(cmd: clap::Command, args: &[OsString]) -> anyhow::Result<(cl
         .collect();
     known.push("log_format".into());
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
-    let settings = byoi_controller::config::load(&path, &known)?;
+    let secret: Vec<String> =
+        serve.get_arguments().filter(|a| a.is_hide_env_values_set()).map(|a| a.get_id().to_string()).collect();
+    let secret: Vec<&str> = secret.iter().map(String::as_str).collect();
+    let settings = byoi_controller::config::load(&path, &known, &secret)?;
     let mut cmd = cmd;
     for (key, value) in &settings {
         let (key, value) = (key.clone(), value.clone());
@@ -1266,8 +1280,9 @@ fn progress_line(v: &Value, done: i64, total: Option<i64>, first: &mut Option<(I
 }
 
 impl ClientArgs {
-    /// The token from --token, $BYOI_API_TOKEN or DATA_DIR/api-token.
-    fn token(&self) -> anyhow::Result<String> {
+    /// The token from --token, $BYOI_API_TOKEN, the profile, or
+    /// DATA_DIR/api-token.
+    fn token(&self, profile: &profile::Profile) -> anyhow::Result<String> {
         if let Some(t) = &self.token {
             return Ok(t.clone());
         }
@@ -1276,14 +1291,26 @@ impl ClientArgs {
                 return Ok(t);
             }
         }
+        if let Some(t) = profile.token()? {
+            return Ok(t);
+        }
         let path = self.data_dir.join("api-token");
         std::fs::read_to_string(&path).map(|t| t.trim().to_owned()).with_context(|| {
-            format!("no API token: pass --token, set BYOI_API_TOKEN, or make {} readable", path.display())
+            format!(
+                "no API token: set one in the profile (~/.config/byoi/config.toml), set BYOI_API_TOKEN, \
+                 pass --token, or make {} readable",
+                path.display()
+            )
         })
     }
 
-    /// A client of the controller; reads the token and the CA file.
+    /// A client of the controller: flags and variables first, then the
+    /// profile, then the defaults.
     fn connect(&self) -> anyhow::Result<client::Client> {
-        Ok(client::Client::new(&self.controller, &self.token()?, self.ca_file.as_deref())?)
+        let profile = profile::load(self.profile.as_deref())?;
+        let controller = self.controller.clone().or_else(|| profile.controller.clone());
+        let ca_file = self.ca_file.clone().or_else(|| profile.ca_file.clone());
+        let token = self.token(&profile)?;
+        Ok(client::Client::new(controller.as_deref().unwrap_or(DEFAULT_CONTROLLER), &token, ca_file.as_deref())?)
     }
 }

@@ -81,6 +81,46 @@ fn read_commands_print_tables_json_and_yaml() {
     assert_eq!(rows[1][4..6], ["error", "(checksum-mismatch)"]);
 }
 
+/// The profile file gives the controller, the token and the CA, so that
+/// none is on the command line; a named profile replaces the top level; a
+/// token in a file others can read is refused.
+#[test]
+fn a_profile_keeps_the_token_off_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".config/byoi")).unwrap();
+    let profile = home.join(".config/byoi/config.toml");
+    let text = format!(
+        "controller = \"http://127.0.0.1:1\"\ntoken = \"wrong\"\n[profiles.lab]\ncontroller = \"http://{}\"\ntoken = \"{}\"\n",
+        c.addr, c.token
+    );
+    std::fs::write(&profile, text).unwrap();
+    let run = |mode: u32, args: &[&str]| {
+        std::fs::set_permissions(&profile, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_byoi"))
+            .args(args)
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap()
+    };
+    let out = run(0o600, &["servers", "--profile", "lab"]);
+    assert_eq!(table(&stdout(&out))[1][0], "web1");
+    // The top level points at a closed port: unreachable, exit 7.
+    let err = stderr(&run(0o600, &["servers"]), 7, &c.token);
+    assert!(err.contains("cannot reach the controller at http://127.0.0.1:1/"), "{err}");
+    // A flag beats the profile.
+    let out = run(0o600, &["servers", "--profile", "lab", "--controller", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(7));
+    let err = stderr(&run(0o644, &["servers", "--profile", "lab"]), 2, &c.token);
+    assert!(err.contains("holds token and its group and other users can read it (chmod go-r it)"), "{err}");
+    let err = stderr(&run(0o600, &["servers", "--profile", "prod"]), 2, &c.token);
+    assert!(err.contains("no profile \"prod\" (it has: lab)"), "{err}");
+}
+
 /// A stand-in controller on 127.0.0.1 answering each request, in order,
 /// with the next of `answers` (status, JSON body); records each request as
 /// `METHOD PATH BODY`. For the parts of the API contract `byoi serve` does
@@ -130,7 +170,14 @@ fn fake_controller(answers: Vec<(u16, Value)>) -> (String, std::sync::Arc<std::s
 
 fn agent_token(c: &Controller, mac: &str) -> String {
     let (_, script) = http(&c.addr, "GET", &format!("/boot/{mac}"), None, None);
-    script.split("byoi.token=").nth(1).unwrap_or_else(|| panic!("no token in {script}")).split_whitespace().next().unwrap().to_owned()
+    script
+        .split("byoi.token=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no token in {script}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -745,6 +792,7 @@ fn a_configuration_file_under_variables_and_flags() {
         ),
     )
     .unwrap();
+    let mode = |m: u32| std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
     let check = |env: &[(&str, &str)], flags: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_byoi"))
             .args(["serve", "--config"])
@@ -755,6 +803,14 @@ fn a_configuration_file_under_variables_and_flags() {
             .output()
             .unwrap()
     };
+    // It holds a token: others may not read it, nobody but its owner write it.
+    mode(0o644);
+    let err = stderr(&check(&[], &[]), 2, "from-the-file");
+    assert!(err.contains("it holds metrics_token and other users can read it (chmod o-r it)"), "{err}");
+    mode(0o660);
+    let err = stderr(&check(&[], &[]), 2, "from-the-file");
+    assert!(err.contains("writable by other users than its owner (chmod go-w it)"), "{err}");
+    mode(0o640);
     let out = stdout(&check(&[("BYOI_BOOT_TIMEOUT", "700")], &["--stall-timeout", "30", "--agent-timeout", "90"]));
     let line = |key: &str| out.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_default().to_owned();
     let shown = file.display().to_string();

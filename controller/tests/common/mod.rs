@@ -71,6 +71,10 @@ pub fn byoi_at(url: &str, token: &str, args: &[&str]) -> Output {
         .args(["--controller", url, "--token", token])
         .env_remove("BYOI_API_TOKEN")
         .env_remove("BYOI_CONTROLLER")
+        .env_remove("BYOI_PROFILE")
+        .env_remove("BYOI_PROFILE_FILE")
+        // No profile of the person running the tests.
+        .env("XDG_CONFIG_HOME", "/nonexistent")
         .output()
         .unwrap()
 }
