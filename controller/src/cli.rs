@@ -278,6 +278,14 @@ enum Command {
 }
 
 /// `byoi power`'s actions.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_progress_template_parses() {
+        assert!(indicatif::ProgressStyle::with_template(super::PROGRESS_TEMPLATE).is_ok());
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum PowerVerb {
     /// Power on.
@@ -1179,8 +1187,13 @@ async fn after_power_cycle(client: &client::Client, name: &str, v: &Value, then:
 
 async fn status(client: &client::Client, name: &str, follow: bool, out: OutputArgs) -> anyhow::Result<i32> {
     let path = format!("/dedicated/server/{name}/bringYourOwnImage");
-    let tty = std::io::stdout().is_terminal();
-    let started = Instant::now();
+    // On a terminal, --follow draws an indicatif bar on stderr; elsewhere
+    // (a log, a pipe) it prints a line a second.
+    let bar = (follow && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::no_length();
+        bar.set_style(progress_style());
+        bar
+    });
     let mut first: Option<(Instant, i64)> = None;
     let mut last: Option<Value> = None;
     let mut failures = 0;
@@ -1193,7 +1206,11 @@ async fn status(client: &client::Client, name: &str, follow: bool, out: OutputAr
             // A controller restart must not look like a failed deployment.
             Err(e) if follow && failures < 30 => {
                 failures += 1;
-                eprintln!("\r{e:#}; retrying");
+                let said = format!("{e:#}; retrying");
+                match &bar {
+                    Some(bar) => bar.println(said),
+                    None => eprintln!("{said}"),
+                }
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
@@ -1223,30 +1240,46 @@ async fn status(client: &client::Client, name: &str, follow: bool, out: OutputAr
         }
         let done = v["bytesDone"].as_i64().unwrap_or(0);
         let total = v["bytesTotal"].as_i64();
-        let line = progress_line(&v, done, total, &mut first);
         if follow && status == "doing" {
-            if tty {
-                print!("\r{line:<100}");
-            } else {
-                println!("{line}");
+            match &bar {
+                Some(bar) => {
+                    if let Some(t) = total.filter(|t| *t > 0) {
+                        bar.set_length(t.unsigned_abs());
+                    }
+                    bar.set_position(done.unsigned_abs());
+                    bar.set_message(format!("{name}: {}", v["stage"].as_str().unwrap_or("?")));
+                }
+                None => {
+                    println!("{}", progress_line(&v, done, total, &mut first));
+                    std::io::stdout().flush().ok();
+                }
             }
-            std::io::stdout().flush().ok();
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        if tty && follow {
-            println!("\r{line:<100}");
-        } else {
-            println!("{line}");
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
         }
+        println!("{}", progress_line(&v, done, total, &mut first));
         let server = client.call(Method::GET, &format!("/dedicated/server/{name}"), None).await?;
         if let Some(fp) = server["sshHostKey"].as_str() {
             println!("rescue SSH host key: {fp}");
         }
-        let _ = started;
         return Ok(code);
     }
 }
+
+/// The bar of `status --follow` on a terminal: the server and stage, then
+/// indicatif's bar, bytes, rate and time left.
+fn progress_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(PROGRESS_TEMPLATE)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("#> ")
+}
+
+/// [`progress_style`]'s template.
+const PROGRESS_TEMPLATE: &str =
+    "{msg} [{bar:30}] {percent:>3}% {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}";
 
 /// `doing downloading [#####     ] 48.2% 512/1062 MiB 85.3 MB/s ETA 6s`.
 fn progress_line(v: &Value, done: i64, total: Option<i64>, first: &mut Option<(Instant, i64)>) -> String {

@@ -70,8 +70,29 @@ fn read_commands_print_tables_json_and_yaml() {
     assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
     let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
     let id = serde_json::from_str::<Value>(&job).unwrap()["job"]["deploymentId"].as_i64().unwrap();
+    // On a terminal (script(1) gives it one), --follow draws indicatif's
+    // bar on stderr.
+    let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 300u64 << 20, "bytesTotal": 1000u64 << 20});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/progress", Some(&t), Some(&p)).0, 200);
+    let follow = format!(
+        "{} status web1 --follow --controller http://{} --token {}",
+        env!("CARGO_BIN_EXE_byoi"),
+        c.addr,
+        c.token
+    );
+    let pty = Command::new("script")
+        .args(["-qfec", &follow, "/dev/null"])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
     let error = json!({"deploymentId": id, "status": "error", "code": "checksum-mismatch", "message": "bad sum"});
     http(&c.addr, "POST", "/agent/v1/result", Some(&t), Some(&error));
+    let drawn = pty.wait_with_output().unwrap();
+    let drawn = String::from_utf8_lossy(&drawn.stdout);
+    assert!(drawn.contains("web1: downloading [") && drawn.contains("30% 300.00 MiB/1000.00 MiB"), "{drawn:?}");
+    assert!(drawn.contains("error: bad sum [checksum-mismatch]"), "{drawn:?}");
     let out = byoi(&c, &["status", "web1", "--follow", "-o", "json"]);
     assert_eq!(out.status.code(), Some(1), "a failed deployment");
     let lines: Vec<Value> =
