@@ -157,7 +157,8 @@ pub struct ProgressReport {
     pub bytes_done: u64,
     /// Size of the image as served, when known.
     pub bytes_total: Option<u64>,
-    /// Warnings and errors logged since the last report, oldest first.
+    /// Console lines, notes, warnings and errors logged since the last
+    /// report, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogRecord>,
 }
@@ -169,8 +170,12 @@ pub const MAX_LOGS: usize = 32;
 pub const MAX_LOG_MESSAGE: usize = 1024;
 
 wire_enum! {
-    /// Severity of a forwarded log record (WARN and above are forwarded).
+    /// Severity of a forwarded log record (INFO and above are forwarded,
+    /// with the agent's console lines).
     pub enum LogLevel {
+        /// What the agent is doing: its console lines (which disk, which
+        /// image, which network), and the pipeline's notes.
+        Info = "info",
         /// Something went wrong and was worked around (a retry, a fallback).
         Warn = "warn",
         /// Something failed.
@@ -230,7 +235,8 @@ pub struct ResultReport {
     pub code: Option<ErrorCode>,
     /// Human message.
     pub message: String,
-    /// Warnings and errors logged since the last report, oldest first.
+    /// Console lines, notes, warnings and errors logged since the last
+    /// report, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogRecord>,
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use byoi_wire::agent::{Action, Disk, Heartbeat, Hello, Inventory, Job, ProgressReport, ResultReport};
+use byoi_wire::agent::{
+    Action, Disk, Heartbeat, Hello, Inventory, Job, LogLevel, LogRecord, ProgressReport, ResultReport,
+};
 use byoi_wire::spec::redact_url;
 use byoi_wire::{BootMode, Status};
 
@@ -48,8 +50,20 @@ pub enum Outcome {
     Netboot,
 }
 
-/// Writes a line on the console (stderr: the serial console under PID 1).
+/// Writes a line on the console (stderr: the serial console under PID 1)
+/// and queues it for the controller, which keeps it with the deployment
+/// (`byoi logs`).
 pub fn say(line: &str) {
+    eprintln!("byoi: {line}");
+    logs::FORWARD.push(LogRecord { level: LogLevel::Info, target: CONSOLE.into(), message: line.to_owned() }.bounded());
+}
+
+/// The target of forwarded console lines.
+pub const CONSOLE: &str = "console";
+
+/// Writes a progress line on the console only: the controller has the
+/// numbers from the report itself.
+fn say_progress(line: &str) {
     eprintln!("byoi: {line}");
 }
 
@@ -194,7 +208,7 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
             let pct = bytes_total
                 .map(|t| format!(" {:.1}%", bytes_done as f64 * 100.0 / t.max(1) as f64))
                 .unwrap_or_default();
-            say(&format!("{} {} MiB{pct}", stage.as_str(), bytes_done >> 20));
+            say_progress(&format!("{} {} MiB{pct}", stage.as_str(), bytes_done >> 20));
             let report = ProgressReport { deployment_id: id, stage, bytes_done, bytes_total, logs: logs::take() };
             match ctl.progress(&report) {
                 Ok(Action::Abort) => {

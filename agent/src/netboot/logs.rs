@@ -1,7 +1,9 @@
 //! The netbooted agent's `tracing` output: printed on the console (PID 1
-//! has no other reader), and WARN and above kept in a small queue that the
-//! next progress report carries to the controller ([`take`]). The library
-//! never installs a subscriber; [`install`] is for PID 1 only.
+//! has no other reader), and INFO and above, with the console lines of
+//! [`super::jobs::say`], kept in a small queue that the next report carries
+//! to the controller ([`take`]), which keeps them per deployment for
+//! `byoi logs`. The library never installs a subscriber; [`install`] is for
+//! PID 1 only.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -68,12 +70,14 @@ impl Forward {
 /// The queue PID 1's subscriber fills and the job loop empties.
 pub static FORWARD: Forward = Forward::new();
 
-/// Everything logged at WARN and above since the last call.
+/// Everything logged at INFO and above, and every console line, since the
+/// last call.
 pub fn take() -> Vec<LogRecord> {
     FORWARD.take()
 }
 
-/// A `tracing` layer that queues WARN and ERROR events into a [`Forward`].
+/// A `tracing` layer that queues INFO, WARN and ERROR events into a
+/// [`Forward`].
 #[derive(Debug)]
 pub struct ForwardLayer(pub &'static Forward);
 
@@ -82,6 +86,7 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
         let level = match *event.metadata().level() {
             Level::ERROR => LogLevel::Error,
             Level::WARN => LogLevel::Warn,
+            Level::INFO => LogLevel::Info,
             _ => return,
         };
         let mut fields = Fields::default();
@@ -118,7 +123,7 @@ impl Visit for Fields {
 }
 
 /// Installs PID 1's subscriber: INFO and above on the console (stderr,
-/// the serial console), WARN and above into [`FORWARD`].
+/// the serial console), and into [`FORWARD`].
 pub fn install() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -139,21 +144,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn warnings_and_errors_are_queued_with_their_fields() {
+    fn notes_warnings_and_errors_are_queued_with_their_fields() {
         static Q: Forward = Forward::new();
         let subscriber = tracing_subscriber::registry().with(ForwardLayer(&Q));
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!("not forwarded");
+            tracing::debug!("not forwarded");
+            tracing::info!(disk = "nvme0n1", "deploying");
             tracing::warn!(offset = 7u64, reason = "reset", "download broke; resuming");
             tracing::error!("{}", "é".repeat(MAX_LOG_MESSAGE));
         });
         let got = Q.take();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].level, LogLevel::Warn);
-        assert_eq!(got[0].message, "download broke; resuming offset=7 reason=reset");
-        assert!(got[0].target.ends_with("logs::tests"), "{}", got[0].target);
-        assert_eq!(got[1].level, LogLevel::Error);
-        assert!(got[1].message.len() <= MAX_LOG_MESSAGE);
+        assert_eq!(got.len(), 3);
+        assert_eq!((got[0].level, got[0].message.as_str()), (LogLevel::Info, "deploying disk=nvme0n1"));
+        assert_eq!(got[1].level, LogLevel::Warn);
+        assert_eq!(got[1].message, "download broke; resuming offset=7 reason=reset");
+        assert!(got[1].target.ends_with("logs::tests"), "{}", got[1].target);
+        assert_eq!(got[2].level, LogLevel::Error);
+        assert!(got[2].message.len() <= MAX_LOG_MESSAGE);
         assert!(Q.take().is_empty(), "taken once");
     }
 
