@@ -102,6 +102,17 @@ pub struct ServerRow {
     pub agent_version: Option<String>,
 }
 
+/// An agent log line, as kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptLog {
+    /// Its id: increasing, a cursor for the next read.
+    pub id: i64,
+    /// Unix time the controller received it.
+    pub at: i64,
+    /// The line.
+    pub record: LogRecord,
+}
+
 /// A deployment, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentRow {
@@ -314,6 +325,9 @@ pub struct Db {
     conn: tokio_rusqlite::Connection,
     /// Seconds a boot stays expected after a power cycle.
     boot_timeout: i64,
+    /// Counts this process's changes to deployments and their logs, so
+    /// that event streams wake at once rather than at their next look.
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Db {
@@ -333,7 +347,8 @@ impl Db {
             })
         })
         .await??;
-        Ok(Db { conn, boot_timeout: boot_timeout.as_secs() as i64 })
+        let (changes, _) = tokio::sync::watch::channel(0);
+        Ok(Db { conn, boot_timeout: boot_timeout.as_secs() as i64, changes: std::sync::Arc::new(changes) })
     }
 
     /// Runs `f` on the database thread.
@@ -574,6 +589,19 @@ impl Db {
     /// database work (tokens, inventory, report times). `None` if there is
     /// no such server.
     pub async fn apply(&self, server: &str, event: Event, payload: Payload) -> Result<Option<Applied>> {
+        let applied = self.apply_event(server, event, payload).await;
+        self.changes.send_modify(|n| *n += 1);
+        applied
+    }
+
+    /// A receiver that sees a change each time this process applies an
+    /// event or keeps agent log lines (another controller's changes are
+    /// not seen: readers look at the database now and then too).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    async fn apply_event(&self, server: &str, event: Event, payload: Payload) -> Result<Option<Applied>> {
         let server = server.to_owned();
         let boot_timeout = self.boot_timeout;
         self.call(move |c| {
@@ -659,33 +687,44 @@ impl Db {
         if logs.is_empty() {
             return Ok(());
         }
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let t = now();
-            for l in &logs {
-                tx.execute(
+        let saved = self
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let t = now();
+                for l in &logs {
+                    tx.execute(
                     "INSERT INTO agent_logs (deployment_id, at, level, target, message) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![deployment, t, l.level, l.target, l.message],
                 )?;
-            }
-            tx.execute(
-                "DELETE FROM agent_logs WHERE deployment_id = ?1 AND id NOT IN \
+                }
+                tx.execute(
+                    "DELETE FROM agent_logs WHERE deployment_id = ?1 AND id NOT IN \
                  (SELECT id FROM agent_logs WHERE deployment_id = ?1 ORDER BY id DESC LIMIT ?2)",
-                params![deployment, keep as i64],
-            )?;
-            tx.commit()
-        })
-        .await
+                    params![deployment, keep as i64],
+                )?;
+                tx.commit()
+            })
+            .await;
+        self.changes.send_modify(|n| *n += 1);
+        saved
     }
 
-    /// The log lines kept for a deployment, oldest first, with their times.
-    pub async fn logs(&self, deployment: i64) -> Result<Vec<(i64, LogRecord)>> {
+    /// The log lines kept for a deployment after the line `after` (0: from
+    /// the first), oldest first, at most `limit`; with `notable`, warnings
+    /// and errors only.
+    pub async fn logs(&self, deployment: i64, after: i64, notable: bool, limit: usize) -> Result<Vec<KeptLog>> {
         self.call(move |c| {
-            let mut stmt =
-                c.prepare("SELECT at, level, target, message FROM agent_logs WHERE deployment_id = ?1 ORDER BY id")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT id, at, level, target, message FROM agent_logs \
+                 WHERE deployment_id = ?1 AND id > ?2 AND (?3 = 0 OR level <> 'info') ORDER BY id LIMIT ?4",
+            )?;
             let rows = stmt
-                .query_map([deployment], |r| {
-                    Ok((r.get(0)?, LogRecord { level: r.get(1)?, target: r.get(2)?, message: r.get(3)? }))
+                .query_map(params![deployment, after, notable, limit as i64], |r| {
+                    Ok(KeptLog {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        record: LogRecord { level: r.get(2)?, target: r.get(3)?, message: r.get(4)? },
+                    })
                 })?
                 .collect();
             rows

@@ -607,7 +607,7 @@ async fn netboot_side_scripts_and_artifacts() {
 
 /// The routes [`openapi_document_matches_the_routes`] knows: adding one
 /// means documenting it, listing it here and sampling its answer there.
-const ROUTES: [&str; 43] = [
+const ROUTES: [&str; 45] = [
     "GET /dedicated/server",
     "POST /dedicated/server",
     "GET /dedicated/server/{serviceName}",
@@ -623,6 +623,8 @@ const ROUTES: [&str; 43] = [
     "GET /dedicated/server/{serviceName}/install/status",
     "GET /dedicated/server/{serviceName}/power",
     "POST /dedicated/server/{serviceName}/power",
+    "GET /dedicated/server/{serviceName}/logs",
+    "GET /dedicated/server/{serviceName}/events",
     "POST /agent/v1/hello",
     "POST /agent/v1/heartbeat",
     "GET /agent/v1/job",
@@ -940,6 +942,15 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(r.json_body()["os"], "byoi_64", "the sample has an installed system to check");
     assert_eq!(s.operator(Method::GET, task, None).await.json_body()["status"], "done");
     assert_eq!(s.operator(Method::GET, install, None).await.status, StatusCode::NOT_FOUND);
+    let logs = "/dedicated/server/{serviceName}/logs";
+    let r = s.operator(Method::GET, logs, None).await;
+    assert_eq!(r.json_body()["lines"][0]["message"], "retrying", "the sample has lines to check");
+    let req = |q: &str| Request::new(Method::GET, q, "").header(AUTHORIZATION, &format!("Bearer {TOKEN}"));
+    assert_eq!(s.sample(logs, req("?deployment=999")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(s.sample(logs, req("?since=1")).await.status, StatusCode::BAD_REQUEST);
+    let r = s.operator(Method::GET, "/dedicated/server/{serviceName}/events", None).await;
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(text.starts_with("event: log\n") && text.contains("event: deployment\n"), "{text}");
 
     let r = s.operator(Method::DELETE, byoi, None).await;
     assert_eq!((r.status, &r.json_body()["powerCycle"]), (StatusCode::OK, &json!("manual")));
@@ -1119,6 +1130,83 @@ async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> A
     };
     let state = Arc::new(routes::App::new(db, cfg));
     App { router: routes::router(state.clone()), state }
+}
+
+/// Parses a server-sent event stream into (event, data) pairs.
+fn sse(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|block| block.lines().any(|l| l.starts_with("event: ")))
+        .map(|block| {
+            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().to_owned();
+            (field("event: "), serde_json::from_str(&field("data: ")).unwrap())
+        })
+        .collect()
+}
+
+/// `…/events` follows a running deployment: its state at each change, its
+/// agent's lines, and the end; `…/logs` has every line, with cursors.
+#[tokio::test]
+async fn events_follow_a_deployment_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    let (token, id) = running_job(&app, json!({"URL": "http://x/i.raw"})).await;
+    let stream = {
+        let router = app.router.clone();
+        let req = http::Request::get("/dedicated/server/s1/events")
+            .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let (started, first) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            let r = router.oneshot(req).await.unwrap();
+            assert_eq!(r.headers()[http::header::CONTENT_TYPE], "text/event-stream");
+            let mut body = r.into_body();
+            // The first event (the state before any report) is in: the
+            // reports below come after it.
+            let mut text = body.frame().await.unwrap().unwrap().into_data().unwrap().to_vec();
+            started.send(()).unwrap();
+            text.extend_from_slice(&body.collect().await.unwrap().to_bytes());
+            text
+        });
+        first.await.unwrap();
+        task
+    };
+    let console = |m: &str| json!({"level": "info", "target": "console", "message": m});
+    let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 5, "bytesTotal": 10,
+        "logs": [console("target /dev/nvme0n1 (1 TB, serial S1)"), {"level": "warn", "target": "t", "message": "retrying"}]});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "continue");
+    let done =
+        json!({"deploymentId": id, "status": "done", "message": "deployed", "logs": [console("done: deployed")]});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(done)).await), "reboot");
+    let body = tokio::time::timeout(Duration::from_secs(60), stream).await.expect("the stream ends").unwrap();
+    let events = sse(std::str::from_utf8(&body).unwrap());
+    let states: Vec<&str> =
+        events.iter().filter(|(e, _)| e == "deployment").map(|(_, d)| d["status"].as_str().unwrap()).collect();
+    assert_eq!(states.first(), Some(&"doing"), "{events:?}");
+    assert_eq!(states.last(), Some(&"done"), "{events:?}");
+    let lines: Vec<&str> =
+        events.iter().filter(|(e, _)| e == "log").map(|(_, d)| d["message"].as_str().unwrap()).collect();
+    assert_eq!(lines, ["target /dev/nvme0n1 (1 TB, serial S1)", "retrying", "done: deployed"]);
+    assert_eq!(events.last().unwrap().0, "deployment", "the end state comes last");
+
+    // The log: every line; after a cursor, the rest; the status view keeps
+    // warnings and errors only.
+    let all = call(&app, Method::GET, "/dedicated/server/s1/logs", None).await.json_body();
+    assert_eq!(all["deploymentId"], id);
+    let ids: Vec<i64> = all["lines"].as_array().unwrap().iter().map(|l| l["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    let rest = call(&app, Method::GET, &format!("/dedicated/server/s1/logs?after={}", ids[0]), None).await.json_body();
+    assert_eq!(rest["lines"].as_array().unwrap().len(), 2);
+    let view = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
+    let notable: Vec<&str> =
+        view["agentLogs"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert_eq!(notable, ["retrying"]);
+    // Nothing runs now: the stream says the state and ends.
+    let r = call(&app, Method::GET, "/dedicated/server/s1/events", None).await;
+    let events = sse(std::str::from_utf8(&r.body).unwrap());
+    assert_eq!(events.last().map(|(e, d)| (e.as_str(), d["status"].clone())), Some(("deployment", json!("done"))));
+    assert_eq!(call(&app, Method::GET, "/dedicated/server/nope/events", None).await.status, StatusCode::NOT_FOUND);
 }
 
 /// `GET`/`POST …/power` with a command driver: the state, each action,

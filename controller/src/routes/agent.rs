@@ -16,20 +16,17 @@
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use byoi_wire::agent::{
-    Action, ActionResponse, DiskSelector, Heartbeat, Hello, Job, JobResponse, LogRecord, ProgressReport,
+    Action, ActionResponse, DiskSelector, Heartbeat, Hello, Job, JobResponse, LogLevel, LogRecord, ProgressReport,
     RescueResponse, ResultReport, MAX_LOGS,
 };
 use byoi_wire::BootTarget;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::operator::disk_groups;
+use super::operator::{disk_groups, KEPT_LOGS};
 use super::{bearer, or_405, AgentError, AgentErrorBody, AppError, AppState};
 use crate::db::{token_hash, Applied, DeploymentRow, Payload};
 use crate::lifecycle::{AgentCall, Caller, Event, Reply};
-
-/// Forwarded log lines kept per deployment.
-const KEPT_LOGS: usize = 200;
 
 /// The agent's routes.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -292,12 +289,16 @@ async fn result(State(app): State<AppState>, agent: Agent, Json(r): Json<ResultR
     action(&applied)
 }
 
-/// Logs and keeps the WARN and ERROR lines an agent forwarded about its
-/// own running deployment.
+/// Logs and keeps the lines an agent forwarded about its own running
+/// deployment (its console lines at info, its warnings at warn).
 async fn keep_logs(app: &AppState, agent: &Agent, deployment: i64, logs: Vec<LogRecord>) -> Result<(), AppError> {
     let logs = bounded(logs);
     for l in &logs {
-        tracing::warn!(server = %agent.server, deployment, level = %l.level, target = %l.target, "agent: {}", l.message);
+        if l.level == LogLevel::Info {
+            tracing::info!(server = %agent.server, deployment, target = %l.target, "agent: {}", l.message);
+        } else {
+            tracing::warn!(server = %agent.server, deployment, level = %l.level, target = %l.target, "agent: {}", l.message);
+        }
     }
     Ok(app.db.save_logs(deployment, logs, KEPT_LOGS).await?)
 }

@@ -38,6 +38,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(or_405(routes!(byoi_status, byoi_post, byoi_delete)))
         .merge(super::reinstall::routes())
         .merge(super::power::routes())
+        .merge(super::logs::routes())
 }
 
 /// RFC 3339 UTC from Unix seconds.
@@ -113,10 +114,13 @@ pub struct DeploymentView {
     pub agent_logs: Option<Vec<AgentLog>>,
 }
 
-/// A line the agent logged at WARN or above, as kept.
+/// A line the agent logged (a console line, a note, a warning, an error),
+/// as kept.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentLog {
+    /// Its id: increasing within the deployment (`…/logs?after=ID`).
+    pub id: i64,
     /// When the controller received it.
     #[schema(format = DateTime)]
     pub at: String,
@@ -124,6 +128,16 @@ pub struct AgentLog {
     #[serde(flatten)]
     pub record: LogRecord,
 }
+
+impl AgentLog {
+    /// The view of a kept line.
+    pub fn of(l: &db::KeptLog) -> AgentLog {
+        AgentLog { id: l.id, at: rfc3339(l.at), record: l.record.clone() }
+    }
+}
+
+/// Agent log lines kept per deployment.
+pub const KEPT_LOGS: usize = 500;
 
 impl DeploymentView {
     /// The view of a stored deployment.
@@ -698,9 +712,10 @@ async fn byoi_status(
         .current_deployment(&name)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("No deployment on {name}")))?;
-    let logs = app.db.logs(d.id).await?;
+    // Warnings and errors: the whole log is `…/logs`.
+    let logs = app.db.logs(d.id, 0, true, KEPT_LOGS).await?;
     let mut view = DeploymentView::of(&d);
-    view.agent_logs = Some(logs.into_iter().map(|(at, record)| AgentLog { at: rfc3339(at), record }).collect());
+    view.agent_logs = Some(logs.iter().map(AgentLog::of).collect());
     Ok(axum::Json(view))
 }
 
