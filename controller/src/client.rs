@@ -123,6 +123,13 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// An event line of the controller's stream longer than the client
+    /// reads.
+    #[error("an event from {url} is longer than 1 MiB")]
+    EventTooLong {
+        /// The URL called.
+        url: String,
+    },
     /// The controller refused the request; `message` is the `message` of
     /// its JSON body.
     #[error("{message} (HTTP {status})")]
@@ -164,8 +171,15 @@ impl Client {
         })
     }
 
-    /// `method path` with an optional JSON body; the JSON answer of a 2xx.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Error> {
+    /// Sends `method path` with an optional JSON body; the answer's head
+    /// and body, unread.
+    async fn send(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&Value>,
+        accept: &'static str,
+    ) -> Result<(String, http::Response<hyper::body::Incoming>), Error> {
         let url = format!("{}{path}", self.base);
         let uri: Uri = url.parse().map_err(|source| Error::BadUrl { url: url.clone(), source })?;
         let mut req = http::Request::new(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()));
@@ -173,6 +187,7 @@ impl Client {
         *req.uri_mut() = uri;
         req.headers_mut().insert(http::header::AUTHORIZATION, self.auth.clone());
         req.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        req.headers_mut().insert(http::header::ACCEPT, HeaderValue::from_static(accept));
         let resp = self.http.request(req).await.map_err(|source| {
             if unknown_issuer(&source) {
                 Error::UntrustedCertificate { url: url.clone(), source }
@@ -180,6 +195,43 @@ impl Client {
                 Error::Unreachable { url: url.clone(), source }
             }
         })?;
+        Ok((url, resp))
+    }
+
+    /// The error of a refused request: the controller's `message`, or the
+    /// method and URL when the body is not its JSON (a proxy's page).
+    fn refused(method: &Method, url: &str, status: StatusCode, bytes: &[u8]) -> Error {
+        let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+        let message = body["message"].as_str().map_or_else(|| format!("{method} {url} failed"), str::to_owned);
+        Error::Api { status, message, body }
+    }
+
+    /// Reads the server-sent events of `GET path` until the stream ends or
+    /// `on_event(event, data)` returns false.
+    pub async fn events(&self, path: &str, mut on_event: impl FnMut(&str, &str) -> bool) -> Result<(), Error> {
+        let (url, resp) = self.send(&Method::GET, path, None, "text/event-stream").await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(|source| Error::Body { url: url.clone(), source })?.to_bytes();
+            return Err(Client::refused(&Method::GET, &url, status, &bytes));
+        }
+        let mut parser = Sse::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|source| Error::Body { url: url.clone(), source })?;
+            let Ok(data) = frame.into_data() else { continue };
+            for (event, data) in parser.push(&data).map_err(|()| Error::EventTooLong { url: url.clone() })? {
+                if !on_event(&event, &data) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `method path` with an optional JSON body; the JSON answer of a 2xx.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Error> {
+        let (url, resp) = self.send(&method, path, body, "application/json").await?;
         let status = resp.status();
         let bytes =
             resp.into_body().collect().await.map_err(|source| Error::Body { url: url.clone(), source })?.to_bytes();
@@ -189,10 +241,57 @@ impl Client {
             }
             return serde_json::from_slice(&bytes).map_err(|source| Error::NotJson { url, source });
         }
-        // An error page of a proxy in front of the controller is not JSON.
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let message = body["message"].as_str().map_or_else(|| format!("{method} {url} failed"), str::to_owned);
-        Err(Error::Api { status, message, body })
+        Err(Client::refused(&method, &url, status, &bytes))
+    }
+}
+
+/// Longest server-sent event line the client reads.
+const MAX_EVENT_LINE: usize = 1 << 20;
+
+/// A server-sent event stream's parser: bytes in, `(event, data)` out.
+/// Hand-written: twenty lines, and bounded (a line over
+/// [`MAX_EVENT_LINE`] is an error, not a growing buffer).
+#[derive(Debug, Default)]
+pub struct Sse {
+    line: Vec<u8>,
+    event: String,
+    data: Vec<String>,
+}
+
+impl Sse {
+    /// Feeds `bytes`; returns the events they complete.
+    #[allow(clippy::result_unit_err)]
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<(String, String)>, ()> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if b != b'\n' {
+                if self.line.len() >= MAX_EVENT_LINE {
+                    return Err(());
+                }
+                self.line.push(b);
+                continue;
+            }
+            let line = String::from_utf8_lossy(&self.line).trim_end_matches('\r').to_owned();
+            self.line.clear();
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    let event =
+                        if self.event.is_empty() { "message".to_owned() } else { std::mem::take(&mut self.event) };
+                    out.push((event, self.data.join("\n")));
+                }
+                self.event.clear();
+                self.data.clear();
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.event = value.to_owned(),
+                "data" => self.data.push(value.to_owned()),
+                _ => {} // id, retry, comments (keep-alives)
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -424,6 +523,26 @@ mod tests {
 
     fn settings(driver: &str, args: &[&str]) -> Result<Value, PowerArgError> {
         power_settings(driver, &args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn server_sent_events_split_anywhere() {
+        let stream = b": keep-alive\n\nevent: log\nid: 7\ndata: {\"message\": \"a\"}\n\nevent: deployment\r\ndata: one\r\ndata: two\r\n\r\ndata: plain\n\n";
+        for cut in 0..stream.len() {
+            let mut p = Sse::default();
+            let mut got = p.push(&stream[..cut]).unwrap();
+            got.extend(p.push(&stream[cut..]).unwrap());
+            assert_eq!(
+                got,
+                [
+                    ("log".to_owned(), "{\"message\": \"a\"}".to_owned()),
+                    ("deployment".to_owned(), "one\ntwo".to_owned()),
+                    ("message".to_owned(), "plain".to_owned()),
+                ],
+                "cut at {cut}"
+            );
+        }
+        assert!(Sse::default().push(&vec![b'x'; MAX_EVENT_LINE + 1]).is_err());
     }
 
     #[test]
