@@ -250,6 +250,23 @@ enum Command {
         /// Where to write them.
         dir: PathBuf,
     },
+    /// Shows the agent's log of a server's deployment: its console lines
+    /// (which image, which disk, the network), notes, warnings and errors.
+    #[command(after_help = EXIT_CODES)]
+    Logs {
+        /// Server name.
+        name: String,
+        /// The deployment (default: the server's newest).
+        #[arg(long, value_name = "ID", conflicts_with = "follow")]
+        deployment: Option<i64>,
+        /// Follow the running deployment's lines until it ends.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Powers a server on or off, power-cycles it, or shows its power
     /// state, with its power driver (IPMI, Redfish or a command).
     #[command(after_help = EXIT_CODES)]
@@ -612,7 +629,8 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             client::Error::Unreachable { .. }
             | client::Error::UntrustedCertificate { .. }
             | client::Error::Body { .. }
-            | client::Error::NotJson { .. },
+            | client::Error::NotJson { .. }
+            | client::Error::EventTooLong { .. },
         ) => EXIT_UNREACHABLE,
         _ => EXIT_CLIENT,
     }
@@ -821,6 +839,9 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
         Command::Deploy(a) => deploy(a).await,
         Command::Status { name, follow, out, client } => status(&client.connect()?, &name, follow, out).await,
         Command::Cancel { name, client } => cancel(&client.connect()?, &name).await,
+        Command::Logs { name, deployment, follow, out, client } => {
+            logs(&client.connect()?, &name, deployment, follow, out).await
+        }
         Command::Power { action, name, force, out, client } => {
             power(&client.connect()?, action, &name, force, out).await
         }
@@ -1187,85 +1208,218 @@ async fn after_power_cycle(client: &client::Client, name: &str, v: &Value, then:
 
 async fn status(client: &client::Client, name: &str, follow: bool, out: OutputArgs) -> anyhow::Result<i32> {
     let path = format!("/dedicated/server/{name}/bringYourOwnImage");
-    // On a terminal, --follow draws an indicatif bar on stderr; elsewhere
-    // (a log, a pipe) it prints a line a second.
-    let bar = (follow && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::no_length();
-        bar.set_style(progress_style());
-        bar
-    });
-    let mut first: Option<(Instant, i64)> = None;
-    let mut last: Option<Value> = None;
+    let events = format!("/dedicated/server/{name}/events");
+    let mut show = Shower::new(name, out, follow);
     let mut failures = 0;
+    let mut streams = true;
     loop {
         let v = match client.call(Method::GET, &path, None).await {
-            Ok(v) => {
-                failures = 0;
-                v
-            }
+            Ok(v) => v,
             // A controller restart must not look like a failed deployment.
             Err(e) if follow && failures < 30 => {
                 failures += 1;
-                let said = format!("{e:#}; retrying");
-                match &bar {
-                    Some(bar) => bar.println(said),
-                    None => eprintln!("{said}"),
-                }
+                show.say(&format!("{e:#}; retrying"));
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
-        let status = v["status"].as_str().unwrap_or("?").to_owned();
-        let code = match status.as_str() {
-            "error" => EXIT_FAILED,
-            _ => 0,
-        };
-        if out.output != output::Format::Table {
-            // For scripts: the controller's answer; with --follow, each
-            // change once, until the end.
-            if !follow {
-                output::print(out.output, &v, String::new)?;
-                return Ok(code);
-            }
-            if last.as_ref() != Some(&v) {
-                output::print_streamed(out.output, &v)?;
-                last = Some(v);
-            }
-            if status != "doing" {
-                return Ok(code);
-            }
+        if !follow || v["status"] != "doing" {
+            return show.end(client, &v).await;
+        }
+        show.running(&v)?;
+        if !streams {
+            // A controller without `…/events`: look again in a second.
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
+        }
+        // The controller's events until the deployment ends; then the
+        // loop reads its last state.
+        let followed = client
+            .events(&events, |event, data| {
+                if event == "deployment" {
+                    if let Ok(v) = serde_json::from_str::<Value>(data) {
+                        return show.running(&v).is_ok();
+                    }
+                }
+                true
+            })
+            .await;
+        match followed {
+            Ok(()) => failures = 0,
+            Err(client::Error::Api { status, .. })
+                if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                streams = false;
+            }
+            Err(e) if failures < 30 => {
+                failures += 1;
+                show.say(&format!("{e:#}; retrying"));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `byoi logs NAME`: the kept lines; with --follow, the running
+/// deployment's new lines as the controller's event stream brings them.
+async fn logs(
+    client: &client::Client,
+    name: &str,
+    deployment: Option<i64>,
+    follow: bool,
+    out: OutputArgs,
+) -> anyhow::Result<i32> {
+    let query = deployment.map(|d| format!("?deployment={d}")).unwrap_or_default();
+    let v = client.call(Method::GET, &format!("/dedicated/server/{name}/logs{query}"), None).await?;
+    let lines = v["lines"].as_array().cloned().unwrap_or_default();
+    if !follow {
+        output::print(out.output, &v, || {
+            let mut t = Table::new(LOG_COLUMNS);
+            for l in &lines {
+                t.row(log_cells(l));
+            }
+            t.to_string()
+        })?;
+        return Ok(0);
+    }
+    // Followed: a line each as it comes (a JSON object a line, or a YAML
+    // document each), the table's columns without its alignment.
+    let show = |l: &Value| -> anyhow::Result<()> {
+        match out.output {
+            output::Format::Table => {
+                println!("{}", log_cells(l).join("  "));
+                std::io::stdout().flush()?;
+                Ok(())
+            }
+            format => output::print_streamed(format, l),
+        }
+    };
+    if out.output == output::Format::Table {
+        println!("{}", LOG_COLUMNS.join("  "));
+    }
+    let mut last = 0;
+    for l in &lines {
+        show(l)?;
+        last = last.max(l["id"].as_i64().unwrap_or(0));
+    }
+    let mut failures = 0;
+    loop {
+        let followed = client
+            .events(&format!("/dedicated/server/{name}/events"), |event, data| {
+                let Ok(l) = serde_json::from_str::<Value>(data) else { return true };
+                let id = l["id"].as_i64().unwrap_or(0);
+                if event == "log" && id > last {
+                    last = id;
+                    return show(&l).is_ok();
+                }
+                true
+            })
+            .await;
+        match followed {
+            Ok(()) => return Ok(0),
+            Err(e @ client::Error::Api { .. }) => return Err(e.into()),
+            Err(e) if failures < 30 => {
+                failures += 1;
+                eprintln!("{e:#}; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `byoi logs`' columns.
+const LOG_COLUMNS: &[&str] = &["AT", "LEVEL", "SOURCE", "MESSAGE"];
+
+/// A log line's cells, in [`LOG_COLUMNS`]' order.
+fn log_cells(l: &Value) -> Vec<String> {
+    // What an agent wrote reaches a terminal: no escape sequences.
+    let printable = |v: &Value| v.as_str().unwrap_or("").replace(|c: char| c.is_control(), "\u{fffd}");
+    vec![cell(&l["at"]), cell(&l["level"]), printable(&l["target"]), printable(&l["message"])]
+}
+
+/// How `status` shows a deployment as it goes: an indicatif bar on a
+/// terminal's stderr, else a line per change; with `-o json|yaml`, the
+/// controller's view at each change.
+struct Shower {
+    name: String,
+    out: OutputArgs,
+    bar: Option<indicatif::ProgressBar>,
+    first: Option<(Instant, i64)>,
+    last: Option<Value>,
+    follow: bool,
+}
+
+impl Shower {
+    fn new(name: &str, out: OutputArgs, follow: bool) -> Shower {
+        let bar = (follow && out.output == output::Format::Table && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::no_length();
+            bar.set_style(progress_style());
+            bar
+        });
+        Shower { name: name.to_owned(), out, bar, first: None, last: None, follow }
+    }
+
+    /// A line for the operator on stderr, above the bar.
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Shows a state of the running deployment, if it changed.
+    fn running(&mut self, v: &Value) -> anyhow::Result<()> {
+        if self.last.as_ref() == Some(v) {
+            return Ok(());
+        }
+        self.last = Some(v.clone());
+        if self.out.output != output::Format::Table {
+            return output::print_streamed(self.out.output, v);
         }
         let done = v["bytesDone"].as_i64().unwrap_or(0);
-        let total = v["bytesTotal"].as_i64();
-        if follow && status == "doing" {
-            match &bar {
-                Some(bar) => {
-                    if let Some(t) = total.filter(|t| *t > 0) {
-                        bar.set_length(t.unsigned_abs());
-                    }
-                    bar.set_position(done.unsigned_abs());
-                    bar.set_message(format!("{name}: {}", v["stage"].as_str().unwrap_or("?")));
+        match &self.bar {
+            Some(bar) => {
+                if let Some(t) = v["bytesTotal"].as_i64().filter(|t| *t > 0) {
+                    bar.set_length(t.unsigned_abs());
                 }
-                None => {
-                    println!("{}", progress_line(&v, done, total, &mut first));
-                    std::io::stdout().flush().ok();
-                }
+                bar.set_position(done.unsigned_abs());
+                bar.set_message(format!("{}: {}", self.name, v["stage"].as_str().unwrap_or("?")));
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+            None => {
+                println!("{}", progress_line(v, done, v["bytesTotal"].as_i64(), &mut self.first));
+                std::io::stdout().flush().ok();
+            }
         }
-        if let Some(bar) = &bar {
+        Ok(())
+    }
+
+    /// Shows the last state; the exit status: 1 if the deployment failed.
+    async fn end(&mut self, client: &client::Client, v: &Value) -> anyhow::Result<i32> {
+        let code = if v["status"] == "error" { EXIT_FAILED } else { 0 };
+        if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        println!("{}", progress_line(&v, done, total, &mut first));
-        let server = client.call(Method::GET, &format!("/dedicated/server/{name}"), None).await?;
-        if let Some(fp) = server["sshHostKey"].as_str() {
-            println!("rescue SSH host key: {fp}");
+        match self.out.output {
+            output::Format::Table => {
+                let done = v["bytesDone"].as_i64().unwrap_or(0);
+                println!("{}", progress_line(v, done, v["bytesTotal"].as_i64(), &mut self.first));
+                let server = client.call(Method::GET, &format!("/dedicated/server/{}", self.name), None).await?;
+                if let Some(fp) = server["sshHostKey"].as_str() {
+                    println!("rescue SSH host key: {fp}");
+                }
+            }
+            // Followed: the stream's last document; else the answer.
+            format if self.follow => {
+                if self.last.as_ref() != Some(v) {
+                    output::print_streamed(format, v)?;
+                }
+            }
+            format => output::print(format, v, String::new)?,
         }
-        return Ok(code);
+        Ok(code)
     }
 }
 

@@ -93,6 +93,11 @@ fn read_commands_print_tables_json_and_yaml() {
     let drawn = String::from_utf8_lossy(&drawn.stdout);
     assert!(drawn.contains("web1: downloading [") && drawn.contains("30% 300.00 MiB/1000.00 MiB"), "{drawn:?}");
     assert!(drawn.contains("error: bad sum [checksum-mismatch]"), "{drawn:?}");
+    // It followed the controller's event stream, not a poll a second.
+    let (_, metrics) = http(&c.addr, "GET", "/metrics", Some(&c.token), None);
+    let streamed =
+        r#"byoi_http_requests_total{route="/dedicated/server/{serviceName}/events",method="GET",status="200"}"#;
+    assert!(metrics.contains(streamed), "{metrics}");
     let out = byoi(&c, &["status", "web1", "--follow", "-o", "json"]);
     assert_eq!(out.status.code(), Some(1), "a failed deployment");
     let lines: Vec<Value> =
@@ -100,6 +105,64 @@ fn read_commands_print_tables_json_and_yaml() {
     assert_eq!(lines.last().unwrap()["errorCode"], "checksum-mismatch");
     let rows = table(&stdout(&byoi(&c, &["servers"])));
     assert_eq!(rows[1][4..6], ["error", "(checksum-mismatch)"]);
+}
+
+/// `byoi logs`: the agent's lines as a table (escape sequences made
+/// harmless), as JSON, of an older deployment, and followed to the end.
+#[test]
+fn logs_shows_and_follows_the_agents_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    let artifacts = dir.path().join("data/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("vmlinuz"), b"k").unwrap();
+    std::fs::write(artifacts.join("initramfs.img"), b"i").unwrap();
+    stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
+    stdout(&byoi(&c, &["deploy", "web1", "--url", "http://img/x.raw"]));
+    let t = agent_token(&c, "52:54:00:00:00:01");
+    let disk = json!({"name": "vda", "sizeBytes": 8u64 << 30, "serial": "D1", "transport": "virtio"});
+    let inv = json!({"inventory": {"firmware": "uefi", "memoryBytes": 1u64 << 30, "disks": [disk], "nics": []}});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
+    let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
+    let id = serde_json::from_str::<Value>(&job).unwrap()["job"]["deploymentId"].as_i64().unwrap();
+    let line = |m: &str| json!({"level": "info", "target": "console", "message": m});
+    let report = |logs: Value| {
+        let p = json!({"deploymentId": id, "stage": "writing", "bytesDone": 1, "bytesTotal": 2, "logs": logs});
+        assert_eq!(http(&c.addr, "POST", "/agent/v1/progress", Some(&t), Some(&p)).0, 200);
+    };
+    report(json!([line("target /dev/vda (8 GiB, serial D1)"), line("evil \u{1b}[2J clear")]));
+    let rows = table(&stdout(&byoi(&c, &["logs", "web1"])));
+    assert_eq!(rows[0], ["AT", "LEVEL", "SOURCE", "MESSAGE"]);
+    assert_eq!(rows[1][1..], ["info", "console", "target", "/dev/vda", "(8", "GiB,", "serial", "D1)"]);
+    let text = stdout(&byoi(&c, &["logs", "web1"]));
+    assert!(!text.contains('\u{1b}') && text.contains("evil \u{fffd}[2J clear"), "{text:?}");
+    let v: Value = serde_json::from_str(&stdout(&byoi(&c, &["logs", "web1", "-o", "json"]))).unwrap();
+    assert_eq!((v["deploymentId"].as_i64(), v["lines"].as_array().unwrap().len()), (Some(id), 2));
+    assert_eq!(
+        stderr(&byoi(&c, &["logs", "web1", "--deployment", "999"]), 5, &c.token).trim(),
+        "error: No deployment on web1 (HTTP 404 Not Found)"
+    );
+
+    // Followed: what is kept, then each new line once, until the end.
+    let follower = Command::new(env!("CARGO_BIN_EXE_byoi"))
+        .args(["logs", "web1", "--follow", "--controller", &format!("http://{}", c.addr), "--token", &c.token])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    report(json!([line("wrote 1 of 2 bytes")]));
+    let done = json!({"deploymentId": id, "status": "done", "message": "deployed", "logs": [line("done: deployed")]});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/result", Some(&t), Some(&done)).0, 200);
+    let out = follower.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let messages: Vec<&str> = text.lines().skip(1).map(|l| l.split("  console  ").nth(1).unwrap()).collect();
+    assert_eq!(
+        messages,
+        ["target /dev/vda (8 GiB, serial D1)", "evil \u{fffd}[2J clear", "wrote 1 of 2 bytes", "done: deployed"],
+        "{text}"
+    );
 }
 
 /// The profile file gives the controller, the token and the CA, so that
