@@ -17,6 +17,9 @@ wire_enum! {
         Reboot = "reboot",
         /// Nothing to do: keep heartbeating.
         Wait = "wait",
+        /// The agent's work is done (its inventory is in): power the
+        /// server off.
+        PowerOff = "poweroff",
         /// An action this build does not know (a newer controller's): the
         /// agent carries on as with `wait`, or `continue` mid-deployment.
         Unknown = "unknown",

@@ -219,6 +219,8 @@ wire_enum! {
         Local = "local",
         /// The in-memory agent with SSH, no deployment.
         Rescue = "rescue",
+        /// The in-memory agent, to report the hardware and power off.
+        Inspect = "inspect",
     }
 }
 
