@@ -12,6 +12,8 @@ pub enum Mode {
     Deploy,
     /// No deployment: a shell and SSH for the operator.
     Rescue,
+    /// Report the hardware with `hello`, then power off.
+    Inspect,
 }
 
 /// A static IPv4 configuration from `ip=`.
@@ -32,7 +34,7 @@ pub struct Cmdline {
     pub controller: Option<String>,
     /// Per-boot agent token.
     pub token: Option<String>,
-    /// Deploy or rescue.
+    /// Deploy, rescue or inspect.
     pub mode: Mode,
     /// Static address for the boot interface.
     pub ip: Option<StaticIp>,
@@ -52,7 +54,13 @@ pub fn parse(text: &str) -> Cmdline {
         match key {
             "byoi.controller" => c.controller = Some(value.trim_end_matches('/').to_owned()),
             "byoi.token" => c.token = Some(value.to_owned()),
-            "byoi.mode" => c.mode = if value == "rescue" { Mode::Rescue } else { Mode::Deploy },
+            "byoi.mode" => {
+                c.mode = match value {
+                    "rescue" => Mode::Rescue,
+                    "inspect" => Mode::Inspect,
+                    _ => Mode::Deploy,
+                }
+            }
             "ip" => c.ip = parse_ip(value),
             "nameserver" => c.nameservers.extend(value.parse::<Ipv4Addr>().ok()),
             "BOOTIF" => c.bootif = parse_bootif(value),
@@ -110,6 +118,8 @@ mod tests {
         // iPXE without DHCP leaves the variables empty.
         let c = parse("byoi.mode=rescue ip=::: nameserver= BOOTIF=01-zz");
         assert_eq!(c.mode, Mode::Rescue);
+        assert_eq!(parse("byoi.mode=inspect").mode, Mode::Inspect);
+        assert_eq!(parse("byoi.mode=defragment").mode, Mode::Deploy);
         assert!(c.ip.is_none() && c.nameservers.is_empty() && c.bootif.is_none() && c.controller.is_none());
     }
 }

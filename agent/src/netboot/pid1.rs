@@ -60,6 +60,7 @@ fn run() -> Result<(), String> {
     };
     match cmd.mode {
         Mode::Rescue => rescue(&ctl, &env),
+        Mode::Inspect => inspect(&ctl, &env),
         Mode::Deploy => match jobs::serve(&ctl, &env) {
             Outcome::Reboot => reboot("deployed: rebooting into the disk"),
             Outcome::Netboot => reboot(NETBOOT_AGAIN),
@@ -296,6 +297,17 @@ fn rescue(ctl: &Controller, env: &Env) -> Result<(), String> {
     }
 }
 
+/// Inspection: the hello carries the inventory; the controller answers
+/// `poweroff`. Anything else means it wants another boot.
+fn inspect(ctl: &Controller, env: &Env) -> ! {
+    match jobs::hello(ctl, env) {
+        Ok(Action::PowerOff) => power_off("hardware reported: powering off"),
+        Ok(other) => say(&format!("the controller answered {other} to the inspection")),
+        Err(e) => say(&format!("hello: {e}")),
+    }
+    reboot(NETBOOT_AGAIN)
+}
+
 /// Writes a file only root may read (created 0600, never world-readable
 /// for a moment).
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -311,6 +323,17 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Why the agent reboots when the controller wants another boot (a new
 /// token, or the other mode).
 const NETBOOT_AGAIN: &str = "the controller wants another boot: rebooting to netboot again";
+
+fn power_off(why: &str) -> ! {
+    say(why);
+    nix::unistd::sync();
+    loop {
+        // reboot(2) only returns on failure.
+        let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+        say(&format!("power off failed: {e}"));
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
 
 fn reboot(why: &str) -> ! {
     say(why);
