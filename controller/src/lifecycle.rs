@@ -184,6 +184,8 @@ pub enum Event {
     },
     /// `DELETE …/bringYourOwnImage`.
     Delete,
+    /// `POST …/inspect`: netboot the agent to report the hardware.
+    Inspect,
     /// `GET /boot/{mac}`.
     BootScript,
     /// A call of an agent holding one of the server's tokens.
@@ -234,6 +236,8 @@ pub enum Reply {
     Refused(String),
     /// Nothing to say (timeouts, power failures).
     None,
+    /// Accepted: the server is power-cycled into the agent (inspection).
+    Accepted,
 }
 
 /// What must happen after the new state is committed (or, for database
@@ -326,6 +330,15 @@ pub fn on(event: &Event, state: &State) -> Transition {
                 Reply::Deployment
             }
         },
+        Event::Inspect => match &state.latest {
+            Some(d) if d.running() => Reply::Conflict("A deployment is in progress".to_owned()),
+            _ => {
+                next.target = BootTarget::Inspect;
+                next.expect_boot(&mut effects);
+                effects.push(Effect::PowerCycle);
+                Reply::Accepted
+            }
+        },
         Event::BootScript => match state.target {
             BootTarget::Local => Reply::Script(BootTarget::Local),
             mode if state.boot_expected => {
@@ -403,8 +416,8 @@ fn agent(
         }
     }
     // From here on, the caller is the claimant.
-    // A rescue boot never runs deployments.
-    let running = state.latest.as_ref().filter(|d| d.running() && mode != BootTarget::Rescue);
+    // Only a deploy boot runs deployments.
+    let running = state.latest.as_ref().filter(|d| d.running() && mode == BootTarget::Deploy);
     let running_id = running.and_then(|d| d.id);
     // Tokens are retired whenever the target changes, so an agent in the
     // other mode cannot normally call; if one does, it netboots again.
@@ -416,6 +429,13 @@ fn agent(
     }
     let mut latest = next.latest.as_mut().filter(|d| d.running() && d.id == running_id);
     let reply = match call {
+        // An inspection is over once the inventory is in: the server
+        // powers off and boots its disk next time.
+        AgentCall::Hello if mode == BootTarget::Inspect && !elsewhere => {
+            next.target = BootTarget::Local;
+            next.end_boot(effects);
+            Reply::Action(Action::PowerOff)
+        }
         AgentCall::Hello => Reply::Action(if elsewhere { Action::Reboot } else { carry_on }),
         AgentCall::Heartbeat { working_on } => match working_on {
             // Working on a deployment that is no longer the running one:
@@ -574,8 +594,10 @@ mod tests {
     }
 
     fn rows() -> Vec<Row> {
-        use BootTarget::{Deploy, Local, Rescue};
+        use BootTarget::{Deploy, Inspect, Local, Rescue};
         let post = "`POST …/bringYourOwnImage` (409 if one is `doing`); power cycle";
+        let inspect = "`POST …/inspect` (409 if a deployment is `doing`); power cycle";
+        let inspected = "inspect boot: agent `hello` (inventory)";
         let boot = "`/boot/{mac}`";
         let hello = "agent `hello` (inventory), `heartbeat`";
         let second = "a second agent's `hello` (another address)";
@@ -589,7 +611,7 @@ mod tests {
         let stalled = "no progress for `--stall-timeout`";
         let delete = "`DELETE …/bringYourOwnImage`; power cycle";
         let rescue = "rescue boot: agent `GET rescue`, heartbeats";
-        let other_mode = "agent in one mode while the boot target is the other (`deploy` ↔ `rescue`)";
+        let other_mode = "agent in one mode while the boot target is another (`deploy`, `rescue`, `inspect`)";
         let late_done = "agent `result` done for a deployment that is not running";
         let power_failed = "the power cycle fails";
         let never = "the server does not netboot within `--boot-timeout`";
@@ -1067,6 +1089,70 @@ mod tests {
                 after: in_rescue.clone(),
                 reply: Reply::Action(Action::Abort),
                 effects: vec![],
+            },
+            Row {
+                doc: inspect,
+                before: finished.clone(),
+                event: Event::Inspect,
+                after: with(&finished, |s| {
+                    s.target = Inspect;
+                    s.boot_expected = true;
+                }),
+                reply: Reply::Accepted,
+                effects: vec![Effect::ExpectBoot, Effect::PowerCycle],
+            },
+            Row {
+                doc: inspect,
+                before: in_rescue.clone(),
+                event: Event::Inspect,
+                after: with(&in_rescue, |s| {
+                    s.target = Inspect;
+                    s.claim = None;
+                }),
+                reply: Reply::Accepted,
+                effects: vec![Effect::ExpectBoot, Effect::PowerCycle],
+            },
+            Row {
+                doc: inspect,
+                before: running(),
+                event: Event::Inspect,
+                after: running(),
+                reply: Reply::Conflict("A deployment is in progress".into()),
+                effects: vec![],
+            },
+            Row {
+                doc: boot,
+                before: state(Inspect, None),
+                event: Event::BootScript,
+                after: state(Inspect, None),
+                reply: Reply::Idle,
+                effects: vec![],
+            },
+            Row {
+                doc: boot,
+                before: State { boot_expected: true, ..state(Inspect, None) },
+                event: Event::BootScript,
+                after: State { boot_expected: true, ..state(Inspect, None) },
+                reply: Reply::Script(Inspect),
+                effects: vec![Effect::MintToken(Inspect)],
+            },
+            Row {
+                doc: inspected,
+                before: State { boot_expected: true, ..state(Inspect, Some(dep(Status::Done, Stage::Rebooting))) },
+                event: agent(Inspect, AgentCall::Hello),
+                after: state(Local, Some(dep(Status::Done, Stage::Rebooting))),
+                reply: Reply::Action(Action::PowerOff),
+                effects: vec![Effect::KeepInventory, Effect::RetireTokens],
+            },
+            // A deployment posted meanwhile retired the inspection's
+            // tokens; were one to call, it netboots into the deployment.
+            Row {
+                doc: other_mode,
+                before: expecting.clone(),
+                event: agent(Inspect, AgentCall::Hello),
+                after: with(&expecting, |s| s.claim = claim(T1, A1)),
+                reply: Reply::Action(Action::Reboot),
+                effects: vec![Effect::KeepInventory],
             },
         ]
     }
