@@ -607,7 +607,7 @@ async fn netboot_side_scripts_and_artifacts() {
 
 /// The routes [`openapi_document_matches_the_routes`] knows: adding one
 /// means documenting it, listing it here and sampling its answer there.
-const ROUTES: [&str; 45] = [
+const ROUTES: [&str; 46] = [
     "GET /dedicated/server",
     "POST /dedicated/server",
     "GET /dedicated/server/{serviceName}",
@@ -625,6 +625,7 @@ const ROUTES: [&str; 45] = [
     "POST /dedicated/server/{serviceName}/power",
     "GET /dedicated/server/{serviceName}/logs",
     "GET /dedicated/server/{serviceName}/events",
+    "POST /dedicated/server/{serviceName}/inspect",
     "POST /agent/v1/hello",
     "POST /agent/v1/heartbeat",
     "GET /agent/v1/job",
@@ -899,6 +900,8 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(s.operator(Method::GET, task, None).await.json_body()["status"], "todo");
     let install = "/dedicated/server/{serviceName}/install/status";
     assert_eq!(s.operator(Method::GET, install, None).await.status, StatusCode::OK);
+    let inspect = "/dedicated/server/{serviceName}/inspect";
+    assert_eq!(s.operator(Method::POST, inspect, None).await.status, StatusCode::CONFLICT);
     let power = "/dedicated/server/{serviceName}/power";
     let r = s.operator(Method::GET, power, None).await;
     assert_eq!(r.json_body(), json!({"kind": "manual", "state": "unknown"}));
@@ -942,6 +945,8 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(r.json_body()["os"], "byoi_64", "the sample has an installed system to check");
     assert_eq!(s.operator(Method::GET, task, None).await.json_body()["status"], "done");
     assert_eq!(s.operator(Method::GET, install, None).await.status, StatusCode::NOT_FOUND);
+    let r = s.operator(Method::POST, "/dedicated/server/{serviceName}/inspect", None).await;
+    assert_eq!((r.status, &r.json_body()["powerCycle"]), (StatusCode::OK, &json!("manual")));
     let logs = "/dedicated/server/{serviceName}/logs";
     let r = s.operator(Method::GET, logs, None).await;
     assert_eq!(r.json_body()["lines"][0]["message"], "retrying", "the sample has lines to check");
@@ -1130,6 +1135,42 @@ async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> A
     };
     let state = Arc::new(routes::App::new(db, cfg));
     App { router: routes::router(state.clone()), state }
+}
+
+/// `POST …/inspect`: the server netboots the agent in inspect mode, whose
+/// hello gives the hardware view and is answered `poweroff`; the server
+/// then boots its disk. Refused while a deployment runs.
+#[tokio::test]
+async fn inspection_reports_the_hardware_and_powers_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    add_server(&app, "s2", "52:54:00:00:00:02", json!({"kind": "command", "name": "log"})).await;
+    let hw = "/dedicated/server/s2/specifications/hardware";
+    assert_eq!(call(&app, Method::GET, hw, None).await.status, StatusCode::NOT_FOUND, "nothing reported yet");
+    let r = call(&app, Method::POST, "/dedicated/server/s2/inspect", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
+    assert_eq!(r.json_body()["powerCycle"], "done");
+    assert_eq!(std::fs::read_to_string(dir.path().join("power.log")).unwrap(), "cycle\n");
+    let s = call(&app, Method::GET, "/dedicated/server/s2", None).await.json_body();
+    assert_eq!((&s["bootTarget"], &s["bootId"]), (&json!("inspect"), &json!(4)));
+    let (script, token) = netboot(&app, "52:54:00:00:00:02").await;
+    assert!(script.contains("byoi.mode=inspect"), "{script}");
+    let token = token.unwrap();
+    assert_eq!(action(&agent(&app, &token, Method::POST, "hello", Some(inventory())).await), "poweroff");
+    let r = call(&app, Method::GET, hw, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json_body()["diskGroups"].as_array().unwrap().len(), 2);
+    assert_eq!(call(&app, Method::GET, "/dedicated/server/s2", None).await.json_body()["bootTarget"], "local");
+    // The boot is over: the token is worthless, the script is the disk's.
+    assert_eq!(agent(&app, &token, Method::POST, "heartbeat", None).await.status, StatusCode::UNAUTHORIZED);
+    let (script, token) = netboot(&app, "52:54:00:00:00:02").await;
+    assert!(token.is_none() && !script.contains("byoi.mode"), "{script}");
+    // Not while a deployment runs; nor on a server that does not exist.
+    call(&app, Method::POST, "/dedicated/server/s2/bringYourOwnImage", Some(json!({"URL": "http://x/i"}))).await;
+    let r = call(&app, Method::POST, "/dedicated/server/s2/inspect", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.json_body()["message"].as_str().unwrap().contains("inspect it once the deployment ends"));
+    assert_eq!(call(&app, Method::POST, "/dedicated/server/nope/inspect", None).await.status, StatusCode::NOT_FOUND);
 }
 
 /// Parses a server-sent event stream into (event, data) pairs.

@@ -28,6 +28,7 @@ pub mod agent;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod inspect;
 pub mod logs;
 pub mod metrics;
 pub mod netboot;

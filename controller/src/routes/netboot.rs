@@ -159,7 +159,7 @@ async fn boot_script(
     let applied =
         app.db.apply(&name, Event::BootScript, Payload::None).await?.ok_or_else(|| AppError::NotFound(name.clone()))?;
     let body = match (&applied.transition.reply, &applied.token) {
-        (Reply::Script(mode @ (BootTarget::Deploy | BootTarget::Rescue)), Some(token)) => {
+        (Reply::Script(mode @ (BootTarget::Deploy | BootTarget::Rescue | BootTarget::Inspect)), Some(token)) => {
             tracing::info!(server = %name, %source, mode = %mode, "served the agent's boot script with a token");
             ipxe::render(
                 &Script::Agent { server: &name, mode: mode.as_str(), token, kernel_args: &server.kernel_args },

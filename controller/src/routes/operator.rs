@@ -39,6 +39,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(super::reinstall::routes())
         .merge(super::power::routes())
         .merge(super::logs::routes())
+        .merge(super::inspect::routes())
 }
 
 /// RFC 3339 UTC from Unix seconds.
@@ -231,7 +232,8 @@ pub struct ServerView {
     pub state: ServerState,
     /// OVHcloud's `bootId`: what it netboots into, as a number (see
     /// [`boot_id`]): 1 its own disk (OVHcloud's hard-disk boot is 1
-    /// too), 2 the rescue agent, 3 the deploying agent.
+    /// too), 2 the rescue agent, 3 the deploying agent, 4 the inspecting
+    /// agent.
     pub boot_id: u32,
     /// OVHcloud's `os`: `byoi_64` while its newest deployment is done (the
     /// disk holds that image), else null.
@@ -284,6 +286,7 @@ pub fn boot_id(target: BootTarget) -> u32 {
         BootTarget::Local => 1,
         BootTarget::Rescue => 2,
         BootTarget::Deploy => 3,
+        BootTarget::Inspect => 4,
     }
 }
 
