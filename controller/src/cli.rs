@@ -47,7 +47,7 @@ Exit status:
   0  ok
   1  the deployment failed (status)
   2  usage error, or the controller refused the request (bad input, credentials)
-  3  the server's power driver failed (deploy, cancel, power)
+  3  the server's power driver failed (deploy, cancel, power, inspect)
   4  deploy --wait --timeout gave up before the deployment ended (it goes on)
   5  not found (no such server, deployment or task)
   6  conflict (a deployment runs, a name or MAC is taken, manual power)
@@ -249,6 +249,16 @@ enum Command {
     Manpages {
         /// Where to write them.
         dir: PathBuf,
+    },
+    /// Netboots the agent on a server to report its hardware (disks, disk
+    /// groups, NICs, memory, firmware), then powers it off; see `server
+    /// show` and GET …/specifications/hardware.
+    #[command(after_help = EXIT_CODES)]
+    Inspect {
+        /// Server name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Shows the agent's log of a server's deployment: its console lines
     /// (which image, which disk, the network), notes, warnings and errors.
@@ -839,6 +849,25 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
         Command::Deploy(a) => deploy(a).await,
         Command::Status { name, follow, out, client } => status(&client.connect()?, &name, follow, out).await,
         Command::Cancel { name, client } => cancel(&client.connect()?, &name).await,
+        Command::Inspect { name, client } => {
+            let path = format!("/dedicated/server/{name}/inspect");
+            match client.connect()?.call(Method::POST, &path, None).await {
+                Ok(v) => {
+                    let said = v["message"].as_str().unwrap_or("inspecting");
+                    if v["powerCycle"] == "manual" {
+                        eprintln!("{said}");
+                    } else {
+                        println!("{said}");
+                    }
+                    Ok(0)
+                }
+                Err(client::Error::Api { status: http::StatusCode::BAD_GATEWAY, message, .. }) => {
+                    eprintln!("error: {message}");
+                    Ok(EXIT_POWER)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Logs { name, deployment, follow, out, client } => {
             logs(&client.connect()?, &name, deployment, follow, out).await
         }

@@ -165,6 +165,30 @@ fn logs_shows_and_follows_the_agents_lines() {
     );
 }
 
+/// `byoi inspect`: the agent reports the hardware before any deployment.
+#[test]
+fn inspect_reports_the_hardware_before_a_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&dir.path().join("data"));
+    let artifacts = dir.path().join("data/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("vmlinuz"), b"k").unwrap();
+    std::fs::write(artifacts.join("initramfs.img"), b"i").unwrap();
+    stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
+    let err = stderr(&byoi(&c, &["inspect", "web1"]), 0, &c.token);
+    assert_eq!(err.trim(), "web1 has manual power: reboot it by hand now; it must netboot (PXE) to be inspected");
+    let (_, script) = http(&c.addr, "GET", "/boot/52:54:00:00:00:01", None, None);
+    assert!(script.contains("byoi.mode=inspect"), "{script}");
+    let t = agent_token(&c, "52:54:00:00:00:01");
+    let disk = json!({"name": "sda", "sizeBytes": 480_103_981_056u64, "serial": "S1", "transport": "sata"});
+    let inv = json!({"inventory": {"firmware": "uefi", "memoryBytes": 64u64 << 30, "disks": [disk], "nics": []}});
+    let (status, answer) = http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv));
+    assert_eq!((status, answer.as_str()), (200, r#"{"action":"poweroff"}"#));
+    let shown: Value = serde_json::from_str(&stdout(&byoi(&c, &["server", "show", "web1", "-o", "json"]))).unwrap();
+    assert_eq!((&shown["firmware"], &shown["bootTarget"]), (&json!("uefi"), &json!("local")));
+    stderr(&byoi(&c, &["inspect", "nope"]), 5, &c.token);
+}
+
 /// The profile file gives the controller, the token and the CA, so that
 /// none is on the command line; a named profile replaces the top level; a
 /// token in a file others can read is refused.
