@@ -98,3 +98,36 @@ fn uefi_ipxe_netboot_writes_the_boot_entry() {
     // That OVMF then boots the disk through BootNext is checked by the e2e
     // suite, with a real loader on the ESP.
 }
+
+/// `POST …/inspect`: the real agent netboots in inspect mode, reports the
+/// VM's hardware, and powers the VM off; the hardware view then has its
+/// disk, and the server boots its disk next time.
+#[test]
+fn bios_ipxe_netboot_inspects_and_powers_off() {
+    if !e2e_enabled("netboot-inspect") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = controller(&dir.path().join("data"), TOKEN);
+    let mac = "52:54:00:65:43:22";
+    http_json(
+        &addr,
+        "POST",
+        "/dedicated/server",
+        Some(TOKEN),
+        Some(&json!({"serviceName": "insp1", "macs": [mac], "kernelArgs": ["console=ttyS0"]})),
+    );
+    let (s, body) = http_json(&addr, "POST", "/dedicated/server/insp1/inspect", Some(TOKEN), None);
+    assert_eq!((s, &body["powerCycle"]), (200, &json!("manual")), "{body}");
+    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 128, mac).unwrap();
+    let mut vm = TestVm::start(&m.args(&addr), Duration::from_secs(300));
+    vm.wait_for("byoi: booting the agent for insp1 (inspect)", Duration::from_secs(120));
+    vm.wait_for("byoi: hardware reported: powering off", Duration::from_secs(120));
+    vm.expect_exit(Duration::from_secs(30), "the agent did not power the VM off");
+    let (s, hw) = http_json(&addr, "GET", "/dedicated/server/insp1/specifications/hardware", Some(TOKEN), None);
+    assert_eq!(s, 200, "{hw}");
+    assert_eq!(hw["bootMode"], "legacy", "{hw}");
+    assert_eq!(hw["diskGroups"][0]["numberOfDisks"], 1, "{hw}");
+    let (_, server) = http_json(&addr, "GET", "/dedicated/server/insp1", Some(TOKEN), None);
+    assert_eq!(server["bootTarget"], "local", "{server}");
+}
