@@ -19,6 +19,27 @@ fn start(data_dir: &Path) -> Controller {
     start_with(data_dir, &[], "http")
 }
 
+/// `byoi serve` on `data`, with stand-in artifacts so that boot scripts
+/// mint tokens.
+fn start_with_artifacts(data: &Path) -> Controller {
+    let c = start(data);
+    let artifacts = data.join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("vmlinuz"), b"k").unwrap();
+    std::fs::write(artifacts.join("initramfs.img"), b"i").unwrap();
+    c
+}
+
+/// The simulated agent holding `token` says hello (one 8 GiB disk) and
+/// takes the job; returns its deployment id.
+fn take_job(c: &Controller, token: &str) -> i64 {
+    let disk = json!({"name": "vda", "sizeBytes": 8u64 << 30, "serial": "D1", "transport": "virtio"});
+    let inv = json!({"inventory": {"firmware": "uefi", "memoryBytes": 1u64 << 30, "disks": [disk], "nics": []}});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(token), Some(&inv)).0, 200);
+    let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(token), None);
+    serde_json::from_str::<Value>(&job).unwrap()["job"]["deploymentId"].as_i64().unwrap()
+}
+
 /// A table's rows, split on whitespace, the header first.
 fn table(text: &str) -> Vec<Vec<String>> {
     text.lines().map(|l| l.split_whitespace().map(str::to_owned).collect()).collect()
@@ -29,11 +50,7 @@ fn table(text: &str) -> Vec<Vec<String>> {
 #[test]
 fn read_commands_print_tables_json_and_yaml() {
     let dir = tempfile::tempdir().unwrap();
-    let c = start(&dir.path().join("data"));
-    let artifacts = dir.path().join("data/artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    std::fs::write(artifacts.join("vmlinuz"), b"k").unwrap();
-    std::fs::write(artifacts.join("initramfs.img"), b"i").unwrap();
+    let c = start_with_artifacts(&dir.path().join("data"));
     stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
     stdout(&byoi(&c, &["server", "add", "web2", "--mac", "52:54:00:00:00:02"]));
     stdout(&byoi(&c, &["deploy", "web1", "--url", "http://img/x.raw"]));
@@ -65,11 +82,7 @@ fn read_commands_print_tables_json_and_yaml() {
 
     // A deployment followed as JSON: a line per change, the last one the end.
     let t = agent_token(&c, "52:54:00:00:00:01");
-    let disk = json!({"name": "vda", "sizeBytes": 8u64 << 30, "serial": "D1", "transport": "virtio"});
-    let inv = json!({"inventory": {"firmware": "uefi", "memoryBytes": 1u64 << 30, "disks": [disk], "nics": []}});
-    assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
-    let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
-    let id = serde_json::from_str::<Value>(&job).unwrap()["job"]["deploymentId"].as_i64().unwrap();
+    let id = take_job(&c, &t);
     // On a terminal (script(1) gives it one), --follow draws indicatif's
     // bar on stderr.
     let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 300u64 << 20, "bytesTotal": 1000u64 << 20});
@@ -112,19 +125,11 @@ fn read_commands_print_tables_json_and_yaml() {
 #[test]
 fn logs_shows_and_follows_the_agents_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let c = start(&dir.path().join("data"));
-    let artifacts = dir.path().join("data/artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    std::fs::write(artifacts.join("vmlinuz"), b"k").unwrap();
-    std::fs::write(artifacts.join("initramfs.img"), b"i").unwrap();
+    let c = start_with_artifacts(&dir.path().join("data"));
     stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
     stdout(&byoi(&c, &["deploy", "web1", "--url", "http://img/x.raw"]));
     let t = agent_token(&c, "52:54:00:00:00:01");
-    let disk = json!({"name": "vda", "sizeBytes": 8u64 << 30, "serial": "D1", "transport": "virtio"});
-    let inv = json!({"inventory": {"firmware": "uefi", "memoryBytes": 1u64 << 30, "disks": [disk], "nics": []}});
-    assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv)).0, 200);
-    let (_, job) = http(&c.addr, "GET", "/agent/v1/job", Some(&t), None);
-    let id = serde_json::from_str::<Value>(&job).unwrap()["job"]["deploymentId"].as_i64().unwrap();
+    let id = take_job(&c, &t);
     let line = |m: &str| json!({"level": "info", "target": "console", "message": m});
     let report = |logs: Value| {
         let p = json!({"deploymentId": id, "stage": "writing", "bytesDone": 1, "bytesTotal": 2, "logs": logs});
@@ -169,11 +174,7 @@ fn logs_shows_and_follows_the_agents_lines() {
 #[test]
 fn inspect_reports_the_hardware_before_a_deployment() {
     let dir = tempfile::tempdir().unwrap();
-    let c = start(&dir.path().join("data"));
-    let artifacts = dir.path().join("data/artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    std::fs::write(artifacts.join("vmlinuz"), b"k").unwrap();
-    std::fs::write(artifacts.join("initramfs.img"), b"i").unwrap();
+    let c = start_with_artifacts(&dir.path().join("data"));
     stdout(&byoi(&c, &["server", "add", "web1", "--mac", "52:54:00:00:00:01"]));
     let err = stderr(&byoi(&c, &["inspect", "web1"]), 0, &c.token);
     assert_eq!(err.trim(), "web1 has manual power: reboot it by hand now; it must netboot (PXE) to be inspected");
