@@ -861,11 +861,13 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
                     }
                     Ok(0)
                 }
-                Err(client::Error::Api { status: http::StatusCode::BAD_GATEWAY, message, .. }) => {
-                    eprintln!("error: {message}");
-                    Ok(EXIT_POWER)
-                }
-                Err(e) => Err(e.into()),
+                Err(e) => match e.power_failure(&name) {
+                    Some(message) => {
+                        eprintln!("error: {message}");
+                        Ok(EXIT_POWER)
+                    }
+                    None => Err(e.into()),
+                },
             }
         }
         Command::Logs { name, deployment, follow, out, client } => {
@@ -1184,11 +1186,13 @@ async fn power(
     };
     let v = match answer {
         Ok(v) => v,
-        Err(client::Error::Api { status: http::StatusCode::BAD_GATEWAY, message, .. }) => {
-            eprintln!("error: {message}");
-            return Ok(EXIT_POWER);
-        }
-        Err(e) => return Err(e.into()),
+        Err(e) => match e.power_failure(name) {
+            Some(message) => {
+                eprintln!("error: {message}");
+                return Ok(EXIT_POWER);
+            }
+            None => return Err(e.into()),
+        },
     };
     output::print(out.output, &v, || match action {
         None => {

@@ -296,10 +296,10 @@ impl Sse {
 }
 
 impl Error {
-    /// For a refused `POST …/bringYourOwnImage`: the message to show if the
-    /// controller could not power-cycle `server`. Such an answer carries
-    /// `powerError` or `"powerCycle": "failed"`; older controllers say it
-    /// only with 502 Bad Gateway and their `message`.
+    /// For a refused request that runs `server`'s power driver (a deploy,
+    /// `…/power`, `…/inspect`): the message to show if the driver failed.
+    /// Such an answer is 502 Bad Gateway with the controller's `message`;
+    /// a deploy's may carry `powerError` or `"powerCycle": "failed"` too.
     pub fn power_failure(&self, server: &str) -> Option<String> {
         let Error::Api { status, message, body } = self else { return None };
         let reason = body["powerError"].as_str();
