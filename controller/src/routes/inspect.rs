@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::operator::{no_server, server, Operator, PowerCycle};
+use super::operator::{no_server, Operator, PowerCycle};
 use super::{or_405, AppError, AppState, ErrorBody};
 use crate::db::Payload;
 use crate::lifecycle::{Event, Reply};
@@ -54,7 +54,6 @@ async fn inspect(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Inspection>, AppError> {
-    server(&app, &name).await?;
     let applied = app.db.apply(&name, Event::Inspect, Payload::None).await?.ok_or_else(|| no_server(&name))?;
     if let Reply::Conflict(msg) = applied.transition.reply {
         return Err(AppError::Conflict(format!("{msg} on {name}: inspect it once the deployment ends")));
