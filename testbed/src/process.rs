@@ -221,10 +221,20 @@ mod tests {
     fn a_command_ignoring_sigterm_is_killed_after_the_grace() {
         // Short sleeps: with `--foreground`, `timeout` kills its child, not
         // the child's children, and a `sleep 300` would be left behind.
+        let dir = tempfile::tempdir().unwrap();
+        let trapped = dir.path().join("trapped");
         let mut cmd = timed(Duration::from_secs(60), "sh");
-        cmd.args(["-c", "trap '' TERM; while :; do sleep 0.1; done"]);
+        let script = format!("trap '' TERM; : > {}; while :; do sleep 0.1; done", trapped.display());
+        cmd.args(["-c", &script]);
         let t = TimedChild::spawn(&mut cmd).unwrap();
         let sh = command_of(&t);
+        // The shell must ignore SIGTERM before the drop sends it, or it
+        // dies at once (a race CI lost once).
+        let waited = Instant::now();
+        while !trapped.exists() {
+            assert!(waited.elapsed() < Duration::from_secs(10), "sh never set its trap");
+            std::thread::sleep(POLL);
+        }
         let start = Instant::now();
         drop(t);
         assert!(start.elapsed() >= GRACE && start.elapsed() < 2 * GRACE, "{:?}", start.elapsed());
