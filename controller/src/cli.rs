@@ -179,6 +179,26 @@ enum Command {
         /// from /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin.
         #[arg(long, value_name = "PATH", env = "BYOI_IPMITOOL")]
         ipmitool: Option<PathBuf>,
+        /// Let machines whose MAC no server has netboot the agent in
+        /// discover mode: it reports their hardware and powers them off;
+        /// see `servers --discovered` and `server adopt`.
+        #[arg(long, env = "BYOI_ENLIST")]
+        enlist: bool,
+        /// Extra kernel arguments for the discovering agent, space
+        /// separated ("console=ttyS1,115200 nomodeset").
+        #[arg(long, value_name = "ARGS", value_delimiter = ' ', value_parser = kernel_arg, env = "BYOI_ENLIST_KERNEL_ARGS")]
+        enlist_kernel_args: Vec<String>,
+        /// Most discovered machines kept at once; then unknown MACs get the
+        /// unknown-MAC script until some are adopted or forgotten (those
+        /// that never reported within --boot-timeout make room).
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = byoi_controller::db::MAX_DISCOVERED,
+            value_parser = clap::value_parser!(u32).range(1..),
+            env = "BYOI_ENLIST_MAX_MACHINES"
+        )]
+        enlist_max_machines: u32,
         /// The configuration file: TOML whose keys are these flags'
         /// (`listen = "0.0.0.0:8443"`, `agent_timeout = 300`); a flag, then
         /// its BYOI_* variable, then the file, then the default decides.
@@ -198,9 +218,13 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Lists servers.
+    /// Lists servers, or with --discovered the machines no server has that
+    /// the agent discovered (serve --enlist).
     #[command(after_help = EXIT_CODES)]
     Servers {
+        /// List the discovered machines instead, with their hardware.
+        #[arg(long)]
+        discovered: bool,
         #[command(flatten)]
         out: OutputArgs,
         #[command(flatten)]
@@ -304,7 +328,6 @@ enum Command {
     },
 }
 
-/// `byoi power`'s actions.
 #[cfg(test)]
 mod tests {
     #[test]
@@ -313,6 +336,7 @@ mod tests {
     }
 }
 
+/// `byoi power`'s actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum PowerVerb {
     /// Power on.
@@ -390,6 +414,15 @@ impl From<LimitArgs> for edge::Limits {
     }
 }
 
+/// A kernel argument the boot script can carry.
+fn kernel_arg(s: &str) -> Result<String, String> {
+    if byoi_controller::model::valid_kernel_arg(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("a kernel argument is one word, without quotes, $ { } \\ | & or #".into())
+    }
+}
+
 /// A count of 1 or more.
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -451,6 +484,30 @@ enum ServerCommand {
         /// Drop the agent's extra kernel arguments.
         #[arg(long)]
         no_kernel_args: bool,
+    },
+    /// Makes a discovered machine (`servers --discovered`) a server, with
+    /// the MACs and hardware it reported; it boots its disk until a deploy.
+    #[command(after_help = EXIT_CODES)]
+    Adopt {
+        /// The MAC it netbooted with.
+        mac: String,
+        /// The server's name.
+        name: String,
+        /// Power driver.
+        #[arg(long, default_value = "manual", value_parser = ["manual", "command", "ipmi", "redfish"])]
+        power: String,
+        /// Driver argument, as for `server add`.
+        #[arg(long = "power-arg", allow_hyphen_values = true)]
+        power_args: Vec<String>,
+        /// Extra kernel argument for the agent; repeatable.
+        #[arg(long = "kernel-arg")]
+        kernel_args: Vec<String>,
+    },
+    /// Forgets a discovered machine; its next netboot discovers it again.
+    #[command(after_help = EXIT_CODES)]
+    Forget {
+        /// The MAC it netbooted with.
+        mac: String,
     },
     /// Deletes a server with its deployments and tokens; refused while a
     /// deployment runs on it, unless --force.
@@ -709,7 +766,8 @@ fn print_settings(sources: &Sources) {
         let Some(raw) = m.get_raw(id) else { continue };
         let value: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
         let secret = arg(id).is_some_and(|a| a.is_hide_env_values_set());
-        let value = if secret { "(set)".to_owned() } else { value.join(",") };
+        let delimiter = arg(id).and_then(|a| a.get_value_delimiter()).unwrap_or(',');
+        let value = if secret { "(set)".to_owned() } else { value.join(&delimiter.to_string()) };
         let from = match m.value_source(id) {
             Some(clap::parser::ValueSource::CommandLine) => "flag".to_owned(),
             Some(clap::parser::ValueSource::EnvVariable) => {
@@ -745,6 +803,9 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             power_commands,
             ipmitool,
             metrics_token,
+            enlist,
+            enlist_kernel_args,
+            enlist_max_machines,
             config: _,
             check_config,
         } => {
@@ -755,6 +816,10 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             }
             if netboot_public_url.is_some() && netboot_listen.is_none() {
                 anyhow::bail!("netboot_public_url needs netboot_listen");
+            }
+            let enlist_kernel_args: Vec<String> = enlist_kernel_args.into_iter().filter(|a| !a.is_empty()).collect();
+            if !enlist_kernel_args.is_empty() && !enlist {
+                anyhow::bail!("enlist_kernel_args needs enlist");
             }
             if check_config {
                 if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
@@ -786,6 +851,10 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
                 limits: limits.into(),
                 power: PowerConfig::load(power_commands.as_deref(), ipmitool)?,
                 metrics_token,
+                enlist: enlist.then_some(byoi_controller::routes::discovered::Enlistment {
+                    kernel_args: enlist_kernel_args,
+                    max_machines: enlist_max_machines,
+                }),
             };
             let (bound, serving) = server::serve(opts).await?;
             println!("listening on {scheme}://{}", bound.addr);
@@ -835,7 +904,31 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             println!("{}", v["message"].as_str().unwrap_or("deleted"));
             Ok(0)
         }
-        Command::Servers { out, client } => {
+        Command::Server { command: ServerCommand::Adopt { mac, name, power, power_args, kernel_args }, client } => {
+            let power = client::power_settings(&power, &power_args)?;
+            let body = json!({"serviceName": name, "power": power, "kernelArgs": kernel_args});
+            let path = format!("/dedicated/discovered/{mac}/adopt");
+            let v = client.connect()?.call(Method::POST, &path, Some(&body)).await?;
+            println!("adopted {mac} as {} ({})", v["serviceName"].as_str().unwrap_or(&name), v["macs"]);
+            Ok(0)
+        }
+        Command::Server { command: ServerCommand::Forget { mac }, client } => {
+            let v = client.connect()?.call(Method::DELETE, &format!("/dedicated/discovered/{mac}"), None).await?;
+            println!("{}", v["message"].as_str().unwrap_or("forgotten"));
+            Ok(0)
+        }
+        Command::Servers { discovered: true, out, client } => {
+            let client = client.connect()?;
+            let macs = client.call(Method::GET, "/dedicated/discovered", None).await?;
+            let mut machines = Vec::new();
+            for m in macs.as_array().into_iter().flatten() {
+                let m = m.as_str().unwrap_or_default();
+                machines.push(client.call(Method::GET, &format!("/dedicated/discovered/{m}"), None).await?);
+            }
+            output::print(out.output, &Value::Array(machines.clone()), || discovered_table(&machines))?;
+            Ok(0)
+        }
+        Command::Servers { discovered: false, out, client } => {
             let client = client.connect()?;
             let names = client.call(Method::GET, "/dedicated/server", None).await?;
             let mut servers = Vec::new();
@@ -1005,7 +1098,6 @@ fn credential_token(arg: &str) -> &str {
     arg.split_once("credentialToken=").map_or(arg, |(_, t)| t.split('&').next().unwrap_or(t))
 }
 
-/// Prints rows in columns, the first row as the header.
 /// `byoi servers`' table: a server a row, with its latest deployment.
 fn servers_table(servers: &[Value]) -> String {
     let mut t = Table::new(&["NAME", "MACS", "POWER", "BOOT", "DEPLOYMENT", "LAST SEEN"]);
@@ -1017,6 +1109,33 @@ fn servers_table(servers: &[Value]) -> String {
             cell(&s["bootTarget"]),
             s["deployments"].get(0).map_or_else(|| "-".to_owned(), deployment_cell),
             cell(&s["lastSeen"]),
+        ]);
+    }
+    t.to_string()
+}
+
+/// `byoi servers --discovered`' table: a machine a row, with its hardware.
+fn discovered_table(machines: &[Value]) -> String {
+    let mut t = Table::new(&["MAC", "STATE", "ADDRESS", "FIRMWARE", "MEMORY", "DISKS", "NICS", "LAST SEEN"]);
+    for m in machines {
+        let hw = &m["hardware"];
+        let memory = match hw["memorySize"]["value"].as_u64() {
+            Some(mib) if mib >= 16 << 10 => format!("{} GiB", (mib + 512) >> 10),
+            Some(mib) => format!("{mib} MiB"),
+            None => "-".to_owned(),
+        };
+        let disks: Vec<String> =
+            hw["diskGroups"].as_array().into_iter().flatten().map(|g| cell(&g["description"])).collect();
+        let nics: Vec<String> = hw["nics"].as_array().into_iter().flatten().map(|n| cell(&n["mac"])).collect();
+        t.row([
+            cell(&m["mac"]),
+            cell(&m["state"]),
+            cell(&m["address"]),
+            cell(&hw["bootMode"]),
+            memory,
+            if disks.is_empty() { "-".to_owned() } else { disks.join(", ") },
+            if nics.is_empty() { "-".to_owned() } else { nics.join(", ") },
+            cell(&m["lastSeen"]),
         ]);
     }
     t.to_string()

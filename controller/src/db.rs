@@ -22,9 +22,11 @@ use crate::power::Power;
 
 pub mod backup;
 mod credentials;
+mod discovered;
 mod host_keys;
 
 pub use credentials::{ApplicationRow, CredentialRow, NewApplication, Requested};
+pub use discovered::{Adopted, DiscoverBoot, DiscoveredRow, MAX_DISCOVERED, MAX_DISCOVERED_INVENTORY};
 
 /// Database errors; the API answers them with 500 (they are bugs or a
 /// broken disk, never the caller's input).
@@ -76,6 +78,8 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("migrations/05-credentials.sql")),
         // The version each server's agent said hello with.
         M::up(include_str!("migrations/06-agent-version.sql")),
+        // Enlistment: machines no server has, discovered by the agent.
+        M::up(include_str!("migrations/07-discovered.sql")),
     ])
 });
 
@@ -204,6 +208,8 @@ pub struct DeploymentStats {
     pub servers: i64,
     /// Servers whose agent called recently.
     pub agents_online: i64,
+    /// Discovered machines (`--enlist`).
+    pub discovered: i64,
 }
 
 /// A successful deployment's duration (request to end) and size.
@@ -384,7 +390,15 @@ impl Db {
                 [now() - agent_timeout],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            Ok(DeploymentStats { by_status, done, bytes_written: bytes_written.max(0) as u64, servers, agents_online })
+            let discovered = c.query_row("SELECT count(*) FROM discovered", [], |r| r.get(0))?;
+            Ok(DeploymentStats {
+                by_status,
+                done,
+                bytes_written: bytes_written.max(0) as u64,
+                servers,
+                agents_online,
+                discovered,
+            })
         })
         .await
     }
@@ -423,31 +437,11 @@ impl Db {
     pub async fn add_server(&self, s: ServerRow) -> Result<Result<(), String>> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
-                return Ok(Err(format!("server {} already exists", s.name)));
+            let added = insert_server(&tx, &s)?;
+            if added.is_ok() {
+                tx.commit()?;
             }
-            for mac in &s.macs {
-                let owner: Option<String> =
-                    tx.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
-                if let Some(o) = owner {
-                    return Ok(Err(format!("MAC {mac} already belongs to {o}")));
-                }
-            }
-            tx.execute(
-                "INSERT INTO servers (name, power, kernel_args, boot_target, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    s.name,
-                    serde_json::to_string(&s.power).map_err(json_err)?,
-                    serde_json::to_string(&s.kernel_args).map_err(json_err)?,
-                    s.boot_target,
-                    s.created_at
-                ],
-            )?;
-            for mac in &s.macs {
-                tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, s.name])?;
-            }
-            tx.commit()?;
-            Ok(Ok(()))
+            Ok(added)
         })
         .await
     }
@@ -473,6 +467,8 @@ impl Db {
                 tx.execute("DELETE FROM macs WHERE server = ?1", [&name])?;
                 for mac in macs {
                     tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, name])?;
+                    // A registered MAC is no longer an unknown machine's.
+                    tx.execute("DELETE FROM discovered WHERE mac = ?1", [mac])?;
                 }
             }
             if let Some(power) = &change.power {
@@ -786,6 +782,43 @@ impl Db {
         })
         .await
     }
+}
+
+/// Inserts a server with its MACs (and the inventory, agent version and
+/// last contact it comes with), and forgets the discovered machines that
+/// had one of its MACs; `Err(message)` if the name or a MAC is taken
+/// (nothing written).
+fn insert_server(tx: &Transaction<'_>, s: &ServerRow) -> rusqlite::Result<Result<(), String>> {
+    if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
+        return Ok(Err(format!("server {} already exists", s.name)));
+    }
+    for mac in &s.macs {
+        let owner: Option<String> =
+            tx.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
+        if let Some(o) = owner {
+            return Ok(Err(format!("MAC {mac} already belongs to {o}")));
+        }
+    }
+    let inventory = s.inventory.as_ref().map(serde_json::to_string).transpose().map_err(json_err)?;
+    tx.execute(
+        "INSERT INTO servers (name, power, kernel_args, boot_target, inventory, last_seen, created_at, agent_version) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            s.name,
+            serde_json::to_string(&s.power).map_err(json_err)?,
+            serde_json::to_string(&s.kernel_args).map_err(json_err)?,
+            s.boot_target,
+            inventory,
+            s.last_seen,
+            s.created_at,
+            s.agent_version
+        ],
+    )?;
+    for mac in &s.macs {
+        tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, s.name])?;
+        tx.execute("DELETE FROM discovered WHERE mac = ?1", [mac])?;
+    }
+    Ok(Ok(()))
 }
 
 /// Writes what a transition changed.

@@ -22,9 +22,9 @@ pub enum Script<'a> {
     Boot,
     /// Boot the agent to deploy or for rescue.
     Agent {
-        /// Server name.
+        /// Server name (a discovered machine's MAC).
         server: &'a str,
-        /// `deploy` or `rescue`.
+        /// `deploy`, `rescue`, `inspect` or `discover`.
         mode: &'a str,
         /// The per-boot agent token.
         token: &'a str,
@@ -49,6 +49,12 @@ pub enum Script<'a> {
         /// Where they were looked for.
         dir: &'a str,
     },
+    /// No server has this MAC; its machine reported its hardware in
+    /// discover mode and waits to be adopted: ask again later.
+    Discovered {
+        /// Its MAC.
+        mac: &'a str,
+    },
     /// No server has this MAC.
     Unknown {
         /// The MAC asked for.
@@ -62,6 +68,7 @@ const LOCAL: &str = include_str!("../../ipxe/local.ipxe");
 const IDLE: &str = include_str!("../../ipxe/idle.ipxe");
 const MISSING: &str = include_str!("../../ipxe/missing.ipxe");
 const UNKNOWN: &str = include_str!("../../ipxe/unknown.ipxe");
+const DISCOVERED: &str = include_str!("../../ipxe/discovered.ipxe");
 
 /// Keeps a value from breaking out of its place in a script: iPXE splits
 /// on spaces and expands `${…}`.
@@ -92,6 +99,7 @@ pub fn render(script: &Script<'_>, urls: &Urls) -> String {
             IDLE.replace("{{base}}", &base).replace("{{server}}", &clean(server)).replace("{{mode}}", &clean(mode))
         }
         Script::Missing { dir } => MISSING.replace("{{base}}", &base).replace("{{dir}}", &clean(dir)),
+        Script::Discovered { mac } => DISCOVERED.replace("{{base}}", &base).replace("{{mac}}", &clean(mac)),
         Script::Unknown { mac } => UNKNOWN.replace("{{mac}}", &clean(mac)),
     }
 }
@@ -130,6 +138,8 @@ initrd http://10.0.2.2:8080/artifacts/initramfs.img\nboot\n"
         assert!(missing.contains("echo byoi: no vmlinuz/initramfs.img in /var/lib/byoi/artifacts\nsleep 10\nchain http://h:1/boot/${netX/mac:hexhyp}\n"), "{missing}");
         let idle = render(&Script::Idle { server: "s", mode: "rescue" }, &one("http://h:1"));
         assert!(idle.ends_with("echo byoi: nothing to do for s (rescue): no boot is expected; asking again in 60 s\nsleep 60\nchain http://h:1/boot/${netX/mac:hexhyp}\n"), "{idle}");
+        let discovered = render(&Script::Discovered { mac: "52:54:00:00:00:01" }, &one("http://h:1"));
+        assert!(discovered.ends_with("echo byoi: 52:54:00:00:00:01 is discovered and waits to be adopted (byoi server adopt); asking again in 60 s\nsleep 60\nchain http://h:1/boot/${netX/mac:hexhyp}\n"), "{discovered}");
         assert!(render(&Script::Unknown { mac: "52-54-00-00-00-01" }, &one("x"))
             .ends_with("echo byoi: unknown MAC 52-54-00-00-00-01\nexit\n"));
     }

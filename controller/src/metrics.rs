@@ -168,6 +168,13 @@ impl Metrics {
         let servers = Gauge::<i64>::default();
         servers.set(stats.servers);
         r.register("servers", "Registered servers", servers);
+        let discovered = Gauge::<i64>::default();
+        discovered.set(stats.discovered);
+        r.register(
+            "discovered_machines",
+            "Machines no server has that netbooted in discover mode (--enlist)",
+            discovered,
+        );
 
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).expect("writing into a String cannot fail");

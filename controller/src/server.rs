@@ -22,6 +22,7 @@ use crate::datadir;
 use crate::db::Db;
 use crate::edge::{self, Admission, Limits, RefusalLog};
 use crate::power::PowerConfig;
+use crate::routes::discovered::Enlistment;
 use crate::routes::netboot::{BootLimiter, BootRate};
 use crate::routes::{self, App, Config, Listeners, Surface};
 
@@ -59,6 +60,8 @@ pub struct ServeOptions {
     pub power: PowerConfig,
     /// `--metrics-token`: reads `/metrics` and nothing else.
     pub metrics_token: Option<String>,
+    /// `--enlist`: how machines no server has may enlist, if they may.
+    pub enlist: Option<Enlistment>,
 }
 
 /// The API token: given, or read from (or generated into) `DIR/api-token`.
@@ -177,6 +180,7 @@ pub async fn serve_until(
         boot_limiter: Arc::new(BootLimiter::new(opts.boot_rate)),
         power: opts.power.clone(),
         metrics_token: opts.metrics_token.clone(),
+        enlist: opts.enlist.clone(),
     };
     let app = Arc::new(App::new(db.clone(), cfg));
     let (main_surface, netboot) = match netboot_listener {

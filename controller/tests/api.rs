@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use byoi_controller::db::Db;
 use byoi_controller::power::PowerConfig;
+use byoi_controller::routes::discovered::Enlistment;
 use byoi_controller::routes::netboot::{BootLimiter, BootRate};
 use byoi_controller::routes::{self, AppState, Config};
 use byoi_wire::agent::{Disk, Hello, Inventory, JobResponse, Nic};
@@ -607,7 +608,7 @@ async fn netboot_side_scripts_and_artifacts() {
 
 /// The routes [`openapi_document_matches_the_routes`] knows: adding one
 /// means documenting it, listing it here and sampling its answer there.
-const ROUTES: [&str; 46] = [
+const ROUTES: [&str; 50] = [
     "GET /dedicated/server",
     "POST /dedicated/server",
     "GET /dedicated/server/{serviceName}",
@@ -626,6 +627,10 @@ const ROUTES: [&str; 46] = [
     "GET /dedicated/server/{serviceName}/logs",
     "GET /dedicated/server/{serviceName}/events",
     "POST /dedicated/server/{serviceName}/inspect",
+    "GET /dedicated/discovered",
+    "GET /dedicated/discovered/{mac}",
+    "DELETE /dedicated/discovered/{mac}",
+    "POST /dedicated/discovered/{mac}/adopt",
     "POST /agent/v1/hello",
     "POST /agent/v1/heartbeat",
     "GET /agent/v1/job",
@@ -845,7 +850,8 @@ async fn openapi_document_matches_the_routes() {
     // A deployment from start to end, and the errors on the way: every
     // answer validates against its schema.
     let dir = tempfile::tempdir().unwrap();
-    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    let app =
+        app_with(dir.path(), Duration::from_secs(60), Duration::from_secs(600), Some(Enlistment::default())).await;
     let mut s = Sampler::new(&app, doc.clone());
     assert_eq!(s.anyone(Method::GET, "/healthz").await.json_body(), json!({"status": "ok"}));
     let ready = s.anyone(Method::GET, "/readyz").await;
@@ -1061,6 +1067,38 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!((r.status, &r.json_body()["message"]), (StatusCode::OK, &json!("server s1 deleted")));
     assert_eq!(s.operator(Method::DELETE, server, None).await.status, StatusCode::NOT_FOUND);
 
+    // Enlistment: s1's MAC is no server's now.
+    let discover = |r: Response| {
+        let script = String::from_utf8(r.body.to_vec()).unwrap();
+        assert!(script.contains("byoi.mode=discover"), "{script}");
+        script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
+    };
+    let (machine, adopt) = ("/dedicated/discovered/{mac}", "/dedicated/discovered/{mac}/adopt");
+    discover(s.anyone(Method::GET, "/boot/{mac}").await);
+    let r = s.operator(Method::GET, machine, None).await;
+    assert_eq!((r.status, &r.json_body()["state"]), (StatusCode::OK, &json!("booting")));
+    let r = s.operator(Method::POST, adopt, Some(json!({"serviceName": "s9"}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "not reported yet");
+    assert_eq!(s.operator(Method::DELETE, machine, None).await.status, StatusCode::OK);
+    assert_eq!(s.operator(Method::DELETE, machine, None).await.status, StatusCode::NOT_FOUND);
+    let token = discover(s.anyone(Method::GET, "/boot/{mac}").await);
+    assert_eq!(action(&s.agent(&token, Method::POST, "/agent/v1/hello", Some(inventory())).await), "poweroff");
+    let r = s.agent(&token, Method::POST, "/agent/v1/hello", Some(inventory())).await;
+    assert_eq!((r.status, &r.json_body()["action"]), (StatusCode::UNAUTHORIZED, &json!("reboot")), "one hello");
+    let r = s.operator(Method::GET, "/dedicated/discovered", None).await;
+    assert_eq!(r.json_body(), json!(["52:54:00:00:00:01"]));
+    let r = s.operator(Method::GET, machine, None).await;
+    assert_eq!(r.json_body()["hardware"]["diskGroups"].as_array().map(Vec::len), Some(2), "{:?}", r.json_body());
+    let r = s.operator(Method::POST, adopt, Some(json!({"serviceName": "-s9"}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = s.operator(Method::POST, adopt, Some(json!({"serviceName": "s9", "kernelArgs": ["console=ttyS0"]}))).await;
+    assert_eq!((r.status, &r.json_body()["macs"]), (StatusCode::CREATED, &json!(["52:54:00:00:00:01"])));
+    assert_eq!(s.operator(Method::GET, machine, None).await.status, StatusCode::NOT_FOUND);
+    let r = s.operator(Method::POST, adopt, Some(json!({"serviceName": "s9"}))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let req = Request::new(Method::GET, "x", "").header(AUTHORIZATION, &format!("Bearer {TOKEN}"));
+    assert_eq!(s.sample(machine, req).await.status, StatusCode::BAD_REQUEST, "not a MAC");
+
     let unsampled: Vec<_> = known.iter().filter(|r| !s.sampled.contains(*r)).collect();
     assert!(unsampled.is_empty(), "no sample answer checked for {unsampled:?}");
 }
@@ -1115,6 +1153,11 @@ fn power_log(dir: &Path) -> PowerConfig {
 }
 
 async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> App {
+    app_with(dir, agent, boot, None).await
+}
+
+/// The test app with `enlist` (`--enlist` when `Some`).
+async fn app_with(dir: &Path, agent: Duration, boot: Duration, enlist: Option<Enlistment>) -> App {
     let artifacts = dir.join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("vmlinuz"), b"KERNEL-0123456789").unwrap();
@@ -1132,9 +1175,144 @@ async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> A
         boot_limiter: Arc::new(BootLimiter::new(BootRate { per_mac: 1000, per_source: 100_000 })),
         power: power_log(dir),
         metrics_token: Some("metrics-token".into()),
+        enlist,
     };
     let state = Arc::new(routes::App::new(db, cfg));
     App { router: routes::router(state.clone()), state }
+}
+
+/// `/metrics` as the metrics token reads it.
+async fn metrics(app: &App) -> String {
+    let r = app.handle(Request::new(Method::GET, "/metrics", "").header(AUTHORIZATION, "Bearer metrics-token")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    String::from_utf8(r.body.to_vec()).unwrap()
+}
+
+/// A hello with NICs `macs`, and `disks` disks.
+fn machine_hello(macs: &[&str], disks: usize) -> Value {
+    let mut hello = inventory();
+    let nic = |(i, mac): (usize, &&str)| json!({"name": format!("eth{i}"), "mac": mac, "link": true});
+    hello["inventory"]["nics"] = macs.iter().enumerate().map(nic).collect();
+    let disk = |i: usize| {
+        let mut d = hello["inventory"]["disks"][0].clone();
+        d["serial"] = json!(format!("D{i}"));
+        d
+    };
+    hello["inventory"]["disks"] = (0..disks).map(disk).collect();
+    hello
+}
+
+/// `--enlist`: an unknown MAC netboots the agent in discover mode with a
+/// one-use discovery token (a new boot retires the last one); its hello is
+/// kept and answered `poweroff`; it then waits in iPXE to be adopted, which
+/// makes it a server with its MACs and hardware, unless one of those MACs
+/// is taken (then nothing changes). Without --enlist, none of this.
+#[tokio::test]
+async fn unknown_machines_enlist_and_are_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = app_in(&dir.path().join("off"), Duration::from_secs(60)).await;
+    let (script, token) = netboot(&off, "52:54:00:aa:00:01").await;
+    assert!(script.contains("unknown MAC") && token.is_none(), "{script}");
+    let r = agent(&off, "made-up", Method::POST, "hello", Some(machine_hello(&["52:54:00:aa:00:01"], 1))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let enlist = Enlistment { kernel_args: vec!["console=ttyS0,115200".into()], ..Enlistment::default() };
+    let app = app_with(dir.path(), Duration::from_secs(60), Duration::from_secs(600), Some(enlist)).await;
+    let (script, first) = netboot(&app, "52-54-00-AA-00-01").await;
+    assert!(script.contains("echo byoi: booting the agent for 52:54:00:aa:00:01 (discover)"), "{script}");
+    assert!(script.contains(" byoi.mode=discover ") && script.contains(" console=ttyS0,115200\n"), "{script}");
+    let (_, token) = netboot(&app, "52:54:00:aa:00:01").await;
+    let (first, token) = (first.unwrap(), token.unwrap());
+    let hello = machine_hello(&["52:54:00:aa:00:01", "52:54:00:aa:00:02"], 2);
+    let r = agent(&app, &first, Method::POST, "hello", Some(hello.clone())).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a later boot retired the first token");
+    let r = agent(&app, &token, Method::GET, "job", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a discovery token says hello and nothing else");
+    let big = machine_hello(&["52:54:00:aa:00:01"], 400);
+    let r = agent(&app, &token, Method::POST, "hello", Some(big)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json_body()["message"].as_str().unwrap().contains("a discovered machine's may be 32768"));
+    assert_eq!(action(&agent(&app, &token, Method::POST, "hello", Some(hello.clone())).await), "poweroff");
+    let r = agent(&app, &token, Method::POST, "hello", Some(machine_hello(&["52:54:00:aa:00:09"], 1))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "one hello: the inventory stays the first");
+    let (script, token) = netboot(&app, "52:54:00:aa:00:01").await;
+    assert!(token.is_none() && script.contains("waits to be adopted (byoi server adopt)"), "{script}");
+
+    let m = call(&app, Method::GET, "/dedicated/discovered/52-54-00-aa-00-01", None).await.json_body();
+    assert_eq!(
+        (&m["state"], &m["agentVersion"], &m["versionSkew"]),
+        (&json!("reported"), &json!("test"), &json!(true))
+    );
+    assert_eq!(m["hardware"]["nics"].as_array().unwrap().len(), 2, "{m}");
+    assert_eq!(m["hardware"]["diskGroups"][0]["numberOfDisks"], 2, "{m}");
+
+    // A MAC it reported is taken: refused, and nothing is lost.
+    add_server(&app, "other", "52:54:00:aa:00:02", json!({"kind": "manual"})).await;
+    let adopt = "/dedicated/discovered/52:54:00:aa:00:01/adopt";
+    let r = call(&app, Method::POST, adopt, Some(json!({"serviceName": "n1"}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(
+        r.json_body()["message"],
+        "MAC 52:54:00:aa:00:02 already belongs to other: 52:54:00:aa:00:01 was not adopted"
+    );
+    assert_eq!(call(&app, Method::GET, "/dedicated/server/n1", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(call(&app, Method::GET, "/dedicated/discovered", None).await.json_body(), json!(["52:54:00:aa:00:01"]));
+    let r = call(&app, Method::POST, adopt, Some(json!({"serviceName": "n1", "power": {"kind": "ipmi"}}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.json_body());
+    call(&app, Method::DELETE, "/dedicated/server/other", None).await;
+
+    let power = json!({"kind": "command", "name": "log"});
+    let r = call(&app, Method::POST, adopt, Some(json!({"serviceName": "n1", "power": power}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json_body());
+    let n1 = r.json_body();
+    assert_eq!(n1["macs"], json!(["52:54:00:aa:00:01", "52:54:00:aa:00:02"]));
+    assert_eq!(
+        (&n1["power"]["kind"], &n1["bootTarget"], &n1["agentVersion"]),
+        (&json!("command"), &json!("local"), &json!("test"))
+    );
+    assert!(n1["sshHostKey"].as_str().unwrap().starts_with("SHA256:"), "{n1}");
+    let hw = call(&app, Method::GET, "/dedicated/server/n1/specifications/hardware", None).await.json_body();
+    assert_eq!(hw["diskGroups"][0]["numberOfDisks"], 2, "the hardware came along: {hw}");
+    assert_eq!(call(&app, Method::GET, "/dedicated/discovered", None).await.json_body(), json!([]));
+    let (script, _) = netboot(&app, "52:54:00:aa:00:02").await;
+    assert!(script.contains("n1 boots from its local disk"), "{script}");
+
+    // Registering a discovered MAC by hand forgets the machine too.
+    netboot(&app, "52:54:00:aa:00:03").await;
+    assert_eq!(call(&app, Method::GET, "/dedicated/discovered", None).await.json_body(), json!(["52:54:00:aa:00:03"]));
+    add_server(&app, "n3", "52:54:00:aa:00:03", json!({"kind": "manual"})).await;
+    assert_eq!(call(&app, Method::GET, "/dedicated/discovered", None).await.json_body(), json!([]));
+    let text = metrics(&app).await;
+    assert!(text.contains("\nbyoi_discovered_machines 0\n"), "{text}");
+}
+
+/// Unknown machines are bounded: once `--enlist-max-machines` are kept,
+/// another MAC gets the unknown-MAC script, and those already kept boot
+/// on; machines that never said hello within the boot timeout make room.
+#[tokio::test]
+async fn discovered_machines_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let enlist = Some(Enlistment { max_machines: 3, ..Enlistment::default() });
+    let app = app_with(dir.path(), Duration::from_secs(60), Duration::from_secs(600), enlist.clone()).await;
+    for i in 1..=3 {
+        assert!(netboot(&app, &format!("52:54:00:bb:00:0{i}")).await.1.is_some());
+    }
+    let (script, token) = netboot(&app, "52:54:00:bb:00:04").await;
+    assert!(token.is_none() && script.contains("unknown MAC 52:54:00:bb:00:04"), "{script}");
+    assert!(netboot(&app, "52:54:00:bb:00:02").await.1.is_some(), "a kept machine boots on");
+    let text = metrics(&app).await;
+    assert!(text.contains("\nbyoi_discovered_machines 3\n"), "{text}");
+
+    // With no boot timeout, every token expires at once: those machines
+    // can say hello no more, and they make room.
+    let app = app_with(&dir.path().join("b"), Duration::from_secs(60), Duration::from_secs(0), enlist).await;
+    for i in 1..=3 {
+        netboot(&app, &format!("52:54:00:bb:00:0{i}")).await;
+    }
+    let (_, token) = netboot(&app, "52:54:00:bb:00:04").await;
+    assert!(token.is_some());
+    let macs = call(&app, Method::GET, "/dedicated/discovered", None).await.json_body();
+    assert_eq!(macs, json!(["52:54:00:bb:00:04"]));
 }
 
 /// `POST …/inspect`: the server netboots the agent in inspect mode, whose

@@ -50,7 +50,7 @@ async fn a_0_1_0_data_directory_opens_intact() {
     drop(c);
 
     let db = Db::open(&path, Duration::from_secs(120)).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 6);
+    assert_eq!(db.schema_version().await.unwrap(), 7);
     let servers = db.servers().await.unwrap();
     let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["srv-cancel", "srv-done", "srv-error", "srv-idle", "srv-running"]);
@@ -101,6 +101,7 @@ async fn a_0_1_0_data_directory_opens_intact() {
         boot_limiter: Arc::new(BootLimiter::new(BootRate { per_mac: 1000, per_source: 100_000 })),
         power: Default::default(),
         metrics_token: None,
+        enlist: None,
     };
     let router = routes::router(Arc::new(routes::App::new(db, cfg)));
     let (s, v) = call(&router, Method::GET, "/dedicated/server/srv-done/bringYourOwnImage", "tok", None).await;

@@ -201,6 +201,7 @@ fn options(data: &Path, token: &str, artifacts: PathBuf) -> byoi_controller::ser
         limits: byoi_controller::edge::Limits::default(),
         power: Default::default(),
         metrics_token: None,
+        enlist: None,
     }
 }
 

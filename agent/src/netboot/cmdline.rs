@@ -1,5 +1,5 @@
 //! The kernel command line as iPXE writes it for the agent:
-//! `byoi.controller=URL byoi.token=T byoi.mode=deploy|rescue
+//! `byoi.controller=URL byoi.token=T byoi.mode=deploy|rescue|inspect|discover
 //! ip=CLIENT::GATEWAY:NETMASK nameserver=DNS BOOTIF=01-aa-bb-cc-dd-ee-ff`.
 //! The Debian kernel ignores `ip=` (no IP_PNP): the agent applies it.
 
@@ -14,6 +14,9 @@ pub enum Mode {
     Rescue,
     /// Report the hardware with `hello`, then power off.
     Inspect,
+    /// As inspect, for a machine no server has (the controller's
+    /// `--enlist`): the token is a discovery token.
+    Discover,
 }
 
 /// A static IPv4 configuration from `ip=`.
@@ -34,7 +37,7 @@ pub struct Cmdline {
     pub controller: Option<String>,
     /// Per-boot agent token.
     pub token: Option<String>,
-    /// Deploy, rescue or inspect.
+    /// Deploy, rescue, inspect or discover.
     pub mode: Mode,
     /// Static address for the boot interface.
     pub ip: Option<StaticIp>,
@@ -58,6 +61,7 @@ pub fn parse(text: &str) -> Cmdline {
                 c.mode = match value {
                     "rescue" => Mode::Rescue,
                     "inspect" => Mode::Inspect,
+                    "discover" => Mode::Discover,
                     _ => Mode::Deploy,
                 }
             }
@@ -119,6 +123,7 @@ mod tests {
         let c = parse("byoi.mode=rescue ip=::: nameserver= BOOTIF=01-zz");
         assert_eq!(c.mode, Mode::Rescue);
         assert_eq!(parse("byoi.mode=inspect").mode, Mode::Inspect);
+        assert_eq!(parse("byoi.mode=discover").mode, Mode::Discover);
         assert_eq!(parse("byoi.mode=defragment").mode, Mode::Deploy);
         assert!(c.ip.is_none() && c.nameservers.is_empty() && c.bootif.is_none() && c.controller.is_none());
     }

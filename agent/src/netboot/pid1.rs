@@ -60,7 +60,9 @@ fn run() -> Result<(), String> {
     };
     match cmd.mode {
         Mode::Rescue => rescue(&ctl, &env),
-        Mode::Inspect => inspect(&ctl, &env),
+        // The controller tells an inspected server's agent and a discovered
+        // machine's alike to power off once they said hello.
+        Mode::Inspect | Mode::Discover => inspect(&ctl, &env),
         Mode::Deploy => match jobs::serve(&ctl, &env) {
             Outcome::Reboot => reboot("deployed: rebooting into the disk"),
             Outcome::Netboot => reboot(NETBOOT_AGAIN),

@@ -12,6 +12,10 @@
 //! **What it reveals:** to the claimant only, the running job (the image
 //! URL, headers and user data it needs), once; in rescue, the SSH keys of
 //! the server's last deployment and the server's SSH host key.
+//!
+//! With `--enlist`, a machine no server has says `hello` with the
+//! discovery token its boot script carried ([`super::discovered`]): its
+//! inventory is kept, the token retired, and it is told `poweroff`.
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -50,17 +54,57 @@ pub struct Agent {
     pub caller: Caller,
 }
 
+/// The token's hash and the source address of an agent's call.
+async fn caller(parts: &mut Parts, app: &AppState) -> Result<Caller, AgentError> {
+    let token = token_hash(bearer(&parts.headers).ok_or_else(refused)?);
+    let Ok(super::Peer(addr)) = super::Peer::from_request_parts(parts, app).await;
+    Ok(Caller { token, addr })
+}
+
+/// A missing, wrong or stale token's refusal.
+fn refused() -> AgentError {
+    AgentError(AppError::Unauthorized("Missing, wrong or stale agent token"))
+}
+
 impl FromRequestParts<AppState> for Agent {
     type Rejection = AgentError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AgentError> {
-        let refused = || AgentError(AppError::Unauthorized("Missing, wrong or stale agent token"));
-        let token = bearer(&parts.headers).ok_or_else(refused)?;
-        let hash = token_hash(token);
-        let (server, mode) = app.db.token_owner(hash.clone()).await?.ok_or_else(refused)?;
-        let Ok(super::Peer(addr)) = super::Peer::from_request_parts(parts, app).await;
-        Ok(Agent { server, mode, caller: Caller { token: hash, addr } })
+        let caller = caller(parts, app).await?;
+        let (server, mode) = app.db.token_owner(caller.token.clone()).await?.ok_or_else(refused)?;
+        Ok(Agent { server, mode, caller })
     }
+}
+
+/// Who says hello: a server's agent, or, while unknown machines may enlist
+/// (`--enlist`), one holding a discovery token (checked by its hello).
+#[derive(Debug)]
+pub enum Greeter {
+    /// A server's agent.
+    Server(Agent),
+    /// A machine no server has, in discover mode.
+    Machine(Caller),
+}
+
+impl FromRequestParts<AppState> for Greeter {
+    type Rejection = AgentError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AgentError> {
+        let caller = caller(parts, app).await?;
+        match app.db.token_owner(caller.token.clone()).await? {
+            Some((server, mode)) => Ok(Greeter::Server(Agent { server, mode, caller })),
+            None if app.cfg.enlist.is_some() => Ok(Greeter::Machine(caller)),
+            None => Err(refused()),
+        }
+    }
+}
+
+/// The version an agent said hello with, as kept: a short printable word,
+/// else `unknown`.
+pub(super) fn agent_version(said: String) -> String {
+    Some(said)
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 type Answer<T = ActionResponse> = Result<axum::Json<T>, AgentError>;
@@ -104,12 +148,14 @@ fn action(applied: &Applied) -> Answer {
     Ok(axum::Json(ActionResponse { action }))
 }
 
-/// The agent is up: its inventory, and what to do next.
+/// The agent is up: its inventory, and what to do next. A discovered
+/// machine's agent (`--enlist`) is told `poweroff`.
 #[utoipa::path(post, path = "/agent/v1/hello", tag = "agent", security(("agentToken" = [])),
     request_body = Hello,
     responses(
         (status = 200, description = "What to do next", body = ActionResponse),
-        (status = 400, description = "Bad JSON", body = AgentErrorBody),
+        (status = 400, description = "Bad JSON, or a discovered machine's inventory larger than 32 KiB",
+            body = AgentErrorBody),
         (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
         (status = 403, description = "Another agent claimed this boot: the deployment fails, `action` is `reboot`",
             body = AgentErrorBody),
@@ -117,12 +163,13 @@ fn action(applied: &Applied) -> Answer {
         (status = 413, description = "The body is larger than 1 MiB", body = AgentErrorBody),
         (status = 500, description = "The database failed", body = AgentErrorBody),
     ))]
-async fn hello(State(app): State<AppState>, agent: Agent, Json(hello): Json<Hello>) -> Answer {
-    let (version, disks) = (hello.version, hello.inventory.disks.len());
+async fn hello(State(app): State<AppState>, greeter: Greeter, Json(hello): Json<Hello>) -> Answer {
+    let agent = match greeter {
+        Greeter::Server(agent) => agent,
+        Greeter::Machine(caller) => return super::discovered::hello(&app, caller, hello).await.map(axum::Json),
+    };
+    let (version, disks) = (agent_version(hello.version), hello.inventory.disks.len());
     let applied = apply(&app, &agent, AgentCall::Hello, Payload::Inventory(hello.inventory)).await?;
-    // A version is a short printable word; anything else is not kept.
-    let version = Some(version).filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()));
-    let version = version.unwrap_or_else(|| "unknown".into());
     app.db.set_agent_version(&agent.server, &version).await?;
     tracing::info!(server = %agent.server, mode = %agent.mode, source = %agent.caller.addr, %version, disks,
         "agent said hello and holds the boot");

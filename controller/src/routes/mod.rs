@@ -26,6 +26,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod discovered;
 pub mod error;
 pub mod health;
 pub mod inspect;
@@ -101,6 +102,9 @@ pub struct Config {
     /// `--metrics-token`: a token that may read `/metrics` and nothing
     /// else (the API token may too).
     pub metrics_token: Option<String>,
+    /// `--enlist`: machines no server has may netboot the agent in
+    /// discover mode; `None`: they get the unknown-MAC script.
+    pub enlist: Option<discovered::Enlistment>,
 }
 
 /// Which listeners serve which routes.

@@ -10,6 +10,8 @@
 //! for that server, at most
 //! [`TOKENS_PER_BOOT`](crate::lifecycle::TOKENS_PER_BOOT) per boot; otherwise a
 //! server wanted in the agent gets the idle script, which mints nothing.
+//! With `--enlist`, an unknown MAC's script carries a discovery token
+//! ([`super::discovered`]).
 //! The artifacts are public.
 
 use std::net::IpAddr;
@@ -24,8 +26,9 @@ use tower_http::services::ServeFile;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::discovered::Enlistment;
 use super::{or_405, AppError, AppState, ErrorBody, Peer};
-use crate::db::Payload;
+use crate::db::{DiscoverBoot, Payload};
 use crate::edge::Source;
 use crate::ipxe::{self, Script};
 use crate::lifecycle::{Event, Reply};
@@ -124,7 +127,9 @@ async fn boot_ipxe(State(app): State<AppState>, headers: HeaderMap) -> impl Into
 ///
 /// The agent (with a fresh agent token) to deploy or rescue while a boot is
 /// expected, the idle script (which asks again in a minute) when none is,
-/// else its own disk; an unknown MAC gets a script that says so.
+/// else its own disk; an unknown MAC gets a script that says so, or with
+/// `--enlist` the agent in discover mode (a discovery token), then, once
+/// the machine reported, a script that waits for its adoption.
 #[utoipa::path(get, path = "/boot/{mac}", tag = "netboot",
     params(("mac" = String, Path, description = "A MAC address of the server, `:` or `-` separated, any case")),
     responses(
@@ -146,14 +151,15 @@ async fn boot_script(
         return Err(AppError::TooManyRequests(message));
     }
     let Some(mac_norm) = mac_norm else { return Ok(unknown()) };
-    let Some(name) = app.db.server_by_mac(&mac_norm).await? else { return Ok(unknown()) };
+    let Some(name) = app.db.server_by_mac(&mac_norm).await? else {
+        let Some(enlist) = &app.cfg.enlist else { return Ok(unknown()) };
+        return discover(&app, enlist, &mac_norm, source, &base).await.map(script);
+    };
     let Some(server) = app.db.server(&name).await? else { return Ok(unknown()) };
     if server.boot_target != BootTarget::Local {
-        let missing = ARTIFACTS.iter().any(|f| !app.cfg.artifacts.join(f).is_file());
-        if missing {
-            let dir = app.cfg.artifacts.display().to_string();
-            tracing::warn!(server = %name, %dir, "no agent kernel or initramfs to serve");
-            return Ok(script(ipxe::render(&Script::Missing { dir: &dir }, &base)));
+        if let Some(missing) = missing_artifacts(&app, &base) {
+            tracing::warn!(server = %name, "no agent kernel or initramfs to serve");
+            return Ok(script(missing));
         }
     }
     let applied =
@@ -177,6 +183,45 @@ async fn boot_script(
         }
     };
     Ok(script(body))
+}
+
+/// The script that says the agent's kernel or initramfs is missing, if
+/// one is.
+fn missing_artifacts(app: &AppState, base: &ipxe::Urls) -> Option<String> {
+    let missing = ARTIFACTS.iter().any(|f| !app.cfg.artifacts.join(f).is_file());
+    let dir = app.cfg.artifacts.display().to_string();
+    missing.then(|| ipxe::render(&Script::Missing { dir: &dir }, base))
+}
+
+/// The script of a MAC no server has, while machines may enlist: the agent
+/// in discover mode with a fresh discovery token until the machine has
+/// reported, then the script that waits for its adoption; the unknown-MAC
+/// script when no room is left.
+async fn discover(
+    app: &AppState,
+    enlist: &Enlistment,
+    mac: &str,
+    source: IpAddr,
+    base: &ipxe::Urls,
+) -> Result<String, AppError> {
+    if let Some(missing) = missing_artifacts(app, base) {
+        tracing::warn!(%mac, "no agent kernel or initramfs to serve");
+        return Ok(missing);
+    }
+    Ok(match app.db.discover_boot(mac, source, enlist.max_machines).await? {
+        DiscoverBoot::Token(token) => {
+            tracing::info!(%mac, %source, "a machine no server has netboots the agent in discover mode");
+            let agent =
+                Script::Agent { server: mac, mode: "discover", token: &token, kernel_args: &enlist.kernel_args };
+            ipxe::render(&agent, base)
+        }
+        DiscoverBoot::Reported => ipxe::render(&Script::Discovered { mac }, base),
+        DiscoverBoot::Full => {
+            tracing::warn!(%mac, %source, max = enlist.max_machines,
+                "too many discovered machines: adopt or forget some (byoi servers --discovered)");
+            ipxe::render(&Script::Unknown { mac }, base)
+        }
+    })
 }
 
 /// Serves the artifact `name`, with Range and HEAD.

@@ -40,6 +40,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(super::power::routes())
         .merge(super::logs::routes())
         .merge(super::inspect::routes())
+        .merge(super::discovered::routes())
 }
 
 /// RFC 3339 UTC from Unix seconds.
@@ -440,6 +441,19 @@ pub struct HardwareView {
     pub nics: Vec<Nic>,
 }
 
+impl HardwareView {
+    /// The view of an agent's inventory.
+    pub fn of(inv: Inventory) -> HardwareView {
+        HardwareView {
+            boot_mode: inv.firmware,
+            memory_size: Size::mb(inv.memory_bytes),
+            memory_size_bytes: inv.memory_bytes,
+            disk_groups: disk_groups(&inv),
+            nics: inv.nics,
+        }
+    }
+}
+
 /// `DELETE …/bringYourOwnImage`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -540,7 +554,7 @@ async fn show(
 }
 
 /// The view of the server `name`, history and host key included.
-async fn server_view(app: &AppState, name: &str) -> Result<ServerView, AppError> {
+pub(super) async fn server_view(app: &AppState, name: &str) -> Result<ServerView, AppError> {
     let s = server(app, name).await?;
     let id = app.db.server_id(name).await?.ok_or_else(|| no_server(name))?;
     let history = app.db.history(name).await?;
@@ -550,7 +564,7 @@ async fn server_view(app: &AppState, name: &str) -> Result<ServerView, AppError>
 
 /// MACs as they enter: each one valid, lowercase with colons, once, at
 /// least one.
-fn checked_macs(given: &[String]) -> Result<Vec<String>, AppError> {
+pub(super) fn checked_macs(given: &[String]) -> Result<Vec<String>, AppError> {
     let mut macs = Vec::new();
     for m in given {
         macs.push(model::normalize_mac(m).ok_or_else(|| AppError::BadRequest(format!("Bad MAC address {m:?}")))?);
@@ -565,7 +579,7 @@ fn checked_macs(given: &[String]) -> Result<Vec<String>, AppError> {
 
 /// The agent's kernel arguments as they enter: words the boot script can
 /// carry.
-fn checked_kernel_args(args: &[String]) -> Result<(), AppError> {
+pub(super) fn checked_kernel_args(args: &[String]) -> Result<(), AppError> {
     match args.iter().find(|a| !model::valid_kernel_arg(a)) {
         Some(bad) => {
             Err(AppError::BadRequest(format!("Bad kernelArgs entry {bad:?}: one word, no quotes, no $ {{ }} \\ | & #")))
@@ -575,7 +589,7 @@ fn checked_kernel_args(args: &[String]) -> Result<(), AppError> {
 }
 
 /// A power driver as it enters, against the controller's configuration.
-fn checked_power(app: &AppState, p: &serde_json::Value) -> Result<Power, AppError> {
+pub(super) fn checked_power(app: &AppState, p: &serde_json::Value) -> Result<Power, AppError> {
     Power::from_json(p, &app.cfg.power).map_err(AppError::BadRequest)
 }
 
@@ -685,13 +699,7 @@ async fn hardware(
             "No hardware inventory for {name} yet: the agent reports it when the server netboots"
         ))
     })?;
-    Ok(axum::Json(HardwareView {
-        boot_mode: inv.firmware,
-        memory_size: Size::mb(inv.memory_bytes),
-        memory_size_bytes: inv.memory_bytes,
-        disk_groups: disk_groups(&inv),
-        nics: inv.nics,
-    }))
+    Ok(axum::Json(HardwareView::of(inv)))
 }
 
 /// The server's current deployment, with the warnings its agent logged.
