@@ -23,11 +23,16 @@ fn start(data_dir: &Path) -> Controller {
 /// mint tokens.
 fn start_with_artifacts(data: &Path) -> Controller {
     let c = start(data);
+    stand_in_artifacts(data);
+    c
+}
+
+/// A stand-in kernel and initramfs in `data`'s artifacts directory.
+fn stand_in_artifacts(data: &Path) {
     let artifacts = data.join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("vmlinuz"), b"k").unwrap();
     std::fs::write(artifacts.join("initramfs.img"), b"i").unwrap();
-    c
 }
 
 /// The simulated agent holding `token` says hello (one 8 GiB disk) and
@@ -188,6 +193,52 @@ fn inspect_reports_the_hardware_before_a_deployment() {
     let shown: Value = serde_json::from_str(&stdout(&byoi(&c, &["server", "show", "web1", "-o", "json"]))).unwrap();
     assert_eq!((&shown["firmware"], &shown["bootTarget"]), (&json!("uefi"), &json!("local")));
     stderr(&byoi(&c, &["inspect", "nope"]), 5, &c.token);
+}
+
+/// `serve --enlist`: a machine no server has reports its hardware; `servers
+/// --discovered` lists it, `server adopt` makes it a server with its MACs,
+/// `server forget` drops one.
+#[test]
+fn discovered_machines_are_listed_adopted_and_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = start_with(&data, &["--enlist".as_ref()], "http");
+    stand_in_artifacts(&data);
+    let t = agent_token(&c, "52:54:00:cc:00:01");
+    agent_token(&c, "52-54-00-CC-00-02");
+    let disk = json!({"name": "sda", "sizeBytes": 480_103_981_056u64, "serial": "S1", "transport": "sata"});
+    let nics =
+        [json!({"name": "eth0", "mac": "52:54:00:cc:00:01"}), json!({"name": "eth1", "mac": "52:54:00:cc:00:11"})];
+    let inv = json!({"inventory": {"firmware": "uefi", "memoryBytes": 64u64 << 30, "disks": [disk], "nics": nics}});
+    let (status, answer) = http(&c.addr, "POST", "/agent/v1/hello", Some(&t), Some(&inv));
+    assert_eq!((status, answer.as_str()), (200, r#"{"action":"poweroff"}"#));
+
+    let text = stdout(&byoi(&c, &["servers", "--discovered"]));
+    let rows = table(&text);
+    assert_eq!(rows[0], ["MAC", "STATE", "ADDRESS", "FIRMWARE", "MEMORY", "DISKS", "NICS", "LAST", "SEEN"]);
+    assert_eq!(rows[1][..4], ["52:54:00:cc:00:01", "reported", "127.0.0.1", "uefi"]);
+    let line = text.lines().nth(1).unwrap();
+    assert!(
+        line.contains(" 64 GiB ")
+            && line.contains(" 1 x 480 GB SSD ")
+            && line.contains(" 52:54:00:cc:00:01, 52:54:00:cc:00:11 "),
+        "{text}"
+    );
+    assert_eq!(rows[2][..7], ["52:54:00:cc:00:02", "booting", "127.0.0.1", "-", "-", "-", "-"]);
+    let listed: Value = serde_json::from_str(&stdout(&byoi(&c, &["servers", "--discovered", "-o", "json"]))).unwrap();
+    assert_eq!((&listed[0]["hardware"]["bootMode"], &listed[1]["state"]), (&json!("uefi"), &json!("booting")));
+
+    let err = stderr(&byoi(&c, &["server", "adopt", "52:54:00:cc:00:02", "web2"]), 6, &c.token);
+    assert!(err.contains("52:54:00:cc:00:02 has not reported its hardware yet"), "{err}");
+    let said = stdout(&byoi(&c, &["server", "adopt", "52:54:00:cc:00:01", "web1", "--kernel-arg", "console=ttyS1"]));
+    assert_eq!(said.trim(), r#"adopted 52:54:00:cc:00:01 as web1 (["52:54:00:cc:00:01","52:54:00:cc:00:11"])"#);
+    let shown: Value = serde_json::from_str(&stdout(&byoi(&c, &["server", "show", "web1", "-o", "json"]))).unwrap();
+    assert_eq!((&shown["firmware"], &shown["kernelArgs"]), (&json!("uefi"), &json!(["console=ttyS1"])));
+    stderr(&byoi(&c, &["server", "adopt", "52:54:00:cc:00:01", "web1"]), 5, &c.token);
+    let said = stdout(&byoi(&c, &["server", "forget", "52:54:00:cc:00:02"]));
+    assert_eq!(said.trim(), "52:54:00:cc:00:02 forgotten: its next netboot discovers it again");
+    stderr(&byoi(&c, &["server", "forget", "52:54:00:cc:00:02"]), 5, &c.token);
+    assert_eq!(stdout(&byoi(&c, &["servers", "--discovered", "-o", "json"])).trim(), "[]");
 }
 
 /// The profile file gives the controller, the token and the CA, so that

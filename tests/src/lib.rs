@@ -182,6 +182,18 @@ pub fn controller_with(data: &Path, token: &str, artifacts: PathBuf) -> String {
     start(options(data, token, artifacts)).addr.to_string()
 }
 
+/// [`controller`] with `--enlist`: a MAC no server has netboots the agent
+/// in discover mode, with `kernel_args`.
+pub fn controller_enlisting(data: &Path, token: &str, kernel_args: &[&str]) -> String {
+    let enlist = byoi_controller::routes::discovered::Enlistment {
+        kernel_args: kernel_args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    start(byoi_controller::server::ServeOptions { enlist: Some(enlist), ..options(data, token, artifacts()) })
+        .addr
+        .to_string()
+}
+
 /// One plain-HTTP listener on 127.0.0.1:0 serving everything, with the
 /// tests' timeouts and rates.
 fn options(data: &Path, token: &str, artifacts: PathBuf) -> byoi_controller::server::ServeOptions {

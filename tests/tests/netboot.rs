@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use byoi_e2e::{controller, e2e_enabled, http_json, image, serve_file, Firmware, Machine, TestVm};
+use byoi_e2e::{
+    controller, controller_enlisting, e2e_enabled, http_json, image, serve_file, Firmware, Machine, TestVm,
+};
 use serde_json::json;
 
 const TOKEN: &str = "e2e-token";
@@ -130,4 +132,36 @@ fn bios_ipxe_netboot_inspects_and_powers_off() {
     assert_eq!(hw["diskGroups"][0]["numberOfDisks"], 1, "{hw}");
     let (_, server) = http_json(&addr, "GET", "/dedicated/server/insp1", Some(TOKEN), None);
     assert_eq!(server["bootTarget"], "local", "{server}");
+}
+
+/// `--enlist`: a machine no server has netboots the real agent in discover
+/// mode, which reports the VM's hardware and powers it off; adopted, it is
+/// a server with that hardware, and boots its disk.
+#[test]
+fn bios_ipxe_netboot_discovers_an_unknown_machine() {
+    if !e2e_enabled("netboot-discover") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = controller_enlisting(&dir.path().join("data"), TOKEN, &["console=ttyS0"]);
+    let mac = "52:54:00:65:43:23";
+    let m = Machine::new(dir.path(), Firmware::Bios, "virtio-blk-pci", 128, mac).unwrap();
+    let mut vm = TestVm::start(&m.args(&addr), Duration::from_secs(300));
+    vm.wait_for("byoi: booting the agent for 52:54:00:65:43:23 (discover)", Duration::from_secs(120));
+    vm.wait_for("byoi: hardware reported: powering off", Duration::from_secs(120));
+    vm.expect_exit(Duration::from_secs(30), "the agent did not power the VM off");
+    let (s, found) = http_json(&addr, "GET", &format!("/dedicated/discovered/{mac}"), Some(TOKEN), None);
+    assert_eq!((s, &found["state"]), (200, &json!("reported")), "{found}");
+    assert_eq!(found["hardware"]["bootMode"], "legacy", "{found}");
+    assert_eq!(found["hardware"]["diskGroups"][0]["numberOfDisks"], 1, "{found}");
+    assert!(found["hardware"]["nics"].as_array().unwrap().iter().any(|n| n["mac"] == mac), "{found}");
+    let (_, script) = http_json(&addr, "GET", &format!("/boot/{mac}"), None, None);
+    assert!(script.as_str().unwrap().contains("waits to be adopted"), "{script}");
+    let adopt = format!("/dedicated/discovered/{mac}/adopt");
+    let (s, server) = http_json(&addr, "POST", &adopt, Some(TOKEN), Some(&json!({"serviceName": "found1"})));
+    assert_eq!((s, &server["macs"]), (201, &json!([mac])), "{server}");
+    let (_, hw) = http_json(&addr, "GET", "/dedicated/server/found1/specifications/hardware", Some(TOKEN), None);
+    assert_eq!(hw["diskGroups"][0]["numberOfDisks"], 1, "{hw}");
+    let (_, script) = http_json(&addr, "GET", &format!("/boot/{mac}"), None, None);
+    assert!(script.as_str().unwrap().contains("found1 boots from its local disk"), "{script}");
 }
