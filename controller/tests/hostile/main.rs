@@ -8,6 +8,7 @@
 
 mod common;
 mod edge;
+mod enlist;
 mod signed;
 mod tls;
 mod trust;
