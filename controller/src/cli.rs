@@ -917,26 +917,20 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             println!("{}", v["message"].as_str().unwrap_or("forgotten"));
             Ok(0)
         }
-        Command::Servers { discovered: true, out, client } => {
+        Command::Servers { discovered, out, client } => {
+            // A list of names (or MACs), then each item at LIST/NAME.
+            let (list, table): (_, fn(&[Value]) -> String) = match discovered {
+                true => ("/dedicated/discovered", discovered_table),
+                false => ("/dedicated/server", servers_table),
+            };
             let client = client.connect()?;
-            let macs = client.call(Method::GET, "/dedicated/discovered", None).await?;
-            let mut machines = Vec::new();
-            for m in macs.as_array().into_iter().flatten() {
-                let m = m.as_str().unwrap_or_default();
-                machines.push(client.call(Method::GET, &format!("/dedicated/discovered/{m}"), None).await?);
+            let ids = client.call(Method::GET, list, None).await?;
+            let mut items = Vec::new();
+            for id in ids.as_array().into_iter().flatten() {
+                let id = id.as_str().unwrap_or_default();
+                items.push(client.call(Method::GET, &format!("{list}/{id}"), None).await?);
             }
-            output::print(out.output, &Value::Array(machines.clone()), || discovered_table(&machines))?;
-            Ok(0)
-        }
-        Command::Servers { discovered: false, out, client } => {
-            let client = client.connect()?;
-            let names = client.call(Method::GET, "/dedicated/server", None).await?;
-            let mut servers = Vec::new();
-            for n in names.as_array().into_iter().flatten() {
-                let n = n.as_str().unwrap_or_default();
-                servers.push(client.call(Method::GET, &format!("/dedicated/server/{n}"), None).await?);
-            }
-            output::print(out.output, &Value::Array(servers.clone()), || servers_table(&servers))?;
+            output::print(out.output, &Value::Array(items.clone()), || table(&items))?;
             Ok(0)
         }
         Command::Deploy(a) => deploy(a).await,

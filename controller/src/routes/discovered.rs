@@ -31,7 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::agent::agent_version;
-use super::operator::{checked_kernel_args, checked_power, rfc3339, server_view, HardwareView, Operator};
+use super::operator::{checked_kernel_args, checked_mac, checked_power, rfc3339, server_view, HardwareView, Operator};
 use super::{or_405, AgentError, AppError, AppState, ErrorBody, Json};
 use crate::db::{self, Adopted, DiscoveredRow, ServerRow, MAX_DISCOVERED_INVENTORY};
 use crate::lifecycle::Caller;
@@ -126,11 +126,6 @@ pub struct Adoption {
     pub kernel_args: Vec<String>,
 }
 
-/// A MAC in a path, normalised; 400 when it is none.
-fn mac(given: &str) -> Result<String, AppError> {
-    model::normalize_mac(given).ok_or_else(|| AppError::BadRequest(format!("Bad MAC address {given:?}")))
-}
-
 fn no_machine(mac: &str) -> AppError {
     AppError::NotFound(format!("No discovered machine has MAC {mac}"))
 }
@@ -161,7 +156,7 @@ async fn show(
     State(app): State<AppState>,
     Path(given): Path<String>,
 ) -> Result<axum::Json<DiscoveredView>, AppError> {
-    let mac = mac(&given)?;
+    let mac = checked_mac(&given)?;
     let m = app.db.discovered_machine(&mac).await?.ok_or_else(|| no_machine(&mac))?;
     Ok(axum::Json(DiscoveredView::of(m)))
 }
@@ -188,7 +183,7 @@ async fn forget(
     State(app): State<AppState>,
     Path(given): Path<String>,
 ) -> Result<axum::Json<Forgotten>, AppError> {
-    let mac = mac(&given)?;
+    let mac = checked_mac(&given)?;
     if !app.db.forget_discovered(&mac).await? {
         return Err(no_machine(&mac));
     }
@@ -217,7 +212,7 @@ async fn adopt(
     Path(given): Path<String>,
     Json(a): Json<Adoption>,
 ) -> Result<(StatusCode, axum::Json<super::operator::ServerView>), AppError> {
-    let mac = mac(&given)?;
+    let mac = checked_mac(&given)?;
     if !model::valid_name(&a.service_name) {
         return Err(AppError::BadRequest(model::bad_name(&a.service_name)));
     }

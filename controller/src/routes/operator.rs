@@ -567,7 +567,7 @@ pub(super) async fn server_view(app: &AppState, name: &str) -> Result<ServerView
 pub(super) fn checked_macs(given: &[String]) -> Result<Vec<String>, AppError> {
     let mut macs = Vec::new();
     for m in given {
-        macs.push(model::normalize_mac(m).ok_or_else(|| AppError::BadRequest(format!("Bad MAC address {m:?}")))?);
+        macs.push(checked_mac(m)?);
     }
     macs.sort();
     macs.dedup();
@@ -575,6 +575,11 @@ pub(super) fn checked_macs(given: &[String]) -> Result<Vec<String>, AppError> {
         return Err(AppError::BadRequest("A server needs at least one MAC address".into()));
     }
     Ok(macs)
+}
+
+/// A MAC as it enters, normalised; 400 when it is none.
+pub(super) fn checked_mac(given: &str) -> Result<String, AppError> {
+    model::normalize_mac(given).ok_or_else(|| AppError::BadRequest(format!("Bad MAC address {given:?}")))
 }
 
 /// The agent's kernel arguments as they enter: words the boot script can
