@@ -1171,6 +1171,7 @@ mod tests {
     fn documented_events() -> Vec<String> {
         let doc = include_str!("../../docs/lifecycle.md");
         let section = doc.split("## On the controller").nth(1).expect("the controller section");
+        let section = section.split("\n## ").next().unwrap_or_default();
         section
             .lines()
             .filter(|l| l.starts_with("| ") && !l.starts_with("| event") && !l.starts_with("|---"))
