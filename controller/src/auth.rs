@@ -336,13 +336,23 @@ pub enum AuthError {
     /// A call only the API token may make (credential management).
     #[error("This call has not been granted: it takes the API token (Authorization: Bearer …)")]
     TokenOnly,
+    /// A dashboard session cookie that is unknown, expired or logged out.
+    #[error("Your dashboard session has ended: log in again")]
+    SessionEnded,
+    /// A change made with a session cookie without the session's CSRF
+    /// token.
+    #[error("This change needs the dashboard session's CSRF token (X-Byoi-Csrf)")]
+    NoCsrf,
 }
 
 impl AuthError {
     /// The status, and the `errorCode` OVHcloud sends with it.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            AuthError::NoCredential | AuthError::BadToken => (StatusCode::UNAUTHORIZED, "NOT_CREDENTIAL"),
+            AuthError::NoCredential | AuthError::BadToken | AuthError::SessionEnded => {
+                (StatusCode::UNAUTHORIZED, "NOT_CREDENTIAL")
+            }
+            AuthError::NoCsrf => (StatusCode::FORBIDDEN, "NOT_GRANTED_CALL"),
             AuthError::InvalidKey => (StatusCode::FORBIDDEN, "INVALID_KEY"),
             AuthError::NoConsumer => (StatusCode::FORBIDDEN, "NOT_CREDENTIAL"),
             AuthError::QueryTimeOut => (StatusCode::BAD_REQUEST, "QUERY_TIME_OUT"),

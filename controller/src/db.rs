@@ -24,9 +24,11 @@ pub mod backup;
 mod credentials;
 mod discovered;
 mod host_keys;
+mod sessions;
 
 pub use credentials::{ApplicationRow, CredentialRow, NewApplication, Requested};
 pub use discovered::{Adopted, DiscoverBoot, DiscoveredRow, MAX_DISCOVERED, MAX_DISCOVERED_INVENTORY};
+pub use sessions::{NewSession, SessionRow, MAX_SESSIONS};
 
 /// Database errors; the API answers them with 500 (they are bugs or a
 /// broken disk, never the caller's input).
@@ -80,6 +82,8 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("migrations/06-agent-version.sql")),
         // Enlistment: machines no server has, discovered by the agent.
         M::up(include_str!("migrations/07-discovered.sql")),
+        // The dashboard's sessions.
+        M::up(include_str!("migrations/08-sessions.sql")),
     ])
 });
 
@@ -104,6 +108,9 @@ pub struct ServerRow {
     pub created_at: i64,
     /// The version its agent last said hello with.
     pub agent_version: Option<String>,
+    /// The address the agent holding its boot calls from (read only: the
+    /// lifecycle's claim).
+    pub agent_address: Option<String>,
 }
 
 /// An agent log line, as kept.
@@ -274,7 +281,8 @@ fn from_json<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> rusqlite::R
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into()))
 }
 
-const SERVER_COLS: &str = "name, power, kernel_args, boot_target, inventory, last_seen, created_at, agent_version";
+const SERVER_COLS: &str =
+    "name, power, kernel_args, boot_target, inventory, last_seen, created_at, agent_version, claim_addr";
 
 fn server_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
     let name: String = r.get(0)?;
@@ -290,6 +298,7 @@ fn server_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerR
         last_seen: r.get(5)?,
         created_at: r.get(6)?,
         agent_version: r.get(7)?,
+        agent_address: r.get(8)?,
     })
 }
 
@@ -314,6 +323,16 @@ fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
         finished_at: r.get(13)?,
         job_token: r.get(14)?,
     })
+}
+
+fn all_servers(c: &Connection) -> rusqlite::Result<Vec<ServerRow>> {
+    let mut stmt = c.prepare_cached(&format!("SELECT {SERVER_COLS} FROM servers ORDER BY name"))?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(server_row(c, r)?);
+    }
+    Ok(out)
 }
 
 fn latest(c: &Connection, server: &str) -> rusqlite::Result<Option<DeploymentRow>> {
@@ -355,6 +374,18 @@ impl Db {
         .await??;
         let (changes, _) = tokio::sync::watch::channel(0);
         Ok(Db { conn, boot_timeout: boot_timeout.as_secs() as i64, changes: std::sync::Arc::new(changes) })
+    }
+
+    /// Runs `f`, a change to servers, deployments, their logs or
+    /// discovered machines, on the database thread; then wakes the event
+    /// streams ([`Db::changes`]).
+    async fn change<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let done = self.call(f).await;
+        self.changes.send_modify(|n| *n += 1);
+        done
     }
 
     /// Runs `f` on the database thread.
@@ -435,7 +466,7 @@ impl Db {
 
     /// Adds a server; `Err(message)` if the name or a MAC is taken.
     pub async fn add_server(&self, s: ServerRow) -> Result<Result<(), String>> {
-        self.call(move |c| {
+        self.change(move |c| {
             let tx = c.transaction()?;
             let added = insert_server(&tx, &s)?;
             if added.is_ok() {
@@ -451,7 +482,7 @@ impl Db {
     /// when a MAC belongs to another.
     pub async fn update_server(&self, name: &str, change: ServerChange) -> Result<Result<Option<()>, String>> {
         let name = name.to_owned();
-        self.call(move |c| {
+        self.change(move |c| {
             let tx = c.transaction()?;
             if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
                 return Ok(Ok(None));
@@ -489,7 +520,7 @@ impl Db {
     /// key, unless a deployment runs on it and `force` is not given.
     pub async fn delete_server(&self, name: &str, force: bool) -> Result<Deleted> {
         let name = name.to_owned();
-        self.call(move |c| {
+        self.change(move |c| {
             let tx = c.transaction()?;
             if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
                 return Ok(Deleted::NoServer);
@@ -532,16 +563,12 @@ impl Db {
 
     /// All servers, by name.
     pub async fn servers(&self) -> Result<Vec<ServerRow>> {
-        self.call(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {SERVER_COLS} FROM servers ORDER BY name"))?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(server_row(c, r)?);
-            }
-            Ok(out)
-        })
-        .await
+        self.call(|c| all_servers(c)).await
+    }
+
+    /// All servers, by name, each with its newest deployment.
+    pub async fn fleet(&self) -> Result<Vec<(ServerRow, Option<DeploymentRow>)>> {
+        self.call(|c| all_servers(c)?.into_iter().map(|s| latest(c, &s.name).map(|d| (s, d))).collect()).await
     }
 
     /// The server owning a MAC.
@@ -683,26 +710,23 @@ impl Db {
         if logs.is_empty() {
             return Ok(());
         }
-        let saved = self
-            .call(move |c| {
-                let tx = c.transaction()?;
-                let t = now();
-                for l in &logs {
-                    tx.execute(
+        self.change(move |c| {
+            let tx = c.transaction()?;
+            let t = now();
+            for l in &logs {
+                tx.execute(
                     "INSERT INTO agent_logs (deployment_id, at, level, target, message) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![deployment, t, l.level, l.target, l.message],
                 )?;
-                }
-                tx.execute(
-                    "DELETE FROM agent_logs WHERE deployment_id = ?1 AND id NOT IN \
+            }
+            tx.execute(
+                "DELETE FROM agent_logs WHERE deployment_id = ?1 AND id NOT IN \
                  (SELECT id FROM agent_logs WHERE deployment_id = ?1 ORDER BY id DESC LIMIT ?2)",
-                    params![deployment, keep as i64],
-                )?;
-                tx.commit()
-            })
-            .await;
-        self.changes.send_modify(|n| *n += 1);
-        saved
+                params![deployment, keep as i64],
+            )?;
+            tx.commit()
+        })
+        .await
     }
 
     /// The log lines kept for a deployment after the line `after` (0: from

@@ -608,7 +608,7 @@ async fn netboot_side_scripts_and_artifacts() {
 
 /// The routes [`openapi_document_matches_the_routes`] knows: adding one
 /// means documenting it, listing it here and sampling its answer there.
-const ROUTES: [&str; 50] = [
+const ROUTES: [&str; 58] = [
     "GET /dedicated/server",
     "POST /dedicated/server",
     "GET /dedicated/server/{serviceName}",
@@ -631,6 +631,14 @@ const ROUTES: [&str; 50] = [
     "GET /dedicated/discovered/{mac}",
     "DELETE /dedicated/discovered/{mac}",
     "POST /dedicated/discovered/{mac}/adopt",
+    "GET /dedicated/events",
+    "GET /",
+    "GET /ui/",
+    "GET /ui/login",
+    "POST /ui/login",
+    "POST /ui/logout",
+    "GET /ui/app.js",
+    "GET /ui/app.css",
     "POST /agent/v1/hello",
     "POST /agent/v1/heartbeat",
     "GET /agent/v1/job",
@@ -820,7 +828,12 @@ async fn openapi_document_matches_the_routes() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys().filter(|k| !["parameters", "servers"].contains(&k.as_str())) {
             let m: Method = method.to_uppercase().parse().unwrap();
-            let r = call(&app, m.clone(), &concrete(path), None).await;
+            // The fleet's stream does not end: asked without a token, its
+            // route answers 401.
+            let r = match path.as_str() {
+                "/dedicated/events" => app.handle(Request::new(m.clone(), path, "")).await,
+                _ => call(&app, m.clone(), &concrete(path), None).await,
+            };
             let msg = r.json_body()["message"].as_str().unwrap_or_default().to_owned();
             assert!(
                 !msg.starts_with("No route") && r.status != StatusCode::METHOD_NOT_ALLOWED,
@@ -1098,6 +1111,28 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let req = Request::new(Method::GET, "x", "").header(AUTHORIZATION, &format!("Bearer {TOKEN}"));
     assert_eq!(s.sample(machine, req).await.status, StatusCode::BAD_REQUEST, "not a MAC");
+
+    // The dashboard (the fleet's stream does not end: its 401 only).
+    assert_eq!(s.anyone(Method::GET, "/dedicated/events").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.anyone(Method::GET, "/").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(s.anyone(Method::GET, "/ui/login").await.status, StatusCode::OK);
+    let form = |body: String| {
+        Request::new(Method::POST, "", body).header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+    };
+    assert_eq!(s.sample("/ui/login", form("token=wrong".into())).await.status, StatusCode::UNAUTHORIZED);
+    let r = s.sample("/ui/login", form(format!("token={TOKEN}"))).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let cookie = r.headers[http::header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let session = |method: Method, body: &str| {
+        Request::new(method, "", body.to_owned())
+            .header(http::header::COOKIE, &cookie)
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+    };
+    for path in ["/ui/", "/ui/app.js", "/ui/app.css"] {
+        assert_eq!(s.anyone(Method::GET, path).await.status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(s.sample(path, session(Method::GET, "")).await.status, StatusCode::OK, "{path}");
+    }
+    assert_eq!(s.sample("/ui/logout", session(Method::POST, "csrf=forged")).await.status, StatusCode::FORBIDDEN);
 
     let unsampled: Vec<_> = known.iter().filter(|r| !s.sampled.contains(*r)).collect();
     assert!(unsampled.is_empty(), "no sample answer checked for {unsampled:?}");
@@ -2137,4 +2172,185 @@ async fn servers_are_changed_and_deleted() {
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+/// `POST /ui/login` with the form `form`: the answer.
+async fn login(app: &App, form: &str) -> Response {
+    let req = Request::new(Method::POST, "/ui/login", form.to_owned())
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    app.handle(req).await
+}
+
+/// A request carrying the session cookie `cookie` (and, for a change,
+/// `csrf`).
+async fn with_session(
+    app: &App,
+    method: Method,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> Response {
+    let mut req = Request::new(method, path, body.map(|b| b.to_string()).unwrap_or_default())
+        .header(http::header::COOKIE, &format!("other=1; byoi_session={cookie}"));
+    if let Some(t) = csrf {
+        req = req.header(http::header::HeaderName::from_static("x-byoi-csrf"), t);
+    }
+    app.handle(req).await
+}
+
+/// The dashboard's sessions: nothing but the login page without one; the
+/// cookie is HttpOnly and SameSite=Strict; a change needs the CSRF token; a
+/// credential's session is bounded by its rules and ends with it; logging
+/// out ends the session.
+#[tokio::test]
+async fn dashboard_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    for path in ["/ui/", "/ui/app.js", "/ui/app.css", "/"] {
+        let r = app.handle(Request::new(Method::GET, path, "")).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{path}");
+        let to = if path == "/" { "/ui/" } else { "/ui/login" };
+        assert_eq!(r.headers[http::header::LOCATION], to, "{path}");
+    }
+    let page = app.handle(Request::new(Method::GET, "/ui/login", "")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let csp = page.headers[http::header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'none'; script-src 'self'; style-src 'self' 'sha256-"), "{csp}");
+    assert_eq!(page.headers[http::header::X_FRAME_OPTIONS], "DENY");
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script"), "{html}");
+
+    let r = login(&app, "token=wrong").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(String::from_utf8_lossy(&r.body).contains("Wrong token or credential."));
+    assert!(r.headers.get(http::header::SET_COOKIE).is_none());
+    let r = login(&app, &format!("token={TOKEN}&applicationKey=")).await;
+    assert_eq!(
+        (r.status, &r.headers[http::header::LOCATION]),
+        (StatusCode::SEE_OTHER, &"/ui/".parse::<http::HeaderValue>().unwrap())
+    );
+    let set = r.headers[http::header::SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(set.ends_with("; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200"), "{set}");
+    let cookie = set.split(';').next().unwrap().strip_prefix("byoi_session=").unwrap().to_owned();
+    let page = with_session(&app, Method::GET, "/ui/", &cookie, None, None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    let csrf = html.split("name=\"byoi-csrf\" content=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    assert!(csrf.len() >= 32 && !html.contains(&cookie), "the page holds the CSRF token, never the cookie");
+    assert_eq!(with_session(&app, Method::GET, "/ui/app.js", &cookie, None, None).await.status, StatusCode::OK);
+
+    // The API takes the cookie; a change needs the CSRF token too.
+    let r = with_session(&app, Method::GET, "/dedicated/server", &cookie, None, None).await;
+    assert_eq!((r.status, r.json_body()), (StatusCode::OK, json!(["s1"])));
+    let new = json!({"serviceName": "s2", "macs": ["52:54:00:00:00:02"]});
+    let r = with_session(&app, Method::POST, "/dedicated/server", &cookie, None, Some(new.clone())).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.json_body()["message"].as_str().unwrap().contains("CSRF"));
+    let r = with_session(&app, Method::POST, "/dedicated/server", &cookie, Some("forged"), Some(new.clone())).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = with_session(&app, Method::POST, "/dedicated/server", &cookie, Some(&csrf), Some(new)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json_body());
+    let r = with_session(&app, Method::GET, "/dedicated/server", "made-up", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json_body()["message"], "Your dashboard session has ended: log in again");
+
+    // A credential that may only read.
+    let made = call(
+        &app,
+        Method::POST,
+        "/me/api/application",
+        Some(json!({"name": "viewer", "rules": [{"method": "GET", "path": "/*"}]})),
+    )
+    .await
+    .json_body();
+    let keys = ["applicationKey", "applicationSecret", "consumerKey"].map(|k| made[k].as_str().unwrap().to_owned());
+    let wrong =
+        login(&app, &format!("applicationKey={}&applicationSecret=nope&consumerKey={}", keys[0], keys[2])).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let r =
+        login(&app, &format!("applicationKey={}&applicationSecret={}&consumerKey={}", keys[0], keys[1], keys[2])).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let viewer = r.headers[http::header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap()
+        ["byoi_session=".len()..]
+        .to_owned();
+    let html =
+        String::from_utf8(with_session(&app, Method::GET, "/ui/", &viewer, None, None).await.body.to_vec()).unwrap();
+    let viewer_csrf = html.split("name=\"byoi-csrf\" content=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    assert_eq!(
+        with_session(&app, Method::GET, "/dedicated/server/s1", &viewer, None, None).await.status,
+        StatusCode::OK
+    );
+    let r = with_session(&app, Method::DELETE, "/dedicated/server/s2", &viewer, Some(&viewer_csrf), None).await;
+    assert_eq!((r.status, &r.json_body()["errorCode"]), (StatusCode::FORBIDDEN, &json!("NOT_GRANTED_CALL")));
+    call(&app, Method::DELETE, &format!("/me/api/application/{}", made["applicationId"]), None).await;
+    let r = with_session(&app, Method::GET, "/dedicated/server", &viewer, None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a revoked credential's session ends");
+
+    // Logging out needs the CSRF token, and ends the session.
+    let logout = |csrf: String| {
+        let req = Request::new(Method::POST, "/ui/logout", format!("csrf={csrf}"))
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(http::header::COOKIE, &format!("byoi_session={cookie}"));
+        app.handle(req)
+    };
+    assert_eq!(logout("forged".into()).await.status, StatusCode::FORBIDDEN);
+    let r = logout(csrf).await;
+    assert_eq!((r.status, r.headers[http::header::LOCATION].to_str().unwrap()), (StatusCode::SEE_OTHER, "/ui/login"));
+    assert!(r.headers[http::header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        with_session(&app, Method::GET, "/dedicated/server", &cookie, None, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(with_session(&app, Method::GET, "/ui/", &cookie, None, None).await.status, StatusCode::SEE_OTHER);
+}
+
+/// `GET /dedicated/events`: every server and discovered machine, `ready`,
+/// then each change (a deployment's progress, a server added or deleted).
+#[tokio::test]
+async fn the_fleet_streams_its_changes() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path(), Duration::from_secs(60)).await;
+    let (token, id) = running_job(&app, json!({"URL": "http://x/i.raw"})).await;
+    add_server(&app, "s0", "52:54:00:00:00:00", json!({"kind": "manual"})).await;
+    let req = http::Request::get("/dedicated/events")
+        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let r = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(r.headers()[http::header::CONTENT_TYPE], "text/event-stream");
+    let mut body = r.into_body();
+    let mut text = String::new();
+    // Reads until `until` is in the stream.
+    let mut read_until = async |until: &str| {
+        while !text.contains(until) {
+            let frame =
+                tokio::time::timeout(Duration::from_secs(20), body.frame()).await.expect("an event").unwrap().unwrap();
+            text.push_str(std::str::from_utf8(&frame.into_data().unwrap()).unwrap());
+        }
+        sse(&text)
+    };
+    let events = read_until("event: ready").await;
+    let kinds: Vec<(&str, &Value)> = events.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert_eq!(
+        (kinds[0].0, &kinds[0].1["serviceName"], &kinds[0].1["state"]),
+        ("server", &json!("s0"), &json!("idle"))
+    );
+    let s1 = kinds[1].1;
+    assert_eq!(
+        (&s1["state"], &s1["stage"], &s1["deploymentId"]),
+        (&json!("deploying"), &json!("downloading"), &json!(id))
+    );
+    assert_eq!(s1["disks"], json!(["2 x 1100 GB NVMe", "1 x 2199 GB NVMe"]), "{s1}");
+    let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 5, "bytesTotal": 10});
+    assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "continue");
+    let events = read_until("\"percent\":50.0").await;
+    let (kind, last) = events.last().unwrap();
+    assert_eq!((kind.as_str(), &last["serviceName"], &last["percent"]), ("server", &json!("s1"), &json!(50.0)));
+    call(&app, Method::DELETE, "/dedicated/server/s0", None).await;
+    let events = read_until("event: removed").await;
+    assert_eq!(events.last().unwrap(), &("removed".to_owned(), json!({"serviceName": "s0"})));
 }

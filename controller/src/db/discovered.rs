@@ -87,7 +87,7 @@ impl Db {
     /// reported, if fewer than `max` machines are kept.
     pub async fn discover_boot(&self, mac: &str, addr: IpAddr, max: u32) -> Result<DiscoverBoot> {
         let (mac, addr, boot_timeout) = (mac.to_owned(), addr.to_string(), self.boot_timeout);
-        self.call(move |c| {
+        self.change(move |c| {
             let tx = c.transaction()?;
             let t = now();
             let reported: Option<bool> = tx
@@ -135,7 +135,7 @@ impl Db {
         version: &str,
     ) -> Result<Option<String>> {
         let (inventory, version) = (serde_json::to_string(inventory).map_err(json_err)?, version.to_owned());
-        self.call(move |c| {
+        self.change(move |c| {
             let t = now();
             c.query_row(
                 "UPDATE discovered SET inventory = ?2, agent_version = ?3, address = ?4, last_seen = ?5, \
@@ -168,7 +168,7 @@ impl Db {
     /// Forgets a discovered machine (its token too); whether it existed.
     pub async fn forget_discovered(&self, mac: &str) -> Result<bool> {
         let mac = mac.to_owned();
-        self.call(move |c| Ok(c.execute("DELETE FROM discovered WHERE mac = ?1", [mac])? > 0)).await
+        self.change(move |c| Ok(c.execute("DELETE FROM discovered WHERE mac = ?1", [mac])? > 0)).await
     }
 
     /// Makes the reported machine `mac` the server `server` describes (its
@@ -178,7 +178,7 @@ impl Db {
     /// the same transaction.
     pub async fn adopt(&self, mac: &str, server: ServerRow) -> Result<Adopted> {
         let mac = mac.to_owned();
-        self.call(move |c| {
+        self.change(move |c| {
             let tx = c.transaction()?;
             let found =
                 tx.query_row(&format!("SELECT {COLS} FROM discovered WHERE mac = ?1"), [&mac], row).optional()?;

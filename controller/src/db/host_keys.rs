@@ -96,6 +96,7 @@ mod tests {
             last_seen: None,
             created_at: 0,
             agent_version: None,
+            agent_address: None,
         };
         db.add_server(row("a")).await.unwrap().unwrap();
         db.add_server(row("b")).await.unwrap().unwrap();

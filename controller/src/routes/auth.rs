@@ -36,7 +36,7 @@ use axum::body::Body;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{FromRequestParts, OriginalUri, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
@@ -119,7 +119,16 @@ async fn identify(app: &AppState, req: Request) -> Result<(Caller, Request), App
             Err(AuthError::BadToken.into())
         };
     }
-    let Some(key) = text(req.headers(), "x-ovh-application") else { return Err(AuthError::NoCredential.into()) };
+    let Some(key) = text(req.headers(), "x-ovh-application") else {
+        return match super::ui::cookie(req.headers(), super::ui::COOKIE) {
+            Some(cookie) => {
+                let cookie = cookie.to_owned();
+                let (parts, body) = req.into_parts();
+                Ok((session_caller(app, &cookie, &parts).await?, Request::from_parts(parts, body)))
+            }
+            None => Err(AuthError::NoCredential.into()),
+        };
+    };
     let application = app.db.application_by_key(key).await?.ok_or(AuthError::InvalidKey)?;
     let consumer = text(req.headers(), "x-ovh-consumer").ok_or(AuthError::NoConsumer)?.to_owned();
     let timestamp =
@@ -130,7 +139,7 @@ async fn identify(app: &AppState, req: Request) -> Result<(Caller, Request), App
         .await?
         .filter(|c| c.application == application.id)
         .ok_or(AuthError::UnknownCredential)?;
-    if credential.status != CredentialStatus::Validated || !from_allowed(&credential, Peer::of(req.extensions())) {
+    if !usable(&credential, Peer::of(req.extensions())) {
         return Err(AuthError::CredentialNotValid.into());
     }
     let sent = text(req.headers(), "x-ovh-signature").ok_or(AuthError::InvalidSignature)?.to_owned();
@@ -141,15 +150,48 @@ async fn identify(app: &AppState, req: Request) -> Result<(Caller, Request), App
     if !same(&sent, &expected) {
         return Err(AuthError::InvalidSignature.into());
     }
-    let path = api_path(&parts);
-    let exempt = path.starts_with("/auth/");
-    if !exempt && !credential.rules.iter().any(|r| r.grants(&parts.method, path)) {
+    if !granted(&credential, &parts.method, api_path(&parts)) {
         return Err(AuthError::NotGranted.into());
     }
     if let Err(e) = app.db.touch_credential(credential.id).await {
         tracing::warn!(credential = credential.id, error = %e, "noting a credential's use");
     }
     Ok((Caller::Credential(credential), Request::from_parts(parts, Body::from(body))))
+}
+
+/// The caller a dashboard session cookie stands for: the API token, or its
+/// credential (still validated, from an address it allows, its rules
+/// granting the call). A change (any method but GET and HEAD) must carry
+/// the session's CSRF token in `X-Byoi-Csrf`: the cookie alone is what a
+/// forged cross-site request would carry.
+async fn session_caller(app: &AppState, cookie: &str, parts: &Parts) -> Result<Caller, AppError> {
+    let session = app.db.session(cookie).await?.ok_or(AuthError::SessionEnded)?;
+    if !matches!(parts.method, Method::GET | Method::HEAD)
+        && !text(&parts.headers, super::ui::CSRF_HEADER).is_some_and(|t| same(t, &session.csrf))
+    {
+        return Err(AuthError::NoCsrf.into());
+    }
+    let Some(id) = session.credential else { return Ok(Caller::ApiToken) };
+    let credential = app.db.credential(id).await?.ok_or(AuthError::SessionEnded)?;
+    if !usable(&credential, Peer::of(&parts.extensions)) {
+        return Err(AuthError::CredentialNotValid.into());
+    }
+    if !granted(&credential, &parts.method, api_path(parts)) {
+        return Err(AuthError::NotGranted.into());
+    }
+    Ok(Caller::Credential(credential))
+}
+
+/// Whether the credential's rules grant `method` on `path` (the API's
+/// path, without `/1.0`); `/auth/…` is every credential's.
+fn granted(c: &CredentialRow, method: &Method, path: &str) -> bool {
+    path.starts_with("/auth/") || c.rules.iter().any(|r| r.grants(method, path))
+}
+
+/// Whether a credential may be used from `peer`: validated, and from an
+/// address it allows.
+pub(super) fn usable(c: &CredentialRow, peer: Option<IpAddr>) -> bool {
+    c.status == CredentialStatus::Validated && from_allowed(c, peer)
 }
 
 /// Whether the credential may be used from `peer` (every address when it

@@ -97,10 +97,21 @@ pub struct DiscoveredView {
     pub hardware: Option<HardwareView>,
 }
 
+impl DiscoveredState {
+    /// Whether `m` has reported.
+    pub fn of(m: &DiscoveredRow) -> DiscoveredState {
+        if m.inventory.is_some() {
+            DiscoveredState::Reported
+        } else {
+            DiscoveredState::Booting
+        }
+    }
+}
+
 impl DiscoveredView {
     fn of(m: DiscoveredRow) -> DiscoveredView {
         DiscoveredView {
-            state: if m.inventory.is_some() { DiscoveredState::Reported } else { DiscoveredState::Booting },
+            state: DiscoveredState::of(&m),
             mac: m.mac,
             address: m.address,
             first_seen: rfc3339(m.first_seen),
@@ -231,6 +242,7 @@ async fn adopt(
         last_seen: None,
         created_at: db::now(),
         agent_version: None,
+        agent_address: None,
     };
     match app.db.adopt(&mac, server).await? {
         Adopted::Done { macs } => {

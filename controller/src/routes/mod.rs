@@ -28,6 +28,7 @@ pub mod agent;
 pub mod auth;
 pub mod discovered;
 pub mod error;
+pub mod fleet;
 pub mod health;
 pub mod inspect;
 pub mod logs;
@@ -36,6 +37,7 @@ pub mod netboot;
 pub mod operator;
 pub mod power;
 pub mod reinstall;
+pub mod ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -312,8 +314,19 @@ fn surface(surface: Surface) -> OpenApiRouter<AppState> {
     let meta = || OpenApiRouter::new().routes(or_405(routes!(openapi_json))).merge(health::routes()).layer(refuse());
     let netboot = || netboot::routes().layer(refuse());
     match surface {
-        Surface::All => doc.merge(api()).merge(agent::routes()).merge(netboot()).merge(meta()).merge(metrics::routes()),
-        Surface::Api => doc.merge(api()).merge(agent::routes()).merge(meta()).merge(metrics::routes()),
+        Surface::All => doc
+            .merge(api())
+            .merge(agent::routes())
+            .merge(netboot())
+            .merge(meta())
+            .merge(metrics::routes())
+            .merge(ui::routes().layer(refuse())),
+        Surface::Api => doc
+            .merge(api())
+            .merge(agent::routes())
+            .merge(meta())
+            .merge(metrics::routes())
+            .merge(ui::routes().layer(refuse())),
         Surface::Netboot => doc.merge(netboot()).merge(health::routes().layer(refuse())),
     }
 }

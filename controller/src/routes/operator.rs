@@ -41,6 +41,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(super::logs::routes())
         .merge(super::inspect::routes())
         .merge(super::discovered::routes())
+        .merge(super::fleet::routes())
 }
 
 /// RFC 3339 UTC from Unix seconds.
@@ -221,6 +222,9 @@ pub struct ServerView {
     pub ssh_host_key: Option<String>,
     /// The version its agent last said hello with.
     pub agent_version: Option<String>,
+    /// The address the agent holding its boot calls from: in rescue, where
+    /// to `ssh root@`.
+    pub agent_address: Option<String>,
     /// Whether that version differs from the controller's: rebuild the
     /// initramfs (`cargo xtask initramfs`) from this release.
     pub version_skew: bool,
@@ -328,6 +332,7 @@ impl ServerView {
                 .collect(),
             ssh_host_key: None,
             agent_version: s.agent_version.clone(),
+            agent_address: s.agent_address.clone(),
             version_skew: s.agent_version.as_deref().is_some_and(|v| v != env!("CARGO_PKG_VERSION")),
         }
     }
@@ -523,6 +528,7 @@ async fn add(
         last_seen: None,
         created_at: db::now(),
         agent_version: None,
+        agent_address: None,
     };
     match app.db.add_server(row.clone()).await? {
         Ok(()) => {
