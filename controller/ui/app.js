@@ -303,8 +303,9 @@ async function serverView(name) {
   }
   const hw = await api("GET", `/dedicated/server/${encodeURIComponent(name)}/specifications/hardware`).catch(() => null);
   const power = await api("GET", `/dedicated/server/${encodeURIComponent(name)}/power`).catch((e) => ({ state: "unknown", error: e.message }));
+  // Each history entry is a deployment's view, with its image's URL.
   const latest = s.deployments[0];
-  const running = latest && latest.status.status === "doing";
+  const running = latest && latest.status === "doing";
   const actionMessage = h("p", { id: "action-message", role: "status" });
 
   async function act(label, method, path, body, confirmText) {
@@ -336,7 +337,7 @@ async function serverView(name) {
   );
 
   const facts = definitions([
-    ["State", badge(s.bootTarget === "rescue" ? "rescue" : running ? "deploying" : latest ? latest.status.status : "idle")],
+    ["State", badge(s.bootTarget === "rescue" ? "rescue" : running ? "deploying" : latest ? latest.status : "idle")],
     ["MACs", s.macs.join(", ")],
     ["Power", `${s.power.kind}: ${power.state}${power.error ? ` (${power.error})` : ""}`],
     ["Boots", s.bootTarget],
@@ -396,14 +397,13 @@ async function serverView(name) {
           h(
             "tbody",
             {},
-            s.deployments.map((d) => {
-              const v = d.status;
+            s.deployments.map((v) => {
               const took = v.finishedAt ? Math.round((new Date(v.finishedAt) - new Date(v.createdAt)) / 1000) : null;
               return h(
                 "tr",
                 {},
                 h("td", {}, String(v.deploymentId)),
-                h("td", { class: "url" }, d.url),
+                h("td", { class: "url" }, v.url),
                 h("td", {}, badge(v.status === "doing" ? "deploying" : v.status), " ", v.status === "error" ? h("span", { class: "message error" }, v.message) : ""),
                 h("td", {}, when(v.createdAt)),
                 h("td", {}, duration(took)),
@@ -418,20 +418,24 @@ async function serverView(name) {
   const current = h("section", { "aria-labelledby": "current-h" }, h("h2", { id: "current-h" }, "Current deployment"));
   const log = h("ol", { id: "agent-log", class: "log", "aria-live": "off" });
   if (latest) {
-    const v = latest.status;
+    const v = latest;
     current.append(
       h(
         "div",
         { id: "current", class: "progress" },
         bar(v.status === "done" ? 100 : v.percent, `deployment ${v.deploymentId}`),
-        h("span", { id: "current-text" }, `${v.status} · ${v.stage}${v.percent !== null && v.percent !== undefined ? ` ${v.percent}%` : ""} · ${v.message}`),
+        h("span", { id: "current-text" }, summary(v)),
       ),
       h("h3", {}, "Agent log"),
       log,
     );
-    const lines = await api("GET", `${base}/logs?deployment=${v.deploymentId}`).catch(() => []);
-    for (const l of lines) log.append(logLine(l));
+    // A running deployment's stream sends every line from the first; an
+    // ended one's lines are read once.
     if (running) followServer(name, log);
+    else {
+      const view = await api("GET", `${base}/logs?deployment=${v.deploymentId}`).catch(() => ({ lines: [] }));
+      for (const l of view.lines) log.append(logLine(l));
+    }
   } else current.append(h("p", { class: "muted" }, "Nothing deployed yet."));
 
   main.replaceChildren(
@@ -445,6 +449,15 @@ async function serverView(name) {
     hardware,
     history,
   );
+}
+
+/// A deployment in a line: `doing · writing 42%`, `error · checksum · the
+/// image's sha256 is …` (the message when it says more than the stage).
+function summary(v) {
+  const percent = v.status === "done" ? 100 : v.percent;
+  const parts = [v.status, `${v.stage}${percent !== null && percent !== undefined ? ` ${percent}%` : ""}`];
+  if (v.message && v.message !== v.stage) parts.push(v.message);
+  return parts.join(" · ");
 }
 
 function logLine(l) {
@@ -461,7 +474,7 @@ function followServer(name, log) {
     const percent = v.status === "done" ? 100 : v.percent;
     el.replaceChildren(
       bar(percent, `deployment ${v.deploymentId}`),
-      h("span", { id: "current-text" }, `${v.status} · ${v.stage}${percent !== null && percent !== undefined ? ` ${percent}%` : ""} · ${v.message}`),
+      h("span", { id: "current-text" }, summary(v)),
     );
     if (v.status !== "doing") {
       // The controller ends the stream with the deployment: not reconnecting.

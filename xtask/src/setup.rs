@@ -45,6 +45,9 @@ pub const PACKAGES: &[&str] = &[
     // controller/tests/ipmi.rs drives it against.
     "ipmitool",
     "openipmi",
+    // The dashboard's tests drive the real page in headless Chromium.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// QEMU itself, from bookworm-backports.
