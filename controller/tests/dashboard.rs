@@ -182,10 +182,12 @@ async fn the_dashboard_in_chromium() {
     until(&b, "return document.querySelector('#row-web1 progress').value", json!(25)).await;
     progress(&c, &web1, web1_id, 3_000_000_000, "75% written");
     until(&b, "return document.querySelector('#row-web1 progress').value", json!(75)).await;
-    let failed = json!({"deploymentId": web2_id, "status": "error", "code": "checksum",
-        "message": "the image's sha256 is 0c8f…, not 9f86d0…"});
+    // An agent's words are text, never markup.
+    let said = "the image's sha256 is 0c8f…, not 9f86d0… <img src=x onerror=\"document.title='owned'\">";
+    let failed = json!({"deploymentId": web2_id, "status": "error", "code": "checksum", "message": said});
     assert_eq!(http(&c.addr, "POST", "/agent/v1/result", Some(&web2), Some(&failed)).0, 200);
-    assert_eq!(text(&b, "#row-web2 .message.error").await, "the image's sha256 is 0c8f…, not 9f86d0…");
+    assert_eq!(text(&b, "#row-web2 .message.error").await, said);
+    assert_eq!(b.execute("return document.querySelectorAll('main img').length", vec![]).await.unwrap(), json!(0));
     assert_eq!(text(&b, "#row-web2 .badge").await, "error");
     screenshot(&b, "fleet").await;
     // Filter and search, without a reload.

@@ -184,11 +184,11 @@ function fleetRow(e) {
     "tr",
     { id: rowId(e.key), "data-state": e.state, hidden: !shown(e) },
     h("th", { scope: "row" }, e.href ? h("a", { href: e.href }, e.name) : e.name),
-    h("td", {}, badge(e.state)),
+    h("td", { "data-label": "State" }, badge(e.state)),
     h("td", { class: "detail" }, progress || h("span", { class: e.state === "error" ? "message error" : "message" }, e.detail || "")),
-    h("td", {}, when(e.lastSeen)),
-    h("td", {}, e.firmware || "-"),
-    h("td", {}, (e.disks || []).join(", ") || "-"),
+    h("td", { "data-label": "Last seen" }, when(e.lastSeen)),
+    h("td", { "data-label": "Firmware" }, e.firmware || "-"),
+    h("td", { "data-label": "Disks" }, (e.disks || []).join(", ") || "-"),
   );
 }
 
