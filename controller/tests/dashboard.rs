@@ -81,6 +81,36 @@ impl Drop for Driver {
     }
 }
 
+/// The text on the page whose contrast with its background is below WCAG
+/// AA's (4.5:1, 3:1 for large text); disabled controls are exempt.
+const LOW_CONTRAST: &str = "
+    const lum = (c) => {
+        const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(Number).map((v) => {
+            v /= 255;
+            return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+        });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const background = (el) => {
+        for (; el; el = el.parentElement) {
+            const c = getComputedStyle(el).backgroundColor;
+            if (c !== 'transparent' && !/^rgba\\(.*, 0\\)$/.test(c)) return c;
+        }
+        return 'rgb(255, 255, 255)';
+    };
+    const low = [];
+    for (const el of document.querySelectorAll('body *')) {
+        const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+        if (!own || !el.getClientRects().length || el.closest(':disabled, [aria-disabled=true]')) continue;
+        const s = getComputedStyle(el);
+        const [a, b] = [lum(s.color), lum(background(el))];
+        const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+        const size = parseFloat(s.fontSize);
+        const large = size >= 24 || (size >= 18.66 && Number(s.fontWeight) >= 700);
+        if (ratio < (large ? 3 : 4.5)) low.push(`${el.tagName}.${el.className}: ${ratio.toFixed(2)}`);
+    }
+    return low;";
+
 /// Where screenshots go.
 fn screenshots() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
@@ -158,7 +188,8 @@ async fn the_dashboard_in_chromium() {
     }
     let (web1, web1_id) = agent_takes_the_job(&c, "52:54:00:00:00:01");
     let (web2, web2_id) = agent_takes_the_job(&c, "52:54:00:00:00:02");
-    http(&c.addr, "GET", "/boot/52:54:00:00:00:99", None, None);
+    let (_, script) = http(&c.addr, "GET", "/boot/52:54:00:00:00:99", None, None);
+    let found = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
     let base = format!("http://{}", c.addr);
 
     let driver = Driver::start();
@@ -244,7 +275,58 @@ async fn the_dashboard_in_chromium() {
     let (code, _) = http(&c.addr, "GET", "/dedicated/server/db1/bringYourOwnImage", Some(&c.token), None);
     assert_eq!(code, 404, "nothing was deployed");
 
-    // Every control has a label; nothing comes from another origin.
+    // A discovered machine: adopted once it has reported.
+    b.goto(&format!("{base}/ui/#/")).await.unwrap();
+    b.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css("#filter")).await.unwrap();
+    b.execute(set, vec![json!("filter"), json!("discovered"), json!("change")]).await.unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("#row-mac_52_54_00_00_00_99 a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("#adopt-name"))
+        .await
+        .unwrap()
+        .send_keys("db2")
+        .await
+        .unwrap();
+    b.find(Locator::Css("#adopt")).await.unwrap().click().await.unwrap();
+    assert_eq!(
+        text(&b, "#adopt-name-error").await,
+        "52:54:00:00:00:99 has not reported its hardware yet: adopt it once its agent said hello"
+    );
+    let disk = json!({"name": "sda", "sizeBytes": 960_197_124_096u64, "serial": "D2", "transport": "sata"});
+    let inv = json!({"inventory": {"firmware": "legacy", "memoryBytes": 32u64 << 30, "disks": [disk],
+        "nics": [{"name": "eno1", "mac": "52:54:00:00:00:99", "link": true}]}});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&found), Some(&inv)).0, 200);
+    b.refresh().await.unwrap();
+    assert_eq!(text(&b, "#hw-h + .facts dd").await, "legacy");
+    screenshot(&b, "discovered").await;
+    b.find(Locator::Css("#adopt-name")).await.unwrap().send_keys("db2").await.unwrap();
+    b.find(Locator::Css("#adopt")).await.unwrap().click().await.unwrap();
+    until(&b, "return document.querySelector('main h1')?.textContent ?? null", json!("db2")).await;
+    assert_eq!(text(&b, "#hw-h + .facts dd").await, "legacy", "the server has the machine's hardware");
+
+    // Every control has a label, text has WCAG AA contrast, nothing is out
+    // of the keyboard's reach, nothing comes from another origin.
+    for page in ["#/", "#/server/web1", "#/server/db1/deploy"] {
+        b.goto(&format!("{base}/ui/{page}")).await.unwrap();
+        b.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css("main h1")).await.unwrap();
+        assert_eq!(b.execute(LOW_CONTRAST, vec![]).await.unwrap(), json!([]), "{page}");
+        let unreachable = "return [...document.querySelectorAll('a, button, input, select, textarea')]
+            .filter(e => e.tabIndex < 0 && !e.disabled && e.type !== 'hidden').map(e => e.outerHTML)";
+        assert_eq!(b.execute(unreachable, vec![]).await.unwrap(), json!([]), "{page}");
+    }
+    // The contrast check sees faint text.
+    let faint = "const p = document.createElement('p'); p.className = 'faint'; p.textContent = 'faint'; \
+        p.style.color = '#aaa'; document.querySelector('main').append(p); return 1";
+    b.execute(faint, vec![]).await.unwrap();
+    assert_eq!(b.execute(LOW_CONTRAST, vec![]).await.unwrap(), json!(["P.faint: 2.32"]));
     let unlabelled = "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
         .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.id)";
     assert_eq!(b.execute(unlabelled, vec![]).await.unwrap(), json!([]));

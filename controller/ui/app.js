@@ -145,7 +145,7 @@ function fleetEntry(key) {
         lastSeen: d.lastSeen,
         firmware: d.firmware,
         disks: d.disks,
-        href: null,
+        href: `#/discovered/${encodeURIComponent(d.mac)}`,
       }
     );
   }
@@ -356,33 +356,7 @@ async function serverView(name) {
       : "";
 
   const hardware = hw
-    ? h(
-        "section",
-        { "aria-labelledby": "hw-h" },
-        h("h2", { id: "hw-h" }, "Hardware"),
-        definitions([
-          ["Firmware", hw.bootMode],
-          ["Memory", `${hw.memorySize.value} ${hw.memorySize.unit}`],
-        ]),
-        h(
-          "table",
-          {},
-          h("caption", {}, "Disk groups"),
-          h("thead", {}, h("tr", {}, ["Group", "Disks", "Serials"].map((c) => h("th", { scope: "col" }, c)))),
-          h(
-            "tbody",
-            {},
-            hw.diskGroups.map((g) => h("tr", {}, h("td", {}, String(g.diskGroupId)), h("td", {}, g.description), h("td", {}, g.disks.map((d) => d.serial || d.name).join(", ")))),
-          ),
-        ),
-        h(
-          "table",
-          {},
-          h("caption", {}, "Network interfaces"),
-          h("thead", {}, h("tr", {}, ["Name", "MAC", "Link"].map((c) => h("th", { scope: "col" }, c)))),
-          h("tbody", {}, hw.nics.map((n) => h("tr", {}, h("td", {}, n.name), h("td", {}, n.mac), h("td", {}, n.link ? `up${n.speedMbps ? `, ${n.speedMbps} Mb/s` : ""}` : "down")))),
-        ),
-      )
+    ? hardwareSection(hw)
     : h("section", {}, h("h2", {}, "Hardware"), h("p", { class: "muted" }, "No agent has reported it yet: inspect the server (byoi inspect) or deploy."));
 
   const history = h(
@@ -458,6 +432,37 @@ function summary(v) {
   const parts = [v.status, `${v.stage}${percent !== null && percent !== undefined ? ` ${percent}%` : ""}`];
   if (v.message && v.message !== v.stage) parts.push(v.message);
   return parts.join(" · ");
+}
+
+/// The hardware an agent reported: firmware, memory, disk groups, NICs.
+function hardwareSection(hw) {
+  return h(
+    "section",
+    { "aria-labelledby": "hw-h" },
+    h("h2", { id: "hw-h" }, "Hardware"),
+    definitions([
+      ["Firmware", hw.bootMode],
+      ["Memory", `${hw.memorySize.value} ${hw.memorySize.unit}`],
+    ]),
+    h(
+      "table",
+      {},
+      h("caption", {}, "Disk groups"),
+      h("thead", {}, h("tr", {}, ["Group", "Disks", "Serials"].map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "tbody",
+        {},
+        hw.diskGroups.map((g) => h("tr", {}, h("td", {}, String(g.diskGroupId)), h("td", {}, g.description), h("td", {}, g.disks.map((d) => d.serial || d.name).join(", ")))),
+      ),
+    ),
+    h(
+      "table",
+      {},
+      h("caption", {}, "Network interfaces"),
+      h("thead", {}, h("tr", {}, ["Name", "MAC", "Link"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, hw.nics.map((n) => h("tr", {}, h("td", {}, n.name), h("td", {}, n.mac), h("td", {}, n.link ? `up${n.speedMbps ? `, ${n.speedMbps} Mb/s` : ""}` : "down")))),
+    ),
+  );
 }
 
 function logLine(l) {
@@ -611,18 +616,91 @@ function showError(id, message) {
   } else document.getElementById("form-error").textContent = message;
 }
 
+// ---------------------------------------------------------------- a discovered machine
+
+async function discoveredView(mac) {
+  document.title = `${mac} · byoi`;
+  const path = `/dedicated/discovered/${encodeURIComponent(mac)}`;
+  let m;
+  try {
+    m = await api("GET", path);
+  } catch (e) {
+    main.replaceChildren(h("p", {}, h("a", { href: "#/" }, "← Fleet")), h("h1", {}, mac), h("p", { class: "error", role: "alert" }, e.message));
+    return;
+  }
+  const hw = m.hardware;
+  const name = h("input", { id: "adopt-name", name: "adopt-name", required: true, autocomplete: "off", "aria-describedby": "adopt-name-hint adopt-name-error" });
+  const form = h(
+    "form",
+    { id: "adopt-form", novalidate: true },
+    h(
+      "div",
+      { class: "field" },
+      h("label", { for: "adopt-name" }, "Server name"),
+      name,
+      h("p", { class: "hint", id: "adopt-name-hint" }, "It becomes a server with the MACs it reported, manual power (change it with byoi server set), booting its disk."),
+      h("p", { class: "field-error", id: "adopt-name-error", role: "alert" }),
+    ),
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "submit", class: "primary", id: "adopt" }, "Adopt"),
+      h("button", { type: "button", id: "forget", onclick: forget }, "Forget"),
+    ),
+  );
+  async function forget() {
+    if (!confirm(`Forget ${mac}? Its next netboot discovers it again.`)) return;
+    try {
+      const r = await api("DELETE", path);
+      announce(r.message);
+      location.hash = "#/";
+    } catch (e) {
+      showError("adopt-name", e.message);
+    }
+  }
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    document.getElementById("adopt-name-error").textContent = "";
+    name.removeAttribute("aria-invalid");
+    try {
+      const s = await api("POST", `${path}/adopt`, { serviceName: name.value.trim() });
+      announce(`${mac} adopted as ${s.serviceName}`);
+      location.hash = `#/server/${encodeURIComponent(s.serviceName)}`;
+    } catch (err) {
+      showError("adopt-name", err.message);
+    }
+  });
+  main.replaceChildren(
+    h("p", {}, h("a", { href: "#/" }, "← Fleet")),
+    h("h1", {}, `Discovered: ${mac}`),
+    definitions([
+      ["State", badge("discovered")],
+      ["Agent", m.state === "reported" ? `reported its hardware (${m.agentVersion || "unknown version"})` : "booting, not reported yet"],
+      ["Address", m.address],
+      ["First seen", when(m.firstSeen)],
+      ["Last seen", when(m.lastSeen)],
+    ]),
+    h("p", { class: "hint" }, "What it reported is its own word: check its MACs and the address it called from before adopting it."),
+    hw ? hardwareSection(hw) : "",
+    h("h2", {}, "Adopt it"),
+    form,
+  );
+}
+
 // ---------------------------------------------------------------- routing
 
 function route() {
   closeServerStream();
   const hash = location.hash || "#/";
   const deploy = hash.match(/^#\/server\/([^/]+)\/deploy$/);
+  const discovered = hash.match(/^#\/discovered\/([^/]+)$/);
   const server = hash.match(/^#\/server\/([^/]+)$/);
   if (deploy) deployView(decodeURIComponent(deploy[1]));
+  else if (discovered) discoveredView(decodeURIComponent(discovered[1]));
   else if (server) serverView(decodeURIComponent(server[1]));
   else fleetView();
   for (const a of document.querySelectorAll("nav a")) a.removeAttribute("aria-current");
-  if (!deploy && !server) document.querySelector('nav a[href="#/"]').setAttribute("aria-current", "page");
+  if (!deploy && !server && !discovered) document.querySelector('nav a[href="#/"]').setAttribute("aria-current", "page");
   main.focus();
 }
 
