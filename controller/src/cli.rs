@@ -442,18 +442,8 @@ enum ServerCommand {
         /// MAC address of a NIC; repeatable.
         #[arg(long = "mac", required = true)]
         macs: Vec<String>,
-        /// Power driver.
-        #[arg(long, default_value = "manual", value_parser = ["manual", "command", "ipmi", "redfish"])]
-        power: String,
-        /// Driver argument: for command, name=… (a command of the
-        /// controller's --power-commands file); for ipmi, host=…, [port=…],
-        /// user=…, password=…; for redfish, url=https://bmc, user=…,
-        /// password=…, [system=…], [insecure=true].
-        #[arg(long = "power-arg", allow_hyphen_values = true)]
-        power_args: Vec<String>,
-        /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
-        #[arg(long = "kernel-arg")]
-        kernel_args: Vec<String>,
+        #[command(flatten)]
+        setup: ServerSetup,
     },
     /// Shows a server (JSON): MACs, power driver, agent version,
     /// deployments, rescue host key.
@@ -493,15 +483,8 @@ enum ServerCommand {
         mac: String,
         /// The server's name.
         name: String,
-        /// Power driver.
-        #[arg(long, default_value = "manual", value_parser = ["manual", "command", "ipmi", "redfish"])]
-        power: String,
-        /// Driver argument, as for `server add`.
-        #[arg(long = "power-arg", allow_hyphen_values = true)]
-        power_args: Vec<String>,
-        /// Extra kernel argument for the agent; repeatable.
-        #[arg(long = "kernel-arg")]
-        kernel_args: Vec<String>,
+        #[command(flatten)]
+        setup: ServerSetup,
     },
     /// Forgets a discovered machine; its next netboot discovers it again.
     #[command(after_help = EXIT_CODES)]
@@ -520,6 +503,32 @@ enum ServerCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// A new server's power driver and kernel arguments (`server add`,
+/// `server adopt`).
+#[derive(Debug, clap::Args)]
+struct ServerSetup {
+    /// Power driver.
+    #[arg(long, default_value = "manual", value_parser = ["manual", "command", "ipmi", "redfish"])]
+    power: String,
+    /// Driver argument: for command, name=… (a command of the
+    /// controller's --power-commands file); for ipmi, host=…, [port=…],
+    /// user=…, password=…; for redfish, url=https://bmc, user=…,
+    /// password=…, [system=…], [insecure=true].
+    #[arg(long = "power-arg", allow_hyphen_values = true)]
+    power_args: Vec<String>,
+    /// Extra kernel argument for the agent (console=ttyS1,115200); repeatable.
+    #[arg(long = "kernel-arg")]
+    kernel_args: Vec<String>,
+}
+
+impl ServerSetup {
+    /// The body's `power` and `kernelArgs`, with `serviceName`.
+    fn body(&self, name: &str) -> anyhow::Result<Value> {
+        let power = client::power_settings(&self.power, &self.power_args)?;
+        Ok(json!({"serviceName": name, "power": power, "kernelArgs": self.kernel_args}))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -865,9 +874,9 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             serving.await;
             Ok(0)
         }
-        Command::Server { command: ServerCommand::Add { name, macs, power, power_args, kernel_args }, client } => {
-            let power = client::power_settings(&power, &power_args)?;
-            let body = json!({"serviceName": name, "macs": macs, "power": power, "kernelArgs": kernel_args});
+        Command::Server { command: ServerCommand::Add { name, macs, setup }, client } => {
+            let mut body = setup.body(&name)?;
+            body["macs"] = json!(macs);
             let v = client.connect()?.call(Method::POST, "/dedicated/server", Some(&body)).await?;
             println!("added {} ({})", v["serviceName"].as_str().unwrap_or(&name), v["macs"]);
             Ok(0)
@@ -904,9 +913,8 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             println!("{}", v["message"].as_str().unwrap_or("deleted"));
             Ok(0)
         }
-        Command::Server { command: ServerCommand::Adopt { mac, name, power, power_args, kernel_args }, client } => {
-            let power = client::power_settings(&power, &power_args)?;
-            let body = json!({"serviceName": name, "power": power, "kernelArgs": kernel_args});
+        Command::Server { command: ServerCommand::Adopt { mac, name, setup }, client } => {
+            let body = setup.body(&name)?;
             let path = format!("/dedicated/discovered/{mac}/adopt");
             let v = client.connect()?.call(Method::POST, &path, Some(&body)).await?;
             println!("adopted {mac} as {} ({})", v["serviceName"].as_str().unwrap_or(&name), v["macs"]);

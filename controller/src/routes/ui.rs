@@ -230,12 +230,7 @@ async fn login(State(app): State<AppState>, Peer(peer): Peer, Form(login): Form<
     };
     let session = app.db.open_session(credential, peer, SESSION_TTL).await?;
     tracing::info!(source = %peer, credential = ?credential, "dashboard login");
-    let secure = if app.cfg.scheme == "https" { "; Secure" } else { "" };
-    let set = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_TTL}{secure}", session.cookie);
-    let mut r = Redirect::to("/ui/").into_response();
-    r.headers_mut()
-        .insert(header::SET_COOKIE, HeaderValue::from_str(&set).map_err(|e| AppError::BadRequest(e.to_string()))?);
-    Ok(r)
+    Ok(with_cookie(&app, Redirect::to("/ui/"), &session.cookie, SESSION_TTL))
 }
 
 /// `POST /ui/logout`'s form.
@@ -259,10 +254,20 @@ async fn logout(session: Session, State(app): State<AppState>, Form(form): Form<
         return Err(AppError::Forbidden("Not this session's CSRF token".into()));
     }
     app.db.close_session(&session.cookie).await?;
-    let mut r = Redirect::to("/ui/login").into_response();
-    let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
-    r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&clear).expect("a header value"));
-    Ok(r)
+    Ok(with_cookie(&app, Redirect::to("/ui/login"), "", 0))
+}
+
+/// `r` setting the session cookie to `value` for `max_age` seconds (0:
+/// clearing it): `HttpOnly`, `SameSite=Strict`, `Secure` over HTTPS.
+fn with_cookie(app: &AppState, r: Redirect, value: &str, max_age: i64) -> Response {
+    let secure = if app.cfg.scheme == "https" { "; Secure" } else { "" };
+    let set = format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    let mut r = r.into_response();
+    // The value is a hex secret: always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(&set) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// The dashboard's script.
