@@ -257,6 +257,15 @@ async fn the_dashboard_in_chromium() {
     let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["bootTarget"], "rescue", "{status}");
     until(&b, "return document.querySelector('#history tbody tr .badge')?.textContent ?? null", json!("error")).await;
+    // The rescue agent comes up: the page says how to log in to it.
+    let (_, script) = http(&c.addr, "GET", "/boot/52:54:00:00:00:01", None, None);
+    assert!(script.contains("byoi.mode=rescue"), "{script}");
+    let rescue = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let hello = json!({"inventory": {"firmware": "uefi", "memoryBytes": 1u64 << 30, "disks": [], "nics": []}});
+    assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&rescue), Some(&hello)).0, 200);
+    b.refresh().await.unwrap();
+    let ssh = text(&b, "#rescue-ssh").await;
+    assert!(ssh.starts_with("ssh root@127.0.0.1\n# host key SHA256:"), "{ssh}");
 
     // The deploy form: the API's message next to its field.
     b.goto(&format!("{base}/ui/#/server/db1/deploy")).await.unwrap();
