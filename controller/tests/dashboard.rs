@@ -240,6 +240,7 @@ async fn the_dashboard_in_chromium() {
     b.goto(&format!("{base}/ui/#/server/web1")).await.unwrap();
     assert_eq!(text(&b, "h1").await, "web1");
     assert_eq!(text(&b, "#hw-h + .facts dd").await, "uefi");
+    until(&b, "return document.getElementById('power-state').textContent", json!("manual: unknown")).await;
     until(
         &b,
         "return [...document.querySelectorAll('#agent-log li')].map(l => l.textContent.slice(9)).join('|')",

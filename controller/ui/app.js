@@ -186,7 +186,7 @@ function fleetRow(e) {
     h("th", { scope: "row" }, e.href ? h("a", { href: e.href }, e.name) : e.name),
     h("td", { "data-label": "State" }, badge(e.state)),
     h("td", { class: "detail" }, progress || h("span", { class: e.state === "error" ? "message error" : "message" }, e.detail || "")),
-    h("td", { "data-label": "Last seen" }, when(e.lastSeen)),
+    h("td", { "data-label": "Last seen", "data-at": e.lastSeen }, when(e.lastSeen)),
     h("td", { "data-label": "Firmware" }, e.firmware || "-"),
     h("td", { "data-label": "Disks" }, (e.disks || []).join(", ") || "-"),
   );
@@ -224,6 +224,11 @@ function applyFilter() {
   }
   countFleet();
 }
+
+// "3 min ago" grows old: said again every 30 s, in place (the focus stays).
+setInterval(() => {
+  for (const td of document.querySelectorAll("td[data-at]")) td.textContent = when(td.dataset.at);
+}, 30000);
 
 function fleetView() {
   document.title = "Fleet · byoi";
@@ -302,7 +307,11 @@ async function serverView(name) {
     return;
   }
   const hw = await api("GET", `/dedicated/server/${encodeURIComponent(name)}/specifications/hardware`).catch(() => null);
-  const power = await api("GET", `/dedicated/server/${encodeURIComponent(name)}/power`).catch((e) => ({ state: "unknown", error: e.message }));
+  // A BMC may take seconds to answer: the page does not wait for it.
+  const power = h("span", { id: "power-state" }, `${s.power.kind}: asking…`);
+  api("GET", `/dedicated/server/${encodeURIComponent(name)}/power`)
+    .then((p) => (power.textContent = `${s.power.kind}: ${p.state}`))
+    .catch((e) => (power.textContent = `${s.power.kind}: unknown (${e.message})`));
   // Each history entry is a deployment's view, with its image's URL.
   const latest = s.deployments[0];
   const running = latest && latest.status === "doing";
@@ -339,7 +348,7 @@ async function serverView(name) {
   const facts = definitions([
     ["State", badge(s.bootTarget === "rescue" ? "rescue" : running ? "deploying" : latest ? latest.status : "idle")],
     ["MACs", s.macs.join(", ")],
-    ["Power", `${s.power.kind}: ${power.state}${power.error ? ` (${power.error})` : ""}`],
+    ["Power", power],
     ["Boots", s.bootTarget],
     ["Last seen", when(s.lastSeen)],
     ["Agent", s.agentVersion ? `${s.agentVersion}${s.versionSkew ? " (not this controller's version)" : ""}` : "-"],
