@@ -265,14 +265,15 @@ async fn the_dashboard_in_chromium() {
     let hello = json!({"inventory": {"firmware": "uefi", "memoryBytes": 1u64 << 30, "disks": [], "nics": []}});
     assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&rescue), Some(&hello)).0, 200);
     b.refresh().await.unwrap();
+    let ssh = text(&b, "#rescue-ssh").await;
+    assert!(ssh.starts_with("ssh root@127.0.0.1\n# host key SHA256:"), "{ssh}");
+    // The view is drawn (the rescue section is in it): its history row.
     let history = "return [...document.querySelectorAll('#history th, #history tbody tr:first-child td')].map(c => c.textContent)";
     let row = b.execute(history, vec![]).await.unwrap();
     let row: Vec<&str> = row.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert_eq!(row[..6], ["#", "Image", "Status", "Started", "Took", "Throughput"]);
     assert_eq!(row[6..8], [web1_id.to_string().as_str(), "https://images.example/web1.qcow2"]);
     assert!(row[8].starts_with("error") && row[10].ends_with(" s") && row[11].ends_with("B/s"), "{row:?}");
-    let ssh = text(&b, "#rescue-ssh").await;
-    assert!(ssh.starts_with("ssh root@127.0.0.1\n# host key SHA256:"), "{ssh}");
 
     // The deploy form: the API's message next to its field.
     b.goto(&format!("{base}/ui/#/server/db1/deploy")).await.unwrap();
