@@ -201,7 +201,7 @@ async fn the_dashboard_in_chromium() {
     screenshot(&b, "login").await;
     b.find(Locator::Css("#token")).await.unwrap().send_keys("wrong").await.unwrap();
     b.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
-    assert_eq!(text(&b, ".error").await, "Wrong token or credential.");
+    until(&b, "return document.querySelector('.error').textContent", json!("Wrong token or credential.")).await;
     b.find(Locator::Css("#token")).await.unwrap().send_keys(&c.token).await.unwrap();
     b.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
 
@@ -238,7 +238,7 @@ async fn the_dashboard_in_chromium() {
 
     // A server: hardware, the agent's log live, then cancel.
     b.goto(&format!("{base}/ui/#/server/web1")).await.unwrap();
-    assert_eq!(text(&b, "h1").await, "web1");
+    until(&b, "return document.querySelector('main h1')?.textContent ?? null", json!("web1")).await;
     assert_eq!(text(&b, "#hw-h + .facts dd").await, "uefi");
     until(&b, "return document.getElementById('power-state').textContent", json!("manual: unknown")).await;
     until(
@@ -253,7 +253,9 @@ async fn the_dashboard_in_chromium() {
     screenshot(&b, "server").await;
     b.find(Locator::Css("#cancel")).await.unwrap().click().await.unwrap();
     b.accept_alert().await.unwrap();
-    assert!(text(&b, "#action-message").await.contains("rescue"), "the DELETE's message");
+    // The DELETE's message.
+    until(&b, "return document.getElementById('action-message')?.textContent.includes('rescue') ?? false", json!(true))
+        .await;
     let (_, status) = http(&c.addr, "GET", "/dedicated/server/web1", Some(&c.token), None);
     let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["bootTarget"], "rescue", "{status}");
@@ -282,7 +284,8 @@ async fn the_dashboard_in_chromium() {
     b.execute("document.getElementById('checksum-type').value = 'sha256'; return 1", vec![]).await.unwrap();
     b.find(Locator::Css("#checksum")).await.unwrap().send_keys("abc").await.unwrap();
     b.find(Locator::Css("#deploy")).await.unwrap().click().await.unwrap();
-    assert_eq!(text(&b, "#checksum-error").await, "Bad checkSum, expected 64 hexadecimal digits for sha256.");
+    let bad = "Bad checkSum, expected 64 hexadecimal digits for sha256.";
+    until(&b, "return document.getElementById('checksum-error').textContent", json!(bad)).await;
     let invalid = b
         .execute("return document.activeElement.id + ':' + document.activeElement.getAttribute('aria-invalid')", vec![])
         .await
@@ -313,10 +316,8 @@ async fn the_dashboard_in_chromium() {
         .await
         .unwrap();
     b.find(Locator::Css("#adopt")).await.unwrap().click().await.unwrap();
-    assert_eq!(
-        text(&b, "#adopt-name-error").await,
-        "52:54:00:00:00:99 has not reported its hardware yet: adopt it once its agent said hello"
-    );
+    let refused = "52:54:00:00:00:99 has not reported its hardware yet: adopt it once its agent said hello";
+    until(&b, "return document.getElementById('adopt-name-error').textContent", json!(refused)).await;
     let disk = json!({"name": "sda", "sizeBytes": 960_197_124_096u64, "serial": "D2", "transport": "sata"});
     let inv = json!({"inventory": {"firmware": "legacy", "memoryBytes": 32u64 << 30, "disks": [disk],
         "nics": [{"name": "eno1", "mac": "52:54:00:00:00:99", "link": true}]}});
@@ -331,9 +332,10 @@ async fn the_dashboard_in_chromium() {
 
     // Every control has a label, text has WCAG AA contrast, nothing is out
     // of the keyboard's reach, nothing comes from another origin.
-    for page in ["#/", "#/server/web1", "#/server/db1/deploy"] {
+    for (page, title) in [("#/", "Fleet"), ("#/server/web1", "web1"), ("#/server/db1/deploy", "Deploy an image on db1")]
+    {
         b.goto(&format!("{base}/ui/{page}")).await.unwrap();
-        b.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css("main h1")).await.unwrap();
+        until(&b, "return document.querySelector('main h1')?.textContent ?? null", json!(title)).await;
         assert_eq!(b.execute(LOW_CONTRAST, vec![]).await.unwrap(), json!([]), "{page}");
         let unreachable = "return [...document.querySelectorAll('a, button, input, select, textarea')]
             .filter(e => e.tabIndex < 0 && !e.disabled && e.type !== 'hidden').map(e => e.outerHTML)";
