@@ -2222,6 +2222,12 @@ async fn dashboard_sessions() {
     let html = String::from_utf8(page.body.to_vec()).unwrap();
     assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script"), "{html}");
 
+    let cross = Request::new(Method::POST, "/ui/login", format!("token={TOKEN}"))
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(http::header::HeaderName::from_static("sec-fetch-site"), "cross-site");
+    let r = app.handle(cross).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "another site's form logs nobody in");
+    assert!(r.headers.get(http::header::SET_COOKIE).is_none());
     let r = login(&app, "token=wrong").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(String::from_utf8_lossy(&r.body).contains("Wrong token or credential."));

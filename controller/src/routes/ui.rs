@@ -220,10 +220,22 @@ async fn who_logs_in(app: &AppState, login: &Login, peer: IpAddr) -> Result<Opti
         (status = 303, description = "Logged in: the session cookie, and to the dashboard"),
         (status = 401, description = "Wrong token or credential: the login page again, saying so",
             content_type = "text/html"),
+        (status = 403, description = "Posted from another site's page (`Sec-Fetch-Site`): the login page again",
+            content_type = "text/html"),
         (status = 413, description = "The body is larger than 4 KiB", body = ErrorBody),
         (status = 500, description = "The database failed", body = ErrorBody),
     ))]
-async fn login(State(app): State<AppState>, Peer(peer): Peer, Form(login): Form<Login>) -> Result<Response, AppError> {
+async fn login(
+    State(app): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(login): Form<Login>,
+) -> Result<Response, AppError> {
+    // Another site's form must not log a browser in to a session of its
+    // choosing (login CSRF): browsers say where a form came from.
+    if headers.get("sec-fetch-site").is_some_and(|v| v != "same-origin" && v != "none") {
+        return Ok(login_form(StatusCode::FORBIDDEN, "Log in from this page."));
+    }
     let Some(credential) = who_logs_in(&app, &login, peer).await? else {
         tracing::warn!(source = %peer, "dashboard login refused");
         return Ok(login_form(StatusCode::UNAUTHORIZED, "Wrong token or credential."));
