@@ -99,10 +99,12 @@ impl TimedChild {
         }
         // Not reaped yet, so the pid is still ours to signal.
         let pid = Pid::from_raw(i32::try_from(self.child.id()).map_err(io::Error::other)?);
+        let command = children(self.child.id())?;
         kill(pid, Signal::SIGTERM)?;
         let deadline = Instant::now() + 2 * GRACE;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
+                end_orphans(&command)?;
                 return Ok(status);
             }
             std::thread::sleep(POLL);
@@ -130,6 +132,27 @@ impl Drop for TimedChild {
             eprintln!("byoi-testbed: stopping pid {}: {e}", self.child.id());
         }
     }
+}
+
+/// Ends those of `pids` that outlived `timeout`: seen rarely on a loaded
+/// machine, a command that `timeout` left running, reparented to init. They
+/// are killed, and awaited until init has reaped them.
+fn end_orphans(pids: &[u32]) -> io::Result<()> {
+    let alive = |p: u32| std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| parent(&s) == Some(1));
+    for &p in pids.iter().filter(|p| alive(**p)) {
+        match kill(Pid::from_raw(i32::try_from(p).map_err(io::Error::other)?), Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let deadline = Instant::now() + GRACE;
+    while pids.iter().any(|p| alive(*p)) {
+        if Instant::now() >= deadline {
+            return Err(io::Error::other(format!("{pids:?} outlived timeout and were not reaped within {GRACE:?}")));
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
 }
 
 /// The processes whose parent is `pid`, from `/proc/*/stat`.

@@ -44,7 +44,8 @@ fn dropping_a_vm_ends_qemu() {
     let (vm, qemu) = idle_vm();
     let timeout = vm.pid();
     drop(vm);
-    assert!(gone(qemu), "QEMU (pid {qemu}) outlived its TestVm");
+    let stat = std::fs::read_to_string(format!("/proc/{qemu}/stat")).unwrap_or_default();
+    assert!(gone(qemu), "QEMU (pid {qemu}) outlived its TestVm: {stat}");
     assert!(gone(timeout), "timeout (pid {timeout}) was not reaped");
 }
 
