@@ -496,11 +496,7 @@ impl Db {
                     }
                 }
                 tx.execute("DELETE FROM macs WHERE server = ?1", [&name])?;
-                for mac in macs {
-                    tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, name])?;
-                    // A registered MAC is no longer an unknown machine's.
-                    tx.execute("DELETE FROM discovered WHERE mac = ?1", [mac])?;
-                }
+                register_macs(&tx, &name, macs)?;
             }
             if let Some(power) = &change.power {
                 let power = serde_json::to_string(power).map_err(json_err)?;
@@ -838,11 +834,18 @@ fn insert_server(tx: &Transaction<'_>, s: &ServerRow) -> rusqlite::Result<Result
             s.agent_version
         ],
     )?;
-    for mac in &s.macs {
-        tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, s.name])?;
+    register_macs(tx, &s.name, &s.macs)?;
+    Ok(Ok(()))
+}
+
+/// Gives `macs` to `server`; a registered MAC is no longer an unknown
+/// machine's, so the discovered machines with one are forgotten.
+fn register_macs(tx: &Transaction<'_>, server: &str, macs: &[String]) -> rusqlite::Result<()> {
+    for mac in macs {
+        tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, server])?;
         tx.execute("DELETE FROM discovered WHERE mac = ?1", [mac])?;
     }
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// Writes what a transition changed.
