@@ -313,20 +313,17 @@ fn surface(surface: Surface) -> OpenApiRouter<AppState> {
     let refuse = || axum::middleware::from_fn(refuse_body);
     let meta = || OpenApiRouter::new().routes(or_405(routes!(openapi_json))).merge(health::routes()).layer(refuse());
     let netboot = || netboot::routes().layer(refuse());
+    // The main listener's routes: everything but netboot.
+    let main = |doc: OpenApiRouter<AppState>| {
+        doc.merge(api())
+            .merge(agent::routes())
+            .merge(meta())
+            .merge(metrics::routes())
+            .merge(ui::routes().layer(refuse()))
+    };
     match surface {
-        Surface::All => doc
-            .merge(api())
-            .merge(agent::routes())
-            .merge(netboot())
-            .merge(meta())
-            .merge(metrics::routes())
-            .merge(ui::routes().layer(refuse())),
-        Surface::Api => doc
-            .merge(api())
-            .merge(agent::routes())
-            .merge(meta())
-            .merge(metrics::routes())
-            .merge(ui::routes().layer(refuse())),
+        Surface::All => main(doc).merge(netboot()),
+        Surface::Api => main(doc),
         Surface::Netboot => doc.merge(netboot()).merge(health::routes().layer(refuse())),
     }
 }
