@@ -27,7 +27,7 @@ use byoi_wire::BootTarget;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::operator::{disk_groups, KEPT_LOGS};
+use super::operator::{disk_groups, version_skew, KEPT_LOGS};
 use super::{bearer, or_405, AgentError, AgentErrorBody, AppError, AppState};
 use crate::db::{token_hash, Applied, DeploymentRow, Payload};
 use crate::lifecycle::{AgentCall, Caller, Event, Reply};
@@ -173,7 +173,7 @@ async fn hello(State(app): State<AppState>, greeter: Greeter, Json(hello): Json<
     app.db.set_agent_version(&agent.server, &version).await?;
     tracing::info!(server = %agent.server, mode = %agent.mode, source = %agent.caller.addr, %version, disks,
         "agent said hello and holds the boot");
-    if version != env!("CARGO_PKG_VERSION") {
+    if version_skew(Some(&version)) {
         tracing::warn!(server = %agent.server, agent = %version, controller = env!("CARGO_PKG_VERSION"),
             "version skew: the agent is not this release's; rebuild the initramfs (cargo xtask initramfs)");
     }

@@ -24,19 +24,16 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use byoi_wire::agent::{Action, ActionResponse, Hello};
-use byoi_wire::BootTarget;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::agent::agent_version;
-use super::operator::{checked_kernel_args, checked_mac, checked_power, rfc3339, server_view, HardwareView, Operator};
+use super::operator::{checked_mac, new_server, rfc3339, server_view, version_skew, HardwareView, Operator};
 use super::{or_405, AgentError, AppError, AppState, ErrorBody, Json};
-use crate::db::{self, Adopted, DiscoveredRow, ServerRow, MAX_DISCOVERED_INVENTORY};
+use crate::db::{self, Adopted, DiscoveredRow, MAX_DISCOVERED_INVENTORY};
 use crate::lifecycle::Caller;
-use crate::model;
-use crate::power::Power;
 
 /// How unknown machines enlist, when they may (`--enlist`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +113,7 @@ impl DiscoveredView {
             address: m.address,
             first_seen: rfc3339(m.first_seen),
             last_seen: rfc3339(m.last_seen),
-            version_skew: m.agent_version.as_deref().is_some_and(|v| v != env!("CARGO_PKG_VERSION")),
+            version_skew: version_skew(m.agent_version.as_deref()),
             agent_version: m.agent_version,
             hardware: m.inventory.map(HardwareView::of),
         }
@@ -224,26 +221,7 @@ async fn adopt(
     Json(a): Json<Adoption>,
 ) -> Result<(StatusCode, axum::Json<super::operator::ServerView>), AppError> {
     let mac = checked_mac(&given)?;
-    if !model::valid_name(&a.service_name) {
-        return Err(AppError::BadRequest(model::bad_name(&a.service_name)));
-    }
-    checked_kernel_args(&a.kernel_args)?;
-    let power = match &a.power {
-        Some(p) => checked_power(&app, p)?,
-        None => Power::Manual,
-    };
-    let server = ServerRow {
-        name: a.service_name.clone(),
-        macs: Vec::new(),
-        power,
-        kernel_args: a.kernel_args.clone(),
-        boot_target: BootTarget::Local,
-        inventory: None,
-        last_seen: None,
-        created_at: db::now(),
-        agent_version: None,
-        agent_address: None,
-    };
+    let server = new_server(&app, &a.service_name, None, a.power.as_ref(), a.kernel_args)?;
     match app.db.adopt(&mac, server).await? {
         Adopted::Done { macs } => {
             tracing::info!(%mac, server = %a.service_name, ?macs, "discovered machine adopted");

@@ -28,7 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::logs::LOOK_EVERY;
-use super::operator::{disk_groups, rfc3339, DeploymentView, Operator};
+use super::operator::{disk_summary, rfc3339, DeploymentView, Operator};
 use super::{or_405, AppError, AppState, ErrorBody};
 use crate::db::{DeploymentRow, DiscoveredRow, ServerRow};
 
@@ -118,11 +118,7 @@ impl FleetServer {
             error_code: current.as_ref().and_then(|d| d.error_code),
             last_seen: s.last_seen.map(rfc3339),
             firmware: s.inventory.as_ref().map(|i| i.firmware),
-            disks: s
-                .inventory
-                .as_ref()
-                .map(|i| disk_groups(i).into_iter().map(|g| g.description).collect())
-                .unwrap_or_default(),
+            disks: disk_summary(s.inventory.as_ref()),
         }
     }
 }
@@ -154,11 +150,7 @@ impl FleetMachine {
             address: m.address.clone(),
             last_seen: rfc3339(m.last_seen),
             firmware: m.inventory.as_ref().map(|i| i.firmware),
-            disks: m
-                .inventory
-                .as_ref()
-                .map(|i| disk_groups(i).into_iter().map(|g| g.description).collect())
-                .unwrap_or_default(),
+            disks: disk_summary(m.inventory.as_ref()),
         }
     }
 }

@@ -189,8 +189,7 @@ async fn boot_script(
 /// one is.
 fn missing_artifacts(app: &AppState, base: &ipxe::Urls) -> Option<String> {
     let missing = ARTIFACTS.iter().any(|f| !app.cfg.artifacts.join(f).is_file());
-    let dir = app.cfg.artifacts.display().to_string();
-    missing.then(|| ipxe::render(&Script::Missing { dir: &dir }, base))
+    missing.then(|| ipxe::render(&Script::Missing { dir: &app.cfg.artifacts.display().to_string() }, base))
 }
 
 /// The script of a MAC no server has, while machines may enlist: the agent

@@ -333,9 +333,14 @@ impl ServerView {
             ssh_host_key: None,
             agent_version: s.agent_version.clone(),
             agent_address: s.agent_address.clone(),
-            version_skew: s.agent_version.as_deref().is_some_and(|v| v != env!("CARGO_PKG_VERSION")),
+            version_skew: version_skew(s.agent_version.as_deref()),
         }
     }
+}
+
+/// Whether an agent's version is not this controller's.
+pub fn version_skew(agent: Option<&str>) -> bool {
+    agent.is_some_and(|v| v != env!("CARGO_PKG_VERSION"))
 }
 
 /// A group of identical disks, as `specifications/hardware` shows it.
@@ -430,6 +435,12 @@ pub fn disk_groups(inv: &Inventory) -> Vec<DiskGroup> {
         .collect()
 }
 
+/// The descriptions of an inventory's disk groups (`2 x 480 GB SSD`); none
+/// without an inventory.
+pub fn disk_summary(inv: Option<&Inventory>) -> Vec<String> {
+    inv.map(|i| disk_groups(i).into_iter().map(|g| g.description).collect()).unwrap_or_default()
+}
+
 /// `GET …/specifications/hardware`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -509,27 +520,7 @@ async fn add(
     State(app): State<AppState>,
     Json(n): Json<NewServer>,
 ) -> Result<(StatusCode, axum::Json<ServerView>), AppError> {
-    if !model::valid_name(&n.service_name) {
-        return Err(AppError::BadRequest(model::bad_name(&n.service_name)));
-    }
-    let macs = checked_macs(&n.macs)?;
-    checked_kernel_args(&n.kernel_args)?;
-    let power = match &n.power {
-        Some(p) => checked_power(&app, p)?,
-        None => Power::Manual,
-    };
-    let row = ServerRow {
-        name: n.service_name.clone(),
-        macs,
-        power,
-        kernel_args: n.kernel_args,
-        boot_target: BootTarget::Local,
-        inventory: None,
-        last_seen: None,
-        created_at: db::now(),
-        agent_version: None,
-        agent_address: None,
-    };
+    let row = new_server(&app, &n.service_name, Some(&n.macs), n.power.as_ref(), n.kernel_args)?;
     match app.db.add_server(row.clone()).await? {
         Ok(()) => {
             // The rescue host key is made now, so its fingerprint is known
@@ -540,6 +531,39 @@ async fn add(
         }
         Err(conflict) => Err(AppError::Conflict(conflict)),
     }
+}
+
+/// A new server's row from what the API was given, each part checked in
+/// turn (name, MACs, kernel arguments, power driver): it boots its own
+/// disk. Without `macs` (an adoption) the database gives it the machine's.
+pub(super) fn new_server(
+    app: &AppState,
+    name: &str,
+    macs: Option<&[String]>,
+    power: Option<&serde_json::Value>,
+    kernel_args: Vec<String>,
+) -> Result<ServerRow, AppError> {
+    if !model::valid_name(name) {
+        return Err(AppError::BadRequest(model::bad_name(name)));
+    }
+    let macs = macs.map(checked_macs).transpose()?.unwrap_or_default();
+    checked_kernel_args(&kernel_args)?;
+    let power = match power {
+        Some(p) => checked_power(app, p)?,
+        None => Power::Manual,
+    };
+    Ok(ServerRow {
+        name: name.to_owned(),
+        macs,
+        power,
+        kernel_args,
+        boot_target: BootTarget::Local,
+        inventory: None,
+        last_seen: None,
+        created_at: db::now(),
+        agent_version: None,
+        agent_address: None,
+    })
 }
 
 /// A server, with its deployments.
@@ -590,7 +614,7 @@ pub(super) fn checked_mac(given: &str) -> Result<String, AppError> {
 
 /// The agent's kernel arguments as they enter: words the boot script can
 /// carry.
-pub(super) fn checked_kernel_args(args: &[String]) -> Result<(), AppError> {
+fn checked_kernel_args(args: &[String]) -> Result<(), AppError> {
     match args.iter().find(|a| !model::valid_kernel_arg(a)) {
         Some(bad) => {
             Err(AppError::BadRequest(format!("Bad kernelArgs entry {bad:?}: one word, no quotes, no $ {{ }} \\ | & #")))
@@ -600,7 +624,7 @@ pub(super) fn checked_kernel_args(args: &[String]) -> Result<(), AppError> {
 }
 
 /// A power driver as it enters, against the controller's configuration.
-pub(super) fn checked_power(app: &AppState, p: &serde_json::Value) -> Result<Power, AppError> {
+fn checked_power(app: &AppState, p: &serde_json::Value) -> Result<Power, AppError> {
     Power::from_json(p, &app.cfg.power).map_err(AppError::BadRequest)
 }
 
