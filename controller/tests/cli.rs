@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{byoi, byoi_at, http, start_with, stderr, stdout, Controller};
+use common::{agent_token, byoi, byoi_at, http, start_with, stderr, stdout, Controller};
 
 fn start(data_dir: &Path) -> Controller {
     start_with(data_dir, &[], "http")
@@ -326,18 +326,6 @@ fn fake_controller(answers: Vec<(u16, Value)>) -> (String, std::sync::Arc<std::s
         }
     });
     (url, seen)
-}
-
-fn agent_token(c: &Controller, mac: &str) -> String {
-    let (_, script) = http(&c.addr, "GET", &format!("/boot/{mac}"), None, None);
-    script
-        .split("byoi.token=")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no token in {script}"))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 #[test]

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{http, start_with, Controller};
+use common::{agent_token, http, start_with, token_in, Controller};
 
 /// chromedriver, and the Chromium it starts; dropping it ends them all.
 struct Driver {
@@ -145,8 +145,7 @@ async fn text(b: &Client, css: &str) -> String {
 /// A simulated agent holding `server`'s boot: netboots, says hello and
 /// takes the job; returns its token and the deployment id.
 fn agent_takes_the_job(c: &Controller, mac: &str) -> (String, i64) {
-    let (_, script) = http(&c.addr, "GET", &format!("/boot/{mac}"), None, None);
-    let token = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let token = agent_token(c, mac);
     let disk = json!({"name": "nvme0n1", "sizeBytes": 480_103_981_056u64, "serial": "S1", "transport": "nvme"});
     let nic = json!({"name": "eth0", "mac": mac, "link": true, "speedMbps": 10000});
     let inv = json!({"version": env!("CARGO_PKG_VERSION"),
@@ -188,8 +187,7 @@ async fn the_dashboard_in_chromium() {
     }
     let (web1, web1_id) = agent_takes_the_job(&c, "52:54:00:00:00:01");
     let (web2, web2_id) = agent_takes_the_job(&c, "52:54:00:00:00:02");
-    let (_, script) = http(&c.addr, "GET", "/boot/52:54:00:00:00:99", None, None);
-    let found = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let found = agent_token(&c, "52:54:00:00:00:99");
     let base = format!("http://{}", c.addr);
 
     let driver = Driver::start();
@@ -263,7 +261,7 @@ async fn the_dashboard_in_chromium() {
     // The rescue agent comes up: the page says how to log in to it.
     let (_, script) = http(&c.addr, "GET", "/boot/52:54:00:00:00:01", None, None);
     assert!(script.contains("byoi.mode=rescue"), "{script}");
-    let rescue = script.split("byoi.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let rescue = token_in(&script);
     let hello = json!({"inventory": {"firmware": "uefi", "memoryBytes": 1u64 << 30, "disks": [], "nics": []}});
     assert_eq!(http(&c.addr, "POST", "/agent/v1/hello", Some(&rescue), Some(&hello)).0, 200);
     b.refresh().await.unwrap();

@@ -93,6 +93,23 @@ pub fn stderr(o: &Output, code: i32, token: &str) -> String {
     err
 }
 
+/// The agent token in a boot script (`byoi.token=…`).
+pub fn token_in(script: &str) -> String {
+    script
+        .split("byoi.token=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no token in {script}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Netboots `mac`: the agent token its boot script carries.
+pub fn agent_token(c: &Controller, mac: &str) -> String {
+    token_in(&http(&c.addr, "GET", &format!("/boot/{mac}"), None, None).1)
+}
+
 /// One HTTP/1.1 request with `Connection: close`; returns (status, body).
 pub fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
