@@ -530,19 +530,27 @@ function fieldOf(message) {
   return best ? best.id : null;
 }
 
+/// A form field: its label, the control, a hint, and the place its error
+/// message goes (`ID-error`, which `showError` fills).
+function field(id, label, control, hint) {
+  return h(
+    "div",
+    { class: "field" },
+    h("label", { for: id }, label),
+    control,
+    hint ? h("p", { class: "hint", id: `${id}-hint` }, hint) : "",
+    h("p", { class: "field-error", id: `${id}-error`, role: "alert" }),
+  );
+}
+
+/// A text input described by its hint and its error.
+function input(id, attrs) {
+  return h("input", { id, name: id, "aria-describedby": `${id}-hint ${id}-error`, ...attrs });
+}
+
 async function deployView(name) {
   document.title = `Deploy on ${name} · byoi`;
   const hw = await api("GET", `/dedicated/server/${encodeURIComponent(name)}/specifications/hardware`).catch(() => null);
-  const field = (id, label, input, hint) =>
-    h(
-      "div",
-      { class: "field" },
-      h("label", { for: id }, label),
-      input,
-      hint ? h("p", { class: "hint", id: `${id}-hint` }, hint) : "",
-      h("p", { class: "field-error", id: `${id}-error`, role: "alert" }),
-    );
-  const input = (id, attrs) => h("input", { id, name: id, "aria-describedby": `${id}-hint ${id}-error`, ...attrs });
   const groups = hw && hw.diskGroups.length
     ? h("select", { id: "disk-group", name: "disk-group", "aria-describedby": "disk-group-error" }, hw.diskGroups.map((g) => h("option", { value: String(g.diskGroupId) }, `${g.diskGroupId}: ${g.description}`)))
     : input("disk-group", { type: "number", min: "1", value: "1", inputmode: "numeric" });
@@ -619,9 +627,9 @@ function showError(id, message) {
   const target = id && document.getElementById(`${id}-error`);
   if (target) {
     target.textContent = message;
-    const input = document.getElementById(id);
-    input.setAttribute("aria-invalid", "true");
-    input.focus();
+    const control = document.getElementById(id);
+    control.setAttribute("aria-invalid", "true");
+    control.focus();
   } else document.getElementById("form-error").textContent = message;
 }
 
@@ -638,18 +646,11 @@ async function discoveredView(mac) {
     return;
   }
   const hw = m.hardware;
-  const name = h("input", { id: "adopt-name", name: "adopt-name", required: true, autocomplete: "off", "aria-describedby": "adopt-name-hint adopt-name-error" });
+  const name = input("adopt-name", { required: true, autocomplete: "off" });
   const form = h(
     "form",
     { id: "adopt-form", novalidate: true },
-    h(
-      "div",
-      { class: "field" },
-      h("label", { for: "adopt-name" }, "Server name"),
-      name,
-      h("p", { class: "hint", id: "adopt-name-hint" }, "It becomes a server with the MACs it reported, manual power (change it with byoi server set), booting its disk."),
-      h("p", { class: "field-error", id: "adopt-name-error", role: "alert" }),
-    ),
+    field("adopt-name", "Server name", name, "It becomes a server with the MACs it reported, manual power (change it with byoi server set), booting its disk."),
     h(
       "div",
       { class: "actions" },
