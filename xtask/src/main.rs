@@ -15,6 +15,7 @@ mod task_fuzz;
 mod task_image;
 mod task_initramfs;
 mod task_lint;
+mod task_loadtest;
 mod task_test;
 
 use std::path::PathBuf;
@@ -54,6 +55,11 @@ enum Task {
     ///
     /// A crash is kept in agent/tests/fuzz-regressions/ and fails the task; logs in target/fuzz/logs.
     Fuzz(task_fuzz::Options),
+    /// One controller against N simulated agents over the agent protocol, with operators reading
+    ///
+    /// Prints p50/p99/max per call, errors, the controller's CPU and RSS; results in
+    /// target/loadtest/results.json.
+    Loadtest(task_loadtest::Options),
     /// Setup, lint, initramfs, tiny images, every test with the QEMU suites (BYOI_E2E=1), the package (dist --check)
     ///
     /// Fails if a QEMU started by the tests is still running when they are done.
@@ -78,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Task::Image(o) => task_image::run_task(&o),
         Task::Bench(o) => task_bench::run_task(&o),
         Task::Fuzz(o) => task_fuzz::run_task(&o),
+        Task::Loadtest(o) => task_loadtest::run_task(&o),
         Task::Test(o) => task_test::run(&o),
         Task::Dist(o) => task_dist::run_task(&o),
         Task::PythonEnv => python::venv().map(|p| println!("{}", p.display())),
@@ -138,6 +145,8 @@ mod tests {
             &["image"],
             &["image", "debian"],
             &["bench", "--runs", "1", "--only", "A,N", "--device", "loop", "--no-micro"],
+            &["loadtest"],
+            &["loadtest", "--agents", "5000", "--seconds", "30", "--database", "postgres://u@h/db"],
             &["fuzz", "--seconds", "5", "--only", "ova"],
             &["test", "--slow"],
             &["python-env"],
