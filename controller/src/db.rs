@@ -1,8 +1,10 @@
 //! The controller's state in SQLite: servers, deployments (with their
 //! history), per-boot agent tokens, the agents' forwarded log lines.
 //!
-//! One connection on its own thread (`tokio-rusqlite`): the async workers
-//! never block on SQLite, and SQLite serialises writers anyway. The schema
+//! SQLite runs on threads of its own ([`sqlite`]): one writer that commits
+//! queued changes together (group commit, each change in a savepoint) and a
+//! few read-only connections, so the async workers never block on SQLite and
+//! a thousand agents' reports cost a handful of fsyncs a second. The schema
 //! is versioned (`PRAGMA user_version`, `rusqlite_migration`); the enums are
 //! stored by their wire names. This module only persists: what a transition
 //! changes is decided by [`lifecycle::on`], and [`Db::apply`] runs it inside
@@ -13,7 +15,7 @@ use std::sync::LazyLock;
 
 use byoi_wire::agent::{Inventory, LogRecord};
 use byoi_wire::{BootTarget, ErrorCode, Stage, Status};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 
 use crate::lifecycle::{self, Claim, Deployment, Effect, Event, Named, State, Transition, TOKENS_PER_BOOT};
@@ -25,6 +27,7 @@ mod credentials;
 mod discovered;
 mod host_keys;
 mod sessions;
+mod sqlite;
 
 pub use credentials::{ApplicationRow, CredentialRow, NewApplication, Requested};
 pub use discovered::{Adopted, DiscoverBoot, DiscoveredRow, MAX_DISCOVERED, MAX_DISCOVERED_INVENTORY};
@@ -46,18 +49,15 @@ pub enum DbError {
          install that release again, or restore the backup taken before the upgrade (byoi db backup)"
     )]
     Newer(i64),
-    /// The database thread is gone.
+    /// The database threads are gone.
     #[error("database: the connection is closed")]
     Closed,
-}
-
-impl From<tokio_rusqlite::Error> for DbError {
-    fn from(e: tokio_rusqlite::Error) -> Self {
-        match e {
-            tokio_rusqlite::Error::Rusqlite(e) => DbError::Sqlite(e),
-            _ => DbError::Closed,
-        }
-    }
+    /// A batch of changes could not be committed: none of it was kept.
+    #[error("database: commit failed: {0}")]
+    Commit(String),
+    /// A database job panicked (a bug); what it changed was undone.
+    #[error("database: a query panicked")]
+    Panicked,
 }
 
 /// Result alias.
@@ -249,7 +249,12 @@ pub enum Payload {
     Request(Box<StoredRequest>),
     /// The inventory of a `hello`, kept on [`Effect::KeepInventory`].
     Inventory(Inventory),
+    /// The log lines of a report, kept on [`Effect::KeepLogs`].
+    Logs(Vec<LogRecord>),
 }
+
+/// Agent log lines kept per deployment (the newest).
+pub const KEPT_LOGS: usize = 500;
 
 /// Seconds since the epoch.
 pub fn now() -> i64 {
@@ -347,7 +352,7 @@ fn latest(c: &Connection, server: &str) -> rusqlite::Result<Option<DeploymentRow
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Db {
-    conn: tokio_rusqlite::Connection,
+    sql: sqlite::Sqlite,
     /// Seconds a boot stays expected after a power cycle.
     boot_timeout: i64,
     /// Counts this process's changes to deployments and their logs, so
@@ -355,52 +360,66 @@ pub struct Db {
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+/// Reader connections: reads run beside each other and beside the writer.
+const READERS: usize = 3;
+
 impl Db {
     /// Opens (creating) the database at `path` and brings its schema up to
     /// date. `boot_timeout`: how long a boot stays expected after a power
     /// cycle (agent tokens are minted only then).
     pub async fn open(path: &Path, boot_timeout: std::time::Duration) -> Result<Db> {
-        let conn = tokio_rusqlite::Connection::open(path).await?;
-        conn.call(|c| {
-            c.busy_timeout(std::time::Duration::from_secs(5))?;
-            c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")?;
-            Ok(match MIGRATIONS.to_latest(c) {
+        let file = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || {
+            let mut c = sqlite::Sqlite::open_writer(&file)?;
+            match MIGRATIONS.to_latest(&mut c) {
                 Err(rusqlite_migration::Error::MigrationDefinition(
                     rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
                 )) => Err(DbError::Newer(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)),
                 other => other.map_err(DbError::from),
-            })
+            }?;
+            Ok::<_, DbError>(c)
         })
-        .await??;
+        .await
+        .map_err(|_| DbError::Panicked)??;
+        let sql = sqlite::Sqlite::start(conn, path, READERS)?;
         let (changes, _) = tokio::sync::watch::channel(0);
-        Ok(Db { conn, boot_timeout: boot_timeout.as_secs() as i64, changes: std::sync::Arc::new(changes) })
+        Ok(Db { sql, boot_timeout: boot_timeout.as_secs() as i64, changes: std::sync::Arc::new(changes) })
     }
 
     /// Runs `f`, a change to servers, deployments, their logs or
-    /// discovered machines, on the database thread; then wakes the event
-    /// streams ([`Db::changes`]).
+    /// discovered machines ([`Db::write`]); then wakes the event streams
+    /// ([`Db::changes`]).
     async fn change<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let done = self.call(f).await;
+        let done = self.write(f).await;
         self.changes.send_modify(|n| *n += 1);
         done
     }
 
-    /// Runs `f` on the database thread.
-    async fn call<T: Send + 'static>(
+    /// Runs `f` as one change, all of it or nothing: kept when it returns
+    /// `Ok`, undone when it fails.
+    async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
-        Ok(self.conn.call(move |c| Ok(f(c))).await??)
+        self.sql.write(f).await
+    }
+
+    /// Runs `f`, which only reads, on what is committed.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.sql.read(f).await
     }
 
     /// What `/metrics` reports of the database: deployments by status and
     /// error code, each successful one's duration and size, bytes written,
     /// servers, and agents that called within `agent_timeout` seconds.
     pub async fn deployment_stats(&self, agent_timeout: i64) -> Result<DeploymentStats> {
-        self.call(move |c| {
+        self.read(move |c| {
             let by_status = c
                 .prepare_cached("SELECT status, error_code, count(*) FROM deployments GROUP BY status, error_code")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -437,7 +456,7 @@ impl Db {
     /// Notes the version the server's agent said hello with.
     pub async fn set_agent_version(&self, server: &str, version: &str) -> Result<()> {
         let (server, version) = (server.to_owned(), version.to_owned());
-        self.call(move |c| {
+        self.write(move |c| {
             c.execute("UPDATE servers SET agent_version = ?2 WHERE name = ?1", params![server, version]).map(drop)
         })
         .await
@@ -446,32 +465,28 @@ impl Db {
     /// Whether the database takes a write: its schema version, rewritten
     /// as it is, committed (a read-only or full disk, a lost file fail it).
     pub async fn check_writable(&self) -> Result<()> {
-        self.call(|c| {
+        self.write(|c| {
             let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            c.execute_batch(&format!("BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"))
+            c.execute_batch(&format!("PRAGMA user_version = {version};"))
         })
         .await
     }
 
     /// The schema version (`PRAGMA user_version`).
     pub async fn schema_version(&self) -> Result<i64> {
-        self.call(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).await
+        self.read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).await
     }
 
     /// Moves the write-ahead log into the database file (at shutdown: the
     /// data directory is then one file to back up).
     pub async fn checkpoint(&self) -> Result<()> {
-        self.call(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))).await
+        self.sql.raw(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))).await
     }
 
     /// Adds a server; `Err(message)` if the name or a MAC is taken.
     pub async fn add_server(&self, s: ServerRow) -> Result<Result<(), String>> {
-        self.change(move |c| {
-            let tx = c.transaction()?;
-            let added = insert_server(&tx, &s)?;
-            if added.is_ok() {
-                tx.commit()?;
-            }
+        self.change(move |tx| {
+            let added = insert_server(tx, &s)?;
             Ok(added)
         })
         .await
@@ -482,8 +497,7 @@ impl Db {
     /// when a MAC belongs to another.
     pub async fn update_server(&self, name: &str, change: ServerChange) -> Result<Result<Option<()>, String>> {
         let name = name.to_owned();
-        self.change(move |c| {
-            let tx = c.transaction()?;
+        self.change(move |tx| {
             if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
                 return Ok(Ok(None));
             }
@@ -496,7 +510,7 @@ impl Db {
                     }
                 }
                 tx.execute("DELETE FROM macs WHERE server = ?1", [&name])?;
-                register_macs(&tx, &name, macs)?;
+                register_macs(tx, &name, macs)?;
             }
             if let Some(power) = &change.power {
                 let power = serde_json::to_string(power).map_err(json_err)?;
@@ -506,7 +520,6 @@ impl Db {
                 let args = serde_json::to_string(args).map_err(json_err)?;
                 tx.execute("UPDATE servers SET kernel_args = ?2 WHERE name = ?1", params![name, args])?;
             }
-            tx.commit()?;
             Ok(Ok(Some(())))
         })
         .await
@@ -516,8 +529,7 @@ impl Db {
     /// key, unless a deployment runs on it and `force` is not given.
     pub async fn delete_server(&self, name: &str, force: bool) -> Result<Deleted> {
         let name = name.to_owned();
-        self.change(move |c| {
-            let tx = c.transaction()?;
+        self.change(move |tx| {
             if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
                 return Ok(Deleted::NoServer);
             }
@@ -532,7 +544,6 @@ impl Db {
                 return Ok(Deleted::Running { id, stage });
             }
             tx.execute("DELETE FROM servers WHERE name = ?1", [&name])?;
-            tx.commit()?;
             Ok(Deleted::Done)
         })
         .await
@@ -541,7 +552,7 @@ impl Db {
     /// A server by name.
     pub async fn server(&self, name: &str) -> Result<Option<ServerRow>> {
         let name = name.to_owned();
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare(&format!("SELECT {SERVER_COLS} FROM servers WHERE name = ?1"))?;
             let mut rows = stmt.query([name])?;
             rows.next()?.map(|r| server_row(c, r)).transpose()
@@ -553,36 +564,36 @@ impl Db {
     /// renumbers (servers are not deleted, and nothing runs `VACUUM`).
     pub async fn server_id(&self, name: &str) -> Result<Option<i64>> {
         let name = name.to_owned();
-        self.call(move |c| c.query_row("SELECT rowid FROM servers WHERE name = ?1", [name], |r| r.get(0)).optional())
+        self.read(move |c| c.query_row("SELECT rowid FROM servers WHERE name = ?1", [name], |r| r.get(0)).optional())
             .await
     }
 
     /// All servers, by name.
     pub async fn servers(&self) -> Result<Vec<ServerRow>> {
-        self.call(|c| all_servers(c)).await
+        self.read(all_servers).await
     }
 
     /// All servers, by name, each with its newest deployment.
     pub async fn fleet(&self) -> Result<Vec<(ServerRow, Option<DeploymentRow>)>> {
-        self.call(|c| all_servers(c)?.into_iter().map(|s| latest(c, &s.name).map(|d| (s, d))).collect()).await
+        self.read(|c| all_servers(c)?.into_iter().map(|s| latest(c, &s.name).map(|d| (s, d))).collect()).await
     }
 
     /// The server owning a MAC.
     pub async fn server_by_mac(&self, mac: &str) -> Result<Option<String>> {
         let mac = mac.to_owned();
-        self.call(move |c| c.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()).await
+        self.read(move |c| c.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()).await
     }
 
     /// The deployment `GET …/bringYourOwnImage` shows.
     pub async fn current_deployment(&self, server: &str) -> Result<Option<DeploymentRow>> {
         let server = server.to_owned();
-        self.call(move |c| Ok(latest(c, &server)?.filter(|d| d.current))).await
+        self.read(move |c| Ok(latest(c, &server)?.filter(|d| d.current))).await
     }
 
     /// All deployments of a server, newest first.
     pub async fn history(&self, server: &str) -> Result<Vec<DeploymentRow>> {
         let server = server.to_owned();
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt =
                 c.prepare(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 ORDER BY id DESC"))?;
             let rows = stmt.query_map([server], deployment_row)?.collect();
@@ -594,7 +605,7 @@ impl Db {
     /// A deployment of `server` by id, as the lifecycle needs it.
     pub async fn named(&self, server: &str, id: i64) -> Result<Option<Named>> {
         let server = server.to_owned();
-        self.call(move |c| {
+        self.read(move |c| {
             c.query_row("SELECT error_code FROM deployments WHERE id = ?1 AND server = ?2", params![id, server], |r| {
                 Ok(Named { id, cancelled: r.get::<_, Option<ErrorCode>>(0)? == Some(ErrorCode::Aborted) })
             })
@@ -623,8 +634,7 @@ impl Db {
     async fn apply_event(&self, server: &str, event: Event, payload: Payload) -> Result<Option<Applied>> {
         let server = server.to_owned();
         let boot_timeout = self.boot_timeout;
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.write(move |tx| {
             let t = now();
             let Some((target, expected_until, minted, claim_token, claim_addr)) = tx
                 .query_row(
@@ -645,7 +655,7 @@ impl Db {
             else {
                 return Ok(None);
             };
-            let before_row = latest(&tx, &server)?;
+            let before_row = latest(tx, &server)?;
             let before = State {
                 target,
                 boot_expected: expected_until.is_some_and(|u| t < u) && minted < TOKENS_PER_BOOT,
@@ -660,7 +670,7 @@ impl Db {
                 Payload::Request(r) => Some(r.as_ref()),
                 _ => None,
             };
-            save(&tx, &server, &before, &transition.state, request, t)?;
+            save(tx, &server, &before, &transition.state, request, t)?;
             let mut token = None;
             for effect in &transition.effects {
                 match *effect {
@@ -682,7 +692,7 @@ impl Db {
                         )?;
                     }
                     Effect::MintToken(mode) => {
-                        token = Some(mint_token(&tx, &server, mode, t)?);
+                        token = Some(mint_token(tx, &server, mode, t)?);
                     }
                     Effect::KeepInventory => {
                         if let Payload::Inventory(inv) = &payload {
@@ -690,37 +700,18 @@ impl Db {
                             tx.execute("UPDATE servers SET inventory = ?2 WHERE name = ?1", params![server, inv])?;
                         }
                     }
+                    Effect::KeepLogs => {
+                        if let (Payload::Logs(lines), Some(id)) =
+                            (&payload, transition.state.latest.as_ref().and_then(|d| d.id))
+                        {
+                            keep_logs(tx, id, lines, t)?;
+                        }
+                    }
                     Effect::PowerCycle => {}
                 }
             }
-            let latest = latest(&tx, &server)?;
-            tx.commit()?;
+            let latest = latest(tx, &server)?;
             Ok(Some(Applied { transition, latest, token }))
-        })
-        .await
-    }
-
-    /// Keeps the WARN and ERROR lines an agent forwarded with a report,
-    /// at most `keep` per deployment (the newest).
-    pub async fn save_logs(&self, deployment: i64, logs: Vec<LogRecord>, keep: usize) -> Result<()> {
-        if logs.is_empty() {
-            return Ok(());
-        }
-        self.change(move |c| {
-            let tx = c.transaction()?;
-            let t = now();
-            for l in &logs {
-                tx.execute(
-                    "INSERT INTO agent_logs (deployment_id, at, level, target, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![deployment, t, l.level, l.target, l.message],
-                )?;
-            }
-            tx.execute(
-                "DELETE FROM agent_logs WHERE deployment_id = ?1 AND id NOT IN \
-                 (SELECT id FROM agent_logs WHERE deployment_id = ?1 ORDER BY id DESC LIMIT ?2)",
-                params![deployment, keep as i64],
-            )?;
-            tx.commit()
         })
         .await
     }
@@ -729,7 +720,7 @@ impl Db {
     /// the first), oldest first, at most `limit`; with `notable`, warnings
     /// and errors only.
     pub async fn logs(&self, deployment: i64, after: i64, notable: bool, limit: usize) -> Result<Vec<KeptLog>> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, at, level, target, message FROM agent_logs \
                  WHERE deployment_id = ?1 AND id > ?2 AND (?3 = 0 OR level <> 'info') ORDER BY id LIMIT ?4",
@@ -751,7 +742,7 @@ impl Db {
     /// Marks every running deployment as just reported: after a controller
     /// restart, agents get a full timeout to report again.
     pub async fn refresh_running(&self) -> Result<()> {
-        self.call(|c| {
+        self.write(|c| {
             c.execute(
                 "UPDATE deployments SET last_report = ?1 WHERE status = 'doing' AND last_report IS NOT NULL",
                 [now()],
@@ -766,7 +757,7 @@ impl Db {
     /// `boot_timeout`, and those whose deployment has not moved (bytes or
     /// stage) for `stall_timeout`: the events the lifecycle must hear.
     pub async fn silent(&self, timeout: i64, boot_timeout: i64, stall_timeout: i64) -> Result<Vec<(String, Event)>> {
-        self.call(move |c| {
+        self.read(move |c| {
             let t = now();
             let mut stmt = c.prepare(
                 "SELECT server, last_report IS NULL, last_report < ?1 FROM deployments WHERE status = 'doing' AND \
@@ -794,7 +785,7 @@ impl Db {
     /// The server and boot mode a live token belongs to. A read only: what
     /// the token may do is the claim's business (`db.apply`).
     pub async fn token_owner(&self, hash: String) -> Result<Option<(String, BootTarget)>> {
-        self.call(move |c| {
+        self.read(move |c| {
             c.query_row("SELECT server, mode FROM agent_tokens WHERE hash = ?1", [&hash], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
@@ -808,7 +799,7 @@ impl Db {
 /// last contact it comes with), and forgets the discovered machines that
 /// had one of its MACs; `Err(message)` if the name or a MAC is taken
 /// (nothing written).
-fn insert_server(tx: &Transaction<'_>, s: &ServerRow) -> rusqlite::Result<Result<(), String>> {
+fn insert_server(tx: &Connection, s: &ServerRow) -> rusqlite::Result<Result<(), String>> {
     if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
         return Ok(Err(format!("server {} already exists", s.name)));
     }
@@ -840,7 +831,7 @@ fn insert_server(tx: &Transaction<'_>, s: &ServerRow) -> rusqlite::Result<Result
 
 /// Gives `macs` to `server`; a registered MAC is no longer an unknown
 /// machine's, so the discovered machines with one are forgotten.
-fn register_macs(tx: &Transaction<'_>, server: &str, macs: &[String]) -> rusqlite::Result<()> {
+fn register_macs(tx: &Connection, server: &str, macs: &[String]) -> rusqlite::Result<()> {
     for mac in macs {
         tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, server])?;
         tx.execute("DELETE FROM discovered WHERE mac = ?1", [mac])?;
@@ -850,7 +841,7 @@ fn register_macs(tx: &Transaction<'_>, server: &str, macs: &[String]) -> rusqlit
 
 /// Writes what a transition changed.
 fn save(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     server: &str,
     before: &State,
     after: &State,
@@ -923,9 +914,29 @@ fn save(
     Ok(())
 }
 
+/// Keeps an agent's log lines for `deployment`, at most [`KEPT_LOGS`] (the
+/// newest).
+fn keep_logs(tx: &Connection, deployment: i64, lines: &[LogRecord], t: i64) -> rusqlite::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO agent_logs (deployment_id, at, level, target, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for l in lines {
+        insert.execute(params![deployment, t, l.level, l.target, l.message])?;
+    }
+    tx.prepare_cached(
+        "DELETE FROM agent_logs WHERE deployment_id = ?1 AND id NOT IN \
+         (SELECT id FROM agent_logs WHERE deployment_id = ?1 ORDER BY id DESC LIMIT ?2)",
+    )?
+    .execute(params![deployment, KEPT_LOGS as i64])?;
+    Ok(())
+}
+
 /// Stores a new agent token (its hash) for a server booting in `mode`,
 /// counted against the expected boot.
-fn mint_token(tx: &Transaction<'_>, server: &str, mode: BootTarget, t: i64) -> rusqlite::Result<String> {
+fn mint_token(tx: &Connection, server: &str, mode: BootTarget, t: i64) -> rusqlite::Result<String> {
     let token = new_secret();
     tx.execute("UPDATE servers SET boot_tokens_minted = boot_tokens_minted + 1 WHERE name = ?1", [server])?;
     // The token is the boot's, not a deployment's: the claim and the job's

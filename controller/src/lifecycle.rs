@@ -258,6 +258,9 @@ pub enum Effect {
     /// The agent reported on the latest deployment: its silence timer
     /// starts again.
     Reported,
+    /// Keep the log lines the claimant forwarded with its report on the
+    /// running deployment, in the same transaction.
+    KeepLogs,
 }
 
 /// The outcome of an event.
@@ -468,12 +471,14 @@ fn agent(
                 d.message = stage.as_str().to_owned();
                 d.bytes_total = *bytes_total;
                 d.bytes_done = (*bytes_done).min(bytes_total.unwrap_or(u64::MAX));
+                effects.push(Effect::KeepLogs);
                 Reply::Action(Action::Continue)
             }
             _ => Reply::Action(Action::Abort),
         },
         AgentCall::Result { id, status, code, message } => match latest {
             Some(d) if d.id == Some(*id) && d.job_to.as_ref() == Some(&caller.token) => {
+                effects.push(Effect::KeepLogs);
                 if *status == Status::Done {
                     d.status = Status::Done;
                     d.stage = Stage::Rebooting;
@@ -897,7 +902,7 @@ mod tests {
                     d.bytes_total = Some(800);
                 }),
                 reply: Reply::Action(Action::Continue),
-                effects: vec![Effect::Reported],
+                effects: vec![Effect::KeepLogs, Effect::Reported],
             },
             Row {
                 doc: progress,
@@ -916,7 +921,7 @@ mod tests {
                 event: agent(Deploy, result(Status::Done, None, "")),
                 after: with(&finished, |s| s.latest.as_mut().unwrap().message = "done".into()),
                 reply: Reply::Action(Action::Reboot),
-                effects: vec![Effect::RetireTokens, Effect::Reported],
+                effects: vec![Effect::KeepLogs, Effect::RetireTokens, Effect::Reported],
             },
             Row {
                 doc: error,
@@ -924,7 +929,7 @@ mod tests {
                 event: agent(Deploy, result(Status::Error, Some(ErrorCode::ChecksumMismatch), "Bad sha256")),
                 after: failed.clone(),
                 reply: Reply::Action(Action::Reboot),
-                effects: vec![Effect::RetireTokens, Effect::Reported],
+                effects: vec![Effect::KeepLogs, Effect::RetireTokens, Effect::Reported],
             },
             // A newer agent's code is recorded, never refused.
             Row {
@@ -933,7 +938,7 @@ mod tests {
                 event: agent(Deploy, result(Status::Error, Some(ErrorCode::Unknown), "disk on fire")),
                 after: ended(&latest(&running(), |d| d.fail(ErrorCode::Unknown, "disk on fire"))),
                 reply: Reply::Action(Action::Reboot),
-                effects: vec![Effect::RetireTokens, Effect::Reported],
+                effects: vec![Effect::KeepLogs, Effect::RetireTokens, Effect::Reported],
             },
             Row {
                 doc: silent,

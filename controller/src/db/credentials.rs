@@ -183,8 +183,7 @@ impl Db {
         application_only: bool,
     ) -> Result<Result<NewApplication, String>> {
         let name = name.to_owned();
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.write(move |tx| {
             if tx.query_row("SELECT 1 FROM api_applications WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_some()
             {
                 return Ok(Err(format!("An application named {name} already exists")));
@@ -194,16 +193,15 @@ impl Db {
                 "INSERT INTO api_applications (name, key, secret, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![name, key, new_secret(), now()],
             )?;
-            let application = present(app_by_id(&tx, tx.last_insert_rowid())?)?;
+            let application = present(app_by_id(tx, tx.last_insert_rowid())?)?;
             let consumer = if application_only {
                 None
             } else {
                 let consumer_key = new_secret();
                 let row =
-                    insert_credential(&tx, application.id, &consumer_key, None, &rules, allowed_ips.as_deref(), None)?;
+                    insert_credential(tx, application.id, &consumer_key, None, &rules, allowed_ips.as_deref(), None)?;
                 Some((consumer_key, row))
             };
-            tx.commit()?;
             Ok(Ok(NewApplication { application, consumer }))
         })
         .await
@@ -212,7 +210,7 @@ impl Db {
     /// The application whose key is `key`.
     pub async fn application_by_key(&self, key: &str) -> Result<Option<ApplicationRow>> {
         let key = key.to_owned();
-        self.call(move |c| {
+        self.read(move |c| {
             c.prepare_cached(&format!("SELECT {APP_COLS} FROM api_applications WHERE key = ?1"))?
                 .query_row([key], app_row)
                 .optional()
@@ -222,7 +220,7 @@ impl Db {
 
     /// Every application, by id.
     pub async fn applications(&self) -> Result<Vec<ApplicationRow>> {
-        self.call(|c| {
+        self.read(|c| {
             c.prepare(&format!("SELECT {APP_COLS} FROM api_applications ORDER BY id"))?
                 .query_map([], app_row)?
                 .collect()
@@ -232,13 +230,13 @@ impl Db {
 
     /// The application `id`.
     pub async fn application(&self, id: i64) -> Result<Option<ApplicationRow>> {
-        self.call(move |c| app_by_id(c, id)).await
+        self.read(move |c| app_by_id(c, id)).await
     }
 
     /// Deletes the application `id` and its consumer keys; whether it
     /// existed.
     pub async fn delete_application(&self, id: i64) -> Result<bool> {
-        self.call(move |c| Ok(c.execute("DELETE FROM api_applications WHERE id = ?1", [id])? == 1)).await
+        self.write(move |c| Ok(c.execute("DELETE FROM api_applications WHERE id = ?1", [id])? == 1)).await
     }
 
     /// Requests a consumer key for `application`, pending the operator's
@@ -251,8 +249,7 @@ impl Db {
         allowed_ips: Option<Vec<Cidr>>,
         redirection: Option<String>,
     ) -> Result<Result<Requested, String>> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.write(move |tx| {
             tx.execute(
                 "DELETE FROM api_credentials WHERE application = ?1 AND status = ?2 AND expires_at < ?3",
                 params![application, CredentialStatus::PendingValidation.as_str(), now()],
@@ -271,7 +268,7 @@ impl Db {
             }
             let (consumer_key, token) = (new_secret(), new_secret());
             let credential = insert_credential(
-                &tx,
+                tx,
                 application,
                 &consumer_key,
                 Some(&token),
@@ -279,7 +276,6 @@ impl Db {
                 allowed_ips.as_deref(),
                 redirection.as_deref(),
             )?;
-            tx.commit()?;
             Ok(Ok(Requested { consumer_key, token, credential }))
         })
         .await
@@ -288,7 +284,7 @@ impl Db {
     /// The credential of consumer key `consumer_key`.
     pub async fn credential_by_consumer(&self, consumer_key: &str) -> Result<Option<CredentialRow>> {
         let hash = token_hash(consumer_key);
-        self.call(move |c| {
+        self.read(move |c| {
             c.prepare_cached(&format!("SELECT {CRED_COLS} FROM api_credentials WHERE consumer_hash = ?1"))?
                 .query_row([hash], cred_row)
                 .optional()
@@ -300,7 +296,7 @@ impl Db {
     /// application; `None` when there is none or it expired.
     pub async fn pending_credential(&self, token: &str) -> Result<Option<(CredentialRow, ApplicationRow)>> {
         let hash = token_hash(token);
-        self.call(move |c| {
+        self.read(move |c| {
             let Some(cred) = c
                 .query_row(
                     &format!("SELECT {CRED_COLS} FROM api_credentials WHERE validation_hash = ?1"),
@@ -324,8 +320,7 @@ impl Db {
     pub async fn decide_credential(&self, token: &str, validate: bool) -> Result<Option<CredentialRow>> {
         let hash = token_hash(token);
         let status = if validate { CredentialStatus::Validated } else { CredentialStatus::Refused };
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.write(move |tx| {
             let id: Option<i64> = tx
                 .query_row(
                     "SELECT id FROM api_credentials WHERE validation_hash = ?1 AND status = ?2 AND expires_at >= ?3",
@@ -338,8 +333,7 @@ impl Db {
                 "UPDATE api_credentials SET status = ?1, validation_hash = NULL, expires_at = NULL WHERE id = ?2",
                 params![status.as_str(), id],
             )?;
-            let row = present(cred_by_id(&tx, id)?)?;
-            tx.commit()?;
+            let row = present(cred_by_id(tx, id)?)?;
             Ok(Some(row))
         })
         .await
@@ -347,7 +341,7 @@ impl Db {
 
     /// Every credential, by id.
     pub async fn credentials(&self) -> Result<Vec<CredentialRow>> {
-        self.call(|c| {
+        self.read(|c| {
             c.prepare(&format!("SELECT {CRED_COLS} FROM api_credentials ORDER BY id"))?
                 .query_map([], cred_row)?
                 .collect()
@@ -357,18 +351,18 @@ impl Db {
 
     /// The credential `id`.
     pub async fn credential(&self, id: i64) -> Result<Option<CredentialRow>> {
-        self.call(move |c| cred_by_id(c, id)).await
+        self.read(move |c| cred_by_id(c, id)).await
     }
 
     /// Deletes the credential `id`; whether it existed.
     pub async fn delete_credential(&self, id: i64) -> Result<bool> {
-        self.call(move |c| Ok(c.execute("DELETE FROM api_credentials WHERE id = ?1", [id])? == 1)).await
+        self.write(move |c| Ok(c.execute("DELETE FROM api_credentials WHERE id = ?1", [id])? == 1)).await
     }
 
     /// Notes a use of the credential `id`, at most once a minute.
     pub async fn touch_credential(&self, id: i64) -> Result<()> {
         let t = now();
-        self.call(move |c| {
+        self.write(move |c| {
             c.prepare_cached(
                 "UPDATE api_credentials SET last_use = ?1 WHERE id = ?2 AND (last_use IS NULL OR last_use < ?1 - 60)",
             )?

@@ -87,26 +87,23 @@ impl Db {
     /// reported, if fewer than `max` machines are kept.
     pub async fn discover_boot(&self, mac: &str, addr: IpAddr, max: u32) -> Result<DiscoverBoot> {
         let (mac, addr, boot_timeout) = (mac.to_owned(), addr.to_string(), self.boot_timeout);
-        self.change(move |c| {
-            let tx = c.transaction()?;
+        self.change(move |tx| {
             let t = now();
             let reported: Option<bool> = tx
                 .query_row("SELECT inventory IS NOT NULL FROM discovered WHERE mac = ?1", [&mac], |r| r.get(0))
                 .optional()?;
             if reported == Some(true) {
                 tx.execute("UPDATE discovered SET last_seen = ?2, address = ?3 WHERE mac = ?1", params![mac, t, addr])?;
-                tx.commit()?;
                 return Ok(DiscoverBoot::Reported);
             }
             if reported.is_none() {
-                let count = |tx: &rusqlite::Transaction<'_>| {
+                let count = |tx: &rusqlite::Connection| {
                     tx.query_row("SELECT count(*) FROM discovered", [], |r| r.get::<_, i64>(0))
                 };
-                if count(&tx)? >= i64::from(max) {
+                if count(tx)? >= i64::from(max) {
                     // Those whose token expired unused make room.
                     tx.execute("DELETE FROM discovered WHERE inventory IS NULL AND token_expires <= ?1", [t])?;
-                    if count(&tx)? >= i64::from(max) {
-                        tx.commit()?;
+                    if count(tx)? >= i64::from(max) {
                         return Ok(DiscoverBoot::Full);
                     }
                 }
@@ -119,7 +116,6 @@ impl Db {
                  last_seen = excluded.last_seen",
                 params![mac, token_hash(&token), t + boot_timeout, addr, t],
             )?;
-            tx.commit()?;
             Ok(DiscoverBoot::Token(token))
         })
         .await
@@ -150,7 +146,7 @@ impl Db {
 
     /// The discovered machines, by MAC.
     pub async fn discovered(&self) -> Result<Vec<DiscoveredRow>> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare(&format!("SELECT {COLS} FROM discovered ORDER BY mac"))?;
             let rows = stmt.query_map([], row)?.collect();
             rows
@@ -161,7 +157,7 @@ impl Db {
     /// A discovered machine by MAC (normalised).
     pub async fn discovered_machine(&self, mac: &str) -> Result<Option<DiscoveredRow>> {
         let mac = mac.to_owned();
-        self.call(move |c| c.query_row(&format!("SELECT {COLS} FROM discovered WHERE mac = ?1"), [mac], row).optional())
+        self.read(move |c| c.query_row(&format!("SELECT {COLS} FROM discovered WHERE mac = ?1"), [mac], row).optional())
             .await
     }
 
@@ -178,8 +174,7 @@ impl Db {
     /// the same transaction.
     pub async fn adopt(&self, mac: &str, server: ServerRow) -> Result<Adopted> {
         let mac = mac.to_owned();
-        self.change(move |c| {
-            let tx = c.transaction()?;
+        self.change(move |tx| {
             let found =
                 tx.query_row(&format!("SELECT {COLS} FROM discovered WHERE mac = ?1"), [&mac], row).optional()?;
             let Some(machine) = found else { return Ok(Adopted::NoMachine) };
@@ -196,10 +191,9 @@ impl Db {
                 last_seen: Some(machine.last_seen),
                 ..server
             };
-            if let Err(conflict) = insert_server(&tx, &server)? {
+            if let Err(conflict) = insert_server(tx, &server)? {
                 return Ok(Adopted::Conflict(conflict));
             }
-            tx.commit()?;
             Ok(Adopted::Done { macs: server.macs })
         })
         .await

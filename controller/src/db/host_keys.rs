@@ -28,7 +28,7 @@ impl Db {
     /// there is no such server.
     pub async fn ssh_host_key(&self, server: &str) -> Result<Option<SshHostKey>> {
         let server = server.to_owned();
-        self.call(move |c| {
+        self.write(move |c| {
             let stored = |c: &rusqlite::Connection| {
                 c.query_row("SELECT seed, public FROM ssh_host_keys WHERE server = ?1", [&server], |r| {
                     Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))

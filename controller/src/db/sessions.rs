@@ -39,8 +39,7 @@ impl Db {
     pub async fn open_session(&self, credential: Option<i64>, addr: IpAddr, ttl: i64) -> Result<NewSession> {
         let fresh = NewSession { cookie: new_secret(), csrf: new_secret() };
         let (hash, csrf) = (token_hash(&fresh.cookie), fresh.csrf.clone());
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.write(move |tx| {
             let t = now();
             tx.execute("DELETE FROM ui_sessions WHERE expires_at <= ?1", [t])?;
             tx.execute(
@@ -53,7 +52,7 @@ impl Db {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![hash, csrf, credential, t, t + ttl, addr.to_string()],
             )?;
-            tx.commit()
+            Ok(())
         })
         .await?;
         Ok(fresh)
@@ -62,7 +61,7 @@ impl Db {
     /// The live session whose cookie is `cookie`.
     pub async fn session(&self, cookie: &str) -> Result<Option<SessionRow>> {
         let hash = token_hash(cookie);
-        self.call(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT csrf, credential_id FROM ui_sessions WHERE hash = ?1 AND expires_at > ?2",
                 params![hash, now()],
@@ -76,6 +75,6 @@ impl Db {
     /// Ends the session whose cookie is `cookie`.
     pub async fn close_session(&self, cookie: &str) -> Result<()> {
         let hash = token_hash(cookie);
-        self.call(move |c| c.execute("DELETE FROM ui_sessions WHERE hash = ?1", [hash]).map(drop)).await
+        self.write(move |c| c.execute("DELETE FROM ui_sessions WHERE hash = ?1", [hash]).map(drop)).await
     }
 }

@@ -27,10 +27,10 @@ use byoi_wire::BootTarget;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::operator::{disk_groups, version_skew, KEPT_LOGS};
+use super::operator::{disk_groups, version_skew};
 use super::{bearer, or_405, AgentError, AgentErrorBody, AppError, AppState};
 use crate::db::{token_hash, Applied, DeploymentRow, Payload};
-use crate::lifecycle::{AgentCall, Caller, Event, Reply};
+use crate::lifecycle::{AgentCall, Caller, Effect, Event, Reply};
 
 /// The agent's routes.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -297,9 +297,10 @@ async fn progress(State(app): State<AppState>, agent: Agent, Json(p): Json<Progr
         bytes_done: p.bytes_done,
         bytes_total: p.bytes_total,
     };
-    let applied = apply(&app, &agent, call, Payload::None).await?;
-    if applied.transition.reply == Reply::Action(Action::Continue) {
-        keep_logs(&app, &agent, p.deployment_id, p.logs).await?;
+    let logs = bounded(p.logs);
+    let applied = apply(&app, &agent, call, Payload::Logs(logs.clone())).await?;
+    if applied.transition.effects.contains(&Effect::KeepLogs) {
+        trace_logs(&agent, p.deployment_id, &logs);
     }
     action(&applied)
 }
@@ -325,29 +326,28 @@ fn bounded(mut logs: Vec<LogRecord>) -> Vec<LogRecord> {
     ))]
 async fn result(State(app): State<AppState>, agent: Agent, Json(r): Json<ResultReport>) -> Answer {
     let call = AgentCall::Result { id: r.deployment_id, status: r.status, code: r.code, message: r.message };
-    let applied = apply(&app, &agent, call, Payload::None).await?;
-    let counted = applied.transition.state.latest.as_ref().is_some_and(|d| d.id == Some(r.deployment_id))
-        && applied.transition.reply == Reply::Action(Action::Reboot);
+    let logs = bounded(r.logs);
+    let applied = apply(&app, &agent, call, Payload::Logs(logs.clone())).await?;
+    let counted = applied.transition.effects.contains(&Effect::KeepLogs);
     if let Some(d) = applied.latest.as_ref().filter(|d| counted && d.id == r.deployment_id) {
         tracing::info!(server = %agent.server, deployment = d.id, status = %d.status, message = %d.message,
             "deployment ended");
-        keep_logs(&app, &agent, d.id, r.logs).await?;
+        trace_logs(&agent, d.id, &logs);
     }
     action(&applied)
 }
 
-/// Logs and keeps the lines an agent forwarded about its own running
-/// deployment (its console lines at info, its warnings at warn).
-async fn keep_logs(app: &AppState, agent: &Agent, deployment: i64, logs: Vec<LogRecord>) -> Result<(), AppError> {
-    let logs = bounded(logs);
-    for l in &logs {
+/// Logs the lines an agent forwarded about its own running deployment (its
+/// console lines at info, its warnings at warn); the database kept them
+/// with the report.
+fn trace_logs(agent: &Agent, deployment: i64, logs: &[LogRecord]) {
+    for l in logs {
         if l.level == LogLevel::Info {
             tracing::info!(server = %agent.server, deployment, target = %l.target, "agent: {}", l.message);
         } else {
             tracing::warn!(server = %agent.server, deployment, level = %l.level, target = %l.target, "agent: {}", l.message);
         }
     }
-    Ok(app.db.save_logs(deployment, logs, KEPT_LOGS).await?)
 }
 
 /// Who may log in to the rescue agent over SSH.

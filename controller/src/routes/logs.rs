@@ -31,8 +31,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::operator::{server, AgentLog, DeploymentView, Operator, KEPT_LOGS};
+use super::operator::{server, AgentLog, DeploymentView, Operator};
 use super::{or_405, AppError, AppState, ErrorBody};
+use crate::db::KEPT_LOGS;
 
 /// How often a stream looks at the database without being woken.
 pub const LOOK_EVERY: Duration = Duration::from_secs(2);

@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 
 pub use super::auth::Operator;
 use super::{or_405, AppError, AppState, ErrorBody, Json, BYOI_BODY};
-use crate::db::{self, DeploymentRow, Payload, ServerRow};
+use crate::db::{self, DeploymentRow, Payload, ServerRow, KEPT_LOGS};
 use crate::lifecycle::{Event, Reply};
 use crate::model::{self, ByoiRequest, NewServer, ServerUpdate};
 use crate::power::Power;
@@ -138,9 +138,6 @@ impl AgentLog {
         AgentLog { id: l.id, at: rfc3339(l.at), record: l.record.clone() }
     }
 }
-
-/// Agent log lines kept per deployment.
-pub const KEPT_LOGS: usize = 500;
 
 impl DeploymentView {
     /// The view of a stored deployment.
