@@ -293,6 +293,11 @@ fn server_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerR
     let name: String = r.get(0)?;
     let mut stmt = c.prepare_cached("SELECT mac FROM macs WHERE server = ?1 ORDER BY mac")?;
     let macs = stmt.query_map([&name], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+    server_row_with(name, macs, r)
+}
+
+/// A server's row from the columns of [`SERVER_COLS`] and its MACs.
+fn server_row_with(name: String, macs: Vec<String>, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
     Ok(ServerRow {
         name,
         macs,
@@ -311,23 +316,43 @@ const DEPLOYMENT_COLS: &str = "id, server, request, status, stage, message, erro
      bytes_total, current, created_at, updated_at, last_report, finished_at, job_token";
 
 fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
+    deployment_row_at(r, 0)
+}
+
+/// A deployment from the columns of [`DEPLOYMENT_COLS`], the first at `at`.
+fn deployment_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<DeploymentRow> {
     Ok(DeploymentRow {
-        id: r.get(0)?,
-        server: r.get(1)?,
-        request: from_json(2, &r.get::<_, String>(2)?)?,
-        status: r.get(3)?,
-        stage: r.get(4)?,
-        message: r.get(5)?,
-        error_code: r.get(6)?,
-        bytes_done: r.get::<_, i64>(7)?.max(0) as u64,
-        bytes_total: r.get::<_, Option<i64>>(8)?.map(|t| t.max(0) as u64),
-        current: r.get(9)?,
-        created_at: r.get(10)?,
-        updated_at: r.get(11)?,
-        last_report: r.get(12)?,
-        finished_at: r.get(13)?,
-        job_token: r.get(14)?,
+        id: r.get(at)?,
+        server: r.get(at + 1)?,
+        request: from_json(at + 2, &r.get::<_, String>(at + 2)?)?,
+        status: r.get(at + 3)?,
+        stage: r.get(at + 4)?,
+        message: r.get(at + 5)?,
+        error_code: r.get(at + 6)?,
+        bytes_done: r.get::<_, i64>(at + 7)?.max(0) as u64,
+        bytes_total: r.get::<_, Option<i64>>(at + 8)?.map(|t| t.max(0) as u64),
+        current: r.get(at + 9)?,
+        created_at: r.get(at + 10)?,
+        updated_at: r.get(at + 11)?,
+        last_report: r.get(at + 12)?,
+        finished_at: r.get(at + 13)?,
+        job_token: r.get(at + 14)?,
     })
+}
+
+/// Runs one statement, prepared once per connection.
+fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
+/// The first row of a query prepared once per connection, through `f`.
+fn one<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(params, f)
 }
 
 fn all_servers(c: &Connection) -> rusqlite::Result<Vec<ServerRow>> {
@@ -341,12 +366,45 @@ fn all_servers(c: &Connection) -> rusqlite::Result<Vec<ServerRow>> {
 }
 
 fn latest(c: &Connection, server: &str) -> rusqlite::Result<Option<DeploymentRow>> {
-    c.query_row(
-        &format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 ORDER BY id DESC LIMIT 1"),
-        [server],
-        deployment_row,
-    )
-    .optional()
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 ORDER BY id DESC LIMIT 1")
+    });
+    c.prepare_cached(&SQL)?.query_row([server], deployment_row).optional()
+}
+
+/// Every server with its newest deployment, in two queries whatever the
+/// size of the fleet (a dashboard and `byoi servers` read it often).
+fn fleet(c: &Connection) -> rusqlite::Result<Vec<(ServerRow, Option<DeploymentRow>)>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let deployment_cols: Vec<String> = DEPLOYMENT_COLS.split(',').map(|col| format!("d.{}", col.trim())).collect();
+        let server_cols: Vec<String> = SERVER_COLS.split(',').map(|col| format!("s.{}", col.trim())).collect();
+        format!(
+            "SELECT {}, {} FROM servers s LEFT JOIN deployments d \
+             ON d.id = (SELECT max(id) FROM deployments WHERE server = s.name) ORDER BY s.name",
+            server_cols.join(", "),
+            deployment_cols.join(", ")
+        )
+    });
+    let mut macs: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    let mut stmt = c.prepare_cached("SELECT server, mac FROM macs ORDER BY server, mac")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        macs.entry(r.get(0)?).or_default().push(r.get(1)?);
+    }
+    let servers = SERVER_COLS.split(',').count();
+    let mut stmt = c.prepare_cached(&SQL)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let name: String = r.get(0)?;
+        let server = server_row_with(name.clone(), macs.remove(&name).unwrap_or_default(), r)?;
+        let deployment = match r.get::<_, Option<i64>>(servers)? {
+            Some(_) => Some(deployment_row_at(r, servers)?),
+            None => None,
+        };
+        out.push((server, deployment));
+    }
+    Ok(out)
 }
 
 /// The database.
@@ -374,7 +432,7 @@ impl Db {
             match MIGRATIONS.to_latest(&mut c) {
                 Err(rusqlite_migration::Error::MigrationDefinition(
                     rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
-                )) => Err(DbError::Newer(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)),
+                )) => Err(DbError::Newer(one(&c, "PRAGMA user_version", [], |r| r.get(0))?)),
                 other => other.map_err(DbError::from),
             }?;
             Ok::<_, DbError>(c)
@@ -433,14 +491,14 @@ impl Db {
                     Ok(Finished { seconds: r.get::<_, i64>(0)?.max(0), bytes: r.get::<_, i64>(1)?.max(0) as u64 })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            let bytes_written: i64 =
-                c.query_row("SELECT coalesce(sum(bytes_done), 0) FROM deployments", [], |r| r.get(0))?;
-            let (servers, agents_online) = c.query_row(
+            let bytes_written: i64 = one(c, "SELECT coalesce(sum(bytes_done), 0) FROM deployments", [], |r| r.get(0))?;
+            let (servers, agents_online) = one(
+                c,
                 "SELECT count(*), count(*) FILTER (WHERE last_seen >= ?1) FROM servers",
                 [now() - agent_timeout],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let discovered = c.query_row("SELECT count(*) FROM discovered", [], |r| r.get(0))?;
+            let discovered = one(c, "SELECT count(*) FROM discovered", [], |r| r.get(0))?;
             Ok(DeploymentStats {
                 by_status,
                 done,
@@ -457,7 +515,7 @@ impl Db {
     pub async fn set_agent_version(&self, server: &str, version: &str) -> Result<()> {
         let (server, version) = (server.to_owned(), version.to_owned());
         self.write(move |c| {
-            c.execute("UPDATE servers SET agent_version = ?2 WHERE name = ?1", params![server, version]).map(drop)
+            exec(c, "UPDATE servers SET agent_version = ?2 WHERE name = ?1", params![server, version]).map(drop)
         })
         .await
     }
@@ -466,7 +524,7 @@ impl Db {
     /// as it is, committed (a read-only or full disk, a lost file fail it).
     pub async fn check_writable(&self) -> Result<()> {
         self.write(|c| {
-            let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let version: i64 = one(c, "PRAGMA user_version", [], |r| r.get(0))?;
             c.execute_batch(&format!("PRAGMA user_version = {version};"))
         })
         .await
@@ -474,13 +532,13 @@ impl Db {
 
     /// The schema version (`PRAGMA user_version`).
     pub async fn schema_version(&self) -> Result<i64> {
-        self.read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).await
+        self.read(|c| one(c, "PRAGMA user_version", [], |r| r.get(0))).await
     }
 
     /// Moves the write-ahead log into the database file (at shutdown: the
     /// data directory is then one file to back up).
     pub async fn checkpoint(&self) -> Result<()> {
-        self.sql.raw(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))).await
+        self.sql.raw(|c| one(c, "PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))).await
     }
 
     /// Adds a server; `Err(message)` if the name or a MAC is taken.
@@ -498,27 +556,27 @@ impl Db {
     pub async fn update_server(&self, name: &str, change: ServerChange) -> Result<Result<Option<()>, String>> {
         let name = name.to_owned();
         self.change(move |tx| {
-            if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
+            if one(tx, "SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
                 return Ok(Ok(None));
             }
             if let Some(macs) = &change.macs {
                 for mac in macs {
                     let owner: Option<String> =
-                        tx.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
+                        one(tx, "SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
                     if let Some(o) = owner.filter(|o| *o != name) {
                         return Ok(Err(format!("MAC {mac} already belongs to {o}")));
                     }
                 }
-                tx.execute("DELETE FROM macs WHERE server = ?1", [&name])?;
+                exec(tx, "DELETE FROM macs WHERE server = ?1", [&name])?;
                 register_macs(tx, &name, macs)?;
             }
             if let Some(power) = &change.power {
                 let power = serde_json::to_string(power).map_err(json_err)?;
-                tx.execute("UPDATE servers SET power = ?2 WHERE name = ?1", params![name, power])?;
+                exec(tx, "UPDATE servers SET power = ?2 WHERE name = ?1", params![name, power])?;
             }
             if let Some(args) = &change.kernel_args {
                 let args = serde_json::to_string(args).map_err(json_err)?;
-                tx.execute("UPDATE servers SET kernel_args = ?2 WHERE name = ?1", params![name, args])?;
+                exec(tx, "UPDATE servers SET kernel_args = ?2 WHERE name = ?1", params![name, args])?;
             }
             Ok(Ok(Some(())))
         })
@@ -530,7 +588,7 @@ impl Db {
     pub async fn delete_server(&self, name: &str, force: bool) -> Result<Deleted> {
         let name = name.to_owned();
         self.change(move |tx| {
-            if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
+            if one(tx, "SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
                 return Ok(Deleted::NoServer);
             }
             let running = tx
@@ -543,7 +601,7 @@ impl Db {
             if let (Some((id, stage)), false) = (running, force) {
                 return Ok(Deleted::Running { id, stage });
             }
-            tx.execute("DELETE FROM servers WHERE name = ?1", [&name])?;
+            exec(tx, "DELETE FROM servers WHERE name = ?1", [&name])?;
             Ok(Deleted::Done)
         })
         .await
@@ -564,8 +622,7 @@ impl Db {
     /// renumbers (servers are not deleted, and nothing runs `VACUUM`).
     pub async fn server_id(&self, name: &str) -> Result<Option<i64>> {
         let name = name.to_owned();
-        self.read(move |c| c.query_row("SELECT rowid FROM servers WHERE name = ?1", [name], |r| r.get(0)).optional())
-            .await
+        self.read(move |c| one(c, "SELECT rowid FROM servers WHERE name = ?1", [name], |r| r.get(0)).optional()).await
     }
 
     /// All servers, by name.
@@ -575,13 +632,13 @@ impl Db {
 
     /// All servers, by name, each with its newest deployment.
     pub async fn fleet(&self) -> Result<Vec<(ServerRow, Option<DeploymentRow>)>> {
-        self.read(|c| all_servers(c)?.into_iter().map(|s| latest(c, &s.name).map(|d| (s, d))).collect()).await
+        self.read(fleet).await
     }
 
     /// The server owning a MAC.
     pub async fn server_by_mac(&self, mac: &str) -> Result<Option<String>> {
         let mac = mac.to_owned();
-        self.read(move |c| c.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()).await
+        self.read(move |c| one(c, "SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()).await
     }
 
     /// The deployment `GET …/bringYourOwnImage` shows.
@@ -606,7 +663,7 @@ impl Db {
     pub async fn named(&self, server: &str, id: i64) -> Result<Option<Named>> {
         let server = server.to_owned();
         self.read(move |c| {
-            c.query_row("SELECT error_code FROM deployments WHERE id = ?1 AND server = ?2", params![id, server], |r| {
+            one(c, "SELECT error_code FROM deployments WHERE id = ?1 AND server = ?2", params![id, server], |r| {
                 Ok(Named { id, cancelled: r.get::<_, Option<ErrorCode>>(0)? == Some(ErrorCode::Aborted) })
             })
             .optional()
@@ -664,7 +721,7 @@ impl Db {
             };
             let transition = lifecycle::on(&event, &before);
             if matches!(event, Event::Agent { .. }) && transition.state.claim.is_some() {
-                tx.execute("UPDATE servers SET last_seen = ?2 WHERE name = ?1", params![server, t])?;
+                exec(tx, "UPDATE servers SET last_seen = ?2 WHERE name = ?1", params![server, t])?;
             }
             let request = match &payload {
                 Payload::Request(r) => Some(r.as_ref()),
@@ -675,19 +732,17 @@ impl Db {
             for effect in &transition.effects {
                 match *effect {
                     Effect::Reported => {
-                        tx.execute(
-                            "UPDATE deployments SET last_report = ?2 WHERE id = (SELECT max(id) FROM deployments WHERE server = ?1)",
+                        exec(tx, "UPDATE deployments SET last_report = ?2 WHERE id = (SELECT max(id) FROM deployments WHERE server = ?1)",
                             params![server, t],
                         )?;
                     }
                     Effect::RetireTokens => {
-                        tx.execute("DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
-                        tx.execute("UPDATE servers SET boot_expected_until = NULL WHERE name = ?1", [&server])?;
+                        exec(tx, "DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
+                        exec(tx, "UPDATE servers SET boot_expected_until = NULL WHERE name = ?1", [&server])?;
                     }
                     Effect::ExpectBoot => {
-                        tx.execute("DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
-                        tx.execute(
-                            "UPDATE servers SET boot_expected_until = ?2, boot_tokens_minted = 0 WHERE name = ?1",
+                        exec(tx, "DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
+                        exec(tx, "UPDATE servers SET boot_expected_until = ?2, boot_tokens_minted = 0 WHERE name = ?1",
                             params![server, t + boot_timeout],
                         )?;
                     }
@@ -697,7 +752,7 @@ impl Db {
                     Effect::KeepInventory => {
                         if let Payload::Inventory(inv) = &payload {
                             let inv = serde_json::to_string(inv).map_err(json_err)?;
-                            tx.execute("UPDATE servers SET inventory = ?2 WHERE name = ?1", params![server, inv])?;
+                            exec(tx, "UPDATE servers SET inventory = ?2 WHERE name = ?1", params![server, inv])?;
                         }
                     }
                     Effect::KeepLogs => {
@@ -743,7 +798,8 @@ impl Db {
     /// restart, agents get a full timeout to report again.
     pub async fn refresh_running(&self) -> Result<()> {
         self.write(|c| {
-            c.execute(
+            exec(
+                c,
                 "UPDATE deployments SET last_report = ?1 WHERE status = 'doing' AND last_report IS NOT NULL",
                 [now()],
             )
@@ -786,10 +842,8 @@ impl Db {
     /// the token may do is the claim's business (`db.apply`).
     pub async fn token_owner(&self, hash: String) -> Result<Option<(String, BootTarget)>> {
         self.read(move |c| {
-            c.query_row("SELECT server, mode FROM agent_tokens WHERE hash = ?1", [&hash], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
+            one(c, "SELECT server, mode FROM agent_tokens WHERE hash = ?1", [&hash], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
         })
         .await
     }
@@ -800,18 +854,19 @@ impl Db {
 /// had one of its MACs; `Err(message)` if the name or a MAC is taken
 /// (nothing written).
 fn insert_server(tx: &Connection, s: &ServerRow) -> rusqlite::Result<Result<(), String>> {
-    if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
+    if one(tx, "SELECT 1 FROM servers WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
         return Ok(Err(format!("server {} already exists", s.name)));
     }
     for mac in &s.macs {
         let owner: Option<String> =
-            tx.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
+            one(tx, "SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
         if let Some(o) = owner {
             return Ok(Err(format!("MAC {mac} already belongs to {o}")));
         }
     }
     let inventory = s.inventory.as_ref().map(serde_json::to_string).transpose().map_err(json_err)?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO servers (name, power, kernel_args, boot_target, inventory, last_seen, created_at, agent_version) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -833,8 +888,8 @@ fn insert_server(tx: &Connection, s: &ServerRow) -> rusqlite::Result<Result<(), 
 /// machine's, so the discovered machines with one are forgotten.
 fn register_macs(tx: &Connection, server: &str, macs: &[String]) -> rusqlite::Result<()> {
     for mac in macs {
-        tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, server])?;
-        tx.execute("DELETE FROM discovered WHERE mac = ?1", [mac])?;
+        exec(tx, "INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, server])?;
+        exec(tx, "DELETE FROM discovered WHERE mac = ?1", [mac])?;
     }
     Ok(())
 }
@@ -849,17 +904,14 @@ fn save(
     t: i64,
 ) -> rusqlite::Result<()> {
     if after.target != before.target {
-        tx.execute("UPDATE servers SET boot_target = ?2 WHERE name = ?1", params![server, after.target])?;
+        exec(tx, "UPDATE servers SET boot_target = ?2 WHERE name = ?1", params![server, after.target])?;
     }
     if after.claim != before.claim {
         let (token, addr) = match &after.claim {
             Some(c) => (Some(c.token.as_str()), c.addr.map(|a| a.to_string())),
             None => (None, None),
         };
-        tx.execute(
-            "UPDATE servers SET claim_token = ?2, claim_addr = ?3 WHERE name = ?1",
-            params![server, token, addr],
-        )?;
+        exec(tx, "UPDATE servers SET claim_token = ?2, claim_addr = ?3 WHERE name = ?1", params![server, token, addr])?;
     }
     let Some(d) = &after.latest else { return Ok(()) };
     if before.latest.as_ref() == Some(d) {
@@ -870,9 +922,8 @@ fn save(
             let request = request.ok_or_else(|| {
                 rusqlite::Error::ToSqlConversionFailure("a new deployment without its request".into())
             })?;
-            tx.execute("UPDATE deployments SET current = 0 WHERE server = ?1", [server])?;
-            tx.execute(
-                "INSERT INTO deployments (server, request, status, stage, message, error_code, bytes_done, bytes_total, \
+            exec(tx, "UPDATE deployments SET current = 0 WHERE server = ?1", [server])?;
+            exec(tx, "INSERT INTO deployments (server, request, status, stage, message, error_code, bytes_done, bytes_total, \
                  current, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
                 params![
                     server,
@@ -891,8 +942,7 @@ fn save(
         Some(id) => {
             // `moved_at` is when the bytes or the stage last changed: the
             // stall timeout counts from it.
-            tx.execute(
-                "UPDATE deployments SET moved_at = CASE WHEN stage != ?3 OR bytes_done != ?6 THEN ?9 ELSE moved_at END, \
+            exec(tx, "UPDATE deployments SET moved_at = CASE WHEN stage != ?3 OR bytes_done != ?6 THEN ?9 ELSE moved_at END, \
                  status = ?2, stage = ?3, message = ?4, error_code = ?5, bytes_done = ?6, \
                  bytes_total = ?7, current = ?8, updated_at = ?9, job_token = ?10, \
                  finished_at = CASE WHEN ?2 != 'doing' THEN coalesce(finished_at, ?9) ELSE NULL END WHERE id = ?1",
@@ -938,10 +988,11 @@ fn keep_logs(tx: &Connection, deployment: i64, lines: &[LogRecord], t: i64) -> r
 /// counted against the expected boot.
 fn mint_token(tx: &Connection, server: &str, mode: BootTarget, t: i64) -> rusqlite::Result<String> {
     let token = new_secret();
-    tx.execute("UPDATE servers SET boot_tokens_minted = boot_tokens_minted + 1 WHERE name = ?1", [server])?;
+    exec(tx, "UPDATE servers SET boot_tokens_minted = boot_tokens_minted + 1 WHERE name = ?1", [server])?;
     // The token is the boot's, not a deployment's: the claim and the job's
     // token (`deployments.job_token`) say what it may do.
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO agent_tokens (hash, server, mode, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![token_hash(&token), server, mode, t],
     )?;

@@ -52,6 +52,9 @@ pub struct Sqlite {
 /// as `byoi db backup`, may hold a lock for a while) and foreign keys.
 fn configure(c: &Connection) -> rusqlite::Result<()> {
     c.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Every statement is prepared once per connection (`db::exec`,
+    // `db::one`): there are fewer than this many.
+    c.set_prepared_statement_cache_capacity(256);
     c.execute_batch("PRAGMA foreign_keys = ON;")
 }
 
