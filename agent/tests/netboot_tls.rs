@@ -30,13 +30,13 @@ fn the_client_trusts_a_controller_signed_by_the_ca_file_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
     let (_ours, base, ca) = controller(&dir.path().join("ours"));
 
-    let ctl = Controller::with_trust(&base, "t", Trust::CaFile(ca.clone())).unwrap();
+    let ctl = Controller::with_trust(std::slice::from_ref(&base), "t", Trust::CaFile(ca.clone())).unwrap();
     assert_eq!(ctl.job().unwrap().action, Action::Wait);
     assert_eq!(ctl.ca_file(), Some(ca.as_path()));
 
     // Another CA's file: refused, naming what was trusted.
     let (theirs, _, _) = private_ca(&dir.path().join("theirs"), "DNS:localhost").unwrap();
-    let ctl = Controller::with_trust(&base, "t", Trust::CaFile(theirs.clone())).unwrap();
+    let ctl = Controller::with_trust(std::slice::from_ref(&base), "t", Trust::CaFile(theirs.clone())).unwrap();
     let e = ctl.job().unwrap_err();
     assert!(matches!(&e, ClientError::Untrusted { trust: Trust::CaFile(p), .. } if *p == theirs), "{e:?}");
     assert_eq!(
@@ -57,13 +57,15 @@ fn the_client_trusts_a_controller_signed_by_the_ca_file_and_no_other() {
 fn a_ca_file_without_certificates_is_refused_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.pem");
-    let e = Controller::with_trust("https://localhost:1", "t", Trust::CaFile(missing.clone())).unwrap_err();
+    let e =
+        Controller::with_trust(&["https://localhost:1".to_owned()], "t", Trust::CaFile(missing.clone())).unwrap_err();
     assert!(matches!(&e, ClientError::CaFile { path, .. } if *path == missing), "{e:?}");
     assert!(e.to_string().starts_with(&format!("cannot use the CA file {}: ", missing.display())), "{e}");
 
     let key_only = dir.path().join("key.pem");
     std::fs::write(&key_only, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
-    let e = Controller::with_trust("https://localhost:1", "t", Trust::CaFile(key_only.clone())).unwrap_err();
+    let e =
+        Controller::with_trust(&["https://localhost:1".to_owned()], "t", Trust::CaFile(key_only.clone())).unwrap_err();
     assert_eq!(
         e.to_string(),
         format!("cannot use the CA file {}: no PEM `BEGIN CERTIFICATE` section", key_only.display())

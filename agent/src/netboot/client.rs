@@ -8,8 +8,15 @@
 //! that CA, else the web PKI. A plain `http://` controller is allowed (a
 //! lab), but then the agent token, the job and its secrets cross the
 //! network in clear.
+//!
+//! The agent may know several controllers (`byoi.controller=URL1,URL2`,
+//! replicas sharing one database): a call goes to the one that answered
+//! last, and on to the next when that one is unreachable, busy or
+//! untrusted. A name with several addresses fails over too: the connector
+//! tries each address in turn.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +34,9 @@ use serde::Serialize;
 
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest `Retry-After` the agent reads; longer is read as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +70,17 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// The controller is overloaded or not ready (429, 503): try again
+    /// later, no sooner than it asked.
+    #[error("controller busy ({status}){}", busy_detail(message, retry_after))]
+    Busy {
+        /// 429 or 503.
+        status: u16,
+        /// The controller's message, if any.
+        message: String,
+        /// Its `Retry-After`, in seconds.
+        retry_after: Option<Duration>,
+    },
     /// Any other refusal.
     #[error("controller answered {status}: {message}")]
     Refused {
@@ -68,6 +89,41 @@ pub enum ClientError {
         /// Its message.
         message: String,
     },
+}
+
+impl ClientError {
+    /// Worth calling again after a wait (or another controller now): the
+    /// controller was not reached, was busy, or was not the one we trust.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Unreachable(_) | ClientError::Busy { .. } | ClientError::Untrusted { .. })
+    }
+
+    /// How long a busy controller asked us to wait.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Busy { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+fn busy_detail(message: &str, retry_after: &Option<Duration>) -> String {
+    let mut s = String::new();
+    if !message.is_empty() {
+        s.push_str(": ");
+        s.push_str(message);
+    }
+    if let Some(r) = retry_after {
+        s.push_str(&format!("; asks to retry in {}s", r.as_secs()));
+    }
+    s
+}
+
+/// `Retry-After` in delta-seconds (the form a controller sends; an HTTP
+/// date is ignored), capped at [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// Which certificates an HTTPS controller may present.
@@ -126,9 +182,12 @@ impl std::fmt::Display for Trust {
     }
 }
 
-/// A connection to the controller.
+/// A connection to the controller (or its replicas).
 pub struct Controller {
-    base: String,
+    /// The controllers' base URLs, in the order the command line gave.
+    bases: Vec<String>,
+    /// The one that answered last: the next call goes there first.
+    current: AtomicUsize,
     token: String,
     trust: Trust,
     rt: tokio::runtime::Runtime,
@@ -137,7 +196,7 @@ pub struct Controller {
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controller").field("base", &self.base).field("trust", &self.trust).finish()
+        f.debug_struct("Controller").field("bases", &self.bases).field("trust", &self.trust).finish()
     }
 }
 
@@ -145,12 +204,15 @@ impl Controller {
     /// A client for the controller at `base` (http, or https with a
     /// certificate of the web PKI).
     pub fn new(base: &str, token: &str) -> Result<Controller, ClientError> {
-        Controller::with_trust(base, token, Trust::WebPki)
+        Controller::with_trust(&[base.to_owned()], token, Trust::WebPki)
     }
 
-    /// A client for the controller at `base` (http, or https with a
-    /// certificate that `trust` accepts).
-    pub fn with_trust(base: &str, token: &str, trust: Trust) -> Result<Controller, ClientError> {
+    /// A client for the controllers at `bases`, tried in turn (http, or
+    /// https with a certificate that `trust` accepts).
+    pub fn with_trust(bases: &[String], token: &str, trust: Trust) -> Result<Controller, ClientError> {
+        if bases.is_empty() {
+            return Err(ClientError::Unreachable("no controller URL".into()));
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -170,7 +232,8 @@ impl Controller {
             .enable_http1()
             .wrap_connector(http);
         let client = rt.block_on(async { Client::builder(TokioExecutor::new()).build(https) });
-        Ok(Controller { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), trust, rt, client })
+        let bases = bases.iter().map(|b| b.trim_end_matches('/').to_owned()).collect();
+        Ok(Controller { bases, current: AtomicUsize::new(0), token: token.to_owned(), trust, rt, client })
     }
 
     /// The private CA file the controller is trusted through, if any;
@@ -182,21 +245,61 @@ impl Controller {
         }
     }
 
+    /// The controller the next call goes to first.
+    pub fn current(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// One call, to the controller that answered last and then to each
+    /// other in turn while they fail transiently; the last failure if all
+    /// do (the next call then starts with the next controller).
     fn call<T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}/agent/v1/{path}", self.base);
-        let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
+        let body = Bytes::from(body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default());
+        let n = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut failed = None;
+        for i in 0..n {
+            let at = (first + i) % n;
+            match self.call_one(&self.bases[at], method, path, body.clone()) {
+                Err(e) if e.is_transient() => {
+                    if n > 1 {
+                        tracing::warn!(controller = %self.bases[at], "{path}: {e}");
+                    }
+                    failed = Some(e);
+                }
+                answered => {
+                    if at != first {
+                        tracing::warn!(from = %self.bases[first], to = %self.bases[at], "failed over to another controller");
+                    }
+                    self.current.store(at, Ordering::Relaxed);
+                    return answered;
+                }
+            }
+        }
+        self.current.store((first + 1) % n, Ordering::Relaxed);
+        Err(failed.expect("at least one controller"))
+    }
+
+    fn call_one<T: DeserializeOwned>(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, ClientError> {
+        let url = format!("{base}/agent/v1/{path}");
         let req = http::Request::builder()
             .method(method)
             .uri(&url)
             .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::USER_AGENT, concat!("byoi-agent/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         self.rt.block_on(async {
             let resp = tokio::time::timeout(CALL_TIMEOUT, self.client.request(req))
@@ -210,6 +313,7 @@ impl Controller {
                     }
                 })?;
             let status = resp.status();
+            let retry_after = retry_after(resp.headers());
             let bytes = tokio::time::timeout(CALL_TIMEOUT, resp.into_body().collect())
                 .await
                 .map_err(|_| ClientError::Unreachable(format!("{url}: body timed out")))?
@@ -220,6 +324,9 @@ impl Controller {
                 let message = v["message"].as_str().unwrap_or("").to_owned();
                 if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
                     return Err(ClientError::Unauthorized { status: status.as_u16(), message });
+                }
+                if status == http::StatusCode::SERVICE_UNAVAILABLE || status == http::StatusCode::TOO_MANY_REQUESTS {
+                    return Err(ClientError::Busy { status: status.as_u16(), message, retry_after });
                 }
                 return Err(ClientError::Refused { status: status.as_u16(), message });
             }

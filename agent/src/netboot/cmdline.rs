@@ -1,5 +1,5 @@
 //! The kernel command line as iPXE writes it for the agent:
-//! `byoi.controller=URL byoi.token=T byoi.mode=deploy|rescue|inspect|discover
+//! `byoi.controller=URL[,URL…] byoi.token=T byoi.mode=deploy|rescue|inspect|discover
 //! ip=CLIENT::GATEWAY:NETMASK nameserver=DNS BOOTIF=01-aa-bb-cc-dd-ee-ff`.
 //! The Debian kernel ignores `ip=` (no IP_PNP): the agent applies it.
 
@@ -33,8 +33,9 @@ pub struct StaticIp {
 /// The parameters the agent reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmdline {
-    /// Controller base URL.
-    pub controller: Option<String>,
+    /// The controllers' base URLs (replicas sharing one database), in
+    /// order; empty when none was given.
+    pub controllers: Vec<String>,
     /// Per-boot agent token.
     pub token: Option<String>,
     /// Deploy, rescue, inspect or discover.
@@ -50,12 +51,18 @@ pub struct Cmdline {
 /// Parses `/proc/cmdline`. Unknown words are ignored; malformed values of
 /// known keys are ignored too (the agent falls back to DHCP), never fatal.
 pub fn parse(text: &str) -> Cmdline {
-    let mut c =
-        Cmdline { controller: None, token: None, mode: Mode::Deploy, ip: None, nameservers: Vec::new(), bootif: None };
+    let mut c = Cmdline {
+        controllers: Vec::new(),
+        token: None,
+        mode: Mode::Deploy,
+        ip: None,
+        nameservers: Vec::new(),
+        bootif: None,
+    };
     for word in text.split_whitespace() {
         let Some((key, value)) = word.split_once('=') else { continue };
         match key {
-            "byoi.controller" => c.controller = Some(value.trim_end_matches('/').to_owned()),
+            "byoi.controller" => c.controllers = parse_controllers(value),
             "byoi.token" => c.token = Some(value.to_owned()),
             "byoi.mode" => {
                 c.mode = match value {
@@ -72,6 +79,15 @@ pub fn parse(text: &str) -> Cmdline {
         }
     }
     c
+}
+
+/// `URL,URL…`: each `http://` or `https://` URL, without its trailing
+/// `/`; anything else is dropped.
+fn parse_controllers(v: &str) -> Vec<String> {
+    v.split(',')
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect()
 }
 
 /// `ip=CLIENT:SERVER:GATEWAY:NETMASK[:…]` (kernel `nfsroot.txt` format).
@@ -106,7 +122,7 @@ mod tests {
             "BOOT_IMAGE=vmlinuz initrd=initramfs.img byoi.controller=http://10.0.2.2:8080/ byoi.token=abc byoi.mode=deploy \
              ip=10.0.2.15::10.0.2.2:255.255.255.0 nameserver=10.0.2.3 BOOTIF=01-52-54-00-12-34-56 console=ttyS0",
         );
-        assert_eq!(c.controller.as_deref(), Some("http://10.0.2.2:8080"));
+        assert_eq!(c.controllers, ["http://10.0.2.2:8080"]);
         assert_eq!(c.token.as_deref(), Some("abc"));
         assert_eq!(c.mode, Mode::Deploy);
         let ip = c.ip.unwrap();
@@ -125,6 +141,12 @@ mod tests {
         assert_eq!(parse("byoi.mode=inspect").mode, Mode::Inspect);
         assert_eq!(parse("byoi.mode=discover").mode, Mode::Discover);
         assert_eq!(parse("byoi.mode=defragment").mode, Mode::Deploy);
-        assert!(c.ip.is_none() && c.nameservers.is_empty() && c.bootif.is_none() && c.controller.is_none());
+        assert!(c.ip.is_none() && c.nameservers.is_empty() && c.bootif.is_none() && c.controllers.is_empty());
+    }
+
+    #[test]
+    fn several_controllers_in_order() {
+        let c = parse("byoi.controller=https://a.lab:8443/,http://10.0.0.2:8080,,ftp://x,file:///etc byoi.token=t");
+        assert_eq!(c.controllers, ["https://a.lab:8443", "http://10.0.0.2:8080"]);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use byoi_wire::agent::{
     Action, Disk, Heartbeat, Hello, Inventory, Job, LogLevel, LogRecord, ProgressReport, ResultReport,
@@ -13,6 +13,7 @@ use byoi_wire::agent::{
 use byoi_wire::spec::redact_url;
 use byoi_wire::{BootMode, Status};
 
+use super::backoff::Backoff;
 use super::client::{ClientError, Controller};
 use super::{inventory, logs};
 use crate::deploy::deploy;
@@ -36,8 +37,16 @@ pub struct Env {
     pub efivars: Option<PathBuf>,
     /// Seconds between heartbeats while idle, and between progress reports.
     pub tick: Duration,
-    /// Longest wait between retries when the controller is unreachable.
+    /// Longest wait between retries when the controller is unreachable
+    /// or busy, and between periodic calls to a slow one.
     pub max_backoff: Duration,
+}
+
+impl Env {
+    /// The waits between calls this environment allows.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_secs(1), self.max_backoff)
+    }
 }
 
 /// How the loop ended.
@@ -67,17 +76,17 @@ fn say_progress(line: &str) {
     eprintln!("byoi: {line}");
 }
 
-/// Retries `f` while the controller is unreachable or presents a
-/// certificate we do not trust (fixed on the controller, not here), backing
-/// off.
+/// Retries `f` while the controller is unreachable, busy, or presents a
+/// certificate we do not trust (fixed on the controller, not here),
+/// backing off with jitter ([`Backoff`]).
 fn retrying<T>(env: &Env, what: &str, mut f: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
-    let mut delay = Duration::from_secs(1).min(env.max_backoff);
+    let mut backoff = env.backoff();
     loop {
         match f() {
-            Err(e @ (ClientError::Unreachable(_) | ClientError::Untrusted { .. })) => {
-                say(&format!("{what}: {e}; retrying in {}s", delay.as_secs_f32()));
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(env.max_backoff);
+            Err(e) if e.is_transient() => {
+                let wait = backoff.failed(e.retry_after());
+                say(&format!("{what}: {e}; retrying in {:.1}s", wait.as_secs_f32()));
+                std::thread::sleep(wait);
             }
             other => return other,
         }
@@ -106,13 +115,15 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
         return Outcome::Netboot;
     }
     let mut waiting_said = false;
+    let mut pace = env.backoff();
     loop {
+        let asked = Instant::now();
         let job = match retrying(env, "fetching the job", || ctl.job()) {
             Err(ClientError::Unauthorized { .. }) => return Outcome::Netboot,
             Ok(r) if r.action == Action::Reboot => return Outcome::Netboot,
             Err(e) => {
                 say(&format!("fetching the job: {e}"));
-                std::thread::sleep(env.tick);
+                std::thread::sleep(pace.failed(None));
                 continue;
             }
             Ok(r) => r,
@@ -122,7 +133,7 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
                 say("waiting for a deployment");
                 waiting_said = true;
             }
-            std::thread::sleep(env.tick);
+            std::thread::sleep(pace.pace(env.tick, asked.elapsed()));
             if let Err(ClientError::Unauthorized { .. }) | Ok(Action::Reboot) =
                 retrying(env, "heartbeat", || ctl.heartbeat(&Heartbeat::default()))
             {
@@ -176,6 +187,10 @@ fn job_disk(env: &Env, job: &Job) -> Result<(Inventory, PathBuf, Disk), DeployEr
     Ok((inv, env.dev.join(&disk.name), disk))
 }
 
+/// How often the progress loop looks whether the deployment ended while it
+/// waits for the next report.
+const POLL: Duration = Duration::from_millis(100);
+
 /// Runs one job; `Ok` carries the summary for the controller.
 fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError> {
     say(&format!("deployment {}: {}", job.deployment_id, redact_url(&job.spec.url)));
@@ -193,6 +208,8 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
 
     let progress = Arc::new(Progress::default());
     let id = job.deployment_id;
+    let mut backoff = env.backoff();
+    let mut wait = env.tick;
     let done = std::thread::scope(|scope| {
         let worker = {
             let progress = progress.clone();
@@ -201,8 +218,14 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
             let finishing = &mut finishing;
             scope.spawn(move || deploy(req, target, &progress, Some(finishing)))
         };
-        while !worker.is_finished() {
-            std::thread::sleep(env.tick);
+        loop {
+            let until = Instant::now() + wait;
+            while !worker.is_finished() && Instant::now() < until {
+                std::thread::sleep((until - Instant::now()).min(POLL));
+            }
+            if worker.is_finished() {
+                break;
+            }
             let (bytes_done, bytes_total) = progress.bytes();
             let stage = progress.stage();
             let pct = bytes_total
@@ -210,7 +233,16 @@ fn run_job(ctl: &Controller, env: &Env, job: &Job) -> Result<String, DeployError
                 .unwrap_or_default();
             say_progress(&format!("{} {} MiB{pct}", stage.as_str(), bytes_done >> 20));
             let report = ProgressReport { deployment_id: id, stage, bytes_done, bytes_total, logs: logs::take() };
-            match ctl.progress(&report) {
+            let asked = Instant::now();
+            let answer = ctl.progress(&report);
+            wait = match &answer {
+                Err(e) if e.is_transient() => backoff.failed(e.retry_after()),
+                _ => {
+                    backoff.reset();
+                    backoff.pace(env.tick, asked.elapsed())
+                }
+            };
+            match answer {
                 Ok(Action::Abort) => {
                     say("the controller asked to abort");
                     progress.request_abort();

@@ -46,10 +46,11 @@ fn run() -> Result<(), String> {
         mount("efivarfs", "/sys/firmware/efi/efivars", "efivarfs");
     }
     network(&cmd)?;
-    let (Some(url), Some(token)) = (&cmd.controller, &cmd.token) else {
+    let (false, Some(token)) = (cmd.controllers.is_empty(), &cmd.token) else {
         return Err("no byoi.controller= or byoi.token= on the kernel command line".into());
     };
-    let ctl = Controller::with_trust(url, token, Trust::of_initramfs(Path::new("/"))).map_err(|e| e.to_string())?;
+    let ctl = Controller::with_trust(&cmd.controllers, token, Trust::of_initramfs(Path::new("/")))
+        .map_err(|e| e.to_string())?;
     let env = Env {
         sys: "/sys".into(),
         proc: "/proc".into(),
