@@ -136,6 +136,11 @@ enum Command {
         /// else http:// and the host iPXE asked for.
         #[arg(long, requires = "netboot_listen", env = "BYOI_NETBOOT_PUBLIC_URL")]
         netboot_public_url: Option<String>,
+        /// Every URL the agent may reach the controller at, `,`-separated,
+        /// in the order it tries them: the replicas sharing one PostgreSQL
+        /// database (docs/scale.md); else the public URL.
+        #[arg(long = "agent-url", value_name = "URL", value_delimiter = ',', value_parser = agent_url, env = "BYOI_AGENT_URLS")]
+        agent_urls: Vec<String>,
         /// TLS certificate chain (PEM).
         #[arg(long, requires = "tls_key", env = "BYOI_TLS_CERT")]
         tls_cert: Option<PathBuf>,
@@ -334,6 +339,14 @@ mod tests {
     fn the_progress_template_parses() {
         assert!(indicatif::ProgressStyle::with_template(super::PROGRESS_TEMPLATE).is_ok());
     }
+
+    #[test]
+    fn agent_urls_go_on_a_kernel_command_line() {
+        assert_eq!(super::agent_url("https://byoi-a.lab:8443/").unwrap(), "https://byoi-a.lab:8443");
+        for bad in ["byoi.lab", "ftp://byoi.lab", "http://a,http://b", "http://a b", "http://x/${evil}", ""] {
+            assert!(super::agent_url(bad).is_err(), "{bad:?}");
+        }
+    }
 }
 
 /// `byoi power`'s actions.
@@ -421,6 +434,19 @@ fn kernel_arg(s: &str) -> Result<String, String> {
     } else {
         Err("a kernel argument is one word, without quotes, $ { } \\ | & or #".into())
     }
+}
+
+/// A URL the agent reaches the controller at: `http://` or `https://`,
+/// one word without iPXE's or the shell's special characters (it goes on
+/// the kernel command line).
+fn agent_url(s: &str) -> Result<String, String> {
+    if !(s.starts_with("http://") || s.starts_with("https://")) {
+        return Err("an agent URL starts with http:// or https://".into());
+    }
+    if !byoi_controller::model::valid_kernel_arg(s) || s.contains(',') {
+        return Err("an agent URL is one word, without quotes, commas, $ { } \\ | & or #".into());
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 /// A count of 1 or more.
@@ -801,6 +827,7 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             artifacts,
             public_url,
             netboot_public_url,
+            agent_urls,
             tls_cert,
             tls_key,
             agent_timeout,
@@ -849,6 +876,7 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
                 artifacts,
                 public_url,
                 netboot_public_url,
+                agent_urls,
                 tls,
                 agent_timeout: Duration::from_secs(agent_timeout),
                 boot_timeout: Duration::from_secs(boot_timeout),

@@ -11,8 +11,9 @@
 pub struct Urls {
     /// Scripts, kernel and initramfs, fetched by iPXE.
     pub netboot: String,
-    /// The agent protocol, for `byoi.controller=`.
-    pub controller: String,
+    /// The agent protocol, for `byoi.controller=`: one URL, or each
+    /// replica's (the agent fails over in this order).
+    pub controllers: Vec<String>,
 }
 
 /// Which script a server gets.
@@ -81,7 +82,13 @@ fn clean(s: &str) -> String {
 /// Renders a script with the URLs as the server sees them.
 pub fn render(script: &Script<'_>, urls: &Urls) -> String {
     let base = clean(urls.netboot.trim_end_matches('/'));
-    let controller = clean(urls.controller.trim_end_matches('/'));
+    let controller = urls
+        .controllers
+        .iter()
+        .map(|u| clean(u.trim_end_matches('/')))
+        .filter(|u| !u.is_empty())
+        .collect::<Vec<_>>()
+        .join(",");
     match script {
         Script::Boot => BOOT.replace("{{base}}", &base),
         Script::Agent { server, mode, token, kernel_args } => {
@@ -110,7 +117,7 @@ mod tests {
 
     /// One listener: both URLs the same.
     fn one(base: &str) -> Urls {
-        Urls { netboot: base.to_owned(), controller: base.to_owned() }
+        Urls { netboot: base.to_owned(), controllers: vec![base.to_owned()] }
     }
 
     /// Snapshot: the deploy script exactly as iPXE receives it.
@@ -148,9 +155,12 @@ initrd http://10.0.2.2:8080/artifacts/initramfs.img\nboot\n"
     /// pointed at the controller's.
     #[test]
     fn split_urls_send_the_agent_to_the_controller() {
-        let urls = Urls { netboot: "http://10.0.2.2:8081".to_owned(), controller: "https://byoi.lab:8443/".to_owned() };
+        let urls = Urls {
+            netboot: "http://10.0.2.2:8081".to_owned(),
+            controllers: vec!["https://byoi.lab:8443/".to_owned(), "https://b.byoi.lab:8443".to_owned()],
+        };
         let s = render(&Script::Agent { server: "s", mode: "deploy", token: "t", kernel_args: &[] }, &urls);
-        assert!(s.contains("\nkernel http://10.0.2.2:8081/artifacts/vmlinuz initrd=initramfs.img byoi.controller=https://byoi.lab:8443 byoi.token=t "), "{s}");
+        assert!(s.contains("\nkernel http://10.0.2.2:8081/artifacts/vmlinuz initrd=initramfs.img byoi.controller=https://byoi.lab:8443,https://b.byoi.lab:8443 byoi.token=t "), "{s}");
         assert!(s.contains("\ninitrd http://10.0.2.2:8081/artifacts/initramfs.img\n"), "{s}");
         let missing = render(&Script::Missing { dir: "d" }, &urls);
         assert!(missing.contains("chain http://10.0.2.2:8081/boot/"), "{missing}");

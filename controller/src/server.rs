@@ -44,6 +44,9 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// Public URL of the netboot listener, named in iPXE scripts.
     pub netboot_public_url: Option<String>,
+    /// Every URL the agent may reach a controller at (the replicas), in
+    /// the order it tries them; empty: the public URL.
+    pub agent_urls: Vec<String>,
     /// TLS certificate chain and key (PEM).
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Agent silence before a deployment fails.
@@ -172,6 +175,7 @@ pub async fn serve_until(
         api_token: token,
         artifacts,
         public_url: opts.public_url.clone(),
+        agent_urls: opts.agent_urls.clone(),
         scheme: if opts.tls.is_some() { "https" } else { "http" },
         listeners,
         agent_timeout: opts.agent_timeout,

@@ -1193,15 +1193,21 @@ async fn app_with_boot_timeout(dir: &Path, agent: Duration, boot: Duration) -> A
 
 /// The test app with `enlist` (`--enlist` when `Some`).
 async fn app_with(dir: &Path, agent: Duration, boot: Duration, enlist: Option<Enlistment>) -> App {
+    app_configured(dir, agent, boot, |cfg| cfg.enlist = enlist).await
+}
+
+/// [`app_with`], its configuration changed by `tune` first.
+async fn app_configured(dir: &Path, agent: Duration, boot: Duration, tune: impl FnOnce(&mut Config)) -> App {
     let artifacts = dir.join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("vmlinuz"), b"KERNEL-0123456789").unwrap();
     std::fs::write(artifacts.join("initramfs.img"), b"INITRAMFS").unwrap();
     let db = Db::open(&dir.join("byoi.sqlite"), boot).await.unwrap();
-    let cfg = Config {
+    let mut cfg = Config {
         api_token: TOKEN.into(),
         artifacts,
         public_url: None,
+        agent_urls: Vec::new(),
         scheme: "http",
         listeners: routes::Listeners::One,
         agent_timeout: agent,
@@ -1210,10 +1216,36 @@ async fn app_with(dir: &Path, agent: Duration, boot: Duration, enlist: Option<En
         boot_limiter: Arc::new(BootLimiter::new(BootRate { per_mac: 1000, per_source: 100_000 })),
         power: power_log(dir),
         metrics_token: Some("metrics-token".into()),
-        enlist,
+        enlist: None,
     };
+    tune(&mut cfg);
     let state = Arc::new(routes::App::new(db, cfg));
     App { router: routes::router(state.clone()), state }
+}
+
+/// Replicas sharing one database: the agent is told each one's URL, in
+/// order, whichever replica served the script.
+#[tokio::test]
+async fn the_agent_is_told_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = vec!["https://byoi-a.lab:8443".to_owned(), "https://byoi-b.lab:8443".to_owned()];
+    let app = app_configured(dir.path(), Duration::from_secs(120), Duration::from_secs(900), |cfg| {
+        cfg.agent_urls = urls.clone();
+    })
+    .await;
+    add_server(&app, "s1", "52:54:00:00:00:01", json!({"kind": "manual"})).await;
+    let r =
+        call(&app, Method::POST, "/dedicated/server/s1/bringYourOwnImage", Some(json!({"URL": "http://img/x.qcow2"})))
+            .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json_body());
+    let (script, token) = netboot(&app, "52-54-00-00-00-01").await;
+    assert!(token.is_some(), "{script}");
+    assert!(
+        script.contains(" byoi.controller=https://byoi-a.lab:8443,https://byoi-b.lab:8443 byoi.token="),
+        "{script}"
+    );
+    // iPXE still fetches its kernel from the listener it asked.
+    assert!(script.contains("kernel http://10.0.2.2:8080/artifacts/vmlinuz "), "{script}");
 }
 
 /// `/metrics` as the metrics token reads it.

@@ -93,6 +93,7 @@ async fn a_0_1_0_data_directory_opens_intact() {
         api_token: "tok".into(),
         artifacts,
         public_url: None,
+        agent_urls: Vec::new(),
         scheme: "http",
         listeners: routes::Listeners::One,
         agent_timeout: Duration::from_secs(120),

@@ -205,6 +205,7 @@ fn options(data: &Path, token: &str, artifacts: PathBuf) -> byoi_controller::ser
         artifacts: Some(artifacts),
         public_url: None,
         netboot_public_url: None,
+        agent_urls: Vec::new(),
         tls: None,
         agent_timeout: Duration::from_secs(120),
         boot_timeout: Duration::from_secs(900),

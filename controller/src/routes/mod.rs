@@ -87,6 +87,10 @@ pub struct Config {
     /// `--public-url`: the URL servers reach the API and the agent
     /// protocol at; else derived from the `Host` of the script request.
     pub public_url: Option<String>,
+    /// `--agent-url`: every URL the agent may reach the controller at
+    /// (the replicas sharing its database), in order; empty: the agent's
+    /// URL as [`Config::script_urls`] derives it.
+    pub agent_urls: Vec<String>,
     /// The main listener's scheme, for URLs derived from `Host`.
     pub scheme: &'static str,
     /// Whether netboot has a listener of its own.
@@ -134,14 +138,23 @@ impl Config {
     /// One listener: both are `--public-url`, else `SCHEME://HOST` from the
     /// request. Split: the netboot URL is `--netboot-public-url`, else
     /// `http://HOST`; the agent's is `--public-url`, else the request's
-    /// host name with the main listener's scheme and port.
+    /// host name with the main listener's scheme and port. `--agent-url`
+    /// replaces the agent's.
     pub fn script_urls(&self, headers: &HeaderMap) -> ipxe::Urls {
+        let mut urls = self.derived_urls(headers);
+        if !self.agent_urls.is_empty() {
+            urls.controllers.clone_from(&self.agent_urls);
+        }
+        urls
+    }
+
+    fn derived_urls(&self, headers: &HeaderMap) -> ipxe::Urls {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
         let given = |u: &Option<String>| u.as_deref().map(|u| u.trim_end_matches('/').to_owned());
         match &self.listeners {
             Listeners::One => {
                 let base = given(&self.public_url).unwrap_or_else(|| format!("{}://{host}", self.scheme));
-                ipxe::Urls { netboot: base.clone(), controller: base }
+                ipxe::Urls { netboot: base.clone(), controllers: vec![base] }
             }
             Listeners::Split { api_port, netboot_public_url } => {
                 let netboot = given(netboot_public_url).unwrap_or_else(|| format!("http://{host}"));
@@ -151,7 +164,7 @@ impl Config {
                     let name = if name.is_empty() { "127.0.0.1" } else { &name };
                     format!("{}://{name}:{api_port}", self.scheme)
                 });
-                ipxe::Urls { netboot, controller }
+                ipxe::Urls { netboot, controllers: vec![controller] }
             }
         }
     }
