@@ -355,16 +355,6 @@ fn one<T>(
     c.prepare_cached(sql)?.query_row(params, f)
 }
 
-fn all_servers(c: &Connection) -> rusqlite::Result<Vec<ServerRow>> {
-    let mut stmt = c.prepare_cached(&format!("SELECT {SERVER_COLS} FROM servers ORDER BY name"))?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(server_row(c, r)?);
-    }
-    Ok(out)
-}
-
 fn latest(c: &Connection, server: &str) -> rusqlite::Result<Option<DeploymentRow>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 ORDER BY id DESC LIMIT 1")
@@ -625,9 +615,12 @@ impl Db {
         self.read(move |c| one(c, "SELECT rowid FROM servers WHERE name = ?1", [name], |r| r.get(0)).optional()).await
     }
 
-    /// All servers, by name.
-    pub async fn servers(&self) -> Result<Vec<ServerRow>> {
-        self.read(all_servers).await
+    /// Every server's name, in order.
+    pub async fn server_names(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT name FROM servers ORDER BY name")?.query_map([], |r| r.get(0))?.collect()
+        })
+        .await
     }
 
     /// All servers, by name, each with its newest deployment.

@@ -498,7 +498,7 @@ pub(super) async fn server(app: &AppState, name: &str) -> Result<ServerRow, AppE
         (status = 500, description = "The database failed", body = ErrorBody),
     ))]
 async fn list(_: Operator, State(app): State<AppState>) -> Result<axum::Json<Vec<String>>, AppError> {
-    Ok(axum::Json(app.db.servers().await?.into_iter().map(|s| s.name).collect()))
+    Ok(axum::Json(app.db.server_names().await?))
 }
 
 /// Registers a server.
