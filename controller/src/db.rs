@@ -397,6 +397,10 @@ fn fleet(c: &Connection) -> rusqlite::Result<Vec<(ServerRow, Option<DeploymentRo
     Ok(out)
 }
 
+/// Seconds after a deployment ended during which the agent that held its
+/// job may repeat its `result` and get the same answer ([`Db::ended_by`]).
+pub const REPEAT_WINDOW: i64 = 3600;
+
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -827,6 +831,25 @@ impl Db {
                 })?
                 .collect();
             rows
+        })
+        .await
+    }
+
+    /// Whether the token `hash` held the job of deployment `id`, which
+    /// ended as `status` no longer than [`REPEAT_WINDOW`] ago: a `result`
+    /// repeated because its answer was lost (the token was retired when
+    /// the first one was taken).
+    pub async fn ended_by(&self, hash: String, id: i64, status: Status) -> Result<bool> {
+        self.read(move |c| {
+            one(
+                c,
+                "SELECT 1 FROM deployments WHERE id = ?1 AND job_token = ?2 AND status = ?3 AND status != 'doing' \
+                 AND finished_at >= ?4",
+                params![id, hash, status, now() - REPEAT_WINDOW],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
         })
         .await
     }

@@ -361,14 +361,31 @@ async fn a_simulated_agent_drives_a_deployment_to_done() {
         json!({"level": "warn", "target": "byoi_agent::source::http", "message": "download broke; resuming offset=7"});
     let p = json!({"deploymentId": id, "stage": "downloading", "bytesDone": 512u64 << 20, "bytesTotal": 1024u64 << 20,
         "logs": [warn]});
-    assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p)).await), "continue");
+    assert_eq!(action(&agent(&app, &token, Method::POST, "progress", Some(p.clone())).await), "continue");
     let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
     assert_eq!((st["stage"].as_str(), st["percent"].as_f64()), (Some("downloading"), Some(50.0)));
     let logs = st["agentLogs"].as_array().unwrap();
     assert_eq!((logs.len(), &logs[0]["message"], &logs[0]["level"]), (1, &warn["message"], &warn["level"]));
     assert!(logs[0]["at"].as_str().unwrap().ends_with('Z'));
     let done = json!({"deploymentId": id, "status": "done", "code": null, "message": "deployed"});
-    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(done)).await), "reboot");
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(done.clone())).await), "reboot");
+    // The answer was lost (a controller died after its commit): the agent
+    // sends the result again with its retired token, and gets the same
+    // answer rather than a 401 that would make it wipe a deployed disk.
+    assert_eq!(action(&agent(&app, &token, Method::POST, "result", Some(done.clone())).await), "reboot");
+    // Only that: another status, another deployment, another call or
+    // another token is refused.
+    let error = json!({"deploymentId": id, "status": "error", "code": "internal", "message": "?"});
+    let other = json!({"deploymentId": id + 1, "status": "done", "code": null, "message": "deployed"});
+    for (token, path, body) in [
+        (token.as_str(), "result", Some(error)),
+        (token.as_str(), "result", Some(other)),
+        (token.as_str(), "progress", Some(p.clone())),
+        ("not-the-token", "result", Some(done)),
+    ] {
+        let r = agent(&app, token, Method::POST, path, body).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}: {:?}", r.json_body());
+    }
     let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
     assert_eq!((st["status"].as_str(), st["percent"].as_f64()), (Some("done"), Some(100.0)));
     assert!(st["finishedAt"].as_str().unwrap().ends_with('Z'));

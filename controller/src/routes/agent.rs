@@ -76,6 +76,28 @@ impl FromRequestParts<AppState> for Agent {
     }
 }
 
+/// Who reports a result: a server's agent, or one whose token was retired
+/// (it may be repeating a result whose answer it did not get).
+#[derive(Debug)]
+pub enum Reporter {
+    /// A server's agent.
+    Agent(Agent),
+    /// A token no longer live.
+    Retired(Caller),
+}
+
+impl FromRequestParts<AppState> for Reporter {
+    type Rejection = AgentError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AgentError> {
+        let caller = caller(parts, app).await?;
+        match app.db.token_owner(caller.token.clone()).await? {
+            Some((server, mode)) => Ok(Reporter::Agent(Agent { server, mode, caller })),
+            None => Ok(Reporter::Retired(caller)),
+        }
+    }
+}
+
 /// Who says hello: a server's agent, or, while unknown machines may enlist
 /// (`--enlist`), one holding a discovery token (checked by its hello).
 #[derive(Debug)]
@@ -316,7 +338,7 @@ fn bounded(mut logs: Vec<LogRecord>) -> Vec<LogRecord> {
 #[utoipa::path(post, path = "/agent/v1/result", tag = "agent", security(("agentToken" = [])),
     request_body = ResultReport,
     responses(
-        (status = 200, description = "What to do next: `reboot` into the disk on success", body = ActionResponse),
+        (status = 200, description = "What to do next: `reboot` into the disk on success; the same for a result repeated within an hour by the agent that held the job", body = ActionResponse),
         (status = 400, description = "Bad JSON", body = AgentErrorBody),
         (status = 401, description = "No, a wrong or a stale token: `action` is `reboot`", body = AgentErrorBody),
         (status = 403, description = "Not the agent that claimed this boot: nothing changes", body = AgentErrorBody),
@@ -324,7 +346,19 @@ fn bounded(mut logs: Vec<LogRecord>) -> Vec<LogRecord> {
         (status = 413, description = "The body is larger than 1 MiB", body = AgentErrorBody),
         (status = 500, description = "The database failed", body = AgentErrorBody),
     ))]
-async fn result(State(app): State<AppState>, agent: Agent, Json(r): Json<ResultReport>) -> Answer {
+async fn result(State(app): State<AppState>, reporter: Reporter, Json(r): Json<ResultReport>) -> Answer {
+    let agent = match reporter {
+        Reporter::Agent(agent) => agent,
+        // The answer to an accepted result was lost and the agent sends it
+        // again: the same answer, nothing changes (its lines are kept).
+        Reporter::Retired(caller) => {
+            return if app.db.ended_by(caller.token, r.deployment_id, r.status).await? {
+                Ok(axum::Json(ActionResponse { action: Action::Reboot }))
+            } else {
+                Err(refused())
+            };
+        }
+    };
     let call = AgentCall::Result { id: r.deployment_id, status: r.status, code: r.code, message: r.message };
     let logs = bounded(r.logs);
     let applied = apply(&app, &agent, call, Payload::Logs(logs.clone())).await?;
