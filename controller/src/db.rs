@@ -15,8 +15,8 @@ use std::sync::LazyLock;
 
 use byoi_wire::agent::{Inventory, LogRecord};
 use byoi_wire::{BootTarget, ErrorCode, Stage, Status};
-use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
+use sql::{params, Conn, Optional, SqlError};
 
 use crate::lifecycle::{self, Claim, Deployment, Effect, Event, Named, State, Transition, TOKENS_PER_BOOT};
 use crate::model::StoredRequest;
@@ -27,6 +27,7 @@ mod credentials;
 mod discovered;
 mod host_keys;
 mod sessions;
+mod sql;
 mod sqlite;
 
 pub use credentials::{ApplicationRow, CredentialRow, NewApplication, Requested};
@@ -40,6 +41,9 @@ pub enum DbError {
     /// SQLite said no.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A statement failed.
+    #[error("database: {0}")]
+    Sql(#[from] SqlError),
     /// The schema could not be brought up to date.
     #[error("database schema: {0}")]
     Migration(#[from] rusqlite_migration::Error),
@@ -277,27 +281,25 @@ fn size(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn json_err(e: serde_json::Error) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+fn json_err(e: serde_json::Error) -> SqlError {
+    SqlError::Encode(e.to_string())
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(s)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into()))
+fn from_json<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> sql::Result<T> {
+    serde_json::from_str(s).map_err(|e| SqlError::Column(idx, e.to_string()))
 }
 
 const SERVER_COLS: &str =
     "name, power, kernel_args, boot_target, inventory, last_seen, created_at, agent_version, claim_addr";
 
-fn server_row(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
+fn server_row(c: &Conn<'_>, r: &sql::Row) -> sql::Result<ServerRow> {
     let name: String = r.get(0)?;
-    let mut stmt = c.prepare_cached("SELECT mac FROM macs WHERE server = ?1 ORDER BY mac")?;
-    let macs = stmt.query_map([&name], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+    let macs = c.query_map("SELECT mac FROM macs WHERE server = ?1 ORDER BY mac", [&name], |r| r.get(0))?;
     server_row_with(name, macs, r)
 }
 
 /// A server's row from the columns of [`SERVER_COLS`] and its MACs.
-fn server_row_with(name: String, macs: Vec<String>, r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
+fn server_row_with(name: String, macs: Vec<String>, r: &sql::Row) -> sql::Result<ServerRow> {
     Ok(ServerRow {
         name,
         macs,
@@ -315,12 +317,12 @@ fn server_row_with(name: String, macs: Vec<String>, r: &rusqlite::Row<'_>) -> ru
 const DEPLOYMENT_COLS: &str = "id, server, request, status, stage, message, error_code, bytes_done, \
      bytes_total, current, created_at, updated_at, last_report, finished_at, job_token";
 
-fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
+fn deployment_row(r: &sql::Row) -> sql::Result<DeploymentRow> {
     deployment_row_at(r, 0)
 }
 
 /// A deployment from the columns of [`DEPLOYMENT_COLS`], the first at `at`.
-fn deployment_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<DeploymentRow> {
+fn deployment_row_at(r: &sql::Row, at: usize) -> sql::Result<DeploymentRow> {
     Ok(DeploymentRow {
         id: r.get(at)?,
         server: r.get(at + 1)?,
@@ -340,31 +342,16 @@ fn deployment_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Deplo
     })
 }
 
-/// Runs one statement, prepared once per connection.
-fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
-    c.prepare_cached(sql)?.execute(params)
-}
-
-/// The first row of a query prepared once per connection, through `f`.
-fn one<T>(
-    c: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    c.prepare_cached(sql)?.query_row(params, f)
-}
-
-fn latest(c: &Connection, server: &str) -> rusqlite::Result<Option<DeploymentRow>> {
+fn latest(c: &Conn<'_>, server: &str) -> sql::Result<Option<DeploymentRow>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 ORDER BY id DESC LIMIT 1")
     });
-    c.prepare_cached(&SQL)?.query_row([server], deployment_row).optional()
+    c.query_row(&SQL, [server], deployment_row).optional()
 }
 
 /// Every server with its newest deployment, in two queries whatever the
 /// size of the fleet (a dashboard and `byoi servers` read it often).
-fn fleet(c: &Connection) -> rusqlite::Result<Vec<(ServerRow, Option<DeploymentRow>)>> {
+fn fleet(c: &Conn<'_>) -> sql::Result<Vec<(ServerRow, Option<DeploymentRow>)>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         let deployment_cols: Vec<String> = DEPLOYMENT_COLS.split(',').map(|col| format!("d.{}", col.trim())).collect();
         let server_cols: Vec<String> = SERVER_COLS.split(',').map(|col| format!("s.{}", col.trim())).collect();
@@ -376,16 +363,12 @@ fn fleet(c: &Connection) -> rusqlite::Result<Vec<(ServerRow, Option<DeploymentRo
         )
     });
     let mut macs: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
-    let mut stmt = c.prepare_cached("SELECT server, mac FROM macs ORDER BY server, mac")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
+    for r in c.rows("SELECT server, mac FROM macs ORDER BY server, mac", ())? {
         macs.entry(r.get(0)?).or_default().push(r.get(1)?);
     }
     let servers = SERVER_COLS.split(',').count();
-    let mut stmt = c.prepare_cached(&SQL)?;
-    let mut rows = stmt.query([])?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
+    for r in &c.rows(&SQL, ())? {
         let name: String = r.get(0)?;
         let server = server_row_with(name.clone(), macs.remove(&name).unwrap_or_default(), r)?;
         let deployment = match r.get::<_, Option<i64>>(servers)? {
@@ -426,7 +409,7 @@ impl Db {
             match MIGRATIONS.to_latest(&mut c) {
                 Err(rusqlite_migration::Error::MigrationDefinition(
                     rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
-                )) => Err(DbError::Newer(one(&c, "PRAGMA user_version", [], |r| r.get(0))?)),
+                )) => Err(DbError::Newer(c.query_row("PRAGMA user_version", (), |r| r.get(0))?)),
                 other => other.map_err(DbError::from),
             }?;
             Ok::<_, DbError>(c)
@@ -443,7 +426,7 @@ impl Db {
     /// ([`Db::changes`]).
     async fn change<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Conn<'_>) -> sql::Result<T> + Send + 'static,
     ) -> Result<T> {
         let done = self.write(f).await;
         self.changes.send_modify(|n| *n += 1);
@@ -454,16 +437,13 @@ impl Db {
     /// `Ok`, undone when it fails.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Conn<'_>) -> sql::Result<T> + Send + 'static,
     ) -> Result<T> {
         self.sql.write(f).await
     }
 
     /// Runs `f`, which only reads, on what is committed.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Conn<'_>) -> sql::Result<T> + Send + 'static) -> Result<T> {
         self.sql.read(f).await
     }
 
@@ -472,27 +452,25 @@ impl Db {
     /// servers, and agents that called within `agent_timeout` seconds.
     pub async fn deployment_stats(&self, agent_timeout: i64) -> Result<DeploymentStats> {
         self.read(move |c| {
-            let by_status = c
-                .prepare_cached("SELECT status, error_code, count(*) FROM deployments GROUP BY status, error_code")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let done = c
-                .prepare_cached(
-                    "SELECT finished_at - created_at, bytes_done FROM deployments
-                     WHERE status = 'done' AND finished_at IS NOT NULL",
-                )?
-                .query_map([], |r| {
-                    Ok(Finished { seconds: r.get::<_, i64>(0)?.max(0), bytes: r.get::<_, i64>(1)?.max(0) as u64 })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            let bytes_written: i64 = one(c, "SELECT coalesce(sum(bytes_done), 0) FROM deployments", [], |r| r.get(0))?;
-            let (servers, agents_online) = one(
-                c,
+            let by_status = c.query_map(
+                "SELECT status, error_code, count(*) FROM deployments GROUP BY status, error_code",
+                (),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let done = c.query_map(
+                "SELECT finished_at - created_at, bytes_done FROM deployments
+                 WHERE status = 'done' AND finished_at IS NOT NULL",
+                (),
+                |r| Ok(Finished { seconds: r.get::<_, i64>(0)?.max(0), bytes: r.get::<_, i64>(1)?.max(0) as u64 }),
+            )?;
+            let bytes_written: i64 =
+                c.query_row("SELECT coalesce(sum(bytes_done), 0) FROM deployments", (), |r| r.get(0))?;
+            let (servers, agents_online) = c.query_row(
                 "SELECT count(*), count(*) FILTER (WHERE last_seen >= ?1) FROM servers",
                 [now() - agent_timeout],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let discovered = one(c, "SELECT count(*) FROM discovered", [], |r| r.get(0))?;
+            let discovered = c.query_row("SELECT count(*) FROM discovered", (), |r| r.get(0))?;
             Ok(DeploymentStats {
                 by_status,
                 done,
@@ -509,7 +487,7 @@ impl Db {
     pub async fn set_agent_version(&self, server: &str, version: &str) -> Result<()> {
         let (server, version) = (server.to_owned(), version.to_owned());
         self.write(move |c| {
-            exec(c, "UPDATE servers SET agent_version = ?2 WHERE name = ?1", params![server, version]).map(drop)
+            c.execute("UPDATE servers SET agent_version = ?2 WHERE name = ?1", params![server, version]).map(drop)
         })
         .await
     }
@@ -518,7 +496,7 @@ impl Db {
     /// as it is, committed (a read-only or full disk, a lost file fail it).
     pub async fn check_writable(&self) -> Result<()> {
         self.write(|c| {
-            let version: i64 = one(c, "PRAGMA user_version", [], |r| r.get(0))?;
+            let version: i64 = c.query_row("PRAGMA user_version", (), |r| r.get(0))?;
             c.execute_batch(&format!("PRAGMA user_version = {version};"))
         })
         .await
@@ -526,13 +504,13 @@ impl Db {
 
     /// The schema version (`PRAGMA user_version`).
     pub async fn schema_version(&self) -> Result<i64> {
-        self.read(|c| one(c, "PRAGMA user_version", [], |r| r.get(0))).await
+        self.read(|c| c.query_row("PRAGMA user_version", (), |r| r.get(0))).await
     }
 
     /// Moves the write-ahead log into the database file (at shutdown: the
     /// data directory is then one file to back up).
     pub async fn checkpoint(&self) -> Result<()> {
-        self.sql.raw(|c| one(c, "PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))).await
+        self.sql.raw(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", (), |_| Ok(()))).await
     }
 
     /// Adds a server; `Err(message)` if the name or a MAC is taken.
@@ -550,27 +528,27 @@ impl Db {
     pub async fn update_server(&self, name: &str, change: ServerChange) -> Result<Result<Option<()>, String>> {
         let name = name.to_owned();
         self.change(move |tx| {
-            if one(tx, "SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
+            if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
                 return Ok(Ok(None));
             }
             if let Some(macs) = &change.macs {
                 for mac in macs {
                     let owner: Option<String> =
-                        one(tx, "SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
+                        tx.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
                     if let Some(o) = owner.filter(|o| *o != name) {
                         return Ok(Err(format!("MAC {mac} already belongs to {o}")));
                     }
                 }
-                exec(tx, "DELETE FROM macs WHERE server = ?1", [&name])?;
+                tx.execute("DELETE FROM macs WHERE server = ?1", [&name])?;
                 register_macs(tx, &name, macs)?;
             }
             if let Some(power) = &change.power {
                 let power = serde_json::to_string(power).map_err(json_err)?;
-                exec(tx, "UPDATE servers SET power = ?2 WHERE name = ?1", params![name, power])?;
+                tx.execute("UPDATE servers SET power = ?2 WHERE name = ?1", params![name, power])?;
             }
             if let Some(args) = &change.kernel_args {
                 let args = serde_json::to_string(args).map_err(json_err)?;
-                exec(tx, "UPDATE servers SET kernel_args = ?2 WHERE name = ?1", params![name, args])?;
+                tx.execute("UPDATE servers SET kernel_args = ?2 WHERE name = ?1", params![name, args])?;
             }
             Ok(Ok(Some(())))
         })
@@ -582,7 +560,7 @@ impl Db {
     pub async fn delete_server(&self, name: &str, force: bool) -> Result<Deleted> {
         let name = name.to_owned();
         self.change(move |tx| {
-            if one(tx, "SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
+            if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_none() {
                 return Ok(Deleted::NoServer);
             }
             let running = tx
@@ -595,7 +573,7 @@ impl Db {
             if let (Some((id, stage)), false) = (running, force) {
                 return Ok(Deleted::Running { id, stage });
             }
-            exec(tx, "DELETE FROM servers WHERE name = ?1", [&name])?;
+            tx.execute("DELETE FROM servers WHERE name = ?1", [&name])?;
             Ok(Deleted::Done)
         })
         .await
@@ -605,9 +583,8 @@ impl Db {
     pub async fn server(&self, name: &str) -> Result<Option<ServerRow>> {
         let name = name.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare(&format!("SELECT {SERVER_COLS} FROM servers WHERE name = ?1"))?;
-            let mut rows = stmt.query([name])?;
-            rows.next()?.map(|r| server_row(c, r)).transpose()
+            let rows = c.rows(&format!("SELECT {SERVER_COLS} FROM servers WHERE name = ?1"), [name])?;
+            rows.first().map(|r| server_row(c, r)).transpose()
         })
         .await
     }
@@ -616,15 +593,13 @@ impl Db {
     /// renumbers (servers are not deleted, and nothing runs `VACUUM`).
     pub async fn server_id(&self, name: &str) -> Result<Option<i64>> {
         let name = name.to_owned();
-        self.read(move |c| one(c, "SELECT rowid FROM servers WHERE name = ?1", [name], |r| r.get(0)).optional()).await
+        self.read(move |c| c.query_row("SELECT rowid FROM servers WHERE name = ?1", [name], |r| r.get(0)).optional())
+            .await
     }
 
     /// Every server's name, in order.
     pub async fn server_names(&self) -> Result<Vec<String>> {
-        self.read(|c| {
-            c.prepare_cached("SELECT name FROM servers ORDER BY name")?.query_map([], |r| r.get(0))?.collect()
-        })
-        .await
+        self.read(|c| c.query_map("SELECT name FROM servers ORDER BY name", (), |r| r.get(0))).await
     }
 
     /// All servers, by name, each with its newest deployment.
@@ -635,7 +610,7 @@ impl Db {
     /// The server owning a MAC.
     pub async fn server_by_mac(&self, mac: &str) -> Result<Option<String>> {
         let mac = mac.to_owned();
-        self.read(move |c| one(c, "SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()).await
+        self.read(move |c| c.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()).await
     }
 
     /// The deployment `GET …/bringYourOwnImage` shows.
@@ -648,10 +623,11 @@ impl Db {
     pub async fn history(&self, server: &str) -> Result<Vec<DeploymentRow>> {
         let server = server.to_owned();
         self.read(move |c| {
-            let mut stmt =
-                c.prepare(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 ORDER BY id DESC"))?;
-            let rows = stmt.query_map([server], deployment_row)?.collect();
-            rows
+            c.query_map(
+                &format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE server = ?1 ORDER BY id DESC"),
+                [server],
+                deployment_row,
+            )
         })
         .await
     }
@@ -660,7 +636,7 @@ impl Db {
     pub async fn named(&self, server: &str, id: i64) -> Result<Option<Named>> {
         let server = server.to_owned();
         self.read(move |c| {
-            one(c, "SELECT error_code FROM deployments WHERE id = ?1 AND server = ?2", params![id, server], |r| {
+            c.query_row("SELECT error_code FROM deployments WHERE id = ?1 AND server = ?2", params![id, server], |r| {
                 Ok(Named { id, cancelled: r.get::<_, Option<ErrorCode>>(0)? == Some(ErrorCode::Aborted) })
             })
             .optional()
@@ -718,7 +694,7 @@ impl Db {
             };
             let transition = lifecycle::on(&event, &before);
             if matches!(event, Event::Agent { .. }) && transition.state.claim.is_some() {
-                exec(tx, "UPDATE servers SET last_seen = ?2 WHERE name = ?1", params![server, t])?;
+                tx.execute("UPDATE servers SET last_seen = ?2 WHERE name = ?1", params![server, t])?;
             }
             let request = match &payload {
                 Payload::Request(r) => Some(r.as_ref()),
@@ -729,17 +705,17 @@ impl Db {
             for effect in &transition.effects {
                 match *effect {
                     Effect::Reported => {
-                        exec(tx, "UPDATE deployments SET last_report = ?2 WHERE id = (SELECT max(id) FROM deployments WHERE server = ?1)",
+                        tx.execute("UPDATE deployments SET last_report = ?2 WHERE id = (SELECT max(id) FROM deployments WHERE server = ?1)",
                             params![server, t],
                         )?;
                     }
                     Effect::RetireTokens => {
-                        exec(tx, "DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
-                        exec(tx, "UPDATE servers SET boot_expected_until = NULL WHERE name = ?1", [&server])?;
+                        tx.execute("DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
+                        tx.execute("UPDATE servers SET boot_expected_until = NULL WHERE name = ?1", [&server])?;
                     }
                     Effect::ExpectBoot => {
-                        exec(tx, "DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
-                        exec(tx, "UPDATE servers SET boot_expected_until = ?2, boot_tokens_minted = 0 WHERE name = ?1",
+                        tx.execute("DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
+                        tx.execute("UPDATE servers SET boot_expected_until = ?2, boot_tokens_minted = 0 WHERE name = ?1",
                             params![server, t + boot_timeout],
                         )?;
                     }
@@ -749,7 +725,7 @@ impl Db {
                     Effect::KeepInventory => {
                         if let Payload::Inventory(inv) = &payload {
                             let inv = serde_json::to_string(inv).map_err(json_err)?;
-                            exec(tx, "UPDATE servers SET inventory = ?2 WHERE name = ?1", params![server, inv])?;
+                            tx.execute("UPDATE servers SET inventory = ?2 WHERE name = ?1", params![server, inv])?;
                         }
                     }
                     Effect::KeepLogs => {
@@ -773,20 +749,18 @@ impl Db {
     /// and errors only.
     pub async fn logs(&self, deployment: i64, after: i64, notable: bool, limit: usize) -> Result<Vec<KeptLog>> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
+            c.query_map(
                 "SELECT id, at, level, target, message FROM agent_logs \
                  WHERE deployment_id = ?1 AND id > ?2 AND (?3 = 0 OR level <> 'info') ORDER BY id LIMIT ?4",
-            )?;
-            let rows = stmt
-                .query_map(params![deployment, after, notable, limit as i64], |r| {
+                params![deployment, after, notable, limit as i64],
+                |r| {
                     Ok(KeptLog {
                         id: r.get(0)?,
                         at: r.get(1)?,
                         record: LogRecord { level: r.get(2)?, target: r.get(3)?, message: r.get(4)? },
                     })
-                })?
-                .collect();
-            rows
+                },
+            )
         })
         .await
     }
@@ -795,8 +769,7 @@ impl Db {
     /// restart, agents get a full timeout to report again.
     pub async fn refresh_running(&self) -> Result<()> {
         self.write(|c| {
-            exec(
-                c,
+            c.execute(
                 "UPDATE deployments SET last_report = ?1 WHERE status = 'doing' AND last_report IS NOT NULL",
                 [now()],
             )
@@ -812,13 +785,12 @@ impl Db {
     pub async fn silent(&self, timeout: i64, boot_timeout: i64, stall_timeout: i64) -> Result<Vec<(String, Event)>> {
         self.read(move |c| {
             let t = now();
-            let mut stmt = c.prepare(
+            c.query_map(
                 "SELECT server, last_report IS NULL, last_report < ?1 FROM deployments WHERE status = 'doing' AND \
                  ((last_report IS NOT NULL AND last_report < ?1) OR (last_report IS NULL AND created_at < ?2) \
                   OR (moved_at IS NOT NULL AND moved_at < ?3))",
-            )?;
-            let rows = stmt
-                .query_map(params![t - timeout, t - boot_timeout, t - stall_timeout], |r| {
+                params![t - timeout, t - boot_timeout, t - stall_timeout],
+                |r| {
                     let (never, silent): (bool, Option<bool>) = (r.get(1)?, r.get(2)?);
                     let event = if never {
                         Event::NeverBooted { boot_timeout: boot_timeout.max(0) as u64 }
@@ -828,9 +800,8 @@ impl Db {
                         Event::Stalled { stall_timeout: stall_timeout.max(0) as u64 }
                     };
                     Ok((r.get(0)?, event))
-                })?
-                .collect();
-            rows
+                },
+            )
         })
         .await
     }
@@ -841,8 +812,7 @@ impl Db {
     /// the first one was taken).
     pub async fn ended_by(&self, hash: String, id: i64, status: Status) -> Result<bool> {
         self.read(move |c| {
-            one(
-                c,
+            c.query_row(
                 "SELECT 1 FROM deployments WHERE id = ?1 AND job_token = ?2 AND status = ?3 AND status != 'doing' \
                  AND finished_at >= ?4",
                 params![id, hash, status, now() - REPEAT_WINDOW],
@@ -858,8 +828,10 @@ impl Db {
     /// the token may do is the claim's business (`db.apply`).
     pub async fn token_owner(&self, hash: String) -> Result<Option<(String, BootTarget)>> {
         self.read(move |c| {
-            one(c, "SELECT server, mode FROM agent_tokens WHERE hash = ?1", [&hash], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
+            c.query_row("SELECT server, mode FROM agent_tokens WHERE hash = ?1", [&hash], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
         })
         .await
     }
@@ -869,20 +841,19 @@ impl Db {
 /// last contact it comes with), and forgets the discovered machines that
 /// had one of its MACs; `Err(message)` if the name or a MAC is taken
 /// (nothing written).
-fn insert_server(tx: &Connection, s: &ServerRow) -> rusqlite::Result<Result<(), String>> {
-    if one(tx, "SELECT 1 FROM servers WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
+fn insert_server(tx: &Conn<'_>, s: &ServerRow) -> sql::Result<Result<(), String>> {
+    if tx.query_row("SELECT 1 FROM servers WHERE name = ?1", [&s.name], |_| Ok(())).optional()?.is_some() {
         return Ok(Err(format!("server {} already exists", s.name)));
     }
     for mac in &s.macs {
         let owner: Option<String> =
-            one(tx, "SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
+            tx.query_row("SELECT server FROM macs WHERE mac = ?1", [mac], |r| r.get(0)).optional()?;
         if let Some(o) = owner {
             return Ok(Err(format!("MAC {mac} already belongs to {o}")));
         }
     }
     let inventory = s.inventory.as_ref().map(serde_json::to_string).transpose().map_err(json_err)?;
-    exec(
-        tx,
+    tx.execute(
         "INSERT INTO servers (name, power, kernel_args, boot_target, inventory, last_seen, created_at, agent_version) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -902,32 +873,35 @@ fn insert_server(tx: &Connection, s: &ServerRow) -> rusqlite::Result<Result<(), 
 
 /// Gives `macs` to `server`; a registered MAC is no longer an unknown
 /// machine's, so the discovered machines with one are forgotten.
-fn register_macs(tx: &Connection, server: &str, macs: &[String]) -> rusqlite::Result<()> {
+fn register_macs(tx: &Conn<'_>, server: &str, macs: &[String]) -> sql::Result<()> {
     for mac in macs {
-        exec(tx, "INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, server])?;
-        exec(tx, "DELETE FROM discovered WHERE mac = ?1", [mac])?;
+        tx.execute("INSERT INTO macs (mac, server) VALUES (?1, ?2)", params![mac, server])?;
+        tx.execute("DELETE FROM discovered WHERE mac = ?1", [mac])?;
     }
     Ok(())
 }
 
 /// Writes what a transition changed.
 fn save(
-    tx: &Connection,
+    tx: &Conn<'_>,
     server: &str,
     before: &State,
     after: &State,
     request: Option<&StoredRequest>,
     t: i64,
-) -> rusqlite::Result<()> {
+) -> sql::Result<()> {
     if after.target != before.target {
-        exec(tx, "UPDATE servers SET boot_target = ?2 WHERE name = ?1", params![server, after.target])?;
+        tx.execute("UPDATE servers SET boot_target = ?2 WHERE name = ?1", params![server, after.target])?;
     }
     if after.claim != before.claim {
         let (token, addr) = match &after.claim {
             Some(c) => (Some(c.token.as_str()), c.addr.map(|a| a.to_string())),
             None => (None, None),
         };
-        exec(tx, "UPDATE servers SET claim_token = ?2, claim_addr = ?3 WHERE name = ?1", params![server, token, addr])?;
+        tx.execute(
+            "UPDATE servers SET claim_token = ?2, claim_addr = ?3 WHERE name = ?1",
+            params![server, token, addr],
+        )?;
     }
     let Some(d) = &after.latest else { return Ok(()) };
     if before.latest.as_ref() == Some(d) {
@@ -938,8 +912,8 @@ fn save(
             let request = request.ok_or_else(|| {
                 rusqlite::Error::ToSqlConversionFailure("a new deployment without its request".into())
             })?;
-            exec(tx, "UPDATE deployments SET current = 0 WHERE server = ?1", [server])?;
-            exec(tx, "INSERT INTO deployments (server, request, status, stage, message, error_code, bytes_done, bytes_total, \
+            tx.execute("UPDATE deployments SET current = 0 WHERE server = ?1", [server])?;
+            tx.execute("INSERT INTO deployments (server, request, status, stage, message, error_code, bytes_done, bytes_total, \
                  current, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
                 params![
                     server,
@@ -958,7 +932,7 @@ fn save(
         Some(id) => {
             // `moved_at` is when the bytes or the stage last changed: the
             // stall timeout counts from it.
-            exec(tx, "UPDATE deployments SET moved_at = CASE WHEN stage != ?3 OR bytes_done != ?6 THEN ?9 ELSE moved_at END, \
+            tx.execute("UPDATE deployments SET moved_at = CASE WHEN stage != ?3 OR bytes_done != ?6 THEN ?9 ELSE moved_at END, \
                  status = ?2, stage = ?3, message = ?4, error_code = ?5, bytes_done = ?6, \
                  bytes_total = ?7, current = ?8, updated_at = ?9, job_token = ?10, \
                  finished_at = CASE WHEN ?2 != 'doing' THEN coalesce(finished_at, ?9) ELSE NULL END WHERE id = ?1",
@@ -982,33 +956,32 @@ fn save(
 
 /// Keeps an agent's log lines for `deployment`, at most [`KEPT_LOGS`] (the
 /// newest).
-fn keep_logs(tx: &Connection, deployment: i64, lines: &[LogRecord], t: i64) -> rusqlite::Result<()> {
+fn keep_logs(tx: &Conn<'_>, deployment: i64, lines: &[LogRecord], t: i64) -> sql::Result<()> {
     if lines.is_empty() {
         return Ok(());
     }
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO agent_logs (deployment_id, at, level, target, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
     for l in lines {
-        insert.execute(params![deployment, t, l.level, l.target, l.message])?;
+        tx.execute(
+            "INSERT INTO agent_logs (deployment_id, at, level, target, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![deployment, t, l.level, l.target, l.message],
+        )?;
     }
-    tx.prepare_cached(
+    tx.execute(
         "DELETE FROM agent_logs WHERE deployment_id = ?1 AND id NOT IN \
          (SELECT id FROM agent_logs WHERE deployment_id = ?1 ORDER BY id DESC LIMIT ?2)",
-    )?
-    .execute(params![deployment, KEPT_LOGS as i64])?;
+        params![deployment, KEPT_LOGS as i64],
+    )?;
     Ok(())
 }
 
 /// Stores a new agent token (its hash) for a server booting in `mode`,
 /// counted against the expected boot.
-fn mint_token(tx: &Connection, server: &str, mode: BootTarget, t: i64) -> rusqlite::Result<String> {
+fn mint_token(tx: &Conn<'_>, server: &str, mode: BootTarget, t: i64) -> sql::Result<String> {
     let token = new_secret();
-    exec(tx, "UPDATE servers SET boot_tokens_minted = boot_tokens_minted + 1 WHERE name = ?1", [server])?;
+    tx.execute("UPDATE servers SET boot_tokens_minted = boot_tokens_minted + 1 WHERE name = ?1", [server])?;
     // The token is the boot's, not a deployment's: the claim and the job's
     // token (`deployments.job_token`) say what it may do.
-    exec(
-        tx,
+    tx.execute(
         "INSERT INTO agent_tokens (hash, server, mode, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![token_hash(&token), server, mode, t],
     )?;

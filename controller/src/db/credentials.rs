@@ -5,7 +5,7 @@
 //! a signature needs it, in the database only its owner may read
 //! ([`crate::datadir`]).
 
-use rusqlite::{params, OptionalExtension};
+use super::sql::{self, params, Conn, Optional};
 
 use super::{from_json, json_err, new_secret, now, token_hash, Db, Result};
 use crate::auth::{AccessRule, Cidr, CredentialStatus, MAX_PENDING, VALIDATION_WINDOW};
@@ -95,15 +95,14 @@ impl std::fmt::Debug for Requested {
 const APP_COLS: &str = "id, name, key, secret, created_at";
 const CRED_COLS: &str = "id, application, rules, allowed_ips, redirection, status, created_at, expires_at, last_use";
 
-fn app_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApplicationRow> {
+fn app_row(r: &sql::Row) -> sql::Result<ApplicationRow> {
     Ok(ApplicationRow { id: r.get(0)?, name: r.get(1)?, key: r.get(2)?, secret: r.get(3)?, created_at: r.get(4)? })
 }
 
-fn cred_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialRow> {
+fn cred_row(r: &sql::Row) -> sql::Result<CredentialRow> {
     let status: String = r.get(5)?;
-    let status = CredentialStatus::from_name(&status).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, format!("status {status}").into())
-    })?;
+    let status = CredentialStatus::from_name(&status)
+        .ok_or_else(|| sql::SqlError::Column(5, format!("{status:?} is no credential status")))?;
     let expires_at: Option<i64> = r.get(7)?;
     let expired = status == CredentialStatus::PendingValidation && expires_at.is_some_and(|t| t < now());
     Ok(CredentialRow {
@@ -120,42 +119,38 @@ fn cred_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialRow> {
 }
 
 /// The application `id`, if there is one.
-fn app_by_id(c: &rusqlite::Connection, id: i64) -> rusqlite::Result<Option<ApplicationRow>> {
-    c.prepare_cached(&format!("SELECT {APP_COLS} FROM api_applications WHERE id = ?1"))?
-        .query_row([id], app_row)
-        .optional()
+fn app_by_id(c: &Conn<'_>, id: i64) -> sql::Result<Option<ApplicationRow>> {
+    c.query_row(&format!("SELECT {APP_COLS} FROM api_applications WHERE id = ?1"), [id], app_row).optional()
 }
 
 /// The credential `id`, if there is one.
-fn cred_by_id(c: &rusqlite::Connection, id: i64) -> rusqlite::Result<Option<CredentialRow>> {
-    c.prepare_cached(&format!("SELECT {CRED_COLS} FROM api_credentials WHERE id = ?1"))?
-        .query_row([id], cred_row)
-        .optional()
+fn cred_by_id(c: &Conn<'_>, id: i64) -> sql::Result<Option<CredentialRow>> {
+    c.query_row(&format!("SELECT {CRED_COLS} FROM api_credentials WHERE id = ?1"), [id], cred_row).optional()
 }
 
 /// A row that must be there: just written in the same transaction, or held
 /// by a foreign key.
-fn present<T>(row: Option<T>) -> rusqlite::Result<T> {
-    row.ok_or(rusqlite::Error::QueryReturnedNoRows)
+fn present<T>(row: Option<T>) -> sql::Result<T> {
+    row.ok_or(sql::SqlError::NoRows)
 }
 
 /// Inserts a credential; its row as read back.
 fn insert_credential(
-    c: &rusqlite::Connection,
+    c: &Conn<'_>,
     application: i64,
     consumer_key: &str,
     token: Option<&str>,
     rules: &[AccessRule],
     allowed_ips: Option<&[Cidr]>,
     redirection: Option<&str>,
-) -> rusqlite::Result<CredentialRow> {
+) -> sql::Result<CredentialRow> {
     let (status, expires_at) = match token {
         Some(_) => (CredentialStatus::PendingValidation, Some(now() + VALIDATION_WINDOW)),
         None => (CredentialStatus::Validated, None),
     };
-    c.execute(
+    let id = c.query_row(
         "INSERT INTO api_credentials (application, consumer_hash, validation_hash, rules, allowed_ips, redirection,
-            status, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            status, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
         params![
             application,
             token_hash(consumer_key),
@@ -167,8 +162,9 @@ fn insert_credential(
             now(),
             expires_at,
         ],
+        |r| r.get(0),
     )?;
-    present(cred_by_id(c, c.last_insert_rowid())?)
+    present(cred_by_id(c, id)?)
 }
 
 impl Db {
@@ -189,11 +185,12 @@ impl Db {
                 return Ok(Err(format!("An application named {name} already exists")));
             }
             let key = uuid::Uuid::new_v4().simple().to_string();
-            tx.execute(
-                "INSERT INTO api_applications (name, key, secret, created_at) VALUES (?1, ?2, ?3, ?4)",
+            let id = tx.query_row(
+                "INSERT INTO api_applications (name, key, secret, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
                 params![name, key, new_secret(), now()],
+                |r| r.get(0),
             )?;
-            let application = present(app_by_id(tx, tx.last_insert_rowid())?)?;
+            let application = present(app_by_id(tx, id)?)?;
             let consumer = if application_only {
                 None
             } else {
@@ -211,21 +208,14 @@ impl Db {
     pub async fn application_by_key(&self, key: &str) -> Result<Option<ApplicationRow>> {
         let key = key.to_owned();
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {APP_COLS} FROM api_applications WHERE key = ?1"))?
-                .query_row([key], app_row)
-                .optional()
+            c.query_row(&format!("SELECT {APP_COLS} FROM api_applications WHERE key = ?1"), [key], app_row).optional()
         })
         .await
     }
 
     /// Every application, by id.
     pub async fn applications(&self) -> Result<Vec<ApplicationRow>> {
-        self.read(|c| {
-            c.prepare(&format!("SELECT {APP_COLS} FROM api_applications ORDER BY id"))?
-                .query_map([], app_row)?
-                .collect()
-        })
-        .await
+        self.read(|c| c.query_map(&format!("SELECT {APP_COLS} FROM api_applications ORDER BY id"), (), app_row)).await
     }
 
     /// The application `id`.
@@ -285,8 +275,7 @@ impl Db {
     pub async fn credential_by_consumer(&self, consumer_key: &str) -> Result<Option<CredentialRow>> {
         let hash = token_hash(consumer_key);
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {CRED_COLS} FROM api_credentials WHERE consumer_hash = ?1"))?
-                .query_row([hash], cred_row)
+            c.query_row(&format!("SELECT {CRED_COLS} FROM api_credentials WHERE consumer_hash = ?1"), [hash], cred_row)
                 .optional()
         })
         .await
@@ -341,12 +330,7 @@ impl Db {
 
     /// Every credential, by id.
     pub async fn credentials(&self) -> Result<Vec<CredentialRow>> {
-        self.read(|c| {
-            c.prepare(&format!("SELECT {CRED_COLS} FROM api_credentials ORDER BY id"))?
-                .query_map([], cred_row)?
-                .collect()
-        })
-        .await
+        self.read(|c| c.query_map(&format!("SELECT {CRED_COLS} FROM api_credentials ORDER BY id"), (), cred_row)).await
     }
 
     /// The credential `id`.
@@ -363,10 +347,10 @@ impl Db {
     pub async fn touch_credential(&self, id: i64) -> Result<()> {
         let t = now();
         self.write(move |c| {
-            c.prepare_cached(
+            c.execute(
                 "UPDATE api_credentials SET last_use = ?1 WHERE id = ?2 AND (last_use IS NULL OR last_use < ?1 - 60)",
-            )?
-            .execute(params![t, id])
+                params![t, id],
+            )
             .map(drop)
         })
         .await

@@ -12,8 +12,8 @@
 
 use std::net::IpAddr;
 
+use super::sql::{self, params, Conn, Optional};
 use byoi_wire::agent::Inventory;
-use rusqlite::{params, OptionalExtension};
 
 use super::{from_json, insert_server, json_err, new_secret, now, token_hash, Db, Result, ServerRow};
 
@@ -70,7 +70,7 @@ pub enum Adopted {
 
 const COLS: &str = "mac, inventory, agent_version, address, first_seen, last_seen";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DiscoveredRow> {
+fn row(r: &sql::Row) -> sql::Result<DiscoveredRow> {
     Ok(DiscoveredRow {
         mac: r.get(0)?,
         inventory: r.get::<_, Option<String>>(1)?.map(|s| from_json(1, &s)).transpose()?,
@@ -97,9 +97,7 @@ impl Db {
                 return Ok(DiscoverBoot::Reported);
             }
             if reported.is_none() {
-                let count = |tx: &rusqlite::Connection| {
-                    tx.query_row("SELECT count(*) FROM discovered", [], |r| r.get::<_, i64>(0))
-                };
+                let count = |tx: &Conn<'_>| tx.query_row("SELECT count(*) FROM discovered", (), |r| r.get::<_, i64>(0));
                 if count(tx)? >= i64::from(max) {
                     // Those whose token expired unused make room.
                     tx.execute("DELETE FROM discovered WHERE inventory IS NULL AND token_expires <= ?1", [t])?;
@@ -146,12 +144,7 @@ impl Db {
 
     /// The discovered machines, by MAC.
     pub async fn discovered(&self) -> Result<Vec<DiscoveredRow>> {
-        self.read(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {COLS} FROM discovered ORDER BY mac"))?;
-            let rows = stmt.query_map([], row)?.collect();
-            rows
-        })
-        .await
+        self.read(|c| c.query_map(&format!("SELECT {COLS} FROM discovered ORDER BY mac"), (), row)).await
     }
 
     /// A discovered machine by MAC (normalised).

@@ -3,9 +3,9 @@
 //! at every rescue boot, so that `ssh` can check it; dropped with the
 //! server. The seed is a secret as the database's other secrets are.
 
+use super::sql::{params, Conn, Optional, SqlError};
 use byoi_wire::ssh::SshHostKey;
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use rusqlite::{params, OptionalExtension};
 
 use super::{now, Db, Result};
 
@@ -29,7 +29,7 @@ impl Db {
     pub async fn ssh_host_key(&self, server: &str) -> Result<Option<SshHostKey>> {
         let server = server.to_owned();
         self.write(move |c| {
-            let stored = |c: &rusqlite::Connection| {
+            let stored = |c: &Conn<'_>| {
                 c.query_row("SELECT seed, public FROM ssh_host_keys WHERE server = ?1", [&server], |r| {
                     Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
                 })
@@ -38,7 +38,7 @@ impl Db {
             let found = match stored(c)? {
                 Some(k) => Some(k),
                 None => {
-                    let fresh = generate().map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    let fresh = generate().map_err(|e| SqlError::Encode(e.to_string()))?;
                     c.execute(
                         "INSERT INTO ssh_host_keys (server, seed, public, created_at)
                          SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM servers WHERE name = ?1)
@@ -50,13 +50,7 @@ impl Db {
                 }
             };
             let Some((seed, public)) = found else { return Ok(None) };
-            let bad = |what: &str| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Blob,
-                    format!("the stored SSH host key's {what} is not 32 bytes").into(),
-                )
-            };
+            let bad = |what: &str| SqlError::Column(0, format!("the stored SSH host key's {what} is not 32 bytes"));
             Ok(Some(SshHostKey {
                 seed: seed.try_into().map_err(|_| bad("seed"))?,
                 public: public.try_into().map_err(|_| bad("public key"))?,

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use rusqlite::{params, OptionalExtension};
+use super::sql::{params, Optional};
 
 use super::{new_secret, now, token_hash, Db, Result};
 

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::sql::{self, Conn};
 use super::{DbError, Result};
 
 /// Most changes committed in one transaction.
@@ -23,7 +24,7 @@ const MAX_BATCH: usize = 256;
 
 type Out = Box<dyn Any + Send>;
 type Reply = oneshot::Sender<Result<Out>>;
-type Change = Box<dyn FnOnce(&Connection) -> rusqlite::Result<Out> + Send>;
+type Change = Box<dyn FnOnce(&Conn<'_>) -> sql::Result<Out> + Send>;
 type Raw = Box<dyn FnOnce(&mut Connection) -> rusqlite::Result<Out> + Send>;
 
 /// What the writer does: a change (in a savepoint of the batch's
@@ -38,7 +39,7 @@ struct Job {
     reply: Reply,
 }
 
-type Read = Box<dyn FnOnce(&Connection) + Send>;
+type Read = Box<dyn FnOnce(&Conn<'_>) + Send>;
 
 /// The writer's and the readers' queues; the threads end when it is
 /// dropped (each finishes what is queued first).
@@ -82,6 +83,7 @@ impl Sqlite {
             std::thread::Builder::new()
                 .name(format!("byoi-db-reader-{i}"))
                 .spawn(move || {
+                    let c = Conn::sqlite(&c);
                     while let Ok(read) = reads.recv() {
                         read(&c);
                     }
@@ -102,7 +104,7 @@ impl Sqlite {
     /// Runs `f` on a reader connection (a snapshot of what is committed).
     pub async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Conn<'_>) -> sql::Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let read: Read = Box::new(move |c| {
@@ -118,7 +120,7 @@ impl Sqlite {
     /// once that transaction is committed.
     pub async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Conn<'_>) -> sql::Result<T> + Send + 'static,
     ) -> Result<T> {
         self.send(Work::Change(Box::new(move |c| f(c).map(|t| Box::new(t) as Out)))).await
     }
@@ -184,7 +186,7 @@ fn commit(conn: &mut Connection, batch: Vec<(Change, Reply)>) {
     let mut done = Vec::with_capacity(batch.len());
     for (f, reply) in batch {
         let out = match tx.savepoint() {
-            Ok(sp) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(&sp))) {
+            Ok(sp) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(&Conn::sqlite(&sp)))) {
                 // Dropped without a commit, a savepoint rolls back.
                 Err(_) => Err(DbError::Panicked),
                 Ok(Err(e)) => Err(DbError::from(e)),
