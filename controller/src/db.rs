@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use byoi_wire::agent::{Inventory, LogRecord};
 use byoi_wire::{BootTarget, ErrorCode, Stage, Status};
 use rusqlite_migration::{Migrations, M};
-use sql::{params, Conn, Optional, SqlError};
+use sql::{params, Conn, Optional, Pg, SqlError};
 
 use crate::lifecycle::{self, Claim, Deployment, Effect, Event, Named, State, Transition, TOKENS_PER_BOOT};
 use crate::model::StoredRequest;
@@ -25,17 +25,18 @@ use crate::power::Power;
 pub mod backup;
 mod credentials;
 mod discovered;
+mod engine;
 mod host_keys;
 mod sessions;
 mod sql;
-mod sqlite;
 
 pub use credentials::{ApplicationRow, CredentialRow, NewApplication, Requested};
 pub use discovered::{Adopted, DiscoverBoot, DiscoveredRow, MAX_DISCOVERED, MAX_DISCOVERED_INVENTORY};
 pub use sessions::{NewSession, SessionRow, MAX_SESSIONS};
 
 /// Database errors; the API answers them with 500 (they are bugs or a
-/// broken disk, never the caller's input).
+/// broken disk, never the caller's input), or 503 when they pass
+/// ([`DbError::is_transient`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// SQLite said no.
@@ -62,6 +63,18 @@ pub enum DbError {
     /// A database job panicked (a bug); what it changed was undone.
     #[error("database: a query panicked")]
     Panicked,
+    /// Another controller's transaction won a deadlock or a serialization
+    /// conflict against this change, which was undone.
+    #[error("database: a concurrent change won: {0}")]
+    Conflict(String),
+}
+
+impl DbError {
+    /// Whether trying again later may succeed: the database is unreachable
+    /// or restarting, or another controller's change won a race.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Closed | DbError::Commit(_) | DbError::Conflict(_))
+    }
 }
 
 /// Result alias.
@@ -384,10 +397,18 @@ fn fleet(c: &Conn<'_>) -> sql::Result<Vec<(ServerRow, Option<DeploymentRow>)>> {
 /// job may repeat its `result` and get the same answer ([`Db::ended_by`]).
 pub const REPEAT_WINDOW: i64 = 3600;
 
+/// What [`lifecycle::on`] needs of a server's row.
+const SERVER_STATE: &str =
+    "SELECT boot_target, boot_expected_until, boot_tokens_minted, claim_token, claim_addr FROM servers WHERE name = ?1";
+/// [`SERVER_STATE`], the row locked until the transaction ends.
+const SERVER_STATE_LOCKED: &str =
+    "SELECT boot_target, boot_expected_until, boot_tokens_minted, claim_token, claim_addr \
+     FROM servers WHERE name = ?1 FOR UPDATE";
+
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Db {
-    sql: sqlite::Sqlite,
+    sql: engine::Engine,
     /// Seconds a boot stays expected after a power cycle.
     boot_timeout: i64,
     /// Counts this process's changes to deployments and their logs, so
@@ -398,6 +419,82 @@ pub struct Db {
 /// Reader connections: reads run beside each other and beside the writer.
 const READERS: usize = 3;
 
+/// Where the controller keeps its state.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// The embedded SQLite, in this file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database several controllers may share
+    /// (`postgres://user:password@host:port/database`).
+    Postgres(String),
+}
+
+impl Database {
+    /// `postgres://…` or `postgresql://…`, else the path of a SQLite file.
+    pub fn parse(s: &str) -> Database {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Database::Postgres(s.to_owned())
+        } else {
+            Database::Sqlite(s.into())
+        }
+    }
+}
+
+/// Shown without the password a PostgreSQL URL may hold.
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&crate::model::redact_url(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Database({self})")
+    }
+}
+
+/// PostgreSQL's schema, one step per schema version (the same numbers as
+/// [`MIGRATIONS`]: PostgreSQL starts at SQLite's version 8).
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(8, include_str!("migrations/postgres/08-baseline.sql"))];
+
+/// Brings a PostgreSQL database's schema up to date, in one transaction
+/// that holds an advisory lock (two controllers starting together migrate
+/// once); its version is in `byoi_schema`.
+fn migrate_postgres(pg: &mut Pg) -> Result<()> {
+    let c = Conn::postgres(pg);
+    c.execute_batch(
+        "BEGIN; SELECT pg_advisory_xact_lock(7307466);
+         CREATE TABLE IF NOT EXISTS byoi_schema (version BIGINT NOT NULL);",
+    )?;
+    let migrated = (|| {
+        let found: Option<i64> = c.query_row("SELECT version FROM byoi_schema", (), |r| r.get(0)).optional()?;
+        let version = found.unwrap_or(0);
+        let latest = POSTGRES_MIGRATIONS.last().map_or(0, |m| m.0);
+        if version > latest {
+            return Err(DbError::Newer(version));
+        }
+        for (step, sql) in POSTGRES_MIGRATIONS.iter().filter(|m| m.0 > version) {
+            c.execute_batch(sql)?;
+            tracing::info!(version = step, "database schema migrated");
+        }
+        match found {
+            None => c.execute("INSERT INTO byoi_schema (version) VALUES (?1)", [latest])?,
+            Some(_) => c.execute("UPDATE byoi_schema SET version = ?1", [latest])?,
+        };
+        Ok(())
+    })();
+    match migrated {
+        Ok(()) => Ok(c.execute_batch("COMMIT")?),
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 impl Db {
     /// Opens (creating) the database at `path` and brings its schema up to
     /// date. `boot_timeout`: how long a boot stays expected after a power
@@ -405,7 +502,7 @@ impl Db {
     pub async fn open(path: &Path, boot_timeout: std::time::Duration) -> Result<Db> {
         let file = path.to_owned();
         let conn = tokio::task::spawn_blocking(move || {
-            let mut c = sqlite::Sqlite::open_writer(&file)?;
+            let mut c = engine::open_sqlite(&file)?;
             match MIGRATIONS.to_latest(&mut c) {
                 Err(rusqlite_migration::Error::MigrationDefinition(
                     rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
@@ -416,9 +513,35 @@ impl Db {
         })
         .await
         .map_err(|_| DbError::Panicked)??;
-        let sql = sqlite::Sqlite::start(conn, path, READERS)?;
+        let sql = engine::Engine::sqlite(conn, path, READERS)?;
+        Ok(Db::with(sql, boot_timeout))
+    }
+
+    /// Connects to the PostgreSQL database at `url` (shared with other
+    /// controllers) and brings its schema up to date.
+    pub async fn connect(url: &str, boot_timeout: std::time::Duration) -> Result<Db> {
+        let url = url.to_owned();
+        let sql = tokio::task::spawn_blocking(move || {
+            let mut pg = Pg::connect(&url)?;
+            migrate_postgres(&mut pg)?;
+            engine::Engine::postgres(pg, &url, READERS)
+        })
+        .await
+        .map_err(|_| DbError::Panicked)??;
+        Ok(Db::with(sql, boot_timeout))
+    }
+
+    /// Opens `database`: [`Db::open`] or [`Db::connect`].
+    pub async fn open_database(database: &Database, boot_timeout: std::time::Duration) -> Result<Db> {
+        match database {
+            Database::Sqlite(path) => Db::open(path, boot_timeout).await,
+            Database::Postgres(url) => Db::connect(url, boot_timeout).await,
+        }
+    }
+
+    fn with(sql: engine::Engine, boot_timeout: std::time::Duration) -> Db {
         let (changes, _) = tokio::sync::watch::channel(0);
-        Ok(Db { sql, boot_timeout: boot_timeout.as_secs() as i64, changes: std::sync::Arc::new(changes) })
+        Db { sql, boot_timeout: boot_timeout.as_secs() as i64, changes: std::sync::Arc::new(changes) }
     }
 
     /// Runs `f`, a change to servers, deployments, their logs or
@@ -464,7 +587,7 @@ impl Db {
                 |r| Ok(Finished { seconds: r.get::<_, i64>(0)?.max(0), bytes: r.get::<_, i64>(1)?.max(0) as u64 }),
             )?;
             let bytes_written: i64 =
-                c.query_row("SELECT coalesce(sum(bytes_done), 0) FROM deployments", (), |r| r.get(0))?;
+                c.query_row("SELECT CAST(coalesce(sum(bytes_done), 0) AS BIGINT) FROM deployments", (), |r| r.get(0))?;
             let (servers, agents_online) = c.query_row(
                 "SELECT count(*), count(*) FILTER (WHERE last_seen >= ?1) FROM servers",
                 [now() - agent_timeout],
@@ -496,6 +619,9 @@ impl Db {
     /// as it is, committed (a read-only or full disk, a lost file fail it).
     pub async fn check_writable(&self) -> Result<()> {
         self.write(|c| {
+            if c.is_postgres() {
+                return c.execute("UPDATE byoi_schema SET version = version", ()).map(drop);
+            }
             let version: i64 = c.query_row("PRAGMA user_version", (), |r| r.get(0))?;
             c.execute_batch(&format!("PRAGMA user_version = {version};"))
         })
@@ -504,13 +630,17 @@ impl Db {
 
     /// The schema version (`PRAGMA user_version`).
     pub async fn schema_version(&self) -> Result<i64> {
-        self.read(|c| c.query_row("PRAGMA user_version", (), |r| r.get(0))).await
+        self.read(|c| {
+            let sql = if c.is_postgres() { "SELECT version FROM byoi_schema" } else { "PRAGMA user_version" };
+            c.query_row(sql, (), |r| r.get(0))
+        })
+        .await
     }
 
     /// Moves the write-ahead log into the database file (at shutdown: the
     /// data directory is then one file to back up).
     pub async fn checkpoint(&self) -> Result<()> {
-        self.sql.raw(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", (), |_| Ok(()))).await
+        self.sql.raw(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", (), |_| Ok(()))).await.map(drop)
     }
 
     /// Adds a server; `Err(message)` if the name or a MAC is taken.
@@ -666,10 +796,14 @@ impl Db {
         let boot_timeout = self.boot_timeout;
         self.write(move |tx| {
             let t = now();
+            // On PostgreSQL, another controller may apply an event to the
+            // same server at once: its row is locked until the commit, so
+            // each transition reads the state the last one wrote. (SQLite
+            // has one writer.)
+            let sql = if tx.is_postgres() { SERVER_STATE_LOCKED } else { SERVER_STATE };
             let Some((target, expected_until, minted, claim_token, claim_addr)) = tx
                 .query_row(
-                    "SELECT boot_target, boot_expected_until, boot_tokens_minted, claim_token, claim_addr \
-                     FROM servers WHERE name = ?1",
+                    sql,
                     [&server],
                     |r| {
                         Ok((

@@ -43,8 +43,8 @@ impl Db {
             let t = now();
             tx.execute("DELETE FROM ui_sessions WHERE expires_at <= ?1", [t])?;
             tx.execute(
-                "DELETE FROM ui_sessions WHERE hash IN \
-                 (SELECT hash FROM ui_sessions ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?1)",
+                "DELETE FROM ui_sessions WHERE hash NOT IN \
+                 (SELECT hash FROM ui_sessions ORDER BY created_at DESC, rowid DESC LIMIT ?1)",
                 [MAX_SESSIONS - 1],
             )?;
             tx.execute(

@@ -13,6 +13,7 @@
 //! its savepoints and backups), and what is shared is this small surface.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use byoi_wire::agent::{Action, LogLevel};
 use byoi_wire::{BootMode, BootTarget, ErrorCode, Stage, Status};
@@ -47,6 +48,9 @@ pub enum SqlError {
     /// SQLite said no.
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL said no.
+    #[error("{}", postgres_message(.0))]
+    Postgres(#[from] postgres::Error),
 }
 
 /// What statements return.
@@ -278,6 +282,72 @@ pub struct Conn<'a> {
 
 enum Inner<'a> {
     Sqlite(&'a rusqlite::Connection),
+    Postgres(&'a mut Pg),
+}
+
+/// PostgreSQL's error with its detail (the server's message, not only
+/// "db error").
+fn postgres_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// A PostgreSQL connection and the statements it prepared, by their text
+/// as written (with `?N`).
+pub struct Pg {
+    client: postgres::Client,
+    prepared: HashMap<String, postgres::Statement>,
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pg").field("prepared", &self.prepared.len()).finish()
+    }
+}
+
+impl Pg {
+    /// Connects to `url` (`postgres://user:password@host:port/database`,
+    /// or key=value settings).
+    pub fn connect(url: &str) -> Result<Pg> {
+        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        Ok(Pg { client, prepared: HashMap::new() })
+    }
+
+    /// Whether the connection broke (the server restarted or failed
+    /// over): a new one is needed.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(&dollars(sql))?;
+        self.prepared.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+}
+
+/// SQLite's `?N` parameters as PostgreSQL's `$N`, outside quoted text.
+fn dollars(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => quoted = !quoted,
+            '?' if !quoted && chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('$');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl<'a> Conn<'a> {
@@ -286,11 +356,26 @@ impl<'a> Conn<'a> {
         Conn { inner: RefCell::new(Inner::Sqlite(c)) }
     }
 
+    /// Statements on the PostgreSQL connection `c`.
+    pub fn postgres(c: &'a mut Pg) -> Conn<'a> {
+        Conn { inner: RefCell::new(Inner::Postgres(c)) }
+    }
+
+    /// Whether this is PostgreSQL (for the few statements that differ).
+    pub fn is_postgres(&self) -> bool {
+        matches!(*self.inner.borrow(), Inner::Postgres(_))
+    }
+
     /// Runs a statement; the number of rows it changed.
     pub fn execute(&self, sql: &str, params: impl Params) -> Result<usize> {
         let values = params.values();
         match &mut *self.inner.borrow_mut() {
             Inner::Sqlite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(values.iter()))?),
+            Inner::Postgres(pg) => {
+                let stmt = pg.statement(sql)?;
+                let n = pg.client.execute(&stmt, &pg_params(&values))?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            }
         }
     }
 
@@ -307,6 +392,13 @@ impl<'a> Conn<'a> {
                     out.push(Row((0..width).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<_>>()?));
                 }
                 Ok(out)
+            }
+            Inner::Postgres(pg) => {
+                let stmt = pg.statement(sql)?;
+                let rows = pg.client.query(&stmt, &pg_params(&values))?;
+                rows.iter()
+                    .map(|r| Ok(Row((0..r.len()).map(|i| r.try_get::<_, Value>(i)).collect::<Result<_, _>>()?)))
+                    .collect()
             }
         }
     }
@@ -326,7 +418,72 @@ impl<'a> Conn<'a> {
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match &mut *self.inner.borrow_mut() {
             Inner::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Inner::Postgres(pg) => Ok(pg.client.batch_execute(sql)?),
         }
+    }
+}
+
+fn pg_params(values: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect()
+}
+
+type BoxError = Box<dyn std::error::Error + Sync + Send>;
+
+impl postgres::types::ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, BoxError> {
+        use postgres::types::Type;
+        match self {
+            Value::Null => Ok(postgres::types::IsNull::Yes),
+            Value::Int(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::BOOL => (*i != 0).to_sql(ty, out),
+                Type::FLOAT8 => (*i as f64).to_sql(ty, out),
+                _ => Err(format!("an integer for a parameter of type {ty}").into()),
+            },
+            Value::Real(r) => match *ty {
+                Type::FLOAT8 => r.to_sql(ty, out),
+                Type::FLOAT4 => (*r as f32).to_sql(ty, out),
+                _ => Err(format!("a real for a parameter of type {ty}").into()),
+            },
+            Value::Text(t) => t.as_str().to_sql(ty, out),
+            Value::Blob(b) => b.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+impl<'a> postgres::types::FromSql<'a> for Value {
+    fn from_sql(ty: &postgres::types::Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        use postgres::types::Type;
+        Ok(match *ty {
+            Type::INT8 => Value::Int(i64::from_sql(ty, raw)?),
+            Type::INT4 => Value::Int(i32::from_sql(ty, raw)?.into()),
+            Type::INT2 => Value::Int(i16::from_sql(ty, raw)?.into()),
+            Type::BOOL => Value::Int(bool::from_sql(ty, raw)?.into()),
+            Type::FLOAT8 => Value::Real(f64::from_sql(ty, raw)?),
+            Type::FLOAT4 => Value::Real(f32::from_sql(ty, raw)?.into()),
+            Type::BYTEA => Value::Blob(<Vec<u8>>::from_sql(ty, raw)?),
+            _ => Value::Text(String::from_sql(ty, raw)?),
+        })
+    }
+
+    fn from_sql_null(_: &postgres::types::Type) -> Result<Self, BoxError> {
+        Ok(Value::Null)
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
     }
 }
 
@@ -359,6 +516,14 @@ impl rusqlite::types::FromSql for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_are_numbered_the_postgres_way_outside_quotes() {
+        assert_eq!(
+            dollars("SELECT '?1', ?1 FROM t WHERE a = ?12 AND b <> 'it''s ?2' AND c IS ?"),
+            "SELECT '?1', $1 FROM t WHERE a = $12 AND b <> 'it''s ?2' AND c IS ?"
+        );
+    }
 
     #[test]
     fn values_round_trip_through_sqlite() {

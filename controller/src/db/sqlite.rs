@@ -1,7 +1,8 @@
-//! The embedded SQLite behind [`super::Db`]: one writer thread that commits
-//! whatever changes are queued in one transaction (group commit), and a few
-//! reader threads, each with its own connection (WAL: readers never wait for
-//! the writer). The async workers only send closures and await the answer.
+//! The threads behind [`super::Db`]: one writer that commits whatever
+//! changes are queued in one transaction (group commit), and a few
+//! readers, each with its own connection. The async workers only send
+//! closures and await the answer. The same for the embedded SQLite (WAL:
+//! readers never wait for the writer) and for PostgreSQL.
 //!
 //! Why not a pool crate: a change must share its transaction with the
 //! changes queued beside it, each in its own savepoint, and answer only once
@@ -11,12 +12,13 @@
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use super::sql::{self, Conn};
+use super::sql::{self, Conn, Pg, SqlError};
 use super::{DbError, Result};
 
 /// Most changes committed in one transaction.
@@ -28,7 +30,8 @@ type Change = Box<dyn FnOnce(&Conn<'_>) -> sql::Result<Out> + Send>;
 type Raw = Box<dyn FnOnce(&mut Connection) -> rusqlite::Result<Out> + Send>;
 
 /// What the writer does: a change (in a savepoint of the batch's
-/// transaction), or work outside any transaction (a WAL checkpoint).
+/// transaction), or work on SQLite's connection outside any transaction
+/// (a WAL checkpoint).
 enum Work {
     Change(Change),
     Raw(Raw),
@@ -41,67 +44,127 @@ struct Job {
 
 type Read = Box<dyn FnOnce(&Conn<'_>) + Send>;
 
+/// One thread's connection.
+enum Backend {
+    Sqlite(Connection),
+    Postgres { pg: Option<Box<Pg>>, url: String },
+}
+
+impl Backend {
+    /// Runs `f` on the connection; a PostgreSQL connection that broke
+    /// (the server restarted, a failover) is made again first.
+    fn with<T>(&mut self, f: impl FnOnce(&Conn<'_>) -> sql::Result<T>) -> sql::Result<T> {
+        match self {
+            Backend::Sqlite(c) => f(&Conn::sqlite(c)),
+            Backend::Postgres { pg, url } => {
+                if pg.as_ref().is_none_or(|p| p.is_closed()) {
+                    *pg = None;
+                    *pg = Some(Box::new(Pg::connect(url)?));
+                }
+                let pg = pg.as_mut().expect("connected above");
+                f(&Conn::postgres(pg))
+            }
+        }
+    }
+
+    fn begin(&self) -> &'static str {
+        match self {
+            // Take the write lock now, not at the first write: a batch
+            // never fails half-way for another writer (`byoi db backup`).
+            Backend::Sqlite(_) => "BEGIN IMMEDIATE",
+            Backend::Postgres { .. } => "BEGIN",
+        }
+    }
+}
+
 /// The writer's and the readers' queues; the threads end when it is
 /// dropped (each finishes what is queued first).
 #[derive(Debug, Clone)]
-pub struct Sqlite {
+pub struct Engine {
     writer: Sender<Job>,
     readers: Sender<Read>,
 }
 
-/// Sets what every connection needs: a busy timeout (another process, such
-/// as `byoi db backup`, may hold a lock for a while) and foreign keys.
+/// Sets what every SQLite connection needs: a busy timeout (another
+/// process, such as `byoi db backup`, may hold a lock for a while), a
+/// statement cache as large as the statements, and foreign keys.
 fn configure(c: &Connection) -> rusqlite::Result<()> {
-    c.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Every statement is prepared once per connection (`db::exec`,
-    // `db::one`): there are fewer than this many.
+    c.busy_timeout(Duration::from_secs(5))?;
     c.set_prepared_statement_cache_capacity(256);
     c.execute_batch("PRAGMA foreign_keys = ON;")
 }
 
-impl Sqlite {
-    /// Starts the writer on `conn` (opened, migrated) and `readers` reader
-    /// connections to the same file.
-    pub fn start(conn: Connection, path: &Path, readers: usize) -> Result<Sqlite> {
+/// Opens (creating) a SQLite file for the writer, in WAL mode.
+pub fn open_sqlite(path: &Path) -> Result<Connection> {
+    let c = Connection::open(path)?;
+    configure(&c)?;
+    c.execute_batch("PRAGMA journal_mode = WAL;")?;
+    Ok(c)
+}
+
+impl Engine {
+    /// Starts the writer on SQLite's `conn` (opened, migrated) and
+    /// `readers` reader connections to the same file.
+    pub fn sqlite(conn: Connection, path: &Path, readers: usize) -> Result<Engine> {
         // WAL without a sync at each commit: a crash of the machine may lose
         // the last commits, never the database (the WAL is synced at each
         // checkpoint). Progress reports are most of the commits.
         conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
-        let (writer, jobs) = crossbeam_channel::unbounded();
-        std::thread::Builder::new()
-            .name("byoi-db-writer".into())
-            .spawn(move || write_loop(conn, &jobs))
-            .map_err(|_| DbError::Closed)?;
-        let (read_tx, reads) = crossbeam_channel::unbounded::<Read>();
-        for i in 0..readers.max(1) {
+        let mut conns = Vec::new();
+        for _ in 0..readers.max(1) {
             let c =
                 Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
             configure(&c)?;
             // A change sent to a reader by mistake fails loudly.
             c.execute_batch("PRAGMA query_only = ON;")?;
+            conns.push(Backend::Sqlite(c));
+        }
+        Engine::start(Backend::Sqlite(conn), conns)
+    }
+
+    /// Starts the writer on PostgreSQL's `pg` (connected, migrated) and
+    /// `readers` more connections to `url`, read-only.
+    pub fn postgres(pg: Pg, url: &str, readers: usize) -> Result<Engine> {
+        let mut conns = Vec::new();
+        for _ in 0..readers.max(1) {
+            let mut c = Pg::connect(url)?;
+            Conn::postgres(&mut c).execute_batch("SET default_transaction_read_only = on")?;
+            conns.push(Backend::Postgres { pg: Some(Box::new(c)), url: url.to_owned() });
+        }
+        Engine::start(Backend::Postgres { pg: Some(Box::new(pg)), url: url.to_owned() }, conns)
+    }
+
+    fn start(writer: Backend, readers: Vec<Backend>) -> Result<Engine> {
+        let (writer_tx, jobs) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("byoi-db-writer".into())
+            .spawn(move || write_loop(writer, &jobs))
+            .map_err(|_| DbError::Closed)?;
+        let (read_tx, reads) = crossbeam_channel::unbounded::<Read>();
+        for (i, mut backend) in readers.into_iter().enumerate() {
             let reads = reads.clone();
             std::thread::Builder::new()
                 .name(format!("byoi-db-reader-{i}"))
                 .spawn(move || {
-                    let c = Conn::sqlite(&c);
                     while let Ok(read) = reads.recv() {
-                        read(&c);
+                        let mut read = Some(read);
+                        let connected = backend.with(|c| {
+                            (read.take().expect("once"))(c);
+                            Ok(())
+                        });
+                        // No connection: the read's reply is dropped with
+                        // it, and its caller sees the database closed.
+                        if let Err(e) = connected {
+                            tracing::error!(error = %e, "database connection");
+                        }
                     }
                 })
                 .map_err(|_| DbError::Closed)?;
         }
-        Ok(Sqlite { writer, readers: read_tx })
+        Ok(Engine { writer: writer_tx, readers: read_tx })
     }
 
-    /// Opens (creating) the database file for the writer.
-    pub fn open_writer(path: &Path) -> Result<Connection> {
-        let c = Connection::open(path)?;
-        configure(&c)?;
-        c.execute_batch("PRAGMA journal_mode = WAL;")?;
-        Ok(c)
-    }
-
-    /// Runs `f` on a reader connection (a snapshot of what is committed).
+    /// Runs `f` on a reader connection (what is committed).
     pub async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Conn<'_>) -> sql::Result<T> + Send + 'static,
@@ -125,32 +188,43 @@ impl Sqlite {
         self.send(Work::Change(Box::new(move |c| f(c).map(|t| Box::new(t) as Out)))).await
     }
 
-    /// Runs `f` on the writer's connection outside any transaction.
+    /// Runs `f` on the writer's SQLite connection outside any transaction;
+    /// `None` on PostgreSQL.
     pub async fn raw<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.send(Work::Raw(Box::new(move |c| f(c).map(|t| Box::new(t) as Out)))).await
+    ) -> Result<Option<T>> {
+        self.send(Work::Raw(Box::new(move |c| f(c).map(|t| Box::new(Some(t)) as Out)))).await
     }
 
     async fn send<T: 'static>(&self, work: Work) -> Result<T> {
         let (reply, rx) = oneshot::channel();
         self.writer.send(Job { work, reply }).map_err(|_| DbError::Closed)?;
         let out = rx.await.map_err(|_| DbError::Closed)??;
-        out.downcast::<T>().map(|t| *t).map_err(|_| DbError::Closed)
+        match out.downcast::<T>() {
+            Ok(t) => Ok(*t),
+            Err(_) => Err(DbError::Closed),
+        }
     }
 }
 
 /// The writer: takes the next job, and with it every change queued behind
 /// it (up to [`MAX_BATCH`]) into one transaction.
-fn write_loop(mut conn: Connection, jobs: &Receiver<Job>) {
+fn write_loop(mut backend: Backend, jobs: &Receiver<Job>) {
     let mut next = None;
     loop {
         let Some(job) = next.take().or_else(|| jobs.recv().ok()) else { return };
         let f = match job.work {
             Work::Raw(f) => {
-                let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut conn)));
-                let _ = job.reply.send(out.map_err(|_| DbError::Panicked).and_then(|r| r.map_err(DbError::from)));
+                let out: Result<Out> = match &mut backend {
+                    Backend::Sqlite(c) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(c))) {
+                        Err(_) => Err(DbError::Panicked),
+                        Ok(r) => r.map_err(DbError::from),
+                    },
+                    // Nothing to do outside a transaction on PostgreSQL.
+                    Backend::Postgres { .. } => Ok(Box::new(None::<()>) as Out),
+                };
+                let _ = job.reply.send(out);
                 continue;
             }
             Work::Change(f) => f,
@@ -166,47 +240,76 @@ fn write_loop(mut conn: Connection, jobs: &Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit(&mut conn, batch);
+        commit(&mut backend, batch);
     }
+}
+
+/// Whether another transaction won against this one (PostgreSQL's
+/// deadlock and serialization failures): worth trying again.
+fn lost_a_race(e: &SqlError) -> bool {
+    matches!(e, SqlError::Postgres(p) if p.code().is_some_and(|c| c.code() == "40P01" || c.code() == "40001"))
 }
 
 /// Runs each change in its own savepoint of one transaction, commits, and
 /// only then answers each (a failed commit fails them all).
-fn commit(conn: &mut Connection, batch: Vec<(Change, Reply)>) {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
+fn commit(backend: &mut Backend, batch: Vec<(Change, Reply)>) {
+    let begin = backend.begin();
+    let mut pending = Some(batch);
+    let result = backend.with(|c| {
+        let batch = pending.take().expect("once");
+        c.execute_batch(begin)?;
+        let mut done = Vec::with_capacity(batch.len());
+        for (f, reply) in batch {
+            done.push((reply, run_change(c, f)));
+        }
+        match c.execute_batch("COMMIT") {
+            Ok(()) => Ok(done),
+            Err(e) => {
+                let _ = c.execute_batch("ROLLBACK");
+                Err((e, Some(done)))
+            }
+        }
+        .map_err(|(e, done)| {
             let message = e.to_string();
-            for (_, reply) in batch {
+            for (reply, _) in done.into_iter().flatten() {
                 let _ = reply.send(Err(DbError::Commit(message.clone())));
             }
-            return;
-        }
-    };
-    let mut done = Vec::with_capacity(batch.len());
-    for (f, reply) in batch {
-        let out = match tx.savepoint() {
-            Ok(sp) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(&Conn::sqlite(&sp)))) {
-                // Dropped without a commit, a savepoint rolls back.
-                Err(_) => Err(DbError::Panicked),
-                Ok(Err(e)) => Err(DbError::from(e)),
-                Ok(Ok(out)) => sp.commit().map(|()| out).map_err(DbError::from),
-            },
-            Err(e) => Err(DbError::from(e)),
-        };
-        done.push((reply, out));
-    }
-    match tx.commit() {
-        Ok(()) => {
+            e
+        })
+    });
+    match result {
+        Ok(done) => {
             for (reply, out) in done {
                 let _ = reply.send(out);
             }
         }
+        // The replies of a batch that never began (no connection, or BEGIN
+        // failed) are still here: each is told why.
         Err(e) => {
-            let message = e.to_string();
-            for (reply, _) in done {
-                let _ = reply.send(Err(DbError::Commit(message.clone())));
+            for (_, reply) in pending.into_iter().flatten() {
+                let _ = reply.send(Err(DbError::Commit(e.to_string())));
             }
+        }
+    }
+}
+
+/// One change in a savepoint: released when it succeeds, rolled back when
+/// it fails or panics. A change that lost a race to another controller's
+/// transaction is [`DbError::Conflict`]: its caller is told to try again.
+fn run_change(c: &Conn<'_>, f: Change) -> Result<Out> {
+    c.execute_batch("SAVEPOINT change")?;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| f(c))) {
+        Ok(Ok(out)) => {
+            c.execute_batch("RELEASE SAVEPOINT change")?;
+            Ok(out)
+        }
+        Ok(Err(e)) => {
+            c.execute_batch("ROLLBACK TO SAVEPOINT change; RELEASE SAVEPOINT change")?;
+            Err(if lost_a_race(&e) { DbError::Conflict(e.to_string()) } else { e.into() })
+        }
+        Err(_) => {
+            c.execute_batch("ROLLBACK TO SAVEPOINT change; RELEASE SAVEPOINT change")?;
+            Err(DbError::Panicked)
         }
     }
 }
