@@ -53,7 +53,8 @@ pub enum AppError {
     /// 502: a BMC or power command failed.
     #[error("{0}")]
     BadGateway(String),
-    /// 500: the database failed (a bug or a broken disk, never the input).
+    /// 500: the database failed (a bug or a broken disk, never the input);
+    /// 503 while it is unreachable or lost a race (`Retry-After`).
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -73,6 +74,7 @@ impl AppError {
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            AppError::Db(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -142,6 +144,7 @@ impl IntoResponse for AppError {
             // The buckets hold a minute's worth.
             r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("60"));
         }
+        retry_soon(&self, &mut r);
         r
     }
 }
@@ -169,6 +172,16 @@ impl IntoResponse for AgentError {
         if let AppError::Db(e) = &self.0 {
             tracing::error!(error = %e, "database error");
         }
-        (self.0.status(), Json(AgentErrorBody { message: self.0.to_string(), action })).into_response()
+        let mut r = (self.0.status(), Json(AgentErrorBody { message: self.0.to_string(), action })).into_response();
+        retry_soon(&self.0, &mut r);
+        r
+    }
+}
+
+/// A database that is restarting, or a change that lost a race to another
+/// controller: try again in a moment (agents jitter around it).
+fn retry_soon(e: &AppError, r: &mut Response) {
+    if matches!(e, AppError::Db(db) if db.is_transient()) {
+        r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("2"));
     }
 }
