@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use byoi_controller::db::Db;
+use byoi_controller::db::{Database, Db};
 use byoi_controller::power::PowerConfig;
 use byoi_controller::routes::discovered::Enlistment;
 use byoi_controller::routes::netboot::{BootLimiter, BootRate};
@@ -1219,7 +1219,12 @@ async fn app_configured(dir: &Path, agent: Duration, boot: Duration, tune: impl 
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("vmlinuz"), b"KERNEL-0123456789").unwrap();
     std::fs::write(artifacts.join("initramfs.img"), b"INITRAMFS").unwrap();
-    let db = Db::open(&dir.join("byoi.sqlite"), boot).await.unwrap();
+    // The same suite runs on PostgreSQL when the run has a cluster.
+    let database = match byoi_testbed::postgres_database(dir) {
+        Some(url) => Database::Postgres(url),
+        None => Database::Sqlite(dir.join("byoi.sqlite")),
+    };
+    let db = Db::open_database(&database, boot).await.unwrap();
     let mut cfg = Config {
         api_token: TOKEN.into(),
         artifacts,

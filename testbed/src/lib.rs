@@ -11,11 +11,13 @@
 //! not here for that reason.
 
 mod pki;
+mod postgres;
 mod process;
 mod qemu;
 mod serve;
 
 pub use pki::private_ca;
+pub use postgres::{postgres_database, ENV as POSTGRES_ENV};
 pub use process::{children, timed, TimedChild, GRACE};
 pub use qemu::{Firmware, Machine, Qemu, OVMF_CODE, OVMF_VARS, QEMU};
 pub use serve::FileServer;
