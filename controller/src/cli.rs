@@ -121,6 +121,10 @@ enum Command {
         /// Where the SQLite database and the API token live.
         #[arg(long, default_value = "/var/lib/byoi", env = "BYOI_DATA_DIR")]
         data_dir: PathBuf,
+        /// Where the state is kept: postgres://USER:PASSWORD@HOST:PORT/DATABASE, shared by every
+        /// replica of the controller (docs/scale.md), or a SQLite file; default DATA_DIR/byoi.sqlite.
+        #[arg(long, value_name = "URL", env = "BYOI_DATABASE", hide_env_values = true)]
+        database: Option<String>,
         /// API token; else $BYOI_API_TOKEN, else DATA_DIR/api-token (generated on first start).
         #[arg(long, env = "BYOI_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
@@ -823,6 +827,7 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             listen,
             netboot_listen,
             data_dir,
+            database,
             api_token,
             artifacts,
             public_url,
@@ -872,6 +877,7 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
                 listen,
                 netboot_listen,
                 data_dir,
+                database: database.as_deref().map(byoi_controller::db::Database::parse),
                 api_token,
                 artifacts,
                 public_url,

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::extract::ConnectInfo;
 use axum::Extension;
 use axum::Router;
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 use tower::Layer;
 
 use crate::datadir;
-use crate::db::Db;
+use crate::db::{Database, Db};
 use crate::edge::{self, Admission, Limits, RefusalLog};
 use crate::power::PowerConfig;
 use crate::routes::discovered::Enlistment;
@@ -36,6 +37,8 @@ pub struct ServeOptions {
     pub netboot_listen: Option<SocketAddr>,
     /// Data directory (SQLite, api-token).
     pub data_dir: PathBuf,
+    /// Where the state is: `None`, the SQLite file in the data directory.
+    pub database: Option<Database>,
     /// Explicit API token.
     pub api_token: Option<String>,
     /// Artifacts directory.
@@ -155,7 +158,11 @@ pub async fn serve_until(
     datadir::private_umask();
     datadir::prepare(&opts.data_dir)?;
     let token = api_token(&opts.data_dir, opts.api_token.clone())?;
-    let db = Db::open(&opts.data_dir.join(crate::db::backup::FILE_NAME), opts.boot_timeout).await?;
+    let database =
+        opts.database.clone().unwrap_or_else(|| Database::Sqlite(opts.data_dir.join(crate::db::backup::FILE_NAME)));
+    let db = Db::open_database(&database, opts.boot_timeout)
+        .await
+        .with_context(|| format!("opening the database {database}"))?;
     // Agents could not report while we were down: give them a full timeout.
     db.refresh_running().await?;
     let artifacts = opts.artifacts.clone().unwrap_or_else(|| opts.data_dir.join("artifacts"));

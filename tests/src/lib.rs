@@ -201,6 +201,7 @@ fn options(data: &Path, token: &str, artifacts: PathBuf) -> byoi_controller::ser
         listen: "127.0.0.1:0".parse().expect("address"),
         netboot_listen: None,
         data_dir: data.to_owned(),
+        database: None,
         api_token: Some(token.into()),
         artifacts: Some(artifacts),
         public_url: None,
