@@ -6,6 +6,7 @@
 mod bench_workload;
 mod deb;
 mod image_debian;
+mod postgres;
 mod python;
 mod setup;
 mod task_bench;

@@ -48,6 +48,9 @@ pub const PACKAGES: &[&str] = &[
     // The dashboard's tests drive the real page in headless Chromium.
     "chromium",
     "chromium-driver",
+    // `--database postgres://`: the controller's tests run against a
+    // cluster of their own too (`initdb`, `pg_ctl` from here).
+    "postgresql",
 ];
 
 /// QEMU itself, from bookworm-backports.

@@ -5,7 +5,9 @@
 //! and initramfs, the test OS images, then every test with the QEMU suites
 //! enabled (`BYOI_E2E=1`), then the Debian package, which it installs,
 //! runs from its unit, upgrades and purges ([`crate::task_dist`], as
-//! root). `--slow` adds the real Debian image and the
+//! root). Between the two, the controller's suites that take a database
+//! run again on a PostgreSQL cluster of the run's own
+//! ([`crate::postgres`]). `--slow` adds the real Debian image and the
 //! suite that boots it (`BYOI_E2E_SLOW=1`).
 //!
 //! Tests leave nothing behind: a QEMU that the tests started and that still
@@ -51,7 +53,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let run_id =
         format!("{}-{}", std::process::id(), SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_nanos());
     test.env(RUN_VAR, &run_id);
-    let tests = crate::run(&mut test);
+    let tests = crate::run(&mut test).and_then(|()| on_postgres(&run_id));
     let left = marked(QEMU_COMM, RUN_VAR, &run_id)?;
     if left.is_empty() {
         tests?;
@@ -76,6 +78,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         Ok(()) => anyhow::bail!(msg),
         Err(e) => Err(e.context(msg)),
     }
+}
+
+/// The controller's suites that take a database, again on PostgreSQL.
+fn on_postgres(run_id: &str) -> anyhow::Result<()> {
+    let cluster = crate::postgres::Cluster::start()?;
+    let mut test = Command::new("cargo");
+    test.args(["test", "-p", "byoi-controller", "--test", "api"])
+        .env("BYOI_TEST_POSTGRES", &cluster.url)
+        .env(RUN_VAR, run_id);
+    crate::run(&mut test)
 }
 
 /// The Debian package, installed on this machine, run from its unit,
