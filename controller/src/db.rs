@@ -590,7 +590,7 @@ impl Db {
                 c.query_row("SELECT CAST(coalesce(sum(bytes_done), 0) AS BIGINT) FROM deployments", (), |r| r.get(0))?;
             let (servers, agents_online) = c.query_row(
                 "SELECT count(*), count(*) FILTER (WHERE last_seen >= ?1) FROM servers",
-                [now() - agent_timeout],
+                [c.now()? - agent_timeout],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let discovered = c.query_row("SELECT count(*) FROM discovered", (), |r| r.get(0))?;
@@ -795,7 +795,7 @@ impl Db {
         let server = server.to_owned();
         let boot_timeout = self.boot_timeout;
         self.write(move |tx| {
-            let t = now();
+            let t = tx.now()?;
             // On PostgreSQL, another controller may apply an event to the
             // same server at once: its row is locked until the commit, so
             // each transition reads the state the last one wrote. (SQLite
@@ -905,7 +905,7 @@ impl Db {
         self.write(|c| {
             c.execute(
                 "UPDATE deployments SET last_report = ?1 WHERE status = 'doing' AND last_report IS NOT NULL",
-                [now()],
+                [c.now()?],
             )
             .map(drop)
         })
@@ -918,7 +918,7 @@ impl Db {
     /// stage) for `stall_timeout`: the events the lifecycle must hear.
     pub async fn silent(&self, timeout: i64, boot_timeout: i64, stall_timeout: i64) -> Result<Vec<(String, Event)>> {
         self.read(move |c| {
-            let t = now();
+            let t = c.now()?;
             c.query_map(
                 "SELECT server, last_report IS NULL, last_report < ?1 FROM deployments WHERE status = 'doing' AND \
                  ((last_report IS NOT NULL AND last_report < ?1) OR (last_report IS NULL AND created_at < ?2) \
@@ -949,7 +949,7 @@ impl Db {
             c.query_row(
                 "SELECT 1 FROM deployments WHERE id = ?1 AND job_token = ?2 AND status = ?3 AND status != 'doing' \
                  AND finished_at >= ?4",
-                params![id, hash, status, now() - REPEAT_WINDOW],
+                params![id, hash, status, c.now()? - REPEAT_WINDOW],
                 |_| Ok(()),
             )
             .optional()

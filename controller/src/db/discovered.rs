@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use super::sql::{self, params, Conn, Optional};
 use byoi_wire::agent::Inventory;
 
-use super::{from_json, insert_server, json_err, new_secret, now, token_hash, Db, Result, ServerRow};
+use super::{from_json, insert_server, json_err, new_secret, token_hash, Db, Result, ServerRow};
 
 /// Most machines kept at once, by default (`--enlist-max-machines`).
 pub const MAX_DISCOVERED: u32 = 4096;
@@ -88,7 +88,7 @@ impl Db {
     pub async fn discover_boot(&self, mac: &str, addr: IpAddr, max: u32) -> Result<DiscoverBoot> {
         let (mac, addr, boot_timeout) = (mac.to_owned(), addr.to_string(), self.boot_timeout);
         self.change(move |tx| {
-            let t = now();
+            let t = tx.now()?;
             let reported: Option<bool> = tx
                 .query_row("SELECT inventory IS NOT NULL FROM discovered WHERE mac = ?1", [&mac], |r| r.get(0))
                 .optional()?;
@@ -130,7 +130,7 @@ impl Db {
     ) -> Result<Option<String>> {
         let (inventory, version) = (serde_json::to_string(inventory).map_err(json_err)?, version.to_owned());
         self.change(move |c| {
-            let t = now();
+            let t = c.now()?;
             c.query_row(
                 "UPDATE discovered SET inventory = ?2, agent_version = ?3, address = ?4, last_seen = ?5, \
                  token = NULL, token_expires = NULL WHERE token = ?1 AND token_expires > ?5 RETURNING mac",

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use super::sql::{params, Optional};
 
-use super::{new_secret, now, token_hash, Db, Result};
+use super::{new_secret, token_hash, Db, Result};
 
 /// Most sessions at once.
 pub const MAX_SESSIONS: i64 = 256;
@@ -40,7 +40,7 @@ impl Db {
         let fresh = NewSession { cookie: new_secret(), csrf: new_secret() };
         let (hash, csrf) = (token_hash(&fresh.cookie), fresh.csrf.clone());
         self.write(move |tx| {
-            let t = now();
+            let t = tx.now()?;
             tx.execute("DELETE FROM ui_sessions WHERE expires_at <= ?1", [t])?;
             tx.execute(
                 "DELETE FROM ui_sessions WHERE hash NOT IN \
@@ -64,7 +64,7 @@ impl Db {
         self.read(move |c| {
             c.query_row(
                 "SELECT csrf, credential_id FROM ui_sessions WHERE hash = ?1 AND expires_at > ?2",
-                params![hash, now()],
+                params![hash, c.now()?],
                 |r| Ok(SessionRow { csrf: r.get(0)?, credential: r.get(1)? }),
             )
             .optional()
