@@ -84,7 +84,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 fn on_postgres(run_id: &str) -> anyhow::Result<()> {
     let cluster = crate::postgres::Cluster::start()?;
     let mut test = Command::new("cargo");
-    test.args(["test", "-p", "byoi-controller", "--test", "api"])
+    test.args(["test", "-p", "byoi-controller", "--test", "api", "--test", "replicas"])
         .env("BYOI_TEST_POSTGRES", &cluster.url)
         .env(RUN_VAR, run_id);
     crate::run(&mut test)
