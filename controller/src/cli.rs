@@ -151,6 +151,10 @@ enum Command {
         /// TLS private key (PEM).
         #[arg(long, requires = "tls_cert", env = "BYOI_TLS_KEY")]
         tls_key: Option<PathBuf>,
+        /// Seconds a controller holds a power cycle it was asked for before another controller on the
+        /// same database may take it over (it died first); longer than a power cycle may take.
+        #[arg(long, value_name = "SECONDS", default_value_t = byoi_controller::db::POWER_LEASE.as_secs(), value_parser = clap::value_parser!(u64).range(1..), env = "BYOI_POWER_LEASE")]
+        power_lease: u64,
         /// Seconds without agent reports before a running deployment fails.
         #[arg(long, default_value_t = 120, env = "BYOI_AGENT_TIMEOUT")]
         agent_timeout: u64,
@@ -838,6 +842,7 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
             agent_timeout,
             boot_timeout,
             stall_timeout,
+            power_lease,
             boot_rate_per_mac,
             boot_rate_per_source,
             limits,
@@ -887,6 +892,7 @@ async fn run(cmd: Command, sources: &Sources) -> anyhow::Result<i32> {
                 agent_timeout: Duration::from_secs(agent_timeout),
                 boot_timeout: Duration::from_secs(boot_timeout),
                 stall_timeout: Duration::from_secs(stall_timeout),
+                power_lease: Duration::from_secs(power_lease),
                 boot_rate: byoi_controller::routes::netboot::BootRate {
                     per_mac: boot_rate_per_mac,
                     per_source: boot_rate_per_source,

@@ -101,6 +101,8 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("migrations/07-discovered.sql")),
         // The dashboard's sessions.
         M::up(include_str!("migrations/08-sessions.sql")),
+        // Power cycles as leased jobs (several controllers).
+        M::up(include_str!("migrations/09-power-jobs.sql")),
     ])
 });
 
@@ -254,6 +256,9 @@ pub struct Applied {
     pub latest: Option<DeploymentRow>,
     /// The agent token minted for [`Effect::MintToken`].
     pub token: Option<String>,
+    /// The power job of [`Effect::PowerCycle`], leased to this controller:
+    /// run it with [`Db::finish_power_job`] at the end.
+    pub power_job: Option<i64>,
 }
 
 /// What an event brings along for the database.
@@ -414,7 +419,18 @@ pub struct Db {
     /// Counts this process's changes to deployments and their logs, so
     /// that event streams wake at once rather than at their next look.
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// This controller among those sharing the database: the holder of
+    /// its leases (random, per process).
+    instance: String,
+    /// Seconds a power job's lease lasts ([`POWER_LEASE`] unless set).
+    power_lease: i64,
 }
+
+/// How long a controller holds a power job before another may take it
+/// over: longer than a power cycle may take (a one-time network boot and
+/// the cycle, each bounded by the drivers' 60 s timeout), so a live
+/// controller's job is never run twice.
+pub const POWER_LEASE: std::time::Duration = std::time::Duration::from_secs(150);
 
 /// Reader connections: reads run beside each other and beside the writer.
 const READERS: usize = 3;
@@ -458,7 +474,10 @@ impl std::fmt::Debug for Database {
 
 /// PostgreSQL's schema, one step per schema version (the same numbers as
 /// [`MIGRATIONS`]: PostgreSQL starts at SQLite's version 8).
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(8, include_str!("migrations/postgres/08-baseline.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (8, include_str!("migrations/postgres/08-baseline.sql")),
+    (9, include_str!("migrations/postgres/09-power-jobs.sql")),
+];
 
 /// Brings a PostgreSQL database's schema up to date, in one transaction
 /// that holds an advisory lock (two controllers starting together migrate
@@ -541,7 +560,55 @@ impl Db {
 
     fn with(sql: engine::Engine, boot_timeout: std::time::Duration) -> Db {
         let (changes, _) = tokio::sync::watch::channel(0);
-        Db { sql, boot_timeout: boot_timeout.as_secs() as i64, changes: std::sync::Arc::new(changes) }
+        Db {
+            sql,
+            boot_timeout: boot_timeout.as_secs() as i64,
+            changes: std::sync::Arc::new(changes),
+            instance: format!("{}-{}", std::process::id(), &new_secret()[..12]),
+            power_lease: POWER_LEASE.as_secs() as i64,
+        }
+    }
+
+    /// This database with power jobs leased for `lease` (tests, and
+    /// `serve --power-lease`).
+    pub fn with_power_lease(mut self, lease: std::time::Duration) -> Db {
+        self.power_lease = lease.as_secs().max(1) as i64;
+        self
+    }
+
+    /// Records how the power job `id` ended (`done`, `manual`, `failed`).
+    pub async fn finish_power_job(&self, id: i64, outcome: &str) -> Result<()> {
+        let outcome = outcome.to_owned();
+        self.write(move |c| {
+            let t = c.now()?;
+            c.execute("UPDATE power_jobs SET done_at = ?2, outcome = ?3 WHERE id = ?1", params![id, t, outcome])
+                .map(drop)
+        })
+        .await
+    }
+
+    /// Takes over the oldest power job whose holder's lease ran out (it
+    /// died before the job was done): leased to this controller now, its
+    /// id and server. On PostgreSQL, a job another controller is taking
+    /// at the same moment is skipped, not waited for.
+    pub async fn take_power_job(&self) -> Result<Option<(i64, String)>> {
+        let (holder, lease) = (self.instance.clone(), self.power_lease);
+        self.write(move |c| {
+            let t = c.now()?;
+            let lock = if c.is_postgres() { " FOR UPDATE SKIP LOCKED" } else { "" };
+            let sql = format!(
+                "SELECT id, server FROM power_jobs WHERE done_at IS NULL AND lease_until < ?1 ORDER BY id LIMIT 1{lock}"
+            );
+            let Some((id, server)) = c.query_row(&sql, [t], |r| Ok((r.get(0)?, r.get(1)?))).optional()? else {
+                return Ok(None);
+            };
+            c.execute(
+                "UPDATE power_jobs SET holder = ?2, lease_until = ?3 WHERE id = ?1",
+                params![id, holder, t + lease],
+            )?;
+            Ok(Some((id, server)))
+        })
+        .await
     }
 
     /// Runs `f`, a change to servers, deployments, their logs or
@@ -794,6 +861,7 @@ impl Db {
     async fn apply_event(&self, server: &str, event: Event, payload: Payload) -> Result<Option<Applied>> {
         let server = server.to_owned();
         let boot_timeout = self.boot_timeout;
+        let (holder, power_lease) = (self.instance.clone(), self.power_lease);
         self.write(move |tx| {
             let t = tx.now()?;
             // On PostgreSQL, another controller may apply an event to the
@@ -836,6 +904,7 @@ impl Db {
             };
             save(tx, &server, &before, &transition.state, request, t)?;
             let mut token = None;
+            let mut power_job = None;
             for effect in &transition.effects {
                 match *effect {
                     Effect::Reported => {
@@ -869,11 +938,18 @@ impl Db {
                             keep_logs(tx, id, lines, t)?;
                         }
                     }
-                    Effect::PowerCycle => {}
+                    Effect::PowerCycle => {
+                        power_job = Some(tx.query_row(
+                            "INSERT INTO power_jobs (server, requested_at, holder, lease_until) \
+                             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                            params![server, t, holder, t + power_lease],
+                            |r| r.get(0),
+                        )?);
+                    }
                 }
             }
             let latest = latest(tx, &server)?;
-            Ok(Some(Applied { transition, latest, token }))
+            Ok(Some(Applied { transition, latest, token, power_job }))
         })
         .await
     }

@@ -58,6 +58,9 @@ pub struct ServeOptions {
     pub boot_timeout: Duration,
     /// Time a running deployment may go without moving.
     pub stall_timeout: Duration,
+    /// How long a controller holds a power job before another may take it
+    /// over ([`crate::db::POWER_LEASE`]).
+    pub power_lease: Duration,
     /// How often `/boot/{mac}` may be fetched.
     pub boot_rate: BootRate,
     /// Connection timeouts and caps.
@@ -162,7 +165,8 @@ pub async fn serve_until(
         opts.database.clone().unwrap_or_else(|| Database::Sqlite(opts.data_dir.join(crate::db::backup::FILE_NAME)));
     let db = Db::open_database(&database, opts.boot_timeout)
         .await
-        .with_context(|| format!("opening the database {database}"))?;
+        .with_context(|| format!("opening the database {database}"))?
+        .with_power_lease(opts.power_lease);
     // Agents could not report while we were down: give them a full timeout.
     db.refresh_running().await?;
     let artifacts = opts.artifacts.clone().unwrap_or_else(|| opts.data_dir.join("artifacts"));
@@ -204,6 +208,16 @@ pub async fn serve_until(
     edge::check_open_files(limits.max_connections);
     let admission = Admission::new(&limits);
 
+    let power_jobs = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                app.take_over_power_jobs().await;
+            }
+        }
+    });
     let watchdog = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -229,6 +243,7 @@ pub async fn serve_until(
         };
         tokio::join!(stopper, main, netboot);
         watchdog.abort();
+        power_jobs.abort();
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
             tracing::warn!("requests still running after {}s; stopping anyway", DRAIN_TIMEOUT.as_secs());
         }

@@ -50,7 +50,7 @@ async fn a_0_1_0_data_directory_opens_intact() {
     drop(c);
 
     let db = Db::open(&path, Duration::from_secs(120)).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 8);
+    assert_eq!(db.schema_version().await.unwrap(), 9);
     let servers: Vec<_> = db.fleet().await.unwrap().into_iter().map(|(s, _)| s).collect();
     let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["srv-cancel", "srv-done", "srv-error", "srv-idle", "srv-running"]);

@@ -211,6 +211,7 @@ fn options(data: &Path, token: &str, artifacts: PathBuf) -> byoi_controller::ser
         agent_timeout: Duration::from_secs(120),
         boot_timeout: Duration::from_secs(900),
         stall_timeout: Duration::from_secs(900),
+        power_lease: byoi_controller::db::POWER_LEASE,
         boot_rate: byoi_controller::routes::netboot::BootRate { per_mac: 12, per_source: 120 },
         limits: byoi_controller::edge::Limits::default(),
         power: Default::default(),

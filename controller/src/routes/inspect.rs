@@ -59,7 +59,7 @@ async fn inspect(
         return Err(AppError::Conflict(format!("{msg} on {name}: inspect it once the deployment ends")));
     }
     tracing::info!(server = %name, "inspection requested");
-    let power_cycle = super::power::cycle_into_agent(&app, &name)
+    let power_cycle = super::power::cycle_into_agent(&app, &name, applied.power_job)
         .await
         .map_err(|e| AppError::BadGateway(format!("could not power-cycle {name}: {e}")))?;
     let message = match power_cycle {

@@ -193,7 +193,30 @@ impl App {
 pub type AppState = Arc<App>;
 
 impl App {
-    /// Fails running deployments whose agent went silent; run periodically.
+    /// Runs the power jobs whose controller died before running them
+    /// (their lease ran out), one at a time, each leased to this one.
+    pub async fn take_over_power_jobs(self: &Arc<Self>) {
+        loop {
+            let (id, server) = match self.db.take_power_job().await {
+                Ok(Some(job)) => job,
+                Ok(None) => return,
+                Err(e) => return tracing::error!(error = %e, "looking for power jobs"),
+            };
+            tracing::warn!(%server, job = id, "taking over a power cycle its controller did not finish");
+            if let Err(e) = power::cycle_into_agent(self, &server, Some(id)).await {
+                let message = format!("could not power-cycle {server}: {e}");
+                tracing::error!(%server, "{message}");
+                if let Err(e) =
+                    self.db.apply(&server, crate::lifecycle::Event::PowerFailed { message }, Payload::None).await
+                {
+                    tracing::error!(%server, error = %e, "recording the power failure");
+                }
+            }
+        }
+    }
+
+    /// Fails running deployments whose agent went silent, never booted or
+    /// stalled; run periodically.
     pub async fn expire_silent_agents(&self) {
         let secs = |d: Duration| d.as_secs() as i64;
         let (agent, boot, stall) = (self.cfg.agent_timeout, self.cfg.boot_timeout, self.cfg.stall_timeout);

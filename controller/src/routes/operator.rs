@@ -812,7 +812,7 @@ pub(super) async fn deploy(
     tracing::info!(server = %name, deployment = d.id, %url, "deployment requested");
     // Every deployment starts with a fresh boot: the agent's token is
     // minted for it, and only for it.
-    let power = match super::power::cycle_into_agent(app, name).await {
+    let power = match super::power::cycle_into_agent(app, name, applied.power_job).await {
         Ok(p) => p,
         Err(e) => {
             let message = format!("could not power-cycle {name}: {e}");
@@ -846,7 +846,7 @@ async fn byoi_delete(
         _ => applied.latest.ok_or_else(|| no_server(&name))?,
     };
     tracing::info!(server = %name, deployment = d.id, "deployment erased");
-    let (power_cycle, power_error) = match super::power::cycle_into_agent(&app, &name).await {
+    let (power_cycle, power_error) = match super::power::cycle_into_agent(&app, &name, applied.power_job).await {
         Ok(p) => (p, None),
         Err(e) => (PowerCycle::Failed, Some(e)),
     };

@@ -145,8 +145,25 @@ async fn act(
 /// Power-cycles `name` into the agent, for a deployment or an erase: a
 /// one-time network boot first where the driver can set one (a failure
 /// there is logged and counted, and the cycle goes on: the boot order may
-/// well start with the network already), then the cycle.
-pub(super) async fn cycle_into_agent(app: &AppState, name: &str) -> Result<PowerCycle, String> {
+/// well start with the network already), then the cycle. `job`, the power
+/// job this controller leased for it, is then recorded as done (a job is
+/// never left for another controller to run again).
+pub(crate) async fn cycle_into_agent(app: &AppState, name: &str, job: Option<i64>) -> Result<PowerCycle, String> {
+    let cycled = cycle(app, name).await;
+    if let Some(id) = job {
+        let outcome = match &cycled {
+            Ok(PowerCycle::Manual) => "manual",
+            Ok(_) => "done",
+            Err(_) => "failed",
+        };
+        if let Err(e) = app.db.finish_power_job(id, outcome).await {
+            tracing::error!(server = name, job = id, error = %e, "recording the power job");
+        }
+    }
+    cycled
+}
+
+async fn cycle(app: &AppState, name: &str) -> Result<PowerCycle, String> {
     let s = app.db.server(name).await.map_err(|e| e.to_string())?.ok_or("the server is gone")?;
     let firmware = s.inventory.as_ref().map(|i| i.firmware);
     match s.power.netboot_once(name, firmware, &app.cfg.power).await {
