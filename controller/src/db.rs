@@ -576,6 +576,26 @@ impl Db {
         self
     }
 
+    /// Whether this controller holds the lease `name` for the next
+    /// `seconds`: taken when free or expired, renewed when already its own.
+    /// Exactly one controller on the database holds it at a time.
+    pub async fn lease(&self, name: &str, seconds: i64) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), self.instance.clone());
+        self.write(move |c| {
+            let t = c.now()?;
+            c.query_row(
+                "INSERT INTO leases (name, holder, until) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+                 WHERE leases.holder = excluded.holder OR leases.until < ?4 RETURNING holder",
+                params![name, holder, t + seconds, t],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|held| held.is_some())
+        })
+        .await
+    }
+
     /// Records how the power job `id` ended (`done`, `manual`, `failed`).
     pub async fn finish_power_job(&self, id: i64, outcome: &str) -> Result<()> {
         let outcome = outcome.to_owned();

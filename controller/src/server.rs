@@ -222,7 +222,14 @@ pub async fn serve_until(
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            app.expire_silent_agents().await;
+            // One controller on a shared database fails the silent
+            // deployments; another takes over within WATCHDOG_LEASE of its
+            // death.
+            match app.db.lease("watchdog", WATCHDOG_LEASE).await {
+                Ok(true) => app.expire_silent_agents().await,
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "taking the watchdog's lease"),
+            }
             app.cfg.boot_limiter.forget_idle();
         }
     });
@@ -254,6 +261,9 @@ pub async fn serve_until(
     };
     Ok((Bound { addr, netboot: netboot_addr }, fut))
 }
+
+/// Seconds the watchdog's lease lasts: three of its 5-second ticks.
+const WATCHDOG_LEASE: i64 = 15;
 
 /// What the listeners share: the caps and timeouts, the connections
 /// admitted so far, and the graceful shutdown.

@@ -1219,11 +1219,7 @@ async fn app_configured(dir: &Path, agent: Duration, boot: Duration, tune: impl 
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("vmlinuz"), b"KERNEL-0123456789").unwrap();
     std::fs::write(artifacts.join("initramfs.img"), b"INITRAMFS").unwrap();
-    // The same suite runs on PostgreSQL when the run has a cluster.
-    let database = match byoi_testbed::postgres_database(dir) {
-        Some(url) => Database::Postgres(url),
-        None => Database::Sqlite(dir.join("byoi.sqlite")),
-    };
+    let database = test_database(dir);
     let db = Db::open_database(&database, boot).await.unwrap();
     let mut cfg = Config {
         api_token: TOKEN.into(),
@@ -1243,6 +1239,24 @@ async fn app_configured(dir: &Path, agent: Duration, boot: Duration, tune: impl 
     tune(&mut cfg);
     let state = Arc::new(routes::App::new(db, cfg));
     App { router: routes::router(state.clone()), state }
+}
+
+/// Two controllers on one database: one holds a lease at a time, renews
+/// it while alive, and the other takes it once it ran out.
+#[tokio::test]
+async fn one_controller_holds_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = test_database(dir.path());
+    let boot = Duration::from_secs(900);
+    let (a, b) = (Db::open_database(&database, boot).await.unwrap(), Db::open_database(&database, boot).await.unwrap());
+    assert!(a.lease("watchdog", 60).await.unwrap());
+    assert!(!b.lease("watchdog", 60).await.unwrap(), "two holders");
+    assert!(a.lease("watchdog", 60).await.unwrap(), "the holder could not renew");
+    assert!(b.lease("cleanup", 60).await.unwrap(), "leases are by name");
+    // A lease that ran out (A died): B takes it, and A no longer holds it.
+    assert!(a.lease("expired", -1).await.unwrap());
+    assert!(b.lease("expired", 60).await.unwrap());
+    assert!(!a.lease("expired", 60).await.unwrap());
 }
 
 /// Replicas sharing one database: the agent is told each one's URL, in
@@ -1268,6 +1282,15 @@ async fn the_agent_is_told_every_replica() {
     );
     // iPXE still fetches its kernel from the listener it asked.
     assert!(script.contains("kernel http://10.0.2.2:8080/artifacts/vmlinuz "), "{script}");
+}
+
+/// The database of the test whose files are in `dir`: on PostgreSQL when
+/// the run has a cluster (the same suite runs on both), else SQLite.
+fn test_database(dir: &Path) -> Database {
+    match byoi_testbed::postgres_database(dir) {
+        Some(url) => Database::Postgres(url),
+        None => Database::Sqlite(dir.join("byoi.sqlite")),
+    }
 }
 
 /// `/metrics` as the metrics token reads it.

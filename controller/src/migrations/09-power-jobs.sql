@@ -11,3 +11,10 @@ CREATE TABLE power_jobs (
     outcome TEXT
 );
 CREATE INDEX power_jobs_pending ON power_jobs(lease_until) WHERE done_at IS NULL;
+-- Work one controller does for all, such as failing the deployments whose
+-- agents fell silent: whoever holds its lease, renewed as it works.
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until INTEGER NOT NULL
+);

@@ -9,3 +9,8 @@ CREATE TABLE power_jobs (
     outcome TEXT
 );
 CREATE INDEX power_jobs_pending ON power_jobs(lease_until) WHERE done_at IS NULL;
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until BIGINT NOT NULL
+);
