@@ -435,6 +435,9 @@ pub const POWER_LEASE: std::time::Duration = std::time::Duration::from_secs(150)
 /// Reader connections: reads run beside each other and beside the writer.
 const READERS: usize = 3;
 
+/// Writer connections on PostgreSQL (SQLite has one writer).
+const POSTGRES_WRITERS: usize = 4;
+
 /// Where the controller keeps its state.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Database {
@@ -543,7 +546,7 @@ impl Db {
         let sql = tokio::task::spawn_blocking(move || {
             let mut pg = Pg::connect(&url)?;
             migrate_postgres(&mut pg)?;
-            engine::Engine::postgres(pg, &url, READERS)
+            engine::Engine::postgres(pg, &url, POSTGRES_WRITERS, READERS)
         })
         .await
         .map_err(|_| DbError::Panicked)??;

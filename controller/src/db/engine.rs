@@ -119,27 +119,37 @@ impl Engine {
             c.execute_batch("PRAGMA query_only = ON;")?;
             conns.push(Backend::Sqlite(c));
         }
-        Engine::start(Backend::Sqlite(conn), conns)
+        Engine::start(vec![Backend::Sqlite(conn)], conns)
     }
 
-    /// Starts the writer on PostgreSQL's `pg` (connected, migrated) and
-    /// `readers` more connections to `url`, read-only.
-    pub fn postgres(pg: Pg, url: &str, readers: usize) -> Result<Engine> {
+    /// Starts `writers` writers on PostgreSQL, the first on `pg`
+    /// (connected, migrated), and `readers` more connections to `url`,
+    /// read-only. Several writers commit side by side: each statement is a
+    /// round trip to the server, and the rows a change reads first are
+    /// locked (`FOR UPDATE`), so their batches do not step on each other.
+    pub fn postgres(pg: Pg, url: &str, writers: usize, readers: usize) -> Result<Engine> {
+        let mut ws = vec![Backend::Postgres { pg: Some(Box::new(pg)), url: url.to_owned() }];
+        for _ in 1..writers.max(1) {
+            ws.push(Backend::Postgres { pg: Some(Box::new(Pg::connect(url)?)), url: url.to_owned() });
+        }
         let mut conns = Vec::new();
         for _ in 0..readers.max(1) {
             let mut c = Pg::connect(url)?;
             Conn::postgres(&mut c).execute_batch("SET default_transaction_read_only = on")?;
             conns.push(Backend::Postgres { pg: Some(Box::new(c)), url: url.to_owned() });
         }
-        Engine::start(Backend::Postgres { pg: Some(Box::new(pg)), url: url.to_owned() }, conns)
+        Engine::start(ws, conns)
     }
 
-    fn start(writer: Backend, readers: Vec<Backend>) -> Result<Engine> {
+    fn start(writers: Vec<Backend>, readers: Vec<Backend>) -> Result<Engine> {
         let (writer_tx, jobs) = crossbeam_channel::unbounded();
-        std::thread::Builder::new()
-            .name("byoi-db-writer".into())
-            .spawn(move || write_loop(writer, &jobs))
-            .map_err(|_| DbError::Closed)?;
+        for (i, writer) in writers.into_iter().enumerate() {
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("byoi-db-writer-{i}"))
+                .spawn(move || write_loop(writer, &jobs))
+                .map_err(|_| DbError::Closed)?;
+        }
         let (read_tx, reads) = crossbeam_channel::unbounded::<Read>();
         for (i, mut backend) in readers.into_iter().enumerate() {
             let reads = reads.clone();

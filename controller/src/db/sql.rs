@@ -278,6 +278,9 @@ impl Row {
 /// A connection, or the transaction a change runs in.
 pub struct Conn<'a> {
     inner: RefCell<Inner<'a>>,
+    /// PostgreSQL's time, asked once per connection handle (a batch, a
+    /// read).
+    now: std::cell::Cell<Option<i64>>,
 }
 
 enum Inner<'a> {
@@ -353,12 +356,12 @@ fn dollars(sql: &str) -> String {
 impl<'a> Conn<'a> {
     /// Statements on SQLite's connection `c`.
     pub fn sqlite(c: &'a rusqlite::Connection) -> Conn<'a> {
-        Conn { inner: RefCell::new(Inner::Sqlite(c)) }
+        Conn { inner: RefCell::new(Inner::Sqlite(c)), now: std::cell::Cell::new(None) }
     }
 
     /// Statements on the PostgreSQL connection `c`.
     pub fn postgres(c: &'a mut Pg) -> Conn<'a> {
-        Conn { inner: RefCell::new(Inner::Postgres(c)) }
+        Conn { inner: RefCell::new(Inner::Postgres(c)), now: std::cell::Cell::new(None) }
     }
 
     /// Whether this is PostgreSQL (for the few statements that differ).
@@ -368,13 +371,18 @@ impl<'a> Conn<'a> {
 
     /// The time, in Unix seconds: the database server's on PostgreSQL
     /// (controllers on several machines agree on deadlines whatever their
-    /// clocks), this machine's on SQLite (one controller).
+    /// clocks; a batch's changes share its start), this machine's on
+    /// SQLite (one controller).
     pub fn now(&self) -> Result<i64> {
-        if self.is_postgres() {
-            self.query_row("SELECT CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT)", (), |r| r.get(0))
-        } else {
-            Ok(super::now())
+        if !self.is_postgres() {
+            return Ok(super::now());
         }
+        if let Some(t) = self.now.get() {
+            return Ok(t);
+        }
+        let t = self.query_row("SELECT CAST(floor(extract(epoch FROM now())) AS BIGINT)", (), |r| r.get(0))?;
+        self.now.set(Some(t));
+        Ok(t)
     }
 
     /// Runs a statement; the number of rows it changed.
