@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use crate::root;
 
 /// Options of `cargo xtask loadtest`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// Simulated agents, each deploying its own server
     #[arg(long, default_value_t = 1000, value_parser = crate::at_least_one::<usize>)]
@@ -44,7 +44,8 @@ pub struct Options {
     /// Operator status reads per second (GET …/bringYourOwnImage)
     #[arg(long, default_value_t = 20)]
     status_rate: u32,
-    /// The controller's database (`--database` of `byoi serve`); the embedded SQLite when not given
+    /// The controller's database (`--database` of `byoi serve`); `postgres`: a PostgreSQL cluster
+    /// started for the run; the embedded SQLite when not given
     #[arg(long)]
     database: Option<String>,
     /// The p99 goal of agent calls, in milliseconds (reported as met or missed)
@@ -461,6 +462,15 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
     let dir = root().join("target/loadtest");
     std::fs::create_dir_all(&dir)?;
     raise_open_files(opts.agents as u64 * 2 + 1024)?;
+    // Declared first, so dropped last: the controller stops before it.
+    let cluster = match opts.database.as_deref() {
+        Some("postgres") => Some(crate::postgres::Cluster::start()?),
+        _ => None,
+    };
+    let opts = &Options {
+        database: cluster.as_ref().map(|c| format!("{}/postgres", c.url)).or_else(|| opts.database.clone()),
+        ..opts.clone()
+    };
     let controller = Controller::start(opts, &dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let results = rt.block_on(drive(opts, &controller))?;
