@@ -31,6 +31,7 @@ pub fn postgres_database(dir: &Path) -> Option<String> {
         .expect("psql (cargo xtask setup installs postgresql)");
     assert!(out.status.success(), "CREATE DATABASE {name}: {}", String::from_utf8_lossy(&out.stderr));
     let url = format!("{base}/{name}");
+    std::fs::create_dir_all(dir).expect("the test's directory");
     std::fs::write(&kept, &url).expect("the test's directory");
     Some(url)
 }

@@ -201,7 +201,9 @@ fn options(data: &Path, token: &str, artifacts: PathBuf) -> byoi_controller::ser
         listen: "127.0.0.1:0".parse().expect("address"),
         netboot_listen: None,
         data_dir: data.to_owned(),
-        database: None,
+        // On PostgreSQL when the run has a cluster (`cargo xtask test`'s
+        // second pass), else SQLite in `data`.
+        database: byoi_testbed::postgres_database(data).map(byoi_controller::db::Database::Postgres),
         api_token: Some(token.into()),
         artifacts: Some(artifacts),
         public_url: None,

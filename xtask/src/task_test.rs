@@ -80,11 +80,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
 }
 
-/// The controller's suites that take a database, again on PostgreSQL.
+/// The controller's suites that take a database, and the agent's against
+/// an in-process controller, again on PostgreSQL.
 fn on_postgres(run_id: &str) -> anyhow::Result<()> {
     let cluster = crate::postgres::Cluster::start()?;
     let mut test = Command::new("cargo");
     test.args(["test", "-p", "byoi-controller", "--test", "api", "--test", "replicas"])
+        .args(["-p", "byoi-agent", "--test", "netboot", "--test", "netboot_logs", "--test", "netboot_failover"])
         .env("BYOI_TEST_POSTGRES", &cluster.url)
         .env(RUN_VAR, run_id);
     crate::run(&mut test)
