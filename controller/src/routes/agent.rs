@@ -66,13 +66,21 @@ fn refused() -> AgentError {
     AgentError(AppError::Unauthorized("Missing, wrong or stale agent token"))
 }
 
+/// The agent whose live token the request bears, or else the caller
+/// (a token the database does not hold, or no longer does).
+async fn agent_or_caller(parts: &mut Parts, app: &AppState) -> Result<Result<Agent, Caller>, AgentError> {
+    let caller = caller(parts, app).await?;
+    Ok(match app.db.token_owner(caller.token.clone()).await? {
+        Some((server, mode)) => Ok(Agent { server, mode, caller }),
+        None => Err(caller),
+    })
+}
+
 impl FromRequestParts<AppState> for Agent {
     type Rejection = AgentError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AgentError> {
-        let caller = caller(parts, app).await?;
-        let (server, mode) = app.db.token_owner(caller.token.clone()).await?.ok_or_else(refused)?;
-        Ok(Agent { server, mode, caller })
+        agent_or_caller(parts, app).await?.map_err(|_| refused())
     }
 }
 
@@ -90,11 +98,7 @@ impl FromRequestParts<AppState> for Reporter {
     type Rejection = AgentError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AgentError> {
-        let caller = caller(parts, app).await?;
-        match app.db.token_owner(caller.token.clone()).await? {
-            Some((server, mode)) => Ok(Reporter::Agent(Agent { server, mode, caller })),
-            None => Ok(Reporter::Retired(caller)),
-        }
+        Ok(agent_or_caller(parts, app).await?.map_or_else(Reporter::Retired, Reporter::Agent))
     }
 }
 
@@ -112,11 +116,10 @@ impl FromRequestParts<AppState> for Greeter {
     type Rejection = AgentError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AgentError> {
-        let caller = caller(parts, app).await?;
-        match app.db.token_owner(caller.token.clone()).await? {
-            Some((server, mode)) => Ok(Greeter::Server(Agent { server, mode, caller })),
-            None if app.cfg.enlist.is_some() => Ok(Greeter::Machine(caller)),
-            None => Err(refused()),
+        match agent_or_caller(parts, app).await? {
+            Ok(agent) => Ok(Greeter::Server(agent)),
+            Err(caller) if app.cfg.enlist.is_some() => Ok(Greeter::Machine(caller)),
+            Err(_) => Err(refused()),
         }
     }
 }
