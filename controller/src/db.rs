@@ -73,7 +73,12 @@ impl DbError {
     /// Whether trying again later may succeed: the database is unreachable
     /// or restarting, or another controller's change won a race.
     pub fn is_transient(&self) -> bool {
-        matches!(self, DbError::Closed | DbError::Commit(_) | DbError::Conflict(_))
+        match self {
+            DbError::Closed | DbError::Commit(_) | DbError::Conflict(_) => true,
+            // The next statement makes the connection again.
+            DbError::Sql(e) => e.connection_lost(),
+            _ => false,
+        }
     }
 }
 

@@ -1259,6 +1259,49 @@ async fn one_controller_holds_a_lease() {
     assert!(!a.lease("expired", 60).await.unwrap());
 }
 
+/// PostgreSQL restarts or fails over: connections break. A change in
+/// flight fails as transient (503, try again), and the next reconnects.
+#[tokio::test]
+async fn a_broken_postgres_connection_is_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let Database::Postgres(url) = test_database(dir.path()) else {
+        return eprintln!("skipped: no PostgreSQL cluster (cargo xtask test's second pass has one)");
+    };
+    let db = Db::open_database(&Database::Postgres(url.clone()), Duration::from_secs(900)).await.unwrap();
+    assert!(db.lease("before", 60).await.unwrap());
+    let killed = tokio::task::spawn_blocking(move || {
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(killed >= 1, "no connection of the controller's was killed");
+    // Each writer and each reader may meet its broken connection once.
+    let mut failures = 0;
+    let mut failed = |e: byoi_controller::db::DbError| {
+        assert!(e.is_transient(), "{e}");
+        failures += 1;
+        assert!(failures <= 7, "the connections are not made again: {e}");
+    };
+    for _ in 0..8 {
+        match db.lease("after", 60).await {
+            Ok(held) => assert!(held),
+            Err(e) => failed(e),
+        }
+        match db.schema_version().await {
+            Ok(v) => assert_eq!(v, 9),
+            Err(e) => failed(e),
+        }
+    }
+    assert!(db.lease("after", 60).await.unwrap() && db.schema_version().await.unwrap() == 9);
+}
+
 /// Replicas sharing one database: the agent is told each one's URL, in
 /// order, whichever replica served the script.
 #[tokio::test]

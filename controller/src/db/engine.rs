@@ -42,12 +42,18 @@ struct Job {
     reply: Reply,
 }
 
-type Read = Box<dyn FnOnce(&Conn<'_>) + Send>;
+/// A read; `true` when it found the connection broken.
+type Read = Box<dyn FnOnce(&Conn<'_>) -> bool + Send>;
 
 /// One thread's connection.
 enum Backend {
     Sqlite(Connection),
-    Postgres { pg: Option<Box<Pg>>, url: String },
+    /// A reader's connection is read-only, again after a reconnection.
+    Postgres {
+        pg: Option<Box<Pg>>,
+        url: String,
+        read_only: bool,
+    },
 }
 
 impl Backend {
@@ -56,14 +62,25 @@ impl Backend {
     fn with<T>(&mut self, f: impl FnOnce(&Conn<'_>) -> sql::Result<T>) -> sql::Result<T> {
         match self {
             Backend::Sqlite(c) => f(&Conn::sqlite(c)),
-            Backend::Postgres { pg, url } => {
+            Backend::Postgres { pg, url, read_only } => {
                 if pg.as_ref().is_none_or(|p| p.is_closed()) {
                     *pg = None;
-                    *pg = Some(Box::new(Pg::connect(url)?));
+                    *pg = Some(Box::new(connect(url, *read_only)?));
                 }
-                let pg = pg.as_mut().expect("connected above");
-                f(&Conn::postgres(pg))
+                let out = f(&Conn::postgres(pg.as_mut().expect("connected above")));
+                if out.as_ref().is_err_and(SqlError::connection_lost) {
+                    self.disconnect();
+                }
+                out
             }
+        }
+    }
+
+    /// Drops a PostgreSQL connection found broken: the next use makes
+    /// another.
+    fn disconnect(&mut self) {
+        if let Backend::Postgres { pg, .. } = self {
+            *pg = None;
         }
     }
 
@@ -102,6 +119,16 @@ pub fn open_sqlite(path: &Path) -> Result<Connection> {
     Ok(c)
 }
 
+/// A PostgreSQL connection; a reader's refuses changes (one sent to a
+/// reader by mistake fails loudly).
+fn connect(url: &str, read_only: bool) -> sql::Result<Pg> {
+    let mut pg = Pg::connect(url)?;
+    if read_only {
+        Conn::postgres(&mut pg).execute_batch("SET default_transaction_read_only = on")?;
+    }
+    Ok(pg)
+}
+
 impl Engine {
     /// Starts the writer on SQLite's `conn` (opened, migrated) and
     /// `readers` reader connections to the same file.
@@ -128,15 +155,14 @@ impl Engine {
     /// round trip to the server, and the rows a change reads first are
     /// locked (`FOR UPDATE`), so their batches do not step on each other.
     pub fn postgres(pg: Pg, url: &str, writers: usize, readers: usize) -> Result<Engine> {
-        let mut ws = vec![Backend::Postgres { pg: Some(Box::new(pg)), url: url.to_owned() }];
+        let backend = |pg, read_only| Backend::Postgres { pg: Some(Box::new(pg)), url: url.to_owned(), read_only };
+        let mut ws = vec![backend(pg, false)];
         for _ in 1..writers.max(1) {
-            ws.push(Backend::Postgres { pg: Some(Box::new(Pg::connect(url)?)), url: url.to_owned() });
+            ws.push(backend(connect(url, false)?, false));
         }
         let mut conns = Vec::new();
         for _ in 0..readers.max(1) {
-            let mut c = Pg::connect(url)?;
-            Conn::postgres(&mut c).execute_batch("SET default_transaction_read_only = on")?;
-            conns.push(Backend::Postgres { pg: Some(Box::new(c)), url: url.to_owned() });
+            conns.push(backend(connect(url, true)?, true));
         }
         Engine::start(ws, conns)
     }
@@ -159,9 +185,12 @@ impl Engine {
                     while let Ok(read) = reads.recv() {
                         let mut read = Some(read);
                         let connected = backend.with(|c| {
-                            (read.take().expect("once"))(c);
-                            Ok(())
+                            let lost = (read.take().expect("once"))(c);
+                            Ok(lost)
                         });
+                        if let Ok(true) = connected {
+                            backend.disconnect();
+                        }
                         // No connection: the read's reply is dropped with
                         // it, and its caller sees the database closed.
                         if let Err(e) = connected {
@@ -182,7 +211,9 @@ impl Engine {
         let (tx, rx) = oneshot::channel();
         let read: Read = Box::new(move |c| {
             let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(c)));
+            let lost = matches!(&out, Ok(Err(e)) if e.connection_lost());
             let _ = tx.send(out.map_err(|_| DbError::Panicked).and_then(|r| r.map_err(DbError::from)));
+            lost
         });
         self.readers.send(read).map_err(|_| DbError::Closed)?;
         rx.await.map_err(|_| DbError::Closed)?
@@ -266,8 +297,8 @@ fn commit(backend: &mut Backend, batch: Vec<(Change, Reply)>) {
     let begin = backend.begin();
     let mut pending = Some(batch);
     let result = backend.with(|c| {
-        let batch = pending.take().expect("once");
         c.execute_batch(begin)?;
+        let batch = pending.take().expect("once");
         let mut done = Vec::with_capacity(batch.len());
         for (f, reply) in batch {
             done.push((reply, run_change(c, f)));

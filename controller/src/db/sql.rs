@@ -56,6 +56,19 @@ pub enum SqlError {
 /// What statements return.
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;
 
+impl SqlError {
+    /// Whether the connection to PostgreSQL broke (a restart, a failover,
+    /// an administrator's kill): it must be made again.
+    pub fn connection_lost(&self) -> bool {
+        match self {
+            SqlError::Postgres(e) => {
+                e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// `Ok(None)` for [`SqlError::NoRows`].
 pub trait Optional<T> {
     /// The row, if there was one.
