@@ -469,7 +469,23 @@ impl std::fmt::Display for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Database::Sqlite(path) => write!(f, "{}", path.display()),
-            Database::Postgres(url) => f.write_str(&crate::model::redact_url(url)),
+            // Rebuilt from its parts: a password may hold any character.
+            Database::Postgres(url) => match url.parse::<postgres::Config>() {
+                Ok(c) => {
+                    let hosts: Vec<String> = c
+                        .get_hosts()
+                        .iter()
+                        .zip(c.get_ports().iter().chain(std::iter::repeat(&5432)))
+                        .map(|(h, port)| match h {
+                            postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                            postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+                        })
+                        .collect();
+                    let user = c.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+                    write!(f, "postgres://{user}{}/{}", hosts.join(","), c.get_dbname().unwrap_or(""))
+                }
+                Err(_) => f.write_str("postgres://… (not a valid PostgreSQL URL)"),
+            },
         }
     }
 }
@@ -1224,4 +1240,21 @@ fn mint_token(tx: &Conn<'_>, server: &str, mode: BootTarget, t: i64) -> sql::Res
         params![token_hash(&token), server, mode, t],
     )?;
     Ok(token)
+}
+
+#[cfg(test)]
+mod database_tests {
+    use super::Database;
+
+    #[test]
+    fn a_database_is_shown_without_its_password() {
+        let shown = Database::parse("postgres://byoi:s3cr%2Ft%40x@db.lab:5433/byoi?sslmode=disable").to_string();
+        assert_eq!(shown, "postgres://byoi@db.lab:5433/byoi");
+        // An unescaped `/` in the password: whatever PostgreSQL makes of
+        // it, the password is not shown.
+        let shown = Database::parse("postgres://byoi:xyzzy/plugh@db.lab/byoi").to_string();
+        assert!(!shown.contains("xyzzy") && !shown.contains("plugh"), "{shown}");
+        assert_eq!(Database::parse("postgresql://db.lab/byoi").to_string(), "postgres://db.lab:5432/byoi");
+        assert_eq!(Database::parse("/var/lib/byoi/byoi.sqlite").to_string(), "/var/lib/byoi/byoi.sqlite");
+    }
 }
