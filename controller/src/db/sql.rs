@@ -327,7 +327,20 @@ impl Pg {
     /// Connects to `url` (`postgres://user:password@host:port/database`,
     /// or key=value settings).
     pub fn connect(url: &str) -> Result<Pg> {
-        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        let mut config: postgres::Config = url.parse()?;
+        // A server that vanished without closing its sockets (a failover,
+        // a cut cable) is noticed within a minute rather than never: the
+        // connection then counts as lost and is made again.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(15))
+            .keepalives_interval(std::time::Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(std::time::Duration::from_secs(60));
+        let client = config.connect(postgres::NoTls)?;
         Ok(Pg { client, prepared: HashMap::new() })
     }
 
