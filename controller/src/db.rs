@@ -906,7 +906,8 @@ impl Db {
         let server = server.to_owned();
         let boot_timeout = self.boot_timeout;
         let (holder, power_lease) = (self.instance.clone(), self.power_lease);
-        self.write(move |tx| {
+        let key = server.clone();
+        self.sql.write_for(&key, move |tx| {
             let t = tx.now()?;
             // On PostgreSQL, another controller may apply an event to the
             // same server at once: its row is locked until the commit, so

@@ -27,7 +27,8 @@ const MAX_BATCH: usize = 256;
 type Out = Box<dyn Any + Send>;
 type Reply = oneshot::Sender<Result<Out>>;
 type Change = Box<dyn FnOnce(&Conn<'_>) -> sql::Result<Out> + Send>;
-type Raw = Box<dyn FnOnce(&mut Connection) -> rusqlite::Result<Out> + Send>;
+/// Work on SQLite's connection; given `None` on PostgreSQL.
+type Raw = Box<dyn FnOnce(Option<&mut Connection>) -> rusqlite::Result<Out> + Send>;
 
 /// What the writer does: a change (in a savepoint of the batch's
 /// transaction), or work on SQLite's connection outside any transaction
@@ -98,7 +99,8 @@ impl Backend {
 /// dropped (each finishes what is queued first).
 #[derive(Debug, Clone)]
 pub struct Engine {
-    writer: Sender<Job>,
+    /// One queue per writer: a server's changes always go to the same one.
+    writers: Vec<Sender<Job>>,
     readers: Sender<Read>,
 }
 
@@ -151,9 +153,10 @@ impl Engine {
 
     /// Starts `writers` writers on PostgreSQL, the first on `pg`
     /// (connected, migrated), and `readers` more connections to `url`,
-    /// read-only. Several writers commit side by side: each statement is a
-    /// round trip to the server, and the rows a change reads first are
-    /// locked (`FOR UPDATE`), so their batches do not step on each other.
+    /// read-only. Several writers commit side by side (each statement is a
+    /// round trip to the server); a server's changes all go to one of them
+    /// ([`Engine::write_for`]), so their batches do not wait on each other
+    /// for its rows.
     pub fn postgres(pg: Pg, url: &str, writers: usize, readers: usize) -> Result<Engine> {
         let backend = |pg, read_only| Backend::Postgres { pg: Some(Box::new(pg)), url: url.to_owned(), read_only };
         let mut ws = vec![backend(pg, false)];
@@ -168,9 +171,10 @@ impl Engine {
     }
 
     fn start(writers: Vec<Backend>, readers: Vec<Backend>) -> Result<Engine> {
-        let (writer_tx, jobs) = crossbeam_channel::unbounded();
+        let mut queues = Vec::new();
         for (i, writer) in writers.into_iter().enumerate() {
-            let jobs = jobs.clone();
+            let (queue, jobs) = crossbeam_channel::unbounded();
+            queues.push(queue);
             std::thread::Builder::new()
                 .name(format!("byoi-db-writer-{i}"))
                 .spawn(move || write_loop(writer, &jobs))
@@ -200,7 +204,7 @@ impl Engine {
                 })
                 .map_err(|_| DbError::Closed)?;
         }
-        Ok(Engine { writer: writer_tx, readers: read_tx })
+        Ok(Engine { writers: queues, readers: read_tx })
     }
 
     /// Runs `f` on a reader connection (what is committed).
@@ -226,7 +230,20 @@ impl Engine {
         &self,
         f: impl FnOnce(&Conn<'_>) -> sql::Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.send(Work::Change(Box::new(move |c| f(c).map(|t| Box::new(t) as Out)))).await
+        self.send(0, Work::Change(Box::new(move |c| f(c).map(|t| Box::new(t) as Out)))).await
+    }
+
+    /// [`Engine::write`] for a change to the server `key`: always on the
+    /// same writer, so that two writers' batches never wait for each
+    /// other's locks on one server's rows (and never deadlock on them).
+    pub async fn write_for<T: Send + 'static>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&Conn<'_>) -> sql::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let writer = BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % self.writers.len();
+        self.send(writer, Work::Change(Box::new(move |c| f(c).map(|t| Box::new(t) as Out)))).await
     }
 
     /// Runs `f` on the writer's SQLite connection outside any transaction;
@@ -235,12 +252,19 @@ impl Engine {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<Option<T>> {
-        self.send(Work::Raw(Box::new(move |c| f(c).map(|t| Box::new(Some(t)) as Out)))).await
+        self.send(
+            0,
+            Work::Raw(Box::new(move |c| match c {
+                Some(c) => f(c).map(|t| Box::new(Some(t)) as Out),
+                None => Ok(Box::new(None::<T>) as Out),
+            })),
+        )
+        .await
     }
 
-    async fn send<T: 'static>(&self, work: Work) -> Result<T> {
+    async fn send<T: 'static>(&self, writer: usize, work: Work) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(Job { work, reply }).map_err(|_| DbError::Closed)?;
+        self.writers[writer].send(Job { work, reply }).map_err(|_| DbError::Closed)?;
         let out = rx.await.map_err(|_| DbError::Closed)??;
         match out.downcast::<T>() {
             Ok(t) => Ok(*t),
@@ -257,13 +281,13 @@ fn write_loop(mut backend: Backend, jobs: &Receiver<Job>) {
         let Some(job) = next.take().or_else(|| jobs.recv().ok()) else { return };
         let f = match job.work {
             Work::Raw(f) => {
-                let out: Result<Out> = match &mut backend {
-                    Backend::Sqlite(c) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(c))) {
-                        Err(_) => Err(DbError::Panicked),
-                        Ok(r) => r.map_err(DbError::from),
-                    },
-                    // Nothing to do outside a transaction on PostgreSQL.
-                    Backend::Postgres { .. } => Ok(Box::new(None::<()>) as Out),
+                let c = match &mut backend {
+                    Backend::Sqlite(c) => Some(c),
+                    Backend::Postgres { .. } => None,
+                };
+                let out = match std::panic::catch_unwind(AssertUnwindSafe(|| f(c))) {
+                    Err(_) => Err(DbError::Panicked),
+                    Ok(r) => r.map_err(DbError::from),
                 };
                 let _ = job.reply.send(out);
                 continue;
@@ -300,23 +324,38 @@ fn commit(backend: &mut Backend, batch: Vec<(Change, Reply)>) {
         c.execute_batch(begin)?;
         let batch = pending.take().expect("once");
         let mut done = Vec::with_capacity(batch.len());
+        let mut broken = None;
         for (f, reply) in batch {
-            done.push((reply, run_change(c, f)));
+            match broken {
+                // The transaction itself failed: nothing more runs in it.
+                Some(_) => done.push((reply, Err(DbError::Closed))),
+                None => match run_change(c, f) {
+                    Ok(out) => done.push((reply, out)),
+                    Err(e) => {
+                        done.push((reply, Err(DbError::Closed)));
+                        broken = Some(e);
+                    }
+                },
+            }
         }
-        match c.execute_batch("COMMIT") {
+        // A savepoint that could not be made, released or rolled back
+        // leaves the transaction in doubt (PostgreSQL would even answer
+        // COMMIT of an aborted one with a silent rollback): all of it goes.
+        let ended = match broken {
+            Some(e) => Err(e),
+            None => c.execute_batch("COMMIT"),
+        };
+        match ended {
             Ok(()) => Ok(done),
             Err(e) => {
                 let _ = c.execute_batch("ROLLBACK");
-                Err((e, Some(done)))
+                let message = e.to_string();
+                for (reply, _) in done {
+                    let _ = reply.send(Err(DbError::Commit(message.clone())));
+                }
+                Err(e)
             }
         }
-        .map_err(|(e, done)| {
-            let message = e.to_string();
-            for (reply, _) in done.into_iter().flatten() {
-                let _ = reply.send(Err(DbError::Commit(message.clone())));
-            }
-            e
-        })
     });
     match result {
         Ok(done) => {
@@ -335,22 +374,24 @@ fn commit(backend: &mut Backend, batch: Vec<(Change, Reply)>) {
 }
 
 /// One change in a savepoint: released when it succeeds, rolled back when
-/// it fails or panics. A change that lost a race to another controller's
-/// transaction is [`DbError::Conflict`]: its caller is told to try again.
-fn run_change(c: &Conn<'_>, f: Change) -> Result<Out> {
+/// it fails or panics (its outcome, `Ok` either way). A change that lost a
+/// race to another controller's transaction is [`DbError::Conflict`]: its
+/// caller is told to try again. `Err`: the savepoint itself failed, and
+/// with it the batch's transaction.
+fn run_change(c: &Conn<'_>, f: Change) -> sql::Result<Result<Out>> {
     c.execute_batch("SAVEPOINT change")?;
     match std::panic::catch_unwind(AssertUnwindSafe(|| f(c))) {
         Ok(Ok(out)) => {
             c.execute_batch("RELEASE SAVEPOINT change")?;
-            Ok(out)
+            Ok(Ok(out))
         }
         Ok(Err(e)) => {
             c.execute_batch("ROLLBACK TO SAVEPOINT change; RELEASE SAVEPOINT change")?;
-            Err(if lost_a_race(&e) { DbError::Conflict(e.to_string()) } else { e.into() })
+            Ok(Err(if lost_a_race(&e) { DbError::Conflict(e.to_string()) } else { e.into() }))
         }
         Err(_) => {
             c.execute_batch("ROLLBACK TO SAVEPOINT change; RELEASE SAVEPOINT change")?;
-            Err(DbError::Panicked)
+            Ok(Err(DbError::Panicked))
         }
     }
 }
