@@ -984,6 +984,14 @@ impl Db {
                         }
                     }
                     Effect::PowerCycle => {
+                        // A newer cycle replaces one not yet done (its
+                        // controller died): the server is cycled once, for
+                        // what is asked now.
+                        tx.execute(
+                            "UPDATE power_jobs SET done_at = ?2, outcome = 'superseded' \
+                             WHERE server = ?1 AND done_at IS NULL",
+                            params![server, t],
+                        )?;
                         power_job = Some(tx.query_row(
                             "INSERT INTO power_jobs (server, requested_at, holder, lease_until) \
                              VALUES (?1, ?2, ?3, ?4) RETURNING id",

@@ -149,18 +149,41 @@ async fn act(
 /// job this controller leased for it, is then recorded as done (a job is
 /// never left for another controller to run again).
 pub(crate) async fn cycle_into_agent(app: &AppState, name: &str, job: Option<i64>) -> Result<PowerCycle, String> {
-    let cycled = cycle(app, name).await;
-    if let Some(id) = job {
-        let outcome = match &cycled {
-            Ok(PowerCycle::Manual) => "manual",
-            Ok(_) => "done",
-            Err(_) => "failed",
-        };
-        if let Err(e) = app.db.finish_power_job(id, outcome).await {
-            tracing::error!(server = name, job = id, error = %e, "recording the power job");
+    // On a task of its own: a request dropped mid-way (its client went
+    // away) must not leave a cycle done but not recorded, which another
+    // controller would run again once the lease ran out.
+    let (app, name) = (app.clone(), name.to_owned());
+    tokio::spawn(async move {
+        let cycled = cycle(&app, &name).await;
+        if let Some(id) = job {
+            record(&app, &name, id, &cycled).await;
+        }
+        cycled
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the power cycle's task failed: {e}")))
+}
+
+/// Records how the power job `id` ended, trying again for a while if the
+/// database is away (a failover): the lease outlasts these tries.
+async fn record(app: &AppState, name: &str, id: i64, cycled: &Result<PowerCycle, String>) {
+    let outcome = match cycled {
+        Ok(PowerCycle::Manual) => "manual",
+        Ok(_) => "done",
+        Err(_) => "failed",
+    };
+    let mut wait = std::time::Duration::from_secs(1);
+    for attempt in 1..=5 {
+        match app.db.finish_power_job(id, outcome).await {
+            Ok(()) => return,
+            Err(e) if attempt < 5 => {
+                tracing::warn!(server = name, job = id, error = %e, "recording the power job; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => tracing::error!(server = name, job = id, error = %e, "recording the power job"),
         }
     }
-    cycled
 }
 
 async fn cycle(app: &AppState, name: &str) -> Result<PowerCycle, String> {
