@@ -431,6 +431,18 @@ pub struct Db {
     power_lease: i64,
 }
 
+/// What [`Db::lease`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// This controller holds it now, and no one held it a moment ago (it
+    /// was free, or its holder stopped renewing it).
+    Taken,
+    /// This controller held it and still does.
+    Renewed,
+    /// Another controller holds it.
+    Elsewhere,
+}
+
 /// How long a controller holds a power job before another may take it
 /// over: longer than a power cycle may take (a one-time network boot and
 /// the cycle, each bounded by the drivers' 60 s timeout), so a live
@@ -600,22 +612,38 @@ impl Db {
         self
     }
 
-    /// Whether this controller holds the lease `name` for the next
-    /// `seconds`: taken when free or expired, renewed when already its own.
+    /// Takes or renews the lease `name` for the next `seconds`: taken
+    /// when free or run out, renewed when this controller holds it.
     /// Exactly one controller on the database holds it at a time.
-    pub async fn lease(&self, name: &str, seconds: i64) -> Result<bool> {
+    pub async fn lease(&self, name: &str, seconds: i64) -> Result<Lease> {
         let (name, holder) = (name.to_owned(), self.instance.clone());
         self.write(move |c| {
             let t = c.now()?;
-            c.query_row(
-                "INSERT INTO leases (name, holder, until) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
-                 WHERE leases.holder = excluded.holder OR leases.until < ?4 RETURNING holder",
-                params![name, holder, t + seconds, t],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|held| held.is_some())
+            let sql = if c.is_postgres() {
+                "SELECT holder, until FROM leases WHERE name = ?1 FOR UPDATE"
+            } else {
+                "SELECT holder, until FROM leases WHERE name = ?1"
+            };
+            let found: Option<(String, i64)> = c.query_row(sql, [&name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            match found {
+                Some((h, until)) if h != holder && until >= t => Ok(Lease::Elsewhere),
+                Some((h, until)) => {
+                    c.execute(
+                        "UPDATE leases SET holder = ?2, until = ?3 WHERE name = ?1",
+                        params![name, holder, t + seconds],
+                    )?;
+                    Ok(if h == holder && until >= t { Lease::Renewed } else { Lease::Taken })
+                }
+                // Two controllers asking at once for a lease no one had:
+                // one inserts, the other finds it taken.
+                None => {
+                    let inserted = c.execute(
+                        "INSERT INTO leases (name, holder, until) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+                        params![name, holder, t + seconds],
+                    )?;
+                    Ok(if inserted == 1 { Lease::Taken } else { Lease::Elsewhere })
+                }
+            }
         })
         .await
     }

@@ -167,8 +167,6 @@ pub async fn serve_until(
         .await
         .with_context(|| format!("opening the database {database}"))?
         .with_power_lease(opts.power_lease);
-    // Agents could not report while we were down: give them a full timeout.
-    db.refresh_running().await?;
     let artifacts = opts.artifacts.clone().unwrap_or_else(|| opts.data_dir.join("artifacts"));
     let tls = opts.tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;
     let listener = bind(opts.listen, "--listen").await?;
@@ -222,14 +220,7 @@ pub async fn serve_until(
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            // One controller on a shared database fails the silent
-            // deployments; another takes over within WATCHDOG_LEASE of its
-            // death.
-            match app.db.lease("watchdog", WATCHDOG_LEASE).await {
-                Ok(true) => app.expire_silent_agents().await,
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "taking the watchdog's lease"),
-            }
+            app.watch(WATCHDOG_LEASE).await;
             app.cfg.boot_limiter.forget_idle();
         }
     });

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use byoi_controller::db::{Database, Db};
+use byoi_controller::db::{Database, Db, Lease};
 use byoi_controller::power::PowerConfig;
 use byoi_controller::routes::discovered::Enlistment;
 use byoi_controller::routes::netboot::{BootLimiter, BootRate};
@@ -41,10 +41,6 @@ impl App {
 
     async fn expire_silent_agents(&self) {
         self.state.expire_silent_agents().await;
-    }
-
-    fn db(&self) -> &Db {
-        &self.state.db
     }
 }
 
@@ -1249,14 +1245,14 @@ async fn one_controller_holds_a_lease() {
     let database = test_database(dir.path());
     let boot = Duration::from_secs(900);
     let (a, b) = (Db::open_database(&database, boot).await.unwrap(), Db::open_database(&database, boot).await.unwrap());
-    assert!(a.lease("watchdog", 60).await.unwrap());
-    assert!(!b.lease("watchdog", 60).await.unwrap(), "two holders");
-    assert!(a.lease("watchdog", 60).await.unwrap(), "the holder could not renew");
-    assert!(b.lease("cleanup", 60).await.unwrap(), "leases are by name");
+    assert_eq!(a.lease("watchdog", 60).await.unwrap(), Lease::Taken);
+    assert_eq!(b.lease("watchdog", 60).await.unwrap(), Lease::Elsewhere, "two holders");
+    assert_eq!(a.lease("watchdog", 60).await.unwrap(), Lease::Renewed, "the holder could not renew");
+    assert_eq!(b.lease("cleanup", 60).await.unwrap(), Lease::Taken, "leases are by name");
     // A lease that ran out (A died): B takes it, and A no longer holds it.
-    assert!(a.lease("expired", -1).await.unwrap());
-    assert!(b.lease("expired", 60).await.unwrap());
-    assert!(!a.lease("expired", 60).await.unwrap());
+    assert_eq!(a.lease("expired", -1).await.unwrap(), Lease::Taken);
+    assert_eq!(b.lease("expired", 60).await.unwrap(), Lease::Taken);
+    assert_eq!(a.lease("expired", 60).await.unwrap(), Lease::Elsewhere);
 }
 
 /// PostgreSQL restarts or fails over: connections break. A change in
@@ -1268,7 +1264,7 @@ async fn a_broken_postgres_connection_is_made_again() {
         return eprintln!("skipped: no PostgreSQL cluster (cargo xtask test's second pass has one)");
     };
     let db = Db::open_database(&Database::Postgres(url.clone()), Duration::from_secs(900)).await.unwrap();
-    assert!(db.lease("before", 60).await.unwrap());
+    assert_eq!(db.lease("before", 60).await.unwrap(), Lease::Taken);
     let killed = tokio::task::spawn_blocking(move || {
         let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         admin
@@ -1289,9 +1285,9 @@ async fn a_broken_postgres_connection_is_made_again() {
         failures += 1;
         assert!(failures <= 7, "the connections are not made again: {e}");
     };
-    for _ in 0..8 {
+    for _ in 0..16 {
         match db.lease("after", 60).await {
-            Ok(held) => assert!(held),
+            Ok(held) => assert_ne!(held, Lease::Elsewhere),
             Err(e) => failed(e),
         }
         match db.schema_version().await {
@@ -1299,7 +1295,6 @@ async fn a_broken_postgres_connection_is_made_again() {
             Err(e) => failed(e),
         }
     }
-    assert!(db.lease("after", 60).await.unwrap() && db.schema_version().await.unwrap() == 9);
 }
 
 /// Replicas sharing one database: the agent is told each one's URL, in
@@ -1730,11 +1725,26 @@ async fn a_controller_restart_does_not_fail_running_deployments() {
         agent(&app, &t, Method::GET, "job", None).await;
     }
     tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The controller comes back and takes the watchdog's lease, which no
+    // one held: the running deployment gets a full timeout first.
     let app = app_in(dir.path(), Duration::from_secs(1)).await;
-    app.db().refresh_running().await.unwrap();
-    app.expire_silent_agents().await;
-    let st = call(&app, Method::GET, "/dedicated/server/s1/bringYourOwnImage", None).await.json_body();
-    assert_eq!(st["status"], "doing", "{st}");
+    assert_eq!(app.state.watch(15).await, Some(Lease::Taken));
+    let status = |app: &App| {
+        let app = app.state.clone();
+        async move {
+            let d = app.db.current_deployment("s1").await.unwrap().unwrap();
+            (d.status.as_str().to_owned(), d.message)
+        }
+    };
+    assert_eq!(status(&app).await.0, "doing");
+    // A second controller on the database leaves the watching to the first.
+    let other = app_in(dir.path(), Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(other.state.watch(15).await, Some(Lease::Elsewhere));
+    assert_eq!(status(&app).await.0, "doing");
+    // The first, renewing its lease, finds the agent silent.
+    assert_eq!(app.state.watch(15).await, Some(Lease::Renewed));
+    assert_eq!(status(&app).await, ("error".to_owned(), "agent stopped reporting".to_owned()));
 }
 
 #[tokio::test]

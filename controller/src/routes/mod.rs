@@ -62,7 +62,7 @@ use utoipa_axum::routes;
 
 pub use error::{AgentError, AgentErrorBody, AppError, ErrorBody};
 
-use crate::db::{Db, Payload};
+use crate::db::{Db, Lease, Payload};
 use crate::ipxe;
 
 /// Largest body of any request but a BYOI POST.
@@ -213,6 +213,32 @@ impl App {
                 }
             }
         }
+    }
+
+    /// The watchdog's tick: one controller on a database, the holder of
+    /// the `watchdog` lease (`lease` seconds, renewed at each tick), fails
+    /// the deployments whose agents fell silent; another takes over within
+    /// `lease` of its death. The controller that takes the lease when no
+    /// one held it (a start, or every controller was down) first gives
+    /// running deployments a full timeout: their agents could not report.
+    pub async fn watch(&self, lease: i64) -> Option<Lease> {
+        let held = match self.db.lease("watchdog", lease).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::error!(error = %e, "taking the watchdog's lease");
+                return None;
+            }
+        };
+        if held == Lease::Taken {
+            if let Err(e) = self.db.refresh_running().await {
+                tracing::error!(error = %e, "giving running deployments a full timeout");
+                return Some(held);
+            }
+        }
+        if held != Lease::Elsewhere {
+            self.expire_silent_agents().await;
+        }
+        Some(held)
     }
 
     /// Fails running deployments whose agent went silent, never booted or
