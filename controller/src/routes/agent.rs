@@ -364,7 +364,20 @@ async fn result(State(app): State<AppState>, reporter: Reporter, Json(r): Json<R
     };
     let call = AgentCall::Result { id: r.deployment_id, status: r.status, code: r.code, message: r.message };
     let logs = bounded(r.logs);
-    let applied = apply(&app, &agent, call, Payload::Logs(logs.clone())).await?;
+    let applied = match apply(&app, &agent, call, Payload::Logs(logs.clone())).await {
+        // The same result, sent again while the first was being taken (its
+        // answer was slow): the boot ended under it, and it gets the
+        // first's answer rather than a refusal that would make it wipe the
+        // disk.
+        Err(AgentError(AppError::Forbidden(refusal))) => {
+            return if app.db.ended_by(agent.caller.token.clone(), r.deployment_id, r.status).await? {
+                Ok(axum::Json(ActionResponse { action: Action::Reboot }))
+            } else {
+                Err(AgentError(AppError::Forbidden(refusal)))
+            };
+        }
+        applied => applied?,
+    };
     let counted = applied.transition.effects.contains(&Effect::KeepLogs);
     if let Some(d) = applied.latest.as_ref().filter(|d| counted && d.id == r.deployment_id) {
         tracing::info!(server = %agent.server, deployment = d.id, status = %d.status, message = %d.message,
