@@ -407,14 +407,6 @@ fn fleet(c: &Conn<'_>) -> sql::Result<Vec<(ServerRow, Option<DeploymentRow>)>> {
 /// job may repeat its `result` and get the same answer ([`Db::ended_by`]).
 pub const REPEAT_WINDOW: i64 = 3600;
 
-/// What [`lifecycle::on`] needs of a server's row.
-const SERVER_STATE: &str =
-    "SELECT boot_target, boot_expected_until, boot_tokens_minted, claim_token, claim_addr FROM servers WHERE name = ?1";
-/// [`SERVER_STATE`], the row locked until the transaction ends.
-const SERVER_STATE_LOCKED: &str =
-    "SELECT boot_target, boot_expected_until, boot_tokens_minted, claim_token, claim_addr \
-     FROM servers WHERE name = ?1 FOR UPDATE";
-
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -619,12 +611,8 @@ impl Db {
         let (name, holder) = (name.to_owned(), self.instance.clone());
         self.write(move |c| {
             let t = c.now()?;
-            let sql = if c.is_postgres() {
-                "SELECT holder, until FROM leases WHERE name = ?1 FOR UPDATE"
-            } else {
-                "SELECT holder, until FROM leases WHERE name = ?1"
-            };
-            let found: Option<(String, i64)> = c.query_row(sql, [&name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            let sql = c.locking("SELECT holder, until FROM leases WHERE name = ?1", false);
+            let found: Option<(String, i64)> = c.query_row(&sql, [&name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
             match found {
                 Some((h, until)) if h != holder && until >= t => Ok(Lease::Elsewhere),
                 Some((h, until)) => {
@@ -667,9 +655,9 @@ impl Db {
         let (holder, lease) = (self.instance.clone(), self.power_lease);
         self.write(move |c| {
             let t = c.now()?;
-            let lock = if c.is_postgres() { " FOR UPDATE SKIP LOCKED" } else { "" };
-            let sql = format!(
-                "SELECT id, server FROM power_jobs WHERE done_at IS NULL AND lease_until < ?1 ORDER BY id LIMIT 1{lock}"
+            let sql = c.locking(
+                "SELECT id, server FROM power_jobs WHERE done_at IS NULL AND lease_until < ?1 ORDER BY id LIMIT 1",
+                true,
             );
             let Some((id, server)) = c.query_row(&sql, [t], |r| Ok((r.get(0)?, r.get(1)?))).optional()? else {
                 return Ok(None);
@@ -937,14 +925,17 @@ impl Db {
         let key = server.clone();
         self.sql.write_for(&key, move |tx| {
             let t = tx.now()?;
-            // On PostgreSQL, another controller may apply an event to the
-            // same server at once: its row is locked until the commit, so
-            // each transition reads the state the last one wrote. (SQLite
-            // has one writer.)
-            let sql = if tx.is_postgres() { SERVER_STATE_LOCKED } else { SERVER_STATE };
+            // Another controller may apply an event to the same server at
+            // once: its row is locked until the commit, so each transition
+            // reads the state the last one wrote.
+            let sql = tx.locking(
+                "SELECT boot_target, boot_expected_until, boot_tokens_minted, claim_token, claim_addr \
+                 FROM servers WHERE name = ?1",
+                false,
+            );
             let Some((target, expected_until, minted, claim_token, claim_addr)) = tx
                 .query_row(
-                    sql,
+                    &sql,
                     [&server],
                     |r| {
                         Ok((

@@ -395,6 +395,19 @@ impl<'a> Conn<'a> {
         matches!(*self.inner.borrow(), Inner::Postgres(_))
     }
 
+    /// `select` with the rows it finds locked until the transaction ends
+    /// (`FOR UPDATE`; with `skip_locked`, rows another transaction holds
+    /// are passed over rather than waited for): on PostgreSQL, where other
+    /// controllers write too. SQLite has one writer, whose transaction
+    /// already excludes every other: `select` as it is.
+    pub fn locking(&self, select: &str, skip_locked: bool) -> String {
+        match (self.is_postgres(), skip_locked) {
+            (false, _) => select.to_owned(),
+            (true, false) => format!("{select} FOR UPDATE"),
+            (true, true) => format!("{select} FOR UPDATE SKIP LOCKED"),
+        }
+    }
+
     /// The time, in Unix seconds: the database server's on PostgreSQL
     /// (controllers on several machines agree on deadlines whatever their
     /// clocks; a batch's changes share its start), this machine's on
