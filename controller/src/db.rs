@@ -1,11 +1,14 @@
-//! The controller's state in SQLite: servers, deployments (with their
-//! history), per-boot agent tokens, the agents' forwarded log lines.
+//! The controller's state in SQLite, or in a PostgreSQL several
+//! controllers share: servers, deployments (with their history), per-boot
+//! agent tokens, the agents' forwarded log lines, power jobs and leases.
 //!
-//! SQLite runs on threads of its own ([`sqlite`]): one writer that commits
-//! queued changes together (group commit, each change in a savepoint) and a
-//! few read-only connections, so the async workers never block on SQLite and
-//! a thousand agents' reports cost a handful of fsyncs a second. The schema
-//! is versioned (`PRAGMA user_version`, `rusqlite_migration`); the enums are
+//! The database runs on threads of its own ([`engine`]): writers that
+//! commit queued changes together (group commit, each change in a
+//! savepoint) and a few read-only connections, so the async workers never
+//! block on it and a thousand agents' reports cost a handful of fsyncs a
+//! second; every statement goes through [`sql`]. The SQLite schema
+//! is versioned (`PRAGMA user_version`, `rusqlite_migration`), PostgreSQL's
+//! by `byoi_schema` ([`POSTGRES_MIGRATIONS`]); the enums are
 //! stored by their wire names. This module only persists: what a transition
 //! changes is decided by [`lifecycle::on`], and [`Db::apply`] runs it inside
 //! one transaction with the state it read.
@@ -972,7 +975,8 @@ impl Db {
             for effect in &transition.effects {
                 match *effect {
                     Effect::Reported => {
-                        tx.execute("UPDATE deployments SET last_report = ?2 WHERE id = (SELECT max(id) FROM deployments WHERE server = ?1)",
+                        tx.execute(
+                            "UPDATE deployments SET last_report = ?2 WHERE id = (SELECT max(id) FROM deployments WHERE server = ?1)",
                             params![server, t],
                         )?;
                     }
@@ -982,7 +986,8 @@ impl Db {
                     }
                     Effect::ExpectBoot => {
                         tx.execute("DELETE FROM agent_tokens WHERE server = ?1", [&server])?;
-                        tx.execute("UPDATE servers SET boot_expected_until = ?2, boot_tokens_minted = 0 WHERE name = ?1",
+                        tx.execute(
+                            "UPDATE servers SET boot_expected_until = ?2, boot_tokens_minted = 0 WHERE name = ?1",
                             params![server, t + boot_timeout],
                         )?;
                     }
@@ -1191,11 +1196,10 @@ fn save(
     }
     match d.id {
         None => {
-            let request = request.ok_or_else(|| {
-                rusqlite::Error::ToSqlConversionFailure("a new deployment without its request".into())
-            })?;
+            let request = request.ok_or_else(|| SqlError::Encode("a new deployment without its request".into()))?;
             tx.execute("UPDATE deployments SET current = 0 WHERE server = ?1", [server])?;
-            tx.execute("INSERT INTO deployments (server, request, status, stage, message, error_code, bytes_done, bytes_total, \
+            tx.execute(
+                "INSERT INTO deployments (server, request, status, stage, message, error_code, bytes_done, bytes_total, \
                  current, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
                 params![
                     server,
@@ -1214,7 +1218,8 @@ fn save(
         Some(id) => {
             // `moved_at` is when the bytes or the stage last changed: the
             // stall timeout counts from it.
-            tx.execute("UPDATE deployments SET moved_at = CASE WHEN stage != ?3 OR bytes_done != ?6 THEN ?9 ELSE moved_at END, \
+            tx.execute(
+                "UPDATE deployments SET moved_at = CASE WHEN stage != ?3 OR bytes_done != ?6 THEN ?9 ELSE moved_at END, \
                  status = ?2, stage = ?3, message = ?4, error_code = ?5, bytes_done = ?6, \
                  bytes_total = ?7, current = ?8, updated_at = ?9, job_token = ?10, \
                  finished_at = CASE WHEN ?2 != 'doing' THEN coalesce(finished_at, ?9) ELSE NULL END WHERE id = ?1",
