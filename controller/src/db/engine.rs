@@ -1,6 +1,6 @@
-//! The threads behind [`super::Db`]: one writer that commits whatever
-//! changes are queued in one transaction (group commit), and a few
-//! readers, each with its own connection. The async workers only send
+//! The threads behind [`super::Db`]: writers that commit whatever changes
+//! are queued in one transaction (group commit) — one on SQLite, a few on
+//! PostgreSQL — and a few readers, each with its own connection. The async workers only send
 //! closures and await the answer. The same for the embedded SQLite (WAL:
 //! readers never wait for the writer) and for PostgreSQL.
 //!
@@ -187,18 +187,13 @@ impl Engine {
                 .name(format!("byoi-db-reader-{i}"))
                 .spawn(move || {
                     while let Ok(read) = reads.recv() {
-                        let mut read = Some(read);
-                        let connected = backend.with(|c| {
-                            let lost = (read.take().expect("once"))(c);
-                            Ok(lost)
-                        });
-                        if let Ok(true) = connected {
-                            backend.disconnect();
-                        }
-                        // No connection: the read's reply is dropped with
-                        // it, and its caller sees the database closed.
-                        if let Err(e) = connected {
-                            tracing::error!(error = %e, "database connection");
+                        match backend.with(|c| Ok(read(c))) {
+                            Ok(false) => {}
+                            Ok(true) => backend.disconnect(),
+                            // No connection: the read's reply is dropped
+                            // with it, and its caller sees the database
+                            // closed.
+                            Err(e) => tracing::error!(error = %e, "database connection"),
                         }
                     }
                 })
@@ -230,7 +225,7 @@ impl Engine {
         &self,
         f: impl FnOnce(&Conn<'_>) -> sql::Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.send(0, Work::Change(Box::new(move |c| f(c).map(|t| Box::new(t) as Out)))).await
+        self.change_on(0, f).await
     }
 
     /// [`Engine::write`] for a change to the server `key`: always on the
@@ -243,6 +238,14 @@ impl Engine {
     ) -> Result<T> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let writer = BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % self.writers.len();
+        self.change_on(writer, f).await
+    }
+
+    async fn change_on<T: Send + 'static>(
+        &self,
+        writer: usize,
+        f: impl FnOnce(&Conn<'_>) -> sql::Result<T> + Send + 'static,
+    ) -> Result<T> {
         self.send(writer, Work::Change(Box::new(move |c| f(c).map(|t| Box::new(t) as Out)))).await
     }
 
