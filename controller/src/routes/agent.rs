@@ -23,7 +23,7 @@ use byoi_wire::agent::{
     Action, ActionResponse, DiskSelector, Heartbeat, Hello, Job, JobResponse, LogLevel, LogRecord, ProgressReport,
     RescueResponse, ResultReport, MAX_LOGS,
 };
-use byoi_wire::BootTarget;
+use byoi_wire::{BootTarget, Status};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -354,13 +354,7 @@ async fn result(State(app): State<AppState>, reporter: Reporter, Json(r): Json<R
         Reporter::Agent(agent) => agent,
         // The answer to an accepted result was lost and the agent sends it
         // again: the same answer, nothing changes (its lines are kept).
-        Reporter::Retired(caller) => {
-            return if app.db.ended_by(caller.token, r.deployment_id, r.status).await? {
-                Ok(axum::Json(ActionResponse { action: Action::Reboot }))
-            } else {
-                Err(refused())
-            };
-        }
+        Reporter::Retired(caller) => return repeated(&app, caller.token, r.deployment_id, r.status, refused()).await,
     };
     let call = AgentCall::Result { id: r.deployment_id, status: r.status, code: r.code, message: r.message };
     let logs = bounded(r.logs);
@@ -369,12 +363,8 @@ async fn result(State(app): State<AppState>, reporter: Reporter, Json(r): Json<R
         // answer was slow): the boot ended under it, and it gets the
         // first's answer rather than a refusal that would make it wipe the
         // disk.
-        Err(AgentError(AppError::Forbidden(refusal))) => {
-            return if app.db.ended_by(agent.caller.token.clone(), r.deployment_id, r.status).await? {
-                Ok(axum::Json(ActionResponse { action: Action::Reboot }))
-            } else {
-                Err(AgentError(AppError::Forbidden(refusal)))
-            };
+        Err(refusal @ AgentError(AppError::Forbidden(_))) => {
+            return repeated(&app, agent.caller.token.clone(), r.deployment_id, r.status, refusal).await;
         }
         applied => applied?,
     };
@@ -385,6 +375,18 @@ async fn result(State(app): State<AppState>, reporter: Reporter, Json(r): Json<R
         trace_logs(&agent, d.id, &logs);
     }
     action(&applied)
+}
+
+/// The answer to a result for `deployment` with `status` from the token
+/// `token` when it repeats one that was taken (`reboot`: the token held the
+/// job of that deployment, which ended with that status within
+/// [`crate::db::REPEAT_WINDOW`]), else `refusal`.
+async fn repeated(app: &AppState, token: String, deployment: i64, status: Status, refusal: AgentError) -> Answer {
+    if app.db.ended_by(token, deployment, status).await? {
+        Ok(axum::Json(ActionResponse { action: Action::Reboot }))
+    } else {
+        Err(refusal)
+    }
 }
 
 /// Logs the lines an agent forwarded about its own running deployment (its
