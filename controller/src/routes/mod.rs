@@ -278,7 +278,9 @@ boot script (`agentToken`), and its errors also carry the `action` the agent mus
 document take none; \
 `/auth/credential` takes an application key.\n\n\
 Errors are `{\"class\": \"Client::NotFound\", \"message\": …}` with a 4xx or 5xx status, as OVHcloud's; a \
-refused credential adds OVHcloud's `errorCode` and `httpCode`. Every answer carries `X-Ovh-QueryId`.";
+refused credential adds OVHcloud's `errorCode` and `httpCode`. Any route may answer 503 with `Retry-After` while the \
+database is unreachable or a change lost a race to another controller's: nothing changed, try again. Every answer \
+carries `X-Ovh-QueryId`.";
 
 /// The document's frame: info, security schemes, tags. Paths and schemas
 /// come from the routes.
