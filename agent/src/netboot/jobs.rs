@@ -117,8 +117,13 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
     let mut waiting_said = false;
     let mut pace = env.backoff();
     loop {
-        let asked = Instant::now();
-        let job = match retrying(env, "fetching the job", || ctl.job()) {
+        // When the call that answered was made: the waits of `retrying`
+        // before it are no slowness of the controller's.
+        let mut asked = Instant::now();
+        let job = match retrying(env, "fetching the job", || {
+            asked = Instant::now();
+            ctl.job()
+        }) {
             Err(ClientError::Unauthorized { .. }) => return Outcome::Netboot,
             Ok(r) if r.action == Action::Reboot => return Outcome::Netboot,
             Err(e) => {
@@ -126,7 +131,10 @@ pub fn serve(ctl: &Controller, env: &Env) -> Outcome {
                 std::thread::sleep(pace.failed(None));
                 continue;
             }
-            Ok(r) => r,
+            Ok(r) => {
+                pace.reset();
+                r
+            }
         };
         let Some(job) = job.job else {
             if !waiting_said {
