@@ -1,12 +1,12 @@
 //! Checksums over the bytes served: parsing `ALGO:HEX`, and a hasher that
-//! runs on its own thread so hashing never slows the disk writer.
+//! runs on its own thread so hashing never slows the disk writer. The
+//! digests themselves are OpenSSL's ([`libcrypto`] says why).
+
+mod libcrypto;
 
 use std::thread;
 
 use bytes::Bytes;
-use md5::Md5;
-use sha1::Sha1;
-use sha2::{Digest, Sha256, Sha512};
 use tokio::sync::mpsc;
 
 use crate::error::{DeployError, Result};
@@ -34,50 +34,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// A running digest of any of the supported algorithms.
-#[derive(Debug, Clone)]
-pub enum Hasher {
-    /// MD5.
-    Md5(Md5),
-    /// SHA-1.
-    Sha1(Sha1),
-    /// SHA-256.
-    Sha256(Sha256),
-    /// SHA-512.
-    Sha512(Sha512),
-}
-
-impl Hasher {
-    /// A fresh hasher for `algo`.
-    pub fn new(algo: Algorithm) -> Self {
-        match algo {
-            Algorithm::Md5 => Hasher::Md5(Md5::new()),
-            Algorithm::Sha1 => Hasher::Sha1(Sha1::new()),
-            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
-            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
-        }
-    }
-
-    /// Feeds bytes.
-    pub fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Md5(h) => h.update(data),
-            Hasher::Sha1(h) => h.update(data),
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::Sha512(h) => h.update(data),
-        }
-    }
-
-    /// The digest.
-    pub fn finish(self) -> Vec<u8> {
-        match self {
-            Hasher::Md5(h) => h.finalize().to_vec(),
-            Hasher::Sha1(h) => h.finalize().to_vec(),
-            Hasher::Sha256(h) => h.finalize().to_vec(),
-            Hasher::Sha512(h) => h.finalize().to_vec(),
-        }
-    }
-}
+pub use libcrypto::Hasher;
 
 /// How many chunks may wait for the hashing thread before the download
 /// waits for it: enough to ride out scheduling jitter, small enough to bound
@@ -195,5 +152,43 @@ mod tests {
                 )
             );
         }
+    }
+
+    /// OpenSSL's digests against the RustCrypto crates', on every length
+    /// around the block sizes and split at random points, so that the
+    /// partial-block paths are crossed (the assembly takes whole blocks).
+    #[test]
+    fn openssl_digests_match_the_rustcrypto_crates() {
+        use proptest::prelude::*;
+        use sha2::Digest;
+        fn oracle(algo: Algorithm, data: &[u8]) -> Vec<u8> {
+            match algo {
+                Algorithm::Md5 => md5::Md5::digest(data).to_vec(),
+                Algorithm::Sha1 => sha1::Sha1::digest(data).to_vec(),
+                Algorithm::Sha256 => sha2::Sha256::digest(data).to_vec(),
+                Algorithm::Sha512 => sha2::Sha512::digest(data).to_vec(),
+            }
+        }
+        let algos = [Algorithm::Md5, Algorithm::Sha1, Algorithm::Sha256, Algorithm::Sha512];
+        let data: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for algo in algos {
+            for len in (0..300).chain([1023, 1024, 1025, 4999]) {
+                let mut h = Hasher::new(algo);
+                h.update(&data[..len]);
+                assert_eq!(h.finish(), oracle(algo, &data[..len]), "{algo:?} of {len} bytes");
+            }
+        }
+        proptest!(|(data in proptest::collection::vec(any::<u8>(), 0..20_000), cuts in proptest::collection::vec(0usize..20_000, 0..8), which in 0usize..4)| {
+            let algo = algos[which];
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+            cuts.sort_unstable();
+            let mut h = Hasher::new(algo);
+            let mut at = 0;
+            for c in cuts.into_iter().chain([data.len()]) {
+                h.update(&data[at..c]);
+                at = c;
+            }
+            prop_assert_eq!(h.finish(), oracle(algo, &data));
+        });
     }
 }

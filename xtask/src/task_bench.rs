@@ -737,10 +737,24 @@ fn print_table(r: &serde_json::Value) {
             if x["met"] == true { "met" } else { "MISSED" }
         );
     }
-    if let Some(m) = r["micro"].as_object() {
+    if let Some(m) = r["micro"]["stages"].as_object() {
         println!("\nstages alone (MB/s of input; qcow2 decode: MB/s of virtual size, to a null sink):");
         for (k, v) in m {
             println!("  {k:<28} {:8.0}", v.as_f64().unwrap_or(0.0));
+        }
+    }
+    if let Some(h) = r["micro"]["hashes"].as_array() {
+        println!("\ndigests against `openssl speed` on this machine (1 MiB updates; target ≥ 0.95):");
+        for x in h {
+            let (ours, theirs) = (x["mb_s"].as_f64().unwrap_or(0.0), x["openssl_mb_s"].as_f64());
+            match (theirs, x["ratio"].as_f64()) {
+                (Some(o), Some(ratio)) => println!(
+                    "  {:<7} {ours:6.0} MB/s  openssl {o:6.0} MB/s  ratio {ratio:.2}  {}",
+                    x["algo"].as_str().unwrap_or("?"),
+                    if ratio >= 0.95 { "met" } else { "MISSED" }
+                ),
+                _ => println!("  {:<7} {ours:6.0} MB/s  (no openssl to compare)", x["algo"].as_str().unwrap_or("?")),
+            }
         }
     }
 }
