@@ -18,6 +18,7 @@ pub mod fatwalk;
 pub mod finish;
 pub mod format;
 pub mod fuzzing;
+pub mod inflate;
 mod ioctl;
 pub mod netboot;
 pub mod ova;

@@ -28,6 +28,7 @@
 use std::io::{self, Read};
 
 use crate::error::{DeployError, Result};
+use crate::inflate::{Inflaters, Job, Ordered};
 use crate::progress::Progress;
 use crate::sink::ImageSink;
 use crate::util::{le16, le32, le64, read_full};
@@ -329,6 +330,17 @@ impl Fill {
         Ok(())
     }
 
+    /// Like [`Fill::write`] for a compressed grain that inflates to `len`
+    /// bytes on `sink`'s threads.
+    fn inflate(&mut self, sink: &mut Ordered<'_>, offset: u64, len: u64, held: usize, job: Job) -> Result<()> {
+        if offset > self.next {
+            sink.zero_at(self.next, offset - self.next)?;
+        }
+        sink.inflate(offset, held, job)?;
+        self.next = self.next.max(offset + len);
+        Ok(())
+    }
+
     fn finish(&mut self, sink: &mut dyn ImageSink, end: u64) -> Result<()> {
         if end > self.next {
             sink.zero_at(self.next, end - self.next)?;
@@ -425,13 +437,16 @@ pub fn decode_sparse(
     let tables_in_front = h.gd_offset != GD_AT_END && !(h.has_markers() && h.gd_offset >= h.grain_offset);
     let layout = if tables_in_front { Some(grain_layout(&h, &meta)?) } else { None };
     drop(meta);
-    let mut d = SparseStream { h, sink, base, end, fill: Fill { next: base }, progress };
-    if h.compressed() {
-        d.stream_compressed(&mut r, layout)?;
+    let mut d = SparseStream { h, sink: Ordered::new(sink), base, end, fill: Fill { next: base }, progress };
+    let streamed = if h.compressed() {
+        d.stream_compressed(&mut r, layout)
     } else {
-        d.stream_plain(&mut r, layout.unwrap_or_default())?;
-    }
-    d.fill.finish(d.sink, end)?;
+        d.stream_plain(&mut r, layout.unwrap_or_default())
+    };
+    let streamed = streamed.and_then(|()| d.fill.finish(&mut d.sink, end));
+    // Grains still inflating lie before whatever stopped the stream: their
+    // failure, if any, comes first.
+    d.sink.finish().and(streamed)?;
     Ok(h)
 }
 
@@ -504,7 +519,8 @@ fn grain_layout(h: &SparseHeader, meta: &[u8]) -> Result<Vec<(u32, u32)>> {
 /// One sparse extent being decoded.
 struct SparseStream<'a, 's> {
     h: SparseHeader,
-    sink: &'s mut dyn ImageSink,
+    /// Compressed grains inflate on its threads.
+    sink: Ordered<'s>,
     base: u64,
     end: u64,
     fill: Fill,
@@ -523,7 +539,35 @@ impl SparseStream<'_, '_> {
     fn write_grain(&mut self, index: u64, data: &[u8]) -> Result<()> {
         let at = self.base + index * self.h.grain_bytes();
         let n = (data.len() as u64).min(self.end - at) as usize;
-        self.fill.write(self.sink, at, &data[..n])
+        self.fill.write(&mut self.sink, at, &data[..n])
+    }
+
+    /// Queues a compressed grain (zlib, RFC 1950) for grain `index`; it must
+    /// inflate completely, to at least what the extent holds from there.
+    fn inflate_grain(&mut self, index: u64, sector: u64, input: Vec<u8>) -> Result<()> {
+        let grain_bytes = self.h.grain_bytes();
+        let lba = index * self.h.grain;
+        let at = self.base + index * grain_bytes;
+        // The last grain may be cut by the extent's end.
+        let need = grain_bytes.min(self.end - at);
+        let held = input.len() + grain_bytes as usize;
+        let job: Job = Box::new(move |inflaters: &mut Inflaters| {
+            let inflate = inflaters.deflate(true);
+            let mut out = vec![0u8; grain_bytes as usize];
+            let status = inflate
+                .decompress(&input, &mut out, flate2::FlushDecompress::Finish)
+                .map_err(|e| corrupt(format!("the grain at sector {sector} (LBA {lba}): {e}")))?;
+            let len = inflate.total_out();
+            if status != flate2::Status::StreamEnd || len < need {
+                return Err(corrupt(format!(
+                    "the grain at sector {sector} (LBA {lba}) inflates to {len}{} bytes instead of {need}",
+                    if status == flate2::Status::StreamEnd { "" } else { " or more" }
+                )));
+            }
+            out.truncate(need as usize);
+            Ok(out)
+        });
+        self.fill.inflate(&mut self.sink, at, need, held, job)
     }
 
     /// `monolithicSparse`: grains where the tables say, in file order.
@@ -552,9 +596,6 @@ impl SparseStream<'_, '_> {
         // zlib's worst case for incompressible data is a few bytes per
         // 16 KiB block; anything far above that is corrupt.
         let max_compressed = grain_bytes + grain_bytes / 8 + 4096;
-        let mut inflate = flate2::Decompress::new(true);
-        let mut out = vec![0u8; grain_bytes as usize];
-        let mut data = Vec::new();
         let mut expected = layout.as_deref().map(|l| l.iter().map(|&(s, i)| (u64::from(s), u64::from(i))));
         let mut saw_footer = false;
         loop {
@@ -633,24 +674,11 @@ impl SparseStream<'_, '_> {
             if u64::from(size) > max_compressed {
                 return Err(corrupt(format!("the grain at sector {sector} claims {size} compressed bytes")));
             }
-            data.resize(size as usize, 0);
+            let mut data = vec![0u8; size as usize];
             if r.fill(&mut data)? < data.len() {
                 return Err(corrupt(format!("the file ends inside the grain at sector {sector}")));
             }
-            inflate.reset(true);
-            let status = inflate
-                .decompress(&data, &mut out, flate2::FlushDecompress::Finish)
-                .map_err(|e| corrupt(format!("the grain at sector {sector} (LBA {lba}): {e}")))?;
-            let len = inflate.total_out();
-            // The last grain may be cut by the extent's end.
-            let need = grain_bytes.min(self.h.size() - lba * SECTOR);
-            if status != flate2::Status::StreamEnd || len < need {
-                return Err(corrupt(format!(
-                    "the grain at sector {sector} (LBA {lba}) inflates to {len}{} bytes instead of {need}",
-                    if status == flate2::Status::StreamEnd { "" } else { " or more" }
-                )));
-            }
-            self.write_grain(index, &out[..len as usize])?;
+            self.inflate_grain(index, sector, data)?;
             // The next marker starts on a sector boundary.
             let next = r.pos.div_ceil(SECTOR) * SECTOR;
             if !r.skip_to(next)? {
