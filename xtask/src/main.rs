@@ -3,6 +3,8 @@
 //! this file parses the command line ([`Cli`]) and dispatches. Paths come
 //! from `CARGO_MANIFEST_DIR`.
 
+mod bench_fleet;
+mod bench_link;
 mod bench_workload;
 mod deb;
 mod image_debian;

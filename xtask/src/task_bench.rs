@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::json;
 
+use crate::bench_link::{Link, Netns};
 use crate::bench_workload::{self, Served, Workload, SIZE};
 use crate::deb::output;
 use crate::{root, run, setup};
@@ -33,57 +34,83 @@ enum Input {
     Qcow2Compressed,
 }
 
+/// A contender as the table below lists it.
 #[derive(Debug)]
-struct Contender {
+struct Template {
     id: &'static str,
     name: &'static str,
     input: Input,
-    /// Bash; gets `$URL`, `$SUM` (sha256 of the served file), `$T` (the
-    /// target), `$S` (scratch directory) and `$AGENT`.
+    /// Bash; gets `$URL`, `$ALGO` and `$SUM` (a digest of the served file:
+    /// SHA-256, or each of `--checksums` in turn), `$T` (the target), `$S`
+    /// (scratch directory) and `$AGENT`.
     script: &'static str,
     /// Whether it leaves the image on the target (all but N).
     writes: bool,
-    /// Whether it checks the sha256 of what it downloaded (all but N, E).
+    /// Whether it checks the digest of what it downloaded (all but N, E).
     verifies: bool,
+    /// Whether it runs once per `--checksums` algorithm (`$ALGO`); SHA-256
+    /// keeps the plain id, the others get `-ALGO` after it.
+    per_checksum: bool,
     /// Wall time after which a run is stopped and counted as unfinished.
+    limit: Duration,
+}
+
+/// One contender as it runs.
+#[derive(Debug)]
+struct Contender {
+    id: String,
+    name: String,
+    input: Input,
+    script: &'static str,
+    algo: &'static str,
+    writes: bool,
+    verifies: bool,
     limit: Duration,
 }
 
 /// Long enough for any contender on a slow disk, short enough that a hung
 /// one does not hang the benchmark.
-const LIMIT: Duration = Duration::from_secs(600);
+pub(crate) const LIMIT: Duration = Duration::from_secs(600);
 
-const CONTENDERS: &[Contender] = &[
-    Contender {
+/// The agent's raw deployment: contender A.
+pub(crate) const AGENT_RAW: &str = r#""$AGENT" deploy --url "$URL" --target "$T" --type raw --checksum "$ALGO:$SUM""#;
+/// The agent's qcow2 deployment: contenders C and F.
+const AGENT_QCOW2: &str = r#""$AGENT" deploy --url "$URL" --target "$T" --type qcow2 --checksum "$ALGO:$SUM""#;
+
+const TEMPLATES: &[Template] = &[
+    Template {
         id: "N",
         name: "curl -o /dev/null (raw)",
         input: Input::Raw,
         script: r#"curl -sS --fail -o /dev/null "$URL""#,
         writes: false,
         verifies: false,
+        per_checksum: false,
         limit: LIMIT,
     },
-    Contender {
+    Template {
         id: "A",
         name: "byoi-agent deploy raw",
         input: Input::Raw,
-        script: r#""$AGENT" deploy --url "$URL" --target "$T" --type raw --checksum "sha256:$SUM""#,
+        script: AGENT_RAW,
         writes: true,
         verifies: true,
+        per_checksum: true,
         limit: LIMIT,
     },
     // Not in the issue's list: A without the checksum, to show what
-    // SHA-256 costs (it runs on its own thread, but shares the cores).
-    Contender {
+    // hashing costs (it runs on its own thread, but shares the cores).
+    Template {
         id: "A0",
         name: "byoi-agent deploy raw, no checksum",
         input: Input::Raw,
         script: r#""$AGENT" deploy --url "$URL" --target "$T" --type raw"#,
         writes: true,
         verifies: false,
+        per_checksum: false,
         limit: LIMIT,
     },
-    Contender {
+    Template {
         id: "B",
         name: "curl | tee >(sha256sum) | dd sparse",
         input: Input::Raw,
@@ -97,18 +124,20 @@ wait $hasher
 [ $rc = 0 ] && [ "$(cut -d' ' -f1 "$S/sum")" = "$SUM" ]"#,
         writes: true,
         verifies: true,
+        per_checksum: false,
         limit: LIMIT,
     },
-    Contender {
+    Template {
         id: "C",
         name: "byoi-agent deploy qcow2",
         input: Input::Qcow2,
-        script: r#""$AGENT" deploy --url "$URL" --target "$T" --type qcow2 --checksum "sha256:$SUM""#,
+        script: AGENT_QCOW2,
         writes: true,
         verifies: true,
+        per_checksum: true,
         limit: LIMIT,
     },
-    Contender {
+    Template {
         id: "D",
         name: "curl -o tmpfs; sha256sum; qemu-img convert",
         input: Input::Qcow2,
@@ -118,31 +147,83 @@ qemu-img convert -n -f qcow2 -O raw "$S/img.qcow2" "$T" &&
 sync -f "$T""#,
         writes: true,
         verifies: true,
+        per_checksum: false,
         limit: LIMIT,
     },
-    Contender {
+    Template {
         id: "E",
         name: "qemu-img convert http:// (no checksum)",
         input: Input::Qcow2,
         script: r#"qemu-img convert -n -f qcow2 -O raw "$URL" "$T" && sync -f "$T""#,
         writes: true,
         verifies: false,
+        per_checksum: false,
         // qemu-img 10.0.2's curl driver (Debian's bookworm-backports build)
         // stalls here partway: the socket is no longer polled and curl's
         // timer is unset, so it waits forever. Bounded, and reported as
         // unfinished.
         limit: Duration::from_secs(120),
     },
-    Contender {
+    Template {
         id: "F",
         name: "byoi-agent deploy qcow2 -c",
         input: Input::Qcow2Compressed,
-        script: r#""$AGENT" deploy --url "$URL" --target "$T" --type qcow2 --checksum "sha256:$SUM""#,
+        script: AGENT_QCOW2,
         writes: true,
         verifies: true,
+        per_checksum: false,
+        limit: LIMIT,
+    },
+    // C and F with the agent on one core (nginx and the kernel keep both):
+    // how inflating scales with cores.
+    Template {
+        id: "C@1",
+        name: "byoi-agent deploy qcow2, taskset 1 core",
+        input: Input::Qcow2,
+        script: r#"taskset -c 0 "$AGENT" deploy --url "$URL" --target "$T" --type qcow2 --checksum "$ALGO:$SUM""#,
+        writes: true,
+        verifies: true,
+        per_checksum: false,
+        limit: LIMIT,
+    },
+    Template {
+        id: "F@1",
+        name: "byoi-agent deploy qcow2 -c, taskset 1 core",
+        input: Input::Qcow2Compressed,
+        script: r#"taskset -c 0 "$AGENT" deploy --url "$URL" --target "$T" --type qcow2 --checksum "$ALGO:$SUM""#,
+        writes: true,
+        verifies: true,
+        per_checksum: false,
         limit: LIMIT,
     },
 ];
+
+/// The contenders to run: the table's, each per-checksum one once per
+/// algorithm of `checksums`, in the table's order.
+fn contenders(checksums: &[String]) -> Vec<Contender> {
+    let mut out = Vec::new();
+    for t in TEMPLATES {
+        let algos: Vec<&'static str> = if t.per_checksum {
+            bench_workload::ALGOS.iter().copied().filter(|a| checksums.iter().any(|c| c == a)).collect()
+        } else {
+            vec!["sha256"]
+        };
+        for algo in algos {
+            let plain = algo == "sha256";
+            out.push(Contender {
+                id: if plain { t.id.to_owned() } else { format!("{}-{algo}", t.id) },
+                name: if t.per_checksum { format!("{}, {algo}", t.name) } else { t.name.to_owned() },
+                input: t.input,
+                script: t.script,
+                algo,
+                writes: t.writes,
+                verifies: t.verifies,
+                limit: t.limit,
+            });
+        }
+    }
+    out
+}
 
 /// `(name, numerator, denominator, target)`: the issue's targets.
 const RATIOS: &[(&str, &str, &str, f64)] = &[
@@ -150,8 +231,14 @@ const RATIOS: &[(&str, &str, &str, f64)] = &[
     ("A/B", "A", "B", 1.0),
     ("C/D", "C", "D", 0.6),
     ("C/E", "C", "E", 1.0),
-    ("F/C", "F", "C", f64::NAN),
+    ("F/C", "F", "C", 1.4),
+    ("F@1/C@1", "F@1", "C@1", f64::NAN),
+    ("F@1/F", "F@1", "F", f64::NAN),
 ];
+
+/// A deployment's time over the time its bound allows: the link's (N) or
+/// the hash's (bytes ÷ the digest's speed), whichever is slower.
+const HASH_TARGET: f64 = 1.05;
 
 /// Peak RSS limit for the agent's qcow2 runs.
 const RSS_TARGET: u64 = 64 << 20;
@@ -162,9 +249,20 @@ pub struct Options {
     /// Interleaved rounds: every contender runs once per round
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = crate::at_least_one::<usize>)]
     pub runs: usize,
-    /// Only these contenders (N, A, A0, B, C, D, E, F)
+    /// Only these contenders (N, A, A-md5, A-sha1, A-sha512, A0, B, C, C-md5, …, D, E, F, C@1, F@1)
     #[arg(long, value_name = "A,C,…", value_delimiter = ',', value_parser = contender_id)]
     pub only: Option<Vec<String>>,
+    /// The digests A and C verify, each a contender of its own (SHA-256 is plain A and C)
+    #[arg(long, value_name = "ALGO,…", value_delimiter = ',', default_value = "md5,sha1,sha256,sha512", value_parser = checksum_algo)]
+    pub checksums: Vec<String>,
+    /// Run everything in a network namespace whose loopback is shaped to this rate with `tc tbf` (8gbit ≈ 10 GbE,
+    /// 25gbit), or `none` for the namespace unshaped; root only
+    #[arg(long, value_name = "RATE|none", value_parser = Link::parse)]
+    pub link: Option<Link>,
+    /// Instead of the contenders: N agents at once, each to its own target, deploying the raw image from one nginx
+    /// (SHA-256 verified), against curl alone on the same link
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub fleet: Option<u32>,
     /// Write to this block device (zeroed before every run; root only), or with `loop` to a loop device over a
     /// sparse file, instead of to a sparse file
     #[arg(long, value_name = "PATH|loop")]
@@ -179,9 +277,19 @@ fn contender_id(s: &str) -> Result<String, std::convert::Infallible> {
     Ok(s.trim().to_uppercase())
 }
 
+/// One of the agent's digests, as `--checksums` takes it.
+fn checksum_algo(s: &str) -> Result<String, String> {
+    let s = s.trim().to_lowercase();
+    if bench_workload::ALGOS.contains(&s.as_str()) {
+        Ok(s)
+    } else {
+        Err(format!("{s:?}: expected one of {}", bench_workload::ALGOS.join(", ")))
+    }
+}
+
 /// nginx on a free loopback port, serving the workload directory.
 #[derive(Debug)]
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     port: u16,
 }
@@ -225,7 +333,7 @@ impl Nginx {
         bail!("nginx did not listen on port {port}; see {}/error.log", dir.display())
     }
 
-    fn url(&self, s: &Served) -> String {
+    pub(crate) fn url(&self, s: &Served) -> String {
         format!("http://127.0.0.1:{}/{}", self.port, s.name)
     }
 }
@@ -273,7 +381,7 @@ impl Target {
 /// Lets the previous run's aftermath finish before the next one is timed:
 /// writeback, and the discards ext4 issues for a deleted target (seen here
 /// to slow even `curl -o /dev/null` by half).
-fn settle() -> anyhow::Result<()> {
+pub(crate) fn settle() -> anyhow::Result<()> {
     run(&mut Command::new("sync"))?;
     // After a few runs free memory is fragmented, and the receive path's
     // page allocations slow curl to /dev/null by a fifth (4.55 s instead
@@ -361,6 +469,70 @@ fn allocated(dir: &Path) -> u64 {
     total
 }
 
+/// A script running under `__measure`, in a process group of its own.
+#[derive(Debug)]
+pub(crate) struct Measured {
+    child: Child,
+    status_file: PathBuf,
+    pub started: Instant,
+}
+
+/// How a [`Measured`] run ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ended {
+    pub wall: f64,
+    /// The script's exit code (-1: killed, or no status written).
+    pub code: i32,
+    /// Peak RSS of its largest process, bytes.
+    pub rss: u64,
+    /// CPU seconds of its processes.
+    pub cpu: f64,
+}
+
+impl Measured {
+    /// Starts bash on `script` with `env`; its output goes to `log`.
+    pub(crate) fn spawn(
+        script: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+        status_file: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Measured> {
+        let _ = std::fs::remove_file(status_file);
+        let started = Instant::now();
+        let child = Command::new(std::env::current_exe()?)
+            .arg("__measure")
+            .arg(status_file)
+            .args(["--", "bash", "-c", script])
+            .envs(env.iter().map(|&(k, v)| (k, v)))
+            .stdout(std::fs::File::create(log)?)
+            .stderr(std::fs::File::options().append(true).open(log)?)
+            .process_group(0)
+            .spawn()?;
+        Ok(Measured { child, status_file: status_file.to_owned(), started })
+    }
+
+    /// `None` while it runs.
+    pub(crate) fn poll(&mut self) -> anyhow::Result<Option<Ended>> {
+        let Some(status) = self.child.try_wait()? else { return Ok(None) };
+        let wall = self.started.elapsed().as_secs_f64();
+        let measured = std::fs::read_to_string(&self.status_file).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.status_file);
+        let mut parts = measured.split_whitespace();
+        let code: i32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
+        let rss_kib: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let cpu: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+        let code = if status.success() { code } else { -1 };
+        Ok(Some(Ended { wall, code, rss: rss_kib * 1024, cpu }))
+    }
+
+    /// Kills the whole group: the wrapper, bash and what bash runs.
+    pub(crate) fn kill(&mut self) {
+        let group = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
 struct Runner<'a> {
     agent: PathBuf,
     nginx: &'a Nginx,
@@ -386,55 +558,40 @@ impl Runner<'_> {
             self.target.reset()?;
         }
         settle()?;
-        let scratch = self.scratch_root.join(c.id);
+        let scratch = self.scratch_root.join(&c.id);
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&scratch)?;
         let served = c.input.served(self.work);
         let status_file = scratch.join(".status");
         let log = self.logs.join(format!("{}-{round}.log", c.id));
-        let exe = std::env::current_exe()?;
-        let started = Instant::now();
-        let mut child = Command::new(exe)
-            .arg("__measure")
-            .arg(&status_file)
-            .args(["--", "bash", "-c", c.script])
-            .env("URL", self.nginx.url(served))
-            .env("SUM", &served.sha256)
-            .env("T", self.target.path())
-            .env("S", &scratch)
-            .env("AGENT", &self.agent)
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::options().append(true).open(&log)?)
-            .process_group(0)
-            .spawn()?;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break Some(status);
+        let url = self.nginx.url(served);
+        let env: [(&str, &std::ffi::OsStr); 6] = [
+            ("URL", url.as_ref()),
+            ("ALGO", c.algo.as_ref()),
+            ("SUM", served.sum(c.algo).as_ref()),
+            ("T", self.target.path().as_os_str()),
+            ("S", scratch.as_os_str()),
+            ("AGENT", self.agent.as_os_str()),
+        ];
+        let mut m = Measured::spawn(c.script, &env, &status_file, &log)?;
+        let ended = loop {
+            if let Some(e) = m.poll()? {
+                break Some(e);
             }
-            if started.elapsed() > c.limit {
-                // The whole group: the wrapper, bash and what bash runs.
-                let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
-                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-                let _ = child.wait();
+            if m.started.elapsed() > c.limit {
+                m.kill();
                 break None;
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let Some(status) = status else {
+        let Some(Ended { wall, code, rss, cpu }) = ended else {
             println!("bench: {} did not finish within {} s; stopped", c.id, c.limit.as_secs());
             std::fs::remove_dir_all(&scratch)?;
             return Ok(Sample { wall: f64::INFINITY, cpu: f64::NAN, rss: 0, scratch: 0 });
         };
-        let wall = started.elapsed().as_secs_f64();
-        let measured = std::fs::read_to_string(&status_file).unwrap_or_default();
-        let mut parts = measured.split_whitespace();
-        let code: i32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
-        let rss_kib: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let cpu: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-        if !status.success() || code != 0 {
+        if code != 0 {
             bail!("{} ({}) failed with exit code {code}; see {}", c.id, c.name, log.display());
         }
-        let _ = std::fs::remove_file(&status_file);
         let scratch_bytes = allocated(&scratch);
         std::fs::remove_dir_all(&scratch)?;
         if check && c.writes {
@@ -448,13 +605,13 @@ impl Runner<'_> {
                 );
             }
         }
-        Ok(Sample { wall, cpu, rss: rss_kib * 1024, scratch: scratch_bytes })
+        Ok(Sample { wall, cpu, rss, scratch: scratch_bytes })
     }
 }
 
 /// The median; infinite runs (stopped at their limit) sort last, so a
 /// contender that finished most of its runs still has one.
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {
@@ -477,7 +634,7 @@ fn first_line(cmd: &mut Command) -> String {
     }
 }
 
-fn machine() -> serde_json::Value {
+pub(crate) fn machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model =
         cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']));
@@ -498,17 +655,26 @@ fn machine() -> serde_json::Value {
     })
 }
 
-fn mib(b: u64) -> String {
+pub(crate) fn mib(b: u64) -> String {
     format!("{:.0} MiB", b as f64 / f64::from(1 << 20))
 }
 
 pub fn run_task(opts: &Options) -> anyhow::Result<()> {
-    setup::host(&["nginx", "curl", "qemu-utils"], &["qemu-block-extra"])?;
+    setup::host(&["nginx", "curl", "qemu-utils", "iproute2", "util-linux"], &["qemu-block-extra"])?;
     println!("bench: building the agent as shipped (release, static)");
     let agent = crate::task_initramfs::static_agent()?;
     let work = bench_workload::workload()?;
     let bench_dir = root().join("target/bench");
+    if opts.micro && opts.fleet.is_none() {
+        // Built now: in the namespace cargo could not reach a registry.
+        run(Command::new("cargo").args(["bench", "--quiet", "--no-run", "-p", "byoi-agent", "--bench", "stages"]))?;
+    }
+    // Everything from here on talks over the link; nginx stops first.
+    let _netns = opts.link.as_ref().map(Netns::enter).transpose()?;
     let nginx = Nginx::start(&bench_workload::dir(), &bench_dir.join("nginx"))?;
+    if let Some(n) = opts.fleet {
+        return crate::bench_fleet::fleet(opts, n as usize, &agent, &work, &nginx, &bench_dir);
+    }
 
     if opts.device.is_some() && !setup::is_root() {
         bail!("--device needs root (losetup, blkdiscard, O_EXCL on the device)");
@@ -532,10 +698,14 @@ pub fn run_task(opts: &Options) -> anyhow::Result<()> {
             Target::Device(PathBuf::from(dev))
         }
     };
-    let contenders: Vec<&Contender> =
-        CONTENDERS.iter().filter(|c| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == c.id))).collect();
+    let all = contenders(&opts.checksums);
+    let contenders: Vec<&Contender> = all
+        .iter()
+        .filter(|c| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x.eq_ignore_ascii_case(&c.id))))
+        .collect();
     if contenders.is_empty() {
-        bail!("--only matches no contender (N, A, A0, B, C, D, E, F)");
+        let ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
+        bail!("--only matches no contender ({})", ids.join(", "));
     }
     let logs = bench_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -613,14 +783,14 @@ fn report(
         let rss = median(finished.iter().map(|x| x.rss as f64).collect()) as u64;
         let scratch = finished.iter().map(|x| x.scratch).max().unwrap_or(0);
         let cpu = median(finished.iter().map(|x| x.cpu).collect());
-        medians.insert(c.id, (wall, c.limit.as_secs_f64()));
+        medians.insert(c.id.as_str(), (wall, c.limit.as_secs_f64()));
         let finite = |v: f64| if v.is_finite() { json!(v) } else { serde_json::Value::Null };
         rows.push(json!({
             "id": c.id,
             "name": c.name,
             "input": c.input.served(work).name,
             "script": c.script,
-            "verifies_sha256": c.verifies,
+            "checksum": if c.verifies { json!(c.algo) } else { serde_json::Value::Null },
             "wall_s": s.iter().map(|x| finite(x.wall)).collect::<Vec<_>>(),
             "unfinished_runs": s.len() - finished.len(),
             "limit_s": c.limit.as_secs(),
@@ -652,8 +822,10 @@ fn report(
         .filter(|r| r["id"] == "C" || r["id"] == "F")
         .map(|r| json!({ "id": r["id"], "peak_rss_bytes": r["peak_rss_bytes"], "target": RSS_TARGET, "met": r["peak_rss_bytes"].as_u64().unwrap_or(u64::MAX) <= RSS_TARGET }))
         .collect();
+    let checksums = checksum_bounds(opts, work, &medians, &micro);
     let results = json!({
         "machine": machine,
+        "link": opts.link.as_ref().map(Link::describe),
         "target": { "path": target.path(), "kind": match target { Target::File(_) => "file", Target::Device(_) => "device" } },
         "workload": {
             "virtual_size": SIZE,
@@ -666,6 +838,7 @@ fn report(
         "contenders": rows,
         "ratios": ratios,
         "rss": rss_checks,
+        "checksums": checksums,
         "micro": micro,
     });
     let path = root().join("target/bench/results.json");
@@ -675,17 +848,65 @@ fn report(
     Ok(())
 }
 
+/// Per digest: A (raw) against the link (N) and against the hash alone
+/// (the raw image's bytes ÷ the digest's speed in the stage benchmark),
+/// with the target that applies — A/N when the link is the slower of the
+/// two, A/hash when the hash is — and C/N.
+fn checksum_bounds(
+    opts: &Options,
+    work: &Workload,
+    medians: &std::collections::BTreeMap<&str, (f64, f64)>,
+    micro: &serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let Some(&(n, _)) = medians.get("N").filter(|(n, _)| n.is_finite()) else { return Vec::new() };
+    let mut out = Vec::new();
+    for algo in bench_workload::ALGOS.iter().filter(|a| opts.checksums.iter().any(|c| c == *a)) {
+        let id = |base: &str| if *algo == "sha256" { base.to_owned() } else { format!("{base}-{algo}") };
+        let finite = |id: String| medians.get(id.as_str()).map(|m| m.0).filter(|v| v.is_finite());
+        let Some(a) = finite(id("A")) else { continue };
+        let rate = micro["hashes"]
+            .as_array()
+            .and_then(|h| h.iter().find(|x| x["algo"] == *algo))
+            .and_then(|x| x["mb_s"].as_f64());
+        let hash_s = rate.map(|r| work.raw.len as f64 / (r * 1e6));
+        let bound = match hash_s {
+            Some(h) if h > n => "hash",
+            Some(_) => "link",
+            None => "unknown",
+        };
+        let against = match bound {
+            "hash" => hash_s.map(|h| a / h),
+            "link" => Some(a / n),
+            _ => None,
+        };
+        out.push(json!({
+            "algo": algo,
+            "a_s": a,
+            "n_s": n,
+            "hash_s": hash_s,
+            "a_over_n": a / n,
+            "a_over_hash": hash_s.map(|h| a / h),
+            "c_over_n": finite(id("C")).map(|c| c / n),
+            "bound": bound,
+            "target": HASH_TARGET,
+            "met": against.map(|v| v <= HASH_TARGET),
+        }));
+    }
+    out
+}
+
 fn print_table(r: &serde_json::Value) {
     let m = &r["machine"];
     let w = &r["workload"];
     println!(
-        "\nbyoi bench: {} cores ({}), {} GiB RAM, {}; target {} ({})",
+        "\nbyoi bench: {} cores ({}), {} GiB RAM, {}; target {} ({}); link {}",
         m["cores"],
         m["cpu"].as_str().unwrap_or("?"),
         m["memory_bytes"].as_u64().unwrap_or(0) >> 30,
         m["kernel"].as_str().unwrap_or("?"),
         r["target"]["path"].as_str().unwrap_or("?"),
         r["target"]["kind"].as_str().unwrap_or("?"),
+        r["link"].as_str().unwrap_or("host loopback"),
     );
     println!(
         "workload: 4 GiB GPT disk, {:.0} % data; raw {}, qcow2 {}, qcow2 -c {}; median of {} interleaved runs",
@@ -696,8 +917,8 @@ fn print_table(r: &serde_json::Value) {
         r["runs"],
     );
     println!(
-        "\n    {:<42} {:>8} {:>8} {:>8} {:>10} {:>10}  sha256",
-        "contender", "wall s", "MB/s", "CPU s", "peak RSS", "scratch"
+        "\n{:<9} {:<50} {:>8} {:>8} {:>8} {:>10} {:>10}  verifies",
+        "", "contender", "wall s", "MB/s", "CPU s", "peak RSS", "scratch"
     );
     for c in r["contenders"].as_array().into_iter().flatten() {
         let (wall, rate) = match c["median_wall_s"].as_f64() {
@@ -705,7 +926,7 @@ fn print_table(r: &serde_json::Value) {
             None => (format!("> {}", c["limit_s"]), "-".to_owned()),
         };
         println!(
-            "{:<3} {:<42} {:>8} {:>8} {:>8} {:>10} {:>10}  {}",
+            "{:<9} {:<50} {:>8} {:>8} {:>8} {:>10} {:>10}  {}",
             c["id"].as_str().unwrap_or("?"),
             c["name"].as_str().unwrap_or("?"),
             wall,
@@ -713,7 +934,7 @@ fn print_table(r: &serde_json::Value) {
             c["median_cpu_s"].as_f64().map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
             c["peak_rss_bytes"].as_u64().map(mib).unwrap_or_else(|| "-".into()),
             mib(c["scratch_bytes"].as_u64().unwrap_or(0)),
-            if c["verifies_sha256"] == true { "yes" } else { "no" },
+            c["checksum"].as_str().unwrap_or("no"),
         );
     }
     println!();
@@ -724,10 +945,39 @@ fn print_table(r: &serde_json::Value) {
         };
         let at_most = if x["bound"] == "upper" { "≤" } else { " " };
         println!(
-            "{:<4} {at_most}{:6.2}  {goal}",
+            "{:<8} {at_most}{:6.2}  {goal}",
             x["ratio"].as_str().unwrap_or("?"),
             x["value"].as_f64().unwrap_or(0.0)
         );
+    }
+    let checksums = r["checksums"].as_array().into_iter().flatten().collect::<Vec<_>>();
+    if !checksums.is_empty() {
+        println!(
+            "\nper digest (raw image; hash = its bytes ÷ the digest's speed below; target ≤ {HASH_TARGET} of the slower):"
+        );
+        println!(
+            "  {:<7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7}  bound",
+            "digest", "A s", "N s", "hash s", "A/N", "A/hash", "C/N"
+        );
+        for x in checksums {
+            let f = |k: &str, p: usize| x[k].as_f64().map(|v| format!("{v:.p$}")).unwrap_or_else(|| "-".into());
+            let verdict = match x["met"].as_bool() {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "",
+            };
+            println!(
+                "  {:<7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7}  {} {verdict}",
+                x["algo"].as_str().unwrap_or("?"),
+                f("a_s", 2),
+                f("n_s", 2),
+                f("hash_s", 2),
+                f("a_over_n", 2),
+                f("a_over_hash", 2),
+                f("c_over_n", 2),
+                x["bound"].as_str().unwrap_or("?"),
+            );
+        }
     }
     for x in r["rss"].as_array().into_iter().flatten() {
         println!(
@@ -774,14 +1024,42 @@ mod tests {
 
     #[test]
     fn every_ratio_names_contenders_that_exist() {
-        let ids: Vec<&str> = CONTENDERS.iter().map(|c| c.id).collect();
+        let all = contenders(&["sha256".to_owned()]);
+        let ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
         for (name, a, b, _) in RATIOS {
             assert!(ids.contains(a) && ids.contains(b), "{name}");
         }
         // Only N and E skip the checksum, as the issue has it (and A0,
         // which exists to show what it costs).
-        let unverified: Vec<&str> = CONTENDERS.iter().filter(|c| !c.verifies).map(|c| c.id).collect();
+        let unverified: Vec<&str> = all.iter().filter(|c| !c.verifies).map(|c| c.id.as_str()).collect();
         assert_eq!(unverified, ["N", "A0", "E"]);
+    }
+
+    #[test]
+    fn per_checksum_contenders_come_once_per_digest() {
+        let all = contenders(&["sha512".to_owned(), "md5".to_owned(), "sha256".to_owned()]);
+        let ids: Vec<(&str, &str)> = all.iter().map(|c| (c.id.as_str(), c.algo)).collect();
+        assert_eq!(
+            ids,
+            [
+                ("N", "sha256"),
+                ("A-md5", "md5"),
+                ("A", "sha256"),
+                ("A-sha512", "sha512"),
+                ("A0", "sha256"),
+                ("B", "sha256"),
+                ("C-md5", "md5"),
+                ("C", "sha256"),
+                ("C-sha512", "sha512"),
+                ("D", "sha256"),
+                ("E", "sha256"),
+                ("F", "sha256"),
+                ("C@1", "sha256"),
+                ("F@1", "sha256"),
+            ]
+        );
+        // Without SHA-256 there is no plain A, and the ratios skip it.
+        assert!(contenders(&["md5".to_owned()]).iter().all(|c| c.id != "A"));
     }
 
     fn parse(args: &[&str]) -> Result<Options, clap::Error> {
@@ -797,7 +1075,14 @@ mod tests {
         let o = parse(&["--runs", "5", "--only", "a,c", "--no-micro"]).unwrap();
         assert_eq!((o.runs, o.only, o.micro), (5, Some(vec!["A".to_owned(), "C".to_owned()]), false));
         let o = parse(&[]).unwrap();
-        assert_eq!((o.runs, o.only, o.device, o.micro), (3, None, None, true));
+        assert_eq!((o.runs, o.only, o.device, o.micro, o.link, o.fleet), (3, None, None, true, None, None));
+        assert_eq!(o.checksums, ["md5", "sha1", "sha256", "sha512"]);
+        let o = parse(&["--link", "8gbit", "--fleet", "4", "--checksums", "SHA512, md5"]).unwrap();
+        assert_eq!(o.link, Some(Link::Shaped { bits_per_s: 8_000_000_000, text: "8gbit".into() }));
+        assert_eq!((o.fleet, o.checksums), (Some(4), vec!["sha512".to_owned(), "md5".to_owned()]));
+        for bad in [&["--checksums", "crc32"][..], &["--link", "fast"], &["--fleet", "0"], &["--fleet", "65"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
         assert!(parse(&["--runs", "0"]).is_err());
         assert!(parse(&["--runs"]).is_err());
         assert!(parse(&["--fast"]).is_err());
