@@ -330,13 +330,21 @@ impl Fill {
         Ok(())
     }
 
-    /// Like [`Fill::write`] for a compressed grain that inflates to `len`
-    /// bytes on `sink`'s threads.
-    fn inflate(&mut self, sink: &mut Ordered<'_>, offset: u64, len: u64, held: usize, job: Job) -> Result<()> {
+    /// Like [`Fill::write`] for a compressed grain that inflates on
+    /// `sink`'s threads (into at most `grain` bytes) and writes `len`.
+    fn inflate(
+        &mut self,
+        sink: &mut Ordered<'_>,
+        offset: u64,
+        len: u64,
+        grain: u64,
+        input: Vec<u8>,
+        job: Job,
+    ) -> Result<()> {
         if offset > self.next {
             sink.zero_at(self.next, offset - self.next)?;
         }
-        sink.inflate(offset, held, job)?;
+        sink.inflate(offset, input, grain as usize, job)?;
         self.next = self.next.max(offset + len);
         Ok(())
     }
@@ -550,12 +558,11 @@ impl SparseStream<'_, '_> {
         let at = self.base + index * grain_bytes;
         // The last grain may be cut by the extent's end.
         let need = grain_bytes.min(self.end - at);
-        let held = input.len() + grain_bytes as usize;
-        let job: Job = Box::new(move |inflaters: &mut Inflaters| {
+        let job: Job = Box::new(move |inflaters: &mut Inflaters, input: &[u8], out: &mut Vec<u8>| {
             let inflate = inflaters.deflate(true);
-            let mut out = vec![0u8; grain_bytes as usize];
+            out.resize(grain_bytes as usize, 0);
             let status = inflate
-                .decompress(&input, &mut out, flate2::FlushDecompress::Finish)
+                .decompress(input, out, flate2::FlushDecompress::Finish)
                 .map_err(|e| corrupt(format!("the grain at sector {sector} (LBA {lba}): {e}")))?;
             let len = inflate.total_out();
             if status != flate2::Status::StreamEnd || len < need {
@@ -565,9 +572,9 @@ impl SparseStream<'_, '_> {
                 )));
             }
             out.truncate(need as usize);
-            Ok(out)
+            Ok(())
         });
-        self.fill.inflate(&mut self.sink, at, need, held, job)
+        self.fill.inflate(&mut self.sink, at, need, grain_bytes, input, job)
     }
 
     /// `monolithicSparse`: grains where the tables say, in file order.
@@ -674,7 +681,8 @@ impl SparseStream<'_, '_> {
             if u64::from(size) > max_compressed {
                 return Err(corrupt(format!("the grain at sector {sector} claims {size} compressed bytes")));
             }
-            let mut data = vec![0u8; size as usize];
+            let mut data = self.sink.buffer(size as usize);
+            data.resize(size as usize, 0);
             if r.fill(&mut data)? < data.len() {
                 return Err(corrupt(format!("the file ends inside the grain at sector {sector}")));
             }

@@ -529,17 +529,18 @@ impl<'a> Decoder<'a> {
                 let (compression, cs, host) = (self.h.compression, self.h.cluster_size() as usize, w.start);
                 // Cut at the virtual size, as `write_data` does.
                 let keep = (cs as u64).min(self.h.size.saturating_sub(guest)) as usize;
-                let input = bytes.to_vec();
-                let held = input.len() + cs;
+                let mut input = self.sink.buffer(bytes.len());
+                input.extend_from_slice(bytes);
                 self.sink.inflate(
                     guest,
-                    held,
-                    Box::new(move |inflaters| {
-                        let mut out = vec![0u8; cs];
-                        decompress(compression, inflaters, &input, &mut out)
+                    input,
+                    cs,
+                    Box::new(move |inflaters, input, out| {
+                        out.resize(cs, 0);
+                        decompress(compression, inflaters, input, out)
                             .map_err(|e| DeployError::corrupt_qcow2(format!("compressed cluster at {host:#x}: {e}")))?;
                         out.truncate(keep);
-                        Ok(out)
+                        Ok(())
                     }),
                 )
             }
