@@ -27,15 +27,15 @@ use crate::error::{DeployError, Result};
 use crate::sink::ImageSink;
 
 /// Most jobs submitted and not yet written.
-pub const MAX_JOBS: usize = 64;
+pub const MAX_JOBS: usize = 32;
 /// Most bytes held by queued operations (inputs plus outputs of jobs,
 /// copies of plain writes waiting behind one): the disk writer's 4 MiB
 /// runs take a few milliseconds to write, during which two threads inflate
 /// several MiB. Four 2 MiB clusters always fit, so the largest qcow2
 /// clusters still run in parallel.
-pub const MAX_HELD: usize = 8 << 20;
+pub const MAX_HELD: usize = 4 << 20;
 /// Most buffers kept for reuse.
-const MAX_FREE: usize = 32;
+const MAX_FREE: usize = 16;
 /// Most inflating threads, whatever the core count.
 const MAX_THREADS: usize = 8;
 

@@ -79,6 +79,12 @@ pub trait Target: Send + Sync {
     fn sync(&self) -> io::Result<()>;
     /// Tells the kernel the partition table changed (block devices only).
     fn reread_partitions(&self) -> io::Result<()>;
+    /// Another handle on the same disk (duplicated descriptors), for the
+    /// [`DiskWriter`]'s write-behind thread; `None` keeps its writes on the
+    /// caller's thread.
+    fn write_behind(&self) -> Option<Box<dyn Target>> {
+        None
+    }
 }
 
 /// Bytes a plain copy ([`copy_at`]) moves per read and write.
@@ -179,9 +185,87 @@ pub struct WriteStats {
     pub zeroed_bytes: u64,
 }
 
+/// A run handed to the write-behind thread, or zeroing.
+enum Behind {
+    Data { start: u64, buf: AlignedBuf },
+    Zero { start: u64, len: u64 },
+}
+
+/// The write-behind thread: runs are written on it, in order, while the
+/// decoder fills the next one, so that a decoder is never blocked on the
+/// disk unless the disk is the slower. One data run in flight at a time:
+/// two run buffers in all.
+struct WriteBehind {
+    ops: Option<std::sync::mpsc::SyncSender<Behind>>,
+    /// Each op's outcome, with its buffer back for data.
+    done: std::sync::mpsc::Receiver<(Option<AlignedBuf>, io::Result<()>)>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    /// Ops sent and not yet answered.
+    pending: usize,
+    /// Whether a data run is in flight.
+    data_in_flight: bool,
+}
+
+/// Zero ops queued ahead of the write-behind thread before the writer waits.
+const BEHIND_QUEUE: usize = 64;
+
+impl WriteBehind {
+    fn start(target: Box<dyn Target>) -> io::Result<WriteBehind> {
+        let (ops, rx) = std::sync::mpsc::sync_channel::<Behind>(BEHIND_QUEUE);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new().name("byoi-write".into()).spawn(move || {
+            for op in rx {
+                let outcome = match op {
+                    Behind::Data { start, buf } => {
+                        let r = target.write_all_at(buf.as_slice(), start);
+                        (Some(buf), r)
+                    }
+                    Behind::Zero { start, len } => (None, target.zero_range(start, len)),
+                };
+                if done_tx.send(outcome).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(WriteBehind { ops: Some(ops), done, handle: Some(handle), pending: 0, data_in_flight: false })
+    }
+
+    fn send(&mut self, op: Behind) -> io::Result<()> {
+        let gone = || io::Error::other("the write-behind thread is gone");
+        let is_data = matches!(op, Behind::Data { .. });
+        self.ops.as_ref().ok_or_else(gone)?.send(op).map_err(|_| gone())?;
+        self.pending += 1;
+        self.data_in_flight |= is_data;
+        Ok(())
+    }
+
+    /// Takes one answer: the buffer of a data run, if it was one.
+    fn answer(&mut self) -> io::Result<Option<AlignedBuf>> {
+        let (buf, r) = self.done.recv().map_err(|_| io::Error::other("the write-behind thread is gone"))?;
+        self.pending -= 1;
+        if buf.is_some() {
+            self.data_in_flight = false;
+        }
+        r.map(|()| buf)
+    }
+}
+
+impl Drop for WriteBehind {
+    fn drop(&mut self) {
+        self.ops = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Writes an image onto a [`Target`]: coalesces writes, zeroes zero blocks
 /// instead of writing them, keeps the first and last [`HOLD_BACK`] bytes in
 /// memory until [`DiskWriter::commit`], and refuses to write past the end.
+/// When the target offers [`Target::write_behind`], runs are written on a
+/// thread of their own; a failed write is reported by a later call, and
+/// everything is on the target before [`DiskWriter::overlay`] and
+/// [`DiskWriter::commit`] go on.
 pub struct DiskWriter<'t> {
     target: &'t dyn Target,
     /// `qcow2` or `raw`: how OVH names the failing write.
@@ -193,6 +277,12 @@ pub struct DiskWriter<'t> {
     tail_start: u64,
     run: Run,
     stats: WriteStats,
+    /// Started at the first flush; `None` after, when the target has no
+    /// second handle.
+    behind: Option<WriteBehind>,
+    tried_behind: bool,
+    /// A run buffer back from the write-behind thread.
+    spare: Option<AlignedBuf>,
 }
 
 /// Where a byte of the disk lives until commit.
@@ -223,6 +313,9 @@ impl<'t> DiskWriter<'t> {
             tail_start,
             run: Run::default(),
             stats: WriteStats::default(),
+            behind: None,
+            tried_behind: false,
+            spare: None,
         }
     }
 
@@ -249,6 +342,7 @@ impl<'t> DiskWriter<'t> {
     /// Pending writes are flushed first.
     pub fn overlay(&mut self) -> Result<Overlay<'_, 't>> {
         self.flush()?;
+        self.drain()?;
         Ok(Overlay { w: self, pos: 0 })
     }
 
@@ -281,19 +375,71 @@ impl<'t> DiskWriter<'t> {
         &mut self.hold
     }
 
-    /// Flushes pending writes (not the held-back bytes).
+    /// Flushes pending writes (not the held-back bytes): hands them to the
+    /// write-behind thread, or writes them.
     pub fn flush(&mut self) -> Result<()> {
+        if !self.tried_behind && (!self.run.data.is_empty() || self.run.zero_len > 0) {
+            self.tried_behind = true;
+            self.behind = self.target.write_behind().and_then(|t| WriteBehind::start(t).ok());
+        }
         if !self.run.data.is_empty() {
-            let r = self.target.write_all_at(self.run.data.as_slice(), self.run.start);
-            r.map_err(|e| self.write_err(e))?;
-            self.stats.data_bytes += self.run.data.len as u64;
-            self.run.data.clear();
+            let len = self.run.data.len as u64;
+            if self.behind.is_some() {
+                let next = self.free_run_buffer()?;
+                let buf = std::mem::replace(&mut self.run.data, next);
+                let op = Behind::Data { start: self.run.start, buf };
+                self.send_behind(op)?;
+            } else {
+                let r = self.target.write_all_at(self.run.data.as_slice(), self.run.start);
+                r.map_err(|e| self.write_err(e))?;
+                self.run.data.clear();
+            }
+            self.stats.data_bytes += len;
         }
         if self.run.zero_len > 0 {
-            let r = self.target.zero_range(self.run.start, self.run.zero_len);
-            r.map_err(|e| self.write_err(e))?;
-            self.stats.zeroed_bytes += self.run.zero_len;
+            let (start, len) = (self.run.start, self.run.zero_len);
+            if self.behind.is_some() {
+                self.send_behind(Behind::Zero { start, len })?;
+            } else {
+                self.target.zero_range(start, len).map_err(|e| self.write_err(e))?;
+            }
+            self.stats.zeroed_bytes += len;
             self.run.zero_len = 0;
+        }
+        Ok(())
+    }
+
+    fn send_behind(&mut self, op: Behind) -> Result<()> {
+        let Some(b) = self.behind.as_mut() else { return Ok(()) };
+        let r = b.send(op);
+        r.map_err(|e| self.write_err(e))
+    }
+
+    /// An empty run buffer: the spare one, or the one in flight once it is
+    /// written (answers of zeroing on the way), or a new one.
+    fn free_run_buffer(&mut self) -> Result<AlignedBuf> {
+        loop {
+            if let Some(mut b) = self.spare.take() {
+                b.clear();
+                return Ok(b);
+            }
+            let Some(behind) = self.behind.as_mut() else { break };
+            if !behind.data_in_flight {
+                break;
+            }
+            let r = behind.answer();
+            self.spare = r.map_err(|e| self.write_err(e))?;
+        }
+        Ok(AlignedBuf::with_capacity(MAX_RUN))
+    }
+
+    /// Waits until the write-behind thread has done everything sent to it.
+    fn drain(&mut self) -> Result<()> {
+        while let Some(behind) = self.behind.as_mut().filter(|b| b.pending > 0) {
+            let r = behind.answer();
+            if let Some(buf) = r.map_err(|e| self.write_err(e))? {
+                self.spare = Some(buf);
+            }
         }
         Ok(())
     }
@@ -327,6 +473,7 @@ impl<'t> DiskWriter<'t> {
     /// syncs again and has the kernel re-read the partition table.
     pub fn commit(&mut self) -> Result<WriteStats> {
         self.flush()?;
+        self.drain()?;
         check_sector_size(&self.hold, self.target)?;
         self.target.sync().map_err(|e| self.write_err(e))?;
         self.target.write_all_at(&self.tail, self.tail_start).map_err(|e| self.write_err(e))?;
@@ -550,24 +697,32 @@ pub fn check_sector_size(first: &[u8], target: &dyn Target) -> Result<()> {
 mod tests {
     use super::*;
     use std::io::{Read, Seek, SeekFrom, Write};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
-    /// A target in memory that records the operations it gets.
+    /// A target in memory that records the operations it gets; clones
+    /// share the disk.
+    #[derive(Clone)]
     struct MemTarget {
-        data: Mutex<Vec<u8>>,
-        ops: Mutex<Vec<(char, u64, u64)>>,
+        data: Arc<Mutex<Vec<u8>>>,
+        ops: Arc<Mutex<Vec<(char, u64, u64)>>>,
         /// Whether each write's buffer started on a page, in order.
-        page_aligned: Mutex<Vec<bool>>,
+        page_aligned: Arc<Mutex<Vec<bool>>>,
         sector: u32,
+        /// Offers a write-behind handle.
+        behind: bool,
+        /// A data write covering this offset fails.
+        fail_at: Option<u64>,
     }
 
     impl MemTarget {
         fn new(size: usize) -> Self {
             MemTarget {
-                data: Mutex::new(vec![0xee; size]),
-                ops: Mutex::new(Vec::new()),
-                page_aligned: Mutex::new(Vec::new()),
+                data: Arc::new(Mutex::new(vec![0xee; size])),
+                ops: Arc::default(),
+                page_aligned: Arc::default(),
                 sector: 512,
+                behind: false,
+                fail_at: None,
             }
         }
     }
@@ -583,6 +738,9 @@ mod tests {
             self.sector
         }
         fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            if self.fail_at.is_some_and(|f| (offset..offset + buf.len() as u64).contains(&f)) {
+                return Err(io::Error::other("injected write failure"));
+            }
             self.ops.lock().unwrap().push(('w', offset, buf.len() as u64));
             self.page_aligned.lock().unwrap().push((buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN));
             self.data.lock().unwrap()[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
@@ -603,6 +761,50 @@ mod tests {
         }
         fn reread_partitions(&self) -> io::Result<()> {
             Ok(())
+        }
+        fn write_behind(&self) -> Option<Box<dyn Target>> {
+            self.behind.then(|| Box::new(self.clone()) as Box<dyn Target>)
+        }
+    }
+
+    /// Data runs, zero gaps and ragged pieces over 14 MiB of a 16 MiB disk.
+    fn write_pattern(w: &mut DiskWriter<'_>) -> Result<()> {
+        let mut at = HOLD_BACK;
+        for i in 0..200u64 {
+            let len = 4096 * (1 + i * 37 % 23) as usize + (i as usize % 3) * 100;
+            if i % 4 == 3 {
+                w.zero_at(at, len as u64)?;
+            } else {
+                let data: Vec<u8> = (0..len).map(|j| (j as u64 * 7 + i) as u8 | 1).collect();
+                w.write_at(at, &data)?;
+            }
+            at += len as u64;
+        }
+        assert!(at < (15 << 20), "{at}");
+        w.commit().map(|_| ())
+    }
+
+    #[test]
+    fn writing_behind_does_what_writing_in_place_does() {
+        let (inline, behind) = (MemTarget::new(16 << 20), MemTarget { behind: true, ..MemTarget::new(16 << 20) });
+        write_pattern(&mut DiskWriter::new(&inline, "raw")).unwrap();
+        let mut w = DiskWriter::new(&behind, "raw");
+        write_pattern(&mut w).unwrap();
+        assert!(w.behind.is_some(), "no write-behind thread");
+        assert_eq!(*inline.ops.lock().unwrap(), *behind.ops.lock().unwrap());
+        assert!(*inline.data.lock().unwrap() == *behind.data.lock().unwrap());
+        assert!(inline.ops.lock().unwrap().len() > 100);
+    }
+
+    #[test]
+    fn a_write_failing_behind_is_reported() {
+        for behind in [false, true] {
+            let t = MemTarget { behind, fail_at: Some(HOLD_BACK + 10), ..MemTarget::new(16 << 20) };
+            let e = write_pattern(&mut DiskWriter::new(&t, "raw")).unwrap_err();
+            assert!(matches!(e, DeployError::Write { .. }), "{e:?}");
+            assert!(e.to_string().contains("injected write failure"), "{e}");
+            // The head is only written by a commit that succeeded.
+            assert!(t.data.lock().unwrap()[..1 << 20].iter().all(|&b| b == 0xee));
         }
     }
 

@@ -220,6 +220,23 @@ impl Target for DiskTarget {
             Kind::Block => ioctl::reread_partitions(&self.file),
         }
     }
+
+    /// The same descriptors, duplicated: `O_EXCL` and `O_DIRECT` come along.
+    fn write_behind(&self) -> Option<Box<dyn Target>> {
+        let direct = match &self.direct {
+            Some(d) => Some(d.try_clone().ok()?),
+            None => None,
+        };
+        Some(Box::new(DiskTarget {
+            file: self.file.try_clone().ok()?,
+            direct,
+            direct_ok: AtomicBool::new(self.direct_ok.load(Ordering::Relaxed)),
+            path: self.path.clone(),
+            kind: self.kind,
+            size: self.size,
+            sector: self.sector,
+        }))
+    }
 }
 
 /// Why the block device `dev` (a `dev_t`) is in use, if it is: a mounted
