@@ -12,10 +12,11 @@
 //! Memory is bounded: at most [`MAX_JOBS`] jobs in flight and [`MAX_HELD`]
 //! bytes held (compressed inputs, their outputs, and plain writes queued
 //! behind an unfinished job); beyond either, the decoder waits for the
-//! oldest job. The queue is deep enough that the threads keep inflating
-//! while the decoding thread is blocked writing a run to the disk. Input and
-//! output buffers go back and forth between the threads and are reused, so
-//! the allocator of each thread does not grow its own cache of them.
+//! oldest job (the disk writes are on the `DiskWriter`'s write-behind
+//! thread, so the decoder keeps the queue fed). Input and output buffers go
+//! back and forth between the threads and are reused, allocated on the
+//! decoding thread only: memory freed on another thread than the one that
+//! allocated it lingers in the allocator's per-thread caches.
 //! Hand-written rather than a thread-pool crate because that bound and the
 //! in-order completion are the whole point.
 
@@ -26,16 +27,16 @@ use std::thread::{self, JoinHandle};
 use crate::error::{DeployError, Result};
 use crate::sink::ImageSink;
 
-/// Most jobs submitted and not yet written.
-pub const MAX_JOBS: usize = 32;
+/// Most jobs submitted and not yet written: with 64 KiB clusters, 2 MiB
+/// queued. Deeper queues (up to 128 jobs) were no faster on 2 cores and
+/// cost up to 8 MiB more of peak RSS.
+pub const MAX_JOBS: usize = 16;
 /// Most bytes held by queued operations (inputs plus outputs of jobs,
-/// copies of plain writes waiting behind one): the disk writer's 4 MiB
-/// runs take a few milliseconds to write, during which two threads inflate
-/// several MiB. Four 2 MiB clusters always fit, so the largest qcow2
-/// clusters still run in parallel.
-pub const MAX_HELD: usize = 4 << 20;
+/// copies of plain writes waiting behind one): two jobs of 2 MiB clusters,
+/// the largest qcow2 has, still run in parallel.
+pub const MAX_HELD: usize = 8 << 20;
 /// Most buffers kept for reuse.
-const MAX_FREE: usize = 16;
+const MAX_FREE: usize = 8;
 /// Most inflating threads, whatever the core count.
 const MAX_THREADS: usize = 8;
 
