@@ -52,7 +52,8 @@ enum Task {
     Image(task_image::Options),
     /// The agent against curl, curl|tee|dd, Ironic's stage-and-convert and qemu-img over HTTP
     ///
-    /// On a 4 GiB workload served by nginx; results in target/bench/results.json.
+    /// On a 4 GiB workload served by nginx; results in target/bench/results.json. --link shapes the link
+    /// (root); --fleet N runs N agents at once instead (target/bench/fleet.json).
     Bench(task_bench::Options),
     /// The agent's parsers under cargo-fuzz (libFuzzer, ASan, stable with RUSTC_BOOTSTRAP=1)
     ///
