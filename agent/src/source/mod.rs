@@ -20,7 +20,11 @@ use crate::progress::Progress;
 
 /// Chunks in flight between the download and the decoder. With hyper's
 /// frames of at most a few hundred KiB, this bounds memory to a few MiB.
-pub(crate) const DATA_QUEUE_CHUNKS: usize = 32;
+/// When the decoder is the slower (a compressed qcow2, inflated on every
+/// core), the queue stays full: at 32 chunks it added 10–15 MiB to the
+/// peak RSS; 12 was as fast for raw, qcow2 and compressed qcow2 (`cargo
+/// xtask bench`).
+pub(crate) const DATA_QUEUE_CHUNKS: usize = 12;
 
 /// What flows from a source's producer to its [`ChannelReader`].
 #[derive(Debug)]
