@@ -10,7 +10,8 @@
 //! with `O_DIRECT` as a server's disk would be: they share this machine's
 //! one disk, which writes faster than the links measured here carry (the
 //! image is 40 % data). On tmpfs, where `O_DIRECT` is refused, the page
-//! cache's copies cost the fleet a tenth of the link on 2 cores.
+//! cache's copies held 4 agents to 0.84 of an 8gbit link on 2 cores
+//! (1.00 on disk).
 
 use std::path::Path;
 use std::time::Duration;
