@@ -129,19 +129,12 @@ fn fleet_round(
         let log = logs.join(format!("fleet-{i}-{round}.log"));
         running.push((Measured::spawn(AGENT_RAW, &env, &status, &log)?, log, None::<Ended>));
     }
-    while running.iter().any(|r| r.2.is_none()) {
-        for (m, log, ended) in running.iter_mut().filter(|r| r.2.is_none()) {
-            if let Some(e) = m.poll()? {
-                if e.code != 0 {
-                    bail!("an agent of the fleet failed with exit code {}; see {}", e.code, log.display());
-                }
-                *ended = Some(e);
-            } else if m.started.elapsed() > LIMIT {
-                m.kill();
-                bail!("an agent of the fleet did not finish within {} s; see {}", LIMIT.as_secs(), log.display());
-            }
+    if let Err(e) = wait_all(&mut running) {
+        // Nothing left behind: the others are stopped too.
+        for (m, _, _) in running.iter_mut().filter(|r| r.2.is_none()) {
+            m.kill();
         }
-        std::thread::sleep(Duration::from_millis(20));
+        return Err(e);
     }
     if round == 0 {
         for t in &targets {
@@ -155,6 +148,24 @@ fn fleet_round(
         let _ = std::fs::remove_file(t);
     }
     Ok(running.iter().filter_map(|r| r.2.map(|e| e.wall)).collect())
+}
+
+/// Waits for every agent; the first that fails or overruns is an error.
+fn wait_all(running: &mut [(Measured, std::path::PathBuf, Option<Ended>)]) -> anyhow::Result<()> {
+    while running.iter().any(|r| r.2.is_none()) {
+        for (m, log, ended) in running.iter_mut().filter(|r| r.2.is_none()) {
+            if let Some(e) = m.poll()? {
+                if e.code != 0 {
+                    bail!("an agent of the fleet failed with exit code {}; see {}", e.code, log.display());
+                }
+                *ended = Some(e);
+            } else if m.started.elapsed() > LIMIT {
+                bail!("an agent of the fleet did not finish within {} s; see {}", LIMIT.as_secs(), log.display());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 fn report(opts: &Options, n: usize, work: &Workload, rounds: &[Round]) -> anyhow::Result<()> {

@@ -3,10 +3,12 @@
 //! `tc tbf` (`none`: left as is); xtask's main thread enters it before
 //! nginx starts, so that nginx, curl and every agent — all spawned from
 //! that thread — talk over it. Needs root; the namespace is deleted on
-//! drop, after the thread went back to the network namespace it came from.
+//! drop, after the thread went back to the network namespace it came from
+//! (and one that an interrupted run left behind, by the next run).
 
 use std::fs::File;
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -75,6 +77,7 @@ impl Netns {
         if !crate::setup::is_root() {
             bail!("--link needs root (ip netns, tc)");
         }
+        remove_stale();
         let name = format!("byoi-bench-{}", std::process::id());
         let home = File::open("/proc/thread-self/ns/net").context("opening this thread's network namespace")?;
         run(Command::new("ip").args(["netns", "add", &name]))?;
@@ -90,6 +93,19 @@ impl Netns {
                 .args(["latency", "100ms"]))?;
         }
         Ok(ns)
+    }
+}
+
+/// Deletes the namespaces of earlier runs that were killed before their
+/// `Drop` (their name carries their process id, no longer alive).
+fn remove_stale() {
+    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("byoi-bench-") else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            println!("bench: deleting the namespace {name} left by an interrupted run");
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
     }
 }
 
