@@ -134,7 +134,15 @@ mod tests {
         let id = format!("test-{}", std::process::id());
         let mut marked_child = Command::new("sleep").arg("30").env(RUN_VAR, &id).spawn().unwrap();
         let mut other = Command::new("sleep").arg("30").env(RUN_VAR, "another-run").spawn().unwrap();
-        let found = marked("sleep", RUN_VAR, &id).unwrap();
+        // Until the children have exec'd, they are still called after us.
+        let mut found = Vec::new();
+        for _ in 0..200 {
+            found = marked("sleep", RUN_VAR, &id).unwrap();
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(found, [(marked_child.id(), "sleep 30".to_owned())]);
         assert!(marked("qemu-system", RUN_VAR, &id).unwrap().is_empty());
         for c in [&mut marked_child, &mut other] {
