@@ -321,10 +321,16 @@ struct Fill {
 }
 
 impl Fill {
-    fn write(&mut self, sink: &mut dyn ImageSink, offset: u64, data: &[u8]) -> Result<()> {
+    /// Zeroes what lies between the cursor and `offset`.
+    fn zero_gap(&mut self, sink: &mut dyn ImageSink, offset: u64) -> Result<()> {
         if offset > self.next {
             sink.zero_at(self.next, offset - self.next)?;
         }
+        Ok(())
+    }
+
+    fn write(&mut self, sink: &mut dyn ImageSink, offset: u64, data: &[u8]) -> Result<()> {
+        self.zero_gap(sink, offset)?;
         sink.write_at(offset, data)?;
         self.next = self.next.max(offset + data.len() as u64);
         Ok(())
@@ -341,19 +347,15 @@ impl Fill {
         input: Vec<u8>,
         job: Job,
     ) -> Result<()> {
-        if offset > self.next {
-            sink.zero_at(self.next, offset - self.next)?;
-        }
+        self.zero_gap(sink, offset)?;
         sink.inflate(offset, input, grain as usize, job)?;
         self.next = self.next.max(offset + len);
         Ok(())
     }
 
     fn finish(&mut self, sink: &mut dyn ImageSink, end: u64) -> Result<()> {
-        if end > self.next {
-            sink.zero_at(self.next, end - self.next)?;
-            self.next = end;
-        }
+        self.zero_gap(sink, end)?;
+        self.next = self.next.max(end);
         Ok(())
     }
 }
