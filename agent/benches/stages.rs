@@ -83,25 +83,19 @@ struct HashRate {
 /// so that both see the same machine; medians in MB/s. `openssl` missing or
 /// failing leaves its rate out.
 fn hash_vs_openssl(algo: Algorithm, data: &[u8]) -> HashRate {
-    let ours = || {
-        let t = Instant::now();
+    let mut hash = || {
         let mut h = Hasher::new(algo);
         for c in data.chunks(1 << 20) {
             h.update(c);
         }
         std::hint::black_box(h.finish());
-        data.len() as f64 / t.elapsed().as_secs_f64() / 1e6
     };
-    ours();
+    hash();
     let (mut mine, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..SAMPLES {
-        mine.push(ours());
+        mine.push(mb_s(data.len() as u64, &mut hash));
         theirs.extend(openssl_speed(algo));
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied()
-    };
     HashRate { algo, ours: median(mine).unwrap_or(0.0), openssl: median(theirs) }
 }
 
@@ -122,15 +116,20 @@ fn openssl_speed(algo: Algorithm) -> Option<f64> {
 /// after one untimed run to warm caches and the allocator.
 fn rate(bytes: u64, mut f: impl FnMut()) -> f64 {
     f();
-    let mut v: Vec<f64> = (0..SAMPLES)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            bytes as f64 / t.elapsed().as_secs_f64() / 1e6
-        })
-        .collect();
+    median((0..SAMPLES).map(|_| mb_s(bytes, &mut f)).collect()).unwrap_or(0.0)
+}
+
+/// MB/s of one run of `f`, which processes `bytes` bytes.
+fn mb_s(bytes: u64, f: &mut impl FnMut()) -> f64 {
+    let t = Instant::now();
+    f();
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+/// The middle value; `None` for none.
+fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
-    v[SAMPLES / 2]
+    v.get(v.len() / 2).copied()
 }
 
 fn decode(image: &[u8], sink: &mut dyn ImageSink) {
