@@ -78,25 +78,12 @@ fn curl_alone(url: &str, logs: &Path, round: usize) -> anyhow::Result<f64> {
     settle()?;
     let status = logs.join("fleet-N.status");
     let log = logs.join(format!("fleet-N-{round}.log"));
-    let mut m = Measured::spawn(r#"curl -sS --fail -o /dev/null "$URL""#, &[("URL", url.as_ref())], &status, &log)?;
-    let e = wait(&mut m)?.context("curl did not finish")?;
+    let m = Measured::spawn(r#"curl -sS --fail -o /dev/null "$URL""#, &[("URL", url.as_ref())], &status, &log)?;
+    let e = m.wait(LIMIT)?.context("curl did not finish")?;
     if e.code != 0 {
         bail!("curl failed with exit code {}; see {}", e.code, log.display());
     }
     Ok(e.wall)
-}
-
-fn wait(m: &mut Measured) -> anyhow::Result<Option<Ended>> {
-    loop {
-        if let Some(e) = m.poll()? {
-            return Ok(Some(e));
-        }
-        if m.started.elapsed() > LIMIT {
-            m.kill();
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Starts `n` agents together; returns their wall times once all are done.

@@ -48,8 +48,8 @@ struct Template {
     writes: bool,
     /// Whether it checks the digest of what it downloaded (all but N, E).
     verifies: bool,
-    /// Whether it runs once per `--checksums` algorithm (`$ALGO`); SHA-256
-    /// keeps the plain id, the others get `-ALGO` after it.
+    /// Whether it runs once per `--checksums` algorithm (`$ALGO`), ids from
+    /// [`per_checksum_id`].
     per_checksum: bool,
     /// Wall time after which a run is stopped and counted as unfinished.
     limit: Duration,
@@ -209,9 +209,8 @@ fn contenders(checksums: &[String]) -> Vec<Contender> {
             vec!["sha256"]
         };
         for algo in algos {
-            let plain = algo == "sha256";
             out.push(Contender {
-                id: if plain { t.id.to_owned() } else { format!("{}-{algo}", t.id) },
+                id: if t.per_checksum { per_checksum_id(t.id, algo) } else { t.id.to_owned() },
                 name: if t.per_checksum { format!("{}, {algo}", t.name) } else { t.name.to_owned() },
                 input: t.input,
                 script: t.script,
@@ -223,6 +222,16 @@ fn contenders(checksums: &[String]) -> Vec<Contender> {
         }
     }
     out
+}
+
+/// A per-checksum contender's id: SHA-256 keeps the plain id, the others
+/// get `-ALGO` after it.
+fn per_checksum_id(base: &str, algo: &str) -> String {
+    if algo == "sha256" {
+        base.to_owned()
+    } else {
+        format!("{base}-{algo}")
+    }
 }
 
 /// `(name, numerator, denominator, target)`: the targets.
@@ -525,6 +534,20 @@ impl Measured {
         Ok(Some(Ended { wall, code, rss: rss_kib * 1024, cpu }))
     }
 
+    /// Waits for the end; `None` if it ran past `limit` and was killed.
+    pub(crate) fn wait(mut self, limit: Duration) -> anyhow::Result<Option<Ended>> {
+        loop {
+            if let Some(e) = self.poll()? {
+                return Ok(Some(e));
+            }
+            if self.started.elapsed() > limit {
+                self.kill();
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the whole group: the wrapper, bash and what bash runs.
     pub(crate) fn kill(&mut self) {
         let group = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
@@ -573,17 +596,7 @@ impl Runner<'_> {
             ("S", scratch.as_os_str()),
             ("AGENT", self.agent.as_os_str()),
         ];
-        let mut m = Measured::spawn(c.script, &env, &status_file, &log)?;
-        let ended = loop {
-            if let Some(e) = m.poll()? {
-                break Some(e);
-            }
-            if m.started.elapsed() > c.limit {
-                m.kill();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let ended = Measured::spawn(c.script, &env, &status_file, &log)?.wait(c.limit)?;
         let Some(Ended { wall, code, rss, cpu }) = ended else {
             println!("bench: {} did not finish within {} s; stopped", c.id, c.limit.as_secs());
             std::fs::remove_dir_all(&scratch)?;
@@ -861,23 +874,19 @@ fn checksum_bounds(
     let Some(&(n, _)) = medians.get("N").filter(|(n, _)| n.is_finite()) else { return Vec::new() };
     let mut out = Vec::new();
     for algo in bench_workload::ALGOS.iter().filter(|a| opts.checksums.iter().any(|c| c == *a)) {
-        let id = |base: &str| if *algo == "sha256" { base.to_owned() } else { format!("{base}-{algo}") };
-        let finite = |id: String| medians.get(id.as_str()).map(|m| m.0).filter(|v| v.is_finite());
-        let Some(a) = finite(id("A")) else { continue };
+        let finite =
+            |base: &str| medians.get(per_checksum_id(base, algo).as_str()).map(|m| m.0).filter(|v| v.is_finite());
+        let Some(a) = finite("A") else { continue };
         let rate = micro["hashes"]
             .as_array()
             .and_then(|h| h.iter().find(|x| x["algo"] == *algo))
             .and_then(|x| x["mb_s"].as_f64());
         let hash_s = rate.map(|r| work.raw.len as f64 / (r * 1e6));
-        let bound = match hash_s {
-            Some(h) if h > n => "hash",
-            Some(_) => "link",
-            None => "unknown",
-        };
-        let against = match bound {
-            "hash" => hash_s.map(|h| a / h),
-            "link" => Some(a / n),
-            _ => None,
+        // The slower of the two bounds, and A against it.
+        let (bound, against) = match hash_s {
+            Some(h) if h > n => ("hash", Some(a / h)),
+            Some(_) => ("link", Some(a / n)),
+            None => ("unknown", None),
         };
         out.push(json!({
             "algo": algo,
@@ -886,7 +895,7 @@ fn checksum_bounds(
             "hash_s": hash_s,
             "a_over_n": a / n,
             "a_over_hash": hash_s.map(|h| a / h),
-            "c_over_n": finite(id("C")).map(|c| c / n),
+            "c_over_n": finite("C").map(|c| c / n),
             "bound": bound,
             "target": HASH_TARGET,
             "met": against.map(|v| v <= HASH_TARGET),
