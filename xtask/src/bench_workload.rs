@@ -40,6 +40,9 @@ const MAX_EXTENT: u64 = 16 << 20;
 /// Mean gap / mean extent: 1.5 gives 40 % data.
 const GAP_RATIO: f64 = 1.5;
 
+/// The served files: raw, qcow2, compressed qcow2.
+const FILES: [&str; 3] = ["disk.raw", "disk.qcow2", "disk-c.qcow2"];
+
 /// The digests the agent verifies, as `--checksum` names them.
 pub const ALGOS: [&str; 4] = ["md5", "sha1", "sha256", "sha512"];
 
@@ -188,7 +191,7 @@ pub fn workload() -> anyhow::Result<Workload> {
     }
     std::fs::create_dir_all(&dir)?;
     let _ = std::fs::remove_file(&stamp);
-    let raw = dir.join("disk.raw");
+    let [raw, qcow2, qcow2c] = FILES.map(|f| dir.join(f));
     println!("bench: generating the 4 GiB workload in {}", dir.display());
     let data = generate(&raw)?;
     run(Command::new("sgdisk")
@@ -196,14 +199,12 @@ pub fn workload() -> anyhow::Result<Workload> {
         .args(["--new=2:0:0", "--typecode=2:8304", "--change-name=2:root", "--disk-guid=R"])
         .arg(&raw)
         .stdout(std::process::Stdio::null()))?;
-    let qcow2 = dir.join("disk.qcow2");
-    let qcow2c = dir.join("disk-c.qcow2");
     println!("bench: qemu-img convert -O qcow2, then -c");
     run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2))?;
     run(Command::new("qemu-img").args(["convert", "-c", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2c))?;
     let mut files = serde_json::Map::new();
-    for (name, p) in [("disk.raw", &raw), ("disk.qcow2", &qcow2), ("disk-c.qcow2", &qcow2c)] {
-        let len = std::fs::metadata(p)?.len();
+    for name in FILES {
+        let len = std::fs::metadata(dir.join(name))?.len();
         files.insert(name.into(), json!({ "len": len, "sums": {} }));
     }
     let s = json!({ "version": VERSION, "data_fraction": data as f64 / SIZE as f64, "files": files });
@@ -215,7 +216,7 @@ pub fn workload() -> anyhow::Result<Workload> {
 /// rest, once), saves it, and returns the workload.
 fn with_all_sums(dir: &Path, stamp: &Path, mut v: serde_json::Value) -> anyhow::Result<Workload> {
     let mut changed = false;
-    for name in ["disk.raw", "disk.qcow2", "disk-c.qcow2"] {
+    for name in FILES {
         let f = &mut v["files"][name];
         if let Some(old) = f.get("sha256").cloned() {
             f["sums"]["sha256"] = old;
@@ -243,7 +244,7 @@ fn with_all_sums(dir: &Path, stamp: &Path, mut v: serde_json::Value) -> anyhow::
 fn from_stamp(dir: &Path, s: &str) -> anyhow::Result<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(s)?;
     anyhow::ensure!(v["version"] == VERSION, "stale workload");
-    for name in ["disk.raw", "disk.qcow2", "disk-c.qcow2"] {
+    for name in FILES {
         let len = v["files"][name]["len"].as_u64().context("len")?;
         anyhow::ensure!(std::fs::metadata(dir.join(name))?.len() == len, "{name} changed");
     }
@@ -259,12 +260,13 @@ fn workload_of(dir: &Path, v: &serde_json::Value) -> anyhow::Result<Workload> {
             .collect::<anyhow::Result<_>>()?;
         Ok(Served { name, path: dir.join(name), len: f["len"].as_u64().context("len")?, sums })
     };
-    let raw = served("disk.raw")?;
+    let [raw, qcow2, qcow2c] = FILES.map(served);
+    let raw = raw?;
     Ok(Workload {
         disk_sha256: raw.sum("sha256").to_owned(),
         raw,
-        qcow2: served("disk.qcow2")?,
-        qcow2c: served("disk-c.qcow2")?,
+        qcow2: qcow2?,
+        qcow2c: qcow2c?,
         data_fraction: v["data_fraction"].as_f64().context("data_fraction")?,
     })
 }
